@@ -1,0 +1,1 @@
+//! OpenAI Images API provider (to be written).
