@@ -1,1 +1,3 @@
+//! imagegen-mcp: an MCP server for image generation and editing.
 
+pub mod config;

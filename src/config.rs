@@ -1,0 +1,214 @@
+//! Layered configuration: built-in defaults < `OPENAI_*` variables < TOML file <
+//! `IMAGEGEN_*` variables < command-line flags.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use imagegen_providers::{ErrorKind, ImageFormat, ModelOverride};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// The whole configuration, as extracted from every layer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The provider used when a call names none (a name under `providers`).
+    pub default_provider: Option<String>,
+    /// Where images go and how they are returned.
+    pub output: OutputConfig,
+    /// Generation parameters applied when a call leaves them unset.
+    pub defaults: Defaults,
+    /// Configured providers by name.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Model catalog additions and overrides.
+    pub models: BTreeMap<String, ModelOverride>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            default_provider: None,
+            output: OutputConfig::default(),
+            defaults: Defaults::default(),
+            providers: BTreeMap::new(),
+            models: BTreeMap::new(),
+        }
+    }
+}
+
+/// How results are handed to the MCP client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// A small inline preview plus a link to the full image (fits every client's limits).
+    #[default]
+    Preview,
+    /// Only a link and structured data: no inline image at all.
+    Link,
+    /// The original inline when it fits the budget, else a preview and a note why.
+    Full,
+}
+
+/// `[output]`: storage and delivery of images.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Where images are saved; `None` means the platform data directory.
+    /// A relative path in a file is relative to that file (resolved at load time).
+    pub dir: Option<PathBuf>,
+    /// The default delivery mode.
+    pub delivery: Delivery,
+    /// The most base64 bytes of inline images in one tool result.
+    pub preview_budget_bytes: usize,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            delivery: Delivery::Preview,
+            preview_budget_bytes: 80_000,
+        }
+    }
+}
+
+/// Default generation parameters; a value the chosen model does not take is not sent.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Defaults {
+    /// `size`.
+    pub size: Option<String>,
+    /// `quality`.
+    pub quality: Option<String>,
+    /// `output_format`.
+    pub output_format: Option<ImageFormat>,
+    /// `output_compression`.
+    pub output_compression: Option<u8>,
+    /// `background`.
+    pub background: Option<String>,
+    /// `style`.
+    pub style: Option<String>,
+    /// `moderation`.
+    pub moderation: Option<String>,
+}
+
+/// One `[providers.NAME]` table; `kind` picks the implementation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ProviderConfig {
+    /// OpenAI or an OpenAI-compatible server.
+    Openai(OpenAiConfig),
+    /// The offline mock.
+    Mock(MockConfig),
+}
+
+impl ProviderConfig {
+    /// The `kind` string of this provider.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Openai(_) => "openai",
+            Self::Mock(_) => "mock",
+        }
+    }
+
+    /// Whether the provider is switched on.
+    pub fn enabled(&self) -> bool {
+        match self {
+            Self::Openai(c) => c.enabled,
+            Self::Mock(c) => c.enabled,
+        }
+    }
+
+    /// Per-provider defaults, which win over `[defaults]`.
+    pub fn defaults(&self) -> &Defaults {
+        match self {
+            Self::Openai(c) => &c.defaults,
+            Self::Mock(c) => &c.defaults,
+        }
+    }
+}
+
+/// `kind = "openai"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpenAiConfig {
+    /// Set to false to keep the table but not load the provider.
+    pub enabled: bool,
+    /// The API key.
+    pub api_key: Option<SecretString>,
+    /// A file holding the API key (Docker and Kubernetes secrets); relative to the config file.
+    pub api_key_file: Option<PathBuf>,
+    /// API base URL.
+    pub base_url: String,
+    /// `OpenAI-Organization`.
+    pub organization: Option<String>,
+    /// `OpenAI-Project`.
+    pub project: Option<String>,
+    /// Default model.
+    pub model: String,
+    /// Models to list (default: the current OpenAI image models).
+    pub models: Option<Vec<String>>,
+    /// Per-attempt timeout, seconds.
+    pub timeout_s: u64,
+    /// Connect timeout, seconds.
+    pub connect_timeout_s: u64,
+    /// Retries of a retryable failure.
+    pub max_retries: u32,
+    /// Extra hosts result URLs may be downloaded from.
+    pub download_hosts: Vec<String>,
+    /// Cap on a response body or downloaded image, MiB.
+    pub max_response_mb: usize,
+    /// Per-provider generation defaults.
+    pub defaults: Defaults,
+}
+
+impl Default for OpenAiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            api_key: None,
+            api_key_file: None,
+            base_url: imagegen_providers::openai::DEFAULT_BASE_URL.into(),
+            organization: None,
+            project: None,
+            model: "gpt-image-1.5".into(),
+            models: None,
+            timeout_s: 180,
+            connect_timeout_s: 10,
+            max_retries: 2,
+            download_hosts: Vec::new(),
+            max_response_mb: 64,
+            defaults: Defaults::default(),
+        }
+    }
+}
+
+/// `kind = "mock"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MockConfig {
+    /// Set to false to keep the table but not load the provider.
+    pub enabled: bool,
+    /// Default model.
+    pub model: String,
+    /// Delay before each answer, milliseconds.
+    pub latency_ms: u64,
+    /// Fraction of calls (0.0..=1.0) that fail.
+    pub fail_rate: f64,
+    /// The error kind injected failures have.
+    pub fail_with: ErrorKind,
+    /// Per-provider generation defaults.
+    pub defaults: Defaults,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            model: imagegen_providers::mock::MOCK_MODEL.into(),
+            latency_ms: 0,
+            fail_rate: 0.0,
+            fail_with: ErrorKind::UpstreamUnavailable,
+            defaults: Defaults::default(),
+        }
+    }
+}
