@@ -4,12 +4,17 @@
 //! [`GenerateRequest`] into a [`GenerateResult`] or a [`ProviderError`], and describes what
 //! each model can do so requests can be checked before any paid call is made.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+// `ProviderError` is large on purpose (status, codes, request id, ...); errors are the cold path
+// next to an HTTP call, and boxing it would change the public type every caller matches on.
+#![allow(clippy::result_large_err)]
 
 pub mod catalog;
 pub mod error;
 pub mod image_info;
 pub mod mock;
 pub mod openai;
+pub mod retry;
+pub mod secret;
 pub mod types;
 pub mod validate;
 
@@ -19,6 +24,7 @@ use async_trait::async_trait;
 
 pub use catalog::{Catalog, ModelCapabilities, ModelOverride, Param, SizeRule};
 pub use error::{ErrorKind, ProviderError};
+pub use secret::fingerprint;
 pub use types::{GenerateRequest, GenerateResult, GeneratedImage, ImageFormat, Usage};
 
 /// A source of generated images: one configured provider instance (an OpenAI account, the mock, ...).

@@ -1,0 +1,170 @@
+//! The conformance suite every provider passes: the mock in every build, and each HTTP provider
+//! against a fake upstream.
+
+use std::io::Cursor;
+
+use base64::Engine as _;
+use imagegen_providers::{
+    image_info::probe,
+    mock::{MockProvider, MockSettings},
+    openai::{OpenAiProvider, OpenAiSettings},
+    validate::{check, parse_size},
+    GenerateRequest, GenerateResult, ImageFormat, ImageProvider,
+};
+use serde_json::{json, Value};
+use wiremock::{
+    matchers::{method, path},
+    Mock, MockServer, Request, Respond, ResponseTemplate,
+};
+
+/// Checks what every provider must do, and returns how many `generate` calls it made.
+async fn conformance(provider: &dyn ImageProvider) -> usize {
+    let kind = provider.kind();
+    assert!(
+        !kind.is_empty() && kind.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+        "{kind}"
+    );
+    let model = provider.default_model().to_string();
+    assert!(!model.is_empty());
+    let models = provider.models();
+    assert!(
+        models.contains(&model),
+        "{kind}: default model {model} not in {models:?}"
+    );
+    for m in &models {
+        let caps = provider.capabilities(m);
+        assert!(caps.max_n >= 1 && caps.max_prompt_chars > 0, "{kind}: {m}");
+        assert!(!caps.formats.is_empty(), "{kind}: {m}");
+    }
+    assert!(!provider.capabilities("no-such-model-xyz").known, "{kind}");
+
+    let caps = provider.capabilities(&model);
+    assert!(caps.known, "{kind}: {model}");
+    assert!(caps.max_n >= 2, "{kind}: {model} should allow n = 2");
+    let size = caps.sizes.iter().find(|s| parse_size(s).is_some()).cloned();
+    let (width, height) = size.as_deref().and_then(parse_size).unwrap_or((1024, 1024));
+
+    let mut calls = 0;
+    let mut generate = |request: GenerateRequest| {
+        check(&request, &caps)
+            .unwrap_or_else(|e| panic!("{kind}: the suite's request is invalid: {e}"));
+        calls += 1;
+        async move {
+            provider
+                .generate(&request)
+                .await
+                .unwrap_or_else(|e| panic!("{kind}: {e}"))
+        }
+    };
+
+    let mut one = GenerateRequest::new("conformance: a red circle on white", &model);
+    one.size = size.clone();
+    let result = generate(one.clone()).await;
+    assert_images(kind, &result, &model, 1, (width, height), ImageFormat::Png);
+
+    let mut two = one.clone();
+    two.n = 2;
+    let result = generate(two).await;
+    assert_images(kind, &result, &model, 2, (width, height), ImageFormat::Png);
+
+    if caps.takes(imagegen_providers::Param::OutputFormat) {
+        for format in caps
+            .formats
+            .iter()
+            .copied()
+            .filter(|f| *f != ImageFormat::Png)
+        {
+            let mut req = one.clone();
+            req.output_format = Some(format);
+            let result = generate(req).await;
+            assert_images(kind, &result, &model, 1, (width, height), format);
+        }
+    }
+    calls
+}
+
+fn assert_images(
+    kind: &str,
+    result: &GenerateResult,
+    model: &str,
+    n: usize,
+    (width, height): (u32, u32),
+    format: ImageFormat,
+) {
+    assert_eq!(result.model, model, "{kind}");
+    assert_eq!(result.images.len(), n, "{kind}");
+    for img in &result.images {
+        assert_eq!(img.format, format, "{kind}");
+        assert_eq!(img.mime(), format.mime(), "{kind}");
+        assert_eq!(ImageFormat::sniff(&img.bytes), Some(format), "{kind}");
+        assert_eq!((img.width, img.height), (width, height), "{kind}");
+        let info = probe(&img.bytes).unwrap();
+        assert_eq!((info.width, info.height), (width, height), "{kind}");
+        let decoded = image::load_from_memory(&img.bytes).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(
+            (decoded.width(), decoded.height()),
+            (width, height),
+            "{kind}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn mock_provider_conforms() {
+    let provider = MockProvider::new(MockSettings::default());
+    conformance(&provider).await;
+}
+
+/// A fake OpenAI: answers each generation with `n` images of the requested size and format.
+struct FakeOpenAi;
+
+impl Respond for FakeOpenAi {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let body: Value = request.body_json().unwrap();
+        let n = body["n"].as_u64().unwrap_or(1);
+        let (width, height) = body["size"]
+            .as_str()
+            .and_then(parse_size)
+            .unwrap_or((1024, 1024));
+        let format = match body["output_format"].as_str().unwrap_or("png") {
+            "jpeg" => image::ImageFormat::Jpeg,
+            "webp" => image::ImageFormat::WebP,
+            _ => image::ImageFormat::Png,
+        };
+        let data: Vec<Value> = (0..n)
+            .map(|i| {
+                let pixels = image::RgbImage::from_pixel(width, height, image::Rgb([200, 20, 20 * i as u8]));
+                let mut out = Cursor::new(Vec::new());
+                image::DynamicImage::ImageRgb8(pixels).write_to(&mut out, format).unwrap();
+                json!({"b64_json": base64::engine::general_purpose::STANDARD.encode(out.into_inner())})
+            })
+            .collect();
+        ResponseTemplate::new(200)
+            .insert_header("x-request-id", "req_conformance")
+            .set_body_json(json!({
+                "created": 1,
+                "data": data,
+                "usage": {"input_tokens": 10, "output_tokens": 100, "total_tokens": 110}
+            }))
+    }
+}
+
+#[tokio::test]
+async fn openai_provider_conforms_against_a_fake_upstream() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/images/generations"))
+        .respond_with(FakeOpenAi)
+        .mount(&server)
+        .await;
+    let base = format!("{}/v1", server.uri()).parse().unwrap();
+    let settings = OpenAiSettings::new(base, Some("sk-test-0000000000000000".into()));
+    let provider = OpenAiProvider::new(settings, reqwest::Client::new());
+    let calls = conformance(&provider).await;
+    let received = server.received_requests().await.unwrap();
+    assert_eq!(
+        received.len(),
+        calls,
+        "one upstream request per call, no retries"
+    );
+}

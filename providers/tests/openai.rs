@@ -1,0 +1,1069 @@
+//! The OpenAI provider against a fake upstream: request bodies, results, every error row of
+//! the API reference, retries, downloads and secrets.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use imagegen_providers::{
+    openai::{OpenAiProvider, OpenAiSettings},
+    ErrorKind, GenerateRequest, ImageFormat, ImageProvider, ProviderError,
+};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use wiremock::{
+    matchers::{method, path},
+    Mock, MockServer, Request, ResponseTemplate,
+};
+
+const KEY: &str = "sk-SENTINEL-abcdef0123456789";
+const GENERATIONS: &str = "/v1/images/generations";
+
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let img = image::RgbaImage::from_pixel(width, height, image::Rgba([200, 40, 90, 255]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn settings(server: &MockServer) -> OpenAiSettings {
+    let base = format!("{}/v1", server.uri()).parse().unwrap();
+    let mut s = OpenAiSettings::new(base, Some(SecretString::from(KEY)));
+    s.max_retries = 2;
+    s
+}
+
+fn provider(settings: OpenAiSettings) -> OpenAiProvider {
+    OpenAiProvider::new(settings, reqwest::Client::new())
+}
+
+fn ok_b64(images: &[&[u8]]) -> ResponseTemplate {
+    let data: Vec<Value> = images.iter().map(|b| json!({"b64_json": b64(b)})).collect();
+    ResponseTemplate::new(200).set_body_json(json!({"created": 1, "data": data}))
+}
+
+fn ok_urls(urls: &[&str]) -> ResponseTemplate {
+    let data: Vec<Value> = urls
+        .iter()
+        .map(|u| json!({"url": u, "b64_json": null}))
+        .collect();
+    ResponseTemplate::new(200).set_body_json(json!({"created": 1, "data": data}))
+}
+
+async fn mount(server: &MockServer, response: ResponseTemplate) {
+    Mock::given(method("POST"))
+        .and(path(GENERATIONS))
+        .respond_with(response)
+        .mount(server)
+        .await;
+}
+
+async fn mount_once(server: &MockServer, response: ResponseTemplate) {
+    Mock::given(method("POST"))
+        .and(path(GENERATIONS))
+        .respond_with(response)
+        .up_to_n_times(1)
+        .mount(server)
+        .await;
+}
+
+async fn requests(server: &MockServer) -> Vec<Request> {
+    server.received_requests().await.unwrap()
+}
+
+async fn generations(server: &MockServer) -> usize {
+    requests(server)
+        .await
+        .iter()
+        .filter(|r| r.url.path() == GENERATIONS)
+        .count()
+}
+
+fn request(model: &str) -> GenerateRequest {
+    GenerateRequest::new("a lighthouse at dusk", model)
+}
+
+// ---- results ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn b64_result_is_decoded_with_usage_and_request_id() {
+    let server = MockServer::start().await;
+    let image = png(64, 48);
+    // Line breaks inside the base64, as some servers wrap it.
+    let wrapped = b64(&image)
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let body = json!({
+        "created": 1795537142,
+        "data": [{"b64_json": wrapped, "url": null, "revised_prompt": null}],
+        "background": "opaque", "output_format": "png", "quality": "high", "size": "1024x1024",
+        "some_future_field": {"x": 1},
+        "usage": {"input_tokens": 50, "output_tokens": 4160, "total_tokens": 4210,
+                  "input_tokens_details": {"text_tokens": 50, "image_tokens": 0}}
+    });
+    mount(
+        &server,
+        ResponseTemplate::new(200)
+            .set_body_json(body)
+            .insert_header("x-request-id", "req_abc123"),
+    )
+    .await;
+    let result = provider(settings(&server))
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap();
+    assert_eq!(result.images.len(), 1);
+    let img = &result.images[0];
+    assert_eq!(&img.bytes[..], &image[..]);
+    assert_eq!(
+        (img.format, img.width, img.height),
+        (ImageFormat::Png, 64, 48)
+    );
+    assert_eq!(img.mime(), "image/png");
+    let usage = result.usage.unwrap();
+    assert_eq!(usage.input_tokens, Some(50));
+    assert_eq!(usage.output_tokens, Some(4160));
+    assert_eq!(usage.total_tokens, Some(4210));
+    assert_eq!(usage.details["input_tokens_details"]["text_tokens"], 50);
+    assert_eq!(result.request_id.as_deref(), Some("req_abc123"));
+    assert_eq!(result.model, "gpt-image-1.5");
+    assert_eq!(result.revised_prompt, None);
+}
+
+#[tokio::test]
+async fn several_images_keep_their_order() {
+    let server = MockServer::start().await;
+    let (a, b) = (png(16, 16), png(32, 16));
+    mount(&server, ok_b64(&[&a, &b])).await;
+    let mut req = request("gpt-image-1.5");
+    req.n = 2;
+    let result = provider(settings(&server)).generate(&req).await.unwrap();
+    let sizes: Vec<_> = result.images.iter().map(|i| (i.width, i.height)).collect();
+    assert_eq!(sizes, vec![(16, 16), (32, 16)]);
+    let sent: Value = requests(&server).await[0].body_json().unwrap();
+    assert_eq!(sent["n"], 2);
+}
+
+#[tokio::test]
+async fn url_result_on_the_base_host_is_downloaded() {
+    let server = MockServer::start().await;
+    let image = png(20, 10);
+    let url = format!("{}/files/img-1.png?sig=secret", server.uri());
+    mount(&server, ok_urls(&[&url])).await;
+    Mock::given(method("GET"))
+        .and(path("/files/img-1.png"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(image.clone(), "image/png"))
+        .mount(&server)
+        .await;
+    let result = provider(settings(&server))
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap();
+    assert_eq!(&result.images[0].bytes[..], &image[..]);
+    let get = requests(&server)
+        .await
+        .into_iter()
+        .find(|r| r.method.as_str() == "GET")
+        .unwrap();
+    assert!(
+        get.headers.get("authorization").is_none(),
+        "the key is not sent to downloads"
+    );
+}
+
+#[tokio::test]
+async fn relative_url_result_is_resolved_against_the_base_url() {
+    let server = MockServer::start().await;
+    let image = png(8, 8);
+    mount(&server, ok_urls(&["/generated/a.png"])).await;
+    Mock::given(method("GET"))
+        .and(path("/generated/a.png"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(image.clone(), "image/png"))
+        .mount(&server)
+        .await;
+    let result = provider(settings(&server))
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap();
+    assert_eq!(&result.images[0].bytes[..], &image[..]);
+}
+
+/// The same server reached as `localhost`, a host different from the base URL's `127.0.0.1`.
+fn other_host(server: &MockServer, path: &str) -> String {
+    format!("http://localhost:{}{path}", server.address().port())
+}
+
+#[tokio::test]
+async fn url_result_on_another_host_is_refused_naming_it() {
+    let server = MockServer::start().await;
+    let files = MockServer::start().await;
+    mount(&server, ok_urls(&[&other_host(&files, "/img.png")])).await;
+    let err = provider(settings(&server))
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::BadResponse);
+    assert!(err.message.contains("`localhost`"), "{err}");
+    assert!(err.message.contains("download_hosts"), "{err}");
+    assert!(requests(&files).await.is_empty(), "nothing was fetched");
+}
+
+#[tokio::test]
+async fn download_hosts_allow_another_host_case_insensitively() {
+    let server = MockServer::start().await;
+    let files = MockServer::start().await;
+    let image = png(12, 12);
+    mount(&server, ok_urls(&[&other_host(&files, "/img.png")])).await;
+    Mock::given(method("GET"))
+        .and(path("/img.png"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(image.clone(), "image/png"))
+        .mount(&files)
+        .await;
+    let mut s = settings(&server);
+    s.download_hosts = vec!["LocalHost".into()];
+    let result = provider(s)
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap();
+    assert_eq!(&result.images[0].bytes[..], &image[..]);
+}
+
+#[tokio::test]
+async fn redirects_are_followed_only_within_allowed_hosts() {
+    let server = MockServer::start().await;
+    let files = MockServer::start().await;
+    let image = png(10, 10);
+    Mock::given(method("GET"))
+        .and(path("/ok.png"))
+        .respond_with(ResponseTemplate::new(302).insert_header("location", "/real.png"))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/real.png"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(image.clone(), "image/png"))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/escape.png"))
+        .respond_with(
+            ResponseTemplate::new(302).insert_header("location", other_host(&files, "/x.png")),
+        )
+        .mount(&server)
+        .await;
+    let p = provider(settings(&server));
+
+    mount_once(&server, ok_urls(&[&format!("{}/ok.png", server.uri())])).await;
+    let result = p.generate(&request("gpt-image-1.5")).await.unwrap();
+    assert_eq!(&result.images[0].bytes[..], &image[..]);
+
+    mount_once(&server, ok_urls(&[&format!("{}/escape.png", server.uri())])).await;
+    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::BadResponse);
+    assert!(err.message.contains("`localhost`"), "{err}");
+    assert!(err.message.contains("download_hosts"), "{err}");
+    assert!(
+        requests(&files).await.is_empty(),
+        "the redirect was not followed"
+    );
+}
+
+#[tokio::test]
+async fn oversize_bodies_are_refused() {
+    let server = MockServer::start().await;
+    let mut noisy = image::RgbaImage::new(256, 256);
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    for p in noisy.pixels_mut() {
+        // xorshift noise: incompressible, so the PNG stays large.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let [r, g, b, ..] = x.to_le_bytes();
+        *p = image::Rgba([r, g, b, 255]);
+    }
+    let mut large = std::io::Cursor::new(Vec::new());
+    noisy.write_to(&mut large, image::ImageFormat::Png).unwrap();
+    let large = large.into_inner();
+    assert!(large.len() > 20_000, "{}", large.len());
+
+    let mut s = settings(&server);
+    s.max_response_bytes = 20_000;
+    let p = provider(s);
+
+    mount_once(&server, ok_b64(&[&large])).await;
+    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::BadResponse);
+    assert!(
+        err.message.contains("response is larger than 20000 bytes"),
+        "{err}"
+    );
+
+    Mock::given(method("GET"))
+        .and(path("/big.png"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(large, "image/png"))
+        .mount(&server)
+        .await;
+    mount_once(&server, ok_urls(&[&format!("{}/big.png", server.uri())])).await;
+    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::BadResponse);
+    assert!(
+        err.message.contains("image 1 is larger than 20000 bytes"),
+        "{err}"
+    );
+    assert!(!err.retryable);
+}
+
+#[tokio::test]
+async fn data_url_result_is_decoded_inline() {
+    let server = MockServer::start().await;
+    let image = png(9, 7);
+    let url = format!("data:image/png;base64,{}", b64(&image));
+    mount(&server, ok_urls(&[&url])).await;
+    let result = provider(settings(&server))
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap();
+    assert_eq!(&result.images[0].bytes[..], &image[..]);
+    assert_eq!(
+        generations(&server).await,
+        requests(&server).await.len(),
+        "no download"
+    );
+}
+
+#[tokio::test]
+async fn expired_download_says_urls_expire() {
+    let server = MockServer::start().await;
+    mount(&server, ok_urls(&[&format!("{}/gone.png", server.uri())])).await;
+    Mock::given(method("GET"))
+        .and(path("/gone.png"))
+        .respond_with(ResponseTemplate::new(403))
+        .mount(&server)
+        .await;
+    let err = provider(settings(&server))
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::BadResponse);
+    assert_eq!(err.status, Some(403));
+    assert!(err.message.contains("HTTP 403"), "{err}");
+    assert!(err.message.contains("60 minutes"), "{err}");
+}
+
+#[tokio::test]
+async fn unusable_results_are_bad_responses() {
+    let cases = [
+        (
+            "missing data",
+            ResponseTemplate::new(200).set_body_json(json!({"created": 1})),
+            "no `data`",
+        ),
+        (
+            "empty data",
+            ResponseTemplate::new(200).set_body_json(json!({"data": []})),
+            "empty",
+        ),
+        (
+            "non-JSON 200",
+            ResponseTemplate::new(200).set_body_raw("<html>hello</html>", "text/html"),
+            "not the expected JSON",
+        ),
+        (
+            "neither field",
+            ResponseTemplate::new(200).set_body_json(json!({"data": [{"revised_prompt": "x"}]})),
+            "neither `b64_json` nor `url`",
+        ),
+        (
+            "bad base64",
+            ResponseTemplate::new(200).set_body_json(json!({"data": [{"b64_json": "@@@"}]})),
+            "not valid base64",
+        ),
+        (
+            "not an image",
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"data": [{"b64_json": b64(b"hello")}]})),
+            "not a usable image",
+        ),
+    ];
+    let server = MockServer::start().await;
+    let p = provider(settings(&server));
+    for (name, response, expected) in cases {
+        server.reset().await;
+        mount(&server, response.insert_header("x-request-id", "req_bad")).await;
+        let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::BadResponse, "{name}: {err}");
+        assert!(!err.retryable, "{name}");
+        assert!(err.message.contains(expected), "{name}: {err}");
+        assert_eq!(err.request_id.as_deref(), Some("req_bad"), "{name}");
+        assert_eq!(generations(&server).await, 1, "{name}: not retried");
+    }
+}
+
+// ---- request bodies and headers -----------------------------------------------------------
+
+#[tokio::test]
+async fn gpt_image_body_has_only_what_the_model_takes() {
+    let server = MockServer::start().await;
+    mount(&server, ok_b64(&[&png(4, 4)])).await;
+    let p = provider(settings(&server));
+    p.generate(&request("gpt-image-1.5")).await.unwrap();
+
+    let mut full = request("gpt-image-1.5");
+    full.size = Some("1536x1024".into());
+    full.quality = Some("high".into());
+    full.output_format = Some(ImageFormat::Webp);
+    full.output_compression = Some(80);
+    full.background = Some("transparent".into());
+    full.moderation = Some("low".into());
+    full.style = Some("vivid".into()); // not a GPT parameter: the guard drops it
+    full.seed = Some(7); // likewise
+    full.extra.insert("partial_images".into(), json!(0));
+    full.extra.insert("model".into(), json!("hijack"));
+    full.extra.insert("prompt".into(), json!("hijack"));
+    p.generate(&full).await.unwrap();
+
+    let sent: Vec<Value> = requests(&server)
+        .await
+        .iter()
+        .map(|r| r.body_json().unwrap())
+        .collect();
+    assert_eq!(
+        sent[0],
+        json!({"model": "gpt-image-1.5", "prompt": "a lighthouse at dusk", "n": 1})
+    );
+    assert_eq!(
+        sent[1],
+        json!({
+            "model": "gpt-image-1.5", "prompt": "a lighthouse at dusk", "n": 1,
+            "size": "1536x1024", "quality": "high", "output_format": "webp",
+            "output_compression": 80, "background": "transparent", "moderation": "low",
+            "partial_images": 0
+        })
+    );
+}
+
+#[tokio::test]
+async fn dall_e_3_body_asks_for_b64_and_never_moderation() {
+    let server = MockServer::start().await;
+    mount(
+        &server,
+        ResponseTemplate::new(200).set_body_json(json!({
+            "created": 1,
+            "data": [{"b64_json": b64(&png(4, 4)), "revised_prompt": "A tall lighthouse at dusk."}]
+        })),
+    )
+    .await;
+    let mut req = request("dall-e-3");
+    req.size = Some("1024x1792".into());
+    req.quality = Some("hd".into());
+    req.style = Some("natural".into());
+    req.moderation = Some("low".into());
+    req.output_format = Some(ImageFormat::Png);
+    let result = provider(settings(&server)).generate(&req).await.unwrap();
+    assert_eq!(
+        result.revised_prompt.as_deref(),
+        Some("A tall lighthouse at dusk.")
+    );
+    assert!(result.usage.is_none());
+    let sent: Value = requests(&server).await[0].body_json().unwrap();
+    assert_eq!(
+        sent,
+        json!({
+            "model": "dall-e-3", "prompt": "a lighthouse at dusk", "n": 1,
+            "size": "1024x1792", "quality": "hd", "style": "natural",
+            "response_format": "b64_json"
+        })
+    );
+}
+
+#[tokio::test]
+async fn headers_carry_key_organization_and_project() {
+    let server = MockServer::start().await;
+    mount(&server, ok_b64(&[&png(4, 4)])).await;
+    let mut s = settings(&server);
+    s.organization = Some("org-123".into());
+    s.project = Some("proj_456".into());
+    provider(s)
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap();
+    let req = &requests(&server).await[0];
+    let header = |name: &str| {
+        req.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    assert_eq!(header("authorization"), Some(format!("Bearer {KEY}")));
+    assert_eq!(header("openai-organization").as_deref(), Some("org-123"));
+    assert_eq!(header("openai-project").as_deref(), Some("proj_456"));
+    assert_eq!(header("content-type").as_deref(), Some("application/json"));
+}
+
+#[tokio::test]
+async fn no_key_means_no_authorization_header() {
+    let server = MockServer::start().await;
+    mount(&server, ok_b64(&[&png(4, 4)])).await;
+    let mut s = settings(&server);
+    s.api_key = None;
+    provider(s)
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap();
+    let req = &requests(&server).await[0];
+    assert!(req.headers.get("authorization").is_none());
+    assert!(req.headers.get("openai-organization").is_none());
+    assert!(req.headers.get("openai-project").is_none());
+}
+
+#[tokio::test]
+async fn base_url_with_a_trailing_slash_reaches_the_same_route() {
+    let server = MockServer::start().await;
+    mount(&server, ok_b64(&[&png(4, 4)])).await;
+    let mut s = settings(&server);
+    s.base_url = format!("{}/v1/", server.uri()).parse().unwrap();
+    provider(s)
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap();
+    assert_eq!(generations(&server).await, 1);
+}
+
+// ---- errors -------------------------------------------------------------------------------
+
+struct Row {
+    name: &'static str,
+    status: u16,
+    body: ResponseTemplate,
+    kind: ErrorKind,
+    retryable: bool,
+    code: Option<&'static str>,
+}
+
+fn json_error(
+    status: u16,
+    message: Option<&str>,
+    kind: &str,
+    code: Option<&str>,
+) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_json(json!({
+        "error": {"message": message, "type": kind, "param": null, "code": code}
+    }))
+}
+
+fn row(
+    name: &'static str,
+    status: u16,
+    body: ResponseTemplate,
+    kind: ErrorKind,
+    retryable: bool,
+    code: Option<&'static str>,
+) -> Row {
+    Row {
+        name,
+        status,
+        body,
+        kind,
+        retryable,
+        code,
+    }
+}
+
+#[tokio::test]
+async fn every_error_row_maps_to_its_kind() {
+    use ErrorKind::*;
+    let ire = "invalid_request_error";
+    let rows = vec![
+        row("bad key", 401, json_error(401, Some("Incorrect API key provided: sk-SENT***6789."), ire, Some("invalid_api_key")), Auth, false, Some("invalid_api_key")),
+        row("no access", 403, json_error(403, Some("Country, region, or territory not supported"), "request_forbidden", Some("unsupported_country_region_territory")), Permission, false, Some("unsupported_country_region_territory")),
+        row("unknown model", 404, json_error(404, Some("The model `gpt-image-9` does not exist"), ire, Some("model_not_found")), NotFound, false, Some("model_not_found")),
+        row("bad size", 400, json_error(400, Some("Invalid size"), ire, Some("invalid_size")), InvalidRequest, false, Some("invalid_size")),
+        row("bad value", 400, json_error(400, Some("Invalid value"), ire, Some("invalid_value")), InvalidRequest, false, Some("invalid_value")),
+        row("unknown parameter", 400, json_error(400, Some("Unknown parameter: 'response_format'."), ire, Some("unknown_parameter")), InvalidRequest, false, Some("unknown_parameter")),
+        row("safety, GPT", 400, ResponseTemplate::new(400).set_body_json(json!({"error": {"message": "Your request was rejected by the safety system.", "type": "image_generation_user_error", "param": null, "code": "moderation_blocked", "moderation_details": {"categories": ["x"]}}})), ContentPolicy, false, Some("moderation_blocked")),
+        row("safety, GPT, type only", 400, json_error(400, None, "image_generation_user_error", None), ContentPolicy, false, Some("image_generation_user_error")),
+        row("safety, DALL-E", 400, json_error(400, Some("Your request was rejected as a result of our safety system."), ire, Some("content_policy_violation")), ContentPolicy, false, Some("content_policy_violation")),
+        row("billing limit", 400, json_error(400, Some("Billing hard limit has been reached"), "billing_hard_limit_reached", None), QuotaExhausted, false, Some("billing_hard_limit_reached")),
+        row("billing limit as code", 400, json_error(400, Some("Billing hard limit has been reached"), ire, Some("billing_hard_limit_reached")), QuotaExhausted, false, Some("billing_hard_limit_reached")),
+        row("unprocessable", 422, json_error(422, Some("n too large"), ire, None), InvalidRequest, false, Some(ire)),
+        row("request timeout", 408, json_error(408, Some("timeout"), "server_error", None), Timeout, true, Some("server_error")),
+        row("conflict", 409, json_error(409, Some("conflict"), "server_error", None), UpstreamUnavailable, true, Some("server_error")),
+        row("rate limit", 429, json_error(429, Some("Rate limit reached for images per minute"), "requests", Some("rate_limit_exceeded")).insert_header("retry-after", "20"), RateLimited, true, Some("rate_limit_exceeded")),
+        row("quota", 429, json_error(429, Some("You exceeded your current quota"), "insufficient_quota", Some("insufficient_quota")), QuotaExhausted, false, Some("insufficient_quota")),
+        row("edge rate limit", 429, ResponseTemplate::new(429).set_body_string("error code: 1015").insert_header("retry-after", "3600"), RateLimited, true, None),
+        row("server error", 500, json_error(500, Some("The server had an error"), "server_error", None), UpstreamUnavailable, true, Some("server_error")),
+        row("null message and code", 500, json_error(500, None, "server_error", None), UpstreamUnavailable, true, Some("server_error")),
+        row("HTML 502", 502, ResponseTemplate::new(502).set_body_raw("<html><head><title>502 Bad Gateway</title></head><body>cloudflare</body></html>", "text/html"), UpstreamUnavailable, true, None),
+        row("plain 503", 503, ResponseTemplate::new(503).set_body_string("upstream connect error or disconnect/reset before headers"), UpstreamUnavailable, true, None),
+        row("empty 504", 504, ResponseTemplate::new(504), UpstreamUnavailable, true, None),
+        row("teapot", 418, ResponseTemplate::new(418).set_body_string("I'm a teapot"), BadResponse, false, None),
+        row("x-should-retry true on 400", 400, json_error(400, Some("try again"), ire, None).insert_header("x-should-retry", "true"), InvalidRequest, true, Some(ire)),
+        row("x-should-retry false on 503", 503, json_error(503, Some("down"), "server_error", None).insert_header("x-should-retry", "false"), UpstreamUnavailable, false, Some("server_error")),
+    ];
+    let server = MockServer::start().await;
+    let mut s = settings(&server);
+    s.max_retries = 0;
+    let p = provider(s);
+    for (i, r) in rows.into_iter().enumerate() {
+        server.reset().await;
+        let id = format!("req_{i}");
+        mount(&server, r.body.insert_header("x-request-id", id.as_str())).await;
+        let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+        let name = r.name;
+        assert_eq!(err.kind, r.kind, "{name}: {err}");
+        assert_eq!(err.retryable, r.retryable, "{name}: {err}");
+        assert_eq!(err.status, Some(r.status), "{name}");
+        assert_eq!(err.provider_code.as_deref(), r.code, "{name}");
+        assert_eq!(err.request_id.as_deref(), Some(id.as_str()), "{name}");
+        assert!(!err.message.is_empty(), "{name}");
+        assert!(!err.to_string().contains(KEY), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn error_details_are_kept() {
+    let server = MockServer::start().await;
+    let mut s = settings(&server);
+    s.max_retries = 0;
+    let p = provider(s);
+
+    mount_once(
+        &server,
+        ResponseTemplate::new(400).set_body_json(json!({"error": {
+            "message": "Invalid size '999x999'.", "type": "invalid_request_error",
+            "param": "size", "code": "invalid_size"}})),
+    )
+    .await;
+    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    assert_eq!(err.param.as_deref(), Some("size"));
+    assert_eq!(
+        err.provider_message.as_deref(),
+        Some("Invalid size '999x999'.")
+    );
+    assert!(err.message.contains("Invalid size '999x999'."), "{err}");
+
+    mount_once(
+        &server,
+        ResponseTemplate::new(502).set_body_raw("<!DOCTYPE html>\n<html>oops</html>", "text/html"),
+    )
+    .await;
+    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    assert_eq!(
+        err.provider_message.as_deref(),
+        Some("HTTP 502 with an HTML body")
+    );
+
+    mount_once(
+        &server,
+        ResponseTemplate::new(429)
+            .set_body_string("error code:\n\n   1015")
+            .insert_header("retry-after", "3600"),
+    )
+    .await;
+    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    assert_eq!(err.provider_message.as_deref(), Some("error code: 1015"));
+    assert_eq!(err.retry_after, Some(Duration::from_secs(3600)));
+
+    mount_once(
+        &server,
+        ResponseTemplate::new(400).set_body_json(json!({"error": {
+            "message": "Your request was rejected by the safety system.",
+            "type": "image_generation_user_error", "code": "moderation_blocked"}})),
+    )
+    .await;
+    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    assert!(err.message.contains("safety system"), "{err}");
+    assert!(err.message.contains("rephrase"), "{err}");
+}
+
+// ---- retries ------------------------------------------------------------------------------
+
+fn server_error(status: u16) -> ResponseTemplate {
+    json_error(
+        status,
+        Some("The server had an error"),
+        "server_error",
+        None,
+    )
+    .insert_header("retry-after-ms", "10")
+}
+
+#[tokio::test]
+async fn a_500_then_200_succeeds_after_two_requests() {
+    let server = MockServer::start().await;
+    mount_once(&server, server_error(500)).await;
+    mount(
+        &server,
+        ok_b64(&[&png(4, 4)]).insert_header("x-request-id", "req_ok"),
+    )
+    .await;
+    let result = provider(settings(&server))
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap();
+    assert_eq!(generations(&server).await, 2);
+    assert_eq!(result.request_id.as_deref(), Some("req_ok"));
+}
+
+#[tokio::test]
+async fn three_503s_give_up_after_three_requests() {
+    let server = MockServer::start().await;
+    mount(&server, server_error(503)).await;
+    let err = provider(settings(&server))
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap_err();
+    assert_eq!(generations(&server).await, 3);
+    assert_eq!(err.kind, ErrorKind::UpstreamUnavailable);
+    assert!(err.retryable);
+    assert!(err.message.contains("after 2 retries"), "{err}");
+}
+
+#[tokio::test]
+async fn retry_after_seconds_is_waited_for() {
+    let server = MockServer::start().await;
+    mount_once(
+        &server,
+        json_error(
+            429,
+            Some("slow down"),
+            "requests",
+            Some("rate_limit_exceeded"),
+        )
+        .insert_header("retry-after", "1"),
+    )
+    .await;
+    mount(&server, ok_b64(&[&png(4, 4)])).await;
+    let started = Instant::now();
+    provider(settings(&server))
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(generations(&server).await, 2);
+}
+
+#[tokio::test]
+async fn retry_after_ms_beats_retry_after() {
+    let server = MockServer::start().await;
+    mount_once(
+        &server,
+        json_error(
+            429,
+            Some("slow down"),
+            "requests",
+            Some("rate_limit_exceeded"),
+        )
+        .insert_header("retry-after-ms", "50")
+        .insert_header("retry-after", "30"),
+    )
+    .await;
+    mount(&server, ok_b64(&[&png(4, 4)])).await;
+    let started = Instant::now();
+    provider(settings(&server))
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(50), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert_eq!(generations(&server).await, 2);
+}
+
+#[tokio::test]
+async fn a_server_asked_wait_over_120_s_is_not_waited_for() {
+    let server = MockServer::start().await;
+    mount(
+        &server,
+        json_error(
+            429,
+            Some("slow down"),
+            "requests",
+            Some("rate_limit_exceeded"),
+        )
+        .insert_header("retry-after", "121"),
+    )
+    .await;
+    let err = provider(settings(&server))
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap_err();
+    assert_eq!(generations(&server).await, 1);
+    assert_eq!(err.kind, ErrorKind::RateLimited);
+    assert!(err.retryable, "a later call may succeed");
+    assert_eq!(err.retry_after, Some(Duration::from_secs(121)));
+    assert!(err.message.contains("121 s"), "{err}");
+}
+
+#[tokio::test]
+async fn x_should_retry_false_stops_retries() {
+    let server = MockServer::start().await;
+    mount(
+        &server,
+        server_error(500).insert_header("x-should-retry", "false"),
+    )
+    .await;
+    let err = provider(settings(&server))
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap_err();
+    assert_eq!(generations(&server).await, 1);
+    assert!(!err.retryable);
+}
+
+#[tokio::test]
+async fn x_should_retry_true_retries_even_a_400() {
+    let server = MockServer::start().await;
+    mount_once(
+        &server,
+        json_error(400, Some("try again"), "invalid_request_error", None)
+            .insert_header("x-should-retry", "true")
+            .insert_header("retry-after-ms", "10"),
+    )
+    .await;
+    mount(&server, ok_b64(&[&png(4, 4)])).await;
+    provider(settings(&server))
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap();
+    assert_eq!(generations(&server).await, 2);
+}
+
+#[tokio::test]
+async fn permanent_failures_are_not_retried() {
+    let cases = [
+        (
+            "insufficient_quota",
+            json_error(
+                429,
+                Some("quota"),
+                "insufficient_quota",
+                Some("insufficient_quota"),
+            ),
+            ErrorKind::QuotaExhausted,
+        ),
+        (
+            "400",
+            json_error(
+                400,
+                Some("Invalid size"),
+                "invalid_request_error",
+                Some("invalid_size"),
+            ),
+            ErrorKind::InvalidRequest,
+        ),
+        (
+            "content policy",
+            json_error(
+                400,
+                None,
+                "image_generation_user_error",
+                Some("moderation_blocked"),
+            ),
+            ErrorKind::ContentPolicy,
+        ),
+        (
+            "401",
+            json_error(401, None, "invalid_request_error", Some("invalid_api_key")),
+            ErrorKind::Auth,
+        ),
+    ];
+    let server = MockServer::start().await;
+    let p = provider(settings(&server));
+    for (name, response, kind) in cases {
+        server.reset().await;
+        mount(&server, response.insert_header("retry-after-ms", "10")).await;
+        let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+        assert_eq!(err.kind, kind, "{name}");
+        assert!(!err.retryable, "{name}");
+        assert_eq!(generations(&server).await, 1, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_read_timeout_is_not_retried_because_it_may_be_billed() {
+    let server = MockServer::start().await;
+    mount(
+        &server,
+        ok_b64(&[&png(4, 4)]).set_delay(Duration::from_secs(3)),
+    )
+    .await;
+    let mut s = settings(&server);
+    s.timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    let err = provider(s)
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(err.kind, ErrorKind::Timeout);
+    assert_eq!(err.status, None);
+    assert!(err.message.contains("billed"), "{err}");
+    assert_eq!(generations(&server).await, 1);
+}
+
+/// A local address nothing listens on.
+async fn closed_port_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}/v1")
+}
+
+#[tokio::test]
+async fn connection_failures_are_network_errors_and_retried() {
+    let mut s = OpenAiSettings::new(closed_port_url().await.parse().unwrap(), Some(KEY.into()));
+    s.max_retries = 1;
+    let started = Instant::now();
+    let err = provider(s)
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Network);
+    assert!(err.retryable);
+    assert!(err.message.contains("after 1 retry"), "{err}");
+    // One backoff of 0.5 s * jitter in (0.75, 1].
+    assert!(
+        started.elapsed() >= Duration::from_millis(375),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+// ---- secrets ------------------------------------------------------------------------------
+
+fn assert_no_key(err: &ProviderError, what: &str) {
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains(KEY), "{what}: {shown}");
+    assert!(!shown.contains("SENTINEL"), "{what}: {shown}");
+    assert!(!shown.contains("Bearer"), "{what}: {shown}");
+}
+
+#[tokio::test]
+async fn the_key_never_shows_in_debug_or_errors() {
+    let server = MockServer::start().await;
+    let mut s = settings(&server);
+    s.max_retries = 0;
+    let p = provider(s);
+    let debug = format!("{p:?}");
+    assert!(
+        !debug.contains(KEY) && !debug.contains("SENTINEL"),
+        "{debug}"
+    );
+
+    // A careless server echoing the key back.
+    mount_once(
+        &server,
+        json_error(
+            401,
+            Some(&format!("Incorrect API key provided: {KEY}")),
+            "invalid_request_error",
+            Some("invalid_api_key"),
+        ),
+    )
+    .await;
+    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    assert_no_key(&err, "401");
+    assert!(err.message.contains("sk-…6789"), "{err}");
+    assert!(err.message.contains("rejected"), "{err}");
+
+    mount_once(
+        &server,
+        ResponseTemplate::new(500).set_body_string(format!("boom {KEY}")),
+    )
+    .await;
+    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    assert_no_key(&err, "500");
+
+    let mut s = OpenAiSettings::new(closed_port_url().await.parse().unwrap(), Some(KEY.into()));
+    s.max_retries = 0;
+    let err = provider(s)
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Network);
+    assert_no_key(&err, "network");
+}
+
+#[tokio::test]
+async fn a_401_without_a_key_says_to_set_one() {
+    let server = MockServer::start().await;
+    mount(
+        &server,
+        json_error(
+            401,
+            Some("Missing bearer authentication"),
+            "invalid_request_error",
+            None,
+        ),
+    )
+    .await;
+    let mut s = settings(&server);
+    s.api_key = None;
+    let err = provider(s)
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Auth);
+    assert!(err.message.contains("OPENAI_API_KEY"), "{err}");
+}
+
+/// Serves one chunked response (no `content-length`), so only the streaming cap can stop it.
+async fn chunked_server(total: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0; 64 * 1024];
+        let _ = socket.read(&mut buf).await;
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+        if socket.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![b' '; 4096];
+        let mut sent = 0;
+        while sent < total {
+            let frame = [
+                format!("{:x}\r\n", chunk.len()).into_bytes(),
+                chunk.clone(),
+                b"\r\n".to_vec(),
+            ]
+            .concat();
+            if socket.write_all(&frame).await.is_err() {
+                return;
+            }
+            sent += chunk.len();
+        }
+        let _ = socket.write_all(b"0\r\n\r\n").await;
+    });
+    format!("http://{addr}/v1")
+}
+
+#[tokio::test]
+async fn an_endless_chunked_body_is_cut_off_at_the_cap() {
+    let base = chunked_server(10 * 1024 * 1024).await;
+    let mut s = OpenAiSettings::new(base.parse().unwrap(), None);
+    s.max_response_bytes = 1024 * 1024;
+    let err = provider(s)
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::BadResponse);
+    assert!(
+        err.message.contains("response is larger than 1 MiB"),
+        "{err}"
+    );
+}
