@@ -1,17 +1,40 @@
 //! Layered configuration: built-in defaults < `OPENAI_*` variables < TOML file <
 //! `IMAGEGEN_*` variables < command-line flags.
+//!
+//! [`LoadedConfig::load`] builds, checks and resolves it (paths made absolute, API keys read,
+//! the default provider chosen, the model catalog extended); [`LoadedConfig::show`] prints
+//! it with the source of every value.
+
+mod error;
+mod load;
+mod show;
 
 use std::{collections::BTreeMap, path::PathBuf};
 
 use imagegen_providers::{ErrorKind, ImageFormat, ModelOverride};
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+pub use error::ConfigError;
+pub use imagegen_providers::secret::fingerprint;
+pub use load::{LoadedConfig, ResolvedKey};
+
+/// Command-line flags that override every other layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CliOverrides {
+    /// `--config PATH`: the config file, which must exist.
+    pub config: Option<PathBuf>,
+    /// `--provider NAME`: sets `default_provider`.
+    pub provider: Option<String>,
+    /// `--out DIR`: sets `output.dir` (absolute; a relative one is taken from the current directory).
+    pub output_dir: Option<PathBuf>,
+}
 
 /// The whole configuration, as extracted from every layer.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// The provider used when a call names none (a name under `providers`).
+    /// The provider used when a call names none (a name under `providers`); always set after loading.
     pub default_provider: Option<String>,
     /// Where images go and how they are returned.
     pub output: OutputConfig,
@@ -23,20 +46,10 @@ pub struct Config {
     pub models: BTreeMap<String, ModelOverride>,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            default_provider: None,
-            output: OutputConfig::default(),
-            defaults: Defaults::default(),
-            providers: BTreeMap::new(),
-            models: BTreeMap::new(),
-        }
-    }
-}
-
 /// How results are handed to the MCP client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Delivery {
     /// A small inline preview plus a link to the full image (fits every client's limits).
@@ -49,11 +62,11 @@ pub enum Delivery {
 }
 
 /// `[output]`: storage and delivery of images.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutputConfig {
     /// Where images are saved; `None` means the platform data directory.
-    /// A relative path in a file is relative to that file (resolved at load time).
+    /// A relative path in a file is relative to that file; after loading, always `Some(absolute)`.
     pub dir: Option<PathBuf>,
     /// The default delivery mode.
     pub delivery: Delivery,
@@ -72,7 +85,7 @@ impl Default for OutputConfig {
 }
 
 /// Default generation parameters; a value the chosen model does not take is not sent.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Defaults {
     /// `size`.
@@ -92,7 +105,7 @@ pub struct Defaults {
 }
 
 /// One `[providers.NAME]` table; `kind` picks the implementation.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ProviderConfig {
     /// OpenAI or an OpenAI-compatible server.
@@ -128,14 +141,16 @@ impl ProviderConfig {
 }
 
 /// `kind = "openai"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OpenAiConfig {
     /// Set to false to keep the table but not load the provider.
     pub enabled: bool,
-    /// The API key.
+    /// The API key; after loading, the resolved key whatever its source (see [`LoadedConfig::api_key`]).
+    #[serde(skip_serializing)]
     pub api_key: Option<SecretString>,
-    /// A file holding the API key (Docker and Kubernetes secrets); relative to the config file.
+    /// A file holding the API key (Docker and Kubernetes secrets); relative to the config file,
+    /// absolute after loading.
     pub api_key_file: Option<PathBuf>,
     /// API base URL.
     pub base_url: String,
@@ -183,7 +198,7 @@ impl Default for OpenAiConfig {
 }
 
 /// `kind = "mock"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MockConfig {
     /// Set to false to keep the table but not load the provider.

@@ -1,0 +1,899 @@
+//! Building the layers, merging them with figment, and resolving what the engine needs.
+
+use std::{
+    collections::BTreeMap,
+    path::{Component, Path, PathBuf},
+};
+
+use figment::{
+    value::{Dict, Map, Value},
+    Figment, Metadata, Profile, Provider,
+};
+use imagegen_providers::Catalog;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{
+    error::{describe, dotted, ConfigError},
+    CliOverrides, Config, Defaults, ProviderConfig,
+};
+
+/// The environment variable prefix of configuration keys.
+const PREFIX: &str = "IMAGEGEN_";
+/// Top-level keys: an `IMAGEGEN_*` variable starting with anything else is not configuration.
+pub(super) const TOP_KEYS: [&str; 5] = [
+    "default_provider",
+    "output",
+    "defaults",
+    "providers",
+    "models",
+];
+/// `IMAGEGEN_*` variables that are not configuration and need no notice (`IMAGEGEN_LOG*` too).
+const NON_CONFIG_VARS: [&str; 2] = ["IMAGEGEN_CONFIG", "IMAGEGEN_LOG"];
+/// The variables the official OpenAI SDKs read, and the `[providers.openai]` key each sets.
+const OPENAI_VARS: [(&str, &str); 4] = [
+    ("OPENAI_API_KEY", "api_key"),
+    ("OPENAI_BASE_URL", "base_url"),
+    ("OPENAI_ORG_ID", "organization"),
+    ("OPENAI_PROJECT_ID", "project"),
+];
+/// Provider kinds.
+const KINDS: [&str; 2] = ["openai", "mock"];
+/// Keys whose environment values stay strings even when they look like numbers or booleans.
+const STRING_KEYS: [&str; 4] = ["organization", "project", "model", "default_provider"];
+
+/// Which layer a value came from, lowest precedence first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Origin {
+    Default,
+    OpenAiEnv,
+    File,
+    Env,
+    Flag,
+}
+
+/// One source of values; its name is what errors and `show` print as the source.
+#[derive(Clone)]
+struct Layer {
+    origin: Origin,
+    name: String,
+    dict: Dict,
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name.clone())
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+/// An API key and where it came from.
+#[derive(Debug, Clone)]
+pub struct ResolvedKey {
+    /// The key (its `Debug` is redacted).
+    pub key: SecretString,
+    /// Where it came from: `file /etc/imagegen.toml`, `env OPENAI_API_KEY`, `api_key_file /run/secrets/openai`, ...
+    pub source: String,
+}
+
+impl ResolvedKey {
+    /// A safe hint of the key, such as `sk-…abcd`.
+    pub fn fingerprint(&self) -> String {
+        super::fingerprint(self.key.expose_secret())
+    }
+}
+
+/// The checked configuration with everything resolved, and where each value came from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The configuration: `default_provider` and `output.dir` set, paths absolute, keys resolved.
+    pub config: Config,
+    /// The config file used, if any (absolute).
+    pub file: Option<PathBuf>,
+    /// The files looked for when none was named, in order.
+    pub(super) searched: Vec<PathBuf>,
+    /// Leaf key paths mapped to the name of the layer that set them; absent means a default.
+    pub(super) sources: BTreeMap<Vec<String>, String>,
+    pub(super) keys: BTreeMap<String, ResolvedKey>,
+    catalog: Catalog,
+    notices: Vec<String>,
+}
+
+impl LoadedConfig {
+    /// Loads the configuration from the process environment, working directory and `cli`.
+    pub fn load(cli: &CliOverrides) -> Result<Self, ConfigError> {
+        let cwd = std::env::current_dir().map_err(|e| {
+            ConfigError::new(format!("cannot determine the current directory: {e}"))
+        })?;
+        // Non-UTF-8 variables cannot be configuration; std::env::vars would panic on them.
+        let mut env: BTreeMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        if !env.contains_key("HOME") {
+            if let Some(home) = dirs::home_dir().and_then(|h| h.to_str().map(String::from)) {
+                env.insert("HOME".into(), home);
+            }
+        }
+        Self::load_from(cli, env, &cwd)
+    }
+
+    /// Loads the configuration with `env` as the whole environment and `cwd` as the working
+    /// directory (the process environment is read only for the platform data directory when
+    /// `XDG_DATA_HOME` is not in `env`).
+    pub fn load_from<I, K, V>(cli: &CliOverrides, env: I, cwd: &Path) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        // An empty variable counts as unset, as in most tools (`FOO= cmd` to clear one).
+        let env: BTreeMap<String, String> = env
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        let cwd = std::path::absolute(cwd).unwrap_or_else(|_| cwd.to_path_buf());
+        let home = env
+            .get("HOME")
+            .map(PathBuf::from)
+            .filter(|h| h.is_absolute());
+        let mut notices = Vec::new();
+
+        let (file, searched) = find_file(cli, &env, &cwd, home.as_deref())?;
+        let mut layers = vec![Layer {
+            origin: Origin::Default,
+            name: "default".into(),
+            dict: nest(&["providers", "mock", "kind"], "mock".into()),
+        }];
+        layers.extend(openai_layers(&env));
+        let file_dict = match &file {
+            Some(path) => {
+                let dict = read_toml(path)?;
+                layers.push(Layer {
+                    origin: Origin::File,
+                    name: format!("file {}", path.display()),
+                    dict: dict.clone(),
+                });
+                dict
+            }
+            None => Dict::new(),
+        };
+        layers.extend(env_layers(&env, &mut notices)?);
+        layers.extend(cli_layers(cli)?);
+        let merged = Merged::new(layers);
+
+        let mut config = merged.extract()?;
+        let ctx = Resolve {
+            merged: &merged,
+            file_dir: file.as_deref().and_then(Path::parent),
+            home: home.as_deref(),
+            cwd: &cwd,
+        };
+        config.output.dir = Some(match config.output.dir.take() {
+            Some(dir) => ctx.path(&["output", "dir"], &dir)?,
+            None => data_dir(&env)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "cannot find the platform data directory for images: set output.dir \
+                         (or XDG_DATA_HOME)",
+                    )
+                })?
+                .join("imagegen-mcp/images"),
+        });
+        let keys = ctx.keys(&mut config, &file_dict, &mut notices)?;
+        let default_source = resolve_default(&mut config, &merged, &env)?;
+        validate(&config, &merged)?;
+        let catalog = build_catalog(&config, &merged)?;
+        notices.extend(advice(&config, &keys, &default_source));
+
+        let mut sources = BTreeMap::new();
+        merged.leaves(&merged.root, &mut Vec::new(), &mut sources);
+        sources.insert(vec!["default_provider".into()], default_source);
+        Ok(Self {
+            config,
+            file,
+            searched,
+            sources,
+            keys,
+            catalog,
+            notices,
+        })
+    }
+
+    /// The resolved API key of provider `provider`, if it has one.
+    pub fn api_key(&self, provider: &str) -> Option<&ResolvedKey> {
+        self.keys.get(provider)
+    }
+
+    /// The built-in model catalog with the `[models]` entries applied.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The provider used when a call names none (always an enabled provider).
+    pub fn default_provider(&self) -> &str {
+        self.config
+            .default_provider
+            .as_deref()
+            .expect("set while loading")
+    }
+
+    /// The absolute directory images are saved in.
+    pub fn output_dir(&self) -> &Path {
+        self.config
+            .output
+            .dir
+            .as_deref()
+            .expect("set while loading")
+    }
+
+    /// The enabled providers, by name.
+    pub fn enabled_providers(&self) -> impl Iterator<Item = (&str, &ProviderConfig)> {
+        self.config
+            .providers
+            .iter()
+            .filter(|(_, c)| c.enabled())
+            .map(|(n, c)| (n.as_str(), c))
+    }
+
+    /// Things worth logging at start-up (nothing secret): the offline fallback, shadowed keys, ...
+    pub fn notices(&self) -> Vec<String> {
+        self.notices.clone()
+    }
+}
+
+/// The merged layers, kept to find which layer set a key.
+struct Merged {
+    figment: Figment,
+    layers: Vec<Layer>,
+    root: Value,
+}
+
+impl Merged {
+    fn new(layers: Vec<Layer>) -> Self {
+        let figment = layers
+            .iter()
+            .fold(Figment::new(), |f, layer| f.merge(layer.clone()));
+        // Our layers never fail, so the merge cannot either; an empty root is still safe.
+        let root = figment
+            .find_value("")
+            .unwrap_or_else(|_| Value::from(Dict::new()));
+        Self {
+            figment,
+            layers,
+            root,
+        }
+    }
+
+    /// The value at `path`, segment by segment (keys may contain dots).
+    fn at<S: AsRef<str>>(&self, path: &[S]) -> Option<&Value> {
+        path.iter().try_fold(&self.root, |v, k| match v {
+            Value::Dict(_, d) => d.get(k.as_ref()),
+            Value::Array(_, a) => a.get(k.as_ref().parse::<usize>().ok()?),
+            _ => None,
+        })
+    }
+
+    fn layer_of(&self, value: &Value) -> Option<&Layer> {
+        let name = &self.figment.get_metadata(value.tag())?.name;
+        self.layers.iter().find(|l| l.name == *name)
+    }
+
+    /// The layer that set the deepest existing value along `path`.
+    fn layer_at<S: AsRef<str>>(&self, path: &[S]) -> Option<&Layer> {
+        (0..=path.len())
+            .rev()
+            .find_map(|n| self.at(&path[..n]).and_then(|v| self.layer_of(v)))
+    }
+
+    fn source_at<S: AsRef<str>>(&self, path: &[S]) -> String {
+        self.layer_at(path)
+            .map_or_else(|| "default".into(), |l| l.name.clone())
+    }
+
+    /// An error about the value at `path`, naming its source.
+    fn err<S: AsRef<str>>(&self, path: &[S], problem: impl std::fmt::Display) -> ConfigError {
+        ConfigError::new(format!(
+            "`{}` (from {}): {problem}",
+            dotted(path),
+            self.source_at(path)
+        ))
+    }
+
+    /// A serde error while reading the table at `prefix`, rebuilt without the value.
+    fn de_err(&self, e: figment::Error, prefix: &[&str]) -> ConfigError {
+        let mut path: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+        path.extend(e.path.iter().cloned());
+        let in_provider = path.len() == 3 && path[0] == "providers";
+        ConfigError::new(describe(
+            &e.kind,
+            &dotted(&path),
+            &self.source_at(&path),
+            in_provider,
+        ))
+    }
+
+    /// Reads the merged values into a [`Config`].
+    ///
+    /// Provider tables are read one by one, because serde buffers internally tagged enums
+    /// (`kind = ...`) and so loses the key path of any error inside them.
+    fn extract(&self) -> Result<Config, ConfigError> {
+        let mut top = self.root.as_dict().cloned().unwrap_or_default();
+        let providers = top.remove("providers");
+        let mut config: Config = Value::from(top)
+            .deserialize()
+            .map_err(|e| self.de_err(e, &[]))?;
+        if let Some(providers) = providers {
+            let Some(providers) = providers.as_dict() else {
+                return Err(self.err(
+                    &["providers"],
+                    "must be a table of providers, such as [providers.openai]",
+                ));
+            };
+            for (name, table) in providers {
+                config
+                    .providers
+                    .insert(name.clone(), self.provider(name, table)?);
+            }
+        }
+        Ok(config)
+    }
+
+    fn provider(&self, name: &str, table: &Value) -> Result<ProviderConfig, ConfigError> {
+        let path = ["providers", name];
+        let Some(dict) = table.as_dict() else {
+            return Err(self.err(&path, "must be a table"));
+        };
+        let mut rest = dict.clone();
+        let kinds = KINDS.join(", ");
+        let kind = match rest.remove("kind") {
+            // `[providers.openai]` needs no `kind = "openai"`.
+            None if KINDS.contains(&name) => name.to_string(),
+            None => {
+                return Err(self.err(&path, format!("missing `kind`; set it to one of: {kinds}")))
+            }
+            Some(Value::String(_, s)) => s,
+            Some(_) => {
+                return Err(self.err(
+                    &["providers", name, "kind"],
+                    format!("expected a string, one of: {kinds}"),
+                ))
+            }
+        };
+        let table = Value::Dict(table.tag(), rest);
+        match kind.as_str() {
+            "openai" => table.deserialize().map(ProviderConfig::Openai),
+            "mock" => table.deserialize().map(ProviderConfig::Mock),
+            _ => {
+                return Err(self.err(
+                    &["providers", name, "kind"],
+                    format!("unknown kind, expected one of: {kinds}"),
+                ))
+            }
+        }
+        .map_err(|e| self.de_err(e, &path))
+    }
+
+    /// Records the source of every leaf under `value` (arrays count as leaves).
+    fn leaves(
+        &self,
+        value: &Value,
+        path: &mut Vec<String>,
+        out: &mut BTreeMap<Vec<String>, String>,
+    ) {
+        match value {
+            Value::Dict(_, dict) => {
+                for (k, v) in dict {
+                    path.push(k.clone());
+                    self.leaves(v, path, out);
+                    path.pop();
+                }
+            }
+            _ => {
+                if let Some(layer) = self.layer_of(value) {
+                    out.insert(path.clone(), layer.name.clone());
+                }
+            }
+        }
+    }
+}
+
+/// What relative paths are resolved against.
+struct Resolve<'a> {
+    merged: &'a Merged,
+    file_dir: Option<&'a Path>,
+    home: Option<&'a Path>,
+    cwd: &'a Path,
+}
+
+impl Resolve<'_> {
+    /// Makes the path set at `key` absolute: a file's paths are relative to the file, a flag's
+    /// to the working directory; environment values must be absolute, because an MCP client
+    /// starts the server in a directory nobody chose.
+    fn path(&self, key: &[&str], raw: &Path) -> Result<PathBuf, ConfigError> {
+        let path = match raw.strip_prefix("~") {
+            Ok(rest) => match self.home {
+                Some(home) => home.join(rest),
+                None => return Err(self.merged.err(key, "starts with ~ but HOME is not set")),
+            },
+            Err(_) => raw.to_path_buf(),
+        };
+        if path.is_absolute() {
+            return Ok(clean(&path));
+        }
+        match self.merged.layer_at(key).map(|l| l.origin) {
+            Some(Origin::File) => Ok(clean(&self.file_dir.unwrap_or(self.cwd).join(path))),
+            Some(Origin::Flag) => Ok(clean(&self.cwd.join(path))),
+            _ => Err(self.merged.err(key, "must be an absolute path")),
+        }
+    }
+
+    /// Resolves every OpenAI provider's key from `api_key` or `api_key_file`, stores it in
+    /// `api_key`, and returns them with their sources.
+    fn keys(
+        &self,
+        config: &mut Config,
+        file_dict: &Dict,
+        notices: &mut Vec<String>,
+    ) -> Result<BTreeMap<String, ResolvedKey>, ConfigError> {
+        let mut keys = BTreeMap::new();
+        for (name, provider) in &mut config.providers {
+            let ProviderConfig::Openai(c) = provider else {
+                continue;
+            };
+            let key_path = ["providers", name.as_str(), "api_key"];
+            let file_path = ["providers", name.as_str(), "api_key_file"];
+            let key_layer = self
+                .merged
+                .layer_at(&key_path)
+                .filter(|_| c.api_key.is_some());
+            let file_layer = self
+                .merged
+                .layer_at(&file_path)
+                .filter(|_| c.api_key_file.is_some());
+            if let (Some(k), Some(f)) = (key_layer, file_layer) {
+                if k.origin == f.origin {
+                    let from = if k.name == f.name {
+                        k.name.clone()
+                    } else {
+                        format!("{} and {}", k.name, f.name)
+                    };
+                    return Err(ConfigError::new(format!(
+                        "`providers.{name}` (from {from}): both api_key and api_key_file are set; choose one"
+                    )));
+                }
+                // Different layers: the higher one wins, as for any other key.
+                let (winner, loser, drop_key) = if f.origin > k.origin {
+                    (
+                        format!("api_key_file from {}", f.name),
+                        format!("api_key from {}", k.name),
+                        true,
+                    )
+                } else {
+                    (
+                        format!("api_key from {}", k.name),
+                        format!("api_key_file from {}", f.name),
+                        false,
+                    )
+                };
+                notices.push(format!(
+                    "provider `{name}`: using {winner}; ignoring {loser}"
+                ));
+                if drop_key {
+                    c.api_key = None;
+                } else {
+                    c.api_key_file = None;
+                }
+            }
+            let (key, source, layer) = if let Some(key) = &c.api_key {
+                let key = key.expose_secret().trim();
+                if key.is_empty() {
+                    return Err(self
+                        .merged
+                        .err(&key_path, "is empty; remove it or set a key"));
+                }
+                let layer = self.merged.layer_at(&key_path);
+                let source = layer.map_or_else(|| "default".into(), |l| l.name.clone());
+                (SecretString::from(key), source, layer)
+            } else if let Some(raw) = &c.api_key_file {
+                let path = self.path(&file_path, raw)?;
+                // The io::Error says why (missing, permissions, not UTF-8), never what is inside.
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    self.merged
+                        .err(&file_path, format!("cannot read {}: {e}", path.display()))
+                })?;
+                let key = text.trim();
+                if key.is_empty() {
+                    return Err(self
+                        .merged
+                        .err(&file_path, format!("{} is empty", path.display())));
+                }
+                let source = format!("api_key_file {}", path.display());
+                c.api_key_file = Some(path);
+                (
+                    SecretString::from(key),
+                    source,
+                    self.merged.layer_at(&file_path),
+                )
+            } else {
+                continue;
+            };
+            // A key from the environment hides the file's: rotating it in the file does nothing.
+            if let Some(l) = layer.filter(|l| l.origin > Origin::File) {
+                let in_file = ["api_key", "api_key_file"]
+                    .iter()
+                    .any(|k| dict_at(file_dict, &["providers", name, k]).is_some());
+                if in_file {
+                    notices.push(format!(
+                        "provider `{name}`: the key from {} overrides the config file's; \
+                         a key rotated in the file is not used while it is set",
+                        l.name
+                    ));
+                }
+            }
+            keys.insert(
+                name.clone(),
+                ResolvedKey {
+                    key: key.clone(),
+                    source,
+                },
+            );
+            c.api_key = Some(key);
+        }
+        Ok(keys)
+    }
+}
+
+fn dict_at<'a>(dict: &'a Dict, path: &[&str]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    let value = dict.get(*first)?;
+    if rest.is_empty() {
+        return Some(value);
+    }
+    dict_at(value.as_dict()?, rest)
+}
+
+/// `a/./b` → `a/b`; `..` is kept, since a symlink may sit before it.
+fn clean(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
+/// `{a: {b: {c: value}}}` for the path `a.b.c`.
+fn nest(path: &[&str], value: Value) -> Dict {
+    let (last, parents) = path.split_last().expect("non-empty path");
+    let mut dict = Dict::new();
+    dict.insert(last.to_string(), value);
+    for key in parents.iter().rev() {
+        let mut outer = Dict::new();
+        outer.insert(key.to_string(), Value::from(dict));
+        dict = outer;
+    }
+    dict
+}
+
+/// `$XDG_DATA_HOME`, else the platform's data directory.
+fn data_dir(env: &BTreeMap<String, String>) -> Option<PathBuf> {
+    env.get("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(dirs::data_dir)
+}
+
+/// The config file to read, and the places searched when none was named.
+fn find_file(
+    cli: &CliOverrides,
+    env: &BTreeMap<String, String>,
+    cwd: &Path,
+    home: Option<&Path>,
+) -> Result<(Option<PathBuf>, Vec<PathBuf>), ConfigError> {
+    let named = cli
+        .config
+        .as_ref()
+        .map(|p| (p.clone(), "--config"))
+        .or_else(|| {
+            env.get("IMAGEGEN_CONFIG")
+                .map(|p| (PathBuf::from(p), "IMAGEGEN_CONFIG"))
+        });
+    if let Some((path, how)) = named {
+        let path = clean(&cwd.join(path));
+        if !path.is_file() {
+            return Err(ConfigError::new(format!(
+                "config file {} (named by {how}) does not exist or is not a file",
+                path.display()
+            )));
+        }
+        return Ok((Some(path), Vec::new()));
+    }
+    let config_home = env
+        .get("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| home.map(|h| h.join(".config")));
+    let mut searched = vec![cwd.join("imagegen.toml")];
+    searched.extend(config_home.map(|d| d.join("imagegen-mcp/config.toml")));
+    let found = searched.iter().find(|p| p.is_file()).cloned();
+    Ok((found, searched))
+}
+
+/// Parses a TOML file; a syntax error gives the line and column but never the line's text.
+fn read_toml(path: &Path) -> Result<Dict, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(format!("cannot read config file {}: {e}", path.display()))
+    })?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.chars().rev().take_while(|&c| c != '\n').count() + 1;
+                format!(", line {line}, column {column}")
+            })
+            .unwrap_or_default();
+        // `message()` only: the error's Display quotes the offending line, which may hold a key.
+        ConfigError::new(format!(
+            "config file {}{at}: invalid TOML: {}",
+            path.display(),
+            e.message().trim().replace('\n', "; ")
+        ))
+    })?;
+    Value::serialize(&table)
+        .ok()
+        .and_then(|v| v.into_dict())
+        .ok_or_else(|| {
+            ConfigError::new(format!(
+                "config file {}: cannot be read as a table",
+                path.display()
+            ))
+        })
+}
+
+/// The `OPENAI_*` variables as `[providers.openai]`, one layer per variable so each value's
+/// source is the variable; built by hand so a key stays a string whatever it looks like.
+fn openai_layers(env: &BTreeMap<String, String>) -> Vec<Layer> {
+    OPENAI_VARS
+        .iter()
+        .filter_map(|(var, key)| {
+            let value = env.get(*var)?;
+            let mut openai = Dict::new();
+            openai.insert("kind".into(), "openai".into());
+            openai.insert(key.to_string(), value.trim().into());
+            Some(Layer {
+                origin: Origin::OpenAiEnv,
+                name: format!("env {var}"),
+                dict: nest(&["providers", "openai"], Value::from(openai)),
+            })
+        })
+        .collect()
+}
+
+/// `IMAGEGEN_A__B=v` as `a.b = v`, one layer per variable; values are read like TOML
+/// (`90`, `true`, `["a", "b"]`) except keys that must stay strings.
+fn env_layers(
+    env: &BTreeMap<String, String>,
+    notices: &mut Vec<String>,
+) -> Result<Vec<Layer>, ConfigError> {
+    let mut layers = Vec::new();
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let lower = rest.to_ascii_lowercase();
+        let path: Vec<&str> = lower.split("__").collect();
+        if !TOP_KEYS.contains(&path[0]) {
+            if !NON_CONFIG_VARS.contains(&var.as_str()) && !var.starts_with("IMAGEGEN_LOG_") {
+                notices.push(format!(
+                    "ignoring {var}: not a configuration key (they start with {})",
+                    TOP_KEYS
+                        .map(|k| format!("{PREFIX}{}", k.to_ascii_uppercase()))
+                        .join(", ")
+                ));
+            }
+            continue;
+        }
+        if path.iter().any(|k| k.is_empty()) {
+            return Err(ConfigError::new(format!(
+                "{var}: empty key between `__` separators"
+            )));
+        }
+        let last = path[path.len() - 1];
+        let value = if last.ends_with("api_key") || STRING_KEYS.contains(&last) {
+            Value::from(raw.clone())
+        } else {
+            raw.parse::<Value>().expect("infallible")
+        };
+        layers.push(Layer {
+            origin: Origin::Env,
+            name: format!("env {var}"),
+            dict: nest(&path, value),
+        });
+    }
+    Ok(layers)
+}
+
+fn cli_layers(cli: &CliOverrides) -> Result<Vec<Layer>, ConfigError> {
+    let mut layers = Vec::new();
+    if let Some(provider) = &cli.provider {
+        layers.push(Layer {
+            origin: Origin::Flag,
+            name: "flag --provider".into(),
+            dict: nest(&["default_provider"], provider.as_str().into()),
+        });
+    }
+    if let Some(dir) = &cli.output_dir {
+        let dir = dir
+            .to_str()
+            .ok_or_else(|| ConfigError::new("--out: the path is not valid UTF-8"))?;
+        layers.push(Layer {
+            origin: Origin::Flag,
+            name: "flag --out".into(),
+            dict: nest(&["output", "dir"], dir.into()),
+        });
+    }
+    Ok(layers)
+}
+
+/// Picks the default provider; returns where the choice came from.
+///
+/// Set explicitly, it must name an enabled provider. Otherwise: `openai` when
+/// `OPENAI_API_KEY` is set (as the SDKs do), else the mock, else the only enabled provider.
+fn resolve_default(
+    config: &mut Config,
+    merged: &Merged,
+    env: &BTreeMap<String, String>,
+) -> Result<String, ConfigError> {
+    let mut enabled: Vec<&str> = config
+        .providers
+        .iter()
+        .filter(|(_, c)| c.enabled())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    enabled.sort_unstable();
+    let list = if enabled.is_empty() {
+        "none".to_string()
+    } else {
+        enabled.join(", ")
+    };
+    if let Some(name) = &config.default_provider {
+        if !enabled.contains(&name.as_str()) {
+            let what = if config.providers.contains_key(name) {
+                "a disabled provider"
+            } else {
+                "no configured provider"
+            };
+            return Err(merged.err(
+                &["default_provider"],
+                format!("names {what}; enabled providers: {list}"),
+            ));
+        }
+        return Ok(merged.source_at(&["default_provider"]));
+    }
+    let openai_ok = env.contains_key("OPENAI_API_KEY")
+        && matches!(config.providers.get("openai"), Some(ProviderConfig::Openai(c)) if c.enabled);
+    let (name, source) = if openai_ok {
+        ("openai".to_string(), "env OPENAI_API_KEY".to_string())
+    } else if enabled.contains(&"mock") {
+        ("mock".to_string(), "default".to_string())
+    } else if enabled.len() == 1 {
+        (
+            enabled[0].to_string(),
+            "default: the only enabled provider".to_string(),
+        )
+    } else if enabled.is_empty() {
+        return Err(ConfigError::new(
+            "no provider is enabled: enable one under [providers] (the offline mock is [providers.mock])",
+        ));
+    } else {
+        return Err(ConfigError::new(format!(
+            "default_provider is not set; set it to one of: {list}"
+        )));
+    };
+    config.default_provider = Some(name);
+    Ok(source)
+}
+
+fn check_defaults(defaults: &Defaults, path: &[&str], merged: &Merged) -> Result<(), ConfigError> {
+    if defaults.output_compression.is_some_and(|c| c > 100) {
+        let mut key = path.to_vec();
+        key.push("output_compression");
+        return Err(merged.err(&key, "must be between 0 and 100"));
+    }
+    Ok(())
+}
+
+/// Checks what serde cannot: ranges and URLs.
+fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
+    check_defaults(&config.defaults, &["defaults"], merged)?;
+    for (name, provider) in &config.providers {
+        check_defaults(
+            provider.defaults(),
+            &["providers", name, "defaults"],
+            merged,
+        )?;
+        match provider {
+            ProviderConfig::Mock(m) => {
+                if !(0.0..=1.0).contains(&m.fail_rate) {
+                    return Err(merged.err(
+                        &["providers", name, "fail_rate"],
+                        "must be between 0.0 and 1.0",
+                    ));
+                }
+            }
+            ProviderConfig::Openai(o) => {
+                let key = ["providers", name, "base_url"];
+                // The URL is not quoted back: it may carry credentials (https://user:pass@host).
+                match url::Url::parse(&o.base_url) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+                    Ok(_) => return Err(merged.err(&key, "must be an http:// or https:// URL")),
+                    Err(e) => return Err(merged.err(&key, format!("is not a valid URL ({e})"))),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The built-in catalog with `[models]` applied one entry at a time, to name the failing one.
+fn build_catalog(config: &Config, merged: &Merged) -> Result<Catalog, ConfigError> {
+    let mut catalog = Catalog::builtin();
+    for (name, entry) in &config.models {
+        catalog
+            .extend(std::iter::once((name, entry)))
+            .map_err(|msg| {
+                ConfigError::new(format!(
+                    "{msg} (from {})",
+                    merged.source_at(&["models", name])
+                ))
+            })?;
+    }
+    Ok(catalog)
+}
+
+/// Start-up notices derived from the final configuration.
+fn advice(
+    config: &Config,
+    keys: &BTreeMap<String, ResolvedKey>,
+    default_source: &str,
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    let enabled: Vec<(&String, &ProviderConfig)> = config
+        .providers
+        .iter()
+        .filter(|(_, c)| c.enabled())
+        .collect();
+    let default = config.default_provider.as_deref().unwrap_or_default();
+    let default_is_mock = matches!(config.providers.get(default), Some(ProviderConfig::Mock(_)));
+    let real: Vec<&str> = enabled
+        .iter()
+        .filter(|(_, c)| !matches!(c, ProviderConfig::Mock(_)))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if default_is_mock && real.is_empty() {
+        notes.push(
+            "no provider configured: using the offline mock provider \
+             (set OPENAI_API_KEY or write a config file to use OpenAI)"
+                .into(),
+        );
+    } else if default_is_mock && default_source == "default" {
+        notes.push(format!(
+            "default_provider is not set: using the offline mock provider; set it to one of: {}",
+            real.join(", ")
+        ));
+    }
+    for (name, provider) in &enabled {
+        if let ProviderConfig::Openai(o) = provider {
+            if !keys.contains_key(name.as_str())
+                && o.base_url == imagegen_providers::openai::DEFAULT_BASE_URL
+            {
+                notes.push(format!(
+                    "provider `{name}` has no API key: set OPENAI_API_KEY, or api_key or api_key_file under [providers.{name}]"
+                ));
+            }
+        }
+    }
+    notes
+}
