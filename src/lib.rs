@@ -1,3 +1,8 @@
 //! imagegen-mcp: an MCP server for image generation and editing.
 
 pub mod config;
+pub mod delivery;
+pub mod engine;
+pub mod error;
+pub mod server;
+pub mod storage;

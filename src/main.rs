@@ -1,1 +1,255 @@
-fn main(){}
+//! The `imagegen-mcp` command: the MCP server over stdio, a `generate` command, and config tools.
+
+use std::{
+    io::{IsTerminal, Write},
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use clap::{Args, Parser, Subcommand};
+use imagegen_mcp::{
+    config::{CliOverrides, LoadedConfig},
+    delivery::GenerateOutput,
+    engine::{Engine, GenerateParams},
+    server::ImagegenServer,
+};
+use rmcp::ServiceExt;
+
+/// Image generation for any MCP client, with OpenAI and an offline mock provider.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (default: $IMAGEGEN_CONFIG, ./imagegen.toml, then ~/.config/imagegen-mcp/config.toml).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve MCP over stdio (what MCP clients run).
+    Serve {
+        /// The default provider, overriding the configuration.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Where to save images, overriding the configuration.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Generate images from a prompt and print the saved paths.
+    Generate(GenerateArgs),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    /// What to draw.
+    prompt: String,
+    /// Provider name (see `config show`).
+    #[arg(long)]
+    provider: Option<String>,
+    /// Model name.
+    #[arg(long)]
+    model: Option<String>,
+    /// WIDTHxHEIGHT or auto.
+    #[arg(long)]
+    size: Option<String>,
+    /// low, medium, high, auto (GPT image models); standard, hd (dall-e-3).
+    #[arg(long)]
+    quality: Option<String>,
+    /// Number of images.
+    #[arg(long)]
+    n: Option<u32>,
+    /// png, jpeg or webp.
+    #[arg(long = "format", value_name = "FORMAT")]
+    output_format: Option<String>,
+    /// transparent, opaque or auto.
+    #[arg(long)]
+    background: Option<String>,
+    /// Seed, where the provider supports it.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Where to save images.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print the structured result as JSON (the same as the MCP tool's structuredContent).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check the configuration: exit 0 if it loads, else 1 with the reason.
+    Check,
+    /// Show the effective configuration with each value's source (keys as fingerprints).
+    Show,
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // stdout belongs to the MCP protocol (and to `generate`'s output): logs go to stderr only.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn absolute(path: Option<PathBuf>) -> anyhow::Result<Option<PathBuf>> {
+    path.map(std::path::absolute)
+        .transpose()
+        .map_err(Into::into)
+}
+
+fn load(overrides: &CliOverrides) -> anyhow::Result<LoadedConfig> {
+    let loaded = LoadedConfig::load(overrides).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for notice in loaded.notices() {
+        tracing::info!("{notice}");
+    }
+    Ok(loaded)
+}
+
+/// Shows elapsed time on stderr while a call runs, when stderr is a terminal.
+fn spinner(label: String) -> Option<tokio::task::JoinHandle<()>> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+        let start = Instant::now();
+        for i in 0.. {
+            eprint!(
+                "\r{} {label} {:.0}s ",
+                frames[i % frames.len()],
+                start.elapsed().as_secs_f64()
+            );
+            let _ = std::io::stderr().flush();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }))
+}
+
+async fn generate(args: GenerateArgs, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let overrides = CliOverrides {
+        config,
+        output_dir: absolute(args.out)?,
+        ..CliOverrides::default()
+    };
+    let loaded = load(&overrides)?;
+    let engine = Engine::from_config(&loaded)?;
+    let params = GenerateParams {
+        prompt: args.prompt,
+        provider: args.provider,
+        model: args.model,
+        size: args.size,
+        quality: args.quality,
+        n: args.n,
+        output_format: args.output_format,
+        background: args.background,
+        seed: args.seed,
+        ..GenerateParams::default()
+    };
+    let provider = params
+        .provider
+        .clone()
+        .unwrap_or_else(|| engine.default_provider().to_string());
+    let spin = spinner(format!("generating with {provider}"));
+    let outcome = engine.generate(&params).await;
+    if let Some(spin) = spin {
+        spin.abort();
+        eprint!("\r\x1b[2K");
+    }
+    let output = match &outcome {
+        Ok(g) => GenerateOutput::success(g),
+        Err(e) => GenerateOutput::failure(e.clone()),
+    };
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&output)?)?;
+    } else {
+        for image in &output.images {
+            writeln!(stdout, "{}", image.path.display())?;
+        }
+    }
+    match &output.error {
+        None => Ok(ExitCode::SUCCESS),
+        Some(e) => {
+            if !args.json {
+                eprintln!("{}", e.human());
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { provider, out } => {
+            init_logging("info");
+            let overrides = CliOverrides {
+                config: cli.config,
+                provider,
+                output_dir: absolute(out)?,
+            };
+            let engine = Arc::new(Engine::from_config(&load(&overrides)?)?);
+            tracing::info!(
+                default_provider = engine.default_provider(),
+                output_dir = %engine.store().dir().display(),
+                "serving MCP over stdio"
+            );
+            let service = ImagegenServer::new(engine)
+                .serve(rmcp::transport::stdio())
+                .await?;
+            service.waiting().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Generate(args) => {
+            init_logging("warn");
+            generate(args, cli.config).await
+        }
+        Command::Config(cmd) => {
+            init_logging("warn");
+            let overrides = CliOverrides {
+                config: cli.config,
+                ..CliOverrides::default()
+            };
+            let loaded = LoadedConfig::load(&overrides).map_err(|e| anyhow::anyhow!("{e}"));
+            match (cmd, loaded) {
+                (ConfigCommand::Check, Ok(loaded)) => {
+                    Engine::from_config(&loaded)?;
+                    println!(
+                        "configuration OK ({})",
+                        loaded
+                            .file
+                            .as_ref()
+                            .map_or("no config file".into(), |f| f.display().to_string())
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                (ConfigCommand::Show, Ok(loaded)) => {
+                    print!("{}", loaded.show());
+                    Ok(ExitCode::SUCCESS)
+                }
+                (_, Err(e)) => Err(e),
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("imagegen-mcp: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -97,7 +97,10 @@ impl SizeRule {
         let pixels = u64::from(width) * u64::from(height);
         if self.multiple_of > 1 && (width % self.multiple_of != 0 || height % self.multiple_of != 0)
         {
-            Some(format!("both sides must be multiples of {}", self.multiple_of))
+            Some(format!(
+                "both sides must be multiples of {}",
+                self.multiple_of
+            ))
         } else if short < self.min_side || long > self.max_side {
             Some(format!(
                 "each side must be between {} and {} pixels",
@@ -183,7 +186,17 @@ impl ModelCapabilities {
                 if let Some(v) = &o.$field { self.$field = v.clone(); }
             )*};
         }
-        set!(sizes, qualities, styles, max_n, formats, max_prompt_chars, edit, variations, params);
+        set!(
+            sizes,
+            qualities,
+            styles,
+            max_n,
+            formats,
+            max_prompt_chars,
+            edit,
+            variations,
+            params
+        );
         if o.custom_sizes.is_some() {
             self.custom_sizes = o.custom_sizes.clone();
         }
@@ -327,9 +340,16 @@ impl Catalog {
                 max_prompt_chars: 4_000,
                 edit: false,
                 variations: false,
-                params: vec![Param::Size, Param::Quality, Param::Style, Param::ResponseFormat],
+                params: vec![
+                    Param::Size,
+                    Param::Quality,
+                    Param::Style,
+                    Param::ResponseFormat,
+                ],
                 known: true,
-                note: Some("retired by OpenAI on 2026-05-12; still served by compatible servers".into()),
+                note: Some(
+                    "retired by OpenAI on 2026-05-12; still served by compatible servers".into(),
+                ),
             },
         );
         models.insert(
@@ -346,7 +366,9 @@ impl Catalog {
                 variations: true,
                 params: vec![Param::Size, Param::Quality, Param::N, Param::ResponseFormat],
                 known: true,
-                note: Some("retired by OpenAI on 2026-05-12; still served by compatible servers".into()),
+                note: Some(
+                    "retired by OpenAI on 2026-05-12; still served by compatible servers".into(),
+                ),
             },
         );
         models.insert(
@@ -391,7 +413,9 @@ impl Catalog {
         for (name, o) in overrides {
             let mut caps = match &o.like {
                 Some(base) => self.lookup(base).cloned().ok_or_else(|| {
-                    format!("models.\"{name}\".like names `{base}`, which the catalog does not know")
+                    format!(
+                        "models.\"{name}\".like names `{base}`, which the catalog does not know"
+                    )
                 })?,
                 None => self
                     .lookup(name)
@@ -499,7 +523,10 @@ mod tests {
     fn size_rule_names_the_broken_constraint() {
         let rule = Catalog::builtin().get("gpt-image-2").custom_sizes.unwrap();
         assert_eq!(rule.violation(2048, 1152), None);
-        assert!(rule.violation(1000, 1000).unwrap().contains("multiples of 16"));
+        assert!(rule
+            .violation(1000, 1000)
+            .unwrap()
+            .contains("multiples of 16"));
         assert!(rule.violation(3840, 1024).unwrap().contains("times"));
         assert!(rule.violation(4096, 2048).unwrap().contains("between"));
         assert!(rule.violation(512, 512).unwrap().contains("pixel count"));

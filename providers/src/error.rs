@@ -98,7 +98,10 @@ impl FromStr for ErrorKind {
             .find(|k| k.as_str() == s)
             .ok_or_else(|| {
                 let names: Vec<_> = Self::ALL.iter().map(|k| k.as_str()).collect();
-                format!("unknown error kind `{s}`; expected one of: {}", names.join(", "))
+                format!(
+                    "unknown error kind `{s}`; expected one of: {}",
+                    names.join(", ")
+                )
             })
     }
 }
@@ -209,6 +212,10 @@ mod tests {
     fn retryability_follows_the_kind_unless_overridden() {
         assert!(ProviderError::new(ErrorKind::RateLimited, "x").retryable);
         assert!(!ProviderError::new(ErrorKind::QuotaExhausted, "x").retryable);
-        assert!(!ProviderError::new(ErrorKind::RateLimited, "x").with_retryable(false).retryable);
+        assert!(
+            !ProviderError::new(ErrorKind::RateLimited, "x")
+                .with_retryable(false)
+                .retryable
+        );
     }
 }

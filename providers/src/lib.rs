@@ -4,9 +4,6 @@
 //! [`GenerateRequest`] into a [`GenerateResult`] or a [`ProviderError`], and describes what
 //! each model can do so requests can be checked before any paid call is made.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
-// `ProviderError` is large on purpose (status, codes, request id, ...); errors are the cold path
-// next to an HTTP call, and boxing it would change the public type every caller matches on.
-#![allow(clippy::result_large_err)]
 
 pub mod catalog;
 pub mod error;

@@ -66,11 +66,16 @@ impl MockProvider {
         }
         let err = ProviderError::new(
             s.fail_with,
-            format!("mock provider: injected `{}` failure (fail_rate = {})", s.fail_with, s.fail_rate),
+            format!(
+                "mock provider: injected `{}` failure (fail_rate = {})",
+                s.fail_with, s.fail_rate
+            ),
         )
         .with_request_id(Some(format!("mock-{:016x}", fastrand::u64(..))));
         Some(match s.fail_with {
-            ErrorKind::RateLimited => err.with_status(429).with_retry_after(Some(Duration::from_secs(1))),
+            ErrorKind::RateLimited => err
+                .with_status(429)
+                .with_retry_after(Some(Duration::from_secs(1))),
             ErrorKind::UpstreamUnavailable => err.with_status(503),
             ErrorKind::Auth => err.with_status(401),
             _ => err,
@@ -106,7 +111,9 @@ impl ImageProvider for MockProvider {
         let request = request.clone();
         let images = tokio::task::spawn_blocking(move || render_all(&request))
             .await
-            .map_err(|e| ProviderError::new(ErrorKind::BadResponse, format!("mock renderer failed: {e}")))??;
+            .map_err(|e| {
+                ProviderError::new(ErrorKind::BadResponse, format!("mock renderer failed: {e}"))
+            })??;
         let mut result = GenerateResult::new(images, self.settings.model.clone());
         result.request_id = Some(format!("mock-{:016x}", fastrand::u64(..)));
         Ok(result)
@@ -121,7 +128,8 @@ fn render_all(request: &GenerateRequest) -> Result<Vec<GeneratedImage>, Provider
         })?,
     };
     let format = request.output_format.unwrap_or(ImageFormat::Png);
-    let transparent = request.background.as_deref() == Some("transparent") && format.supports_alpha();
+    let transparent =
+        request.background.as_deref() == Some("transparent") && format.supports_alpha();
     (0..request.n.max(1))
         .map(|index| {
             let seed = Seed::new(&request.prompt, request.seed.unwrap_or(0), index);
@@ -165,9 +173,10 @@ fn draw(seed: &Seed, width: u32, height: u32, transparent: bool) -> RgbaImage {
     if !transparent {
         for y in 0..height {
             let t = y as f32 / height.max(2).saturating_sub(1) as f32;
-            let px = Rgba(std::array::from_fn(|c| {
-                (top.0[c] as f32 * (1.0 - t) + bottom.0[c] as f32 * t) as u8
-            }));
+            let mix =
+                |c: usize| (top.0[c] as f32 * (1.0 - t) + bottom.0[c] as f32 * t).round() as u8;
+            // Alpha is set, not mixed: float rounding would make "opaque" images 254/255 alpha.
+            let px = Rgba([mix(0), mix(1), mix(2), 255]);
             for x in 0..width {
                 img.put_pixel(x, y, px);
             }
@@ -210,11 +219,18 @@ fn fill_circle(img: &mut RgbaImage, cx: f32, cy: f32, r: f32, fill: Rgba<u8>) {
     }
 }
 
-fn encode(img: &RgbaImage, format: ImageFormat, compression: Option<u8>) -> Result<Vec<u8>, ProviderError> {
+fn encode(
+    img: &RgbaImage,
+    format: ImageFormat,
+    compression: Option<u8>,
+) -> Result<Vec<u8>, ProviderError> {
     let mut out = Cursor::new(Vec::new());
     let (w, h) = img.dimensions();
     let failed = |e: image::ImageError| {
-        ProviderError::new(ErrorKind::BadResponse, format!("mock could not encode {format}: {e}"))
+        ProviderError::new(
+            ErrorKind::BadResponse,
+            format!("mock could not encode {format}: {e}"),
+        )
     };
     match format {
         ImageFormat::Png => image::codecs::png::PngEncoder::new_with_quality(
@@ -273,7 +289,10 @@ mod tests {
             r.n = 2;
             let result = p.generate(&r).await.unwrap();
             assert_eq!(result.images.len(), 2);
-            assert_ne!(result.images[0].bytes, result.images[1].bytes, "n images differ");
+            assert_ne!(
+                result.images[0].bytes, result.images[1].bytes,
+                "n images differ"
+            );
             for img in &result.images {
                 let info = probe(&img.bytes).unwrap();
                 assert_eq!((info.format, info.width, info.height), (format, 320, 200));
@@ -283,12 +302,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn opaque_images_are_fully_opaque_and_transparent_ones_are_not() {
+        let mut r = GenerateRequest::new("solid", MOCK_MODEL);
+        r.size = Some("64x64".into());
+        let result = provider().generate(&r).await.unwrap();
+        let decoded = image::load_from_memory(&result.images[0].bytes)
+            .unwrap()
+            .into_rgba8();
+        assert!(decoded.pixels().all(|p| p.0[3] == 255));
+    }
+
+    #[tokio::test]
     async fn transparent_background_leaves_alpha_zero_corners_visible() {
         let mut r = GenerateRequest::new("ghost", MOCK_MODEL);
         r.size = Some("64x64".into());
         r.background = Some("transparent".into());
         let result = provider().generate(&r).await.unwrap();
-        let decoded = image::load_from_memory(&result.images[0].bytes).unwrap().into_rgba8();
+        let decoded = image::load_from_memory(&result.images[0].bytes)
+            .unwrap()
+            .into_rgba8();
         assert!(decoded.pixels().any(|p| p.0[3] == 0));
     }
 
@@ -299,7 +331,10 @@ mod tests {
             fail_with: ErrorKind::RateLimited,
             ..MockSettings::default()
         });
-        let err = p.generate(&GenerateRequest::new("x", MOCK_MODEL)).await.unwrap_err();
+        let err = p
+            .generate(&GenerateRequest::new("x", MOCK_MODEL))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind, ErrorKind::RateLimited);
         assert!(err.retryable);
         assert_eq!(err.status, Some(429));

@@ -47,12 +47,7 @@ pub fn parse_size(size: &str) -> Option<(u32, u32)> {
     (w > 0 && h > 0).then_some((w, h))
 }
 
-fn one_of(
-    param: Param,
-    value: &str,
-    allowed: &[String],
-    model: &str,
-) -> Result<(), ProviderError> {
+fn one_of(param: Param, value: &str, allowed: &[String], model: &str) -> Result<(), ProviderError> {
     if allowed.is_empty() || allowed.iter().any(|a| a == value) {
         return Ok(());
     }
@@ -112,7 +107,10 @@ fn describe_rule(rule: &crate::SizeRule) -> String {
 pub fn check(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), ProviderError> {
     let model = request.model.as_str();
     if request.prompt.trim().is_empty() {
-        return Err(ProviderError::invalid_param("prompt", "prompt must not be empty"));
+        return Err(ProviderError::invalid_param(
+            "prompt",
+            "prompt must not be empty",
+        ));
     }
     let chars = request.prompt.chars().count();
     if chars > caps.max_prompt_chars {
@@ -127,7 +125,10 @@ pub fn check(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), 
     if request.n == 0 || request.n > caps.max_n {
         return Err(ProviderError::invalid_param(
             "n",
-            format!("n = {} is not supported by {model}; allowed: 1..={}", request.n, caps.max_n),
+            format!(
+                "n = {} is not supported by {model}; allowed: 1..={}",
+                request.n, caps.max_n
+            ),
         ));
     }
     for param in params_set(request) {
@@ -185,7 +186,12 @@ pub fn check(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), 
         }
     }
     if let Some(moderation) = &request.moderation {
-        one_of(Param::Moderation, moderation, &["low", "auto"].map(String::from), model)?;
+        one_of(
+            Param::Moderation,
+            moderation,
+            &["low", "auto"].map(String::from),
+            model,
+        )?;
     }
     Ok(())
 }

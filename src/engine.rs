@@ -1,0 +1,345 @@
+//! The one path every generation takes, from the CLI or an MCP tool: pick the provider and
+//! model, merge defaults, check the request against the model's capabilities before any paid
+//! call, generate, and save the images.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use imagegen_providers::{
+    mock::{MockProvider, MockSettings},
+    openai::{OpenAiProvider, OpenAiSettings},
+    validate, Catalog, GenerateRequest, GeneratedImage, ImageFormat, ImageProvider, Param,
+};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{Defaults, Delivery, LoadedConfig, OutputConfig, ProviderConfig},
+    error::ToolError,
+    storage::{ImageStore, StoredImage},
+};
+
+/// The parameters of `generate_image` (and of `imagegen-mcp generate`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct GenerateParams {
+    /// What to draw: a full description of the image. Up to 32,000 characters for GPT image
+    /// models (4,000 for dall-e-3).
+    pub prompt: String,
+    /// Which configured provider to use (see `list_providers`); default: the configured default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Model name, e.g. `gpt-image-1.5` or `gpt-image-2`; default: the provider's model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// `WIDTHxHEIGHT` such as `1024x1024`, `1536x1024` (landscape), `1024x1536` (portrait), or
+    /// `auto`. gpt-image-2 also takes custom sizes (multiples of 16). See `list_providers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// `low`, `medium`, `high` or `auto` for GPT image models; `standard` or `hd` for dall-e-3.
+    /// Higher quality is slower and costs more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<String>,
+    /// How many images to make (1-10 for GPT image models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    /// `png` (default), `jpeg` or `webp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_format: Option<String>,
+    /// 0-100 compression for `jpeg` and `webp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_compression: Option<u8>,
+    /// `transparent` (needs png or webp), `opaque` or `auto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background: Option<String>,
+    /// `vivid` or `natural` (dall-e-3 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub style: Option<String>,
+    /// `auto` (default) or `low` content moderation (GPT image models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moderation: Option<String>,
+    /// Seed for reproducible output, where the provider supports it (the mock does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// How to return images: `preview` (small inline preview + link to the full image, the
+    /// default), `link` (no inline image), or `full` (the original inline when it fits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
+}
+
+/// A successful generation: saved images and what the provider said about them.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The provider that served the call.
+    pub provider: String,
+    /// The model that served the call.
+    pub model: String,
+    /// Each saved image beside its bytes.
+    pub images: Vec<(StoredImage, GeneratedImage)>,
+    /// The prompt as the provider rewrote it.
+    pub revised_prompt: Option<String>,
+    /// Token usage, when reported.
+    pub usage: Option<serde_json::Value>,
+    /// The provider's request id.
+    pub request_id: Option<String>,
+}
+
+/// One configured provider with its effective defaults.
+#[derive(Debug, Clone)]
+pub struct ProviderEntry {
+    /// The provider.
+    pub provider: Arc<dyn ImageProvider>,
+    /// `[defaults]` overlaid with the provider's own defaults.
+    pub defaults: Defaults,
+}
+
+/// Everything a call needs, built once from a loaded configuration.
+#[derive(Debug)]
+pub struct Engine {
+    providers: BTreeMap<String, ProviderEntry>,
+    default_provider: String,
+    catalog: Arc<Catalog>,
+    output: OutputConfig,
+    store: ImageStore,
+}
+
+fn overlay(base: &Defaults, top: &Defaults) -> Defaults {
+    Defaults {
+        size: top.size.clone().or_else(|| base.size.clone()),
+        quality: top.quality.clone().or_else(|| base.quality.clone()),
+        output_format: top.output_format.or(base.output_format),
+        output_compression: top.output_compression.or(base.output_compression),
+        background: top.background.clone().or_else(|| base.background.clone()),
+        style: top.style.clone().or_else(|| base.style.clone()),
+        moderation: top.moderation.clone().or_else(|| base.moderation.clone()),
+    }
+}
+
+/// Builds the provider named `name` from its configuration.
+pub fn build_provider(
+    name: &str,
+    cfg: &ProviderConfig,
+    loaded: &LoadedConfig,
+    catalog: &Arc<Catalog>,
+) -> anyhow::Result<Arc<dyn ImageProvider>> {
+    Ok(match cfg {
+        ProviderConfig::Mock(m) => Arc::new(MockProvider::new({
+            let mut s = MockSettings::default();
+            s.model = m.model.clone();
+            s.latency = Duration::from_millis(m.latency_ms);
+            s.fail_rate = m.fail_rate;
+            s.fail_with = m.fail_with;
+            s.catalog = catalog.clone();
+            s
+        })),
+        ProviderConfig::Openai(o) => {
+            let base_url = url::Url::parse(&o.base_url).map_err(|e| {
+                anyhow::anyhow!(
+                    "providers.{name}.base_url `{}` is not a URL: {e}",
+                    o.base_url
+                )
+            })?;
+            let mut s = OpenAiSettings::new(base_url, loaded.api_key(name).map(|k| k.key.clone()));
+            s.organization = o.organization.clone();
+            s.project = o.project.clone();
+            s.model = o.model.clone();
+            if let Some(models) = &o.models {
+                s.models = models.clone();
+            }
+            s.timeout = Duration::from_secs(o.timeout_s);
+            s.max_retries = o.max_retries;
+            s.download_hosts = o.download_hosts.clone();
+            s.max_response_bytes = o.max_response_mb.saturating_mul(1024 * 1024);
+            s.catalog = catalog.clone();
+            let client = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(o.connect_timeout_s))
+                .user_agent(concat!("imagegen-mcp/", env!("CARGO_PKG_VERSION")))
+                .build()?;
+            Arc::new(OpenAiProvider::new(s, client))
+        }
+    })
+}
+
+impl Engine {
+    /// Builds every enabled provider of `loaded`.
+    pub fn from_config(loaded: &LoadedConfig) -> anyhow::Result<Self> {
+        let config = &loaded.config;
+        let catalog = Arc::new(loaded.catalog().clone());
+        let mut providers = BTreeMap::new();
+        for (name, cfg) in config.providers.iter().filter(|(_, c)| c.enabled()) {
+            let provider = build_provider(name, cfg, loaded, &catalog)?;
+            let defaults = overlay(&config.defaults, cfg.defaults());
+            providers.insert(name.clone(), ProviderEntry { provider, defaults });
+        }
+        let default_provider = loaded.default_provider().to_string();
+        anyhow::ensure!(
+            providers.contains_key(&default_provider),
+            "default_provider `{default_provider}` is not an enabled provider"
+        );
+        Ok(Self {
+            providers,
+            default_provider,
+            catalog,
+            output: config.output.clone(),
+            store: ImageStore::new(loaded.output_dir()),
+        })
+    }
+
+    /// The configured providers, by name.
+    pub fn providers(&self) -> &BTreeMap<String, ProviderEntry> {
+        &self.providers
+    }
+
+    /// The provider used when a call names none.
+    pub fn default_provider(&self) -> &str {
+        &self.default_provider
+    }
+
+    /// The model catalog in force.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Output settings.
+    pub fn output(&self) -> &OutputConfig {
+        &self.output
+    }
+
+    /// Where images are saved.
+    pub fn store(&self) -> &ImageStore {
+        &self.store
+    }
+
+    /// Resolves the provider and model and builds a checked request; no money is spent here.
+    ///
+    /// A parameter the caller set that the model does not take is refused; a configured
+    /// default the model does not take is left out.
+    pub fn prepare(
+        &self,
+        params: &GenerateParams,
+    ) -> Result<(String, Arc<dyn ImageProvider>, GenerateRequest), ToolError> {
+        let name = params.provider.as_deref().unwrap_or(&self.default_provider);
+        let entry = self.providers.get(name).ok_or_else(|| {
+            let names: Vec<_> = self.providers.keys().map(String::as_str).collect();
+            ToolError::invalid_param(
+                "provider",
+                format!(
+                    "unknown provider `{name}`; configured: {}",
+                    names.join(", ")
+                ),
+            )
+        })?;
+        let provider = entry.provider.clone();
+        let model = params
+            .model
+            .clone()
+            .unwrap_or_else(|| provider.default_model().to_string());
+        let caps = provider.capabilities(&model);
+        let fail = |e| ToolError::from_provider(e, Some(name), Some(&model));
+
+        let mut request = GenerateRequest::new(params.prompt.clone(), model.clone());
+        request.size = params.size.clone();
+        request.quality = params.quality.clone();
+        request.n = params.n.unwrap_or(1);
+        request.output_format = params
+            .output_format
+            .as_deref()
+            .map(|f| f.parse::<ImageFormat>())
+            .transpose()
+            .map_err(|e| ToolError::invalid_param("output_format", e))?;
+        request.output_compression = params.output_compression;
+        request.background = params.background.clone();
+        request.style = params.style.clone();
+        request.moderation = params.moderation.clone();
+        request.seed = params.seed;
+        validate::check(&request, &caps).map_err(fail)?;
+
+        let d = &entry.defaults;
+        let defaults: [(Param, bool); 7] = [
+            (Param::Size, request.size.is_none() && d.size.is_some()),
+            (
+                Param::Quality,
+                request.quality.is_none() && d.quality.is_some(),
+            ),
+            (
+                Param::OutputFormat,
+                request.output_format.is_none() && d.output_format.is_some(),
+            ),
+            (
+                Param::OutputCompression,
+                request.output_compression.is_none() && d.output_compression.is_some(),
+            ),
+            (
+                Param::Background,
+                request.background.is_none() && d.background.is_some(),
+            ),
+            (Param::Style, request.style.is_none() && d.style.is_some()),
+            (
+                Param::Moderation,
+                request.moderation.is_none() && d.moderation.is_some(),
+            ),
+        ];
+        for (param, applies) in defaults {
+            if !applies || !caps.takes(param) {
+                continue;
+            }
+            match param {
+                Param::Size => request.size = d.size.clone(),
+                Param::Quality => request.quality = d.quality.clone(),
+                Param::OutputFormat => request.output_format = d.output_format,
+                Param::OutputCompression => request.output_compression = d.output_compression,
+                Param::Background => request.background = d.background.clone(),
+                Param::Style => request.style = d.style.clone(),
+                Param::Moderation => request.moderation = d.moderation.clone(),
+                _ => {}
+            }
+        }
+        validate::check(&request, &caps).map_err(|mut e| {
+            e.message
+                .push_str(" (the value comes from the configured [defaults])");
+            fail(e)
+        })?;
+        Ok((name.to_string(), provider, request))
+    }
+
+    /// Generates and saves images; every failure is a structured [`ToolError`].
+    pub async fn generate(&self, params: &GenerateParams) -> Result<Generation, ToolError> {
+        let (name, provider, request) = self.prepare(params)?;
+        tracing::info!(provider = %name, model = %request.model, n = request.n, "generating");
+        let started = std::time::Instant::now();
+        let result = provider
+            .generate(&request)
+            .await
+            .map_err(|e| ToolError::from_provider(e, Some(&name), Some(&request.model)))?;
+        tracing::info!(
+            provider = %name,
+            model = %result.model,
+            images = result.images.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "generated"
+        );
+        let store = self.store.clone();
+        let prompt = request.prompt.clone();
+        let images = result.images;
+        let saved = tokio::task::spawn_blocking(move || {
+            images
+                .into_iter()
+                .map(|img| store.save(&img, &prompt).map(|s| (s, img)))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| ToolError::storage(format!("saving failed: {e}")))?
+        .map_err(|e| {
+            ToolError::storage(format!(
+                "the image was generated but could not be saved in {}: {e}",
+                self.store.dir().display()
+            ))
+        })?;
+        Ok(Generation {
+            provider: name,
+            model: result.model,
+            images: saved,
+            revised_prompt: result.revised_prompt,
+            usage: result.usage.and_then(|u| serde_json::to_value(u).ok()),
+            request_id: result.request_id,
+        })
+    }
+}

@@ -1,0 +1,97 @@
+//! The structured error every tool result and `--json` output carries.
+//!
+//! Provider errors are mapped here and nowhere else.
+
+use imagegen_providers::{ErrorKind, ProviderError};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A failure as reported to MCP clients and `generate --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ToolError {
+    /// What went wrong: one of the provider error kinds (`invalid_request`, `rate_limited`, ...),
+    /// or `storage` when the image could not be saved.
+    pub kind: String,
+    /// A message a person can act on.
+    pub message: String,
+    /// Whether a later identical call may succeed.
+    pub retryable: bool,
+    /// Seconds to wait before retrying, when the provider said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_s: Option<u64>,
+    /// The provider the call went to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The model the call asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The request parameter at fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
+    /// The provider's HTTP status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// The provider's own error code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_code: Option<String>,
+    /// The provider's request id, to quote to its support.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl ToolError {
+    /// An error of `kind` with nothing but a message.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::from_provider(ProviderError::new(kind, message), None, None)
+    }
+
+    /// An `invalid_request` error about `param`.
+    pub fn invalid_param(param: &str, message: impl Into<String>) -> Self {
+        Self::from_provider(ProviderError::invalid_param(param, message), None, None)
+    }
+
+    /// The image was made but could not be saved.
+    pub fn storage(message: impl Into<String>) -> Self {
+        Self {
+            kind: "storage".into(),
+            ..Self::new(ErrorKind::BadResponse, message)
+        }
+    }
+
+    /// Maps a provider error, naming the provider and model it came from.
+    pub fn from_provider(err: ProviderError, provider: Option<&str>, model: Option<&str>) -> Self {
+        let mut message = err.message;
+        if let Some(provider_message) = err
+            .provider_message
+            .filter(|m| !message.contains(m.as_str()))
+        {
+            message = format!("{message} (provider said: {provider_message})");
+        }
+        Self {
+            kind: err.kind.as_str().into(),
+            message,
+            retryable: err.retryable,
+            retry_after_s: err.retry_after.map(|d| d.as_secs_f64().ceil() as u64),
+            provider: provider.map(str::to_owned),
+            model: model.map(str::to_owned),
+            param: err.param,
+            status: err.status,
+            provider_code: err.provider_code,
+            request_id: err.request_id,
+        }
+    }
+
+    /// One line for people: the message plus whatever helps act on it.
+    pub fn human(&self) -> String {
+        let mut out = format!("{} error: {}", self.kind, self.message);
+        if let Some(s) = self.retry_after_s {
+            out.push_str(&format!(" Try again in {s} s."));
+        } else if self.retryable {
+            out.push_str(" This may succeed if retried.");
+        }
+        if let Some(id) = &self.request_id {
+            out.push_str(&format!(" (request id {id})"));
+        }
+        out
+    }
+}

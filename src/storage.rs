@@ -1,0 +1,262 @@
+//! Saving generated images under `output.dir` and serving them back as `imagegen://images/<name>`.
+//!
+//! Names are chosen here, never by the caller or the model: a timestamp, a slug of the prompt
+//! and a content hash, claimed with `create_new` so nothing is ever overwritten.
+
+use std::{
+    fs,
+    io::{self, Write},
+    path::{Path, PathBuf},
+};
+
+use imagegen_providers::{GeneratedImage, ImageFormat};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The URI prefix of stored images.
+pub const IMAGE_URI_PREFIX: &str = "imagegen://images/";
+
+/// An image saved on disk, as reported in tool results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StoredImage {
+    /// The file name under the output directory.
+    pub name: String,
+    /// Absolute path of the saved file.
+    pub path: PathBuf,
+    /// `imagegen://images/<name>`, readable with `resources/read`.
+    pub uri: String,
+    /// MIME type of the saved file.
+    pub mime: String,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Size of the file in bytes.
+    pub bytes: u64,
+    /// Hex SHA-256 of the file's contents.
+    pub sha256: String,
+}
+
+/// One entry of the stored-image listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEntry {
+    /// The file name.
+    pub name: String,
+    /// MIME type from the extension.
+    pub mime: &'static str,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Last modification time.
+    pub modified: std::time::SystemTime,
+}
+
+/// The directory images are saved in.
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    dir: PathBuf,
+}
+
+/// Turns a prompt into a short, filesystem-safe slug.
+fn slug(prompt: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in prompt.chars() {
+        if out.len() >= max {
+            break;
+        }
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.is_empty() && !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let out = out.trim_end_matches('-');
+    if out.is_empty() {
+        "image".into()
+    } else {
+        out.into()
+    }
+}
+
+fn mime_for_name(name: &str) -> Option<&'static str> {
+    let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+    ImageFormat::ALL
+        .into_iter()
+        .find(|f| f.extension() == ext || f.as_str() == ext)
+        .map(ImageFormat::mime)
+}
+
+/// Whether `name` is one this store could have made: a plain file name, never a path.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', '\0'])
+        && !name.contains("..")
+        && mime_for_name(name).is_some()
+}
+
+impl ImageStore {
+    /// A store saving into `dir` (created on first save).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The output directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Saves `image` under a fresh name derived from `prompt`; never overwrites a file.
+    pub fn save(&self, image: &GeneratedImage, prompt: &str) -> io::Result<StoredImage> {
+        fs::create_dir_all(&self.dir)?;
+        let sha256 = hex(&Sha256::digest(&image.bytes));
+        let stamp = time::OffsetDateTime::now_utc()
+            .format(time::macros::format_description!(
+                "[year][month][day]-[hour][minute][second]"
+            ))
+            .map_err(io::Error::other)?;
+        let base = format!("{stamp}-{}-{}", slug(prompt, 40), &sha256[..8]);
+        let ext = image.format.extension();
+        for attempt in 0u32..1000 {
+            let name = match attempt {
+                0 => format!("{base}.{ext}"),
+                n => format!("{base}-{n}.{ext}"),
+            };
+            let path = self.dir.join(&name);
+            let mut file = match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            };
+            if let Err(e) = file.write_all(&image.bytes).and_then(|_| file.sync_data()) {
+                // A half-written image must not be served later as if it were whole.
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
+            return Ok(StoredImage {
+                uri: format!("{IMAGE_URI_PREFIX}{name}"),
+                path: path.canonicalize().unwrap_or(path),
+                name,
+                mime: image.mime().into(),
+                width: image.width,
+                height: image.height,
+                bytes: image.bytes.len() as u64,
+                sha256,
+            });
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("no free file name for {base}.{ext}"),
+        ))
+    }
+
+    /// The name in an `imagegen://images/<name>` URI, if the URI is one of ours and well formed.
+    pub fn name_from_uri(uri: &str) -> Option<&str> {
+        uri.strip_prefix(IMAGE_URI_PREFIX)
+            .filter(|name| is_valid_name(name))
+    }
+
+    /// Reads a stored image by name, with its MIME type.
+    pub fn read(&self, name: &str) -> io::Result<(Vec<u8>, &'static str)> {
+        let mime = mime_for_name(name)
+            .filter(|_| is_valid_name(name))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an image name"))?;
+        Ok((fs::read(self.dir.join(name))?, mime))
+    }
+
+    /// Every stored image, newest first. A missing directory is an empty listing.
+    pub fn list(&self) -> io::Result<Vec<StoredEntry>> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let meta = entry.metadata()?;
+            if !meta.is_file() || !is_valid_name(&name) {
+                continue;
+            }
+            out.push(StoredEntry {
+                mime: mime_for_name(&name).unwrap_or("application/octet-stream"),
+                bytes: meta.len(),
+                modified: meta.modified()?,
+                name,
+            });
+        }
+        out.sort_by(|a, b| {
+            b.modified
+                .cmp(&a.modified)
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        Ok(out)
+    }
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn png() -> GeneratedImage {
+        let img = image::RgbaImage::from_pixel(4, 3, image::Rgba([1, 2, 3, 255]));
+        let mut buf = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut buf, image::ImageFormat::Png).unwrap();
+        GeneratedImage::from_encoded(Bytes::from(buf.into_inner())).unwrap()
+    }
+
+    #[test]
+    fn saves_never_overwrite_and_read_back_identically() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(dir.path().join("nested"));
+        let img = png();
+        let a = store.save(&img, "A lighthouse, at dusk!").unwrap();
+        let b = store.save(&img, "A lighthouse, at dusk!").unwrap();
+        assert_ne!(a.name, b.name);
+        assert!(a.name.contains("a-lighthouse-at-dusk"), "{}", a.name);
+        assert_eq!((a.width, a.height, a.mime.as_str()), (4, 3, "image/png"));
+        let (bytes, mime) = store.read(&a.name).unwrap();
+        assert_eq!((bytes.as_slice(), mime), (&img.bytes[..], "image/png"));
+        assert_eq!(store.list().unwrap().len(), 2);
+        assert_eq!(ImageStore::name_from_uri(&a.uri), Some(a.name.as_str()));
+    }
+
+    #[test]
+    fn names_that_could_escape_the_directory_are_refused() {
+        for bad in [
+            "../x.png",
+            "a/b.png",
+            ".hidden.png",
+            "x.txt",
+            "..png",
+            "a\\b.png",
+            "",
+        ] {
+            assert!(!is_valid_name(bad), "{bad}");
+        }
+        assert!(ImageStore::name_from_uri("imagegen://images/../../etc/passwd").is_none());
+        let store = ImageStore::new("/tmp");
+        assert!(store.read("../etc/passwd").is_err());
+    }
+
+    #[test]
+    fn slugs_are_short_and_safe() {
+        assert_eq!(slug("   ", 40), "image");
+        assert_eq!(slug("Ünïcode & ../../etc", 40), "n-code-etc");
+        assert!(slug(&"word ".repeat(50), 40).len() <= 41);
+    }
+}

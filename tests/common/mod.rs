@@ -1,0 +1,113 @@
+//! Shared helpers for tests that drive the real `imagegen-mcp` binary.
+#![allow(dead_code)]
+
+use std::{path::Path, process::Stdio};
+
+use base64::Engine as _;
+use imagegen_providers::{
+    mock::{MockProvider, MockSettings, MOCK_MODEL},
+    GenerateRequest, ImageProvider,
+};
+use rmcp::{
+    model::{ClientConfig, ProtocolVersion},
+    service::RunningService,
+    transport::{ConfigureCommandExt, TokioChildProcess},
+    ClientHandler, RoleClient, ServiceExt,
+};
+use tokio::{io::AsyncReadExt, process::Command, task::JoinHandle};
+
+/// A key that must never appear in any output.
+pub const SENTINEL_KEY: &str = "sk-SENTINEL-do-not-leak-0123456789abcdef";
+
+/// A client that asks for a given protocol revision.
+#[derive(Debug, Clone)]
+pub struct VersionedClient(pub ProtocolVersion);
+
+impl ClientHandler for VersionedClient {
+    fn get_info(&self) -> ClientConfig {
+        let mut info = ClientConfig::default();
+        info.protocol_version = self.0.clone();
+        info
+    }
+}
+
+/// The binary under test, with a clean environment rooted at `home`.
+pub fn binary(home: &Path, envs: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imagegen-mcp"));
+    cmd.env_clear()
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("XDG_DATA_HOME", home.join(".local/share"))
+        .current_dir(home);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// A running server and a task collecting everything it wrote to stderr.
+pub struct Server {
+    pub client: RunningService<RoleClient, VersionedClient>,
+    pub stderr: JoinHandle<String>,
+}
+
+impl Server {
+    /// Starts `imagegen-mcp serve` with `envs` and connects a client speaking `version`.
+    pub async fn start(home: &Path, envs: &[(&str, &str)], version: ProtocolVersion) -> Self {
+        let cmd = binary(home, envs).configure(|c| {
+            c.arg("serve");
+        });
+        let (transport, stderr) = TokioChildProcess::builder(cmd)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn imagegen-mcp");
+        let mut stderr = stderr.expect("stderr piped");
+        let stderr = tokio::spawn(async move {
+            let mut out = String::new();
+            let _ = stderr.read_to_string(&mut out).await;
+            out
+        });
+        let client = VersionedClient(version)
+            .serve(transport)
+            .await
+            .expect("MCP handshake");
+        Self { client, stderr }
+    }
+
+    /// Shuts the server down and returns its stderr.
+    pub async fn stop(self) -> String {
+        self.client.cancel().await.expect("cancel");
+        tokio::time::timeout(std::time::Duration::from_secs(10), self.stderr)
+            .await
+            .expect("server exits after the client leaves")
+            .expect("stderr task")
+    }
+}
+
+/// A real PNG of `width`x`height`, drawn by the mock provider.
+pub async fn png(width: u32, height: u32) -> Vec<u8> {
+    let mut r = GenerateRequest::new("fixture", MOCK_MODEL);
+    r.size = Some(format!("{width}x{height}"));
+    let result = MockProvider::new(MockSettings::default())
+        .generate(&r)
+        .await
+        .expect("mock renders");
+    result.images[0].bytes.to_vec()
+}
+
+/// Base64 of `bytes`.
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Decodes base64.
+pub fn unb64(text: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .expect("valid base64")
+}
+
+/// Tool arguments from a JSON object literal.
+pub fn args(value: serde_json::Value) -> rmcp::model::JsonObject {
+    value.as_object().expect("an object").clone()
+}

@@ -1,0 +1,72 @@
+"""Smoke test with the official Python MCP SDK: drive `imagegen-mcp serve` over stdio on the
+mock provider, in both the 2026-07-28 (discover) and the legacy (initialize) modes.
+
+Usage: python tests/python/smoke.py path/to/imagegen-mcp
+"""
+
+import asyncio
+import base64
+import hashlib
+import os
+import sys
+import tempfile
+
+from mcp import Client, StdioServerParameters
+
+
+async def run(binary: str, mode: str) -> None:
+    with tempfile.TemporaryDirectory() as home:
+        env = {
+            "HOME": home,
+            "XDG_CONFIG_HOME": os.path.join(home, ".config"),
+            "XDG_DATA_HOME": os.path.join(home, ".local", "share"),
+            "PATH": os.environ.get("PATH", ""),
+        }
+        params = StdioServerParameters(command=binary, args=["serve"], env=env, cwd=home)
+        async with Client(params, mode=mode) as client:
+            tools = await client.list_tools()
+            names = sorted(t.name for t in tools.tools)
+            assert names == ["generate_image", "list_providers"], names
+            gen = next(t for t in tools.tools if t.name == "generate_image")
+            assert gen.output_schema and gen.output_schema["type"] == "object", gen.output_schema
+
+            providers = await client.call_tool("list_providers", {})
+            assert not providers.is_error, providers
+            assert providers.structured_content["default_provider"] == "mock", providers.structured_content
+
+            result = await client.call_tool(
+                "generate_image", {"prompt": "a lighthouse at dusk", "size": "1024x1024"}
+            )
+            assert not result.is_error, result
+            kinds = [c.type for c in result.content]
+            assert "image" in kinds and "resource_link" in kinds, kinds
+            preview = next(c for c in result.content if c.type == "image")
+            assert len(preview.data) <= 80_000, len(preview.data)
+            image = result.structured_content["images"][0]
+            assert result.structured_content["error"] is None
+            assert (image["width"], image["height"]) == (1024, 1024), image
+            with open(image["path"], "rb") as f:
+                saved = f.read()
+            assert saved.startswith(b"\x89PNG"), "a real PNG"
+            assert hashlib.sha256(saved).hexdigest() == image["sha256"]
+
+            link = next(c for c in result.content if c.type == "resource_link")
+            read = await client.read_resource(link.uri)
+            blob = base64.b64decode(read.contents[0].blob)
+            assert blob == saved, "resources/read returns the saved image"
+
+            refused = await client.call_tool("generate_image", {"prompt": "x", "size": "7x7"})
+            assert refused.is_error
+            assert refused.structured_content["error"]["kind"] == "invalid_request"
+            assert refused.structured_content["error"]["param"] == "size"
+    print(f"python mcp smoke ({mode}): ok, {len(saved)} byte PNG, preview {len(preview.data)} b64 bytes")
+
+
+async def main() -> None:
+    binary = os.path.abspath(sys.argv[1])
+    for mode in ("auto", "legacy"):
+        await run(binary, mode)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
