@@ -173,17 +173,16 @@ pub fn plan_inline(images: &[&GeneratedImage], mode: Delivery, budget: usize) ->
         .iter()
         .map(|img| {
             let original_len = b64_len(img.bytes.len());
-            if mode == Delivery::Full && original_len <= each {
-                return InlinePlan {
-                    inline: Some(Inline {
-                        base64: base64::engine::general_purpose::STANDARD.encode(&img.bytes),
-                        mime: img.mime(),
-                        width: img.width,
-                        height: img.height,
-                        original: true,
-                    }),
-                    note: None,
-                };
+            let original = || Inline {
+                base64: base64::engine::general_purpose::STANDARD.encode(&img.bytes),
+                mime: img.mime(),
+                width: img.width,
+                height: img.height,
+                original: true,
+            };
+            let fits = original_len <= each;
+            if fits && (mode == Delivery::Full || img.width.max(img.height) <= PREVIEW_MAX_SIDE) {
+                return InlinePlan { inline: Some(original()), note: None };
             }
             let why_not_full = (mode == Delivery::Full).then(|| {
                 format!(
@@ -191,6 +190,8 @@ pub fn plan_inline(images: &[&GeneratedImage], mode: Delivery, budget: usize) ->
                 )
             });
             match preview(img, each) {
+                // Flat artwork often compresses better as the original than as a smaller JPEG.
+                Ok(p) if fits && p.base64.len() >= original_len => InlinePlan { inline: Some(original()), note: None },
                 Ok(p) => InlinePlan { inline: Some(p), note: why_not_full },
                 Err(e) => InlinePlan { inline: None, note: Some(e) },
             }
@@ -295,6 +296,19 @@ mod tests {
         let plan = &plan_inline(&[&big[0]], Delivery::Full, budget)[0];
         assert!(!plan.inline.as_ref().unwrap().original);
         assert!(plan.note.as_ref().unwrap().contains("exceeds"));
+    }
+
+    #[tokio::test]
+    async fn an_original_smaller_than_its_preview_is_sent_instead() {
+        let imgs = images(1, "1024x1024", None).await;
+        let plan = &plan_inline(&[&imgs[0]], Delivery::Preview, 1_000_000)[0];
+        let inline = plan.inline.as_ref().unwrap();
+        let preview = preview(&imgs[0], 1_000_000).unwrap();
+        assert_eq!(
+            inline.original,
+            b64_len(imgs[0].bytes.len()) <= preview.base64.len()
+        );
+        assert!(inline.base64.len() <= preview.base64.len());
     }
 
     #[test]

@@ -343,3 +343,104 @@ impl Engine {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CliOverrides;
+
+    const SENTINEL: &str = "sk-SENTINEL-engine-0123456789abcdef";
+
+    fn engine(toml: &str) -> Engine {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("imagegen.toml");
+        std::fs::write(&file, toml).unwrap();
+        let env = [
+            ("HOME", dir.path().to_str().unwrap()),
+            ("XDG_DATA_HOME", dir.path().to_str().unwrap()),
+        ];
+        let loaded = LoadedConfig::load_from(&CliOverrides::default(), env, dir.path()).unwrap();
+        Engine::from_config(&loaded).unwrap()
+    }
+
+    fn params(prompt: &str) -> GenerateParams {
+        GenerateParams {
+            prompt: prompt.into(),
+            ..GenerateParams::default()
+        }
+    }
+
+    const OPENAI_WITH_DEFAULTS: &str = r#"
+default_provider = "openai"
+[defaults]
+moderation = "low"
+style = "vivid"
+quality = "high"
+[providers.openai]
+kind = "openai"
+api_key = "sk-SENTINEL-engine-0123456789abcdef"
+"#;
+
+    #[test]
+    fn config_defaults_the_model_does_not_take_are_dropped_not_refused() {
+        let e = engine(OPENAI_WITH_DEFAULTS);
+        let (_, _, gpt) = e.prepare(&params("x")).unwrap();
+        assert_eq!(gpt.moderation.as_deref(), Some("low"));
+        assert_eq!(gpt.quality.as_deref(), Some("high"));
+        assert_eq!(gpt.style, None, "GPT image models take no style");
+
+        let mut p = params("x");
+        p.model = Some("dall-e-3".into());
+        p.quality = Some("hd".into());
+        let (_, _, dalle) = e.prepare(&p).unwrap();
+        assert_eq!(dalle.moderation, None, "dall-e-3 rejects moderation");
+        assert_eq!(dalle.style.as_deref(), Some("vivid"));
+    }
+
+    #[test]
+    fn explicit_parameters_the_model_does_not_take_are_refused_by_name() {
+        let e = engine(OPENAI_WITH_DEFAULTS);
+        let mut p = params("x");
+        p.style = Some("natural".into());
+        let err = e.prepare(&p).unwrap_err();
+        assert_eq!(
+            (err.kind.as_str(), err.param.as_deref()),
+            ("invalid_request", Some("style"))
+        );
+        assert_eq!(err.provider.as_deref(), Some("openai"));
+        assert_eq!(err.model.as_deref(), Some("gpt-image-1.5"));
+    }
+
+    #[test]
+    fn an_invalid_default_value_is_blamed_on_the_configuration() {
+        let e = engine("[defaults]\nsize = \"1000x1000\"\n[providers.mock]\nkind = \"mock\"\n");
+        let mut p = params("x");
+        p.model = Some("gpt-image-1.5".into());
+        let err = e.prepare(&p).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("size"));
+        assert!(err.message.contains("[defaults]"), "{}", err.message);
+    }
+
+    #[test]
+    fn per_provider_defaults_win_over_global_ones() {
+        let e = engine(
+            "[defaults]\nsize = \"64x64\"\nquality = \"low\"\n[providers.mock.defaults]\nsize = \"32x32\"\n",
+        );
+        let (_, _, r) = e.prepare(&params("x")).unwrap();
+        assert_eq!(
+            (r.size.as_deref(), r.quality.as_deref()),
+            (Some("32x32"), Some("low"))
+        );
+    }
+
+    #[test]
+    fn debug_output_never_holds_the_key() {
+        let e = engine(OPENAI_WITH_DEFAULTS);
+        let debug = format!("{e:?}");
+        assert!(debug.contains("openai"));
+        assert!(
+            !debug.contains(SENTINEL) && !debug.contains("SENTINEL-engine"),
+            "{debug}"
+        );
+    }
+}

@@ -70,14 +70,14 @@ async fn generate_json_prints_the_structured_result_and_exits_1_on_error() {
         .unwrap()
         .starts_with(dir.to_str().unwrap()));
 
-    let bad = run(
-        home.path(),
-        &[],
-        &["--config", "/nonexistent/imagegen.toml", "generate", "x"],
-    )
-    .await;
-    assert_eq!(bad.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent/imagegen.toml"));
+    for args in [
+        ["--config", "/nonexistent/imagegen.toml", "generate", "x"],
+        ["generate", "x", "--config", "/nonexistent/imagegen.toml"],
+    ] {
+        let bad = run(home.path(), &[], &args).await;
+        assert_eq!(bad.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent/imagegen.toml"));
+    }
 
     let refused = run(
         home.path(),
