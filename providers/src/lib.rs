@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod error;
 pub mod image_info;
+pub mod keys;
 pub mod mock;
 pub mod openai;
 pub mod retry;
@@ -15,7 +16,7 @@ pub mod secret;
 pub mod types;
 pub mod validate;
 
-use std::fmt::Debug;
+use std::{fmt::Debug, time::Duration};
 
 use async_trait::async_trait;
 
@@ -41,4 +42,77 @@ pub trait ImageProvider: Send + Sync + Debug {
 
     /// Generates images; `request.model` is always set and already validated.
     async fn generate(&self, request: &GenerateRequest) -> Result<GenerateResult, ProviderError>;
+
+    /// Generates images, reporting progress (attempts, retries, partial images) to `events`.
+    ///
+    /// Providers with nothing to report keep this default. Dropping the returned future
+    /// cancels the call, including any upstream request and retry wait.
+    async fn generate_with_events(
+        &self,
+        request: &GenerateRequest,
+        events: &Events,
+    ) -> Result<GenerateResult, ProviderError> {
+        let _ = events;
+        self.generate(request).await
+    }
+}
+
+/// Something a provider reports while a call runs, for progress notifications.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ProviderEvent {
+    /// Attempt number `attempt` (1-based) is being sent.
+    Requesting {
+        /// Which attempt.
+        attempt: u32,
+    },
+    /// A retryable failure: the next attempt starts after `delay`.
+    Retrying {
+        /// The attempt that failed.
+        attempt: u32,
+        /// How long until the next one.
+        delay: Duration,
+        /// Why, for people.
+        reason: String,
+    },
+    /// The key was rate limited or refused; the call moves to another key of the pool.
+    SwitchingKey {
+        /// The fingerprint of the key left behind.
+        from: String,
+        /// Why, for people.
+        reason: String,
+    },
+    /// The response has started to arrive.
+    Receiving,
+    /// A partial image from a streaming generation, in arrival order.
+    PartialImage {
+        /// The provider's partial image index.
+        index: u32,
+        /// The partial image.
+        image: GeneratedImage,
+    },
+}
+
+/// Where a provider sends [`ProviderEvent`]s; sending never blocks and never fails a call.
+#[derive(Debug, Clone, Default)]
+pub struct Events(Option<tokio::sync::mpsc::UnboundedSender<ProviderEvent>>);
+
+impl Events {
+    /// A sink that drops every event.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// A sink and the receiver its events arrive on.
+    pub fn channel() -> (Self, tokio::sync::mpsc::UnboundedReceiver<ProviderEvent>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (Self(Some(tx)), rx)
+    }
+
+    /// Reports `event` if anyone listens.
+    pub fn send(&self, event: ProviderEvent) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(event);
+        }
+    }
 }

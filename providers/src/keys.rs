@@ -1,0 +1,439 @@
+//! A pool of API keys for one provider: round-robin over usable keys, cooldown on rate limits,
+//! disable on rejection, and state carried across configuration reloads.
+//!
+//! A key's identity is the SHA-256 of the key itself: display fingerprints such as `sk-…abcd`
+//! can collide, and the hash lets a reload recognise a key it already knows.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::{secret::fingerprint, ErrorKind, ProviderError};
+
+/// The longest cooldown given without a server hint.
+const MAX_COOLDOWN: Duration = Duration::from_secs(60);
+
+/// One key of a pool. Its `Debug` shows only the fingerprint.
+pub struct PoolKey {
+    secret: SecretString,
+    id: [u8; 32],
+    fingerprint: String,
+    source: String,
+}
+
+impl PoolKey {
+    /// The key itself, for the one place a request header is built.
+    pub fn expose(&self) -> &str {
+        self.secret.expose_secret()
+    }
+
+    /// A safe hint of the key, such as `sk-…abcd`.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Where the key came from (a file, an environment variable, ...).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+}
+
+impl fmt::Debug for PoolKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolKey")
+            .field("fingerprint", &self.fingerprint)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Health {
+    Active,
+    CoolingDown { until: Instant, strikes: u32 },
+    Disabled { reason: String, since: Instant },
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    health: HashMap<[u8; 32], Health>,
+    next: usize,
+}
+
+/// The keys of one provider and what is known about each.
+pub struct KeyPool {
+    keys: Vec<Arc<PoolKey>>,
+    state: Mutex<PoolState>,
+    recheck: Duration,
+}
+
+impl fmt::Debug for KeyPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.keys.iter().map(|k| &k.fingerprint))
+            .finish()
+    }
+}
+
+/// A key's state as shown in status views: never the key itself.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeyStatus {
+    /// A safe hint of the key, such as `sk-…abcd`.
+    pub fingerprint: String,
+    /// Where the key came from.
+    pub source: String,
+    /// `active`, `cooling_down` or `disabled`.
+    pub state: &'static str,
+    /// Seconds until a cooling-down key is usable again, or a disabled key is tried again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usable_in_s: Option<u64>,
+    /// Why the key is disabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl KeyPool {
+    /// A pool of `keys` (each with its source), de-duplicated by content; disabled keys are
+    /// tried again after `recheck`.
+    pub fn new(keys: impl IntoIterator<Item = (SecretString, String)>, recheck: Duration) -> Self {
+        let mut seen = Vec::new();
+        let mut pool = Vec::new();
+        for (secret, source) in keys {
+            let id: [u8; 32] = Sha256::digest(secret.expose_secret().as_bytes()).into();
+            if seen.contains(&id) {
+                continue;
+            }
+            seen.push(id);
+            pool.push(Arc::new(PoolKey {
+                fingerprint: fingerprint(secret.expose_secret()),
+                secret,
+                id,
+                source,
+            }));
+        }
+        Self {
+            keys: pool,
+            state: Mutex::new(PoolState::default()),
+            recheck,
+        }
+    }
+
+    /// A pool with no keys: requests go out without credentials.
+    pub fn empty() -> Self {
+        Self::new([], Duration::from_secs(600))
+    }
+
+    /// Whether the pool has no keys at all.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The number of distinct keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        // A panic elsewhere must not take key selection down with it; the state stays valid.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn usable(&self, health: Option<&Health>, now: Instant) -> bool {
+        match health {
+            None | Some(Health::Active) => true,
+            Some(Health::CoolingDown { until, .. }) => *until <= now,
+            Some(Health::Disabled { since, .. }) => now.duration_since(*since) >= self.recheck,
+        }
+    }
+
+    /// The next usable key round-robin, skipping `tried` (keys this call already used).
+    ///
+    /// With no usable key it fails at once, saying when one will be usable.
+    pub fn pick(&self, tried: &[&PoolKey]) -> Result<Arc<PoolKey>, ProviderError> {
+        let now = Instant::now();
+        let mut state = self.state();
+        let n = self.keys.len();
+        for step in 0..n {
+            let i = (state.next + step) % n;
+            let key = &self.keys[i];
+            if tried.iter().any(|t| t.id == key.id) || !self.usable(state.health.get(&key.id), now)
+            {
+                continue;
+            }
+            state.next = (i + 1) % n;
+            return Ok(key.clone());
+        }
+        Err(self.exhausted(&state, now))
+    }
+
+    fn exhausted(&self, state: &PoolState, now: Instant) -> ProviderError {
+        let mut soonest: Option<Duration> = None;
+        let mut parts = Vec::new();
+        let mut all_disabled = true;
+        for key in &self.keys {
+            let (wait, what) = match state.health.get(&key.id) {
+                Some(Health::CoolingDown { until, .. }) => {
+                    all_disabled = false;
+                    let wait = until.saturating_duration_since(now);
+                    (
+                        wait,
+                        format!("cooling down for {} s", wait.as_secs_f64().ceil()),
+                    )
+                }
+                Some(Health::Disabled { reason, since }) => {
+                    let wait = self.recheck.saturating_sub(now.duration_since(*since));
+                    (wait, format!("disabled ({reason})"))
+                }
+                // Usable but already tried by this call.
+                _ => {
+                    all_disabled = false;
+                    (Duration::ZERO, "already tried by this call".into())
+                }
+            };
+            soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+            parts.push(format!("{} {what}", key.fingerprint));
+        }
+        let wait = soonest.unwrap_or_default();
+        let (kind, hint) = if all_disabled {
+            (
+                ErrorKind::Auth,
+                format!(
+                    "fix or rotate the keys in the configuration; disabled keys are tried again in {} s",
+                    wait.as_secs_f64().ceil()
+                ),
+            )
+        } else {
+            (
+                ErrorKind::RateLimited,
+                format!("a key is usable again in {} s", wait.as_secs_f64().ceil()),
+            )
+        };
+        let message = if self.keys.is_empty() {
+            "no API key is configured".to_string()
+        } else {
+            format!("no usable API key: {}; {hint}", parts.join(", "))
+        };
+        ProviderError::new(kind, message)
+            .with_retryable(!all_disabled)
+            .with_retry_after((!all_disabled).then_some(wait))
+    }
+
+    /// Rests `key` after a rate limit: for `retry_after` when the server said, else
+    /// exponentially longer on each consecutive limit (1 s, 2 s, 4 s, ... up to 60 s).
+    pub fn cool_down(&self, key: &PoolKey, retry_after: Option<Duration>) {
+        let now = Instant::now();
+        let mut state = self.state();
+        let strikes = match state.health.get(&key.id) {
+            Some(Health::CoolingDown { strikes, .. }) => strikes + 1,
+            _ => 1,
+        };
+        let wait = retry_after
+            .unwrap_or_else(|| Duration::from_secs(1 << (strikes - 1).min(6)).min(MAX_COOLDOWN));
+        state.health.insert(
+            key.id,
+            Health::CoolingDown {
+                until: now + wait,
+                strikes,
+            },
+        );
+    }
+
+    /// Takes `key` out of rotation (rejected, no quota, no billing) until a reload changes
+    /// the configuration or the recheck interval passes.
+    pub fn disable(&self, key: &PoolKey, reason: impl Into<String>) {
+        let reason = reason.into();
+        tracing::warn!(key = %key.fingerprint, source = %key.source, %reason, "API key disabled");
+        self.state().health.insert(
+            key.id,
+            Health::Disabled {
+                reason,
+                since: Instant::now(),
+            },
+        );
+    }
+
+    /// Marks `key` healthy after a successful call.
+    pub fn succeeded(&self, key: &PoolKey) {
+        let mut state = self.state();
+        if state
+            .health
+            .get(&key.id)
+            .is_some_and(|h| *h != Health::Active)
+        {
+            state.health.insert(key.id, Health::Active);
+        }
+    }
+
+    /// Copies what `old` knows about keys this pool still has: cooldowns always, disabled
+    /// states only when the configuration's content did not change, and the round-robin position.
+    pub fn carry_over(&self, old: &KeyPool, config_changed: bool) {
+        let old_state = old.state();
+        let mut state = self.state();
+        for key in &self.keys {
+            match old_state.health.get(&key.id) {
+                Some(h @ Health::CoolingDown { .. }) => {
+                    state.health.insert(key.id, h.clone());
+                }
+                Some(h @ Health::Disabled { .. }) if !config_changed => {
+                    state.health.insert(key.id, h.clone());
+                }
+                _ => {}
+            }
+        }
+        if !self.keys.is_empty() {
+            state.next = old_state.next % self.keys.len();
+        }
+    }
+
+    /// Every key's state, in pool order.
+    pub fn status(&self) -> Vec<KeyStatus> {
+        let now = Instant::now();
+        let state = self.state();
+        self.keys
+            .iter()
+            .map(|key| {
+                let (state_name, usable_in, reason) = match state.health.get(&key.id) {
+                    Some(Health::CoolingDown { until, .. }) if *until > now => {
+                        ("cooling_down", Some(*until - now), None)
+                    }
+                    Some(Health::Disabled { reason, since }) => (
+                        "disabled",
+                        Some(self.recheck.saturating_sub(now.duration_since(*since))),
+                        Some(reason.clone()),
+                    ),
+                    _ => ("active", None, None),
+                };
+                KeyStatus {
+                    fingerprint: key.fingerprint.clone(),
+                    source: key.source.clone(),
+                    state: state_name,
+                    usable_in_s: usable_in.map(|d| d.as_secs_f64().ceil() as u64),
+                    reason,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(keys: &[&str]) -> KeyPool {
+        KeyPool::new(
+            keys.iter()
+                .map(|k| (SecretString::from(k.to_string()), "test".to_string())),
+            Duration::from_secs(600),
+        )
+    }
+
+    #[test]
+    fn duplicates_merge_and_picks_go_round_robin() {
+        let p = pool(&[
+            "sk-aaaaaaaaaaaa1111",
+            "sk-bbbbbbbbbbbb2222",
+            "sk-aaaaaaaaaaaa1111",
+        ]);
+        assert_eq!(p.len(), 2);
+        let picks: Vec<_> = (0..4)
+            .map(|_| p.pick(&[]).unwrap().fingerprint().to_string())
+            .collect();
+        assert_eq!(picks, ["sk-…1111", "sk-…2222", "sk-…1111", "sk-…2222"]);
+    }
+
+    #[test]
+    fn a_cooling_key_is_skipped_and_exhaustion_says_when() {
+        let p = pool(&["sk-aaaaaaaaaaaa1111", "sk-bbbbbbbbbbbb2222"]);
+        let a = p.pick(&[]).unwrap();
+        p.cool_down(&a, Some(Duration::from_secs(30)));
+        assert_eq!(p.pick(&[]).unwrap().fingerprint(), "sk-…2222");
+        let b = p.pick(&[]).unwrap();
+        assert_eq!(b.fingerprint(), "sk-…2222");
+        let err = p.pick(&[&b]).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::RateLimited);
+        p.cool_down(&b, None);
+        let err = p.pick(&[]).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::RateLimited);
+        assert!(err.retryable);
+        assert!(err.retry_after.is_some_and(|d| d <= Duration::from_secs(1)));
+        assert!(
+            err.message.contains("usable again in 1 s"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn disabled_keys_stay_out_until_the_config_changes() {
+        let p = pool(&["sk-aaaaaaaaaaaa1111"]);
+        let a = p.pick(&[]).unwrap();
+        p.disable(&a, "rejected (HTTP 401)");
+        let err = p.pick(&[]).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Auth);
+        assert!(!err.retryable);
+        assert!(
+            err.message
+                .contains("sk-…1111 disabled (rejected (HTTP 401))"),
+            "{}",
+            err.message
+        );
+        assert_eq!(p.status()[0].state, "disabled");
+
+        let same = pool(&["sk-aaaaaaaaaaaa1111"]);
+        same.carry_over(&p, false);
+        assert!(
+            same.pick(&[]).is_err(),
+            "unchanged config keeps it disabled"
+        );
+        let changed = pool(&["sk-aaaaaaaaaaaa1111"]);
+        changed.carry_over(&p, true);
+        assert!(
+            changed.pick(&[]).is_ok(),
+            "a changed config gives it another chance"
+        );
+    }
+
+    #[test]
+    fn recheck_interval_lets_a_disabled_key_be_tried_again() {
+        let p = KeyPool::new(
+            [(SecretString::from("sk-aaaaaaaaaaaa1111"), "t".to_string())],
+            Duration::ZERO,
+        );
+        let a = p.pick(&[]).unwrap();
+        p.disable(&a, "401");
+        assert!(p.pick(&[]).is_ok());
+    }
+
+    #[test]
+    fn cooldowns_survive_a_reload_for_keys_that_stay() {
+        let old = pool(&["sk-aaaaaaaaaaaa1111", "sk-bbbbbbbbbbbb2222"]);
+        let a = old.pick(&[]).unwrap();
+        old.cool_down(&a, Some(Duration::from_secs(30)));
+        let new = pool(&["sk-aaaaaaaaaaaa1111", "sk-cccccccccccc3333"]);
+        new.carry_over(&old, true);
+        let status = new.status();
+        assert_eq!(
+            (status[0].state, status[1].state),
+            ("cooling_down", "active")
+        );
+    }
+
+    #[test]
+    fn debug_and_status_never_show_a_key() {
+        let p = pool(&["sk-SENTINEL-keys-0123456789"]);
+        let text = format!(
+            "{p:?} {:?} {}",
+            p.pick(&[]).unwrap(),
+            serde_json::to_string(&p.status()).unwrap()
+        );
+        assert!(!text.contains("SENTINEL"), "{text}");
+        assert!(text.contains("sk-…6789"));
+    }
+}
