@@ -6,7 +6,7 @@
 //! URLs, which compatible servers may return anyway; URLs are fetched only from the base URL's
 //! host or `download_hosts`, redirects included, so a response cannot make this server fetch
 //! arbitrary addresses. Every body is read under `max_response_bytes`. Errors are classified
-//! once, in `parse_error`, and never carry the API key: only its [`fingerprint`].
+//! once, in `parse_error`, and never carry the API key: only its [`fingerprint`](crate::secret::fingerprint).
 
 use std::{
     fmt,
@@ -19,13 +19,14 @@ use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use futures_util::{future::try_join_all, StreamExt};
 use reqwest::{header::HeaderMap, StatusCode};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::{
-    retry, secret::fingerprint, Catalog, ErrorKind, GenerateRequest, GenerateResult,
-    GeneratedImage, ImageProvider, ModelCapabilities, Param, ProviderError, Usage,
+    keys::{KeyPool, PoolKey},
+    retry, Catalog, ErrorKind, GenerateRequest, GenerateResult, GeneratedImage, ImageProvider,
+    ModelCapabilities, Param, ProviderError, Usage,
 };
 
 /// The default API base.
@@ -40,8 +41,8 @@ pub const DEFAULT_MODELS: &[&str] = &["gpt-image-1.5", "gpt-image-1-mini", "gpt-
 pub struct OpenAiSettings {
     /// API base, e.g. `https://api.openai.com/v1` (no trailing slash needed).
     pub base_url: url::Url,
-    /// The API key; `None` sends no `Authorization` header (some compatible servers need none).
-    pub api_key: Option<SecretString>,
+    /// The API keys; an empty pool sends no `Authorization` header (some compatible servers need none).
+    pub keys: Arc<KeyPool>,
     /// `OpenAI-Organization` header.
     pub organization: Option<String>,
     /// `OpenAI-Project` header.
@@ -68,7 +69,7 @@ impl fmt::Debug for OpenAiSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenAiSettings")
             .field("base_url", &self.base_url.as_str())
-            .field("api_key", &self.api_key.as_ref().map(|_| "[REDACTED]"))
+            .field("keys", &self.keys)
             .field("organization", &self.organization)
             .field("project", &self.project)
             .field("model", &self.model)
@@ -77,11 +78,12 @@ impl fmt::Debug for OpenAiSettings {
 }
 
 impl OpenAiSettings {
-    /// Settings for `base_url` with every other value at its default.
+    /// Settings for `base_url` with one key (or none) and every other value at its default.
     pub fn new(base_url: url::Url, api_key: Option<SecretString>) -> Self {
+        let keys = api_key.map(|k| (k, "settings".to_string()));
         Self {
             base_url,
-            api_key,
+            keys: Arc::new(KeyPool::new(keys, Duration::from_secs(600))),
             organization: None,
             project: None,
             model: "gpt-image-1.5".into(),
@@ -205,7 +207,11 @@ impl OpenAiProvider {
     }
 
     /// One attempt at the generation call: the response headers and body, or the classified error.
-    async fn post(&self, body: &Value) -> Result<(HeaderMap, Bytes), ProviderError> {
+    async fn post(
+        &self,
+        body: &Value,
+        key: Option<&PoolKey>,
+    ) -> Result<(HeaderMap, Bytes), ProviderError> {
         let s = &self.settings;
         let mut req = self
             .client
@@ -214,8 +220,8 @@ impl OpenAiProvider {
             .json(body);
         // Per request rather than a client default header, so keys can rotate while the
         // connection pool is shared; `bearer_auth` marks the header sensitive.
-        if let Some(key) = &s.api_key {
-            req = req.bearer_auth(key.expose_secret());
+        if let Some(key) = key {
+            req = req.bearer_auth(key.expose());
         }
         if let Some(org) = &s.organization {
             req = req.header("OpenAI-Organization", org);
@@ -231,7 +237,7 @@ impl OpenAiProvider {
         let headers = resp.headers().clone();
         if !status.is_success() {
             let body = read_truncated(resp, ERROR_BODY_CAP.min(s.max_response_bytes)).await;
-            return Err(self.parse_error(status, &headers, &body));
+            return Err(self.parse_error(status, &headers, &body, key));
         }
         let body = read_capped(resp, s.max_response_bytes)
             .await
@@ -244,9 +250,15 @@ impl OpenAiProvider {
     }
 
     /// Turns an error response into a [`ProviderError`]: the one place statuses are classified.
-    fn parse_error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProviderError {
+    fn parse_error(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+        key: Option<&PoolKey>,
+    ) -> ProviderError {
         let detail = ErrorDetail::parse(status, headers, body);
-        let provider_message = detail.message.map(|m| self.scrub(m));
+        let provider_message = detail.message.map(|m| scrub(m, key));
         let (code, error_type) = (detail.code.as_deref(), detail.error_type.as_deref());
         let is = |v: &str| code == Some(v) || error_type == Some(v);
         let retry_after = retry::retry_after(headers, SystemTime::now());
@@ -258,11 +270,11 @@ impl OpenAiProvider {
         let (kind, message) = match s {
             401 => (
                 ErrorKind::Auth,
-                match &self.settings.api_key {
+                match key {
                     Some(key) => format!(
                         "the API key {} was rejected (HTTP 401){said}; check that it is current \
                          and meant for {}",
-                        fingerprint(key.expose_secret()),
+                        key.fingerprint(),
                         self.host()
                     ),
                     None => format!(
@@ -388,17 +400,6 @@ impl OpenAiProvider {
                 ErrorKind::Network,
                 format!("the connection to {what} failed: {detail}"),
             )
-        }
-    }
-
-    /// Replaces the API key with its fingerprint, in case a server echoes it back.
-    fn scrub(&self, text: String) -> String {
-        match &self.settings.api_key {
-            Some(key) if !key.expose_secret().is_empty() && text.contains(key.expose_secret()) => {
-                let key = key.expose_secret();
-                text.replace(key, &fingerprint(key))
-            }
-            _ => text,
         }
     }
 
@@ -547,7 +548,13 @@ impl ImageProvider for OpenAiProvider {
         let max_retries = self.settings.max_retries;
         let mut retries = 0;
         let (headers, bytes) = loop {
-            match self.post(&body).await {
+            // Key rotation within a call (cooldown, disable, move on) comes with the key-pool work;
+            // for now each attempt takes the next usable key.
+            let key = match self.settings.keys.is_empty() {
+                true => None,
+                false => Some(self.settings.keys.pick(&[])?),
+            };
+            match self.post(&body, key.as_deref()).await {
                 Ok(answer) => break answer,
                 Err(err) => match retry::next_delay(&err, retries, max_retries) {
                     Some(delay) => {
@@ -582,6 +589,16 @@ impl ImageProvider for OpenAiProvider {
             "image generation done"
         );
         Ok(result)
+    }
+}
+
+/// Replaces the API key with its fingerprint, in case a server echoes it back.
+fn scrub(text: String, key: Option<&PoolKey>) -> String {
+    match key {
+        Some(key) if !key.expose().is_empty() && text.contains(key.expose()) => {
+            text.replace(key.expose(), key.fingerprint())
+        }
+        _ => text,
     }
 }
 

@@ -509,7 +509,7 @@ async fn no_key_means_no_authorization_header() {
     let server = MockServer::start().await;
     mount(&server, ok_b64(&[&png(4, 4)])).await;
     let mut s = settings(&server);
-    s.api_key = None;
+    s.keys = std::sync::Arc::new(imagegen_providers::keys::KeyPool::empty());
     provider(s)
         .generate(&request("gpt-image-1.5"))
         .await
@@ -1011,7 +1011,7 @@ async fn a_401_without_a_key_says_to_set_one() {
     )
     .await;
     let mut s = settings(&server);
-    s.api_key = None;
+    s.keys = std::sync::Arc::new(imagegen_providers::keys::KeyPool::empty());
     let err = provider(s)
         .generate(&request("gpt-image-1.5"))
         .await
