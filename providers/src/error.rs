@@ -132,6 +132,8 @@ pub struct ProviderError {
     pub status: Option<u16>,
     /// The provider's request id (`x-request-id`), to quote to its support.
     pub request_id: Option<String>,
+    /// How many upstream requests the call made (0 when unknown or not applicable).
+    pub attempts: u32,
 }
 
 impl ProviderError {
@@ -147,6 +149,7 @@ impl ProviderError {
             provider_message: None,
             status: None,
             request_id: None,
+            attempts: 0,
         }
     }
 
@@ -182,6 +185,12 @@ impl ProviderError {
     /// Records the provider's request id.
     pub fn with_request_id(mut self, request_id: Option<String>) -> Self {
         self.request_id = request_id;
+        self
+    }
+
+    /// Records how many upstream requests the call made.
+    pub fn with_attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts;
         self
     }
 

@@ -13,6 +13,7 @@ pub mod mock;
 pub mod openai;
 pub mod retry;
 pub mod secret;
+mod sse;
 pub mod types;
 pub mod validate;
 

@@ -2,9 +2,18 @@
 //!
 //! Each image is a gradient with circles and bars whose colours and positions come from a hash
 //! of (prompt, seed, index), so the same request always gives the same bytes and different
-//! prompts look visibly different.
+//! prompts look visibly different. Scripted failures (`fail_sequence`) and slow streams of
+//! partial images (`latency` with `partial_images`) let retries, progress and cancellation be
+//! exercised offline.
 
-use std::{io::Cursor, sync::Arc, time::Duration};
+use std::{
+    io::Cursor,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -12,8 +21,8 @@ use image::{ImageEncoder, Rgba, RgbaImage};
 use sha2::{Digest, Sha256};
 
 use crate::{
-    validate::parse_size, Catalog, ErrorKind, GenerateRequest, GenerateResult, GeneratedImage,
-    ImageFormat, ImageProvider, ModelCapabilities, ProviderError,
+    validate::parse_size, Catalog, ErrorKind, Events, GenerateRequest, GenerateResult,
+    GeneratedImage, ImageFormat, ImageProvider, ModelCapabilities, ProviderError, ProviderEvent,
 };
 
 /// The mock's own model name.
@@ -25,7 +34,7 @@ pub const MOCK_MODEL: &str = "mock-image-1";
 pub struct MockSettings {
     /// The model used when a request names none.
     pub model: String,
-    /// Delay before answering, to exercise progress and timeouts.
+    /// Delay before answering, to exercise progress and timeouts; partial images are spread over it.
     pub latency: Duration,
     /// Fraction of calls (0.0..=1.0) that fail with `fail_with`.
     pub fail_rate: f64,
@@ -33,6 +42,24 @@ pub struct MockSettings {
     pub fail_with: ErrorKind,
     /// The model catalog to describe and check models with.
     pub catalog: Arc<Catalog>,
+    /// How this provider's first calls end, in order: `Some(kind)` fails the call with that
+    /// kind, `None` lets it succeed; calls after the sequence behave as configured otherwise.
+    pub fail_sequence: Vec<Option<ErrorKind>>,
+}
+
+impl MockSettings {
+    /// Parses a configured sequence such as `["rate_limited", "ok"]` for [`MockSettings::fail_sequence`].
+    pub fn parse_fail_sequence<S: AsRef<str>>(
+        items: &[S],
+    ) -> Result<Vec<Option<ErrorKind>>, String> {
+        items
+            .iter()
+            .map(|item| match item.as_ref() {
+                "ok" => Ok(None),
+                kind => kind.parse().map(Some).map_err(|e| format!("{e}, or `ok`")),
+            })
+            .collect()
+    }
 }
 
 impl Default for MockSettings {
@@ -43,6 +70,7 @@ impl Default for MockSettings {
             fail_rate: 0.0,
             fail_with: ErrorKind::UpstreamUnavailable,
             catalog: Arc::new(Catalog::builtin()),
+            fail_sequence: Vec::new(),
         }
     }
 }
@@ -51,36 +79,62 @@ impl Default for MockSettings {
 #[derive(Debug)]
 pub struct MockProvider {
     settings: MockSettings,
+    /// Calls started so far, to follow `fail_sequence`.
+    calls: AtomicUsize,
 }
 
 impl MockProvider {
     /// A mock provider with `settings`.
     pub fn new(settings: MockSettings) -> Self {
-        Self { settings }
+        Self {
+            settings,
+            calls: AtomicUsize::new(0),
+        }
     }
 
-    fn injected_failure(&self) -> Option<ProviderError> {
+    /// The failure call number `call` (0-based) is scripted or drawn to have, if any.
+    fn injected_failure(&self, call: usize) -> Option<ProviderError> {
         let s = &self.settings;
-        if s.fail_rate <= 0.0 || fastrand::f64() >= s.fail_rate {
-            return None;
+        match s.fail_sequence.get(call) {
+            Some(scripted) => {
+                scripted.map(|kind| failure(kind, format!("call {} of fail_sequence", call + 1)))
+            }
+            None if s.fail_rate > 0.0 && fastrand::f64() < s.fail_rate => {
+                Some(failure(s.fail_with, format!("fail_rate = {}", s.fail_rate)))
+            }
+            None => None,
         }
-        let err = ProviderError::new(
-            s.fail_with,
-            format!(
-                "mock provider: injected `{}` failure (fail_rate = {})",
-                s.fail_with, s.fail_rate
-            ),
-        )
-        .with_request_id(Some(format!("mock-{:016x}", fastrand::u64(..))));
-        Some(match s.fail_with {
-            ErrorKind::RateLimited => err
-                .with_status(429)
-                .with_retry_after(Some(Duration::from_secs(1))),
-            ErrorKind::UpstreamUnavailable => err.with_status(503),
-            ErrorKind::Auth => err.with_status(401),
-            _ => err,
-        })
     }
+}
+
+/// An injected failure of `kind`, shaped like the HTTP error a real provider would give.
+fn failure(kind: ErrorKind, why: String) -> ProviderError {
+    let err = ProviderError::new(
+        kind,
+        format!("mock provider: injected `{kind}` failure ({why})"),
+    )
+    .with_request_id(Some(format!("mock-{:016x}", fastrand::u64(..))))
+    .with_attempts(1);
+    match kind {
+        ErrorKind::RateLimited => err
+            .with_status(429)
+            .with_retry_after(Some(Duration::from_secs(1))),
+        ErrorKind::UpstreamUnavailable => err.with_status(503),
+        ErrorKind::Auth => err.with_status(401),
+        ErrorKind::Permission => err.with_status(403),
+        ErrorKind::QuotaExhausted => err.with_status(429),
+        ErrorKind::InvalidRequest | ErrorKind::ContentPolicy => err.with_status(400),
+        _ => err,
+    }
+}
+
+/// Runs CPU-bound drawing off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ProviderError> + Send + 'static,
+) -> Result<T, ProviderError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| {
+        ProviderError::new(ErrorKind::BadResponse, format!("mock renderer failed: {e}"))
+    })?
 }
 
 #[async_trait]
@@ -102,47 +156,79 @@ impl ImageProvider for MockProvider {
     }
 
     async fn generate(&self, request: &GenerateRequest) -> Result<GenerateResult, ProviderError> {
-        if !self.settings.latency.is_zero() {
-            tokio::time::sleep(self.settings.latency).await;
-        }
-        if let Some(err) = self.injected_failure() {
+        self.generate_with_events(request, &Events::none()).await
+    }
+
+    async fn generate_with_events(
+        &self,
+        request: &GenerateRequest,
+        events: &Events,
+    ) -> Result<GenerateResult, ProviderError> {
+        let call = self.calls.fetch_add(1, Ordering::Relaxed);
+        events.send(ProviderEvent::Requesting { attempt: 1 });
+        let latency = self.settings.latency;
+        if let Some(err) = self.injected_failure(call) {
+            tokio::time::sleep(latency).await;
             return Err(err);
         }
+        // A slow stream: each partial after its share of the latency, the final after the rest.
+        let partials = u32::from(request.partial_images.unwrap_or(0));
+        let step = latency / (partials + 1);
+        for index in 0..partials {
+            tokio::time::sleep(step).await;
+            let request = request.clone();
+            let image = blocking(move || render_preview(&request)).await?;
+            events.send(ProviderEvent::PartialImage { index, image });
+        }
+        tokio::time::sleep(latency.saturating_sub(step * partials)).await;
+        events.send(ProviderEvent::Receiving);
         let request = request.clone();
-        let images = tokio::task::spawn_blocking(move || render_all(&request))
-            .await
-            .map_err(|e| {
-                ProviderError::new(ErrorKind::BadResponse, format!("mock renderer failed: {e}"))
-            })??;
+        let images = blocking(move || render_all(&request)).await?;
         let mut result = GenerateResult::new(images, self.settings.model.clone());
         result.request_id = Some(format!("mock-{:016x}", fastrand::u64(..)));
         Ok(result)
     }
 }
 
-fn render_all(request: &GenerateRequest) -> Result<Vec<GeneratedImage>, ProviderError> {
-    let (width, height) = match request.size.as_deref() {
-        None | Some("auto") => (1024, 1024),
+fn dimensions(request: &GenerateRequest) -> Result<(u32, u32), ProviderError> {
+    match request.size.as_deref() {
+        None | Some("auto") => Ok((1024, 1024)),
         Some(size) => parse_size(size).ok_or_else(|| {
             ProviderError::invalid_param("size", format!("size `{size}` is not WIDTHxHEIGHT"))
-        })?,
-    };
+        }),
+    }
+}
+
+fn render_all(request: &GenerateRequest) -> Result<Vec<GeneratedImage>, ProviderError> {
+    let size = dimensions(request)?;
+    (0..request.n.max(1))
+        .map(|index| render(request, index, size))
+        .collect()
+}
+
+/// The first image drawn at a quarter of its size: the same picture, as a cheap partial.
+fn render_preview(request: &GenerateRequest) -> Result<GeneratedImage, ProviderError> {
+    let (width, height) = dimensions(request)?;
+    render(request, 0, ((width / 4).max(1), (height / 4).max(1)))
+}
+
+fn render(
+    request: &GenerateRequest,
+    index: u32,
+    (width, height): (u32, u32),
+) -> Result<GeneratedImage, ProviderError> {
     let format = request.output_format.unwrap_or(ImageFormat::Png);
     let transparent =
         request.background.as_deref() == Some("transparent") && format.supports_alpha();
-    (0..request.n.max(1))
-        .map(|index| {
-            let seed = Seed::new(&request.prompt, request.seed.unwrap_or(0), index);
-            let pixels = draw(&seed, width, height, transparent);
-            let bytes = encode(&pixels, format, request.output_compression)?;
-            Ok(GeneratedImage {
-                bytes: Bytes::from(bytes),
-                format,
-                width,
-                height,
-            })
-        })
-        .collect()
+    let seed = Seed::new(&request.prompt, request.seed.unwrap_or(0), index);
+    let pixels = draw(&seed, width, height, transparent);
+    let bytes = encode(&pixels, format, request.output_compression)?;
+    Ok(GeneratedImage {
+        bytes: Bytes::from(bytes),
+        format,
+        width,
+        height,
+    })
 }
 
 /// A stream of deterministic pseudo-random numbers derived from the request.
@@ -322,6 +408,65 @@ mod tests {
             .unwrap()
             .into_rgba8();
         assert!(decoded.pixels().any(|p| p.0[3] == 0));
+    }
+
+    #[tokio::test]
+    async fn fail_sequence_scripts_the_first_calls_then_behaves_normally() {
+        let sequence = MockSettings::parse_fail_sequence(&["rate_limited", "ok", "auth"]).unwrap();
+        assert_eq!(
+            sequence,
+            vec![Some(ErrorKind::RateLimited), None, Some(ErrorKind::Auth)]
+        );
+        let err = MockSettings::parse_fail_sequence(&["ok", "rate-limited"]).unwrap_err();
+        assert!(
+            err.contains("rate_limited") && err.contains("`ok`"),
+            "{err}"
+        );
+
+        let p = MockProvider::new(MockSettings {
+            fail_sequence: sequence,
+            ..MockSettings::default()
+        });
+        let mut r = GenerateRequest::new("x", MOCK_MODEL);
+        r.size = Some("32x32".into());
+        let mut outcomes = Vec::new();
+        for _ in 0..4 {
+            let outcome = p.generate(&r).await.err();
+            outcomes.push(outcome.map(|e| (e.kind, e.status, e.attempts)));
+        }
+        assert_eq!(
+            outcomes,
+            vec![
+                Some((ErrorKind::RateLimited, Some(429), 1)),
+                None,
+                Some((ErrorKind::Auth, Some(401), 1)),
+                None
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn partial_images_arrive_spread_over_the_latency_then_the_final() {
+        let p = MockProvider::new(MockSettings {
+            latency: Duration::from_millis(300),
+            ..MockSettings::default()
+        });
+        let mut r = GenerateRequest::new("slow stream", MOCK_MODEL);
+        r.size = Some("128x64".into());
+        r.partial_images = Some(2);
+        let (events, mut rx) = Events::channel();
+        let started = tokio::time::Instant::now();
+        let result = p.generate_with_events(&r, &events).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        drop(events);
+        let mut partials = Vec::new();
+        while let Some(event) = rx.recv().await {
+            if let ProviderEvent::PartialImage { index, image } = event {
+                partials.push((index, image.width, image.height));
+            }
+        }
+        assert_eq!(partials, vec![(0, 32, 16), (1, 32, 16)]);
+        assert_eq!((result.images[0].width, result.images[0].height), (128, 64));
     }
 
     #[tokio::test]

@@ -1,8 +1,11 @@
 //! OpenAI Images API provider (`kind = "openai"`), also used for OpenAI-compatible servers.
 //!
-//! One `POST {base_url}/images/generations` per attempt, retried per [`crate::retry`]. Only the
-//! parameters the model's catalog entry takes are sent, because OpenAI answers anything else
-//! with `400 unknown_parameter`. Results arrive as base64 (asked for on DALL·E models) or as
+//! One `POST {base_url}/images/generations` per attempt, retried per [`RetryPolicy`] within an
+//! overall deadline. Each attempt takes a key from the pool: a rate-limited key rests and a
+//! rejected one is disabled, and the call moves to another key at once, which is not a retry.
+//! With `partial_images` the generation streams as server-sent events, and each partial image
+//! is reported as a [`ProviderEvent`] as it arrives. Only the parameters the model's catalog
+//! entry takes are sent, because OpenAI answers anything else with `400 unknown_parameter`. Results arrive as base64 (asked for on DALL·E models) or as
 //! URLs, which compatible servers may return anyway; URLs are fetched only from the base URL's
 //! host or `download_hosts`, redirects included, so a response cannot make this server fetch
 //! arbitrary addresses. Every body is read under `max_response_bytes`. Errors are classified
@@ -22,11 +25,14 @@ use reqwest::{header::HeaderMap, StatusCode};
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use tokio::time::Instant;
 
 use crate::{
     keys::{KeyPool, PoolKey},
-    retry, Catalog, ErrorKind, GenerateRequest, GenerateResult, GeneratedImage, ImageProvider,
-    ModelCapabilities, Param, ProviderError, Usage,
+    retry::{self, GiveUp, RetryPolicy},
+    sse::{SseEvent, SseParser},
+    Catalog, ErrorKind, Events, GenerateRequest, GenerateResult, GeneratedImage, ImageProvider,
+    ModelCapabilities, Param, ProviderError, ProviderEvent, Usage,
 };
 
 /// The default API base.
@@ -53,8 +59,19 @@ pub struct OpenAiSettings {
     pub models: Vec<String>,
     /// Per-attempt timeout for the whole request, response body included.
     pub timeout: Duration,
-    /// How many times a retryable failure is retried.
+    /// How many times a retryable failure is retried (moving to another key is not a retry).
     pub max_retries: u32,
+    /// The wait before the first retry when the server gives no hint; it doubles each retry.
+    pub retry_base: Duration,
+    /// The longest wait between retries when the server gives no hint.
+    pub retry_max: Duration,
+    /// The longest server-asked wait honoured; a longer one fails the call, saying when to try again.
+    pub retry_after_cap: Duration,
+    /// Whether a read timeout is retried: off by default, because the upstream may bill for the
+    /// generation it was still working on, and a retry would pay for it twice.
+    pub retry_on_timeout: bool,
+    /// The longest one call may take, every attempt and wait included.
+    pub deadline: Duration,
     /// Hosts besides the base URL's own from which result URLs may be downloaded.
     pub download_hosts: Vec<String>,
     /// The largest response body or downloaded image accepted, in bytes.
@@ -73,6 +90,8 @@ impl fmt::Debug for OpenAiSettings {
             .field("organization", &self.organization)
             .field("project", &self.project)
             .field("model", &self.model)
+            .field("retry", &self.retry_policy())
+            .field("deadline", &self.deadline)
             .finish_non_exhaustive()
     }
 }
@@ -90,10 +109,26 @@ impl OpenAiSettings {
             models: DEFAULT_MODELS.iter().map(|m| m.to_string()).collect(),
             timeout: Duration::from_secs(180),
             max_retries: 2,
+            retry_base: Duration::from_millis(500),
+            retry_max: Duration::from_secs(8),
+            retry_after_cap: Duration::from_secs(120),
+            retry_on_timeout: false,
+            deadline: Duration::from_secs(300),
             download_hosts: Vec::new(),
             max_response_bytes: 64 * 1024 * 1024,
             download_timeout: Duration::from_secs(60),
             catalog: Arc::new(Catalog::builtin()),
+        }
+    }
+
+    /// The retry settings as one policy.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_retries: self.max_retries,
+            base: self.retry_base,
+            max: self.retry_max,
+            retry_after_cap: self.retry_after_cap,
+            retry_on_timeout: self.retry_on_timeout,
         }
     }
 }
@@ -194,6 +229,10 @@ impl OpenAiProvider {
                 body.insert(param.as_str().into(), value);
             }
         }
+        if let Some(partials) = request.partial_images.filter(|_| caps.takes(Param::Stream)) {
+            body.insert("stream".into(), true.into());
+            body.insert("partial_images".into(), partials.into());
+        }
         if caps.takes(Param::ResponseFormat) {
             // Inline bytes: no expiring URL and no second fetch.
             body.insert("response_format".into(), "b64_json".into());
@@ -206,12 +245,13 @@ impl OpenAiProvider {
         Value::Object(body)
     }
 
-    /// One attempt at the generation call: the response headers and body, or the classified error.
-    async fn post(
+    /// One attempt at the generation call: the response headers and answer, or the classified error.
+    async fn send(
         &self,
         body: &Value,
         key: Option<&PoolKey>,
-    ) -> Result<(HeaderMap, Bytes), ProviderError> {
+        events: &Events,
+    ) -> Result<(HeaderMap, Answer), ProviderError> {
         let s = &self.settings;
         let mut req = self
             .client
@@ -239,14 +279,99 @@ impl OpenAiProvider {
             let body = read_truncated(resp, ERROR_BODY_CAP.min(s.max_response_bytes)).await;
             return Err(self.parse_error(status, &headers, &body, key));
         }
-        let body = read_capped(resp, s.max_response_bytes)
-            .await
-            .map_err(|e| match e {
-                ReadError::TooLarge => too_large("the response", s.max_response_bytes),
-                ReadError::Transport(e) => self.transport_error(e, "the image API", s.timeout),
-            })
-            .map_err(|e| e.with_request_id(request_id(&headers)))?;
-        Ok((headers, body))
+        events.send(ProviderEvent::Receiving);
+        // Asked to stream or not, a compatible server may answer either way: the content type decides.
+        let answer = if is_event_stream(&headers) {
+            self.read_stream(resp, key, events)
+                .await
+                .map(Answer::Completed)
+        } else {
+            read_capped(resp, s.max_response_bytes)
+                .await
+                .map(Answer::Json)
+                .map_err(|e| match e {
+                    ReadError::TooLarge => too_large("the response", s.max_response_bytes),
+                    ReadError::Transport(e) => self.transport_error(e, "the image API", s.timeout),
+                })
+        };
+        let answer = answer.map_err(|e| e.with_request_id(request_id(&headers)))?;
+        Ok((headers, answer))
+    }
+
+    /// Reads a server-sent event stream up to its completed event, reporting partial images.
+    ///
+    /// The completed event ends the read even when partials were still due: it holds the final
+    /// image, and anything after it is not worth waiting for.
+    async fn read_stream(
+        &self,
+        resp: reqwest::Response,
+        key: Option<&PoolKey>,
+        events: &Events,
+    ) -> Result<Value, ProviderError> {
+        let s = &self.settings;
+        let mut parser = SseParser::default();
+        let mut stream = resp.bytes_stream();
+        let (mut received, mut partials) = (0, 0);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| match e.is_timeout() {
+                true => self.transport_error(e, "the image API", s.timeout),
+                false => stream_ended(&error_chain(&e.without_url())),
+            })?;
+            received += chunk.len();
+            if received > s.max_response_bytes {
+                return Err(too_large("the response stream", s.max_response_bytes));
+            }
+            for event in parser.push(&chunk) {
+                match StreamEvent::read(event) {
+                    StreamEvent::Partial(data) => {
+                        report_partial(&data, partials, events);
+                        partials += 1;
+                    }
+                    StreamEvent::Completed(data) => return Ok(data),
+                    StreamEvent::Failed(data) => return Err(self.stream_error(&data, key)),
+                    StreamEvent::Other => {}
+                }
+            }
+        }
+        Err(stream_ended("no more data"))
+    }
+
+    /// Classifies an `error` event, which arrives under HTTP 200 once the stream has started.
+    fn stream_error(&self, data: &Value, key: Option<&PoolKey>) -> ProviderError {
+        let detail = ErrorDetail::from_json(data);
+        let provider_message = detail.message.clone().map(|m| scrub(m, key));
+        let said = provider_message
+            .as_deref()
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
+        let (kind, message) = if detail.is_refusal() {
+            (
+                ErrorKind::ContentPolicy,
+                "the prompt was refused by the provider's safety system; rephrase it".to_string(),
+            )
+        } else if detail.is("insufficient_quota") || detail.is("billing_hard_limit_reached") {
+            (
+                ErrorKind::QuotaExhausted,
+                format!(
+                    "the account's quota or billing limit is reached{said}{}",
+                    whose(key)
+                ),
+            )
+        } else if detail.is("rate_limit_exceeded") {
+            (
+                ErrorKind::RateLimited,
+                format!("rate limited by the provider during the stream{said}"),
+            )
+        } else {
+            (
+                ErrorKind::UpstreamUnavailable,
+                format!("the provider reported an error during the stream{said}"),
+            )
+        };
+        let mut err = ProviderError::new(kind, message)
+            .with_provider_detail(detail.code.or(detail.error_type), provider_message);
+        err.param = detail.param;
+        err
     }
 
     /// Turns an error response into a [`ProviderError`]: the one place statuses are classified.
@@ -258,9 +383,9 @@ impl OpenAiProvider {
         key: Option<&PoolKey>,
     ) -> ProviderError {
         let detail = ErrorDetail::parse(status, headers, body);
-        let provider_message = detail.message.map(|m| scrub(m, key));
+        let provider_message = detail.message.clone().map(|m| scrub(m, key));
         let (code, error_type) = (detail.code.as_deref(), detail.error_type.as_deref());
-        let is = |v: &str| code == Some(v) || error_type == Some(v);
+        let is = |v: &str| detail.is(v);
         let retry_after = retry::retry_after(headers, SystemTime::now());
         let said = provider_message
             .as_deref()
@@ -286,28 +411,26 @@ impl OpenAiProvider {
             403 => (
                 ErrorKind::Permission,
                 format!(
-                    "the API key may not use this model or resource (HTTP 403){said}; check the \
-                     organization, the project and the model's access"
+                    "the API key{} may not use this model or resource (HTTP 403){said}; check \
+                     the organization, the project and the model's access",
+                    key.map(|k| format!(" {}", k.fingerprint()))
+                        .unwrap_or_default()
                 ),
             ),
             404 => (
                 ErrorKind::NotFound,
                 format!("not found (HTTP 404){said}; check the model name and the base URL"),
             ),
-            400 | 422
-                if is("moderation_blocked")
-                    || is("image_generation_user_error")
-                    || is("content_policy_violation")
-                    || is("contentFilter") =>
-            {
-                (
-                    ErrorKind::ContentPolicy,
-                    "the prompt was refused by the provider's safety system; rephrase it".into(),
-                )
-            }
+            400 | 422 if detail.is_refusal() => (
+                ErrorKind::ContentPolicy,
+                "the prompt was refused by the provider's safety system; rephrase it".into(),
+            ),
             400 | 422 if is("billing_hard_limit_reached") => (
                 ErrorKind::QuotaExhausted,
-                format!("the account's billing limit is reached{said}; raise it or add credit"),
+                format!(
+                    "the account's billing limit is reached{said}{}; raise it or add credit",
+                    whose(key)
+                ),
             ),
             400 | 422 => (
                 ErrorKind::InvalidRequest,
@@ -324,8 +447,9 @@ impl OpenAiProvider {
             429 if is("insufficient_quota") => (
                 ErrorKind::QuotaExhausted,
                 format!(
-                    "the account's quota is used up (HTTP 429){said}; check the plan and \
-                     billing details, retrying will not help"
+                    "the account's quota is used up (HTTP 429){said}{}; check the plan and \
+                     billing details, retrying will not help",
+                    whose(key)
                 ),
             ),
             429 => (
@@ -377,7 +501,7 @@ impl OpenAiProvider {
                 ErrorKind::Timeout,
                 format!(
                     "{what} gave no complete answer within {}; the request was sent and may \
-                     still be billed, so it is not retried automatically",
+                     still be billed",
                     describe_wait(timeout)
                 ),
             )
@@ -407,18 +531,16 @@ impl OpenAiProvider {
         self.settings.base_url.host_str().unwrap_or("the base URL")
     }
 
-    /// Builds the result from a successful response body.
-    async fn parse_success(
+    /// Builds the result from a successful answer: decodes or downloads every image.
+    async fn build_result(
         &self,
         request: &GenerateRequest,
-        body: &[u8],
+        answer: Answer,
     ) -> Result<GenerateResult, ProviderError> {
-        let resp: ImagesResponse = serde_json::from_slice(body).map_err(|e| {
-            bad(format!(
-                "the response is not the expected JSON ({e}); it starts with: {}",
-                snippet(&String::from_utf8_lossy(&body[..body.len().min(400)]), 120)
-            ))
-        })?;
+        let resp = match answer {
+            Answer::Json(body) => ImagesResponse::from_body(&body)?,
+            Answer::Completed(data) => ImagesResponse::from_completed(data)?,
+        };
         tracing::debug!(
             size = resp.size.as_deref(),
             quality = resp.quality.as_deref(),
@@ -542,40 +664,149 @@ impl ImageProvider for OpenAiProvider {
         self.settings.catalog.get(model)
     }
 
-    #[tracing::instrument(skip_all, fields(model = %request.model))]
     async fn generate(&self, request: &GenerateRequest) -> Result<GenerateResult, ProviderError> {
+        self.generate_with_events(request, &Events::none()).await
+    }
+
+    #[tracing::instrument(skip_all, fields(model = %request.model))]
+    async fn generate_with_events(
+        &self,
+        request: &GenerateRequest,
+        events: &Events,
+    ) -> Result<GenerateResult, ProviderError> {
+        let deadline = Instant::now() + self.settings.deadline;
+        let mut call = CallState::default();
+        // Everything runs inside this one future, so reaching the deadline (or the caller
+        // dropping it) abandons the request in flight or the wait in progress at once.
+        let outcome =
+            tokio::time::timeout_at(deadline, self.run(request, events, deadline, &mut call)).await;
+        match outcome {
+            Ok(result) => result.map_err(|e| e.with_attempts(call.attempts)),
+            Err(_) => Err(self.deadline_reached(call)),
+        }
+    }
+}
+
+/// How far a call got, kept outside its future so a deadline can report it.
+#[derive(Debug, Default)]
+struct CallState {
+    attempts: u32,
+    last_error: Option<ProviderError>,
+}
+
+impl OpenAiProvider {
+    /// The attempts of one call: keys, retries and waits, up to a result or a final error.
+    async fn run(
+        &self,
+        request: &GenerateRequest,
+        events: &Events,
+        deadline: Instant,
+        call: &mut CallState,
+    ) -> Result<GenerateResult, ProviderError> {
+        let policy = self.settings.retry_policy();
+        let pool = &self.settings.keys;
         let body = self.request_body(request);
-        let max_retries = self.settings.max_retries;
         let mut retries = 0;
-        let (headers, bytes) = loop {
-            // Key rotation within a call (cooldown, disable, move on) comes with the key-pool work;
-            // for now each attempt takes the next usable key.
-            let key = match self.settings.keys.is_empty() {
-                true => None,
-                false => Some(self.settings.keys.pick(&[])?),
-            };
-            match self.post(&body, key.as_deref()).await {
-                Ok(answer) => break answer,
-                Err(err) => match retry::next_delay(&err, retries, max_retries) {
-                    Some(delay) => {
-                        tracing::warn!(
-                            status = ?err.status,
-                            kind = %err.kind,
-                            delay_ms = delay.as_millis() as u64,
-                            attempt = retries + 1,
-                            max_retries,
-                            request_id = err.request_id.as_deref(),
-                            "image generation failed; retrying"
-                        );
-                        tokio::time::sleep(delay).await;
-                        retries += 1;
+        // Keys this call moved away from since its last wait.
+        let mut left: Vec<Arc<PoolKey>> = Vec::new();
+        let mut key = self.next_key(&left)?;
+        loop {
+            call.attempts += 1;
+            events.send(ProviderEvent::Requesting {
+                attempt: call.attempts,
+            });
+            let err = match self.send(&body, key.as_deref(), events).await {
+                Ok((headers, answer)) => {
+                    if let Some(key) = &key {
+                        pool.succeeded(key);
                     }
-                    None => return Err(gave_up(err, retries)),
-                },
+                    return self.finish(request, &headers, answer, retries).await;
+                }
+                Err(err) => err,
+            };
+            // How long until some key of the pool is usable again, when none is now.
+            let mut key_wait = Duration::ZERO;
+            if let (Some(used), Some(action)) = (key.clone(), KeyAction::after(&err)) {
+                action.apply(pool, &used);
+                left.push(used.clone());
+                match self.next_key(&left) {
+                    Ok(next) => {
+                        tracing::info!(
+                            from = used.fingerprint(),
+                            reason = %action.reason,
+                            "moving to another API key"
+                        );
+                        events.send(ProviderEvent::SwitchingKey {
+                            from: used.fingerprint().to_string(),
+                            reason: action.reason,
+                        });
+                        key = next;
+                        call.last_error = Some(err);
+                        continue;
+                    }
+                    Err(none_left) if action.disables => {
+                        return Err(no_key_left(err, &none_left, pool.len(), retries));
+                    }
+                    Err(none_left) => key_wait = none_left.retry_after.unwrap_or_default(),
+                }
             }
-        };
-        let id = request_id(&headers);
-        let mut result = self.parse_success(request, &bytes).await.map_err(|mut e| {
+            let delay = match policy.next_delay(&err, retries) {
+                Ok(delay) => delay.max(key_wait),
+                Err(why) => return Err(gave_up(err, why, &policy, retries)),
+            };
+            if Instant::now() + delay >= deadline {
+                let mut err = err;
+                err.message = format!(
+                    "{}; not retried because waiting {} would pass the call's deadline of {}",
+                    err.message,
+                    describe_wait(delay),
+                    describe_wait(self.settings.deadline)
+                );
+                return Err(after_retries(err, retries));
+            }
+            tracing::warn!(
+                status = ?err.status,
+                kind = %err.kind,
+                delay_ms = delay.as_millis() as u64,
+                attempt = call.attempts,
+                retry = retries + 1,
+                max_retries = policy.max_retries,
+                request_id = err.request_id.as_deref(),
+                "image generation failed; retrying"
+            );
+            events.send(ProviderEvent::Retrying {
+                attempt: call.attempts,
+                delay,
+                reason: err.message.clone(),
+            });
+            call.last_error = Some(err);
+            tokio::time::sleep(delay).await;
+            retries += 1;
+            left.clear();
+            key = self.next_key(&left)?;
+        }
+    }
+
+    /// The key for the next attempt, skipping `left`; `None` when the pool has no keys at all.
+    fn next_key(&self, left: &[Arc<PoolKey>]) -> Result<Option<Arc<PoolKey>>, ProviderError> {
+        let pool = &self.settings.keys;
+        if pool.is_empty() {
+            return Ok(None);
+        }
+        let left: Vec<&PoolKey> = left.iter().map(|k| &**k).collect();
+        pool.pick(&left).map(Some)
+    }
+
+    /// Turns a successful attempt's answer into the call's result.
+    async fn finish(
+        &self,
+        request: &GenerateRequest,
+        headers: &HeaderMap,
+        answer: Answer,
+        retries: u32,
+    ) -> Result<GenerateResult, ProviderError> {
+        let id = request_id(headers);
+        let mut result = self.build_result(request, answer).await.map_err(|mut e| {
             if e.request_id.is_none() {
                 e.request_id = id.clone();
             }
@@ -590,6 +821,108 @@ impl ImageProvider for OpenAiProvider {
         );
         Ok(result)
     }
+
+    /// The error of a call cut off by its deadline, saying how far it got.
+    fn deadline_reached(&self, call: CallState) -> ProviderError {
+        let n = call.attempts;
+        let last = call
+            .last_error
+            .map(|e| format!("; the last failure before it: {e}"))
+            .unwrap_or_default();
+        ProviderError::new(
+            ErrorKind::Timeout,
+            format!(
+                "the call did not finish within its deadline of {} after {n} attempt{}{last}",
+                describe_wait(self.settings.deadline),
+                if n == 1 { "" } else { "s" }
+            ),
+        )
+        .with_attempts(n)
+    }
+}
+
+/// What a failure says about the key that was used.
+#[derive(Debug)]
+struct KeyAction {
+    /// Out of rotation (rejected, no quota) rather than resting (rate limited).
+    disables: bool,
+    /// Why, for logs, events and the pool's status.
+    reason: String,
+    retry_after: Option<Duration>,
+}
+
+impl KeyAction {
+    /// The action `err` calls for, if it is about the key at all.
+    fn after(err: &ProviderError) -> Option<Self> {
+        let what = match err.kind {
+            ErrorKind::RateLimited => "rate limited",
+            ErrorKind::Auth => "rejected",
+            ErrorKind::Permission => "not permitted",
+            ErrorKind::QuotaExhausted => "out of quota or over the billing limit",
+            _ => return None,
+        };
+        let detail: Vec<String> = err
+            .status
+            .map(|s| format!("HTTP {s}"))
+            .into_iter()
+            .chain(err.provider_code.clone())
+            .collect();
+        let reason = match detail.is_empty() {
+            true => what.to_string(),
+            false => format!("{what} ({})", detail.join(", ")),
+        };
+        Some(Self {
+            disables: err.kind != ErrorKind::RateLimited,
+            reason,
+            retry_after: err.retry_after,
+        })
+    }
+
+    fn apply(&self, pool: &KeyPool, key: &PoolKey) {
+        match self.disables {
+            true => pool.disable(key, self.reason.clone()),
+            false => pool.cool_down(key, self.retry_after),
+        }
+    }
+}
+
+/// The error of the last usable key, noting that the pool has none left.
+fn no_key_left(
+    mut err: ProviderError,
+    pool_err: &ProviderError,
+    keys: usize,
+    retries: u32,
+) -> ProviderError {
+    if keys > 1 {
+        err.message = format!("{}; {}", err.message, pool_err.message);
+    }
+    after_retries(err, retries)
+}
+
+/// Says in the message why the policy stopped retrying, where the error does not already.
+fn gave_up(
+    mut err: ProviderError,
+    why: GiveUp,
+    policy: &RetryPolicy,
+    retries: u32,
+) -> ProviderError {
+    match why {
+        GiveUp::ReadTimeout => err
+            .message
+            .push_str(", so it is not retried (set retry_on_timeout = true to retry it)"),
+        GiveUp::WaitTooLong(wait) => {
+            let when = httpdate::fmt_http_date(SystemTime::now() + wait);
+            err.message = format!(
+                "{}; the provider asked to wait {}, longer than retry_after_cap ({}), so it was \
+                 not retried: try again after {when}",
+                err.message,
+                describe_wait(wait),
+                describe_wait(policy.retry_after_cap)
+            );
+        }
+        GiveUp::Permanent | GiveUp::OutOfRetries => {}
+    }
+    after_retries(err, retries)
 }
 
 /// Replaces the API key with its fingerprint, in case a server echoes it back.
@@ -603,12 +936,105 @@ fn scrub(text: String, key: Option<&PoolKey>) -> String {
 }
 
 /// Notes in the message that retries were made and did not help.
-fn gave_up(mut err: ProviderError, retries: u32) -> ProviderError {
+fn after_retries(mut err: ProviderError, retries: u32) -> ProviderError {
     if retries > 0 {
         let s = if retries == 1 { "y" } else { "ies" };
         err.message = format!("{} (after {retries} retr{s})", err.message);
     }
     err
+}
+
+/// Names the key in a message about the account, e.g. ` (key sk-…abcd)`.
+fn whose(key: Option<&PoolKey>) -> String {
+    key.map(|k| format!(" (key {})", k.fingerprint()))
+        .unwrap_or_default()
+}
+
+/// What a successful attempt returned.
+#[derive(Debug)]
+enum Answer {
+    /// A JSON body holding every image.
+    Json(Bytes),
+    /// The data of a stream's completed event, holding the final image.
+    Completed(Value),
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
+}
+
+/// A stream that stopped before its completed event: retryable, like a dropped connection.
+fn stream_ended(detail: &str) -> ProviderError {
+    ProviderError::new(
+        ErrorKind::Network,
+        format!("the stream ended before the image was complete ({detail})"),
+    )
+}
+
+/// One server-sent event of an image stream, by what it means.
+#[derive(Debug)]
+enum StreamEvent {
+    Partial(Value),
+    Completed(Value),
+    Failed(Value),
+    Other,
+}
+
+impl StreamEvent {
+    /// Reads the event's name from its data's `type`, else from its `event:` line, so both
+    /// styles of server work (`image_generation.*` and `image_edit.*` alike).
+    fn read(event: SseEvent) -> Self {
+        let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+            return match event.event.as_str() {
+                "error" => {
+                    Self::Failed(serde_json::json!({ "message": snippet(&event.data, 200) }))
+                }
+                _ => Self::Other,
+            };
+        };
+        let name = data
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or(&event.event)
+            .to_string();
+        if name == "error"
+            || event.event == "error"
+            || data.get("error").is_some_and(|e| !e.is_null())
+        {
+            Self::Failed(data)
+        } else if name.ends_with(".partial_image") {
+            Self::Partial(data)
+        } else if name.ends_with(".completed") {
+            Self::Completed(data)
+        } else {
+            Self::Other
+        }
+    }
+}
+
+/// Sends a partial image as an event; `seen` partials came before it.
+fn report_partial(data: &Value, seen: u32, events: &Events) {
+    let index = data
+        .get("partial_image_index")
+        .and_then(Value::as_u64)
+        .map_or(seen, |i| i as u32);
+    let image = data
+        .get("b64_json")
+        .and_then(Value::as_str)
+        .and_then(|b64| decode_base64(b64).ok())
+        .and_then(|bytes| GeneratedImage::from_encoded(bytes).ok());
+    match image {
+        Some(image) => events.send(ProviderEvent::PartialImage { index, image }),
+        // A partial is only a preview: a broken one must not fail a generation still under way.
+        None => tracing::warn!(index, "skipping an unusable partial image"),
+    }
 }
 
 /// `base` with `path` appended to its path, keeping any query (Azure-style `api-version`).
@@ -822,23 +1248,7 @@ impl ErrorDetail {
     /// or else the body as text (HTML pages are named, not quoted).
     fn parse(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Self {
         if let Ok(json) = serde_json::from_slice::<Value>(body) {
-            return match json.get("error") {
-                Some(Value::Object(e)) => Self {
-                    message: text_field(e.get("message")),
-                    error_type: text_field(e.get("type")),
-                    param: text_field(e.get("param")),
-                    code: text_field(e.get("code")),
-                },
-                Some(Value::String(message)) => Self {
-                    message: text_field(Some(&Value::String(message.clone()))),
-                    ..Self::default()
-                },
-                _ => Self {
-                    message: text_field(json.get("message"))
-                        .or_else(|| text_field(json.get("detail"))),
-                    ..Self::default()
-                },
-            };
+            return Self::from_json(&json);
         }
         let text = String::from_utf8_lossy(body);
         let text = text.trim();
@@ -857,6 +1267,45 @@ impl ErrorDetail {
             message,
             ..Self::default()
         }
+    }
+
+    /// Reads the JSON shapes of [`ErrorDetail::parse`]; a flat object may also carry a `code`
+    /// (as stream `error` events do).
+    fn from_json(json: &Value) -> Self {
+        match json.get("error") {
+            Some(Value::Object(e)) => Self {
+                message: text_field(e.get("message")),
+                error_type: text_field(e.get("type")),
+                param: text_field(e.get("param")),
+                code: text_field(e.get("code")),
+            },
+            Some(Value::String(message)) => Self {
+                message: text_field(Some(&Value::String(message.clone()))),
+                ..Self::default()
+            },
+            _ => Self {
+                message: text_field(json.get("message")).or_else(|| text_field(json.get("detail"))),
+                code: text_field(json.get("code")),
+                ..Self::default()
+            },
+        }
+    }
+
+    /// Whether the provider's code or type is `value`.
+    fn is(&self, value: &str) -> bool {
+        self.code.as_deref() == Some(value) || self.error_type.as_deref() == Some(value)
+    }
+
+    /// Whether the provider's safety system refused the prompt or image.
+    fn is_refusal(&self) -> bool {
+        [
+            "moderation_blocked",
+            "image_generation_user_error",
+            "content_policy_violation",
+            "contentFilter",
+        ]
+        .iter()
+        .any(|v| self.is(v))
     }
 }
 
@@ -895,6 +1344,30 @@ struct Datum {
     url: Option<String>,
     #[serde(default, deserialize_with = "lenient_string")]
     revised_prompt: Option<String>,
+}
+
+impl ImagesResponse {
+    fn from_body(body: &[u8]) -> Result<Self, ProviderError> {
+        serde_json::from_slice(body).map_err(|e| {
+            bad(format!(
+                "the response is not the expected JSON ({e}); it starts with: {}",
+                snippet(&String::from_utf8_lossy(&body[..body.len().min(400)]), 120)
+            ))
+        })
+    }
+
+    /// A stream's completed event holds one image's fields beside the response's own.
+    fn from_completed(data: Value) -> Result<Self, ProviderError> {
+        let unexpected = |e: serde_json::Error| {
+            bad(format!(
+                "the completed event is not the expected JSON ({e})"
+            ))
+        };
+        let datum: Datum = serde_json::from_value(data.clone()).map_err(unexpected)?;
+        let mut resp: ImagesResponse = serde_json::from_value(data).map_err(unexpected)?;
+        resp.data = Some(vec![datum]);
+        Ok(resp)
+    }
 }
 
 fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {

@@ -1,9 +1,9 @@
 //! When to retry a failed generation, and how long to wait first.
 //!
 //! The rules follow OpenAI's own SDKs: `x-should-retry` wins; otherwise 408, 409, 429 (except
-//! `insufficient_quota`), 5xx and connection failures are retried. A read timeout is not:
-//! image requests carry no idempotency key, so the timed-out generation may still be running
-//! and billed, and a retry would pay twice.
+//! `insufficient_quota`), 5xx and connection failures are retried. A read timeout is not unless
+//! [`RetryPolicy::retry_on_timeout`] says so: image requests carry no idempotency key, so the
+//! timed-out generation may still be running and billed, and a retry would pay twice.
 
 use std::time::{Duration, SystemTime};
 
@@ -11,11 +11,80 @@ use reqwest::header::HeaderMap;
 
 use crate::{ErrorKind, ProviderError};
 
-/// The longest server-requested wait honoured; a longer request means no retry.
-pub const MAX_SERVER_DELAY: Duration = Duration::from_secs(120);
+/// How a provider retries: how often, how long it waits, and what it retries at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// How many times a retryable failure is retried.
+    pub max_retries: u32,
+    /// The wait before the first retry when the server gives no hint; it doubles each retry.
+    pub base: Duration,
+    /// The longest wait between retries when the server gives no hint.
+    pub max: Duration,
+    /// The longest server-asked wait honoured; a longer one means no retry.
+    pub retry_after_cap: Duration,
+    /// Whether a read timeout (request sent, no complete answer) is retried, at the risk of paying twice.
+    pub retry_on_timeout: bool,
+}
 
-/// The longest wait between retries when the server gives no hint.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 2,
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(8),
+            retry_after_cap: Duration::from_secs(120),
+            retry_on_timeout: false,
+        }
+    }
+}
+
+/// Why a failure is not retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveUp {
+    /// Retrying cannot help, or the server said not to.
+    Permanent,
+    /// A read timeout while `retry_on_timeout` is off.
+    ReadTimeout,
+    /// The server asked for this wait, longer than `retry_after_cap`.
+    WaitTooLong(Duration),
+    /// Every allowed retry was made.
+    OutOfRetries,
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `retries_done + 1` when the server gives no hint:
+    /// `min(base * 2^retries_done, max) * jitter`, with `jitter` in (0.75, 1].
+    pub fn backoff(&self, retries_done: u32, jitter: f64) -> Duration {
+        let doubled = self.base.saturating_mul(2u32.saturating_pow(retries_done));
+        doubled.min(self.max).mul_f64(jitter.clamp(0.0, 1.0))
+    }
+
+    /// How long to wait before retrying after `err`, `retries_done` retries into the call.
+    pub fn next_delay(&self, err: &ProviderError, retries_done: u32) -> Result<Duration, GiveUp> {
+        if !err.retryable {
+            return Err(GiveUp::Permanent);
+        }
+        if is_read_timeout(err) && !self.retry_on_timeout {
+            return Err(GiveUp::ReadTimeout);
+        }
+        if let Some(wait) = err.retry_after.filter(|w| *w > self.retry_after_cap) {
+            return Err(GiveUp::WaitTooLong(wait));
+        }
+        if retries_done >= self.max_retries {
+            return Err(GiveUp::OutOfRetries);
+        }
+        Ok(match err.retry_after {
+            Some(wait) if !wait.is_zero() => wait,
+            _ => self.backoff(retries_done, jitter()),
+        })
+    }
+}
+
+/// Whether `err` is a read timeout: the request went out, so the upstream may bill for it.
+pub fn is_read_timeout(err: &ProviderError) -> bool {
+    // An HTTP 408 is the server declining to work, so it carries a status and costs nothing.
+    err.kind == ErrorKind::Timeout && err.status.is_none()
+}
 
 /// What `x-should-retry` says, if the server sent it with a value we understand.
 pub fn should_retry_header(headers: &HeaderMap) -> Option<bool> {
@@ -66,37 +135,9 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     })
 }
 
-/// The wait before retry number `retries_done + 1` when the server gives no hint:
-/// `min(0.5 s * 2^retries_done, 8 s) * jitter`, with `jitter` in (0.75, 1].
-pub fn backoff(retries_done: u32, jitter: f64) -> Duration {
-    let base = 0.5 * 2f64.powi(retries_done.min(16) as i32);
-    Duration::from_secs_f64(base.min(MAX_BACKOFF.as_secs_f64()) * jitter.clamp(0.0, 1.0))
-}
-
 /// A random jitter factor in (0.75, 1], so clients that failed together do not retry together.
 pub fn jitter() -> f64 {
     1.0 - 0.25 * fastrand::f64()
-}
-
-/// Whether `err` may be retried at all, ignoring how many retries are left.
-pub fn is_retryable(err: &ProviderError) -> bool {
-    // A timeout without a status is a read timeout: the request was sent and may be billed.
-    let read_timeout = err.kind == ErrorKind::Timeout && err.status.is_none();
-    err.retryable && !read_timeout
-}
-
-/// How long to wait before retrying after `err`, or `None` to give up.
-///
-/// `retries_done` counts the retries already made; at most `max_retries` are made.
-pub fn next_delay(err: &ProviderError, retries_done: u32, max_retries: u32) -> Option<Duration> {
-    if retries_done >= max_retries || !is_retryable(err) {
-        return None;
-    }
-    match err.retry_after {
-        Some(wait) if wait > MAX_SERVER_DELAY => None,
-        Some(wait) if !wait.is_zero() => Some(wait),
-        _ => Some(backoff(retries_done, jitter())),
-    }
 }
 
 #[cfg(test)]
@@ -165,12 +206,20 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_eight_seconds_with_jitter() {
-        assert_eq!(backoff(0, 1.0), Duration::from_millis(500));
-        assert_eq!(backoff(1, 1.0), Duration::from_secs(1));
-        assert_eq!(backoff(4, 1.0), Duration::from_secs(8));
-        assert_eq!(backoff(40, 1.0), Duration::from_secs(8));
-        assert_eq!(backoff(0, 0.8), Duration::from_millis(400));
+    fn backoff_doubles_up_to_the_max_with_jitter() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.backoff(0, 1.0), Duration::from_millis(500));
+        assert_eq!(p.backoff(1, 1.0), Duration::from_secs(1));
+        assert_eq!(p.backoff(4, 1.0), Duration::from_secs(8));
+        assert_eq!(p.backoff(40, 1.0), Duration::from_secs(8));
+        assert_eq!(p.backoff(0, 0.8), Duration::from_millis(400));
+        let custom = RetryPolicy {
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(300),
+            ..p
+        };
+        assert_eq!(custom.backoff(1, 1.0), Duration::from_millis(200));
+        assert_eq!(custom.backoff(2, 1.0), Duration::from_millis(300));
         for _ in 0..1000 {
             let j = jitter();
             assert!(j > 0.75 && j <= 1.0, "{j}");
@@ -179,16 +228,28 @@ mod tests {
 
     #[test]
     fn next_delay_honours_hints_limits_and_read_timeouts() {
+        let p = RetryPolicy::default();
         let rate = ProviderError::new(ErrorKind::RateLimited, "x").with_status(429);
         let hinted = rate.clone().with_retry_after(Some(Duration::from_secs(3)));
-        assert_eq!(next_delay(&hinted, 0, 2), Some(Duration::from_secs(3)));
-        assert_eq!(next_delay(&hinted, 2, 2), None);
+        assert_eq!(p.next_delay(&hinted, 0), Ok(Duration::from_secs(3)));
+        assert_eq!(p.next_delay(&hinted, 2), Err(GiveUp::OutOfRetries));
         let too_long = rate
             .clone()
             .with_retry_after(Some(Duration::from_secs(121)));
-        assert_eq!(next_delay(&too_long, 0, 2), None);
+        assert_eq!(
+            p.next_delay(&too_long, 0),
+            Err(GiveUp::WaitTooLong(Duration::from_secs(121)))
+        );
+        let patient = RetryPolicy {
+            retry_after_cap: Duration::from_secs(200),
+            ..p
+        };
+        assert_eq!(
+            patient.next_delay(&too_long, 0),
+            Ok(Duration::from_secs(121))
+        );
         let zero = rate.clone().with_retry_after(Some(Duration::ZERO));
-        let d = next_delay(&zero, 1, 2).unwrap();
+        let d = p.next_delay(&zero, 1).unwrap();
         assert!(
             d > Duration::from_millis(750) && d <= Duration::from_secs(1),
             "{d:?}"
@@ -196,10 +257,15 @@ mod tests {
 
         let read_timeout = ProviderError::new(ErrorKind::Timeout, "x");
         assert!(read_timeout.retryable);
-        assert_eq!(next_delay(&read_timeout, 0, 2), None);
+        assert_eq!(p.next_delay(&read_timeout, 0), Err(GiveUp::ReadTimeout));
+        let brave = RetryPolicy {
+            retry_on_timeout: true,
+            ..p
+        };
+        assert!(brave.next_delay(&read_timeout, 0).is_ok());
         let http_408 = ProviderError::new(ErrorKind::Timeout, "x").with_status(408);
-        assert!(next_delay(&http_408, 0, 2).is_some());
+        assert!(p.next_delay(&http_408, 0).is_ok());
         let refused = ProviderError::new(ErrorKind::ContentPolicy, "x").with_status(400);
-        assert_eq!(next_delay(&refused, 0, 2), None);
+        assert_eq!(p.next_delay(&refused, 0), Err(GiveUp::Permanent));
     }
 }

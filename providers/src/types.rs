@@ -117,6 +117,8 @@ pub struct GenerateRequest {
     pub moderation: Option<String>,
     /// Seed for providers that support reproducible output.
     pub seed: Option<u64>,
+    /// Stream the generation, sending this many partial images (0..=3) before the final one.
+    pub partial_images: Option<u8>,
     /// Provider-specific extras passed through verbatim.
     pub extra: serde_json::Map<String, serde_json::Value>,
 }

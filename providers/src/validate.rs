@@ -18,6 +18,7 @@ pub fn params_set(request: &GenerateRequest) -> Vec<Param> {
         (Param::Style, r.style.is_some()),
         (Param::Moderation, r.moderation.is_some()),
         (Param::Seed, r.seed.is_some()),
+        (Param::Stream, r.partial_images.is_some()),
     ]
     .into_iter()
     .filter_map(|(p, set)| set.then_some(p))
@@ -36,7 +37,8 @@ pub fn clear_param(request: &mut GenerateRequest, param: Param) {
         Param::Style => request.style = None,
         Param::Moderation => request.moderation = None,
         Param::Seed => request.seed = None,
-        Param::ResponseFormat | Param::Stream | Param::InputFidelity => {}
+        Param::Stream => request.partial_images = None,
+        Param::ResponseFormat | Param::InputFidelity => {}
     }
 }
 
@@ -133,9 +135,31 @@ pub fn check(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), 
     }
     for param in params_set(request) {
         if !caps.takes(param) {
+            // Callers set `partial_images`; `stream` is only how it travels.
+            let (name, why) = match param {
+                Param::Stream => ("partial_images", ": it cannot stream"),
+                other => (other.as_str(), ""),
+            };
             return Err(ProviderError::invalid_param(
-                param.as_str(),
-                format!("{model} does not take the `{}` parameter", param.as_str()),
+                name,
+                format!("{model} does not take the `{name}` parameter{why}"),
+            ));
+        }
+    }
+    if let Some(partials) = request.partial_images {
+        if partials > 3 {
+            return Err(ProviderError::invalid_param(
+                "partial_images",
+                format!("partial_images = {partials}; allowed: 0..=3"),
+            ));
+        }
+        if request.n > 1 {
+            return Err(ProviderError::invalid_param(
+                "partial_images",
+                format!(
+                    "partial_images streams one image, but n = {}; set n to 1 or leave partial_images unset",
+                    request.n
+                ),
             ));
         }
     }
@@ -271,11 +295,32 @@ mod tests {
     }
 
     #[test]
+    fn partial_images_need_a_streaming_model_one_image_and_at_most_three() {
+        let mut r = req("gpt-image-1.5");
+        r.partial_images = Some(3);
+        assert_eq!(params_set(&r), vec![Param::Stream]);
+        assert!(check(&r, &Catalog::builtin().get(&r.model)).is_ok());
+        r.partial_images = Some(4);
+        assert!(refused(&r).message.contains("0..=3"));
+        r.partial_images = Some(2);
+        r.n = 2;
+        let err = refused(&r);
+        assert_eq!(err.param.as_deref(), Some("partial_images"));
+        assert!(err.message.contains("n = 2"), "{}", err.message);
+        let mut r = req("dall-e-3");
+        r.partial_images = Some(1);
+        let err = refused(&r);
+        assert_eq!(err.param.as_deref(), Some("partial_images"));
+        assert!(err.message.contains("cannot stream"), "{}", err.message);
+    }
+
+    #[test]
     fn clearing_every_set_param_leaves_nothing_set() {
         let mut r = req("gpt-image-1.5");
         r.size = Some("auto".into());
         r.n = 3;
         r.seed = Some(1);
+        r.partial_images = Some(1);
         r.style = Some("vivid".into());
         for p in params_set(&r) {
             clear_param(&mut r, p);

@@ -9,7 +9,7 @@ use imagegen_providers::{
     mock::{MockProvider, MockSettings},
     openai::{OpenAiProvider, OpenAiSettings},
     validate::{check, parse_size},
-    GenerateRequest, GenerateResult, ImageFormat, ImageProvider,
+    Events, GenerateRequest, GenerateResult, ImageFormat, ImageProvider, Param, ProviderEvent,
 };
 use serde_json::{json, Value};
 use wiremock::{
@@ -67,7 +67,7 @@ async fn conformance(provider: &dyn ImageProvider) -> usize {
     let result = generate(two).await;
     assert_images(kind, &result, &model, 2, (width, height), ImageFormat::Png);
 
-    if caps.takes(imagegen_providers::Param::OutputFormat) {
+    if caps.takes(Param::OutputFormat) {
         for format in caps
             .formats
             .iter()
@@ -79,6 +79,28 @@ async fn conformance(provider: &dyn ImageProvider) -> usize {
             let result = generate(req).await;
             assert_images(kind, &result, &model, 1, (width, height), format);
         }
+    }
+
+    if caps.takes(Param::Stream) {
+        let mut req = one.clone();
+        req.partial_images = Some(2);
+        check(&req, &caps).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        calls += 1;
+        let (events, mut rx) = Events::channel();
+        let result = provider
+            .generate_with_events(&req, &events)
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_images(kind, &result, &model, 1, (width, height), ImageFormat::Png);
+        drop(events);
+        let mut partials = Vec::new();
+        while let Some(event) = rx.recv().await {
+            if let ProviderEvent::PartialImage { index, image } = event {
+                image::load_from_memory(&image.bytes).unwrap_or_else(|e| panic!("{kind}: {e}"));
+                partials.push(index);
+            }
+        }
+        assert_eq!(partials, [0, 1], "{kind}: partial images in order");
     }
     calls
 }
@@ -115,8 +137,23 @@ async fn mock_provider_conforms() {
     conformance(&provider).await;
 }
 
-/// A fake OpenAI: answers each generation with `n` images of the requested size and format.
+/// A fake OpenAI: answers each generation with `n` images of the requested size and format,
+/// or with a stream of partial images and the final one when asked to stream.
 struct FakeOpenAi;
+
+fn encoded(width: u32, height: u32, shade: u8, format: image::ImageFormat) -> String {
+    let pixels = image::RgbImage::from_pixel(width, height, image::Rgb([200, 20, shade]));
+    let mut out = Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(pixels)
+        .write_to(&mut out, format)
+        .unwrap();
+    base64::engine::general_purpose::STANDARD.encode(out.into_inner())
+}
+
+fn sse(name: &str, mut data: Value) -> String {
+    data["type"] = name.into();
+    format!("event: {name}\ndata: {data}\n\n")
+}
 
 impl Respond for FakeOpenAi {
     fn respond(&self, request: &Request) -> ResponseTemplate {
@@ -131,13 +168,21 @@ impl Respond for FakeOpenAi {
             "webp" => image::ImageFormat::WebP,
             _ => image::ImageFormat::Png,
         };
+        if body["stream"] == json!(true) {
+            let partials = body["partial_images"].as_u64().unwrap_or(0);
+            let mut text: String = (0..partials)
+                .map(|i| {
+                    let image = encoded(width / 4, height / 4, i as u8, format);
+                    let data = json!({"b64_json": image, "partial_image_index": i});
+                    sse("image_generation.partial_image", data)
+                })
+                .collect();
+            let image = encoded(width, height, 0, format);
+            text += &sse("image_generation.completed", json!({"b64_json": image}));
+            return ResponseTemplate::new(200).set_body_raw(text, "text/event-stream");
+        }
         let data: Vec<Value> = (0..n)
-            .map(|i| {
-                let pixels = image::RgbImage::from_pixel(width, height, image::Rgb([200, 20, 20 * i as u8]));
-                let mut out = Cursor::new(Vec::new());
-                image::DynamicImage::ImageRgb8(pixels).write_to(&mut out, format).unwrap();
-                json!({"b64_json": base64::engine::general_purpose::STANDARD.encode(out.into_inner())})
-            })
+            .map(|i| json!({"b64_json": encoded(width, height, 20 * i as u8, format)}))
             .collect();
         ResponseTemplate::new(200)
             .insert_header("x-request-id", "req_conformance")

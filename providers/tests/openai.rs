@@ -1,17 +1,22 @@
 //! The OpenAI provider against a fake upstream: request bodies, results, every error row of
 //! the API reference, retries, downloads and secrets.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
 use base64::Engine as _;
 use imagegen_providers::{
+    keys::KeyPool,
     openai::{OpenAiProvider, OpenAiSettings},
-    ErrorKind, GenerateRequest, ImageFormat, ImageProvider, ProviderError,
+    ErrorKind, Events, GenerateRequest, ImageFormat, ImageProvider, ProviderError, ProviderEvent,
 };
 use secrecy::SecretString;
 use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedReceiver;
 use wiremock::{
-    matchers::{method, path},
+    matchers::{header, method, path},
     Mock, MockServer, Request, ResponseTemplate,
 };
 
@@ -448,6 +453,31 @@ async fn gpt_image_body_has_only_what_the_model_takes() {
 }
 
 #[tokio::test]
+async fn partial_images_ask_for_a_stream_and_a_plain_json_answer_still_works() {
+    let server = MockServer::start().await;
+    mount(&server, ok_b64(&[&png(4, 4)])).await;
+    let p = provider(settings(&server));
+    let mut streamed = request("gpt-image-1.5");
+    streamed.partial_images = Some(1);
+    // Compatible servers may ignore `stream`; the content type of the answer decides.
+    let result = p.generate(&streamed).await.unwrap();
+    assert_eq!(result.images.len(), 1);
+    let mut dall_e = request("dall-e-3");
+    dall_e.partial_images = Some(1);
+    p.generate(&dall_e).await.unwrap();
+    let sent: Vec<Value> = requests(&server)
+        .await
+        .iter()
+        .map(|r| r.body_json().unwrap())
+        .collect();
+    assert_eq!(
+        (&sent[0]["stream"], &sent[0]["partial_images"]),
+        (&json!(true), &json!(1))
+    );
+    assert!(sent[1].get("stream").is_none() && sent[1].get("partial_images").is_none());
+}
+
+#[tokio::test]
 async fn dall_e_3_body_asks_for_b64_and_never_moderation() {
     let server = MockServer::start().await;
     mount(
@@ -605,11 +635,12 @@ async fn every_error_row_maps_to_its_kind() {
         row("x-should-retry false on 503", 503, json_error(503, Some("down"), "server_error", None).insert_header("x-should-retry", "false"), UpstreamUnavailable, false, Some("server_error")),
     ];
     let server = MockServer::start().await;
-    let mut s = settings(&server);
-    s.max_retries = 0;
-    let p = provider(s);
     for (i, r) in rows.into_iter().enumerate() {
         server.reset().await;
+        // A fresh key pool per row: a 401 disables the key and a 429 rests it.
+        let mut s = settings(&server);
+        s.max_retries = 0;
+        let p = provider(s);
         let id = format!("req_{i}");
         mount(&server, r.body.insert_header("x-request-id", id.as_str())).await;
         let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
@@ -627,9 +658,11 @@ async fn every_error_row_maps_to_its_kind() {
 #[tokio::test]
 async fn error_details_are_kept() {
     let server = MockServer::start().await;
-    let mut s = settings(&server);
-    s.max_retries = 0;
-    let p = provider(s);
+    let p = || {
+        let mut s = settings(&server);
+        s.max_retries = 0;
+        provider(s)
+    };
 
     mount_once(
         &server,
@@ -638,7 +671,7 @@ async fn error_details_are_kept() {
             "param": "size", "code": "invalid_size"}})),
     )
     .await;
-    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    let err = p().generate(&request("gpt-image-1.5")).await.unwrap_err();
     assert_eq!(err.param.as_deref(), Some("size"));
     assert_eq!(
         err.provider_message.as_deref(),
@@ -651,7 +684,7 @@ async fn error_details_are_kept() {
         ResponseTemplate::new(502).set_body_raw("<!DOCTYPE html>\n<html>oops</html>", "text/html"),
     )
     .await;
-    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    let err = p().generate(&request("gpt-image-1.5")).await.unwrap_err();
     assert_eq!(
         err.provider_message.as_deref(),
         Some("HTTP 502 with an HTML body")
@@ -664,7 +697,7 @@ async fn error_details_are_kept() {
             .insert_header("retry-after", "3600"),
     )
     .await;
-    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    let err = p().generate(&request("gpt-image-1.5")).await.unwrap_err();
     assert_eq!(err.provider_message.as_deref(), Some("error code: 1015"));
     assert_eq!(err.retry_after, Some(Duration::from_secs(3600)));
 
@@ -675,7 +708,7 @@ async fn error_details_are_kept() {
             "type": "image_generation_user_error", "code": "moderation_blocked"}})),
     )
     .await;
-    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    let err = p().generate(&request("gpt-image-1.5")).await.unwrap_err();
     assert!(err.message.contains("safety system"), "{err}");
     assert!(err.message.contains("rephrase"), "{err}");
 }
@@ -720,6 +753,7 @@ async fn three_503s_give_up_after_three_requests() {
     assert_eq!(generations(&server).await, 3);
     assert_eq!(err.kind, ErrorKind::UpstreamUnavailable);
     assert!(err.retryable);
+    assert_eq!(err.attempts, 3);
     assert!(err.message.contains("after 2 retries"), "{err}");
 }
 
@@ -739,8 +773,9 @@ async fn retry_after_seconds_is_waited_for() {
     .await;
     mount(&server, ok_b64(&[&png(4, 4)])).await;
     let started = Instant::now();
+    let (events, mut rx) = Events::channel();
     provider(settings(&server))
-        .generate(&request("gpt-image-1.5"))
+        .generate_with_events(&request("gpt-image-1.5"), &events)
         .await
         .unwrap();
     assert!(
@@ -749,6 +784,21 @@ async fn retry_after_seconds_is_waited_for() {
         started.elapsed()
     );
     assert_eq!(generations(&server).await, 2);
+    let retries: Vec<_> = drain(&mut rx)
+        .into_iter()
+        .filter_map(|e| match e {
+            ProviderEvent::Retrying {
+                attempt,
+                delay,
+                reason,
+            } => Some((attempt, delay, reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(retries.len(), 1, "{retries:?}");
+    assert_eq!(retries[0].0, 1);
+    assert!(retries[0].1 >= Duration::from_secs(1), "{retries:?}");
+    assert!(retries[0].2.contains("HTTP 429"), "{retries:?}");
 }
 
 #[tokio::test]
@@ -801,6 +851,56 @@ async fn a_server_asked_wait_over_120_s_is_not_waited_for() {
     assert!(err.retryable, "a later call may succeed");
     assert_eq!(err.retry_after, Some(Duration::from_secs(121)));
     assert!(err.message.contains("121 s"), "{err}");
+    assert!(err.message.contains("try again after"), "{err}");
+}
+
+#[tokio::test]
+async fn an_http_date_retry_after_is_understood() {
+    let server = MockServer::start().await;
+    let when = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(180));
+    // Not `server_error`: its `retry-after-ms` would win over the date.
+    mount(
+        &server,
+        json_error(503, Some("busy"), "server_error", None)
+            .insert_header("retry-after", when.as_str()),
+    )
+    .await;
+    let err = provider(settings(&server))
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap_err();
+    assert_eq!(generations(&server).await, 1, "180 s is over the cap");
+    let wait = err.retry_after.unwrap();
+    assert!(
+        wait > Duration::from_secs(170) && wait <= Duration::from_secs(180),
+        "{wait:?}"
+    );
+    assert!(err.message.contains("try again after"), "{err}");
+}
+
+#[tokio::test]
+async fn a_non_json_429_and_an_html_502_are_retried() {
+    let server = MockServer::start().await;
+    mount_once(
+        &server,
+        ResponseTemplate::new(429)
+            .set_body_string("error code: 1015")
+            .insert_header("retry-after-ms", "10"),
+    )
+    .await;
+    mount_once(
+        &server,
+        ResponseTemplate::new(502)
+            .set_body_raw("<html><body>Bad gateway</body></html>", "text/html")
+            .insert_header("retry-after-ms", "10"),
+    )
+    .await;
+    mount(&server, ok_b64(&[&png(4, 4)])).await;
+    provider(settings(&server))
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap();
+    assert_eq!(generations(&server).await, 3);
 }
 
 #[tokio::test]
@@ -875,15 +975,28 @@ async fn permanent_failures_are_not_retried() {
             json_error(401, None, "invalid_request_error", Some("invalid_api_key")),
             ErrorKind::Auth,
         ),
+        (
+            "403",
+            json_error(403, None, "request_forbidden", None),
+            ErrorKind::Permission,
+        ),
+        (
+            "404",
+            json_error(404, None, "invalid_request_error", Some("model_not_found")),
+            ErrorKind::NotFound,
+        ),
     ];
     let server = MockServer::start().await;
-    let p = provider(settings(&server));
     for (name, response, kind) in cases {
         server.reset().await;
         mount(&server, response.insert_header("retry-after-ms", "10")).await;
-        let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+        let err = provider(settings(&server))
+            .generate(&request("gpt-image-1.5"))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind, kind, "{name}");
         assert!(!err.retryable, "{name}");
+        assert_eq!(err.attempts, 1, "{name}");
         assert_eq!(generations(&server).await, 1, "{name}");
     }
 }
@@ -911,7 +1024,140 @@ async fn a_read_timeout_is_not_retried_because_it_may_be_billed() {
     assert_eq!(err.kind, ErrorKind::Timeout);
     assert_eq!(err.status, None);
     assert!(err.message.contains("billed"), "{err}");
+    assert!(err.message.contains("retry_on_timeout"), "{err}");
     assert_eq!(generations(&server).await, 1);
+}
+
+#[tokio::test]
+async fn a_read_timeout_is_retried_when_configured() {
+    let server = MockServer::start().await;
+    mount_once(
+        &server,
+        ok_b64(&[&png(4, 4)]).set_delay(Duration::from_secs(3)),
+    )
+    .await;
+    mount(&server, ok_b64(&[&png(4, 4)])).await;
+    let mut s = settings(&server);
+    s.timeout = Duration::from_millis(300);
+    s.retry_on_timeout = true;
+    s.retry_base = Duration::from_millis(10);
+    provider(s)
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap();
+    assert_eq!(generations(&server).await, 2);
+}
+
+#[tokio::test]
+async fn the_deadline_cuts_a_slow_retry_loop() {
+    let server = MockServer::start().await;
+    mount(
+        &server,
+        server_error(500)
+            .insert_header("retry-after-ms", "100")
+            .set_delay(Duration::from_millis(600)),
+    )
+    .await;
+    let mut s = settings(&server);
+    s.max_retries = 10;
+    s.deadline = Duration::from_millis(1500);
+    let started = Instant::now();
+    let err = provider(s)
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1500) && elapsed < Duration::from_millis(1900),
+        "{elapsed:?}"
+    );
+    assert_eq!(err.kind, ErrorKind::Timeout);
+    assert!((2..=3).contains(&err.attempts), "{err:?}");
+    let attempts = format!("deadline of 1.5 s after {} attempts", err.attempts);
+    assert!(err.message.contains(&attempts), "{err}");
+    assert!(
+        err.message
+            .contains("the last failure before it: upstream_unavailable"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_wait_that_would_pass_the_deadline_is_not_started() {
+    let server = MockServer::start().await;
+    mount(
+        &server,
+        server_error(500).insert_header("retry-after-ms", "400"),
+    )
+    .await;
+    let mut s = settings(&server);
+    s.max_retries = 10;
+    s.deadline = Duration::from_millis(1200);
+    let started = Instant::now();
+    let err = provider(s)
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap_err();
+    // Attempts at 0, 0.4 and 0.8 s; the next wait would end just after the deadline.
+    assert!(
+        started.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(err.kind, ErrorKind::UpstreamUnavailable);
+    assert_eq!(err.attempts, 3);
+    assert_eq!(generations(&server).await, 3);
+    assert!(
+        err.message
+            .contains("waiting 0.4 s would pass the call's deadline of 1.2 s"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn dropping_the_call_during_a_retry_wait_stops_it() {
+    let server = MockServer::start().await;
+    mount(
+        &server,
+        server_error(503).insert_header("retry-after-ms", "400"),
+    )
+    .await;
+    let p = provider(settings(&server));
+    let req = request("gpt-image-1.5");
+    let cut = tokio::time::timeout(Duration::from_millis(150), p.generate(&req)).await;
+    assert!(cut.is_err(), "still waiting to retry");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(generations(&server).await, 1, "the retry never happened");
+}
+
+#[tokio::test]
+async fn events_report_each_attempt_and_the_answer() {
+    let server = MockServer::start().await;
+    mount_once(&server, server_error(500)).await;
+    mount(&server, ok_b64(&[&png(4, 4)])).await;
+    let (events, mut rx) = Events::channel();
+    provider(settings(&server))
+        .generate_with_events(&request("gpt-image-1.5"), &events)
+        .await
+        .unwrap();
+    let seen: Vec<String> = drain(&mut rx)
+        .iter()
+        .map(|e| match e {
+            ProviderEvent::Requesting { attempt } => format!("requesting {attempt}"),
+            ProviderEvent::Retrying { attempt, .. } => format!("retrying after {attempt}"),
+            ProviderEvent::Receiving => "receiving".into(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "requesting 1",
+            "retrying after 1",
+            "requesting 2",
+            "receiving"
+        ]
+    );
 }
 
 /// A local address nothing listens on.
@@ -940,6 +1186,261 @@ async fn connection_failures_are_network_errors_and_retried() {
         "{:?}",
         started.elapsed()
     );
+}
+
+// ---- key pools ----------------------------------------------------------------------------
+
+const KEY_A: &str = "sk-SENTINEL-pool-0000AAAA";
+const KEY_B: &str = "sk-SENTINEL-pool-0000BBBB";
+
+/// Settings with a pool of two keys, tried A first.
+fn pool_settings(server: &MockServer) -> OpenAiSettings {
+    let mut s = settings(server);
+    s.keys = Arc::new(KeyPool::new(
+        [KEY_A, KEY_B].map(|k| (SecretString::from(k), "test".to_string())),
+        Duration::from_secs(600),
+    ));
+    s
+}
+
+/// Answers requests carrying `key` with `response`.
+async fn mount_for_key(server: &MockServer, key: &str, response: ResponseTemplate) {
+    Mock::given(method("POST"))
+        .and(path(GENERATIONS))
+        .and(header("authorization", format!("Bearer {key}").as_str()))
+        .respond_with(response)
+        .mount(server)
+        .await;
+}
+
+/// Which pool key each generation request carried, in order: `A` or `B`.
+async fn keys_used(server: &MockServer) -> String {
+    requests(server)
+        .await
+        .iter()
+        .filter(|r| r.url.path() == GENERATIONS)
+        .map(
+            |r| match r.headers.get("authorization").unwrap().to_str().unwrap() {
+                v if v.ends_with(KEY_A) => 'A',
+                v if v.ends_with(KEY_B) => 'B',
+                _ => '?',
+            },
+        )
+        .collect()
+}
+
+fn drain(rx: &mut UnboundedReceiver<ProviderEvent>) -> Vec<ProviderEvent> {
+    std::iter::from_fn(|| rx.try_recv().ok()).collect()
+}
+
+fn switches(events: &[ProviderEvent]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ProviderEvent::SwitchingKey { from, reason } => Some((from.clone(), reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn assert_no_pool_key(text: &str) {
+    assert!(!text.contains("SENTINEL"), "{text}");
+}
+
+#[tokio::test]
+async fn a_rate_limited_key_hands_the_call_to_another_at_once_without_a_retry() {
+    let server = MockServer::start().await;
+    mount_for_key(
+        &server,
+        KEY_A,
+        json_error(
+            429,
+            Some("slow down"),
+            "requests",
+            Some("rate_limit_exceeded"),
+        )
+        .insert_header("retry-after", "30"),
+    )
+    .await;
+    mount_for_key(&server, KEY_B, ok_b64(&[&png(4, 4)])).await;
+    let mut s = pool_settings(&server);
+    s.max_retries = 0;
+    let p = provider(s);
+    let (events, mut rx) = Events::channel();
+    let started = Instant::now();
+    p.generate_with_events(&request("gpt-image-1.5"), &events)
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1), "no wait");
+    assert_eq!(keys_used(&server).await, "AB");
+    let events = drain(&mut rx);
+    let moved = switches(&events);
+    assert_eq!(moved.len(), 1, "{events:?}");
+    assert_eq!(moved[0].0, "sk-…AAAA");
+    assert!(moved[0].1.contains("rate limited (HTTP 429"), "{moved:?}");
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, ProviderEvent::Retrying { .. })));
+    assert_no_pool_key(&format!("{events:?} {p:?}"));
+
+    // A rests for the 30 s the server asked: the next call goes straight to B.
+    p.generate(&request("gpt-image-1.5")).await.unwrap();
+    assert_eq!(keys_used(&server).await, "ABB");
+}
+
+#[tokio::test]
+async fn a_rejected_key_is_disabled_and_the_call_moves_on() {
+    let refusals = [
+        (
+            "401",
+            json_error(
+                401,
+                Some(&format!("Incorrect API key provided: {KEY_A}")),
+                "invalid_request_error",
+                Some("invalid_api_key"),
+            ),
+            "rejected (HTTP 401, invalid_api_key)",
+        ),
+        (
+            "403",
+            json_error(403, Some("no access"), "request_forbidden", None),
+            "not permitted (HTTP 403",
+        ),
+        (
+            "insufficient_quota",
+            json_error(
+                429,
+                Some("quota"),
+                "insufficient_quota",
+                Some("insufficient_quota"),
+            ),
+            "out of quota or over the billing limit (HTTP 429, insufficient_quota)",
+        ),
+        (
+            "billing",
+            json_error(
+                400,
+                Some("Billing hard limit has been reached"),
+                "billing_hard_limit_reached",
+                None,
+            ),
+            "out of quota or over the billing limit (HTTP 400, billing_hard_limit_reached)",
+        ),
+    ];
+    for (name, refusal, reason) in refusals {
+        let server = MockServer::start().await;
+        mount_for_key(&server, KEY_A, refusal).await;
+        mount_for_key(&server, KEY_B, ok_b64(&[&png(4, 4)])).await;
+        let mut s = pool_settings(&server);
+        s.max_retries = 0;
+        let p = provider(s);
+        let (events, mut rx) = Events::channel();
+        p.generate_with_events(&request("gpt-image-1.5"), &events)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let events = drain(&mut rx);
+        let moved = switches(&events);
+        assert_eq!(moved.len(), 1, "{name}: {events:?}");
+        assert!(moved[0].1.starts_with(reason), "{name}: {moved:?}");
+        assert_no_pool_key(&format!("{events:?}"));
+        for _ in 0..3 {
+            p.generate(&request("gpt-image-1.5")).await.unwrap();
+        }
+        assert_eq!(
+            keys_used(&server).await,
+            "ABBBB",
+            "{name}: A is never used again"
+        );
+    }
+}
+
+#[tokio::test]
+async fn when_every_key_is_rejected_the_error_names_each_and_later_calls_fail_at_once() {
+    let server = MockServer::start().await;
+    mount(
+        &server,
+        json_error(
+            401,
+            Some("Incorrect API key provided"),
+            "invalid_request_error",
+            Some("invalid_api_key"),
+        ),
+    )
+    .await;
+    let p = provider(pool_settings(&server));
+    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Auth);
+    assert!(!err.retryable);
+    assert_eq!(err.attempts, 2);
+    assert_eq!(keys_used(&server).await, "AB");
+    assert!(
+        err.message.contains("sk-…AAAA") && err.message.contains("sk-…BBBB"),
+        "{err}"
+    );
+    assert_no_pool_key(&format!("{err} {err:?}"));
+
+    let started = Instant::now();
+    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert_eq!(err.kind, ErrorKind::Auth);
+    assert_eq!(err.attempts, 0);
+    assert_eq!(generations(&server).await, 2, "no request was made");
+    assert!(
+        err.message.contains("sk-…AAAA disabled") && err.message.contains("sk-…BBBB disabled"),
+        "{err}"
+    );
+    assert_no_pool_key(&format!("{err} {err:?}"));
+}
+
+#[tokio::test]
+async fn when_every_key_is_rate_limited_the_call_waits_and_that_is_a_retry() {
+    let server = MockServer::start().await;
+    let limited = || {
+        json_error(
+            429,
+            Some("slow down"),
+            "requests",
+            Some("rate_limit_exceeded"),
+        )
+        .insert_header("retry-after-ms", "200")
+    };
+    Mock::given(method("POST"))
+        .and(path(GENERATIONS))
+        .respond_with(limited())
+        .up_to_n_times(2)
+        .mount(&server)
+        .await;
+    mount(&server, ok_b64(&[&png(4, 4)])).await;
+    let mut s = pool_settings(&server);
+    s.max_retries = 1;
+    let (events, mut rx) = Events::channel();
+    let started = Instant::now();
+    provider(s)
+        .generate_with_events(&request("gpt-image-1.5"), &events)
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(keys_used(&server).await, "ABA");
+    let events = drain(&mut rx);
+    assert_eq!(switches(&events).len(), 1, "{events:?}");
+    let retries = events
+        .iter()
+        .filter(|e| matches!(e, ProviderEvent::Retrying { attempt: 2, .. }))
+        .count();
+    assert_eq!(retries, 1, "{events:?}");
+
+    // With no retries allowed, the same situation fails once both keys are limited.
+    server.reset().await;
+    mount(&server, limited()).await;
+    let mut s = pool_settings(&server);
+    s.max_retries = 0;
+    let err = provider(s)
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::RateLimited);
+    assert_eq!(err.attempts, 2);
+    assert_eq!(keys_used(&server).await, "AB");
 }
 
 // ---- secrets ------------------------------------------------------------------------------
@@ -984,7 +1485,13 @@ async fn the_key_never_shows_in_debug_or_errors() {
         ResponseTemplate::new(500).set_body_string(format!("boom {KEY}")),
     )
     .await;
-    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    let mut s = settings(&server);
+    s.max_retries = 0;
+    let err = provider(s)
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status, Some(500));
     assert_no_key(&err, "500");
 
     let mut s = OpenAiSettings::new(closed_port_url().await.parse().unwrap(), Some(KEY.into()));
