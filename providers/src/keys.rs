@@ -57,8 +57,15 @@ impl fmt::Debug for PoolKey {
 #[derive(Debug, Clone, PartialEq)]
 enum Health {
     Active,
-    CoolingDown { until: Instant, strikes: u32 },
-    Disabled { reason: String, since: Instant },
+    CoolingDown {
+        until: Instant,
+        strikes: u32,
+    },
+    Disabled {
+        kind: ErrorKind,
+        reason: String,
+        since: Instant,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -177,6 +184,7 @@ impl KeyPool {
         let mut soonest: Option<Duration> = None;
         let mut parts = Vec::new();
         let mut all_disabled = true;
+        let mut disabled_kind = ErrorKind::Auth;
         for key in &self.keys {
             let (wait, what) = match state.health.get(&key.id) {
                 Some(Health::CoolingDown { until, .. }) => {
@@ -187,7 +195,12 @@ impl KeyPool {
                         format!("cooling down for {} s", wait.as_secs_f64().ceil()),
                     )
                 }
-                Some(Health::Disabled { reason, since }) => {
+                Some(Health::Disabled {
+                    kind,
+                    reason,
+                    since,
+                }) => {
+                    disabled_kind = *kind;
                     let wait = self.recheck.saturating_sub(now.duration_since(*since));
                     (wait, format!("disabled ({reason})"))
                 }
@@ -203,7 +216,7 @@ impl KeyPool {
         let wait = soonest.unwrap_or_default();
         let (kind, hint) = if all_disabled {
             (
-                ErrorKind::Auth,
+                disabled_kind,
                 format!(
                     "fix or rotate the keys in the configuration; disabled keys are tried again in {} s",
                     wait.as_secs_f64().ceil()
@@ -246,13 +259,14 @@ impl KeyPool {
     }
 
     /// Takes `key` out of rotation (rejected, no quota, no billing) until a reload changes
-    /// the configuration or the recheck interval passes.
-    pub fn disable(&self, key: &PoolKey, reason: impl Into<String>) {
+    /// the configuration or the recheck interval passes; `kind` is what the failure was.
+    pub fn disable(&self, key: &PoolKey, kind: ErrorKind, reason: impl Into<String>) {
         let reason = reason.into();
         tracing::warn!(key = %key.fingerprint, source = %key.source, %reason, "API key disabled");
         self.state().health.insert(
             key.id,
             Health::Disabled {
+                kind,
                 reason,
                 since: Instant::now(),
             },
@@ -303,7 +317,7 @@ impl KeyPool {
                     Some(Health::CoolingDown { until, .. }) if *until > now => {
                         ("cooling_down", Some(*until - now), None)
                     }
-                    Some(Health::Disabled { reason, since }) => (
+                    Some(Health::Disabled { reason, since, .. }) => (
                         "disabled",
                         Some(self.recheck.saturating_sub(now.duration_since(*since))),
                         Some(reason.clone()),
@@ -374,7 +388,7 @@ mod tests {
     fn disabled_keys_stay_out_until_the_config_changes() {
         let p = pool(&["sk-aaaaaaaaaaaa1111"]);
         let a = p.pick(&[]).unwrap();
-        p.disable(&a, "rejected (HTTP 401)");
+        p.disable(&a, ErrorKind::Auth, "rejected (HTTP 401)");
         let err = p.pick(&[]).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Auth);
         assert!(!err.retryable);
@@ -407,8 +421,26 @@ mod tests {
             Duration::ZERO,
         );
         let a = p.pick(&[]).unwrap();
-        p.disable(&a, "401");
+        p.disable(&a, ErrorKind::Auth, "401");
         assert!(p.pick(&[]).is_ok());
+    }
+
+    #[test]
+    fn an_all_disabled_pool_reports_why_they_were_disabled() {
+        let p = pool(&["sk-aaaaaaaaaaaa1111"]);
+        let a = p.pick(&[]).unwrap();
+        p.disable(
+            &a,
+            ErrorKind::QuotaExhausted,
+            "out of quota (insufficient_quota)",
+        );
+        let err = p.pick(&[]).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::QuotaExhausted);
+        assert!(
+            err.message.contains("insufficient_quota"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

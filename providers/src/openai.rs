@@ -709,7 +709,7 @@ impl OpenAiProvider {
         let mut retries = 0;
         // Keys this call moved away from since its last wait.
         let mut left: Vec<Arc<PoolKey>> = Vec::new();
-        let mut key = self.next_key(&left)?;
+        let mut key = self.wait_for_key(&left, deadline, &policy, events).await?;
         loop {
             call.attempts += 1;
             events.send(ProviderEvent::Requesting {
@@ -726,7 +726,11 @@ impl OpenAiProvider {
             };
             // How long until some key of the pool is usable again, when none is now.
             let mut key_wait = Duration::ZERO;
-            if let (Some(used), Some(action)) = (key.clone(), KeyAction::after(&err)) {
+            // A 403 is often about one model (an unverified organisation, say): taking a lone key
+            // out of rotation would block every other model too, so only pools move on from it.
+            let action = KeyAction::after(&err)
+                .filter(|_| err.kind != ErrorKind::Permission || pool.len() > 1);
+            if let (Some(used), Some(action)) = (key.clone(), action) {
                 action.apply(pool, &used);
                 left.push(used.clone());
                 match self.next_key(&left) {
@@ -783,7 +787,41 @@ impl OpenAiProvider {
             tokio::time::sleep(delay).await;
             retries += 1;
             left.clear();
-            key = self.next_key(&left)?;
+            key = self.wait_for_key(&left, deadline, &policy, events).await?;
+        }
+    }
+
+    /// The next key, waiting when every key is resting briefly: a rate limit seen by one call
+    /// should slow the calls beside it, not fail them. A wait past the retry cap or the
+    /// deadline fails at once with the pool's error, which says when a key will be usable.
+    async fn wait_for_key(
+        &self,
+        left: &[Arc<PoolKey>],
+        deadline: Instant,
+        policy: &RetryPolicy,
+        events: &Events,
+    ) -> Result<Option<Arc<PoolKey>>, ProviderError> {
+        loop {
+            let err = match self.next_key(left) {
+                Ok(key) => return Ok(key),
+                Err(err) => err,
+            };
+            let wait = match err.retry_after {
+                // The floor keeps a cooldown ending right now from spinning.
+                Some(wait) if err.kind == ErrorKind::RateLimited => {
+                    wait.max(Duration::from_millis(10))
+                }
+                _ => return Err(err),
+            };
+            if wait > policy.retry_after_cap || Instant::now() + wait >= deadline {
+                return Err(err);
+            }
+            events.send(ProviderEvent::Retrying {
+                attempt: 0,
+                delay: wait,
+                reason: format!("waiting for an API key: {}", err.message),
+            });
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -846,6 +884,8 @@ impl OpenAiProvider {
 struct KeyAction {
     /// Out of rotation (rejected, no quota) rather than resting (rate limited).
     disables: bool,
+    /// The failure's kind, kept with a disabled key so the pool can report it.
+    kind: ErrorKind,
     /// Why, for logs, events and the pool's status.
     reason: String,
     retry_after: Option<Duration>,
@@ -873,6 +913,7 @@ impl KeyAction {
         };
         Some(Self {
             disables: err.kind != ErrorKind::RateLimited,
+            kind: err.kind,
             reason,
             retry_after: err.retry_after,
         })
@@ -880,7 +921,7 @@ impl KeyAction {
 
     fn apply(&self, pool: &KeyPool, key: &PoolKey) {
         match self.disables {
-            true => pool.disable(key, self.reason.clone()),
+            true => pool.disable(key, self.kind, self.reason.clone()),
             false => pool.cool_down(key, self.retry_after),
         }
     }

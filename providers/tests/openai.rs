@@ -16,7 +16,7 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 use wiremock::{
-    matchers::{header, method, path},
+    matchers::{body_partial_json, header, method, path},
     Mock, MockServer, Request, ResponseTemplate,
 };
 
@@ -1572,5 +1572,81 @@ async fn an_endless_chunked_body_is_cut_off_at_the_cap() {
     assert!(
         err.message.contains("response is larger than 1 MiB"),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_lone_key_is_not_disabled_by_a_403_so_other_models_still_work() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(GENERATIONS))
+        .and(body_partial_json(json!({"model": "gpt-image-2"})))
+        .respond_with(json_error(
+            403,
+            Some("Your organization must be verified to use the model"),
+            "invalid_request_error",
+            None,
+        ))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(GENERATIONS))
+        .respond_with(ok_b64(&[&png(4, 4)]))
+        .mount(&server)
+        .await;
+    let mut s = settings(&server);
+    s.keys = Arc::new(KeyPool::new(
+        [(SecretString::from(KEY_A), "test".to_string())],
+        Duration::from_secs(600),
+    ));
+    let p = provider(s);
+    let err = p.generate(&request("gpt-image-2")).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Permission);
+    p.generate(&request("gpt-image-1.5")).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_call_starting_while_its_only_key_cools_briefly_waits_instead_of_failing() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(GENERATIONS))
+        .respond_with(
+            json_error(
+                429,
+                Some("slow down"),
+                "requests",
+                Some("rate_limit_exceeded"),
+            )
+            .insert_header("retry-after-ms", "300"),
+        )
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(GENERATIONS))
+        .respond_with(ok_b64(&[&png(4, 4)]))
+        .mount(&server)
+        .await;
+    let mut s = settings(&server);
+    s.keys = Arc::new(KeyPool::new(
+        [(SecretString::from(KEY_A), "test".to_string())],
+        Duration::from_secs(600),
+    ));
+    s.max_retries = 0;
+    let p = provider(s);
+    assert_eq!(
+        p.generate(&request("gpt-image-1.5"))
+            .await
+            .unwrap_err()
+            .kind,
+        ErrorKind::RateLimited
+    );
+    // The key now rests for 300 ms: the next call waits for it rather than failing at once.
+    let started = Instant::now();
+    p.generate(&request("gpt-image-1.5")).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
     );
 }
