@@ -143,6 +143,9 @@ pub struct ModelCapabilities {
     pub max_prompt_chars: usize,
     /// Whether the model can edit images.
     pub edit: bool,
+    /// The most input images one edit may send (the first is the one edited).
+    #[serde(default = "default_max_edit_images")]
+    pub max_edit_images: u32,
     /// Whether the model can make variations of an image.
     pub variations: bool,
     /// The optional parameters the model takes.
@@ -172,6 +175,7 @@ impl ModelCapabilities {
             formats: ImageFormat::ALL.to_vec(),
             max_prompt_chars: 32_000,
             edit: true,
+            max_edit_images: 16,
             variations: false,
             params: gpt_params(),
             known: false,
@@ -194,6 +198,7 @@ impl ModelCapabilities {
             formats,
             max_prompt_chars,
             edit,
+            max_edit_images,
             variations,
             params
         );
@@ -230,6 +235,8 @@ pub struct ModelOverride {
     pub max_prompt_chars: Option<usize>,
     /// See [`ModelCapabilities::edit`].
     pub edit: Option<bool>,
+    /// See [`ModelCapabilities::max_edit_images`].
+    pub max_edit_images: Option<u32>,
     /// See [`ModelCapabilities::variations`].
     pub variations: Option<bool>,
     /// See [`ModelCapabilities::params`].
@@ -242,6 +249,11 @@ pub struct ModelOverride {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Catalog {
     models: BTreeMap<String, ModelCapabilities>,
+}
+
+/// GPT image models take up to 16 input images; the default for entries written before the field.
+fn default_max_edit_images() -> u32 {
+    16
 }
 
 fn strings(items: &[&str]) -> Vec<String> {
@@ -273,6 +285,7 @@ fn gpt_image_1() -> ModelCapabilities {
         formats: ImageFormat::ALL.to_vec(),
         max_prompt_chars: 32_000,
         edit: true,
+        max_edit_images: 16,
         variations: false,
         params: gpt_params(),
         known: true,
@@ -339,6 +352,7 @@ impl Catalog {
                 formats: vec![ImageFormat::Png],
                 max_prompt_chars: 4_000,
                 edit: false,
+                max_edit_images: 1,
                 variations: false,
                 params: vec![
                     Param::Size,
@@ -363,6 +377,8 @@ impl Catalog {
                 formats: vec![ImageFormat::Png],
                 max_prompt_chars: 1_000,
                 edit: true,
+                // dall-e-2 edits one square PNG and takes it as `image`, not `image[]`.
+                max_edit_images: 1,
                 variations: true,
                 params: vec![Param::Size, Param::Quality, Param::N, Param::ResponseFormat],
                 known: true,
@@ -389,6 +405,7 @@ impl Catalog {
                 formats: ImageFormat::ALL.to_vec(),
                 max_prompt_chars: 32_000,
                 edit: true,
+                max_edit_images: 16,
                 variations: true,
                 params: {
                     let mut p = gpt_params();
@@ -450,6 +467,14 @@ impl Catalog {
             .unwrap_or_else(ModelCapabilities::unknown)
     }
 
+    /// The names of the entries that can make variations, for messages naming the alternatives.
+    pub fn variation_models(&self) -> Vec<String> {
+        self.entries()
+            .filter(|(_, caps)| caps.variations)
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+
     /// Every catalog entry, by name.
     pub fn entries(&self) -> impl Iterator<Item = (&str, &ModelCapabilities)> {
         self.models.iter().map(|(k, v)| (k.as_str(), v))
@@ -502,6 +527,34 @@ mod tests {
         assert!(next.known);
         assert_eq!(next.max_prompt_chars, 64_000);
         assert_eq!(next.custom_sizes, catalog.get("gpt-image-2").custom_sizes);
+    }
+
+    #[test]
+    fn edit_limits_and_variation_support_are_data() {
+        let mut catalog = Catalog::builtin();
+        assert_eq!(catalog.get("gpt-image-1.5").max_edit_images, 16);
+        assert_eq!(catalog.get("dall-e-2").max_edit_images, 1);
+        assert_eq!(
+            catalog.variation_models(),
+            vec!["dall-e-2".to_string(), crate::mock::MOCK_MODEL.to_string()]
+        );
+        let mut overrides = BTreeMap::new();
+        overrides.insert(
+            "local-sd".to_string(),
+            ModelOverride {
+                like: Some("dall-e-2".into()),
+                max_edit_images: Some(4),
+                ..Default::default()
+            },
+        );
+        catalog.extend(&overrides).unwrap();
+        let local = catalog.get("local-sd");
+        assert_eq!((local.max_edit_images, local.variations), (4, true));
+        // Entries serialised before the field existed still read, with the GPT default.
+        let mut json = serde_json::to_value(catalog.get("gpt-image-2")).unwrap();
+        json.as_object_mut().unwrap().remove("max_edit_images");
+        let caps: ModelCapabilities = serde_json::from_value(json).unwrap();
+        assert_eq!(caps.max_edit_images, 16);
     }
 
     #[test]

@@ -158,6 +158,11 @@ impl ProviderError {
         Self::new(ErrorKind::InvalidRequest, message).with_param(param)
     }
 
+    /// An `unsupported` error: the provider or model cannot do what was asked.
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unsupported, message)
+    }
+
     /// Names the parameter at fault.
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into());

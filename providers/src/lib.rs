@@ -1,8 +1,9 @@
 //! Image generation providers behind one async trait.
 //!
 //! This crate knows nothing of MCP, files on disk or configuration files: it turns a
-//! [`GenerateRequest`] into a [`GenerateResult`] or a [`ProviderError`], and describes what
-//! each model can do so requests can be checked before any paid call is made.
+//! [`GenerateRequest`] (or an [`EditRequest`], a [`VariationRequest`]) into a [`GenerateResult`]
+//! or a [`ProviderError`], and describes what each model can do so requests can be checked
+//! before any paid call is made.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod catalog;
@@ -24,7 +25,10 @@ use async_trait::async_trait;
 pub use catalog::{Catalog, ModelCapabilities, ModelOverride, Param, SizeRule};
 pub use error::{ErrorKind, ProviderError};
 pub use secret::fingerprint;
-pub use types::{GenerateRequest, GenerateResult, GeneratedImage, ImageFormat, Usage};
+pub use types::{
+    EditRequest, GenerateRequest, GenerateResult, GeneratedImage, ImageFormat, InputImage, Usage,
+    VariationRequest,
+};
 
 /// A source of generated images: one configured provider instance (an OpenAI account, the mock, ...).
 #[async_trait]
@@ -55,6 +59,37 @@ pub trait ImageProvider: Send + Sync + Debug {
     ) -> Result<GenerateResult, ProviderError> {
         let _ = events;
         self.generate(request).await
+    }
+
+    /// Edits images as `request.prompt` says, reporting progress to `events`; `request` is
+    /// already validated. Providers that cannot edit keep this default, which refuses.
+    async fn edit_with_events(
+        &self,
+        request: &EditRequest,
+        events: &Events,
+    ) -> Result<GenerateResult, ProviderError> {
+        let _ = (request, events);
+        Err(ProviderError::unsupported(format!(
+            "provider `{}` cannot edit images",
+            self.kind()
+        )))
+    }
+
+    /// Edits images without progress reports.
+    async fn edit(&self, request: &EditRequest) -> Result<GenerateResult, ProviderError> {
+        self.edit_with_events(request, &Events::none()).await
+    }
+
+    /// Makes variations of one image. Providers that cannot keep this default, which refuses.
+    async fn create_variation(
+        &self,
+        request: &VariationRequest,
+    ) -> Result<GenerateResult, ProviderError> {
+        let _ = request;
+        Err(ProviderError::unsupported(format!(
+            "provider `{}` cannot make image variations",
+            self.kind()
+        )))
     }
 }
 

@@ -5,6 +5,10 @@
 //! prompts look visibly different. Scripted failures (`fail_sequence`) and slow streams of
 //! partial images (`latency` with `partial_images`) let retries, progress and cancellation be
 //! exercised offline.
+//!
+//! Edits and variations transform the first input image the same deterministic way: resized to
+//! the requested size, tinted and overdrawn with shapes from a hash of the prompt, but only
+//! where the mask is transparent, so tests can check that masked-off pixels are kept.
 
 use std::{
     io::Cursor,
@@ -17,12 +21,15 @@ use std::{
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use image::{ImageEncoder, Rgba, RgbaImage};
+use image::{imageops::FilterType, ImageEncoder, Rgba, RgbaImage};
 use sha2::{Digest, Sha256};
 
 use crate::{
-    validate::parse_size, Catalog, ErrorKind, Events, GenerateRequest, GenerateResult,
-    GeneratedImage, ImageFormat, ImageProvider, ModelCapabilities, ProviderError, ProviderEvent,
+    image_info,
+    validate::{self, parse_size},
+    Catalog, EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult, GeneratedImage,
+    ImageFormat, ImageProvider, InputImage, ModelCapabilities, ProviderError, ProviderEvent,
+    VariationRequest,
 };
 
 /// The mock's own model name.
@@ -90,6 +97,42 @@ impl MockProvider {
             settings,
             calls: AtomicUsize::new(0),
         }
+    }
+
+    /// One call of any kind, so every kind honours latency and scripted faults alike: a failure
+    /// if one is due, else `partials` previews spread over the latency, then the images.
+    async fn serve<P, R>(
+        &self,
+        partials: Option<u8>,
+        events: &Events,
+        preview: P,
+        render: R,
+    ) -> Result<GenerateResult, ProviderError>
+    where
+        P: Fn() -> Result<GeneratedImage, ProviderError> + Clone + Send + 'static,
+        R: FnOnce() -> Result<Vec<GeneratedImage>, ProviderError> + Send + 'static,
+    {
+        let call = self.calls.fetch_add(1, Ordering::Relaxed);
+        events.send(ProviderEvent::Requesting { attempt: 1 });
+        let latency = self.settings.latency;
+        if let Some(err) = self.injected_failure(call) {
+            tokio::time::sleep(latency).await;
+            return Err(err);
+        }
+        // A slow stream: each partial after its share of the latency, the final after the rest.
+        let partials = u32::from(partials.unwrap_or(0));
+        let step = latency / (partials + 1);
+        for index in 0..partials {
+            tokio::time::sleep(step).await;
+            let image = blocking(preview.clone()).await?;
+            events.send(ProviderEvent::PartialImage { index, image });
+        }
+        tokio::time::sleep(latency.saturating_sub(step * partials)).await;
+        events.send(ProviderEvent::Receiving);
+        let images = blocking(render).await?;
+        let mut result = GenerateResult::new(images, self.settings.model.clone());
+        result.request_id = Some(format!("mock-{:016x}", fastrand::u64(..)));
+        Ok(result)
     }
 
     /// The failure call number `call` (0-based) is scripted or drawn to have, if any.
@@ -164,29 +207,189 @@ impl ImageProvider for MockProvider {
         request: &GenerateRequest,
         events: &Events,
     ) -> Result<GenerateResult, ProviderError> {
-        let call = self.calls.fetch_add(1, Ordering::Relaxed);
-        events.send(ProviderEvent::Requesting { attempt: 1 });
-        let latency = self.settings.latency;
-        if let Some(err) = self.injected_failure(call) {
-            tokio::time::sleep(latency).await;
-            return Err(err);
+        let request = Arc::new(request.clone());
+        let (for_preview, for_render) = (Arc::clone(&request), Arc::clone(&request));
+        self.serve(
+            request.partial_images,
+            events,
+            move || render_preview(&for_preview),
+            move || render_all(&for_render),
+        )
+        .await
+    }
+
+    async fn edit_with_events(
+        &self,
+        request: &EditRequest,
+        events: &Events,
+    ) -> Result<GenerateResult, ProviderError> {
+        if !self.settings.catalog.get(&request.model).edit {
+            return Err(ProviderError::unsupported(format!(
+                "{} cannot edit images",
+                request.model
+            )));
         }
-        // A slow stream: each partial after its share of the latency, the final after the rest.
-        let partials = u32::from(request.partial_images.unwrap_or(0));
-        let step = latency / (partials + 1);
-        for index in 0..partials {
-            tokio::time::sleep(step).await;
-            let request = request.clone();
-            let image = blocking(move || render_preview(&request)).await?;
-            events.send(ProviderEvent::PartialImage { index, image });
+        if request.images.is_empty() {
+            return Err(ProviderError::invalid_param(
+                "images",
+                "an edit needs at least one input image",
+            ));
         }
-        tokio::time::sleep(latency.saturating_sub(step * partials)).await;
-        events.send(ProviderEvent::Receiving);
-        let request = request.clone();
-        let images = blocking(move || render_all(&request)).await?;
-        let mut result = GenerateResult::new(images, self.settings.model.clone());
-        result.request_id = Some(format!("mock-{:016x}", fastrand::u64(..)));
-        Ok(result)
+        // Cloning shares the image bytes; only the request's small fields are copied.
+        let request = Arc::new(request.clone());
+        let (for_preview, for_render) = (Arc::clone(&request), Arc::clone(&request));
+        self.serve(
+            request.partial_images,
+            events,
+            move || Edit::new(&for_preview, 4)?.render(&for_preview, 0),
+            move || edit_all(&for_render),
+        )
+        .await
+    }
+
+    async fn create_variation(
+        &self,
+        request: &VariationRequest,
+    ) -> Result<GenerateResult, ProviderError> {
+        let catalog = &self.settings.catalog;
+        if !catalog.get(&request.model).variations {
+            return Err(validate::variations_unsupported(
+                &request.model,
+                &catalog.variation_models(),
+            ));
+        }
+        // A variation is an unmasked edit whose "prompt" is fixed, so only the index varies it.
+        let mut edit = EditRequest::new(
+            "mock variation",
+            request.model.clone(),
+            vec![request.image.clone()],
+        );
+        edit.size = request.size.clone();
+        edit.n = request.n;
+        let edit = Arc::new(edit);
+        let for_preview = Arc::clone(&edit);
+        self.serve(
+            None,
+            &Events::none(),
+            move || Edit::new(&for_preview, 4)?.render(&for_preview, 0),
+            move || edit_all(&edit),
+        )
+        .await
+    }
+}
+
+/// The largest input side the mock decodes: larger inputs are refused before any pixel memory
+/// is allocated, so a hostile or huge upload cannot exhaust memory.
+const MAX_INPUT_SIDE: u32 = 4096;
+
+/// The most memory one input's decoder may allocate (a 4096x4096 RGBA16 image).
+const MAX_INPUT_ALLOC: u64 = 4096 * 4096 * 8;
+
+/// Decodes an input image, called `what` in messages, within the limits above.
+fn decode_input(image: &InputImage, what: &str, param: &str) -> Result<RgbaImage, ProviderError> {
+    let invalid = |why: String| ProviderError::invalid_param(param, format!("mock: {what} {why}"));
+    let format = ImageFormat::sniff(&image.bytes)
+        .ok_or_else(|| invalid(image_info::not_an_image(&image.bytes)))?;
+    let mut reader = image::ImageReader::with_format(
+        Cursor::new(&image.bytes[..]),
+        image_info::to_image_format(format),
+    );
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_INPUT_SIDE);
+    limits.max_image_height = Some(MAX_INPUT_SIDE);
+    limits.max_alloc = Some(MAX_INPUT_ALLOC);
+    reader.limits(limits);
+    reader.decode().map(|img| img.into_rgba8()).map_err(|e| {
+        invalid(format!(
+            "cannot be decoded (at most {MAX_INPUT_SIDE} px a side): {e}"
+        ))
+    })
+}
+
+/// Every image of an edit: the input is decoded once and transformed `n` ways.
+fn edit_all(request: &EditRequest) -> Result<Vec<GeneratedImage>, ProviderError> {
+    let edit = Edit::new(request, 1)?;
+    (0..request.n.max(1))
+        .map(|index| edit.render(request, index))
+        .collect()
+}
+
+/// The first input image at the output size, and which of its pixels the edit may change.
+struct Edit {
+    input: RgbaImage,
+    /// The mask at the output size; `None` lets the edit change every pixel.
+    mask: Option<RgbaImage>,
+}
+
+impl Edit {
+    /// Decodes and resizes the inputs to the requested size divided by `divisor` (4 for previews).
+    fn new(request: &EditRequest, divisor: u32) -> Result<Self, ProviderError> {
+        let first = request.images.first().ok_or_else(|| {
+            ProviderError::invalid_param("images", "an edit needs at least one input image")
+        })?;
+        let input = decode_input(first, "image 1", "images")?;
+        let (width, height) = match request.size.as_deref() {
+            None | Some("auto") => input.dimensions(),
+            Some(size) => parse_size(size).ok_or_else(|| {
+                ProviderError::invalid_param("size", format!("size `{size}` is not WIDTHxHEIGHT"))
+            })?,
+        };
+        let size = ((width / divisor).max(1), (height / divisor).max(1));
+        let input = resized(input, size, FilterType::Triangle);
+        let mask = match &request.mask {
+            // Nearest keeps the mask's alpha crisp: a blurred edge would change kept pixels.
+            Some(mask) => Some(resized(
+                decode_input(mask, "the mask", "mask")?,
+                size,
+                FilterType::Nearest,
+            )),
+            None => None,
+        };
+        Ok(Self { input, mask })
+    }
+
+    /// Output `index`: where the mask is transparent, the input tinted and overdrawn with shapes
+    /// from a hash of the prompt; elsewhere the input unchanged.
+    fn render(&self, request: &EditRequest, index: u32) -> Result<GeneratedImage, ProviderError> {
+        let format = request.output_format.unwrap_or(ImageFormat::Png);
+        let seed = Seed::new(&request.prompt, request.seed.unwrap_or(0), index);
+        let (width, height) = self.input.dimensions();
+        let shapes = draw(&seed, width, height, true);
+        let tint = [seed.0[8], seed.0[9], seed.0[10]];
+        let mut out = self.input.clone();
+        for (x, y, px) in out.enumerate_pixels_mut() {
+            if self
+                .mask
+                .as_ref()
+                .is_some_and(|m| m.get_pixel(x, y).0[3] != 0)
+            {
+                continue;
+            }
+            let shape = shapes.get_pixel(x, y);
+            // The edit paints what it changes, so changed pixels are opaque.
+            *px = if shape.0[3] != 0 {
+                *shape
+            } else {
+                let mix = |c: usize| ((u16::from(px.0[c]) * 3 + u16::from(tint[c]) * 2) / 5) as u8;
+                Rgba([mix(0), mix(1), mix(2), 255])
+            };
+        }
+        let bytes = encode(&out, format, request.output_compression)?;
+        Ok(GeneratedImage {
+            bytes: Bytes::from(bytes),
+            format,
+            width,
+            height,
+        })
+    }
+}
+
+/// `img` at `size`, untouched when it already has it.
+fn resized(img: RgbaImage, (width, height): (u32, u32), filter: FilterType) -> RgbaImage {
+    if img.dimensions() == (width, height) {
+        img
+    } else {
+        image::imageops::resize(&img, width, height, filter)
     }
 }
 
@@ -484,5 +687,160 @@ mod tests {
         assert!(err.retryable);
         assert_eq!(err.status, Some(429));
         assert!(err.retry_after.is_some());
+    }
+
+    /// A 64x64 opaque PNG whose every pixel differs from its neighbours, so changes show.
+    fn photo(width: u32, height: u32) -> Bytes {
+        let img = RgbaImage::from_fn(width, height, |x, y| {
+            Rgba([(x * 4) as u8, (y * 4) as u8, ((x + y) * 2) as u8, 255])
+        });
+        Bytes::from(encode(&img, ImageFormat::Png, None).unwrap())
+    }
+
+    /// A mask keeping (opaque) the left half and letting the edit change (transparent) the right.
+    fn half_mask(width: u32, height: u32) -> Bytes {
+        let img = RgbaImage::from_fn(width, height, |x, _| {
+            Rgba([0, 0, 0, if x < width / 2 { 255 } else { 0 }])
+        });
+        Bytes::from(encode(&img, ImageFormat::Png, None).unwrap())
+    }
+
+    fn edit_request(prompt: &str) -> EditRequest {
+        let image = InputImage::new(photo(64, 64), ImageFormat::Png, "image-1.png");
+        EditRequest::new(prompt, MOCK_MODEL, vec![image])
+    }
+
+    fn pixels(image: &GeneratedImage) -> RgbaImage {
+        image::load_from_memory(&image.bytes).unwrap().into_rgba8()
+    }
+
+    #[tokio::test]
+    async fn edits_are_deterministic_per_prompt_and_index() {
+        let p = provider();
+        let mut r = edit_request("add a red hat");
+        r.n = 2;
+        let a = p.edit(&r).await.unwrap();
+        let b = p.edit(&r).await.unwrap();
+        assert_eq!(a.images, b.images);
+        assert_ne!(a.images[0].bytes, a.images[1].bytes, "n outputs differ");
+        r.prompt = "add a blue scarf".into();
+        let c = p.edit(&r).await.unwrap();
+        assert_ne!(a.images[0].bytes, c.images[0].bytes);
+        let input = image::load_from_memory(&photo(64, 64))
+            .unwrap()
+            .into_rgba8();
+        assert_ne!(pixels(&a.images[0]), input, "the edit changes something");
+    }
+
+    #[tokio::test]
+    async fn pixels_the_mask_keeps_are_unchanged_and_the_others_change() {
+        let mut r = edit_request("replace the right half");
+        r.mask = Some(InputImage::new(
+            half_mask(64, 64),
+            ImageFormat::Png,
+            "mask.png",
+        ));
+        let result = provider().edit(&r).await.unwrap();
+        let out = pixels(&result.images[0]);
+        let input = image::load_from_memory(&photo(64, 64))
+            .unwrap()
+            .into_rgba8();
+        assert_eq!(out.dimensions(), (64, 64));
+        let (mut kept, mut changed) = (0, 0);
+        for (x, y, px) in out.enumerate_pixels() {
+            if x < 32 {
+                assert_eq!(px, input.get_pixel(x, y), "kept pixel at {x},{y}");
+                kept += 1;
+            } else if px != input.get_pixel(x, y) {
+                changed += 1;
+            }
+        }
+        assert_eq!(kept, 32 * 64);
+        assert!(
+            changed > 32 * 64 * 9 / 10,
+            "{changed} of the right half changed"
+        );
+    }
+
+    #[tokio::test]
+    async fn edits_honour_size_format_and_partial_images() {
+        let p = MockProvider::new(MockSettings {
+            latency: Duration::from_millis(30),
+            ..MockSettings::default()
+        });
+        for format in ImageFormat::ALL {
+            let mut r = edit_request("resize me");
+            r.size = Some("96x48".into());
+            r.output_format = Some(format);
+            let result = p.edit(&r).await.unwrap();
+            let info = probe(&result.images[0].bytes).unwrap();
+            assert_eq!((info.format, info.width, info.height), (format, 96, 48));
+        }
+        let mut r = edit_request("streamed");
+        r.size = Some("128x64".into());
+        r.partial_images = Some(2);
+        let (events, mut rx) = Events::channel();
+        let result = p.edit_with_events(&r, &events).await.unwrap();
+        drop(events);
+        let mut partials = Vec::new();
+        while let Some(event) = rx.recv().await {
+            if let ProviderEvent::PartialImage { index, image } = event {
+                partials.push((index, image.width, image.height));
+            }
+        }
+        assert_eq!(partials, vec![(0, 32, 16), (1, 32, 16)]);
+        assert_eq!((result.images[0].width, result.images[0].height), (128, 64));
+    }
+
+    #[tokio::test]
+    async fn edits_follow_the_fail_sequence_shared_with_generation() {
+        let p = MockProvider::new(MockSettings {
+            fail_sequence: vec![None, Some(ErrorKind::ContentPolicy)],
+            ..MockSettings::default()
+        });
+        let mut g = GenerateRequest::new("x", MOCK_MODEL);
+        g.size = Some("32x32".into());
+        p.generate(&g).await.unwrap();
+        let err = p.edit(&edit_request("x")).await.unwrap_err();
+        assert_eq!(
+            (err.kind, err.status),
+            (ErrorKind::ContentPolicy, Some(400))
+        );
+        p.edit(&edit_request("x")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn oversized_or_broken_inputs_are_refused_without_decoding_them() {
+        let p = provider();
+        let mut r = edit_request("too wide");
+        r.images[0] = InputImage::new(photo(5000, 4), ImageFormat::Png, "wide.png");
+        let err = p.edit(&r).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidRequest);
+        assert!(err.message.contains("4096"), "{err}");
+        r.images[0] = InputImage::new(Bytes::from_static(b"%PDF-1.7"), ImageFormat::Png, "x.pdf");
+        let err = p.edit(&r).await.unwrap_err();
+        assert!(err.message.contains("25 50 44 46"), "{err}");
+        let mut r = edit_request("x");
+        r.model = "dall-e-3".into();
+        assert_eq!(p.edit(&r).await.unwrap_err().kind, ErrorKind::Unsupported);
+    }
+
+    #[tokio::test]
+    async fn variations_vary_the_image_and_name_the_models_that_can() {
+        let p = provider();
+        let image = InputImage::new(photo(64, 64), ImageFormat::Png, "image.png");
+        let mut r = VariationRequest::new(MOCK_MODEL, image.clone());
+        r.n = 2;
+        r.size = Some("32x32".into());
+        let result = p.create_variation(&r).await.unwrap();
+        assert_eq!(result.images.len(), 2);
+        assert_ne!(result.images[0].bytes, result.images[1].bytes);
+        assert_eq!((result.images[0].width, result.images[0].height), (32, 32));
+        let err = p
+            .create_variation(&VariationRequest::new("gpt-image-1.5", image))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Unsupported);
+        assert!(err.message.contains("dall-e-2, mock-image-1"), "{err}");
     }
 }

@@ -1,10 +1,12 @@
 //! OpenAI Images API provider (`kind = "openai"`), also used for OpenAI-compatible servers.
 //!
-//! One `POST {base_url}/images/generations` per attempt, retried per [`RetryPolicy`] within an
-//! overall deadline. Each attempt takes a key from the pool: a rate-limited key rests and a
+//! One `POST {base_url}/images/generations` per attempt (`/images/edits` and
+//! `/images/variations` as `multipart/form-data` for edits and variations), retried per
+//! [`RetryPolicy`] within an overall deadline. A form cannot be cloned, so each attempt builds
+//! its own from the request; the image bytes are shared, not copied. Each attempt takes a key from the pool: a rate-limited key rests and a
 //! rejected one is disabled, and the call moves to another key at once, which is not a retry.
-//! With `partial_images` the generation streams as server-sent events, and each partial image
-//! is reported as a [`ProviderEvent`] as it arrives. Only the parameters the model's catalog
+//! With `partial_images` the generation or edit streams as server-sent events, and each partial
+//! image is reported as a [`ProviderEvent`] as it arrives. Only the parameters the model's catalog
 //! entry takes are sent, because OpenAI answers anything else with `400 unknown_parameter`. Results arrive as base64 (asked for on DALL·E models) or as
 //! URLs, which compatible servers may return anyway; URLs are fetched only from the base URL's
 //! host or `download_hosts`, redirects included, so a response cannot make this server fetch
@@ -21,7 +23,11 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use futures_util::{future::try_join_all, StreamExt};
-use reqwest::{header::HeaderMap, StatusCode};
+use reqwest::{
+    header::HeaderMap,
+    multipart::{Form, Part},
+    StatusCode,
+};
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -31,8 +37,9 @@ use crate::{
     keys::{KeyPool, PoolKey},
     retry::{self, GiveUp, RetryPolicy},
     sse::{SseEvent, SseParser},
-    Catalog, ErrorKind, Events, GenerateRequest, GenerateResult, GeneratedImage, ImageProvider,
-    ModelCapabilities, Param, ProviderError, ProviderEvent, Usage,
+    validate, Catalog, EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult,
+    GeneratedImage, ImageProvider, InputImage, ModelCapabilities, Param, ProviderError,
+    ProviderEvent, Usage, VariationRequest,
 };
 
 /// The default API base.
@@ -148,6 +155,8 @@ pub struct OpenAiProvider {
     /// not be built, which only makes URL results fail.
     downloads: Option<reqwest::Client>,
     generations_url: url::Url,
+    edits_url: url::Url,
+    variations_url: url::Url,
     allowed_hosts: Arc<AllowedHosts>,
 }
 
@@ -184,17 +193,27 @@ impl OpenAiProvider {
             .map_err(|e| tracing::warn!(error = %e, "could not build the download client"))
             .ok();
         let generations_url = endpoint(&settings.base_url, "images/generations");
+        let edits_url = endpoint(&settings.base_url, "images/edits");
+        let variations_url = endpoint(&settings.base_url, "images/variations");
         Self {
             settings,
             client,
             downloads,
             generations_url,
+            edits_url,
+            variations_url,
             allowed_hosts,
         }
     }
 
     /// The JSON body for `request`, holding only what the model takes.
     fn request_body(&self, request: &GenerateRequest) -> Value {
+        Value::Object(self.request_fields(request))
+    }
+
+    /// The fields of a generation (or of the part an edit shares with one) the model takes,
+    /// with `extra` applied last so it can override anything but `model` and `prompt`.
+    fn request_fields(&self, request: &GenerateRequest) -> Map<String, Value> {
         let caps = self.settings.catalog.get(&request.model);
         let mut body = Map::new();
         body.insert("model".into(), request.model.clone().into());
@@ -242,22 +261,70 @@ impl OpenAiProvider {
                 body.insert(key.clone(), value.clone());
             }
         }
-        Value::Object(body)
+        body
     }
 
-    /// One attempt at the generation call: the response headers and answer, or the classified error.
+    /// The multipart form of one attempt at `request`: the text fields as for a generation,
+    /// plus `input_fidelity`, one file part per image and the mask.
+    fn edit_form(&self, request: &EditRequest) -> Result<Form, ProviderError> {
+        let caps = self.settings.catalog.get(&request.model);
+        let mut fields = self.request_fields(&request.as_generation());
+        if let Some(fidelity) = request
+            .input_fidelity
+            .clone()
+            .filter(|_| caps.takes(Param::InputFidelity))
+        {
+            // Like every field, an `extra` entry of the same name wins.
+            fields
+                .entry("input_fidelity")
+                .or_insert_with(|| fidelity.into());
+        }
+        // Models that take one image (dall-e-2) expect `image`; the others a list, `image[]`.
+        let image_field = match caps.max_edit_images {
+            0 | 1 => "image",
+            _ => "image[]",
+        };
+        let mut form = text_fields(Form::new(), fields);
+        for image in &request.images {
+            form = form.part(image_field, file_part(image)?);
+        }
+        if let Some(mask) = &request.mask {
+            form = form.part("mask", file_part(mask)?);
+        }
+        Ok(form)
+    }
+
+    /// The multipart form of one attempt at a variation: always base64, like DALL·E generations.
+    fn variation_form(&self, request: &VariationRequest) -> Result<Form, ProviderError> {
+        let mut fields = Map::new();
+        fields.insert("model".into(), request.model.clone().into());
+        fields.insert("n".into(), request.n.max(1).into());
+        if let Some(size) = &request.size {
+            fields.insert("size".into(), size.clone().into());
+        }
+        fields.insert("response_format".into(), "b64_json".into());
+        for (key, value) in &request.extra {
+            if key != "model" {
+                fields.insert(key.clone(), value.clone());
+            }
+        }
+        Ok(text_fields(Form::new(), fields).part("image", file_part(&request.image)?))
+    }
+
+    /// One attempt at a call: the response headers and answer, or the classified error.
     async fn send(
         &self,
-        body: &Value,
+        call: &Call<'_>,
         key: Option<&PoolKey>,
         events: &Events,
     ) -> Result<(HeaderMap, Answer), ProviderError> {
         let s = &self.settings;
-        let mut req = self
-            .client
-            .post(self.generations_url.clone())
-            .timeout(s.timeout)
-            .json(body);
+        let req = self.client.post(call.url.clone()).timeout(s.timeout);
+        let mut req = match &call.body {
+            CallBody::Json(body) => req.json(body),
+            CallBody::Edit(request) => req.multipart(self.edit_form(request)?),
+            CallBody::Variation(request) => req.multipart(self.variation_form(request)?),
+        };
         // Per request rather than a client default header, so keys can rotate while the
         // connection pool is shared; `bearer_auth` marks the header sensitive.
         if let Some(key) = key {
@@ -534,7 +601,7 @@ impl OpenAiProvider {
     /// Builds the result from a successful answer: decodes or downloads every image.
     async fn build_result(
         &self,
-        request: &GenerateRequest,
+        model: &str,
         answer: Answer,
     ) -> Result<GenerateResult, ProviderError> {
         let resp = match answer {
@@ -562,7 +629,7 @@ impl OpenAiProvider {
                 .map_err(|e| bad(format!("image {} is not a usable image: {e}", i + 1)))
         }))
         .await?;
-        let mut result = GenerateResult::new(images, request.model.clone());
+        let mut result = GenerateResult::new(images, model);
         result.revised_prompt = data.iter().find_map(|d| d.revised_prompt.clone());
         result.usage = resp
             .usage
@@ -674,17 +741,106 @@ impl ImageProvider for OpenAiProvider {
         request: &GenerateRequest,
         events: &Events,
     ) -> Result<GenerateResult, ProviderError> {
-        let deadline = Instant::now() + self.settings.deadline;
-        let mut call = CallState::default();
-        // Everything runs inside this one future, so reaching the deadline (or the caller
-        // dropping it) abandons the request in flight or the wait in progress at once.
-        let outcome =
-            tokio::time::timeout_at(deadline, self.run(request, events, deadline, &mut call)).await;
-        match outcome {
-            Ok(result) => result.map_err(|e| e.with_attempts(call.attempts)),
-            Err(_) => Err(self.deadline_reached(call)),
-        }
+        let call = Call {
+            url: &self.generations_url,
+            model: &request.model,
+            what: "image generation",
+            body: CallBody::Json(self.request_body(request)),
+        };
+        self.call(&call, events).await
     }
+
+    #[tracing::instrument(skip_all, fields(model = %request.model))]
+    async fn edit_with_events(
+        &self,
+        request: &EditRequest,
+        events: &Events,
+    ) -> Result<GenerateResult, ProviderError> {
+        // The caller validated the request; this guard only keeps a model the catalog says
+        // cannot edit from costing a round trip.
+        if !self.settings.catalog.get(&request.model).edit {
+            return Err(ProviderError::unsupported(format!(
+                "{} cannot edit images",
+                request.model
+            )));
+        }
+        let call = Call {
+            url: &self.edits_url,
+            model: &request.model,
+            what: "image edit",
+            body: CallBody::Edit(request),
+        };
+        self.call(&call, events).await
+    }
+
+    #[tracing::instrument(skip_all, fields(model = %request.model))]
+    async fn create_variation(
+        &self,
+        request: &VariationRequest,
+    ) -> Result<GenerateResult, ProviderError> {
+        let catalog = &self.settings.catalog;
+        if !catalog.get(&request.model).variations {
+            return Err(validate::variations_unsupported(
+                &request.model,
+                &catalog.variation_models(),
+            ));
+        }
+        let call = Call {
+            url: &self.variations_url,
+            model: &request.model,
+            what: "image variation",
+            body: CallBody::Variation(request),
+        };
+        self.call(&call, &Events::none()).await
+    }
+}
+
+/// What one call sends, and where.
+#[derive(Debug)]
+struct Call<'a> {
+    url: &'a url::Url,
+    /// The model that serves it, named in the result.
+    model: &'a str,
+    /// What the call is, for logs.
+    what: &'static str,
+    body: CallBody<'a>,
+}
+
+/// The body of a call: JSON is built once and reused; a multipart form is rebuilt from the
+/// request for each attempt, because a sent form is consumed.
+#[derive(Debug)]
+enum CallBody<'a> {
+    Json(Value),
+    Edit(&'a EditRequest),
+    Variation(&'a VariationRequest),
+}
+
+/// Adds each field as a text part: strings as they are, anything else as its JSON text.
+fn text_fields(mut form: Form, fields: Map<String, Value>) -> Form {
+    for (name, value) in fields {
+        // File parts carry these names; a text field of the same name would shadow them.
+        if matches!(name.as_str(), "image" | "image[]" | "mask") {
+            continue;
+        }
+        let text = match value {
+            Value::String(s) => s,
+            other => other.to_string(),
+        };
+        form = form.text(name, text);
+    }
+    form
+}
+
+/// A file part holding `image`, sharing its bytes rather than copying them.
+fn file_part(image: &InputImage) -> Result<Part, ProviderError> {
+    let len = image.bytes.len() as u64;
+    Part::stream_with_length(reqwest::Body::from(image.bytes.clone()), len)
+        .file_name(image.name.clone())
+        .mime_str(image.mime())
+        .map_err(|e| {
+            ProviderError::invalid_param("images", format!("cannot send `{}`: {e}", image.name))
+                .with_retryable(false)
+        })
 }
 
 /// How far a call got, kept outside its future so a deadline can report it.
@@ -695,32 +851,49 @@ struct CallState {
 }
 
 impl OpenAiProvider {
+    /// Runs `call` within the deadline, turning a cut-off into an error that says how far it got.
+    async fn call(
+        &self,
+        call: &Call<'_>,
+        events: &Events,
+    ) -> Result<GenerateResult, ProviderError> {
+        let deadline = Instant::now() + self.settings.deadline;
+        let mut state = CallState::default();
+        // Everything runs inside this one future, so reaching the deadline (or the caller
+        // dropping it) abandons the request in flight or the wait in progress at once.
+        let outcome =
+            tokio::time::timeout_at(deadline, self.run(call, events, deadline, &mut state)).await;
+        match outcome {
+            Ok(result) => result.map_err(|e| e.with_attempts(state.attempts)),
+            Err(_) => Err(self.deadline_reached(state)),
+        }
+    }
+
     /// The attempts of one call: keys, retries and waits, up to a result or a final error.
     async fn run(
         &self,
-        request: &GenerateRequest,
+        call: &Call<'_>,
         events: &Events,
         deadline: Instant,
-        call: &mut CallState,
+        state: &mut CallState,
     ) -> Result<GenerateResult, ProviderError> {
         let policy = self.settings.retry_policy();
         let pool = &self.settings.keys;
-        let body = self.request_body(request);
         let mut retries = 0;
         // Keys this call moved away from since its last wait.
         let mut left: Vec<Arc<PoolKey>> = Vec::new();
         let mut key = self.wait_for_key(&left, deadline, &policy, events).await?;
         loop {
-            call.attempts += 1;
+            state.attempts += 1;
             events.send(ProviderEvent::Requesting {
-                attempt: call.attempts,
+                attempt: state.attempts,
             });
-            let err = match self.send(&body, key.as_deref(), events).await {
+            let err = match self.send(call, key.as_deref(), events).await {
                 Ok((headers, answer)) => {
                     if let Some(key) = &key {
                         pool.succeeded(key);
                     }
-                    return self.finish(request, &headers, answer, retries).await;
+                    return self.finish(call, &headers, answer, retries).await;
                 }
                 Err(err) => err,
             };
@@ -745,7 +918,7 @@ impl OpenAiProvider {
                             reason: action.reason,
                         });
                         key = next;
-                        call.last_error = Some(err);
+                        state.last_error = Some(err);
                         continue;
                     }
                     Err(none_left) if action.disables => {
@@ -772,18 +945,19 @@ impl OpenAiProvider {
                 status = ?err.status,
                 kind = %err.kind,
                 delay_ms = delay.as_millis() as u64,
-                attempt = call.attempts,
+                attempt = state.attempts,
                 retry = retries + 1,
                 max_retries = policy.max_retries,
                 request_id = err.request_id.as_deref(),
-                "image generation failed; retrying"
+                call = call.what,
+                "image request failed; retrying"
             );
             events.send(ProviderEvent::Retrying {
-                attempt: call.attempts,
+                attempt: state.attempts,
                 delay,
                 reason: err.message.clone(),
             });
-            call.last_error = Some(err);
+            state.last_error = Some(err);
             tokio::time::sleep(delay).await;
             retries += 1;
             left.clear();
@@ -838,24 +1012,28 @@ impl OpenAiProvider {
     /// Turns a successful attempt's answer into the call's result.
     async fn finish(
         &self,
-        request: &GenerateRequest,
+        call: &Call<'_>,
         headers: &HeaderMap,
         answer: Answer,
         retries: u32,
     ) -> Result<GenerateResult, ProviderError> {
         let id = request_id(headers);
-        let mut result = self.build_result(request, answer).await.map_err(|mut e| {
-            if e.request_id.is_none() {
-                e.request_id = id.clone();
-            }
-            e
-        })?;
+        let mut result = self
+            .build_result(call.model, answer)
+            .await
+            .map_err(|mut e| {
+                if e.request_id.is_none() {
+                    e.request_id = id.clone();
+                }
+                e
+            })?;
         result.request_id = id;
         tracing::debug!(
             images = result.images.len(),
             retries,
             request_id = result.request_id.as_deref(),
-            "image generation done"
+            call = call.what,
+            "image request done"
         );
         Ok(result)
     }

@@ -135,6 +135,179 @@ impl GenerateRequest {
     }
 }
 
+/// An encoded image sent to a provider: an edit's input or mask, or a variation's source.
+///
+/// The bytes are shared, not copied, so a request can be resent (a retry) without copying them.
+#[derive(Clone, PartialEq)]
+#[non_exhaustive]
+pub struct InputImage {
+    /// The encoded image.
+    pub bytes: Bytes,
+    /// The encoding, which sets the content type the image is sent with.
+    pub format: ImageFormat,
+    /// The file name sent with the image, e.g. `image-1.png`.
+    pub name: String,
+}
+
+impl InputImage {
+    /// Wraps `bytes` known to be encoded as `format`, sent under the file name `name`.
+    pub fn new(bytes: impl Into<Bytes>, format: ImageFormat, name: impl Into<String>) -> Self {
+        Self {
+            bytes: bytes.into(),
+            format,
+            name: name.into(),
+        }
+    }
+
+    /// Wraps `bytes`, reading the format from them; an error names `name` and the first bytes.
+    pub fn sniffed(
+        bytes: impl Into<Bytes>,
+        name: impl Into<String>,
+    ) -> Result<Self, crate::ProviderError> {
+        let (bytes, name) = (bytes.into(), name.into());
+        match ImageFormat::sniff(&bytes) {
+            Some(format) => Ok(Self {
+                bytes,
+                format,
+                name,
+            }),
+            None => Err(crate::ProviderError::invalid_param(
+                "images",
+                format!("`{name}` {}", crate::image_info::not_an_image(&bytes)),
+            )),
+        }
+    }
+
+    /// The MIME type the image is sent with.
+    pub fn mime(&self) -> &'static str {
+        self.format.mime()
+    }
+}
+
+impl fmt::Debug for InputImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Like `GeneratedImage`: the length says enough, the bytes would flood a log.
+        f.debug_struct("InputImage")
+            .field("bytes", &self.bytes.len())
+            .field("format", &self.format)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// One edit request: change `images` as `prompt` says, already merged with defaults.
+///
+/// Fields mirror [`GenerateRequest`]; optional ones left `None` are not sent.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct EditRequest {
+    /// What to change, or what the result should show.
+    pub prompt: String,
+    /// The model to use (always set by the caller of the provider).
+    pub model: String,
+    /// The images to edit or draw from, 1..=16 as the model allows; the first one is edited.
+    pub images: Vec<InputImage>,
+    /// A PNG the size of the first image whose transparent pixels mark where to change it.
+    pub mask: Option<InputImage>,
+    /// `WxH`, or `auto`.
+    pub size: Option<String>,
+    /// `low`, `medium`, `high`, `auto`, `standard`, ... as the model allows.
+    pub quality: Option<String>,
+    /// How many images to make.
+    pub n: u32,
+    /// The encoding of the returned images.
+    pub output_format: Option<ImageFormat>,
+    /// 0..=100 for JPEG and WebP.
+    pub output_compression: Option<u8>,
+    /// `transparent`, `opaque` or `auto`.
+    pub background: Option<String>,
+    /// `high` or `low`: how closely the result keeps the input's details (not every model).
+    pub input_fidelity: Option<String>,
+    /// `low` or `auto` (GPT image models).
+    pub moderation: Option<String>,
+    /// Seed for providers that support reproducible output.
+    pub seed: Option<u64>,
+    /// Stream the edit, sending this many partial images (0..=3) before the final one.
+    pub partial_images: Option<u8>,
+    /// Provider-specific extras passed through verbatim.
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl EditRequest {
+    /// A request for one edit of `images` by `prompt` with `model`, everything else at its default.
+    pub fn new(
+        prompt: impl Into<String>,
+        model: impl Into<String>,
+        images: Vec<InputImage>,
+    ) -> Self {
+        Self {
+            prompt: prompt.into(),
+            model: model.into(),
+            images,
+            mask: None,
+            size: None,
+            quality: None,
+            n: 1,
+            output_format: None,
+            output_compression: None,
+            background: None,
+            input_fidelity: None,
+            moderation: None,
+            seed: None,
+            partial_images: None,
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    /// The generation parameters this edit shares, so both are checked and sent alike.
+    pub(crate) fn as_generation(&self) -> GenerateRequest {
+        GenerateRequest {
+            prompt: self.prompt.clone(),
+            model: self.model.clone(),
+            size: self.size.clone(),
+            quality: self.quality.clone(),
+            n: self.n,
+            output_format: self.output_format,
+            output_compression: self.output_compression,
+            background: self.background.clone(),
+            style: None,
+            moderation: self.moderation.clone(),
+            seed: self.seed,
+            partial_images: self.partial_images,
+            extra: self.extra.clone(),
+        }
+    }
+}
+
+/// One variation request: new images in the manner of `image` (dall-e-2 and compatible servers).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct VariationRequest {
+    /// The model to use (always set by the caller of the provider).
+    pub model: String,
+    /// The source image.
+    pub image: InputImage,
+    /// `WxH`.
+    pub size: Option<String>,
+    /// How many images to make.
+    pub n: u32,
+    /// Provider-specific extras passed through verbatim.
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl VariationRequest {
+    /// A request for one variation of `image` with `model`, everything else at its default.
+    pub fn new(model: impl Into<String>, image: InputImage) -> Self {
+        Self {
+            model: model.into(),
+            image,
+            size: None,
+            n: 1,
+            extra: serde_json::Map::new(),
+        }
+    }
+}
+
 /// Token usage reported by the provider.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -223,5 +396,37 @@ impl GenerateResult {
             request_id: None,
             model: model.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_gives_image_lengths_not_bytes() {
+        let image = InputImage::new(vec![0x89; 10_000], ImageFormat::Png, "image-1.png");
+        let mut edit = EditRequest::new("a hat", "gpt-image-1.5", vec![image.clone()]);
+        edit.mask = Some(image.clone());
+        let text = format!("{edit:?} {:?}", VariationRequest::new("dall-e-2", image));
+        assert!(text.contains("bytes: 10000"), "{text}");
+        assert!(text.len() < 1_000, "{text}");
+    }
+
+    #[test]
+    fn sniffed_inputs_read_their_format_or_name_what_they_are_not() {
+        let png = Bytes::from_static(b"\x89PNG\r\n\x1a\n rest");
+        let image = InputImage::sniffed(png, "a.png").unwrap();
+        assert_eq!(
+            (image.format, image.mime()),
+            (ImageFormat::Png, "image/png")
+        );
+        let err = InputImage::sniffed(Bytes::from_static(b"%PDF-1.7"), "doc.pdf").unwrap_err();
+        assert_eq!(err.kind, crate::ErrorKind::InvalidRequest);
+        assert!(
+            err.message.starts_with("`doc.pdf` is not a PNG"),
+            "{}",
+            err.message
+        );
     }
 }

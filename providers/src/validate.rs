@@ -1,9 +1,15 @@
 //! Checking a request against a model's capabilities before any paid call.
 //!
-//! Every entry point (CLI, MCP tools) goes through [`check`], so a request the model would
-//! reject never costs money and the error names the parameter and what is allowed.
+//! Every entry point (CLI, MCP tools) goes through [`check`] (edits: [`check_edit`] and
+//! [`check_edit_images`]; variations: [`check_variation`] and [`check_variation_image`]), so a
+//! request the model would reject never costs money and the error names the parameter and what
+//! is allowed.
 
-use crate::{GenerateRequest, ImageFormat, ModelCapabilities, Param, ProviderError};
+use crate::{
+    image_info::{self, ImageInfo},
+    EditRequest, GenerateRequest, ImageFormat, ModelCapabilities, Param, ProviderError,
+    VariationRequest,
+};
 
 /// The optional parameters `request` sets.
 pub fn params_set(request: &GenerateRequest) -> Vec<Param> {
@@ -220,10 +226,172 @@ pub fn check(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), 
     Ok(())
 }
 
+/// Checks an edit against `caps`: the model edits, the number of images fits, `input_fidelity`
+/// is taken, and the parameters it shares with generation pass [`check`].
+///
+/// The image bytes are checked apart, by [`check_edit_images`], because they need no model.
+pub fn check_edit(request: &EditRequest, caps: &ModelCapabilities) -> Result<(), ProviderError> {
+    let model = request.model.as_str();
+    if !caps.edit {
+        return Err(ProviderError::unsupported(format!(
+            "{model} cannot edit images; choose a model whose catalog entry has `edit = true`"
+        )));
+    }
+    let count = request.images.len();
+    if count == 0 {
+        return Err(ProviderError::invalid_param(
+            "images",
+            "an edit needs at least one input image",
+        ));
+    }
+    let max = caps.max_edit_images as usize;
+    if count > max {
+        let allowed = match max {
+            1 => "exactly one input image".to_string(),
+            _ => format!("at most {max} input images"),
+        };
+        return Err(ProviderError::invalid_param(
+            "images",
+            format!("{count} input images were given, but {model} takes {allowed} per edit"),
+        ));
+    }
+    if let Some(fidelity) = &request.input_fidelity {
+        if !caps.takes(Param::InputFidelity) {
+            return Err(ProviderError::invalid_param(
+                "input_fidelity",
+                format!("{model} does not take the `input_fidelity` parameter"),
+            ));
+        }
+        one_of(
+            Param::InputFidelity,
+            fidelity,
+            &["high", "low"].map(String::from),
+            model,
+        )?;
+    }
+    check(&request.as_generation(), caps)
+}
+
+/// Checks the bytes of an edit's images and mask: every image is a readable PNG, JPEG or WebP
+/// whose content matches its declared format, and the mask is a PNG with an alpha channel the
+/// size of the first image. Only headers are read.
+pub fn check_edit_images(request: &EditRequest) -> Result<(), ProviderError> {
+    let mut first: Option<ImageInfo> = None;
+    for (i, image) in request.images.iter().enumerate() {
+        let info = check_input_image(
+            &image.bytes,
+            image.format,
+            &format!("image {}", i + 1),
+            "images",
+        )?;
+        first.get_or_insert(info);
+    }
+    let Some(mask) = &request.mask else {
+        return Ok(());
+    };
+    let info = check_input_image(&mask.bytes, mask.format, "the mask", "mask")?;
+    let invalid = |message: String| Err(ProviderError::invalid_param("mask", message));
+    if info.format != ImageFormat::Png {
+        return invalid(format!(
+            "the mask must be a PNG with an alpha channel, but it is a {} image",
+            info.format.as_str().to_uppercase()
+        ));
+    }
+    match image_info::png_has_alpha(&mask.bytes) {
+        Ok(true) => {}
+        Ok(false) => {
+            return invalid(
+                "the mask has no alpha channel: its transparent pixels mark where to edit, so it \
+                 must be a PNG with transparency (RGBA or grey with alpha)"
+                    .into(),
+            )
+        }
+        Err(e) => return invalid(format!("the mask cannot be read: {e}")),
+    }
+    if let Some(first) = first {
+        if (info.width, info.height) != (first.width, first.height) {
+            return invalid(format!(
+                "mask is {}x{} but the first image is {}x{}; they must be the same size",
+                info.width, info.height, first.width, first.height
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a variation against `caps`: the model makes variations, and `n` and `size` fit.
+///
+/// `supporting` lists the models that can make variations (see
+/// [`Catalog::variation_models`](crate::Catalog::variation_models)), named when this one cannot.
+pub fn check_variation(
+    request: &VariationRequest,
+    caps: &ModelCapabilities,
+    supporting: &[String],
+) -> Result<(), ProviderError> {
+    let model = request.model.as_str();
+    if !caps.variations {
+        return Err(variations_unsupported(model, supporting));
+    }
+    if request.n == 0 || request.n > caps.max_n {
+        return Err(ProviderError::invalid_param(
+            "n",
+            format!(
+                "n = {} is not supported by {model}; allowed: 1..={}",
+                request.n, caps.max_n
+            ),
+        ));
+    }
+    if let Some(size) = &request.size {
+        check_size(size, caps, model)?;
+    }
+    Ok(())
+}
+
+/// Checks the bytes of a variation's source image, as [`check_edit_images`] does for edits.
+pub fn check_variation_image(request: &VariationRequest) -> Result<(), ProviderError> {
+    let image = &request.image;
+    check_input_image(&image.bytes, image.format, "the image", "image").map(|_| ())
+}
+
+/// The `unsupported` error for a variation on `model`, naming the models that can make them.
+pub fn variations_unsupported(model: &str, supporting: &[String]) -> ProviderError {
+    let alternatives = match supporting {
+        [] => "no model in the catalog can".to_string(),
+        names => format!("models that can: {}", names.join(", ")),
+    };
+    ProviderError::unsupported(format!(
+        "{model} cannot make image variations; {alternatives}"
+    ))
+}
+
+/// Reads the header of one input image, called `what` in messages, declared as `declared`.
+fn check_input_image(
+    bytes: &[u8],
+    declared: ImageFormat,
+    what: &str,
+    param: &str,
+) -> Result<ImageInfo, ProviderError> {
+    let invalid = |message: String| ProviderError::invalid_param(param, message);
+    let Some(format) = image_info::sniff(bytes) else {
+        return Err(invalid(format!(
+            "{what} {}",
+            image_info::not_an_image(bytes)
+        )));
+    };
+    if format != declared {
+        // The declared format becomes the upload's content type; a mismatch confuses servers.
+        return Err(invalid(format!(
+            "{what} is declared as {declared} but its bytes are a {} image",
+            format.as_str().to_uppercase()
+        )));
+    }
+    image_info::probe(bytes).map_err(|e| invalid(format!("{what} cannot be read: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Catalog, ErrorKind};
+    use crate::{Catalog, ErrorKind, InputImage};
 
     fn req(model: &str) -> GenerateRequest {
         GenerateRequest::new("a lighthouse at dusk", model)
@@ -312,6 +480,157 @@ mod tests {
         let err = refused(&r);
         assert_eq!(err.param.as_deref(), Some("partial_images"));
         assert!(err.message.contains("cannot stream"), "{}", err.message);
+    }
+
+    fn png(width: u32, height: u32, alpha: bool) -> bytes::Bytes {
+        let mut out = std::io::Cursor::new(Vec::new());
+        let img = match alpha {
+            true => image::DynamicImage::ImageRgba8(image::RgbaImage::new(width, height)),
+            false => image::DynamicImage::ImageRgb8(image::RgbImage::new(width, height)),
+        };
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner().into()
+    }
+
+    fn input(bytes: bytes::Bytes) -> InputImage {
+        InputImage::new(bytes, ImageFormat::Png, "image.png")
+    }
+
+    fn edit(model: &str, images: usize) -> EditRequest {
+        let images = (0..images).map(|_| input(png(64, 64, false))).collect();
+        EditRequest::new("add a red hat", model, images)
+    }
+
+    fn edit_refused(r: &EditRequest) -> ProviderError {
+        check_edit(r, &Catalog::builtin().get(&r.model)).unwrap_err()
+    }
+
+    fn images_refused(r: &EditRequest) -> ProviderError {
+        let err = check_edit_images(r).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidRequest);
+        err
+    }
+
+    #[test]
+    fn edits_need_an_editing_model_and_a_number_of_images_it_takes() {
+        assert!(check_edit(
+            &edit("gpt-image-1.5", 16),
+            &Catalog::builtin().get("gpt-image-1.5")
+        )
+        .is_ok());
+        let err = edit_refused(&edit("dall-e-3", 1));
+        assert_eq!(err.kind, ErrorKind::Unsupported);
+        assert!(
+            err.message.contains("dall-e-3 cannot edit"),
+            "{}",
+            err.message
+        );
+        let err = edit_refused(&edit("gpt-image-1.5", 17));
+        assert_eq!(err.param.as_deref(), Some("images"));
+        assert!(err.message.contains("at most 16"), "{}", err.message);
+        let err = edit_refused(&edit("dall-e-2", 2));
+        assert!(err.message.contains("exactly one"), "{}", err.message);
+        assert_eq!(
+            edit_refused(&edit("gpt-image-1.5", 0)).param.as_deref(),
+            Some("images")
+        );
+    }
+
+    #[test]
+    fn input_fidelity_only_where_the_model_takes_it_and_shared_checks_apply() {
+        let mut r = edit("gpt-image-1.5", 1);
+        r.input_fidelity = Some("high".into());
+        assert!(check_edit(&r, &Catalog::builtin().get(&r.model)).is_ok());
+        r.input_fidelity = Some("medium".into());
+        assert!(edit_refused(&r).message.contains("allowed: high, low"));
+        let mut r = edit("gpt-image-1-mini", 1);
+        r.input_fidelity = Some("high".into());
+        assert_eq!(edit_refused(&r).param.as_deref(), Some("input_fidelity"));
+        let mut r = edit("gpt-image-1.5", 1);
+        r.size = Some("1792x1024".into());
+        assert_eq!(edit_refused(&r).param.as_deref(), Some("size"));
+        let mut r = edit("dall-e-2", 1);
+        r.output_format = Some(ImageFormat::Webp);
+        assert_eq!(edit_refused(&r).param.as_deref(), Some("output_format"));
+    }
+
+    #[test]
+    fn non_images_and_mislabelled_images_are_named_by_position() {
+        let mut r = edit("gpt-image-1.5", 2);
+        r.images[1] = input(bytes::Bytes::from_static(b"%PDF-1.7 a document"));
+        assert_eq!(
+            images_refused(&r).message,
+            "image 2 is not a PNG, JPEG or WebP image (starts with bytes 25 50 44 46…)"
+        );
+        let mut jpeg = std::io::Cursor::new(Vec::new());
+        image::DynamicImage::ImageRgb8(image::RgbImage::new(8, 8))
+            .write_to(&mut jpeg, image::ImageFormat::Jpeg)
+            .unwrap();
+        r.images[1] = input(jpeg.into_inner().into());
+        let err = images_refused(&r);
+        assert!(
+            err.message
+                .contains("image 2 is declared as png but its bytes are a JPEG"),
+            "{}",
+            err.message
+        );
+        r.images[1].format = ImageFormat::Jpeg;
+        assert!(check_edit_images(&r).is_ok());
+    }
+
+    #[test]
+    fn the_mask_is_a_png_with_alpha_the_size_of_the_first_image() {
+        let mut r = edit("gpt-image-1.5", 1);
+        r.mask = Some(input(png(64, 64, true)));
+        assert!(check_edit_images(&r).is_ok());
+        r.mask = Some(input(png(32, 64, true)));
+        let err = images_refused(&r);
+        assert_eq!(err.param.as_deref(), Some("mask"));
+        assert!(
+            err.message
+                .starts_with("mask is 32x64 but the first image is 64x64"),
+            "{}",
+            err.message
+        );
+        r.mask = Some(input(png(64, 64, false)));
+        assert!(images_refused(&r).message.contains("no alpha channel"));
+        r.mask = Some(input(bytes::Bytes::from_static(b"GIF89a......")));
+        assert!(images_refused(&r)
+            .message
+            .starts_with("the mask is not a PNG, JPEG or WebP image"));
+    }
+
+    #[test]
+    fn variations_name_the_models_that_can_make_them() {
+        let catalog = Catalog::builtin();
+        let supporting = catalog.variation_models();
+        let image = input(png(64, 64, false));
+        let r = VariationRequest::new("gpt-image-1.5", image.clone());
+        let err = check_variation(&r, &catalog.get(&r.model), &supporting).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Unsupported);
+        assert!(
+            err.message.contains("models that can: dall-e-2"),
+            "{}",
+            err.message
+        );
+        let err = check_variation(&r, &catalog.get(&r.model), &[]).unwrap_err();
+        assert!(
+            err.message.contains("no model in the catalog"),
+            "{}",
+            err.message
+        );
+        let mut r = VariationRequest::new("dall-e-2", image);
+        r.size = Some("512x512".into());
+        assert!(check_variation(&r, &catalog.get(&r.model), &supporting).is_ok());
+        assert!(check_variation_image(&r).is_ok());
+        r.size = Some("1536x1024".into());
+        let err = check_variation(&r, &catalog.get(&r.model), &supporting).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("size"));
+        r.image = input(bytes::Bytes::from_static(b"nope"));
+        assert!(check_variation_image(&r)
+            .unwrap_err()
+            .message
+            .starts_with("the image is not"));
     }
 
     #[test]

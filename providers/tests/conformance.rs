@@ -1,15 +1,19 @@
 //! The conformance suite every provider passes: the mock in every build, and each HTTP provider
 //! against a fake upstream.
 
+mod common;
+
 use std::io::Cursor;
 
 use base64::Engine as _;
+use common::Form;
 use imagegen_providers::{
     image_info::probe,
     mock::{MockProvider, MockSettings},
     openai::{OpenAiProvider, OpenAiSettings},
-    validate::{check, parse_size},
-    Events, GenerateRequest, GenerateResult, ImageFormat, ImageProvider, Param, ProviderEvent,
+    validate::{check, check_edit, check_edit_images, parse_size},
+    EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult, ImageFormat, ImageProvider,
+    InputImage, Param, ProviderEvent, VariationRequest,
 };
 use serde_json::{json, Value};
 use wiremock::{
@@ -102,7 +106,101 @@ async fn conformance(provider: &dyn ImageProvider) -> usize {
         }
         assert_eq!(partials, [0, 1], "{kind}: partial images in order");
     }
+
+    // Edits and variations start from an image the provider made itself.
+    let source = InputImage::new(
+        result.images[0].bytes.clone(),
+        ImageFormat::Png,
+        "image-1.png",
+    );
+    if caps.edit {
+        calls += edits(provider, &caps, &one, source.clone()).await;
+    }
+    let variation = VariationRequest::new(&model, source);
+    match provider.create_variation(&variation).await {
+        Ok(result) if caps.variations => {
+            calls += 1;
+            assert_images(kind, &result, &model, 1, (width, height), ImageFormat::Png);
+        }
+        Ok(_) => panic!("{kind}: {model} made a variation though it cannot"),
+        Err(e) => {
+            assert!(!caps.variations, "{kind}: {e}");
+            assert_eq!(e.kind, ErrorKind::Unsupported, "{kind}: {e}");
+            assert!(!e.retryable, "{kind}");
+        }
+    }
     calls
+}
+
+/// Edits of `source` as `like` asks: one and two images, other formats, a mask, partial images.
+async fn edits(
+    provider: &dyn ImageProvider,
+    caps: &imagegen_providers::ModelCapabilities,
+    like: &GenerateRequest,
+    source: InputImage,
+) -> usize {
+    let kind = provider.kind();
+    let model = like.model.as_str();
+    let (width, height) = source_size(&source);
+    let mut calls = 0;
+    let mut edit = |request: EditRequest, events: Events| {
+        check_edit(&request, caps).unwrap_or_else(|e| panic!("{kind}: invalid edit: {e}"));
+        check_edit_images(&request).unwrap_or_else(|e| panic!("{kind}: invalid images: {e}"));
+        calls += 1;
+        async move {
+            provider
+                .edit_with_events(&request, &events)
+                .await
+                .unwrap_or_else(|e| panic!("{kind}: edit: {e}"))
+        }
+    };
+
+    let mut one = EditRequest::new("conformance: make the circle blue", model, vec![source]);
+    one.size = like.size.clone();
+    let result = edit(one.clone(), Events::none()).await;
+    assert_images(kind, &result, model, 1, (width, height), ImageFormat::Png);
+
+    let mut two = one.clone();
+    two.n = 2;
+    let mask = image::RgbaImage::from_pixel(width, height, image::Rgba([0, 0, 0, 0]));
+    let mut mask_png = Cursor::new(Vec::new());
+    mask.write_to(&mut mask_png, image::ImageFormat::Png)
+        .unwrap();
+    two.mask = Some(InputImage::new(
+        mask_png.into_inner(),
+        ImageFormat::Png,
+        "mask.png",
+    ));
+    let result = edit(two, Events::none()).await;
+    assert_images(kind, &result, model, 2, (width, height), ImageFormat::Png);
+
+    if caps.takes(Param::OutputFormat) && caps.formats.contains(&ImageFormat::Jpeg) {
+        let mut req = one.clone();
+        req.output_format = Some(ImageFormat::Jpeg);
+        let result = edit(req, Events::none()).await;
+        assert_images(kind, &result, model, 1, (width, height), ImageFormat::Jpeg);
+    }
+
+    if caps.takes(Param::Stream) {
+        let mut req = one.clone();
+        req.partial_images = Some(2);
+        let (events, mut rx) = Events::channel();
+        let result = edit(req, events).await;
+        assert_images(kind, &result, model, 1, (width, height), ImageFormat::Png);
+        let mut partials = Vec::new();
+        while let Some(event) = rx.recv().await {
+            if let ProviderEvent::PartialImage { index, .. } = event {
+                partials.push(index);
+            }
+        }
+        assert_eq!(partials, [0, 1], "{kind}: partial edit images in order");
+    }
+    calls
+}
+
+fn source_size(image: &InputImage) -> (u32, u32) {
+    let info = probe(&image.bytes).unwrap();
+    (info.width, info.height)
 }
 
 fn assert_images(
@@ -157,7 +255,22 @@ fn sse(name: &str, mut data: Value) -> String {
 
 impl Respond for FakeOpenAi {
     fn respond(&self, request: &Request) -> ResponseTemplate {
-        let body: Value = request.body_json().unwrap();
+        // Edits and variations arrive as forms; their text fields are read like JSON ones.
+        let (body, events): (Value, &str) = match Form::parse(request) {
+            Some(form) => {
+                assert!(
+                    !form.files("image[]").is_empty() || !form.files("image").is_empty(),
+                    "an upload without an image"
+                );
+                let fields: serde_json::Map<String, Value> = form
+                    .texts()
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::from_str(&v).unwrap_or(Value::String(v))))
+                    .collect();
+                (Value::Object(fields), "image_edit")
+            }
+            None => (request.body_json().unwrap(), "image_generation"),
+        };
         let n = body["n"].as_u64().unwrap_or(1);
         let (width, height) = body["size"]
             .as_str()
@@ -174,11 +287,11 @@ impl Respond for FakeOpenAi {
                 .map(|i| {
                     let image = encoded(width / 4, height / 4, i as u8, format);
                     let data = json!({"b64_json": image, "partial_image_index": i});
-                    sse("image_generation.partial_image", data)
+                    sse(&format!("{events}.partial_image"), data)
                 })
                 .collect();
             let image = encoded(width, height, 0, format);
-            text += &sse("image_generation.completed", json!({"b64_json": image}));
+            text += &sse(&format!("{events}.completed"), json!({"b64_json": image}));
             return ResponseTemplate::new(200).set_body_raw(text, "text/event-stream");
         }
         let data: Vec<Value> = (0..n)
@@ -197,11 +310,13 @@ impl Respond for FakeOpenAi {
 #[tokio::test]
 async fn openai_provider_conforms_against_a_fake_upstream() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/images/generations"))
-        .respond_with(FakeOpenAi)
-        .mount(&server)
-        .await;
+    for route in ["generations", "edits", "variations"] {
+        Mock::given(method("POST"))
+            .and(path(format!("/v1/images/{route}")))
+            .respond_with(FakeOpenAi)
+            .mount(&server)
+            .await;
+    }
     let base = format!("{}/v1", server.uri()).parse().unwrap();
     let settings = OpenAiSettings::new(base, Some("sk-test-0000000000000000".into()));
     let provider = OpenAiProvider::new(settings, reqwest::Client::new());

@@ -1,5 +1,7 @@
 //! The OpenAI provider against a fake upstream: request bodies, results, every error row of
-//! the API reference, retries, downloads and secrets.
+//! the API reference, retries, downloads and secrets; edits and variations as multipart uploads.
+
+mod common;
 
 use std::{
     sync::Arc,
@@ -7,10 +9,12 @@ use std::{
 };
 
 use base64::Engine as _;
+use common::{Form, MultipartForm};
 use imagegen_providers::{
     keys::KeyPool,
     openai::{OpenAiProvider, OpenAiSettings},
-    ErrorKind, Events, GenerateRequest, ImageFormat, ImageProvider, ProviderError, ProviderEvent,
+    EditRequest, ErrorKind, Events, GenerateRequest, ImageFormat, ImageProvider, InputImage,
+    ProviderError, ProviderEvent, VariationRequest,
 };
 use secrecy::SecretString;
 use serde_json::{json, Value};
@@ -1649,4 +1653,379 @@ async fn a_call_starting_while_its_only_key_cools_briefly_waits_instead_of_faili
         "{:?}",
         started.elapsed()
     );
+}
+
+// ---- edits and variations -----------------------------------------------------------------
+
+const EDITS: &str = "/v1/images/edits";
+const VARIATIONS: &str = "/v1/images/variations";
+
+fn encoded(img: image::DynamicImage, format: image::ImageFormat) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, format).unwrap();
+    out.into_inner()
+}
+
+fn jpeg(width: u32, height: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(width, height, image::Rgb([10, 120, 200]));
+    encoded(
+        image::DynamicImage::ImageRgb8(img),
+        image::ImageFormat::Jpeg,
+    )
+}
+
+fn rgba_mask(width: u32, height: u32) -> Vec<u8> {
+    let img = image::RgbaImage::from_pixel(width, height, image::Rgba([0, 0, 0, 0]));
+    encoded(
+        image::DynamicImage::ImageRgba8(img),
+        image::ImageFormat::Png,
+    )
+}
+
+/// Two images (a PNG and a JPEG) and a mask, with every parameter an edit can carry.
+fn full_edit(model: &str) -> EditRequest {
+    let images = vec![
+        InputImage::new(png(16, 16), ImageFormat::Png, "image-1.png"),
+        InputImage::new(jpeg(16, 16), ImageFormat::Jpeg, "image-2.jpg"),
+    ];
+    let mut r = EditRequest::new("give the cat a red hat", model, images);
+    r.mask = Some(InputImage::new(
+        rgba_mask(16, 16),
+        ImageFormat::Png,
+        "mask.png",
+    ));
+    r.size = Some("1024x1536".into());
+    r.quality = Some("high".into());
+    r.n = 2;
+    r.output_format = Some(ImageFormat::Webp);
+    r.output_compression = Some(70);
+    r.background = Some("opaque".into());
+    r.input_fidelity = Some("high".into());
+    r.moderation = Some("low".into());
+    r.seed = Some(3); // not an OpenAI parameter: never sent
+    r.extra.insert("user".into(), json!("user-42"));
+    r.extra.insert("image".into(), json!("hijack")); // cannot shadow the file parts
+    r
+}
+
+async fn forms(server: &MockServer, route: &str) -> Vec<Form> {
+    requests(server)
+        .await
+        .iter()
+        .filter(|r| r.url.path() == route)
+        .map(|r| Form::parse(r).expect("a well-formed multipart body"))
+        .collect()
+}
+
+fn texts(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_edit_uploads_one_file_part_per_image_the_mask_and_the_taken_fields() {
+    let server = MockServer::start().await;
+    let has_the_parts = MultipartForm(|form: &Form| {
+        form.files("image[]").len() == 2
+            && form.files("mask").len() == 1
+            && form.text("model").as_deref() == Some("gpt-image-1.5")
+            && form.text("input_fidelity").as_deref() == Some("high")
+    });
+    Mock::given(method("POST"))
+        .and(path(EDITS))
+        .and(header("authorization", format!("Bearer {KEY}").as_str()))
+        .and(has_the_parts)
+        .respond_with(ok_b64(&[&png(8, 8), &png(8, 8)]).insert_header("x-request-id", "req_edit"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let request = full_edit("gpt-image-1.5");
+    let result = provider(settings(&server)).edit(&request).await.unwrap();
+    assert_eq!(result.images.len(), 2);
+    assert_eq!(result.model, "gpt-image-1.5");
+    assert_eq!(result.request_id.as_deref(), Some("req_edit"));
+
+    let received = &requests(&server).await[0];
+    let content_type = received
+        .headers
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(
+        content_type.starts_with("multipart/form-data; boundary="),
+        "{content_type}"
+    );
+    // Every part's length is known, so the upload is not chunked (some servers refuse that).
+    let length: usize = received.headers["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(length, received.body.len());
+    let form = Form::parse(received).unwrap();
+    assert_eq!(
+        form.texts(),
+        texts(&[
+            ("model", "gpt-image-1.5"),
+            ("prompt", "give the cat a red hat"),
+            ("n", "2"),
+            ("size", "1024x1536"),
+            ("quality", "high"),
+            ("output_format", "webp"),
+            ("output_compression", "70"),
+            ("background", "opaque"),
+            ("input_fidelity", "high"),
+            ("moderation", "low"),
+            ("user", "user-42"),
+        ])
+    );
+    let images = form.files("image[]");
+    let described: Vec<_> = images
+        .iter()
+        .map(|p| {
+            (
+                p.filename.as_deref().unwrap(),
+                p.content_type.as_deref().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        described,
+        [("image-1.png", "image/png"), ("image-2.jpg", "image/jpeg")]
+    );
+    assert_eq!(images[0].body, &request.images[0].bytes[..]);
+    assert_eq!(images[1].body, &request.images[1].bytes[..]);
+    let mask = form.files("mask")[0];
+    assert_eq!(
+        (mask.filename.as_deref(), mask.content_type.as_deref()),
+        (Some("mask.png"), Some("image/png"))
+    );
+    assert_eq!(mask.body, &request.mask.as_ref().unwrap().bytes[..]);
+    assert!(form.files("image").is_empty() && form.text("image").is_none());
+}
+
+#[tokio::test]
+async fn a_dall_e_2_edit_sends_its_one_image_as_image_and_asks_for_base64() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(EDITS))
+        .respond_with(ok_b64(&[&png(8, 8)]))
+        .mount(&server)
+        .await;
+    let mut request = full_edit("dall-e-2");
+    request.images.truncate(1);
+    request.size = Some("512x512".into());
+    request.quality = None;
+    request.n = 1;
+    request.output_format = None;
+    request.output_compression = None;
+    request.extra.clear();
+    // dall-e-2 takes none of these: the guard leaves them off the wire.
+    request.background = Some("opaque".into());
+    request.input_fidelity = Some("high".into());
+    request.moderation = Some("low".into());
+    provider(settings(&server)).edit(&request).await.unwrap();
+    let form = &forms(&server, EDITS).await[0];
+    assert_eq!(
+        form.texts(),
+        texts(&[
+            ("model", "dall-e-2"),
+            ("prompt", "give the cat a red hat"),
+            ("n", "1"),
+            ("size", "512x512"),
+            ("response_format", "b64_json"),
+        ])
+    );
+    assert_eq!(form.files("image").len(), 1);
+    assert!(form.files("image[]").is_empty());
+    let mut names = form.names();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "image",
+            "mask",
+            "model",
+            "n",
+            "prompt",
+            "response_format",
+            "size"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_edit_retried_after_a_500_sends_the_whole_form_again() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(EDITS))
+        .respond_with(server_error(500))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(EDITS))
+        .respond_with(ok_b64(&[&png(8, 8), &png(8, 8)]))
+        .mount(&server)
+        .await;
+    let (events, mut rx) = Events::channel();
+    provider(settings(&server))
+        .edit_with_events(&full_edit("gpt-image-1.5"), &events)
+        .await
+        .unwrap();
+    let sent = forms(&server, EDITS).await;
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0], sent[1], "the retry carries every part again");
+    assert_eq!(sent[1].files("image[]").len(), 2);
+    assert_eq!(sent[1].files("mask").len(), 1);
+    let retries = drain(&mut rx)
+        .iter()
+        .filter(|e| matches!(e, ProviderEvent::Retrying { .. }))
+        .count();
+    assert_eq!(retries, 1);
+}
+
+#[tokio::test]
+async fn an_edit_refused_by_the_safety_system_is_not_retried() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(EDITS))
+        .respond_with(
+            json_error(
+                400,
+                Some("Your request was rejected by the safety system."),
+                "image_generation_user_error",
+                Some("moderation_blocked"),
+            )
+            .insert_header("x-request-id", "req_refused"),
+        )
+        .mount(&server)
+        .await;
+    let err = provider(settings(&server))
+        .edit(&full_edit("gpt-image-1.5"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::ContentPolicy);
+    assert!(!err.retryable);
+    assert_eq!(err.attempts, 1);
+    assert_eq!(err.provider_code.as_deref(), Some("moderation_blocked"));
+    assert_eq!(err.request_id.as_deref(), Some("req_refused"));
+    assert_eq!(forms(&server, EDITS).await.len(), 1);
+}
+
+fn sse(name: &str, mut data: Value) -> String {
+    data["type"] = name.into();
+    format!("event: {name}\ndata: {data}\n\n")
+}
+
+#[tokio::test]
+async fn a_streamed_edit_reports_image_edit_partials_then_the_final_image() {
+    let server = MockServer::start().await;
+    let body = [
+        sse("image_edit.partial_image", json!({"b64_json": b64(&png(4, 6)), "partial_image_index": 0})),
+        sse("image_edit.partial_image", json!({"b64_json": b64(&png(4, 6)), "partial_image_index": 1})),
+        sse(
+            "image_edit.completed",
+            json!({"b64_json": b64(&png(16, 24)), "usage": {"input_tokens": 300, "output_tokens": 1000, "total_tokens": 1300}}),
+        ),
+    ]
+    .concat();
+    Mock::given(method("POST"))
+        .and(path(EDITS))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(body, "text/event-stream"))
+        .mount(&server)
+        .await;
+    let mut request = full_edit("gpt-image-1.5");
+    request.n = 1;
+    request.partial_images = Some(2);
+    let (events, mut rx) = Events::channel();
+    let result = provider(settings(&server))
+        .edit_with_events(&request, &events)
+        .await
+        .unwrap();
+    assert_eq!((result.images[0].width, result.images[0].height), (16, 24));
+    assert_eq!(result.usage.unwrap().total_tokens, Some(1300));
+    let partials: Vec<_> = drain(&mut rx)
+        .into_iter()
+        .filter_map(|e| match e {
+            ProviderEvent::PartialImage { index, image } => {
+                Some((index, image.width, image.height))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(partials, [(0, 4, 6), (1, 4, 6)]);
+    let form = &forms(&server, EDITS).await[0];
+    assert_eq!(form.text("stream").as_deref(), Some("true"));
+    assert_eq!(form.text("partial_images").as_deref(), Some("2"));
+}
+
+#[tokio::test]
+async fn a_variation_uploads_the_image_and_asks_for_base64() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(VARIATIONS))
+        .and(header("authorization", format!("Bearer {KEY}").as_str()))
+        .and(MultipartForm(|form: &Form| form.files("image").len() == 1))
+        .respond_with(ok_b64(&[&png(8, 8), &png(8, 8)]))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let image = InputImage::new(png(16, 16), ImageFormat::Png, "source.png");
+    let mut request = VariationRequest::new("dall-e-2", image);
+    request.n = 2;
+    request.size = Some("512x512".into());
+    request.extra.insert("user".into(), json!("user-42"));
+    let result = provider(settings(&server))
+        .create_variation(&request)
+        .await
+        .unwrap();
+    assert_eq!(result.images.len(), 2);
+    assert_eq!(result.model, "dall-e-2");
+    let form = &forms(&server, VARIATIONS).await[0];
+    assert_eq!(
+        form.texts(),
+        texts(&[
+            ("model", "dall-e-2"),
+            ("n", "2"),
+            ("size", "512x512"),
+            ("response_format", "b64_json"),
+            ("user", "user-42"),
+        ])
+    );
+    let part = form.files("image")[0];
+    assert_eq!(
+        (part.filename.as_deref(), part.content_type.as_deref()),
+        (Some("source.png"), Some("image/png"))
+    );
+    assert_eq!(part.body, &request.image.bytes[..]);
+}
+
+#[tokio::test]
+async fn variations_and_edits_the_model_cannot_do_are_refused_without_a_request() {
+    let server = MockServer::start().await;
+    let p = provider(settings(&server));
+    let image = InputImage::new(png(16, 16), ImageFormat::Png, "source.png");
+    let err = p
+        .create_variation(&VariationRequest::new("gpt-image-1.5", image))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Unsupported);
+    assert!(!err.retryable);
+    assert!(
+        err.message
+            .contains("gpt-image-1.5 cannot make image variations"),
+        "{err}"
+    );
+    assert!(
+        err.message.contains("dall-e-2"),
+        "names the models that can: {err}"
+    );
+    let err = p.edit(&full_edit("dall-e-3")).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Unsupported);
+    assert!(err.message.contains("dall-e-3"), "{err}");
+    assert!(requests(&server).await.is_empty());
 }
