@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
 pub use imagegen_providers::secret::fingerprint;
-pub use load::{LoadedConfig, ResolvedKey};
+pub use load::{Input, LoadedConfig, ResolvedKey};
 
 /// Command-line flags that override every other layer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,6 +44,31 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Model catalog additions and overrides.
     pub models: BTreeMap<String, ModelOverride>,
+    /// The server's log filter (`info`, `debug`, `imagegen_mcp=debug,warn`, ...); `RUST_LOG`
+    /// wins when set. Default: `info` for `serve`, `warn` for the other commands.
+    pub log_level: Option<String>,
+    /// How the running server notices configuration changes.
+    pub reload: ReloadConfig,
+}
+
+/// `[reload]`: live configuration reload of `imagegen-mcp serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Re-check the files this often, seconds, for filesystems that drop change events; 0: never.
+    pub poll_s: u64,
+    /// Wait this long after a change event before reading, milliseconds, so a burst of events
+    /// gives one reload and a file being written is read once complete.
+    pub debounce_ms: u64,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            poll_s: 30,
+            debounce_ms: 300,
+        }
+    }
 }
 
 /// How results are handed to the MCP client.
@@ -107,6 +132,8 @@ pub struct Defaults {
 /// One `[providers.NAME]` table; `kind` picks the implementation.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+// A handful exist, built once per reload: boxing would only add noise to every match.
+#[allow(clippy::large_enum_variant)]
 pub enum ProviderConfig {
     /// OpenAI or an OpenAI-compatible server.
     Openai(OpenAiConfig),
@@ -146,12 +173,20 @@ impl ProviderConfig {
 pub struct OpenAiConfig {
     /// Set to false to keep the table but not load the provider.
     pub enabled: bool,
-    /// The API key; after loading, the resolved key whatever its source (see [`LoadedConfig::api_key`]).
+    /// The API key; after loading, the first resolved key whatever its source (see
+    /// [`LoadedConfig::api_keys`] for all of them).
     #[serde(skip_serializing)]
     pub api_key: Option<SecretString>,
     /// A file holding the API key (Docker and Kubernetes secrets); relative to the config file,
     /// absolute after loading.
     pub api_key_file: Option<PathBuf>,
+    /// More API keys for the same pool.
+    #[serde(skip_serializing)]
+    pub api_keys: Vec<SecretString>,
+    /// More files holding one API key each; relative to the config file, absolute after loading.
+    pub api_key_files: Vec<PathBuf>,
+    /// Seconds after which a disabled key (rejected, out of quota) is tried again.
+    pub key_recheck_s: u64,
     /// API base URL.
     pub base_url: String,
     /// `OpenAI-Organization`.
@@ -182,6 +217,9 @@ impl Default for OpenAiConfig {
             enabled: true,
             api_key: None,
             api_key_file: None,
+            api_keys: Vec::new(),
+            api_key_files: Vec::new(),
+            key_recheck_s: 600,
             base_url: imagegen_providers::openai::DEFAULT_BASE_URL.into(),
             organization: None,
             project: None,

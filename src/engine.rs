@@ -2,15 +2,22 @@
 //! model, merge defaults, check the request against the model's capabilities before any paid
 //! call, generate, and save the images.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use imagegen_providers::{
+    keys::KeyPool,
     mock::{MockProvider, MockSettings},
     openai::{OpenAiProvider, OpenAiSettings},
     validate, Catalog, GenerateRequest, GeneratedImage, ImageFormat, ImageProvider, Param,
 };
 use schemars::JsonSchema;
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::{
     config::{Defaults, Delivery, LoadedConfig, OutputConfig, ProviderConfig},
@@ -89,6 +96,45 @@ pub struct ProviderEntry {
     pub provider: Arc<dyn ImageProvider>,
     /// `[defaults]` overlaid with the provider's own defaults.
     pub defaults: Defaults,
+    /// The provider's API keys and what is known about each (OpenAI providers only).
+    pub keys: Option<Arc<KeyPool>>,
+    /// What the pool was built from: a hash of its keys and their sources, and the recheck interval.
+    pool_inputs: ([u8; 32], u64),
+}
+
+/// One `reqwest::Client` per distinct client-level settings, kept across reloads.
+///
+/// Timeouts on connect (and proxies, later) live on the client, not on each request, and a
+/// client owns its connection pool: reusing it means a key rotation costs no new TLS handshakes.
+#[derive(Debug, Default)]
+pub struct ClientCache {
+    clients: Mutex<HashMap<u64, reqwest::Client>>,
+}
+
+impl ClientCache {
+    /// The client for these settings, built on first use.
+    pub fn client(&self, connect_timeout_s: u64) -> reqwest::Result<reqwest::Client> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(&connect_timeout_s) {
+            return Ok(client.clone());
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(connect_timeout_s))
+            .user_agent(concat!("imagegen-mcp/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        clients.insert(connect_timeout_s, client.clone());
+        Ok(client)
+    }
+
+    /// How many distinct clients exist.
+    pub fn len(&self) -> usize {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no client was built yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Everything a call needs, built once from a loaded configuration.
@@ -113,23 +159,66 @@ fn overlay(base: &Defaults, top: &Defaults) -> Defaults {
     }
 }
 
+/// The key pool of provider `name`: the previous engine's pool when nothing it was built from
+/// changed (so every cooldown and disabled key stays, even updates from calls still running on
+/// the old engine), else a new pool that carries over what the old one knew about keys that stay.
+fn key_pool(
+    name: &str,
+    loaded: &LoadedConfig,
+    recheck_s: u64,
+    previous: Option<&Engine>,
+) -> (Arc<KeyPool>, ([u8; 32], u64)) {
+    let keys = loaded.api_keys(name);
+    let mut hash = Sha256::new();
+    for key in keys {
+        hash.update(Sha256::digest(key.key.expose_secret().as_bytes()));
+        hash.update(format!("{}\0", key.source));
+    }
+    let inputs = (hash.finalize().into(), recheck_s);
+    let old = previous
+        .and_then(|e| e.providers.get(name))
+        .and_then(|e| Some((e.keys.as_ref()?, e.pool_inputs)));
+    if let Some((old_pool, old_inputs)) = old {
+        if old_inputs == inputs {
+            return (old_pool.clone(), inputs);
+        }
+    }
+    let pool = KeyPool::new(
+        keys.iter().map(|k| (k.key.clone(), k.source.clone())),
+        Duration::from_secs(recheck_s),
+    );
+    if let Some((old_pool, old_inputs)) = old {
+        // Cooldowns always carry over; a disabled key gets another chance when the keys changed.
+        pool.carry_over(old_pool, old_inputs.0 != inputs.0);
+    }
+    (Arc::new(pool), inputs)
+}
+
 /// Builds the provider named `name` from its configuration.
-pub fn build_provider(
+fn build_provider(
     name: &str,
     cfg: &ProviderConfig,
     loaded: &LoadedConfig,
     catalog: &Arc<Catalog>,
-) -> anyhow::Result<Arc<dyn ImageProvider>> {
+    previous: Option<&Engine>,
+    clients: &ClientCache,
+) -> anyhow::Result<ProviderEntry> {
+    let defaults = overlay(&loaded.config.defaults, cfg.defaults());
     Ok(match cfg {
-        ProviderConfig::Mock(m) => Arc::new(MockProvider::new({
-            let mut s = MockSettings::default();
-            s.model = m.model.clone();
-            s.latency = Duration::from_millis(m.latency_ms);
-            s.fail_rate = m.fail_rate;
-            s.fail_with = m.fail_with;
-            s.catalog = catalog.clone();
-            s
-        })),
+        ProviderConfig::Mock(m) => ProviderEntry {
+            provider: Arc::new(MockProvider::new({
+                let mut s = MockSettings::default();
+                s.model = m.model.clone();
+                s.latency = Duration::from_millis(m.latency_ms);
+                s.fail_rate = m.fail_rate;
+                s.fail_with = m.fail_with;
+                s.catalog = catalog.clone();
+                s
+            })),
+            defaults,
+            keys: None,
+            pool_inputs: ([0; 32], 0),
+        },
         ProviderConfig::Openai(o) => {
             let base_url = url::Url::parse(&o.base_url).map_err(|e| {
                 anyhow::anyhow!(
@@ -137,7 +226,9 @@ pub fn build_provider(
                     o.base_url
                 )
             })?;
-            let mut s = OpenAiSettings::new(base_url, loaded.api_key(name).map(|k| k.key.clone()));
+            let (pool, pool_inputs) = key_pool(name, loaded, o.key_recheck_s, previous);
+            let mut s = OpenAiSettings::new(base_url, None);
+            s.keys = pool.clone();
             s.organization = o.organization.clone();
             s.project = o.project.clone();
             s.model = o.model.clone();
@@ -149,11 +240,13 @@ pub fn build_provider(
             s.download_hosts = o.download_hosts.clone();
             s.max_response_bytes = o.max_response_mb.saturating_mul(1024 * 1024);
             s.catalog = catalog.clone();
-            let client = reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(o.connect_timeout_s))
-                .user_agent(concat!("imagegen-mcp/", env!("CARGO_PKG_VERSION")))
-                .build()?;
-            Arc::new(OpenAiProvider::new(s, client))
+            let client = clients.client(o.connect_timeout_s)?;
+            ProviderEntry {
+                provider: Arc::new(OpenAiProvider::new(s, client)),
+                defaults,
+                keys: Some(pool),
+                pool_inputs,
+            }
         }
     })
 }
@@ -161,13 +254,22 @@ pub fn build_provider(
 impl Engine {
     /// Builds every enabled provider of `loaded`.
     pub fn from_config(loaded: &LoadedConfig) -> anyhow::Result<Self> {
+        Self::build(loaded, None, &ClientCache::default())
+    }
+
+    /// Builds every enabled provider of `loaded`, taking HTTP clients from `clients` and key
+    /// state from `previous` (the engine this one replaces).
+    pub fn build(
+        loaded: &LoadedConfig,
+        previous: Option<&Engine>,
+        clients: &ClientCache,
+    ) -> anyhow::Result<Self> {
         let config = &loaded.config;
         let catalog = Arc::new(loaded.catalog().clone());
         let mut providers = BTreeMap::new();
         for (name, cfg) in config.providers.iter().filter(|(_, c)| c.enabled()) {
-            let provider = build_provider(name, cfg, loaded, &catalog)?;
-            let defaults = overlay(&config.defaults, cfg.defaults());
-            providers.insert(name.clone(), ProviderEntry { provider, defaults });
+            let entry = build_provider(name, cfg, loaded, &catalog, previous, clients)?;
+            providers.insert(name.clone(), entry);
         }
         let default_provider = loaded.default_provider().to_string();
         anyhow::ensure!(

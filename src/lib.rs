@@ -4,5 +4,7 @@ pub mod config;
 pub mod delivery;
 pub mod engine;
 pub mod error;
+pub mod live;
+pub mod progress;
 pub mod server;
 pub mod storage;

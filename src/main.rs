@@ -13,6 +13,7 @@ use imagegen_mcp::{
     config::{CliOverrides, LoadedConfig},
     delivery::GenerateOutput,
     engine::{Engine, GenerateParams},
+    live::{watch, Live, LogControl},
     server::ImagegenServer,
 };
 use rmcp::ServiceExt;
@@ -90,15 +91,31 @@ enum ConfigCommand {
     Show,
 }
 
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+/// Logs to stderr with `RUST_LOG` if set, else `default`; the returned control lets the
+/// configuration's `log_level` replace the filter (unless `RUST_LOG` is set, which wins).
+fn init_logging(default: &str) -> LogControl {
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _, EnvFilter};
+    let from_env = std::env::var("RUST_LOG").is_ok_and(|v| !v.trim().is_empty());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     // stdout belongs to the MCP protocol (and to `generate`'s output): logs go to stderr only.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .init();
+    LogControl::new(
+        move |level| {
+            handle
+                .reload(EnvFilter::new(level))
+                .map_err(|e| e.to_string())
+        },
+        default,
+        from_env.then(|| "RUST_LOG".to_string()),
+    )
 }
 
 fn absolute(path: Option<PathBuf>) -> anyhow::Result<Option<PathBuf>> {
@@ -135,13 +152,18 @@ fn spinner(label: String) -> Option<tokio::task::JoinHandle<()>> {
     }))
 }
 
-async fn generate(args: GenerateArgs, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+async fn generate(
+    args: GenerateArgs,
+    config: Option<PathBuf>,
+    log: LogControl,
+) -> anyhow::Result<ExitCode> {
     let overrides = CliOverrides {
         config,
         output_dir: absolute(args.out)?,
         ..CliOverrides::default()
     };
     let loaded = load(&overrides)?;
+    log.apply(loaded.config.log_level.as_deref());
     let engine = Engine::from_config(&loaded)?;
     let params = GenerateParams {
         prompt: args.prompt,
@@ -191,27 +213,34 @@ async fn generate(args: GenerateArgs, config: Option<PathBuf>) -> anyhow::Result
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { provider, out } => {
-            init_logging("info");
+            let log = init_logging("info");
             let overrides = CliOverrides {
                 config: cli.config,
                 provider,
                 output_dir: absolute(out)?,
             };
-            let engine = Arc::new(Engine::from_config(&load(&overrides)?)?);
+            let live = Arc::new(Live::start(
+                Arc::new(move || LoadedConfig::load(&overrides)),
+                log,
+            )?);
+            let engine = live.engine();
             tracing::info!(
                 default_provider = engine.default_provider(),
                 output_dir = %engine.store().dir().display(),
                 "serving MCP over stdio"
             );
-            let service = ImagegenServer::new(engine)
+            drop(engine);
+            // The watcher lives as long as the runtime: until the client disconnects.
+            tokio::spawn(watch(live.clone()));
+            let service = ImagegenServer::new(live)
                 .serve(rmcp::transport::stdio())
                 .await?;
             service.waiting().await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Generate(args) => {
-            init_logging("warn");
-            generate(args, cli.config).await
+            let log = init_logging("warn");
+            generate(args, cli.config, log).await
         }
         Command::Config(cmd) => {
             init_logging("warn");

@@ -1,4 +1,8 @@
-//! The MCP server: `generate_image`, `list_providers`, and the stored images as resources.
+//! The MCP server: `generate_image`, `list_providers`, the stored images as resources, and
+//! `imagegen://status`.
+//!
+//! Every request reads the live configuration once, at its start, and keeps that snapshot to
+//! its end: a reload in the meantime changes what the next request sees, not this one.
 
 use std::sync::Arc;
 
@@ -21,8 +25,97 @@ use crate::{
     delivery::{describe, plan_inline, GenerateOutput},
     engine::{Engine, GenerateParams, Generation},
     error::ToolError,
+    live::{rfc3339, ConfigStatus, Live},
     storage::ImageStore,
 };
+
+/// The URI of the live status resource.
+pub const STATUS_URI: &str = "imagegen://status";
+
+/// One API key as status views show it: never the key itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct KeyInfo {
+    /// A safe hint of the key, such as `sk-…abcd`.
+    pub fingerprint: String,
+    /// Where it came from (`file /etc/imagegen.toml`, `api_key_file /run/secrets/openai`, `env OPENAI_API_KEY`, ...).
+    pub source: String,
+    /// `active`, `cooling_down` (rate limited) or `disabled` (rejected, no quota or billing).
+    pub state: String,
+    /// When a cooling-down key is usable again, or a disabled key is tried again (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// Seconds until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usable_in_s: Option<u64>,
+    /// Why the key is disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One provider's keys and their state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ProviderStatus {
+    /// The provider's name.
+    pub name: String,
+    /// The implementation (`openai`, `mock`, ...).
+    pub kind: String,
+    /// Whether calls without `provider` go here.
+    pub default: bool,
+    /// Its API keys (none for providers without keys).
+    pub keys: Vec<KeyInfo>,
+}
+
+/// The content of `imagegen://status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StatusOutput {
+    /// The configuration in force and the reload history.
+    #[serde(flatten)]
+    pub config: ConfigStatus,
+    /// The provider used when a call names none.
+    pub default_provider: String,
+    /// Every configured provider and its keys.
+    pub providers: Vec<ProviderStatus>,
+}
+
+/// The keys of `engine`'s provider `name` and what is known about each.
+fn key_info(engine: &Engine, name: &str) -> Vec<KeyInfo> {
+    let Some(pool) = engine.providers().get(name).and_then(|e| e.keys.as_ref()) else {
+        return Vec::new();
+    };
+    let now = time::OffsetDateTime::now_utc();
+    pool.status()
+        .into_iter()
+        .map(|k| KeyInfo {
+            until: k
+                .usable_in_s
+                .map(|s| rfc3339(now + time::Duration::seconds(s.min(i64::MAX as u64) as i64))),
+            fingerprint: k.fingerprint,
+            source: k.source,
+            state: k.state.to_string(),
+            usable_in_s: k.usable_in_s,
+            reason: k.reason,
+        })
+        .collect()
+}
+
+/// The live status: reload history, and every provider's keys with their state.
+pub fn status_output(live: &Live) -> StatusOutput {
+    let engine = live.engine();
+    StatusOutput {
+        config: live.status(),
+        default_provider: engine.default_provider().into(),
+        providers: engine
+            .providers()
+            .iter()
+            .map(|(name, entry)| ProviderStatus {
+                name: name.clone(),
+                kind: entry.provider.kind().into(),
+                default: name == engine.default_provider(),
+                keys: key_info(&engine, name),
+            })
+            .collect(),
+    }
+}
 
 /// One model as `list_providers` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -47,6 +140,8 @@ pub struct ProviderInfo {
     pub default_model: String,
     /// The models it offers.
     pub models: Vec<ModelInfo>,
+    /// Its API keys as fingerprints, with their source and state (none for providers without keys).
+    pub keys: Vec<KeyInfo>,
 }
 
 /// The result of `list_providers`.
@@ -56,17 +151,20 @@ pub struct ProvidersOutput {
     pub default_provider: String,
     /// Every configured provider.
     pub providers: Vec<ProviderInfo>,
+    /// The configuration in force and the reload history.
+    pub config: ConfigStatus,
 }
 
-/// The MCP server over one [`Engine`].
+/// The MCP server over the live configuration.
 #[derive(Debug, Clone)]
 pub struct ImagegenServer {
-    engine: Arc<Engine>,
+    live: Arc<Live>,
     tool_router: ToolRouter<Self>,
 }
 
-/// Describes every configured provider and its models.
-pub fn providers_output(engine: &Engine) -> ProvidersOutput {
+/// Describes every configured provider, its models and keys, and the configuration in force.
+pub fn providers_output(live: &Live) -> ProvidersOutput {
+    let engine = live.engine();
     let providers = engine
         .providers()
         .iter()
@@ -88,12 +186,14 @@ pub fn providers_output(engine: &Engine) -> ProvidersOutput {
                         name: m,
                     })
                     .collect(),
+                keys: key_info(&engine, name),
             }
         })
         .collect();
     ProvidersOutput {
         default_provider: engine.default_provider().into(),
         providers,
+        config: live.status(),
     }
 }
 
@@ -148,12 +248,32 @@ fn success_result(
     result
 }
 
+/// One `generate_image` call on `engine`, from the request to the tool result.
+async fn generate(engine: Arc<Engine>, params: GenerateParams) -> CallToolResult {
+    match engine.generate(&params).await {
+        Ok(generation) => {
+            // Previews decode and re-encode megapixel images: keep that off the async workers.
+            tokio::task::spawn_blocking(move || success_result(&engine, &generation, &params))
+                .await
+                .unwrap_or_else(|e| {
+                    error_result(ToolError::storage(format!(
+                        "building the result failed: {e}"
+                    )))
+                })
+        }
+        Err(error) => {
+            tracing::warn!(kind = %error.kind, provider = ?error.provider, "generate_image failed: {}", error.message);
+            error_result(error)
+        }
+    }
+}
+
 #[tool_router]
 impl ImagegenServer {
-    /// A server answering from `engine`.
-    pub fn new(engine: Arc<Engine>) -> Self {
+    /// A server answering from the live configuration `live`.
+    pub fn new(live: Arc<Live>) -> Self {
         Self {
-            engine,
+            live,
             tool_router: Self::tool_router(),
         }
     }
@@ -175,29 +295,14 @@ impl ImagegenServer {
         &self,
         Parameters(params): Parameters<GenerateParams>,
     ) -> CallToolResult {
-        match self.engine.generate(&params).await {
-            Ok(generation) => {
-                let engine = self.engine.clone();
-                // Previews decode and re-encode megapixel images: keep that off the async workers.
-                tokio::task::spawn_blocking(move || success_result(&engine, &generation, &params))
-                    .await
-                    .unwrap_or_else(|e| {
-                        error_result(ToolError::storage(format!(
-                            "building the result failed: {e}"
-                        )))
-                    })
-            }
-            Err(error) => {
-                tracing::warn!(kind = %error.kind, provider = ?error.provider, "generate_image failed: {}", error.message);
-                error_result(error)
-            }
-        }
+        // The snapshot taken here serves the whole call, whatever reloads meanwhile.
+        generate(self.live.engine(), params).await
     }
 
     /// Lists providers, models and what each model accepts.
     #[tool(
         name = "list_providers",
-        description = "List the configured image providers, which one is the default, their models, and what each model accepts (sizes, qualities, formats, n, prompt length, parameters).",
+        description = "List the configured image providers, which one is the default, their models, what each model accepts (sizes, qualities, formats, n, prompt length, parameters), each provider's API keys as fingerprints with their state, and the configuration's reload status.",
         annotations(
             title = "List providers",
             read_only_hint = true,
@@ -205,7 +310,7 @@ impl ImagegenServer {
         )
     )]
     async fn list_providers(&self) -> Json<ProvidersOutput> {
-        Json(providers_output(&self.engine))
+        Json(providers_output(&self.live))
     }
 }
 
@@ -232,22 +337,26 @@ impl ServerHandler for ImagegenServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
-        let store = self.engine.store().clone();
+        let store = self.live.engine().store().clone();
         let entries = tokio::task::spawn_blocking(move || store.list())
             .await
             .map_err(|e| McpError::internal_error(e.to_string(), None))?
             .map_err(|e| McpError::internal_error(format!("cannot list images: {e}"), None))?;
+        let status = Resource::new(STATUS_URI, "status")
+            .with_mime_type("application/json")
+            .with_description(
+                "Live server status: configuration generation, load time, reload errors, and each provider's API keys (fingerprints only) with their state",
+            );
         Ok(ListResourcesResult::with_all_items(
-            entries
-                .into_iter()
-                .map(|e| {
+            std::iter::once(status)
+                .chain(entries.into_iter().map(|e| {
                     Resource::new(
                         format!("{}{}", crate::storage::IMAGE_URI_PREFIX, e.name),
                         e.name,
                     )
                     .with_mime_type(e.mime)
                     .with_size(e.bytes)
-                })
+                }))
                 .collect(),
         ))
     }
@@ -258,10 +367,18 @@ impl ServerHandler for ImagegenServer {
         _context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         let uri = request.uri;
+        if uri == STATUS_URI {
+            let json = serde_json::to_string_pretty(&status_output(&self.live))
+                .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+            return Ok(ReadResourceResult::new(vec![
+                ResourceContents::text(json, uri).with_mime_type("application/json")
+            ])
+            .into());
+        }
         let name = ImageStore::name_from_uri(&uri)
             .ok_or_else(|| McpError::resource_not_found(format!("no such resource: {uri}"), None))?
             .to_owned();
-        let store = self.engine.store().clone();
+        let store = self.live.engine().store().clone();
         let read = tokio::task::spawn_blocking(move || store.read(&name))
             .await
             .map_err(|e| McpError::internal_error(e.to_string(), None))?;

@@ -388,7 +388,7 @@ fn unknown_keys_name_the_key_the_file_and_the_valid_keys() {
         "{msg}"
     );
 
-    let msg = err(sb.load_file("", &[("IMAGEGEN_OUTPUT__DIRR", "/x")]));
+    let msg = err(sb.load_file("# nothing\n", &[("IMAGEGEN_OUTPUT__DIRR", "/x")]));
     assert!(
         msg.contains("`output.dirr`") && msg.contains("env IMAGEGEN_OUTPUT__DIRR"),
         "{msg}"
@@ -407,7 +407,7 @@ fn non_configuration_imagegen_variables_are_left_alone() {
         "{notices:?}"
     );
     assert!(
-        !notices.iter().any(|n| n.contains("IMAGEGEN_LOG")),
+        !notices.iter().any(|n| n.contains("IMAGEGEN_LOG:")),
         "{notices:?}"
     );
 }
@@ -474,18 +474,35 @@ fn api_key_file_problems_name_the_provider_field_and_path() {
 }
 
 #[test]
-fn api_key_and_api_key_file_in_one_place_is_an_error() {
+fn every_key_setting_in_one_place_joins_one_pool_without_duplicates() {
     let sb = Sandbox::new();
-    sb.write("work/key", "sk-0000");
-    let msg = err(sb.load_file(
-        &format!("[providers.openai]\napi_key = \"{SENTINEL}\"\napi_key_file = \"key\"\n"),
-        &[],
-    ));
-    assert!(
-        msg.contains("choose one") && msg.contains("providers.openai"),
-        "{msg}"
+    sb.write("work/key", "sk-from-file-0000aaaa\n");
+    sb.write("work/more/b", "sk-from-files-0000bbbb");
+    sb.write("work/more/dup", SENTINEL);
+    let loaded = sb
+        .load_file(
+            &format!(
+                "[providers.openai]\napi_key = \"{SENTINEL}\"\napi_key_file = \"key\"\n\
+                 api_keys = [\"sk-list-0000cccc\", \"{SENTINEL}\"]\n\
+                 api_key_files = [\"more/b\", \"more/dup\"]\n"
+            ),
+            &[],
+        )
+        .unwrap();
+    let keys: Vec<(String, String)> = loaded
+        .api_keys("openai")
+        .iter()
+        .map(|k| (k.fingerprint(), k.source.clone()))
+        .collect();
+    let fingerprints: Vec<&str> = keys.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(
+        fingerprints,
+        ["sk-…cdef", "sk-…cccc", "sk-…aaaa", "sk-…bbbb"]
     );
-    assert!(!msg.contains("SENTINEL"), "{msg}");
+    assert!(keys[2].1.starts_with("api_key_file "), "{keys:?}");
+    let shown = loaded.show();
+    assert!(shown.contains("4 keys, one pool"), "{shown}");
+    assert!(!shown.contains("SENTINEL"), "{shown}");
 }
 
 #[test]

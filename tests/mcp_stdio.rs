@@ -132,7 +132,9 @@ async fn mock_generation_saves_links_previews_and_reads_back_identically() {
         assert_eq!(unb64(blob), file, "resources/read returns the saved bytes");
     }
     let listed = server.client.list_all_resources().await.unwrap();
-    assert_eq!(listed.len(), 2);
+    let uris: Vec<&str> = listed.iter().map(|r| r.uri.as_str()).collect();
+    assert_eq!(uris.len(), 3, "the status and both images: {uris:?}");
+    assert_eq!(uris[0], "imagegen://status");
 
     let missing = server
         .client

@@ -11,6 +11,7 @@ use figment::{
 };
 use imagegen_providers::Catalog;
 use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
 
 use super::{
     error::{describe, dotted, ConfigError},
@@ -20,10 +21,12 @@ use super::{
 /// The environment variable prefix of configuration keys.
 const PREFIX: &str = "IMAGEGEN_";
 /// Top-level keys: an `IMAGEGEN_*` variable starting with anything else is not configuration.
-pub(super) const TOP_KEYS: [&str; 5] = [
+pub(super) const TOP_KEYS: [&str; 7] = [
     "default_provider",
+    "log_level",
     "output",
     "defaults",
+    "reload",
     "providers",
     "models",
 ];
@@ -39,7 +42,15 @@ const OPENAI_VARS: [(&str, &str); 4] = [
 /// Provider kinds.
 const KINDS: [&str; 2] = ["openai", "mock"];
 /// Keys whose environment values stay strings even when they look like numbers or booleans.
-const STRING_KEYS: [&str; 4] = ["organization", "project", "model", "default_provider"];
+const STRING_KEYS: [&str; 5] = [
+    "organization",
+    "project",
+    "model",
+    "default_provider",
+    "log_level",
+];
+/// The settings an OpenAI provider's keys come from, in the order they join its pool.
+const KEY_FIELDS: [&str; 4] = ["api_key", "api_keys", "api_key_file", "api_key_files"];
 
 /// Which layer a value came from, lowest precedence first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -85,6 +96,15 @@ impl ResolvedKey {
     }
 }
 
+/// A file the configuration was read from, and the SHA-256 of what was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    /// The file as configured (absolute; symbolic links not resolved).
+    pub path: PathBuf,
+    /// The SHA-256 of its bytes.
+    pub sha256: [u8; 32],
+}
+
 /// The checked configuration with everything resolved, and where each value came from.
 #[derive(Debug, Clone)]
 pub struct LoadedConfig {
@@ -96,9 +116,12 @@ pub struct LoadedConfig {
     pub(super) searched: Vec<PathBuf>,
     /// Leaf key paths mapped to the name of the layer that set them; absent means a default.
     pub(super) sources: BTreeMap<Vec<String>, String>,
-    pub(super) keys: BTreeMap<String, ResolvedKey>,
+    pub(super) keys: BTreeMap<String, Vec<ResolvedKey>>,
     catalog: Catalog,
     notices: Vec<String>,
+    shadowed: Vec<String>,
+    inputs: Vec<Input>,
+    content_hash: [u8; 32],
 }
 
 impl LoadedConfig {
@@ -140,6 +163,7 @@ impl LoadedConfig {
             .map(PathBuf::from)
             .filter(|h| h.is_absolute());
         let mut notices = Vec::new();
+        let mut inputs = Vec::new();
 
         let (file, searched) = find_file(cli, &env, &cwd, home.as_deref())?;
         let mut layers = vec![Layer {
@@ -150,7 +174,7 @@ impl LoadedConfig {
         layers.extend(openai_layers(&env));
         let file_dict = match &file {
             Some(path) => {
-                let dict = read_toml(path)?;
+                let dict = read_toml(path, &mut inputs)?;
                 layers.push(Layer {
                     origin: Origin::File,
                     name: format!("file {}", path.display()),
@@ -182,7 +206,15 @@ impl LoadedConfig {
                 })?
                 .join("imagegen-mcp/images"),
         });
-        let keys = ctx.keys(&mut config, &file_dict, &mut notices)?;
+        let mut shadowed = Vec::new();
+        let keys = ctx.keys(
+            &mut config,
+            &file_dict,
+            &mut shadowed,
+            &mut notices,
+            &mut inputs,
+        )?;
+        notices.extend(shadowed.iter().cloned());
         let default_source = resolve_default(&mut config, &merged, &env)?;
         validate(&config, &merged)?;
         let catalog = build_catalog(&config, &merged)?;
@@ -191,6 +223,17 @@ impl LoadedConfig {
         let mut sources = BTreeMap::new();
         merged.leaves(&merged.root, &mut Vec::new(), &mut sources);
         sources.insert(vec!["default_provider".into()], default_source);
+        // Everything the result depends on: the environment and flags (fixed for a process,
+        // but part of the answer) and the bytes of every file read.
+        let mut hash = Sha256::new();
+        for (k, v) in &env {
+            hash.update(format!("{k}={v}\0"));
+        }
+        hash.update(format!("{cli:?}\0{}\0", cwd.display()));
+        for input in &inputs {
+            hash.update(input.path.as_os_str().as_encoded_bytes());
+            hash.update(input.sha256);
+        }
         Ok(Self {
             config,
             file,
@@ -199,12 +242,42 @@ impl LoadedConfig {
             keys,
             catalog,
             notices,
+            shadowed,
+            inputs,
+            content_hash: hash.finalize().into(),
         })
     }
 
-    /// The resolved API key of provider `provider`, if it has one.
+    /// The first resolved API key of provider `provider`, if it has one.
     pub fn api_key(&self, provider: &str) -> Option<&ResolvedKey> {
-        self.keys.get(provider)
+        self.api_keys(provider).first()
+    }
+
+    /// Every resolved API key of provider `provider`, de-duplicated, in pool order.
+    pub fn api_keys(&self, provider: &str) -> &[ResolvedKey] {
+        self.keys.get(provider).map_or(&[], Vec::as_slice)
+    }
+
+    /// The files read (the config file, then key files), each with the hash of its content.
+    pub fn inputs(&self) -> &[Input] {
+        &self.inputs
+    }
+
+    /// A SHA-256 over every input (file contents, environment, flags): equal hashes mean an
+    /// equal configuration, so a reload can skip rebuilding.
+    pub fn content_hash(&self) -> [u8; 32] {
+        self.content_hash
+    }
+
+    /// The config files looked for when none was named (empty when one was named).
+    pub fn searched(&self) -> &[PathBuf] {
+        &self.searched
+    }
+
+    /// Warnings that a key set outside the config file hides the file's keys, so a key rotated
+    /// in the file is not used; a reload repeats them, since they explain why a rotation did nothing.
+    pub fn shadowed_keys(&self) -> &[String] {
+        &self.shadowed
     }
 
     /// The built-in model catalog with the `[models]` entries applied.
@@ -430,119 +503,152 @@ impl Resolve<'_> {
         }
     }
 
-    /// Resolves every OpenAI provider's key from `api_key` or `api_key_file`, stores it in
-    /// `api_key`, and returns them with their sources.
+    /// Resolves every OpenAI provider's keys from `api_key`, `api_keys`, `api_key_file` and
+    /// `api_key_files`, stores the first in `api_key`, and returns them with their sources.
+    ///
+    /// Keys come from the highest layer that sets any of the four, as for any other value:
+    /// within that layer all of them join one pool; lower layers' keys are ignored (noticed).
     fn keys(
         &self,
         config: &mut Config,
         file_dict: &Dict,
+        shadowed: &mut Vec<String>,
         notices: &mut Vec<String>,
-    ) -> Result<BTreeMap<String, ResolvedKey>, ConfigError> {
+        inputs: &mut Vec<Input>,
+    ) -> Result<BTreeMap<String, Vec<ResolvedKey>>, ConfigError> {
         let mut keys = BTreeMap::new();
         for (name, provider) in &mut config.providers {
             let ProviderConfig::Openai(c) = provider else {
                 continue;
             };
-            let key_path = ["providers", name.as_str(), "api_key"];
-            let file_path = ["providers", name.as_str(), "api_key_file"];
-            let key_layer = self
-                .merged
-                .layer_at(&key_path)
-                .filter(|_| c.api_key.is_some());
-            let file_layer = self
-                .merged
-                .layer_at(&file_path)
-                .filter(|_| c.api_key_file.is_some());
-            if let (Some(k), Some(f)) = (key_layer, file_layer) {
-                if k.origin == f.origin {
-                    let from = if k.name == f.name {
-                        k.name.clone()
-                    } else {
-                        format!("{} and {}", k.name, f.name)
-                    };
-                    return Err(ConfigError::new(format!(
-                        "`providers.{name}` (from {from}): both api_key and api_key_file are set; choose one"
-                    )));
-                }
-                // Different layers: the higher one wins, as for any other key.
-                let (winner, loser, drop_key) = if f.origin > k.origin {
-                    (
-                        format!("api_key_file from {}", f.name),
-                        format!("api_key from {}", k.name),
-                        true,
-                    )
-                } else {
-                    (
-                        format!("api_key from {}", k.name),
-                        format!("api_key_file from {}", f.name),
-                        false,
-                    )
-                };
-                notices.push(format!(
-                    "provider `{name}`: using {winner}; ignoring {loser}"
-                ));
-                if drop_key {
-                    c.api_key = None;
-                } else {
-                    c.api_key_file = None;
-                }
-            }
-            let (key, source, layer) = if let Some(key) = &c.api_key {
-                let key = key.expose_secret().trim();
-                if key.is_empty() {
-                    return Err(self
-                        .merged
-                        .err(&key_path, "is empty; remove it or set a key"));
-                }
-                let layer = self.merged.layer_at(&key_path);
-                let source = layer.map_or_else(|| "default".into(), |l| l.name.clone());
-                (SecretString::from(key), source, layer)
-            } else if let Some(raw) = &c.api_key_file {
-                let path = self.path(&file_path, raw)?;
-                // The io::Error says why (missing, permissions, not UTF-8), never what is inside.
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    self.merged
-                        .err(&file_path, format!("cannot read {}: {e}", path.display()))
-                })?;
-                let key = text.trim();
-                if key.is_empty() {
-                    return Err(self
-                        .merged
-                        .err(&file_path, format!("{} is empty", path.display())));
-                }
-                let source = format!("api_key_file {}", path.display());
-                c.api_key_file = Some(path);
-                (
-                    SecretString::from(key),
-                    source,
-                    self.merged.layer_at(&file_path),
-                )
-            } else {
+            let is_set = |field: &str| match field {
+                "api_key" => c.api_key.is_some(),
+                "api_keys" => !c.api_keys.is_empty(),
+                "api_key_file" => c.api_key_file.is_some(),
+                _ => !c.api_key_files.is_empty(),
+            };
+            let set: Vec<(&str, &Layer)> = KEY_FIELDS
+                .into_iter()
+                .filter(|f| is_set(f))
+                .filter_map(|f| Some((f, self.merged.layer_at(&["providers", name, f])?)))
+                .collect();
+            let Some(top) = set.iter().map(|(_, l)| l.origin).max() else {
                 continue;
             };
-            // A key from the environment hides the file's: rotating it in the file does nothing.
-            if let Some(l) = layer.filter(|l| l.origin > Origin::File) {
-                let in_file = ["api_key", "api_key_file"]
+            let describe = |fields: &[&(&str, &Layer)]| {
+                fields
                     .iter()
-                    .any(|k| dict_at(file_dict, &["providers", name, k]).is_some());
-                if in_file {
-                    notices.push(format!(
-                        "provider `{name}`: the key from {} overrides the config file's; \
-                         a key rotated in the file is not used while it is set",
-                        l.name
-                    ));
+                    .map(|(f, l)| format!("{f} from {}", l.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let (used, ignored): (Vec<_>, Vec<_>) = set.iter().partition(|(_, l)| l.origin == top);
+            if !ignored.is_empty() {
+                notices.push(format!(
+                    "provider `{name}`: using {}; ignoring {}",
+                    describe(&used),
+                    describe(&ignored)
+                ));
+                for (field, _) in &ignored {
+                    match *field {
+                        "api_key" => c.api_key = None,
+                        "api_keys" => c.api_keys.clear(),
+                        "api_key_file" => c.api_key_file = None,
+                        _ => c.api_key_files.clear(),
+                    }
                 }
             }
-            keys.insert(
-                name.clone(),
-                ResolvedKey {
-                    key: key.clone(),
-                    source,
-                },
-            );
-            c.api_key = Some(key);
+            // A key from the environment hides the file's: rotating it in the file does nothing.
+            if top > Origin::File
+                && KEY_FIELDS
+                    .iter()
+                    .any(|k| dict_at(file_dict, &["providers", name, k]).is_some())
+            {
+                let from: Vec<&str> = used.iter().map(|(_, l)| l.name.as_str()).collect();
+                shadowed.push(format!(
+                    "provider `{name}`: the key from {} overrides the config file's; \
+                     a key rotated in the file is not used while it is set",
+                    from.join(" and ")
+                ));
+            }
+
+            let mut found: Vec<ResolvedKey> = Vec::new();
+            let mut add = |key: &str, source: String| {
+                if !found.iter().any(|k| k.key.expose_secret() == key) {
+                    found.push(ResolvedKey {
+                        key: SecretString::from(key),
+                        source,
+                    });
+                }
+            };
+            let layer_name = |field: &str| {
+                self.merged
+                    .layer_at(&["providers", name, field])
+                    .map_or_else(|| "default".into(), |l| l.name.clone())
+            };
+            if let Some(key) = &c.api_key {
+                let key = key.expose_secret().trim();
+                if key.is_empty() {
+                    return Err(self.merged.err(
+                        &["providers", name, "api_key"],
+                        "is empty; remove it or set a key",
+                    ));
+                }
+                add(key, layer_name("api_key"));
+            }
+            for (i, key) in c.api_keys.iter().enumerate() {
+                let key = key.expose_secret().trim();
+                if key.is_empty() {
+                    return Err(self.merged.err(
+                        &["providers", name, "api_keys"],
+                        format!("item {} is empty; remove it or set a key", i + 1),
+                    ));
+                }
+                add(key, format!("{}, api_keys[{i}]", layer_name("api_keys")));
+            }
+            if let Some(raw) = &c.api_key_file {
+                let path = self.path(&["providers", name, "api_key_file"], raw)?;
+                let key =
+                    self.read_key_file(&["providers", name, "api_key_file"], &path, inputs)?;
+                add(&key, format!("api_key_file {}", path.display()));
+                c.api_key_file = Some(path);
+            }
+            let field = ["providers", name.as_str(), "api_key_files"];
+            for raw in &mut c.api_key_files {
+                let path = self.path(&field, raw)?;
+                let key = self.read_key_file(&field, &path, inputs)?;
+                add(&key, format!("api_key_file {}", path.display()));
+                *raw = path;
+            }
+            c.api_key = found.first().map(|k| k.key.clone());
+            keys.insert(name.clone(), found);
         }
         Ok(keys)
+    }
+
+    /// Reads a key file (trimmed); the error says why (missing, permissions, not UTF-8,
+    /// empty), never what is inside.
+    fn read_key_file(
+        &self,
+        field: &[&str],
+        path: &Path,
+        inputs: &mut Vec<Input>,
+    ) -> Result<String, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            self.merged
+                .err(field, format!("cannot read {}: {e}", path.display()))
+        })?;
+        inputs.push(Input {
+            path: path.to_path_buf(),
+            sha256: Sha256::digest(text.as_bytes()).into(),
+        });
+        let key = text.trim();
+        if key.is_empty() {
+            return Err(self
+                .merged
+                .err(field, format!("{} is empty", path.display())));
+        }
+        Ok(key.to_string())
     }
 }
 
@@ -620,10 +726,23 @@ fn find_file(
 }
 
 /// Parses a TOML file; a syntax error gives the line and column but never the line's text.
-fn read_toml(path: &Path) -> Result<Dict, ConfigError> {
+///
+/// An empty file is refused: it is far more often a file caught mid-write (or truncated) than
+/// a wish for the defaults, and loading it would silently drop every provider and key.
+fn read_toml(path: &Path, inputs: &mut Vec<Input>) -> Result<Dict, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError::new(format!("cannot read config file {}: {e}", path.display()))
     })?;
+    inputs.push(Input {
+        path: path.to_path_buf(),
+        sha256: Sha256::digest(text.as_bytes()).into(),
+    });
+    if text.trim().is_empty() {
+        return Err(ConfigError::new(format!(
+            "config file {} is empty; to use the defaults, write at least a comment",
+            path.display()
+        )));
+    }
     let table: toml::Table = toml::from_str(&text).map_err(|e| {
         let at = e
             .span()
@@ -808,6 +927,19 @@ fn check_defaults(defaults: &Defaults, path: &[&str], merged: &Merged) -> Result
 /// Checks what serde cannot: ranges and URLs.
 fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
     check_defaults(&config.defaults, &["defaults"], merged)?;
+    if let Some(level) = &config.log_level {
+        // The parser's message quotes the directive; the key and its source are enough.
+        if tracing_subscriber::EnvFilter::builder()
+            .parse(level)
+            .is_err()
+        {
+            return Err(merged.err(
+                &["log_level"],
+                "is not a log filter; use a level (error, warn, info, debug, trace) or \
+                 directives such as imagegen_mcp=debug,warn",
+            ));
+        }
+    }
     for (name, provider) in &config.providers {
         check_defaults(
             provider.defaults(),
@@ -856,7 +988,7 @@ fn build_catalog(config: &Config, merged: &Merged) -> Result<Catalog, ConfigErro
 /// Start-up notices derived from the final configuration.
 fn advice(
     config: &Config,
-    keys: &BTreeMap<String, ResolvedKey>,
+    keys: &BTreeMap<String, Vec<ResolvedKey>>,
     default_source: &str,
 ) -> Vec<String> {
     let mut notes = Vec::new();

@@ -12,7 +12,8 @@ use super::{
 
 impl LoadedConfig {
     /// The effective configuration as TOML, each value followed by its source (`# default`,
-    /// `# file ...`, `# env ...`, `# flag ...`); API keys appear only as fingerprints.
+    /// `# file ...`, `# env ...`, `# flag ...`); API keys appear only as fingerprints, each
+    /// with its source (`api_key` for one key, `api_keys` for a pool).
     pub fn show(&self) -> String {
         let mut out = String::from("# imagegen-mcp effective configuration\n");
         match &self.file {
@@ -57,10 +58,20 @@ impl LoadedConfig {
         }
         if let [first, name] = path.as_slice() {
             if first == "providers" {
-                if let Some(key) = self.api_key(name) {
-                    let fp = toml::Value::String(key.fingerprint()).to_string();
-                    let at = lines.len().min(1);
-                    lines.insert(at, format!("api_key = {fp}  # {}", key.source));
+                let fp = |k: &super::ResolvedKey| toml::Value::String(k.fingerprint()).to_string();
+                let at = lines.len().min(1);
+                match self.api_keys(name) {
+                    [] => {}
+                    [key] => lines.insert(at, format!("api_key = {}  # {}", fp(key), key.source)),
+                    keys => {
+                        // One line per key, so each fingerprint sits beside its source.
+                        let mut text = format!("api_keys = [  # {} keys, one pool", keys.len());
+                        for key in keys {
+                            write!(text, "\n  {},  # {}", fp(key), key.source).ok();
+                        }
+                        text.push_str("\n]");
+                        lines.insert(at, text);
+                    }
                 }
             }
         }
