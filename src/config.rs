@@ -49,6 +49,22 @@ pub struct Config {
     pub log_level: Option<String>,
     /// How the running server notices configuration changes.
     pub reload: ReloadConfig,
+    /// Bounds on upstream calls in flight.
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: how many upstream calls may run at once, across all providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Upstream calls in flight at once, all providers together; more callers wait their turn.
+    pub max_in_flight: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_in_flight: 64 }
+    }
 }
 
 /// `[reload]`: live configuration reload of `imagegen-mcp serve`.
@@ -127,6 +143,8 @@ pub struct Defaults {
     pub style: Option<String>,
     /// `moderation`.
     pub moderation: Option<String>,
+    /// `partial_images`: streamed previews before the final image (0-3, GPT image models).
+    pub partial_images: Option<u8>,
 }
 
 /// One `[providers.NAME]` table; `kind` picks the implementation.
@@ -165,6 +183,14 @@ impl ProviderConfig {
             Self::Mock(c) => &c.defaults,
         }
     }
+
+    /// This provider's own bound on calls in flight, if any.
+    pub fn max_in_flight(&self) -> Option<usize> {
+        match self {
+            Self::Openai(c) => c.max_in_flight,
+            Self::Mock(c) => c.max_in_flight,
+        }
+    }
 }
 
 /// `kind = "openai"`.
@@ -201,8 +227,23 @@ pub struct OpenAiConfig {
     pub timeout_s: u64,
     /// Connect timeout, seconds.
     pub connect_timeout_s: u64,
-    /// Retries of a retryable failure.
+    /// Retries of a retryable failure (moving to another key of the pool is not a retry).
     pub max_retries: u32,
+    /// The first wait between retries when the server gives no hint, milliseconds; doubles
+    /// each retry, with jitter.
+    pub retry_base_ms: u64,
+    /// The longest wait between retries when the server gives no hint, milliseconds.
+    pub retry_max_ms: u64,
+    /// The longest `retry-after` honoured, seconds; a longer one fails the call at once,
+    /// saying when to try again.
+    pub retry_after_cap_s: u64,
+    /// Retry a request that timed out after it was sent. Off by default: the upstream may
+    /// finish (and bill) the generation it was working on, so a retry can pay twice.
+    pub retry_on_timeout: bool,
+    /// The longest one call may take, every attempt and wait included, seconds.
+    pub deadline_s: u64,
+    /// This provider's calls in flight at once (none: only `[limits] max_in_flight` applies).
+    pub max_in_flight: Option<usize>,
     /// Extra hosts result URLs may be downloaded from.
     pub download_hosts: Vec<String>,
     /// Cap on a response body or downloaded image, MiB.
@@ -228,6 +269,12 @@ impl Default for OpenAiConfig {
             timeout_s: 180,
             connect_timeout_s: 10,
             max_retries: 2,
+            retry_base_ms: 500,
+            retry_max_ms: 8_000,
+            retry_after_cap_s: 120,
+            retry_on_timeout: false,
+            deadline_s: 300,
+            max_in_flight: None,
             download_hosts: Vec::new(),
             max_response_mb: 64,
             defaults: Defaults::default(),
@@ -249,6 +296,11 @@ pub struct MockConfig {
     pub fail_rate: f64,
     /// The error kind injected failures have.
     pub fail_with: ErrorKind,
+    /// How the first calls end, in order (`["rate_limited", "ok"]`): an error kind fails the
+    /// call, `ok` lets it succeed; later calls follow `fail_rate`.
+    pub fail_sequence: Vec<String>,
+    /// This provider's calls in flight at once (none: only `[limits] max_in_flight` applies).
+    pub max_in_flight: Option<usize>,
     /// Per-provider generation defaults.
     pub defaults: Defaults,
 }
@@ -261,6 +313,8 @@ impl Default for MockConfig {
             latency_ms: 0,
             fail_rate: 0.0,
             fail_with: ErrorKind::UpstreamUnavailable,
+            fail_sequence: Vec::new(),
+            max_in_flight: None,
             defaults: Defaults::default(),
         }
     }

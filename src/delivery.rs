@@ -40,6 +40,9 @@ pub struct GenerateOutput {
     /// The provider's request id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Partial images streamed before the final one, as saved, in arrival order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partial_images: Vec<StoredImage>,
 }
 
 impl GenerateOutput {
@@ -53,6 +56,7 @@ impl GenerateOutput {
             revised_prompt: g.revised_prompt.clone(),
             usage: g.usage.clone(),
             request_id: g.request_id.clone(),
+            partial_images: g.partials.clone(),
         }
     }
 
@@ -66,6 +70,7 @@ impl GenerateOutput {
             error: Some(error),
             revised_prompt: None,
             usage: None,
+            partial_images: Vec::new(),
         }
     }
 }

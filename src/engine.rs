@@ -12,16 +12,20 @@ use imagegen_providers::{
     keys::KeyPool,
     mock::{MockProvider, MockSettings},
     openai::{OpenAiProvider, OpenAiSettings},
-    validate, Catalog, GenerateRequest, GeneratedImage, ImageFormat, ImageProvider, Param,
+    validate, Catalog, ErrorKind, Events, GenerateRequest, GeneratedImage, ImageFormat,
+    ImageProvider, Param, ProviderEvent,
 };
 use schemars::JsonSchema;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{Defaults, Delivery, LoadedConfig, OutputConfig, ProviderConfig},
     error::ToolError,
+    progress::Progress,
     storage::{ImageStore, StoredImage},
 };
 
@@ -66,6 +70,10 @@ pub struct GenerateParams {
     /// Seed for reproducible output, where the provider supports it (the mock does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// 0-3 partial images streamed while the image is made (GPT image models, n = 1): each
+    /// arrives as a progress notification linking to it, before the final image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_images: Option<u8>,
     /// How to return images: `preview` (small inline preview + link to the full image, the
     /// default), `link` (no inline image), or `full` (the original inline when it fits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,6 +89,8 @@ pub struct Generation {
     pub model: String,
     /// Each saved image beside its bytes.
     pub images: Vec<(StoredImage, GeneratedImage)>,
+    /// Partial images streamed before the final one, as saved.
+    pub partials: Vec<StoredImage>,
     /// The prompt as the provider rewrote it.
     pub revised_prompt: Option<String>,
     /// Token usage, when reported.
@@ -100,6 +110,50 @@ pub struct ProviderEntry {
     pub keys: Option<Arc<KeyPool>>,
     /// What the pool was built from: a hash of its keys and their sources, and the recheck interval.
     pool_inputs: ([u8; 32], u64),
+    /// The provider's own bound on calls in flight.
+    slots: Option<Slots>,
+}
+
+/// A bound on calls in flight: a semaphore and the limit it was made with.
+///
+/// Reloads keep the semaphore while the limit stays the same, so calls started before a
+/// reload still count against the limit after it.
+#[derive(Debug, Clone)]
+pub struct Slots {
+    semaphore: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl Slots {
+    /// `previous` when it has the same limit, else a fresh bound of `limit`.
+    fn keep_or_new(previous: Option<&Slots>, limit: usize) -> Self {
+        match previous {
+            Some(p) if p.limit == limit => p.clone(),
+            _ => Self {
+                semaphore: Arc::new(Semaphore::new(limit)),
+                limit,
+            },
+        }
+    }
+
+    /// Calls holding a slot now.
+    pub fn in_flight(&self) -> usize {
+        self.limit - self.semaphore.available_permits()
+    }
+
+    /// The most calls that may hold a slot at once.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+/// What a call carries besides its parameters: where its progress goes and what cancels it.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    /// Phases of the call, for progress notifications.
+    pub progress: Progress,
+    /// Cancelled when the client gives up: the upstream request and any wait end at once.
+    pub cancel: CancellationToken,
 }
 
 /// One `reqwest::Client` per distinct client-level settings, kept across reloads.
@@ -145,6 +199,8 @@ pub struct Engine {
     catalog: Arc<Catalog>,
     output: OutputConfig,
     store: ImageStore,
+    /// `[limits] max_in_flight`: upstream calls in flight across all providers.
+    slots: Slots,
 }
 
 fn overlay(base: &Defaults, top: &Defaults) -> Defaults {
@@ -156,6 +212,7 @@ fn overlay(base: &Defaults, top: &Defaults) -> Defaults {
         background: top.background.clone().or_else(|| base.background.clone()),
         style: top.style.clone().or_else(|| base.style.clone()),
         moderation: top.moderation.clone().or_else(|| base.moderation.clone()),
+        partial_images: top.partial_images.or(base.partial_images),
     }
 }
 
@@ -204,6 +261,12 @@ fn build_provider(
     clients: &ClientCache,
 ) -> anyhow::Result<ProviderEntry> {
     let defaults = overlay(&loaded.config.defaults, cfg.defaults());
+    let previous_slots = previous
+        .and_then(|e| e.providers.get(name))
+        .and_then(|e| e.slots.as_ref());
+    let slots = cfg
+        .max_in_flight()
+        .map(|limit| Slots::keep_or_new(previous_slots, limit));
     Ok(match cfg {
         ProviderConfig::Mock(m) => ProviderEntry {
             provider: Arc::new(MockProvider::new({
@@ -212,12 +275,15 @@ fn build_provider(
                 s.latency = Duration::from_millis(m.latency_ms);
                 s.fail_rate = m.fail_rate;
                 s.fail_with = m.fail_with;
+                s.fail_sequence = MockSettings::parse_fail_sequence(&m.fail_sequence)
+                    .map_err(|e| anyhow::anyhow!("providers.{name}.fail_sequence: {e}"))?;
                 s.catalog = catalog.clone();
                 s
             })),
             defaults,
             keys: None,
             pool_inputs: ([0; 32], 0),
+            slots,
         },
         ProviderConfig::Openai(o) => {
             let base_url = url::Url::parse(&o.base_url).map_err(|e| {
@@ -237,6 +303,11 @@ fn build_provider(
             }
             s.timeout = Duration::from_secs(o.timeout_s);
             s.max_retries = o.max_retries;
+            s.retry_base = Duration::from_millis(o.retry_base_ms);
+            s.retry_max = Duration::from_millis(o.retry_max_ms);
+            s.retry_after_cap = Duration::from_secs(o.retry_after_cap_s);
+            s.retry_on_timeout = o.retry_on_timeout;
+            s.deadline = Duration::from_secs(o.deadline_s);
             s.download_hosts = o.download_hosts.clone();
             s.max_response_bytes = o.max_response_mb.saturating_mul(1024 * 1024);
             s.catalog = catalog.clone();
@@ -246,6 +317,7 @@ fn build_provider(
                 defaults,
                 keys: Some(pool),
                 pool_inputs,
+                slots,
             }
         }
     })
@@ -282,6 +354,7 @@ impl Engine {
             catalog,
             output: config.output.clone(),
             store: ImageStore::new(loaded.output_dir()),
+            slots: Slots::keep_or_new(previous.map(|e| &e.slots), config.limits.max_in_flight),
         })
     }
 
@@ -352,10 +425,11 @@ impl Engine {
         request.style = params.style.clone();
         request.moderation = params.moderation.clone();
         request.seed = params.seed;
+        request.partial_images = params.partial_images.filter(|&n| n > 0);
         validate::check(&request, &caps).map_err(fail)?;
 
         let d = &entry.defaults;
-        let defaults: [(Param, bool); 7] = [
+        let defaults: [(Param, bool); 8] = [
             (Param::Size, request.size.is_none() && d.size.is_some()),
             (
                 Param::Quality,
@@ -378,6 +452,13 @@ impl Engine {
                 Param::Moderation,
                 request.moderation.is_none() && d.moderation.is_some(),
             ),
+            // Streaming makes one image: a default never turns a call for several into an error.
+            (
+                Param::Stream,
+                params.partial_images.is_none()
+                    && d.partial_images.is_some_and(|n| n > 0)
+                    && request.n == 1,
+            ),
         ];
         for (param, applies) in defaults {
             if !applies || !caps.takes(param) {
@@ -391,6 +472,7 @@ impl Engine {
                 Param::Background => request.background = d.background.clone(),
                 Param::Style => request.style = d.style.clone(),
                 Param::Moderation => request.moderation = d.moderation.clone(),
+                Param::Stream => request.partial_images = d.partial_images,
                 _ => {}
             }
         }
@@ -402,15 +484,92 @@ impl Engine {
         Ok((name.to_string(), provider, request))
     }
 
+    /// Upstream calls in flight now, all providers together, and the limit.
+    pub fn in_flight(&self) -> (usize, usize) {
+        (self.slots.in_flight(), self.slots.limit())
+    }
+
+    /// Waits for a slot under the global limit and the provider's own, reporting the wait.
+    async fn acquire_slots(
+        &self,
+        entry: &ProviderEntry,
+        progress: &Progress,
+    ) -> Vec<OwnedSemaphorePermit> {
+        let mut permits = Vec::with_capacity(2);
+        // The provider's bound first: a call queued for a busy provider holds no global slot
+        // that a call to an idle provider could use.
+        for (slots, whose) in [
+            (entry.slots.as_ref(), "the provider's"),
+            (Some(&self.slots), "the server's"),
+        ] {
+            let Some(slots) = slots else { continue };
+            let semaphore = slots.semaphore.clone();
+            let permit = match semaphore.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    progress.phase(format!(
+                        "waiting for a slot ({whose} limit of {} calls in flight is reached)",
+                        slots.limit
+                    ));
+                    match semaphore.acquire_owned().await {
+                        Ok(permit) => permit,
+                        // Semaphores here are never closed.
+                        Err(_) => continue,
+                    }
+                }
+            };
+            permits.push(permit);
+        }
+        permits
+    }
+
     /// Generates and saves images; every failure is a structured [`ToolError`].
-    pub async fn generate(&self, params: &GenerateParams) -> Result<Generation, ToolError> {
+    ///
+    /// Cancelling `call.cancel` ends the call at once with a `cancelled` error: the upstream
+    /// request and any retry wait are dropped, and nothing is saved (partial images already
+    /// saved are removed).
+    pub async fn generate(
+        &self,
+        params: &GenerateParams,
+        call: &CallContext,
+    ) -> Result<Generation, ToolError> {
+        let progress = &call.progress;
+        progress.phase("validating");
         let (name, provider, request) = self.prepare(params)?;
-        tracing::info!(provider = %name, model = %request.model, n = request.n, "generating");
+        let entry = &self.providers[&name];
+        let model = request.model.clone();
+        let fail = |e| ToolError::from_provider(e, Some(&name), Some(&model));
+        tracing::info!(provider = %name, %model, n = request.n, "generating");
         let started = std::time::Instant::now();
-        let result = provider
-            .generate(&request)
-            .await
-            .map_err(|e| ToolError::from_provider(e, Some(&name), Some(&request.model)))?;
+        let partials = Arc::new(Mutex::new(Vec::<StoredImage>::new()));
+
+        let upstream = async {
+            let _permits = self.acquire_slots(entry, progress).await;
+            let (events, received) = Events::channel();
+            let generate = async {
+                let result = provider.generate_with_events(&request, &events).await;
+                // The forwarding below ends when the last sender is gone.
+                drop(events);
+                result
+            };
+            let forward =
+                forward_events(received, progress, &self.store, &params.prompt, &partials);
+            tokio::join!(generate, forward).0
+        };
+        let result = tokio::select! {
+            result = upstream => result.map_err(fail),
+            () = call.cancel.cancelled() => {
+                let saved = std::mem::take(&mut *partials.lock().unwrap_or_else(|e| e.into_inner()));
+                for partial in saved {
+                    let _ = self.store.remove(&partial.name);
+                }
+                tracing::info!(provider = %name, elapsed_ms = started.elapsed().as_millis() as u64, "generation cancelled");
+                return Err(fail(imagegen_providers::ProviderError::new(
+                    ErrorKind::Cancelled,
+                    "the call was cancelled by the client; nothing was saved",
+                )));
+            }
+        }?;
         tracing::info!(
             provider = %name,
             model = %result.model,
@@ -418,8 +577,15 @@ impl Engine {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "generated"
         );
+        if call.cancel.is_cancelled() {
+            return Err(fail(imagegen_providers::ProviderError::new(
+                ErrorKind::Cancelled,
+                "the call was cancelled by the client; nothing was saved",
+            )));
+        }
+        progress.phase("saving");
         let store = self.store.clone();
-        let prompt = request.prompt.clone();
+        let prompt = params.prompt.clone();
         let images = result.images;
         let saved = tokio::task::spawn_blocking(move || {
             images
@@ -435,14 +601,69 @@ impl Engine {
                 self.store.dir().display()
             ))
         })?;
+        let partials = std::mem::take(&mut *partials.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(Generation {
             provider: name,
             model: result.model,
             images: saved,
+            partials,
             revised_prompt: result.revised_prompt,
             usage: result.usage.and_then(|u| serde_json::to_value(u).ok()),
             request_id: result.request_id,
         })
+    }
+}
+
+/// Turns provider events into progress phases until the provider is done; partial images are
+/// saved as they come, so the progress message can link to each.
+async fn forward_events(
+    mut received: tokio::sync::mpsc::UnboundedReceiver<ProviderEvent>,
+    progress: &Progress,
+    store: &ImageStore,
+    prompt: &str,
+    partials: &Mutex<Vec<StoredImage>>,
+) {
+    while let Some(event) = received.recv().await {
+        match event {
+            ProviderEvent::Requesting { attempt: 1 } => progress.phase("requesting"),
+            ProviderEvent::Requesting { attempt } => {
+                progress.phase(format!("requesting (attempt {attempt})"))
+            }
+            ProviderEvent::Retrying {
+                attempt,
+                delay,
+                reason,
+            } => progress.phase(format!(
+                "retry {attempt} in {:.1} s because {reason}",
+                delay.as_secs_f64()
+            )),
+            ProviderEvent::SwitchingKey { from, reason } => progress.phase(format!(
+                "switching from key {from} to another key: {reason}"
+            )),
+            ProviderEvent::Receiving => progress.phase("receiving"),
+            ProviderEvent::PartialImage { index, image } => {
+                let store = store.clone();
+                let label = format!("partial {} {prompt}", index + 1);
+                let saved = tokio::task::spawn_blocking(move || store.save(&image, &label)).await;
+                match saved {
+                    Ok(Ok(stored)) => {
+                        progress.phase(format!(
+                            "partial image {} received: {}",
+                            index + 1,
+                            stored.uri
+                        ));
+                        partials
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(stored);
+                    }
+                    // A partial is a courtesy: failing to keep one never fails the call.
+                    Ok(Err(e)) => tracing::warn!("cannot save a partial image: {e}"),
+                    Err(e) => tracing::warn!("cannot save a partial image: {e}"),
+                }
+            }
+            _ => {}
+        }
     }
 }
 

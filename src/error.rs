@@ -37,6 +37,11 @@ pub struct ToolError {
     /// The provider's request id, to quote to its support.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// How many upstream requests the call made, retries included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// When the call failed (RFC 3339, UTC), to match it with the server's and provider's logs.
+    pub at: String,
 }
 
 impl ToolError {
@@ -78,6 +83,8 @@ impl ToolError {
             status: err.status,
             provider_code: err.provider_code,
             request_id: err.request_id,
+            attempts: (err.attempts > 0).then_some(err.attempts),
+            at: crate::live::rfc3339(time::OffsetDateTime::now_utc()),
         }
     }
 

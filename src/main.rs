@@ -5,18 +5,20 @@ use std::{
     path::PathBuf,
     process::ExitCode,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use clap::{Args, Parser, Subcommand};
 use imagegen_mcp::{
     config::{CliOverrides, LoadedConfig},
     delivery::GenerateOutput,
-    engine::{Engine, GenerateParams},
+    engine::{CallContext, Engine, GenerateParams},
     live::{watch, Live, LogControl},
+    progress::{ProgressReporter, ProgressSink},
     server::ImagegenServer,
 };
 use rmcp::ServiceExt;
+use tokio_util::sync::CancellationToken;
 
 /// Image generation for any MCP client, with OpenAI and an offline mock provider.
 #[derive(Debug, Parser)]
@@ -75,6 +77,10 @@ struct GenerateArgs {
     /// Seed, where the provider supports it.
     #[arg(long)]
     seed: Option<u64>,
+    /// Stream 0-3 partial images before the final one (GPT image models); each is saved and
+    /// shown in the progress line as it arrives.
+    #[arg(long, value_name = "N")]
+    partial_images: Option<u8>,
     /// Where to save images.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -132,24 +138,17 @@ fn load(overrides: &CliOverrides) -> anyhow::Result<LoadedConfig> {
     Ok(loaded)
 }
 
-/// Shows elapsed time on stderr while a call runs, when stderr is a terminal.
-fn spinner(label: String) -> Option<tokio::task::JoinHandle<()>> {
-    if !std::io::stderr().is_terminal() {
-        return None;
+/// The `generate` command's status line on stderr: each phase (partial images included) as
+/// it happens, and the time elapsed.
+struct StatusLine;
+
+#[async_trait::async_trait]
+impl ProgressSink for StatusLine {
+    async fn send(&self, _progress: f64, message: String) {
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r\x1b[2K{message}");
+        let _ = err.flush();
     }
-    Some(tokio::spawn(async move {
-        let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
-        let start = Instant::now();
-        for i in 0.. {
-            eprint!(
-                "\r{} {label} {:.0}s ",
-                frames[i % frames.len()],
-                start.elapsed().as_secs_f64()
-            );
-            let _ = std::io::stderr().flush();
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }))
 }
 
 async fn generate(
@@ -175,16 +174,35 @@ async fn generate(
         output_format: args.output_format,
         background: args.background,
         seed: args.seed,
+        partial_images: args.partial_images,
         ..GenerateParams::default()
     };
     let provider = params
         .provider
         .clone()
         .unwrap_or_else(|| engine.default_provider().to_string());
-    let spin = spinner(format!("generating with {provider}"));
-    let outcome = engine.generate(&params).await;
-    if let Some(spin) = spin {
-        spin.abort();
+    let terminal = std::io::stderr().is_terminal();
+    let reporter = ProgressReporter::start(
+        terminal.then(|| Arc::new(StatusLine) as Arc<dyn ProgressSink>),
+        Duration::from_secs(1),
+    );
+    let progress = reporter.handle();
+    progress.phase(format!("generating with {provider}"));
+    let call = CallContext {
+        progress,
+        cancel: CancellationToken::new(),
+    };
+    // Ctrl-C ends the call cleanly: the upstream request is dropped and nothing is saved.
+    let cancel = call.cancel.clone();
+    let interrupt = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            cancel.cancel();
+        }
+    });
+    let outcome = engine.generate(&params, &call).await;
+    interrupt.abort();
+    reporter.finish().await;
+    if terminal {
         eprint!("\r\x1b[2K");
     }
     let output = match &outcome {

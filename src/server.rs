@@ -4,7 +4,10 @@
 //! Every request reads the live configuration once, at its start, and keeps that snapshot to
 //! its end: a reload in the meantime changes what the next request sees, not this one.
 
-use std::sync::Arc;
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use base64::Engine as _;
 use imagegen_providers::ModelCapabilities;
@@ -12,20 +15,22 @@ use rmcp::{
     handler::server::{router::tool::ToolRouter, tool::schema_for_output, wrapper::Parameters},
     model::{
         CallToolResult, ContentBlock, Implementation, ListResourcesResult, PaginatedRequestParams,
-        ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
-        ResourceContents, ServerCapabilities, ServerConfig,
+        ProgressNotificationParam, ProgressToken, ReadResourceRequestParams, ReadResourceResponse,
+        ReadResourceResult, Resource, ResourceContents, ServerCapabilities, ServerConfig,
     },
     service::RequestContext,
-    tool, tool_handler, tool_router, ErrorData as McpError, Json, RoleServer, ServerHandler,
+    tool, tool_handler, tool_router, ErrorData as McpError, Json, Peer, RoleServer, ServerHandler,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
 use crate::{
     delivery::{describe, plan_inline, GenerateOutput},
-    engine::{Engine, GenerateParams, Generation},
+    engine::{CallContext, Engine, GenerateParams, Generation},
     error::ToolError,
     live::{rfc3339, ConfigStatus, Live},
+    progress::{ProgressReporter, ProgressSink},
     storage::ImageStore,
 };
 
@@ -248,10 +253,72 @@ fn success_result(
     result
 }
 
-/// One `generate_image` call on `engine`, from the request to the tool result.
-async fn generate(engine: Arc<Engine>, params: GenerateParams) -> CallToolResult {
-    match engine.generate(&params).await {
+/// How often a call with a progress token hears from the server at the least: under the
+/// 5 s that clients and proxies with idle timeouts can be trusted to wait.
+pub const HEARTBEAT: Duration = Duration::from_secs(3);
+
+/// Sends progress notifications for one request to the MCP client that asked for them.
+struct PeerProgress {
+    peer: Peer<RoleServer>,
+    token: ProgressToken,
+}
+
+#[async_trait::async_trait]
+impl ProgressSink for PeerProgress {
+    async fn send(&self, progress: f64, message: String) {
+        let note =
+            ProgressNotificationParam::new(self.token.clone(), progress).with_message(message);
+        if let Err(e) = self.peer.notify_progress(note).await {
+            tracing::debug!("progress notification not sent: {e}");
+        }
+    }
+}
+
+/// Progress reporting for a request: to its client when it sent a progress token, else nowhere.
+fn reporter(context: &RequestContext<RoleServer>) -> ProgressReporter {
+    let sink = context.meta.get_progress_token().map(|token| {
+        Arc::new(PeerProgress {
+            peer: context.peer.clone(),
+            token,
+        }) as Arc<dyn ProgressSink>
+    });
+    ProgressReporter::start(sink, HEARTBEAT)
+}
+
+/// Previews decode and re-encode whole images: this many at once keeps memory flat under load.
+fn preview_slots() -> &'static Semaphore {
+    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
+    SLOTS
+        .get_or_init(|| Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())))
+}
+
+/// One `generate_image` call on `engine`, from the request to the tool result; progress goes
+/// to the client while it runs and stops before the result is returned.
+async fn generate(
+    engine: Arc<Engine>,
+    params: GenerateParams,
+    context: RequestContext<RoleServer>,
+) -> CallToolResult {
+    let reporter = reporter(&context);
+    let call = CallContext {
+        progress: reporter.handle(),
+        cancel: context.ct.clone(),
+    };
+    let result = build_result(engine, params, &call).await;
+    reporter.finish().await;
+    result
+}
+
+async fn build_result(
+    engine: Arc<Engine>,
+    params: GenerateParams,
+    call: &CallContext,
+) -> CallToolResult {
+    match engine.generate(&params, call).await {
         Ok(generation) => {
+            let Ok(_slot) = preview_slots().acquire().await else {
+                return error_result(ToolError::storage("the server is shutting down"));
+            };
             // Previews decode and re-encode megapixel images: keep that off the async workers.
             tokio::task::spawn_blocking(move || success_result(&engine, &generation, &params))
                 .await
@@ -294,9 +361,10 @@ impl ImagegenServer {
     async fn generate_image(
         &self,
         Parameters(params): Parameters<GenerateParams>,
+        context: RequestContext<RoleServer>,
     ) -> CallToolResult {
         // The snapshot taken here serves the whole call, whatever reloads meanwhile.
-        generate(self.live.engine(), params).await
+        generate(self.live.engine(), params, context).await
     }
 
     /// Lists providers, models and what each model accepts.

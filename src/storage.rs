@@ -155,6 +155,17 @@ impl ImageStore {
         ))
     }
 
+    /// Deletes the stored image `name` (a partial image of a cancelled call).
+    pub fn remove(&self, name: &str) -> io::Result<()> {
+        if !is_valid_name(name) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not an image name",
+            ));
+        }
+        fs::remove_file(self.dir.join(name))
+    }
+
     /// The name in an `imagegen://images/<name>` URI, if the URI is one of ours and well formed.
     pub fn name_from_uri(uri: &str) -> Option<&str> {
         uri.strip_prefix(IMAGE_URI_PREFIX)

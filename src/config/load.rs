@@ -21,12 +21,13 @@ use super::{
 /// The environment variable prefix of configuration keys.
 const PREFIX: &str = "IMAGEGEN_";
 /// Top-level keys: an `IMAGEGEN_*` variable starting with anything else is not configuration.
-pub(super) const TOP_KEYS: [&str; 7] = [
+pub(super) const TOP_KEYS: [&str; 8] = [
     "default_provider",
     "log_level",
     "output",
     "defaults",
     "reload",
+    "limits",
     "providers",
     "models",
 ];
@@ -921,6 +922,19 @@ fn check_defaults(defaults: &Defaults, path: &[&str], merged: &Merged) -> Result
         key.push("output_compression");
         return Err(merged.err(&key, "must be between 0 and 100"));
     }
+    if defaults.partial_images.is_some_and(|n| n > 3) {
+        let mut key = path.to_vec();
+        key.push("partial_images");
+        return Err(merged.err(&key, "must be between 0 and 3"));
+    }
+    Ok(())
+}
+
+/// A limit of 0 would make every call wait forever.
+fn check_limit(limit: Option<usize>, key: &[&str], merged: &Merged) -> Result<(), ConfigError> {
+    if limit == Some(0) {
+        return Err(merged.err(key, "must be at least 1"));
+    }
     Ok(())
 }
 
@@ -940,10 +954,20 @@ fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
             ));
         }
     }
+    check_limit(
+        Some(config.limits.max_in_flight),
+        &["limits", "max_in_flight"],
+        merged,
+    )?;
     for (name, provider) in &config.providers {
         check_defaults(
             provider.defaults(),
             &["providers", name, "defaults"],
+            merged,
+        )?;
+        check_limit(
+            provider.max_in_flight(),
+            &["providers", name, "max_in_flight"],
             merged,
         )?;
         match provider {
@@ -954,8 +978,21 @@ fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
                         "must be between 0.0 and 1.0",
                     ));
                 }
+                if let Err(e) =
+                    imagegen_providers::mock::MockSettings::parse_fail_sequence(&m.fail_sequence)
+                {
+                    return Err(merged.err(&["providers", name, "fail_sequence"], e));
+                }
             }
             ProviderConfig::Openai(o) => {
+                if o.deadline_s == 0 || o.timeout_s == 0 {
+                    let key = if o.deadline_s == 0 {
+                        "deadline_s"
+                    } else {
+                        "timeout_s"
+                    };
+                    return Err(merged.err(&["providers", name, key], "must be at least 1"));
+                }
                 let key = ["providers", name, "base_url"];
                 // The URL is not quoted back: it may carry credentials (https://user:pass@host).
                 match url::Url::parse(&o.base_url) {
