@@ -51,6 +51,47 @@ pub struct Config {
     pub reload: ReloadConfig,
     /// Bounds on upstream calls in flight.
     pub limits: LimitsConfig,
+    /// Where input images for edits may come from.
+    pub input: InputConfig,
+    /// `generate_images` settings.
+    pub batch: BatchConfig,
+}
+
+/// `[input]`: where `edit_image` may read images from, and how large they may be.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputConfig {
+    /// Directories besides the output directory that input paths may point into; relative to
+    /// the config file, absolute after loading.
+    pub allowed_dirs: Vec<PathBuf>,
+    /// The largest input image, MB.
+    pub max_image_mb: u64,
+    /// The largest mask, MB.
+    pub max_mask_mb: u64,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        Self {
+            allowed_dirs: Vec::new(),
+            max_image_mb: 50,
+            max_mask_mb: 4,
+        }
+    }
+}
+
+/// `[batch]`: `generate_images`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchConfig {
+    /// The most items one `generate_images` call may ask for.
+    pub max_items: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self { max_items: 16 }
+    }
 }
 
 /// `[limits]`: how many upstream calls may run at once, across all providers.

@@ -12,8 +12,9 @@ use imagegen_providers::{
     keys::KeyPool,
     mock::{MockProvider, MockSettings},
     openai::{OpenAiProvider, OpenAiSettings},
-    validate, Catalog, ErrorKind, Events, GenerateRequest, GeneratedImage, ImageFormat,
-    ImageProvider, Param, ProviderEvent,
+    validate, Catalog, EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult,
+    GeneratedImage, ImageFormat, ImageProvider, InputImage, Param, ProviderError, ProviderEvent,
+    VariationRequest,
 };
 use schemars::JsonSchema;
 use secrecy::ExposeSecret;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{Defaults, Delivery, LoadedConfig, OutputConfig, ProviderConfig},
     error::ToolError,
+    inputs::InputPolicy,
     progress::Progress,
     storage::{ImageStore, StoredImage},
 };
@@ -76,6 +78,104 @@ pub struct GenerateParams {
     pub partial_images: Option<u8>,
     /// How to return images: `preview` (small inline preview + link to the full image, the
     /// default), `link` (no inline image), or `full` (the original inline when it fits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
+}
+
+/// The parameters of `edit_image` (and of `imagegen-mcp edit`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct EditParams {
+    /// What the result should show or what to change ("same scene at night", "remove the car").
+    pub prompt: String,
+    /// 1-16 input images (1 for dall-e-2): each the `imagegen://images/...` URI of an image
+    /// this server made, a file path inside the allowed directories (relative paths are
+    /// relative to the output directory), a `data:image/...;base64,` URL, or base64 data.
+    pub images: Vec<String>,
+    /// A PNG with alpha, the size of the first image: its transparent pixels mark what to
+    /// change. Same forms as `images`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<String>,
+    /// `high` or `low`: how closely to keep the inputs' details such as faces (not on gpt-image-1-mini).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_fidelity: Option<String>,
+    /// Which configured provider to use; default: the configured default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Model name; default: the provider's model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Output size `WIDTHxHEIGHT` or `auto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// `low`, `medium`, `high` or `auto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<String>,
+    /// How many results to make.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    /// `png` (default), `jpeg` or `webp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_format: Option<String>,
+    /// 0-100 compression for `jpeg` and `webp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_compression: Option<u8>,
+    /// `transparent` (needs png or webp), `opaque` or `auto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background: Option<String>,
+    /// `auto` or `low` content moderation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moderation: Option<String>,
+    /// Seed, where the provider supports it (the mock does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// 0-3 partial images streamed before the final one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_images: Option<u8>,
+    /// `preview` (default), `link` or `full`, as for `generate_image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
+}
+
+impl EditParams {
+    /// The parameters an edit shares with a generation, for the same checks and defaults.
+    pub fn as_generate(&self) -> GenerateParams {
+        GenerateParams {
+            prompt: self.prompt.clone(),
+            provider: self.provider.clone(),
+            model: self.model.clone(),
+            size: self.size.clone(),
+            quality: self.quality.clone(),
+            n: self.n,
+            output_format: self.output_format.clone(),
+            output_compression: self.output_compression,
+            background: self.background.clone(),
+            style: None,
+            moderation: self.moderation.clone(),
+            seed: self.seed,
+            partial_images: self.partial_images,
+            delivery: self.delivery,
+        }
+    }
+}
+
+/// The parameters of `create_variation`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct VariationParams {
+    /// The image to vary, in any form `edit_image` accepts.
+    pub image: String,
+    /// Which configured provider to use; default: the configured default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Model name; only models whose `list_providers` entry has `variations: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Output size `WIDTHxHEIGHT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// How many variations to make.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    /// `preview` (default), `link` or `full`, as for `generate_image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
 }
@@ -201,6 +301,8 @@ pub struct Engine {
     store: ImageStore,
     /// `[limits] max_in_flight`: upstream calls in flight across all providers.
     slots: Slots,
+    inputs: InputPolicy,
+    max_batch_items: usize,
 }
 
 fn overlay(base: &Defaults, top: &Defaults) -> Defaults {
@@ -348,12 +450,21 @@ impl Engine {
             providers.contains_key(&default_provider),
             "default_provider `{default_provider}` is not an enabled provider"
         );
+        let store = ImageStore::new(loaded.output_dir());
+        const MB: u64 = 1_000_000;
         Ok(Self {
+            inputs: InputPolicy::new(
+                &store,
+                &config.input.allowed_dirs,
+                config.input.max_image_mb.saturating_mul(MB),
+                config.input.max_mask_mb.saturating_mul(MB),
+            ),
+            max_batch_items: config.batch.max_items,
             providers,
             default_provider,
             catalog,
             output: config.output.clone(),
-            store: ImageStore::new(loaded.output_dir()),
+            store,
             slots: Slots::keep_or_new(previous.map(|e| &e.slots), config.limits.max_in_flight),
         })
     }
@@ -392,16 +503,7 @@ impl Engine {
         params: &GenerateParams,
     ) -> Result<(String, Arc<dyn ImageProvider>, GenerateRequest), ToolError> {
         let name = params.provider.as_deref().unwrap_or(&self.default_provider);
-        let entry = self.providers.get(name).ok_or_else(|| {
-            let names: Vec<_> = self.providers.keys().map(String::as_str).collect();
-            ToolError::invalid_param(
-                "provider",
-                format!(
-                    "unknown provider `{name}`; configured: {}",
-                    names.join(", ")
-                ),
-            )
-        })?;
+        let entry = self.entry(name)?;
         let provider = entry.provider.clone();
         let model = params
             .model
@@ -533,64 +635,168 @@ impl Engine {
         params: &GenerateParams,
         call: &CallContext,
     ) -> Result<Generation, ToolError> {
-        let progress = &call.progress;
-        progress.phase("validating");
+        call.progress.phase("validating");
         let (name, provider, request) = self.prepare(params)?;
-        let entry = &self.providers[&name];
         let model = request.model.clone();
-        let fail = |e| ToolError::from_provider(e, Some(&name), Some(&model));
-        tracing::info!(provider = %name, %model, n = request.n, "generating");
-        let started = std::time::Instant::now();
-        let partials = Arc::new(Mutex::new(Vec::<StoredImage>::new()));
+        let upstream =
+            |events: Events| async move { provider.generate_with_events(&request, &events).await };
+        self.run(&name, &model, &params.prompt, call, upstream)
+            .await
+    }
 
-        let upstream = async {
+    /// Edits images (`params.images`, already read by [`Engine::inputs`]) and saves the results.
+    pub async fn edit(
+        &self,
+        params: &EditParams,
+        images: Vec<InputImage>,
+        mask: Option<InputImage>,
+        call: &CallContext,
+    ) -> Result<Generation, ToolError> {
+        call.progress.phase("validating");
+        let (name, provider, generate) = self.prepare(&params.as_generate())?;
+        let model = generate.model.clone();
+        let fail = |e| ToolError::from_provider(e, Some(&name), Some(&model));
+        let mut request = EditRequest::new(generate.prompt, generate.model.clone(), images);
+        request.mask = mask;
+        request.size = generate.size;
+        request.quality = generate.quality;
+        request.n = generate.n;
+        request.output_format = generate.output_format;
+        request.output_compression = generate.output_compression;
+        request.background = generate.background;
+        request.moderation = generate.moderation;
+        request.seed = generate.seed;
+        request.partial_images = generate.partial_images;
+        request.input_fidelity = params.input_fidelity.clone();
+        let caps = provider.capabilities(&model);
+        validate::check_edit(&request, &caps).map_err(fail)?;
+        validate::check_edit_images(&request).map_err(fail)?;
+        let upstream =
+            |events: Events| async move { provider.edit_with_events(&request, &events).await };
+        self.run(&name, &model, &params.prompt, call, upstream)
+            .await
+    }
+
+    /// Makes variations of `image` and saves them; only models whose catalog entry says so.
+    pub async fn variation(
+        &self,
+        params: &VariationParams,
+        image: InputImage,
+        call: &CallContext,
+    ) -> Result<Generation, ToolError> {
+        call.progress.phase("validating");
+        let name = params.provider.as_deref().unwrap_or(&self.default_provider);
+        let entry = self.entry(name)?;
+        let provider = entry.provider.clone();
+        let model = params
+            .model
+            .clone()
+            .unwrap_or_else(|| provider.default_model().to_string());
+        let fail = |e| ToolError::from_provider(e, Some(name), Some(&model));
+        let mut request = VariationRequest::new(model.clone(), image);
+        request.size = params.size.clone();
+        request.n = params.n.unwrap_or(1);
+        let supporting = self.catalog.variation_models();
+        validate::check_variation(&request, &provider.capabilities(&model), &supporting)
+            .map_err(fail)?;
+        validate::check_variation_image(&request).map_err(fail)?;
+        let upstream = |_events: Events| async move { provider.create_variation(&request).await };
+        self.run(name, &model, "variation", call, upstream).await
+    }
+
+    /// The provider named `name`, or an error listing the configured ones.
+    fn entry(&self, name: &str) -> Result<&ProviderEntry, ToolError> {
+        self.providers.get(name).ok_or_else(|| {
+            let names: Vec<_> = self.providers.keys().map(String::as_str).collect();
+            ToolError::invalid_param(
+                "provider",
+                format!(
+                    "unknown provider `{name}`; configured: {}",
+                    names.join(", ")
+                ),
+            )
+        })
+    }
+
+    /// Where edit inputs may come from.
+    pub fn inputs(&self) -> &InputPolicy {
+        &self.inputs
+    }
+
+    /// The most items one batch may hold.
+    pub fn max_batch_items(&self) -> usize {
+        self.max_batch_items
+    }
+
+    /// Runs one upstream call under the in-flight limits, forwarding its events as progress,
+    /// ending it at once on cancellation, and saving what it returns.
+    async fn run<F, Fut>(
+        &self,
+        name: &str,
+        model: &str,
+        prompt: &str,
+        call: &CallContext,
+        upstream: F,
+    ) -> Result<Generation, ToolError>
+    where
+        F: FnOnce(Events) -> Fut,
+        Fut: std::future::Future<Output = Result<GenerateResult, ProviderError>>,
+    {
+        let progress = &call.progress;
+        let entry = self.entry(name)?;
+        let fail = |e| ToolError::from_provider(e, Some(name), Some(model));
+        let cancelled = || {
+            fail(ProviderError::new(
+                ErrorKind::Cancelled,
+                "the call was cancelled by the client; nothing was saved",
+            ))
+        };
+        tracing::info!(provider = %name, %model, "calling the provider");
+        let started = std::time::Instant::now();
+        let partials = Mutex::new(Vec::<StoredImage>::new());
+        let take_partials =
+            || std::mem::take(&mut *partials.lock().unwrap_or_else(|e| e.into_inner()));
+
+        let work = async {
             let _permits = self.acquire_slots(entry, progress).await;
             let (events, received) = Events::channel();
-            let generate = async {
-                let result = provider.generate_with_events(&request, &events).await;
-                // The forwarding below ends when the last sender is gone.
-                drop(events);
-                result
-            };
-            let forward =
-                forward_events(received, progress, &self.store, &params.prompt, &partials);
-            tokio::join!(generate, forward).0
+            // `events` moves into the call and drops with it, which ends the forwarding.
+            let forward = forward_events(received, progress, &self.store, prompt, &partials);
+            tokio::join!(upstream(events), forward).0
         };
         let result = tokio::select! {
-            result = upstream => result.map_err(fail),
-            () = call.cancel.cancelled() => {
-                let saved = std::mem::take(&mut *partials.lock().unwrap_or_else(|e| e.into_inner()));
-                for partial in saved {
-                    let _ = self.store.remove(&partial.name);
-                }
-                tracing::info!(provider = %name, elapsed_ms = started.elapsed().as_millis() as u64, "generation cancelled");
-                return Err(fail(imagegen_providers::ProviderError::new(
-                    ErrorKind::Cancelled,
-                    "the call was cancelled by the client; nothing was saved",
-                )));
+            result = work => result.map_err(fail),
+            () = call.cancel.cancelled() => Err(cancelled()),
+        };
+        if result.is_err() && call.cancel.is_cancelled() {
+            for partial in take_partials() {
+                let _ = self.store.remove(&partial.name);
             }
-        }?;
+            tracing::info!(provider = %name, elapsed_ms = started.elapsed().as_millis() as u64, "call cancelled");
+            return Err(cancelled());
+        }
+        let result = result?;
         tracing::info!(
             provider = %name,
             model = %result.model,
             images = result.images.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "generated"
+            "provider answered"
         );
         if call.cancel.is_cancelled() {
-            return Err(fail(imagegen_providers::ProviderError::new(
-                ErrorKind::Cancelled,
-                "the call was cancelled by the client; nothing was saved",
-            )));
+            for partial in take_partials() {
+                let _ = self.store.remove(&partial.name);
+            }
+            return Err(cancelled());
         }
         progress.phase("saving");
         let store = self.store.clone();
-        let prompt = params.prompt.clone();
+        let label = prompt.to_string();
         let images = result.images;
         let saved = tokio::task::spawn_blocking(move || {
             images
                 .into_iter()
-                .map(|img| store.save(&img, &prompt).map(|s| (s, img)))
+                .map(|img| store.save(&img, &label).map(|s| (s, img)))
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
@@ -601,12 +807,11 @@ impl Engine {
                 self.store.dir().display()
             ))
         })?;
-        let partials = std::mem::take(&mut *partials.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(Generation {
-            provider: name,
+            provider: name.to_string(),
             model: result.model,
             images: saved,
-            partials,
+            partials: take_partials(),
             revised_prompt: result.revised_prompt,
             usage: result.usage.and_then(|u| serde_json::to_value(u).ok()),
             request_id: result.request_id,

@@ -1,9 +1,11 @@
 //! imagegen-mcp: an MCP server for image generation and editing.
 
+pub mod batch;
 pub mod config;
 pub mod delivery;
 pub mod engine;
 pub mod error;
+pub mod inputs;
 pub mod live;
 pub mod progress;
 pub mod server;

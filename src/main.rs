@@ -10,13 +10,16 @@ use std::{
 
 use clap::{Args, Parser, Subcommand};
 use imagegen_mcp::{
+    batch::{self, BatchParams},
     config::{CliOverrides, LoadedConfig},
     delivery::GenerateOutput,
-    engine::{CallContext, Engine, GenerateParams},
+    engine::{CallContext, EditParams, Engine, GenerateParams, Generation},
+    error::ToolError,
     live::{watch, Live, LogControl},
     progress::{ProgressReporter, ProgressSink},
     server::ImagegenServer,
 };
+use imagegen_providers::{ErrorKind, InputImage};
 use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
@@ -42,8 +45,10 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
-    /// Generate images from a prompt and print the saved paths.
+    /// Generate images from one prompt or several (a batch) and print the saved paths.
     Generate(GenerateArgs),
+    /// Edit images with a prompt (and an optional mask) and print the saved paths.
+    Edit(EditArgs),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -51,8 +56,34 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct GenerateArgs {
-    /// What to draw.
+    /// What to draw; several prompts make a batch, run concurrently (`--n` stays images per prompt).
+    #[arg(required = true, value_name = "PROMPT")]
+    prompts: Vec<String>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+struct EditArgs {
+    /// The images to edit (PNG, JPEG or WebP; several for models that take several).
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+    /// What the result should show, or what to change.
+    #[arg(long)]
     prompt: String,
+    /// A PNG with alpha, the size of the first image: transparent pixels mark what to change.
+    #[arg(long, value_name = "FILE")]
+    mask: Option<PathBuf>,
+    /// high or low: how closely to keep the inputs' details.
+    #[arg(long)]
+    input_fidelity: Option<String>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// Options shared by `generate` and `edit`.
+#[derive(Debug, Args)]
+struct CommonArgs {
     /// Provider name (see `config show`).
     #[arg(long)]
     provider: Option<String>,
@@ -65,7 +96,7 @@ struct GenerateArgs {
     /// low, medium, high, auto (GPT image models); standard, hd (dall-e-3).
     #[arg(long)]
     quality: Option<String>,
-    /// Number of images.
+    /// Number of images (per prompt).
     #[arg(long)]
     n: Option<u32>,
     /// png, jpeg or webp.
@@ -87,6 +118,24 @@ struct GenerateArgs {
     /// Print the structured result as JSON (the same as the MCP tool's structuredContent).
     #[arg(long)]
     json: bool,
+}
+
+impl CommonArgs {
+    fn params(&self, prompt: String) -> GenerateParams {
+        GenerateParams {
+            prompt,
+            provider: self.provider.clone(),
+            model: self.model.clone(),
+            size: self.size.clone(),
+            quality: self.quality.clone(),
+            n: self.n,
+            output_format: self.output_format.clone(),
+            background: self.background.clone(),
+            seed: self.seed,
+            partial_images: self.partial_images,
+            ..GenerateParams::default()
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,47 +200,38 @@ impl ProgressSink for StatusLine {
     }
 }
 
-async fn generate(
-    args: GenerateArgs,
+/// Loads the configuration for a one-shot command and builds its engine.
+fn one_shot_engine(
     config: Option<PathBuf>,
-    log: LogControl,
-) -> anyhow::Result<ExitCode> {
+    common: &CommonArgs,
+    log: &LogControl,
+) -> anyhow::Result<Arc<Engine>> {
     let overrides = CliOverrides {
         config,
-        output_dir: absolute(args.out)?,
+        output_dir: absolute(common.out.clone())?,
         ..CliOverrides::default()
     };
     let loaded = load(&overrides)?;
     log.apply(loaded.config.log_level.as_deref());
-    let engine = Engine::from_config(&loaded)?;
-    let params = GenerateParams {
-        prompt: args.prompt,
-        provider: args.provider,
-        model: args.model,
-        size: args.size,
-        quality: args.quality,
-        n: args.n,
-        output_format: args.output_format,
-        background: args.background,
-        seed: args.seed,
-        partial_images: args.partial_images,
-        ..GenerateParams::default()
-    };
-    let provider = params
-        .provider
-        .clone()
-        .unwrap_or_else(|| engine.default_provider().to_string());
+    Ok(Arc::new(Engine::from_config(&loaded)?))
+}
+
+/// Runs `work` with a status line on stderr (when it is a terminal) and Ctrl-C as cancellation.
+async fn with_status<T, F, Fut>(label: String, work: F) -> T
+where
+    F: FnOnce(CallContext) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
     let terminal = std::io::stderr().is_terminal();
     let reporter = ProgressReporter::start(
         terminal.then(|| Arc::new(StatusLine) as Arc<dyn ProgressSink>),
         Duration::from_secs(1),
     );
-    let progress = reporter.handle();
-    progress.phase(format!("generating with {provider}"));
     let call = CallContext {
-        progress,
+        progress: reporter.handle(),
         cancel: CancellationToken::new(),
     };
+    call.progress.phase(label);
     // Ctrl-C ends the call cleanly: the upstream request is dropped and nothing is saved.
     let cancel = call.cancel.clone();
     let interrupt = tokio::spawn(async move {
@@ -199,18 +239,23 @@ async fn generate(
             cancel.cancel();
         }
     });
-    let outcome = engine.generate(&params, &call).await;
+    let out = work(call).await;
     interrupt.abort();
     reporter.finish().await;
     if terminal {
         eprint!("\r\x1b[2K");
     }
+    out
+}
+
+/// Prints a single call's outcome: paths on stdout (or the JSON), the error on stderr.
+fn print_single(outcome: Result<Generation, ToolError>, json: bool) -> anyhow::Result<ExitCode> {
     let output = match &outcome {
         Ok(g) => GenerateOutput::success(g),
         Err(e) => GenerateOutput::failure(e.clone()),
     };
     let mut stdout = std::io::stdout().lock();
-    if args.json {
+    if json {
         writeln!(stdout, "{}", serde_json::to_string_pretty(&output)?)?;
     } else {
         for image in &output.images {
@@ -220,12 +265,148 @@ async fn generate(
     match &output.error {
         None => Ok(ExitCode::SUCCESS),
         Some(e) => {
-            if !args.json {
+            if !json {
                 eprintln!("{}", e.human());
             }
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+async fn generate(
+    args: GenerateArgs,
+    config: Option<PathBuf>,
+    log: LogControl,
+) -> anyhow::Result<ExitCode> {
+    let engine = one_shot_engine(config, &args.common, &log)?;
+    let common = &args.common;
+    let provider = common
+        .provider
+        .clone()
+        .unwrap_or_else(|| engine.default_provider().to_string());
+    if let [prompt] = args.prompts.as_slice() {
+        let params = common.params(prompt.clone());
+        let outcome = with_status(format!("generating with {provider}"), |call| async move {
+            engine.generate(&params, &call).await
+        })
+        .await;
+        return print_single(outcome, common.json);
+    }
+
+    let shared = common.params(String::new());
+    let batch = BatchParams {
+        prompts: Some(args.prompts.clone()),
+        provider: shared.provider,
+        model: shared.model,
+        size: shared.size,
+        quality: shared.quality,
+        n: shared.n,
+        output_format: shared.output_format,
+        background: shared.background,
+        seed: shared.seed,
+        ..BatchParams::default()
+    };
+    let label = format!("generating {} images with {provider}", args.prompts.len());
+    let (output, _) = with_status(label, |call| async move {
+        batch::run(engine, &batch, &call).await
+    })
+    .await;
+    let mut stdout = std::io::stdout().lock();
+    if common.json {
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&output)?)?;
+    }
+    if let Some(error) = &output.error {
+        if !common.json {
+            eprintln!("{}", error.human());
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    for item in &output.results {
+        if common.json {
+            continue;
+        }
+        for image in &item.images {
+            writeln!(stdout, "{}", image.path.display())?;
+        }
+        if let Some(error) = &item.error {
+            eprintln!(
+                "prompt {} ({:?}): {}",
+                item.index + 1,
+                item.prompt,
+                error.human()
+            );
+        }
+    }
+    Ok(if output.summary.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Reads an input file named on the command line: the person chose it, so any path is fine.
+fn read_input(path: &PathBuf, name: String) -> Result<InputImage, ToolError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        ToolError::new(
+            ErrorKind::NotFound,
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    InputImage::sniffed(bytes, name).map_err(|e| ToolError::from_provider(e, None, None))
+}
+
+async fn edit(
+    args: EditArgs,
+    config: Option<PathBuf>,
+    log: LogControl,
+) -> anyhow::Result<ExitCode> {
+    let engine = one_shot_engine(config, &args.common, &log)?;
+    let common = &args.common;
+    let base = common.params(args.prompt.clone());
+    let params = EditParams {
+        prompt: args.prompt.clone(),
+        images: args
+            .images
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        mask: args.mask.as_ref().map(|p| p.display().to_string()),
+        input_fidelity: args.input_fidelity.clone(),
+        provider: base.provider,
+        model: base.model,
+        size: base.size,
+        quality: base.quality,
+        n: base.n,
+        output_format: base.output_format,
+        background: base.background,
+        seed: base.seed,
+        partial_images: base.partial_images,
+        ..EditParams::default()
+    };
+    let inputs = args
+        .images
+        .iter()
+        .enumerate()
+        .map(|(i, path)| read_input(path, format!("image-{}", i + 1)))
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|images| {
+            let mask = args
+                .mask
+                .as_ref()
+                .map(|path| read_input(path, "mask".into()))
+                .transpose()?;
+            Ok((images, mask))
+        });
+    let outcome = match inputs {
+        Ok((images, mask)) => {
+            with_status("editing".into(), |call| async move {
+                engine.edit(&params, images, mask, &call).await
+            })
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    print_single(outcome, common.json)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -259,6 +440,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Generate(args) => {
             let log = init_logging("warn");
             generate(args, cli.config, log).await
+        }
+        Command::Edit(args) => {
+            let log = init_logging("warn");
+            edit(args, cli.config, log).await
         }
         Command::Config(cmd) => {
             init_logging("warn");

@@ -10,7 +10,7 @@ use std::{
 };
 
 use base64::Engine as _;
-use imagegen_providers::ModelCapabilities;
+use imagegen_providers::{GeneratedImage, InputImage, ModelCapabilities};
 use rmcp::{
     handler::server::{router::tool::ToolRouter, tool::schema_for_output, wrapper::Parameters},
     model::{
@@ -26,12 +26,17 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::{
+    batch::{self, BatchOutput, BatchParams},
+    config::Delivery,
+    delivery::InlinePlan,
     delivery::{describe, plan_inline, GenerateOutput},
-    engine::{CallContext, Engine, GenerateParams, Generation},
+    engine::{CallContext, EditParams, Engine, GenerateParams, Generation, VariationParams},
     error::ToolError,
+    inputs::InputRole,
     live::{rfc3339, ConfigStatus, Live},
     progress::{ProgressReporter, ProgressSink},
     storage::ImageStore,
+    storage::StoredImage,
 };
 
 /// The URI of the live status resource.
@@ -210,12 +215,7 @@ fn error_result(error: ToolError) -> CallToolResult {
     result
 }
 
-fn success_result(
-    engine: &Engine,
-    generation: &Generation,
-    params: &GenerateParams,
-) -> CallToolResult {
-    let mode = params.delivery.unwrap_or(engine.output().delivery);
+fn success_result(engine: &Engine, generation: &Generation, mode: Delivery) -> CallToolResult {
     let images: Vec<_> = generation.images.iter().map(|(_, img)| img).collect();
     let plans = plan_inline(&images, mode, engine.output().preview_budget_bytes);
     let count = generation.images.len();
@@ -235,15 +235,7 @@ fn success_result(
         if let Some(inline) = &plan.inline {
             content.push(ContentBlock::image(inline.base64.clone(), inline.mime));
         }
-        content.push(ContentBlock::resource_link(
-            Resource::new(stored.uri.clone(), stored.name.clone())
-                .with_mime_type(stored.mime.clone())
-                .with_size(stored.bytes)
-                .with_description(format!(
-                    "{}x{} generated image",
-                    stored.width, stored.height
-                )),
-        ));
+        content.push(resource_link(stored));
     }
     let structured = serde_json::to_value(GenerateOutput::success(generation)).unwrap_or_default();
     // Older clients ignore structuredContent; the same JSON as text keeps them informed.
@@ -292,35 +284,38 @@ fn preview_slots() -> &'static Semaphore {
         .get_or_init(|| Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())))
 }
 
-/// One `generate_image` call on `engine`, from the request to the tool result; progress goes
-/// to the client while it runs and stops before the result is returned.
-async fn generate(
-    engine: Arc<Engine>,
-    params: GenerateParams,
-    context: RequestContext<RoleServer>,
-) -> CallToolResult {
+/// Runs one tool call with progress reporting (when the client asked for it) and the
+/// client's cancellation; progress stops before the result is returned.
+async fn with_progress<F, Fut>(context: RequestContext<RoleServer>, work: F) -> CallToolResult
+where
+    F: FnOnce(CallContext) -> Fut,
+    Fut: std::future::Future<Output = CallToolResult>,
+{
     let reporter = reporter(&context);
     let call = CallContext {
         progress: reporter.handle(),
         cancel: context.ct.clone(),
     };
-    let result = build_result(engine, params, &call).await;
+    let result = work(call).await;
     reporter.finish().await;
     result
 }
 
-async fn build_result(
+/// The tool result of one generation, edit or variation.
+async fn single_result(
     engine: Arc<Engine>,
-    params: GenerateParams,
-    call: &CallContext,
+    outcome: Result<Generation, ToolError>,
+    mode: Option<Delivery>,
+    tool: &str,
 ) -> CallToolResult {
-    match engine.generate(&params, call).await {
+    match outcome {
         Ok(generation) => {
+            let mode = mode.unwrap_or(engine.output().delivery);
             let Ok(_slot) = preview_slots().acquire().await else {
                 return error_result(ToolError::storage("the server is shutting down"));
             };
             // Previews decode and re-encode megapixel images: keep that off the async workers.
-            tokio::task::spawn_blocking(move || success_result(&engine, &generation, &params))
+            tokio::task::spawn_blocking(move || success_result(&engine, &generation, mode))
                 .await
                 .unwrap_or_else(|e| {
                     error_result(ToolError::storage(format!(
@@ -329,10 +324,111 @@ async fn build_result(
                 })
         }
         Err(error) => {
-            tracing::warn!(kind = %error.kind, provider = ?error.provider, "generate_image failed: {}", error.message);
+            tracing::warn!(kind = %error.kind, provider = ?error.provider, "{tool} failed: {}", error.message);
             error_result(error)
         }
     }
+}
+
+/// Reads edit inputs off the async workers (they are files).
+async fn read_inputs(
+    engine: &Arc<Engine>,
+    images: Vec<String>,
+    mask: Option<String>,
+) -> Result<(Vec<InputImage>, Option<InputImage>), ToolError> {
+    let policy = engine.inputs().clone();
+    tokio::task::spawn_blocking(move || {
+        let images = images
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| policy.resolve(spec, InputRole::Image(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mask = mask
+            .map(|spec| policy.resolve(&spec, InputRole::Mask))
+            .transpose()?;
+        Ok((images, mask))
+    })
+    .await
+    .unwrap_or_else(|e| Err(ToolError::storage(format!("reading inputs failed: {e}"))))
+}
+
+/// The tool result of a batch: every item in order, previews of all items within one budget.
+fn batch_result(
+    engine: &Engine,
+    output: &BatchOutput,
+    generations: &[Generation],
+    mode: Delivery,
+) -> CallToolResult {
+    let structured = serde_json::to_value(output).unwrap_or_default();
+    if let Some(error) = &output.error {
+        let mut result = CallToolResult::structured_error(structured);
+        result.content.insert(0, ContentBlock::text(error.human()));
+        return result;
+    }
+    let all: Vec<(&StoredImage, &GeneratedImage)> = generations
+        .iter()
+        .flat_map(|g| g.images.iter().map(|(s, i)| (s, i)))
+        .collect();
+    let images: Vec<_> = all.iter().map(|(_, i)| *i).collect();
+    let plans = plan_inline(&images, mode, engine.output().preview_budget_bytes);
+    let by_uri: std::collections::HashMap<&str, (usize, &InlinePlan)> = all
+        .iter()
+        .zip(&plans)
+        .enumerate()
+        .map(|(i, ((s, _), p))| (s.uri.as_str(), (i, p)))
+        .collect();
+    let s = output.summary;
+    let mut content = vec![ContentBlock::text(format!(
+        "Batch: {} of {} items succeeded, {} failed, in {:.1} s.",
+        s.succeeded,
+        s.requested,
+        s.failed,
+        s.elapsed_ms as f64 / 1000.0
+    ))];
+    for item in &output.results {
+        match &item.error {
+            Some(error) => content.push(ContentBlock::text(format!(
+                "Item {} ({:?}) failed: {}",
+                item.index + 1,
+                item.prompt,
+                error.human()
+            ))),
+            None => {
+                for stored in &item.images {
+                    let Some(&(i, plan)) = by_uri.get(stored.uri.as_str()) else {
+                        continue;
+                    };
+                    content.push(ContentBlock::text(format!(
+                        "Item {}: {}",
+                        item.index + 1,
+                        describe(i, all.len(), stored, plan)
+                    )));
+                    if let Some(inline) = &plan.inline {
+                        content.push(ContentBlock::image(inline.base64.clone(), inline.mime));
+                    }
+                    content.push(resource_link(stored));
+                }
+            }
+        }
+    }
+    content.push(ContentBlock::text(structured.to_string()));
+    let mut result = if s.succeeded == 0 {
+        CallToolResult::error(content)
+    } else {
+        CallToolResult::success(content)
+    };
+    result.structured_content = Some(structured);
+    result
+}
+
+/// A link to a stored image, readable with `resources/read`.
+fn resource_link(stored: &StoredImage) -> ContentBlock {
+    ContentBlock::resource_link(
+        Resource::new(stored.uri.clone(), stored.name.clone())
+            .with_mime_type(stored.mime.clone())
+            .with_size(stored.bytes)
+            .with_description(format!("{}x{} image", stored.width, stored.height)),
+    )
 }
 
 #[tool_router]
@@ -364,7 +460,108 @@ impl ImagegenServer {
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
         // The snapshot taken here serves the whole call, whatever reloads meanwhile.
-        generate(self.live.engine(), params, context).await
+        let engine = self.live.engine();
+        with_progress(context, |call| async move {
+            let outcome = engine.generate(&params, &call).await;
+            single_result(engine, outcome, params.delivery, "generate_image").await
+        })
+        .await
+    }
+
+    /// Generates many images in one call.
+    #[tool(
+        name = "generate_images",
+        description = "Generate several images in one call: `prompts` (a list), `items` (a list of objects, each a prompt with its own parameters), or `prompt` with `count` (variations of one idea). Shared parameters (size, quality, model, ...) apply to every item. Items run concurrently; results come back in input order, each with its images or its own error, plus a summary. Inline previews of the whole batch share one size budget; every image has a resource link.",
+        output_schema = schema_for_output::<BatchOutput>(),
+        annotations(
+            title = "Generate images (batch)",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = true
+        )
+    )]
+    async fn generate_images(
+        &self,
+        Parameters(params): Parameters<BatchParams>,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let engine = self.live.engine();
+        with_progress(context, |call| async move {
+            let (output, generations) = batch::run(engine.clone(), &params, &call).await;
+            let mode = params.delivery.unwrap_or(engine.output().delivery);
+            let Ok(_slot) = preview_slots().acquire().await else {
+                return error_result(ToolError::storage("the server is shutting down"));
+            };
+            tokio::task::spawn_blocking(move || batch_result(&engine, &output, &generations, mode))
+                .await
+                .unwrap_or_else(|e| {
+                    error_result(ToolError::storage(format!(
+                        "building the result failed: {e}"
+                    )))
+                })
+        })
+        .await
+    }
+
+    /// Edits images with a prompt and an optional mask.
+    #[tool(
+        name = "edit_image",
+        description = "Edit images: give a prompt and 1-16 input `images` (the imagegen://images/... URI of an image this server made, a file path inside the allowed directories, or base64), and optionally a `mask` (PNG with alpha, same size as the first image; transparent pixels mark what to change). Results are saved and returned like generate_image's. Use it to refine an image you just made (\"same scene at night\").",
+        output_schema = schema_for_output::<GenerateOutput>(),
+        annotations(
+            title = "Edit image",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = true
+        )
+    )]
+    async fn edit_image(
+        &self,
+        Parameters(params): Parameters<EditParams>,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let engine = self.live.engine();
+        with_progress(context, |call| async move {
+            call.progress.phase("reading inputs");
+            let outcome =
+                match read_inputs(&engine, params.images.clone(), params.mask.clone()).await {
+                    Ok((images, mask)) => engine.edit(&params, images, mask, &call).await,
+                    Err(e) => Err(e),
+                };
+            single_result(engine, outcome, params.delivery, "edit_image").await
+        })
+        .await
+    }
+
+    /// Makes variations of one image, where the model supports it.
+    #[tool(
+        name = "create_variation",
+        description = "Make variations of one image (no prompt). Only models whose list_providers entry says variations: true (dall-e-2 on compatible servers, the mock); others give an `unsupported` error naming models that can. For most changes, use edit_image.",
+        output_schema = schema_for_output::<GenerateOutput>(),
+        annotations(
+            title = "Create variation",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = true
+        )
+    )]
+    async fn create_variation(
+        &self,
+        Parameters(params): Parameters<VariationParams>,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let engine = self.live.engine();
+        with_progress(context, |call| async move {
+            let outcome = match read_inputs(&engine, vec![params.image.clone()], None).await {
+                Ok((mut images, _)) => engine.variation(&params, images.remove(0), &call).await,
+                Err(e) => Err(e),
+            };
+            single_result(engine, outcome, params.delivery, "create_variation").await
+        })
+        .await
     }
 
     /// Lists providers, models and what each model accepts.

@@ -26,9 +26,20 @@ async fn both_protocol_revisions_list_the_tools_with_schemas() {
         let home = tempfile::tempdir().unwrap();
         let server = Server::start(home.path(), &[], version.clone()).await;
         let tools = server.client.list_all_tools().await.unwrap();
-        let names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
-        assert_eq!(names, ["generate_image", "list_providers"], "{version:?}");
-        let gen = &tools[0];
+        let mut names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "create_variation",
+                "edit_image",
+                "generate_image",
+                "generate_images",
+                "list_providers"
+            ],
+            "{version:?}"
+        );
+        let gen = tools.iter().find(|t| t.name == "generate_image").unwrap();
         let input = serde_json::to_value(&gen.input_schema).unwrap();
         for field in [
             "prompt",

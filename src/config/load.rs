@@ -21,13 +21,15 @@ use super::{
 /// The environment variable prefix of configuration keys.
 const PREFIX: &str = "IMAGEGEN_";
 /// Top-level keys: an `IMAGEGEN_*` variable starting with anything else is not configuration.
-pub(super) const TOP_KEYS: [&str; 8] = [
+pub(super) const TOP_KEYS: [&str; 10] = [
     "default_provider",
     "log_level",
     "output",
     "defaults",
     "reload",
     "limits",
+    "input",
+    "batch",
     "providers",
     "models",
 ];
@@ -207,6 +209,11 @@ impl LoadedConfig {
                 })?
                 .join("imagegen-mcp/images"),
         });
+        let allowed = std::mem::take(&mut config.input.allowed_dirs);
+        config.input.allowed_dirs = allowed
+            .iter()
+            .map(|dir| ctx.path(&["input", "allowed_dirs"], dir))
+            .collect::<Result<_, _>>()?;
         let mut shadowed = Vec::new();
         let keys = ctx.keys(
             &mut config,
@@ -957,6 +964,11 @@ fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
     check_limit(
         Some(config.limits.max_in_flight),
         &["limits", "max_in_flight"],
+        merged,
+    )?;
+    check_limit(
+        Some(config.batch.max_items),
+        &["batch", "max_items"],
         merged,
     )?;
     for (name, provider) in &config.providers {

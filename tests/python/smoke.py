@@ -26,7 +26,13 @@ async def run(binary: str, mode: str) -> None:
         async with Client(params, mode=mode) as client:
             tools = await client.list_tools()
             names = sorted(t.name for t in tools.tools)
-            assert names == ["generate_image", "list_providers"], names
+            assert names == [
+                "create_variation",
+                "edit_image",
+                "generate_image",
+                "generate_images",
+                "list_providers",
+            ], names
             gen = next(t for t in tools.tools if t.name == "generate_image")
             assert gen.output_schema and gen.output_schema["type"] == "object", gen.output_schema
 
@@ -54,6 +60,20 @@ async def run(binary: str, mode: str) -> None:
             read = await client.read_resource(link.uri)
             blob = base64.b64decode(read.contents[0].blob)
             assert blob == saved, "resources/read returns the saved image"
+
+            edited = await client.call_tool(
+                "edit_image", {"prompt": "the same lighthouse at night", "images": [link.uri]}
+            )
+            assert not edited.is_error, edited
+            assert edited.structured_content["images"][0]["width"] == 1024
+
+            batch = await client.call_tool(
+                "generate_images", {"prompts": ["a red kite", "a blue boat"], "size": "256x256"}
+            )
+            assert not batch.is_error, batch
+            results = batch.structured_content["results"]
+            assert [r["prompt"] for r in results] == ["a red kite", "a blue boat"], results
+            assert batch.structured_content["summary"]["succeeded"] == 2
 
             refused = await client.call_tool("generate_image", {"prompt": "x", "size": "7x7"})
             assert refused.is_error
