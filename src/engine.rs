@@ -628,8 +628,8 @@ impl Engine {
     /// Generates and saves images; every failure is a structured [`ToolError`].
     ///
     /// Cancelling `call.cancel` ends the call at once with a `cancelled` error: the upstream
-    /// request and any retry wait are dropped, and nothing is saved (partial images already
-    /// saved are removed).
+    /// request and any retry wait are dropped. A failed or cancelled call saves nothing
+    /// (partial images already saved are removed).
     pub async fn generate(
         &self,
         params: &GenerateParams,
@@ -768,14 +768,21 @@ impl Engine {
             result = work => result.map_err(fail),
             () = call.cancel.cancelled() => Err(cancelled()),
         };
-        if result.is_err() && call.cancel.is_cancelled() {
-            for partial in take_partials() {
-                let _ = self.store.remove(&partial.name);
+        let result = match result {
+            Ok(result) => result,
+            Err(error) => {
+                // A failed or cancelled call leaves nothing behind: its partial images may show
+                // a prompt that was then refused.
+                for partial in take_partials() {
+                    let _ = self.store.remove(&partial.name);
+                }
+                if call.cancel.is_cancelled() {
+                    tracing::info!(provider = %name, elapsed_ms = started.elapsed().as_millis() as u64, "call cancelled");
+                    return Err(cancelled());
+                }
+                return Err(error);
             }
-            tracing::info!(provider = %name, elapsed_ms = started.elapsed().as_millis() as u64, "call cancelled");
-            return Err(cancelled());
-        }
-        let result = result?;
+        };
         tracing::info!(
             provider = %name,
             model = %result.model,

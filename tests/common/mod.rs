@@ -49,18 +49,32 @@ pub fn binary(home: &Path, envs: &[(&str, &str)]) -> Command {
 pub struct Server {
     pub client: RunningService<RoleClient, VersionedClient>,
     pub stderr: JoinHandle<String>,
+    /// The server's process id (to send it signals).
+    pub pid: Option<u32>,
 }
 
 impl Server {
     /// Starts `imagegen-mcp serve` with `envs` and connects a client speaking `version`.
     pub async fn start(home: &Path, envs: &[(&str, &str)], version: ProtocolVersion) -> Self {
+        Self::start_with(home, &[], envs, version).await
+    }
+
+    /// Starts `imagegen-mcp serve ARGS...` (such as `--config FILE`) with `envs` and connects
+    /// a client speaking `version`.
+    pub async fn start_with(
+        home: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        version: ProtocolVersion,
+    ) -> Self {
         let cmd = binary(home, envs).configure(|c| {
-            c.arg("serve");
+            c.arg("serve").args(args);
         });
         let (transport, stderr) = TokioChildProcess::builder(cmd)
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn imagegen-mcp");
+        let pid = transport.id();
         let mut stderr = stderr.expect("stderr piped");
         let stderr = tokio::spawn(async move {
             let mut out = String::new();
@@ -71,7 +85,11 @@ impl Server {
             .serve(transport)
             .await
             .expect("MCP handshake");
-        Self { client, stderr }
+        Self {
+            client,
+            stderr,
+            pid,
+        }
     }
 
     /// Shuts the server down and returns its stderr.
