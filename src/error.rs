@@ -90,7 +90,12 @@ impl ToolError {
 
     /// One line for people: the message plus whatever helps act on it.
     pub fn human(&self) -> String {
-        let mut out = format!("{} error: {}", self.kind, self.message);
+        let from = self
+            .provider
+            .as_ref()
+            .map(|p| format!(" from provider `{p}`"))
+            .unwrap_or_default();
+        let mut out = format!("{} error{from}: {}", self.kind, self.message);
         if let Some(s) = self.retry_after_s {
             out.push_str(&format!(" Try again in {s} s."));
         } else if self.retryable {

@@ -1201,6 +1201,42 @@ async fn a_slow_upstream_gets_progress_at_least_every_five_seconds_and_none_afte
     h.stop().await;
 }
 
+/// The bar: a 2-minute generation keeps a client with a 60 s idle timeout alive.
+#[tokio::test]
+async fn a_two_minute_generation_never_leaves_a_client_idle_for_60_seconds() {
+    let upstream = Scripted::start(vec![fixed(
+        ResponseTemplate::new(200)
+            .set_body_json(ok_body(64))
+            .set_delay(Duration::from_secs(120)),
+    )])
+    .await;
+    let h = Harness::start(openai(&upstream.base(), "")).await;
+    let sent = Instant::now();
+    let handle = h.send(prompt("a slow masterpiece")).await;
+    let token = handle.progress_token.clone();
+    let result = answer(handle).await;
+    let done = Instant::now();
+    assert_success(&result);
+    let mut times: Vec<Instant> = std::iter::once(sent)
+        .chain(h.notes(&token).iter().map(|n| n.at))
+        .collect();
+    times.sort();
+    times.push(done);
+    let max_gap = times
+        .windows(2)
+        .map(|w| w[1].saturating_duration_since(w[0]))
+        .max()
+        .unwrap();
+    eprintln!(
+        "2-minute call: {} messages, largest silence {max_gap:?}",
+        times.len() - 2
+    );
+    assert!(done - sent >= Duration::from_secs(120));
+    assert!(max_gap < Duration::from_secs(60), "idle for {max_gap:?}");
+    assert!(max_gap <= Duration::from_secs(5), "idle for {max_gap:?}");
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn the_stateless_revision_gets_progress_and_cancellation_too() {
     let upstream = Scripted::start(vec![
