@@ -254,6 +254,8 @@ pub struct OpenAiConfig {
     pub api_key_files: Vec<PathBuf>,
     /// Seconds after which a disabled key (rejected, out of quota) is tried again.
     pub key_recheck_s: u64,
+    /// Requests each key may send per minute; calls beyond it wait for a key (none: no limit).
+    pub requests_per_minute: Option<u32>,
     /// API base URL.
     pub base_url: String,
     /// `OpenAI-Organization`.
@@ -302,6 +304,7 @@ impl Default for OpenAiConfig {
             api_keys: Vec::new(),
             api_key_files: Vec::new(),
             key_recheck_s: 600,
+            requests_per_minute: None,
             base_url: imagegen_providers::openai::DEFAULT_BASE_URL.into(),
             organization: None,
             project: None,

@@ -24,7 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{Defaults, Delivery, LoadedConfig, OutputConfig, ProviderConfig},
+    config::{Defaults, Delivery, LoadedConfig, OpenAiConfig, OutputConfig, ProviderConfig},
     error::ToolError,
     inputs::InputPolicy,
     progress::Progress,
@@ -208,11 +208,15 @@ pub struct ProviderEntry {
     pub defaults: Defaults,
     /// The provider's API keys and what is known about each (OpenAI providers only).
     pub keys: Option<Arc<KeyPool>>,
-    /// What the pool was built from: a hash of its keys and their sources, and the recheck interval.
-    pool_inputs: ([u8; 32], u64),
+    /// What the pool was built from.
+    pool_inputs: PoolInputs,
     /// The provider's own bound on calls in flight.
     slots: Option<Slots>,
 }
+
+/// What a key pool is built from: a hash of its keys and their sources, the recheck interval
+/// and the per-key request budget. Equal inputs keep the running pool across a reload.
+type PoolInputs = ([u8; 32], u64, Option<u32>);
 
 /// A bound on calls in flight: a semaphore and the limit it was made with.
 ///
@@ -324,16 +328,21 @@ fn overlay(base: &Defaults, top: &Defaults) -> Defaults {
 fn key_pool(
     name: &str,
     loaded: &LoadedConfig,
-    recheck_s: u64,
+    config: &OpenAiConfig,
     previous: Option<&Engine>,
-) -> (Arc<KeyPool>, ([u8; 32], u64)) {
+) -> (Arc<KeyPool>, PoolInputs) {
+    let recheck_s = config.key_recheck_s;
     let keys = loaded.api_keys(name);
     let mut hash = Sha256::new();
     for key in keys {
         hash.update(Sha256::digest(key.key.expose_secret().as_bytes()));
         hash.update(format!("{}\0", key.source));
     }
-    let inputs = (hash.finalize().into(), recheck_s);
+    let inputs = (
+        hash.finalize().into(),
+        recheck_s,
+        config.requests_per_minute,
+    );
     let old = previous
         .and_then(|e| e.providers.get(name))
         .and_then(|e| Some((e.keys.as_ref()?, e.pool_inputs)));
@@ -345,7 +354,8 @@ fn key_pool(
     let pool = KeyPool::new(
         keys.iter().map(|k| (k.key.clone(), k.source.clone())),
         Duration::from_secs(recheck_s),
-    );
+    )
+    .with_requests_per_minute(config.requests_per_minute);
     if let Some((old_pool, old_inputs)) = old {
         // Cooldowns always carry over; a disabled key gets another chance when the keys changed.
         pool.carry_over(old_pool, old_inputs.0 != inputs.0);
@@ -384,7 +394,7 @@ fn build_provider(
             })),
             defaults,
             keys: None,
-            pool_inputs: ([0; 32], 0),
+            pool_inputs: ([0; 32], 0, None),
             slots,
         },
         ProviderConfig::Openai(o) => {
@@ -394,7 +404,7 @@ fn build_provider(
                     o.base_url
                 )
             })?;
-            let (pool, pool_inputs) = key_pool(name, loaded, o.key_recheck_s, previous);
+            let (pool, pool_inputs) = key_pool(name, loaded, o, previous);
             let mut s = OpenAiSettings::new(base_url, None);
             s.keys = pool.clone();
             s.organization = o.organization.clone();

@@ -5,7 +5,7 @@
 //! can collide, and the hash lets a reload recognise a key it already knows.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     fmt,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -71,14 +71,21 @@ enum Health {
 #[derive(Debug, Default)]
 struct PoolState {
     health: HashMap<[u8; 32], Health>,
+    /// When each key was handed out within the last minute, oldest first (with a
+    /// `requests_per_minute` limit only).
+    sent: HashMap<[u8; 32], VecDeque<Instant>>,
     next: usize,
 }
+
+/// The window `requests_per_minute` counts over.
+const MINUTE: Duration = Duration::from_secs(60);
 
 /// The keys of one provider and what is known about each.
 pub struct KeyPool {
     keys: Vec<Arc<PoolKey>>,
     state: Mutex<PoolState>,
     recheck: Duration,
+    requests_per_minute: Option<u32>,
 }
 
 impl fmt::Debug for KeyPool {
@@ -129,6 +136,36 @@ impl KeyPool {
             keys: pool,
             state: Mutex::new(PoolState::default()),
             recheck,
+            requests_per_minute: None,
+        }
+    }
+
+    /// Hands each key out at most `limit` times in any 60 s, below the provider's own limit,
+    /// so calls wait their turn here instead of collecting 429s.
+    pub fn with_requests_per_minute(mut self, limit: Option<u32>) -> Self {
+        self.requests_per_minute = limit.filter(|&n| n > 0);
+        self
+    }
+
+    /// How long until `key` may be handed out again under `requests_per_minute` (zero: now).
+    fn budget_wait(&self, state: &mut PoolState, key: &PoolKey, now: Instant) -> Duration {
+        let Some(limit) = self.requests_per_minute else {
+            return Duration::ZERO;
+        };
+        let Some(sent) = state.sent.get_mut(&key.id) else {
+            return Duration::ZERO;
+        };
+        while sent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= MINUTE)
+        {
+            sent.pop_front();
+        }
+        match sent.front() {
+            Some(oldest) if sent.len() >= limit as usize => {
+                (*oldest + MINUTE).saturating_duration_since(now)
+            }
+            _ => Duration::ZERO,
         }
     }
 
@@ -170,17 +207,22 @@ impl KeyPool {
         for step in 0..n {
             let i = (state.next + step) % n;
             let key = &self.keys[i];
-            if tried.iter().any(|t| t.id == key.id) || !self.usable(state.health.get(&key.id), now)
+            if tried.iter().any(|t| t.id == key.id)
+                || !self.usable(state.health.get(&key.id), now)
+                || !self.budget_wait(&mut state, key, now).is_zero()
             {
                 continue;
             }
             state.next = (i + 1) % n;
+            if self.requests_per_minute.is_some() {
+                state.sent.entry(key.id).or_default().push_back(now);
+            }
             return Ok(key.clone());
         }
-        Err(self.exhausted(&state, now))
+        Err(self.exhausted(&mut state, now))
     }
 
-    fn exhausted(&self, state: &PoolState, now: Instant) -> ProviderError {
+    fn exhausted(&self, state: &mut PoolState, now: Instant) -> ProviderError {
         let mut soonest: Option<Duration> = None;
         let mut parts = Vec::new();
         let mut all_disabled = true;
@@ -204,10 +246,19 @@ impl KeyPool {
                     let wait = self.recheck.saturating_sub(now.duration_since(*since));
                     (wait, format!("disabled ({reason})"))
                 }
-                // Usable but already tried by this call.
                 _ => {
                     all_disabled = false;
-                    (Duration::ZERO, "already tried by this call".into())
+                    match self.budget_wait(state, key, now) {
+                        wait if wait.is_zero() => (wait, "already tried by this call".into()),
+                        wait => (
+                            wait,
+                            format!(
+                                "at its requests_per_minute ({}) for {} s",
+                                self.requests_per_minute.unwrap_or_default(),
+                                wait.as_secs_f64().ceil()
+                            ),
+                        ),
+                    }
                 }
             };
             soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
@@ -301,6 +352,11 @@ impl KeyPool {
                 _ => {}
             }
         }
+        for key in &self.keys {
+            if let Some(sent) = old_state.sent.get(&key.id) {
+                state.sent.insert(key.id, sent.clone());
+            }
+        }
         if !self.keys.is_empty() {
             state.next = old_state.next % self.keys.len();
         }
@@ -360,6 +416,31 @@ mod tests {
             .map(|_| p.pick(&[]).unwrap().fingerprint().to_string())
             .collect();
         assert_eq!(picks, ["sk-…1111", "sk-…2222", "sk-…1111", "sk-…2222"]);
+    }
+
+    #[test]
+    fn requests_per_minute_spreads_calls_and_says_when_a_key_is_free_again() {
+        let p =
+            pool(&["sk-aaaaaaaaaaaa1111", "sk-bbbbbbbbbbbb2222"]).with_requests_per_minute(Some(2));
+        let picks: Vec<_> = (0..4)
+            .map(|_| p.pick(&[]).unwrap().fingerprint().to_string())
+            .collect();
+        assert_eq!(picks, ["sk-…1111", "sk-…2222", "sk-…1111", "sk-…2222"]);
+        let err = p.pick(&[]).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::RateLimited);
+        assert!(
+            err.message.contains("requests_per_minute (2)"),
+            "{}",
+            err.message
+        );
+        let wait = err.retry_after.expect("says when");
+        assert!(wait > Duration::from_secs(58) && wait <= MINUTE, "{wait:?}");
+
+        // The budget is the key's, not the pool's: a reload keeps what was spent.
+        let reloaded =
+            pool(&["sk-aaaaaaaaaaaa1111", "sk-cccccccccccc3333"]).with_requests_per_minute(Some(2));
+        reloaded.carry_over(&p, true);
+        assert_eq!(reloaded.pick(&[]).unwrap().fingerprint(), "sk-…3333");
     }
 
     #[test]
