@@ -1,0 +1,1124 @@
+//! End-to-end benchmark of the real `imagegen-mcp` binary: `cargo bench --bench e2e`.
+//!
+//! A fake OpenAI image API (axum, loopback only, fixed delay, a precomputed ~1.5 MB PNG
+//! answer) stands in for the upstream; the release binary runs `serve` with a clean
+//! environment and a config file of its own, and rmcp's client drives it over the child's
+//! stdio, as an MCP client would. The bench measures the latency the server adds to a call,
+//! throughput with 1, 8 and 64 calls in flight, memory, start-up, configuration reload and
+//! the mock provider, prints a table with each figure against its target, and writes the
+//! same as JSON to `target/bench-e2e.json`. See `docs/benchmarks.md`.
+//!
+//! `cargo bench --bench e2e -- latency reload` runs only the phases named (see [`PHASES`]).
+
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    io::Cursor,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::post,
+    Router,
+};
+use base64::Engine as _;
+use imagegen_mcp::storage::ImageStore;
+use imagegen_providers::{
+    mock::{MockProvider, MockSettings, MOCK_MODEL},
+    openai::{OpenAiProvider, OpenAiSettings},
+    GenerateRequest, ImageProvider,
+};
+use rmcp::{
+    model::{CallToolRequestParams, ClientConfig, ProtocolVersion},
+    service::RunningService,
+    ClientHandler, Peer, RoleClient, ServiceExt,
+};
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+
+/// Upstream delay of the latency runs.
+const LATENCY_DELAY: Duration = Duration::from_millis(200);
+/// Upstream delay of the throughput and memory runs.
+const THROUGHPUT_DELAY: Duration = Duration::from_millis(500);
+/// Sequential MCP calls per delivery mode in the latency runs.
+const LATENCY_CALLS: usize = 200;
+/// Sequential direct HTTP calls of the baseline.
+const BASELINE_CALLS: usize = 100;
+/// `(calls in flight, calls measured)` of the throughput runs.
+const THROUGHPUT_RUNS: [(usize, usize); 3] = [(1, 12), (8, 64), (64, 256)];
+/// Server starts timed.
+const STARTS: usize = 20;
+/// Key rotations timed.
+const RELOADS: usize = 10;
+/// Upstream delay of the reload runs: one call every few milliseconds.
+const RELOAD_DELAY: Duration = Duration::from_millis(5);
+/// Images drawn by the mock provider, per run.
+const MOCK_CALLS: usize = 60;
+/// The fake refuses every request after this many: a runaway loop cannot hammer it forever.
+const MAX_UPSTREAM_REQUESTS: usize = 4_000;
+/// The side of the generated images.
+const SIDE: u32 = 1024;
+
+// ---------------------------------------------------------------------------------------
+// The fake upstream
+// ---------------------------------------------------------------------------------------
+
+/// What the fake OpenAI API answers with and what it has seen; shared with its handler.
+struct Upstream {
+    /// `http://127.0.0.1:PORT/v1`.
+    base_url: String,
+    /// Delay before each answer, microseconds.
+    delay_us: AtomicU64,
+    /// The whole response body, precomputed.
+    body: Mutex<Bytes>,
+    /// Requests received.
+    requests: AtomicUsize,
+    /// Requests being answered now, and the most at once since [`Upstream::take_peak`].
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
+    /// When each bearer token was first seen.
+    first_seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl Upstream {
+    /// Serves `POST /v1/images/generations` on a loopback port.
+    async fn start() -> Arc<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = Arc::new(Self {
+            base_url: format!("http://{}/v1", listener.local_addr().unwrap()),
+            delay_us: AtomicU64::new(0),
+            body: Mutex::new(Bytes::new()),
+            requests: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
+            first_seen: Mutex::new(HashMap::new()),
+        });
+        let app = Router::new()
+            .route("/v1/images/generations", post(generations))
+            .with_state(upstream.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        upstream
+    }
+
+    /// Answers every request after `delay` with `png` as the one image.
+    fn answer(&self, delay: Duration, png: &[u8]) {
+        self.delay_us
+            .store(delay.as_micros() as u64, Ordering::SeqCst);
+        *self.body.lock().unwrap() = images_response(png);
+    }
+
+    /// The most requests answered at once since the last call.
+    fn take_peak(&self) -> usize {
+        self.peak_in_flight.swap(0, Ordering::SeqCst)
+    }
+
+    /// When a request carrying `key` first arrived.
+    fn first_seen(&self, key: &str) -> Option<Instant> {
+        self.first_seen.lock().unwrap().get(key).copied()
+    }
+}
+
+/// The handler of the fake: records the key, waits, answers with the precomputed body.
+async fn generations(
+    State(up): State<Arc<Upstream>>,
+    headers: HeaderMap,
+    _body: Bytes,
+) -> Response {
+    let arrived = Instant::now();
+    if up.requests.fetch_add(1, Ordering::SeqCst) >= MAX_UPSTREAM_REQUESTS {
+        return (
+            StatusCode::BAD_REQUEST,
+            "request budget of the bench exhausted",
+        )
+            .into_response();
+    }
+    if let Some(key) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        up.first_seen
+            .lock()
+            .unwrap()
+            .entry(key.to_string())
+            .or_insert(arrived);
+    }
+    let delay = Duration::from_micros(up.delay_us.load(Ordering::SeqCst));
+    let body = up.body.lock().unwrap().clone();
+    let now = up.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    up.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep_until((arrived + delay).into()).await;
+    up.in_flight.fetch_sub(1, Ordering::SeqCst);
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// An Images API response holding `png` as base64, as OpenAI sends it.
+fn images_response(png: &[u8]) -> Bytes {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(png);
+    let usage = json!({"input_tokens": 12, "output_tokens": 4160, "total_tokens": 4172,
+        "input_tokens_details": {"text_tokens": 12, "image_tokens": 0}});
+    let body = json!({"created": 1, "data": [{"b64_json": b64}], "usage": usage});
+    Bytes::from(serde_json::to_vec(&body).unwrap())
+}
+
+/// A PNG of `side`x`side` RGB that compresses about as badly as a generated picture: smooth
+/// colour fields plus `noise_bits` of pseudo-random noise per channel.
+fn photo_like_png(side: u32, noise_bits: u32) -> Vec<u8> {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mask = (1u8 << noise_bits) - 1;
+    let img = image::RgbImage::from_fn(side, side, |x, y| {
+        // xorshift64: cheap, deterministic, and incompressible enough.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let n = state.to_le_bytes();
+        let (fx, fy) = (x as f32 / side as f32, y as f32 / side as f32);
+        let base = [
+            (fx * 180.0 + 40.0 * (fy * 9.0).sin()) as u8,
+            (fy * 160.0 + 50.0 * (fx * 7.0).cos()) as u8,
+            ((fx + fy) * 90.0) as u8,
+        ];
+        image::Rgb(std::array::from_fn(|c| base[c].wrapping_add(n[c] & mask)))
+    });
+    let mut out = Vec::new();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// The server under test
+// ---------------------------------------------------------------------------------------
+
+/// The MCP client: rmcp's, asking for the 2025-11-25 revision (the one with `initialize`).
+#[derive(Debug, Clone, Default)]
+struct Client;
+
+impl ClientHandler for Client {
+    fn get_info(&self) -> ClientConfig {
+        let mut info = ClientConfig::default();
+        info.protocol_version = ProtocolVersion::V_2025_11_25;
+        info
+    }
+}
+
+/// What a server is configured with.
+#[derive(Debug, Clone)]
+enum Provider {
+    /// The fake upstream, with this API key.
+    OpenAi { base_url: String, key: String },
+    /// The built-in mock.
+    Mock,
+}
+
+/// The config file for `provider` with `delivery` (`link` or `preview`), images under `out`.
+fn config_toml(provider: &Provider, delivery: &str, out: &Path) -> String {
+    let mut toml = format!(
+        "[output]\ndir = {:?}\ndelivery = \"{delivery}\"\n\n",
+        out.display().to_string()
+    );
+    match provider {
+        Provider::OpenAi { base_url, key } => {
+            toml = format!("default_provider = \"openai\"\n{toml}");
+            let _ = write!(
+                toml,
+                "[providers.openai]\nkind = \"openai\"\nbase_url = \"{base_url}\"\n\
+                 api_key = \"{key}\"\nmax_retries = 0\n"
+            );
+        }
+        Provider::Mock => {
+            toml = format!("default_provider = \"mock\"\n{toml}");
+            toml.push_str("[providers.mock]\nkind = \"mock\"\nlatency_ms = 0\n");
+        }
+    }
+    toml
+}
+
+/// A running `imagegen-mcp serve` and the MCP client on its stdio.
+struct Server {
+    client: RunningService<RoleClient, Client>,
+    child: Child,
+    pid: u32,
+    /// From the spawn to the answer of the first `tools/list`.
+    started_in: Duration,
+    /// The config file the server watches.
+    config: PathBuf,
+    /// HOME, the config directory, the output directory and the server's log.
+    home: tempfile::TempDir,
+}
+
+impl Server {
+    /// Writes the config file, starts the binary with a clean environment, connects, and
+    /// lists the tools once.
+    async fn start(provider: &Provider, delivery: &str) -> Self {
+        let home = tempfile::tempdir().unwrap();
+        // The config sits alone in its directory: the watcher sees no image or log writes.
+        let config_dir = home.path().join("config");
+        std::fs::create_dir(&config_dir).unwrap();
+        let config = config_dir.join("imagegen.toml");
+        let out = home.path().join("images");
+        std::fs::write(&config, config_toml(provider, delivery, &out)).unwrap();
+        let log = std::fs::File::create(home.path().join("server.log")).unwrap();
+
+        let start = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_imagegen-mcp"))
+            .env_clear()
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join(".config"))
+            .env("XDG_DATA_HOME", home.path().join(".local/share"))
+            .current_dir(home.path())
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn imagegen-mcp");
+        let pid = child.id().unwrap();
+        let io = (child.stdout.take().unwrap(), child.stdin.take().unwrap());
+        let client = match Client.serve(io).await {
+            Ok(client) => client,
+            Err(e) => panic!("MCP handshake: {e}\n{}", server_log(home.path())),
+        };
+        let tools = client.list_tools(None).await.expect("tools/list");
+        let started_in = start.elapsed();
+        assert!(tools.tools.iter().any(|t| t.name == "generate_image"));
+        Self {
+            client,
+            child,
+            pid,
+            started_in,
+            config,
+            home,
+        }
+    }
+
+    /// A handle for concurrent calls on this one connection.
+    fn peer(&self) -> Peer<RoleClient> {
+        self.client.peer().clone()
+    }
+
+    /// `(VmHWM, VmRSS)` of the server process, MiB.
+    fn memory(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .map_or(f64::NAN, |kb| kb / 1024.0)
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+
+    /// CPU time the server has used so far, milliseconds.
+    fn cpu_ms(&self) -> f64 {
+        cpu_ms(&format!("/proc/{}/stat", self.pid))
+    }
+
+    /// Closes the connection and waits for the server to exit (killing it after 5 s).
+    async fn stop(mut self) {
+        let _ = self.client.cancel().await;
+        let wait = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        if !matches!(wait, Ok(Ok(_))) {
+            eprintln!(
+                "warning: server {} did not exit after stdin closed; killing it",
+                self.pid
+            );
+            let _ = self.child.kill().await;
+        }
+        drop(self.home);
+    }
+}
+
+/// User plus system CPU time of all threads of a process, from its `/proc/PID/stat`, in ms.
+fn cpu_ms(stat_path: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    // utime and stime are fields 14 and 15 of the line, in USER_HZ (100 per second on Linux).
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => (user + system) * 10.0,
+        _ => f64::NAN,
+    }
+}
+
+/// The server's stderr so far, for error messages.
+fn server_log(home: &Path) -> String {
+    std::fs::read_to_string(home.join("server.log")).unwrap_or_default()
+}
+
+/// One `generate_image` call of a 1024x1024 image; panics on a tool error. Returns its time.
+async fn call(peer: &Peer<RoleClient>, prompt: &str) -> Duration {
+    let arguments = json!({"prompt": prompt, "size": format!("{SIDE}x{SIDE}")});
+    let params = CallToolRequestParams::new("generate_image")
+        .with_arguments(arguments.as_object().unwrap().clone());
+    let start = Instant::now();
+    let result = peer.call_tool(params).await.expect("tools/call");
+    let took = start.elapsed();
+    if result.is_error == Some(true) {
+        panic!("generate_image failed: {:?}", result.structured_content);
+    }
+    took
+}
+
+/// `total` calls with `in_flight` of them outstanding at any time; returns the wall time.
+async fn run_calls(peer: &Peer<RoleClient>, in_flight: usize, total: usize) -> Duration {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let (peer, next) = (peer.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= total {
+                        break;
+                    }
+                    // Distinct prompts give distinct file names, as distinct images would.
+                    call(&peer, &format!("a lighthouse at dusk {i}")).await;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("call task");
+    }
+    start.elapsed()
+}
+
+/// Times `n` sequential calls, in milliseconds, sorted.
+async fn sequential_ms(peer: &Peer<RoleClient>, n: usize) -> Vec<f64> {
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        times.push(ms(call(peer, &format!("a lighthouse at dusk {i}")).await));
+    }
+    sorted(times)
+}
+
+// ---------------------------------------------------------------------------------------
+// Figures
+// ---------------------------------------------------------------------------------------
+
+/// How a figure compares with its target.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// At most this.
+    AtMost(f64),
+    /// At least this.
+    AtLeast(f64),
+    /// No target: shown for information.
+    None,
+}
+
+/// One line of the result table.
+#[derive(Debug, Clone)]
+struct Figure {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    target: Target,
+    /// How it was measured, in a few words.
+    note: String,
+}
+
+impl Figure {
+    fn new(name: impl Into<String>, value: f64, unit: &'static str, target: Target) -> Self {
+        Self {
+            name: name.into(),
+            value,
+            unit,
+            target,
+            note: String::new(),
+        }
+    }
+
+    fn note(mut self, note: impl Into<String>) -> Self {
+        self.note = note.into();
+        self
+    }
+
+    /// `Some(true)` for PASS, `Some(false)` for MISS, `None` without a target.
+    fn pass(&self) -> Option<bool> {
+        match self.target {
+            Target::AtMost(t) => Some(self.value <= t),
+            Target::AtLeast(t) => Some(self.value >= t),
+            Target::None => None,
+        }
+    }
+
+    fn target_text(&self) -> String {
+        match self.target {
+            Target::AtMost(t) => format!("≤ {} {}", num(t), self.unit),
+            Target::AtLeast(t) => format!("≥ {} {}", num(t), self.unit),
+            Target::None => "—".into(),
+        }
+    }
+
+    fn json(&self) -> Value {
+        let (op, target) = match self.target {
+            Target::AtMost(t) => (Some("<="), Some(t)),
+            Target::AtLeast(t) => (Some(">="), Some(t)),
+            Target::None => (None, None),
+        };
+        json!({"name": self.name, "value": finite(self.value), "unit": self.unit, "target_op": op,
+            "target": target, "pass": self.pass(), "note": self.note})
+    }
+}
+
+/// A number with sensible precision for the table.
+fn num(v: f64) -> String {
+    match v.abs() {
+        a if !a.is_finite() => "n/a".into(),
+        a if a >= 100.0 => format!("{v:.0}"),
+        a if a >= 10.0 => format!("{v:.1}"),
+        _ => format!("{v:.2}"),
+    }
+}
+
+/// `v` for JSON (`null` when not a number).
+fn finite(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        Value::Null
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// The `p` quantile (0..=1) of sorted samples, nearest rank.
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// CPU model, cores, kernel and memory of this machine.
+fn machine() -> Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_mib = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024);
+    json!({"cpu": cpu, "cores": cores, "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        "memory_mib": mem_mib, "loadavg": read("/proc/loadavg").trim(), "os": std::env::consts::OS, "arch": std::env::consts::ARCH})
+}
+
+/// Logs a phase on stderr.
+fn phase(text: &str) {
+    eprintln!("[e2e] {text}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Phases
+// ---------------------------------------------------------------------------------------
+
+/// The same HTTP call the server makes, straight from this process: what the upstream costs.
+async fn baseline_ms(up: &Upstream, key: &str) -> Vec<f64> {
+    let http = reqwest::Client::new();
+    let url = format!("{}/images/generations", up.base_url);
+    let body = json!({"model": "gpt-image-1.5", "prompt": "a lighthouse at dusk", "n": 1,
+        "size": format!("{SIDE}x{SIDE}")});
+    let mut times = Vec::new();
+    for i in 0..BASELINE_CALLS + 3 {
+        let start = Instant::now();
+        let resp = http
+            .post(&url)
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "baseline: {}", resp.status());
+        let bytes = resp.bytes().await.unwrap();
+        let took = start.elapsed();
+        assert!(bytes.len() > 1_000_000);
+        // The first calls open the connection: not counted, as for the server.
+        if i >= 3 {
+            times.push(ms(took));
+        }
+    }
+    sorted(times)
+}
+
+/// Latency of sequential calls in one delivery mode, after a few warm-up calls.
+async fn latency_ms(provider: &Provider, delivery: &str) -> Vec<f64> {
+    let server = Server::start(provider, delivery).await;
+    let peer = server.peer();
+    sequential_ms(&peer, 3).await;
+    let times = sequential_ms(&peer, LATENCY_CALLS).await;
+    server.stop().await;
+    times
+}
+
+/// What one throughput run saw.
+struct Throughput {
+    /// Calls per second.
+    rate: f64,
+    /// The most requests the upstream had in hand at once.
+    upstream_peak: usize,
+    /// The server's CPU time per call, ms.
+    server_cpu: f64,
+    /// This process's CPU time per call (fake upstream and MCP client), ms.
+    harness_cpu: f64,
+    /// The server's peak RSS, and its RSS a second after the run, MiB.
+    peak: f64,
+    after: f64,
+}
+
+/// `n` calls with `in_flight` outstanding on one connection to a fresh server.
+async fn throughput(
+    up: &Upstream,
+    provider: &Provider,
+    delivery: &str,
+    in_flight: usize,
+    n: usize,
+) -> Throughput {
+    let server = Server::start(provider, delivery).await;
+    let peer = server.peer();
+    // One round first: the connections to the upstream are opened once, as in a long session.
+    run_calls(&peer, in_flight, in_flight).await;
+    let (server_cpu, harness_cpu) = (server.cpu_ms(), cpu_ms("/proc/self/stat"));
+    up.take_peak();
+    let took = run_calls(&peer, in_flight, n).await;
+    let server_cpu = (server.cpu_ms() - server_cpu) / n as f64;
+    let harness_cpu = (cpu_ms("/proc/self/stat") - harness_cpu) / n as f64;
+    let upstream_peak = up.take_peak();
+    let (peak, _) = server.memory();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, after) = server.memory();
+    server.stop().await;
+    Throughput {
+        rate: n as f64 / took.as_secs_f64(),
+        upstream_peak,
+        server_cpu,
+        harness_cpu,
+        peak,
+        after,
+    }
+}
+
+/// Writes `text` to `path` the way editors and secret managers do: a new file renamed over it.
+fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("toml.new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Milliseconds from writing a new key into the config file to the upstream seeing it, per
+/// rotation (`NaN` when it did not arrive within 5 s).
+async fn reload_ms(up: &Upstream) -> Vec<f64> {
+    let key = |i: usize| format!("sk-bench-reload-{i:04}-0123456789abcdef");
+    let mut provider = Provider::OpenAi {
+        base_url: up.base_url.clone(),
+        key: key(0),
+    };
+    let server = Server::start(&provider, "link").await;
+    let peer = server.peer();
+    let out = server.home.path().join("images");
+    call(&peer, "warm-up").await;
+    let mut times = Vec::new();
+    for i in 1..=RELOADS {
+        // Let the previous change settle (its debounce and reload) before the next one.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let new_key = key(i);
+        provider = Provider::OpenAi {
+            base_url: up.base_url.clone(),
+            key: new_key.clone(),
+        };
+        let written = Instant::now();
+        replace_file(&server.config, &config_toml(&provider, "link", &out));
+        let deadline = written + Duration::from_secs(5);
+        let seen = loop {
+            call(&peer, "reload probe").await;
+            if let Some(seen) = up.first_seen(&new_key) {
+                break ms(seen - written);
+            }
+            if Instant::now() > deadline {
+                break f64::NAN;
+            }
+        };
+        times.push(seen);
+    }
+    server.stop().await;
+    times
+}
+
+/// Images per second drawn by the mock provider in this process, and the mean PNG size.
+async fn mock_in_process() -> (f64, usize) {
+    let provider = MockProvider::new(MockSettings::default());
+    let mut bytes = 0;
+    let start = Instant::now();
+    for i in 0..MOCK_CALLS {
+        let mut request = GenerateRequest::new(format!("a lighthouse at dusk {i}"), MOCK_MODEL);
+        request.size = Some(format!("{SIDE}x{SIDE}"));
+        let result = provider.generate(&request).await.expect("mock generates");
+        bytes += result.images[0].bytes.len();
+    }
+    (
+        MOCK_CALLS as f64 / start.elapsed().as_secs_f64(),
+        bytes / MOCK_CALLS,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Phases, as table rows
+// ---------------------------------------------------------------------------------------
+
+/// What every phase shares: the fake upstream, the payloads, and a provider pointing at it.
+struct Bench {
+    up: Arc<Upstream>,
+    /// The ~1.5 MB picture.
+    png: Vec<u8>,
+    /// A 64x64 picture, for the reload probes.
+    small_png: Vec<u8>,
+    /// The fake upstream with the everyday key.
+    openai: Provider,
+    /// The everyday key.
+    key: String,
+    figures: Vec<Figure>,
+    raw: serde_json::Map<String, Value>,
+}
+
+impl Bench {
+    /// Added latency per call in `link` and `preview` modes, against the direct HTTP call.
+    async fn latency(&mut self) {
+        self.up.answer(LATENCY_DELAY, &self.png);
+        phase(&format!("baseline: {BASELINE_CALLS} direct HTTP calls"));
+        let direct = baseline_ms(&self.up, &self.key).await;
+        let delay_ms = ms(LATENCY_DELAY);
+        let (direct50, direct99) = (pct(&direct, 0.5), pct(&direct, 0.99));
+        self.figures.push(
+            Figure::new("direct HTTP call p50", direct50, "ms", Target::None).note(format!(
+                "reqwest from the bench; upstream delay {delay_ms:.0} ms"
+            )),
+        );
+        self.figures.push(Figure::new(
+            "direct HTTP call p99",
+            direct99,
+            "ms",
+            Target::None,
+        ));
+        self.raw.insert("direct_ms".into(), json!(direct));
+        for (mode, p50_target) in [("link", 3.0), ("preview", 15.0)] {
+            phase(&format!(
+                "latency: {LATENCY_CALLS} sequential calls, {mode} mode"
+            ));
+            let times = latency_ms(&self.openai, mode).await;
+            let (p50, p99) = (pct(&times, 0.5), pct(&times, 0.99));
+            self.figures.push(
+                Figure::new(format!("MCP call p50 ({mode})"), p50, "ms", Target::None)
+                    .note("client-observed, over stdio"),
+            );
+            self.figures.push(Figure::new(
+                format!("MCP call p99 ({mode})"),
+                p99,
+                "ms",
+                Target::None,
+            ));
+            let over = |v: f64| format!("{:.1} ms over the configured delay", v - delay_ms);
+            self.figures.push(
+                Figure::new(
+                    format!("added latency p50 ({mode})"),
+                    p50 - direct50,
+                    "ms",
+                    Target::AtMost(p50_target),
+                )
+                .note(format!("MCP p50 − direct p50; {}", over(p50))),
+            );
+            self.figures.push(
+                Figure::new(
+                    format!("added latency p99 ({mode})"),
+                    p99 - direct99,
+                    "ms",
+                    Target::None,
+                )
+                .note(format!("MCP p99 − direct p99; {}", over(p99))),
+            );
+            self.raw.insert(format!("mcp_{mode}_ms"), json!(times));
+        }
+    }
+
+    /// Calls per second with 1, 8 and 64 in flight on one connection, and peak memory.
+    async fn throughput(&mut self) {
+        self.up.answer(THROUGHPUT_DELAY, &self.png);
+        let runs = THROUGHPUT_RUNS
+            .iter()
+            .map(|&(k, n)| (k, n, "link"))
+            .chain([(64, 256, "preview")]);
+        for (in_flight, n, mode) in runs {
+            phase(&format!(
+                "throughput: {n} calls, {in_flight} in flight, {mode} mode"
+            ));
+            let run = throughput(&self.up, &self.openai, mode, in_flight, n).await;
+            let ideal = in_flight as f64 / THROUGHPUT_DELAY.as_secs_f64();
+            self.figures.push(
+                Figure::new(
+                    format!("throughput, {in_flight} in flight ({mode})"),
+                    run.rate,
+                    "calls/s",
+                    Target::AtLeast(0.9 * ideal),
+                )
+                .note(format!(
+                    "upstream-bound ideal {ideal:.0} calls/s, {:.0}% of it (target 90%); \
+                     upstream saw ≤ {} at once; CPU per call: server {:.1} ms, bench {:.1} ms",
+                    100.0 * run.rate / ideal,
+                    run.upstream_peak,
+                    run.server_cpu,
+                    run.harness_cpu
+                )),
+            );
+            if in_flight == 64 {
+                self.figures.push(
+                    Figure::new(
+                        format!("peak RSS, 64 in flight ({mode})"),
+                        run.peak,
+                        "MiB",
+                        Target::AtMost(200.0),
+                    )
+                    .note(format!(
+                        "VmHWM of the server after the run; VmRSS 1 s later {:.0} MiB",
+                        run.after
+                    )),
+                );
+            }
+        }
+    }
+
+    /// Start-up time, and memory at rest.
+    async fn startup(&mut self) {
+        self.up.answer(LATENCY_DELAY, &self.png);
+        phase(&format!("start-up: {STARTS} starts"));
+        let mut starts = Vec::new();
+        for _ in 0..STARTS {
+            let server = Server::start(&self.openai, "preview").await;
+            starts.push(ms(server.started_in));
+            server.stop().await;
+        }
+        let starts = sorted(starts);
+        self.figures.push(
+            Figure::new(
+                "start-up p50",
+                pct(&starts, 0.5),
+                "ms",
+                Target::AtMost(50.0),
+            )
+            .note("spawn → initialize → first tools/list answer"),
+        );
+        self.figures.push(Figure::new(
+            "start-up max",
+            pct(&starts, 1.0),
+            "ms",
+            Target::None,
+        ));
+        self.raw.insert("startup_ms".into(), json!(starts));
+
+        let server = Server::start(&self.openai, "preview").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (peak, rss) = server.memory();
+        server.stop().await;
+        self.figures.push(
+            Figure::new("peak RSS idle", peak, "MiB", Target::AtMost(20.0))
+                .note("VmHWM 1 s after start-up and tools/list"),
+        );
+        self.figures
+            .push(Figure::new("RSS idle", rss, "MiB", Target::None).note("VmRSS"));
+    }
+
+    /// A new key written into the config file, until the upstream sees it.
+    async fn reload(&mut self) {
+        phase(&format!("reload: {RELOADS} key rotations"));
+        self.up.answer(RELOAD_DELAY, &self.small_png);
+        let reloads = sorted(reload_ms(&self.up).await);
+        self.figures.push(
+            Figure::new(
+                "reload p50",
+                pct(&reloads, 0.5),
+                "ms",
+                Target::AtMost(1000.0),
+            )
+            .note("file written → upstream sees the new key (debounce 300 ms)"),
+        );
+        self.figures.push(Figure::new(
+            "reload max",
+            pct(&reloads, 1.0),
+            "ms",
+            Target::AtMost(1000.0),
+        ));
+        let reloads: Vec<_> = reloads.into_iter().map(finite).collect();
+        self.raw.insert("reload_ms".into(), json!(reloads));
+    }
+
+    /// Where a call's time goes: the server's own steps, run in this process on the same
+    /// payload (no targets; this explains the latency figures).
+    async fn breakdown(&mut self) {
+        phase("breakdown: the server's steps, in process");
+        self.up.answer(Duration::ZERO, &self.png);
+        const N: usize = 30;
+        let settings = OpenAiSettings::new(
+            self.up.base_url.parse().unwrap(),
+            Some(self.key.clone().into()),
+        );
+        let provider = OpenAiProvider::new(settings, reqwest::Client::new());
+        let mut request = GenerateRequest::new("a lighthouse at dusk", "gpt-image-1.5");
+        request.size = Some(format!("{SIDE}x{SIDE}"));
+        let http = reqwest::Client::new();
+        let url = format!("{}/images/generations", self.up.base_url);
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(dir.path());
+        let (mut direct, mut call, mut save, mut preview) = (vec![], vec![], vec![], vec![]);
+        let mut shown = String::new();
+        for i in 0..N + 2 {
+            let start = Instant::now();
+            let body = http.post(&url).bearer_auth(&self.key).json(&json!({}));
+            body.send().await.unwrap().bytes().await.unwrap();
+            let t_direct = ms(start.elapsed());
+            let start = Instant::now();
+            let result = provider.generate(&request).await.expect("provider call");
+            let t_call = ms(start.elapsed());
+            let image = &result.images[0];
+            let start = Instant::now();
+            store.save(image, "a lighthouse at dusk").unwrap();
+            let t_save = ms(start.elapsed());
+            let start = Instant::now();
+            let inline = imagegen_mcp::delivery::preview(image, 80_000).unwrap();
+            let t_preview = ms(start.elapsed());
+            shown = format!(
+                "{}x{} {}, {} KB of base64",
+                inline.width,
+                inline.height,
+                inline.mime,
+                inline.base64.len() / 1000
+            );
+            if i >= 2 {
+                direct.push(t_direct);
+                call.push(t_call);
+                save.push(t_save);
+                preview.push(t_preview);
+            }
+        }
+        let p50 = |v: Vec<f64>| pct(&sorted(v), 0.5);
+        let (direct, call) = (p50(direct), p50(call));
+        let rows = [
+            (
+                "provider call − direct HTTP",
+                call - direct,
+                "OpenAiProvider::generate: JSON parse, base64 decode, probe",
+            ),
+            (
+                "save",
+                p50(save),
+                "ImageStore::save: sha256, write, fdatasync",
+            ),
+            (
+                "preview",
+                p50(preview),
+                &format!("delivery::preview: PNG decode, thumbnails, JPEG encodes → {shown}"),
+            ),
+        ];
+        for (name, value, note) in rows {
+            self.figures.push(
+                Figure::new(
+                    format!("{name} p50 (in process)"),
+                    value,
+                    "ms",
+                    Target::None,
+                )
+                .note(note),
+            );
+        }
+    }
+
+    /// The mock provider, through the binary and in process.
+    async fn mock(&mut self) {
+        phase(&format!(
+            "mock: {MOCK_CALLS} images through the binary and in process"
+        ));
+        let server = Server::start(&Provider::Mock, "link").await;
+        let peer = server.peer();
+        run_calls(&peer, 2, 4).await;
+        for in_flight in [1, 2] {
+            let took = run_calls(&peer, in_flight, MOCK_CALLS).await;
+            self.figures.push(
+                Figure::new(
+                    format!("mock via MCP, {in_flight} in flight"),
+                    MOCK_CALLS as f64 / took.as_secs_f64(),
+                    "images/s",
+                    Target::None,
+                )
+                .note(format!("{SIDE}x{SIDE} PNG, link mode, saved to disk")),
+            );
+        }
+        server.stop().await;
+        let (rate, size) = mock_in_process().await;
+        self.figures.push(
+            Figure::new("mock in process", rate, "images/s", Target::None).note(format!(
+                "MockProvider::generate, {SIDE}x{SIDE} PNG of {} KB",
+                size / 1000
+            )),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Main
+// ---------------------------------------------------------------------------------------
+
+/// The phases, in the order they run; `cargo bench --bench e2e -- NAME...` runs only those.
+const PHASES: [&str; 6] = [
+    "latency",
+    "breakdown",
+    "throughput",
+    "startup",
+    "reload",
+    "mock",
+];
+
+#[tokio::main]
+async fn main() {
+    let bench_start = Instant::now();
+    // Cargo passes `--bench`; any other argument picks phases.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    if let Some(unknown) = only.iter().find(|a| !PHASES.contains(&a.as_str())) {
+        eprintln!("unknown phase {unknown:?}; phases: {}", PHASES.join(", "));
+        std::process::exit(2);
+    }
+    let machine = machine();
+    println!(
+        "machine: {} | {} cores | Linux {} | {} MiB RAM | load average {}",
+        machine["cpu"].as_str().unwrap(),
+        machine["cores"],
+        machine["kernel"].as_str().unwrap(),
+        machine["memory_mib"],
+        machine["loadavg"].as_str().unwrap()
+    );
+
+    let up = Upstream::start().await;
+    let key = "sk-bench-0000-0123456789abcdef".to_string();
+    let mut bench = Bench {
+        openai: Provider::OpenAi {
+            base_url: up.base_url.clone(),
+            key: key.clone(),
+        },
+        key,
+        up,
+        png: photo_like_png(SIDE, 3),
+        small_png: photo_like_png(64, 3),
+        figures: Vec::new(),
+        raw: serde_json::Map::new(),
+    };
+    let body_len = images_response(&bench.png).len();
+    println!(
+        "payload: {SIDE}x{SIDE} PNG of {:.2} MB ({:.2} MB of JSON with base64)\n",
+        bench.png.len() as f64 / 1e6,
+        body_len as f64 / 1e6
+    );
+    for name in PHASES {
+        if !only.is_empty() && !only.iter().any(|o| o == name) {
+            continue;
+        }
+        match name {
+            "latency" => bench.latency().await,
+            "throughput" => bench.throughput().await,
+            "startup" => bench.startup().await,
+            "reload" => bench.reload().await,
+            "breakdown" => bench.breakdown().await,
+            _ => bench.mock().await,
+        }
+    }
+
+    let figures = &bench.figures;
+    let requests = bench.up.requests.load(Ordering::SeqCst);
+    println!("\n| figure | value | target | result | notes |\n|---|---|---|---|---|");
+    for f in figures {
+        let result = match f.pass() {
+            Some(true) => "PASS",
+            Some(false) => "**MISS**",
+            None => "",
+        };
+        println!(
+            "| {} | {} {} | {} | {} | {} |",
+            f.name,
+            num(f.value),
+            f.unit,
+            f.target_text(),
+            result,
+            f.note
+        );
+    }
+    let misses = figures.iter().filter(|f| f.pass() == Some(false)).count();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "\nload average before: {}; after: {}",
+        machine["loadavg"].as_str().unwrap_or_default(),
+        load.trim()
+    );
+    let seconds = bench_start.elapsed().as_secs_f64();
+    println!(
+        "\n{} targets, {misses} missed; {requests} upstream requests; {seconds:.0} s in all",
+        figures.iter().filter(|f| f.pass().is_some()).count(),
+    );
+
+    let report = json!({
+        "machine": machine,
+        "payload": {"side": SIDE, "png_bytes": bench.png.len(), "response_bytes": body_len},
+        "settings": {"latency_delay_ms": ms(LATENCY_DELAY),
+            "throughput_delay_ms": ms(THROUGHPUT_DELAY), "latency_calls": LATENCY_CALLS,
+            "baseline_calls": BASELINE_CALLS, "throughput_runs": THROUGHPUT_RUNS,
+            "starts": STARTS, "reloads": RELOADS, "mock_calls": MOCK_CALLS},
+        "figures": figures.iter().map(Figure::json).collect::<Vec<_>>(),
+        "raw": bench.raw,
+        "upstream_requests": requests,
+        "seconds": seconds,
+        "loadavg_after": load.trim(),
+    });
+    let path = target_dir().join("bench-e2e.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    println!("JSON: {}", path.display());
+}
+
+/// The target directory the binary under test was built into.
+fn target_dir() -> PathBuf {
+    // CARGO_BIN_EXE_imagegen-mcp is <target>/<profile>/imagegen-mcp.
+    Path::new(env!("CARGO_BIN_EXE_imagegen-mcp"))
+        .ancestors()
+        .nth(2)
+        .expect("a target directory")
+        .to_path_buf()
+}
