@@ -604,6 +604,9 @@ impl OpenAiProvider {
         model: &str,
         answer: Answer,
     ) -> Result<GenerateResult, ProviderError> {
+        // Parsing and decoding a 2 MB answer is CPU work: a burst of answers done a few at a
+        // time finishes each sooner and keeps fewer copies alive at once than all together.
+        let mut permit = Some(decode_slots().acquire().await);
         let resp = match answer {
             Answer::Json(body) => ImagesResponse::from_body(&body)?,
             Answer::Completed(data) => ImagesResponse::from_completed(data)?,
@@ -623,12 +626,17 @@ impl OpenAiProvider {
                 "the response's `data` list is empty: no images were returned",
             ));
         }
+        if data.iter().any(|d| d.b64_json.is_none()) {
+            // Downloads wait on the network, not the CPU.
+            permit.take();
+        }
         let images = try_join_all(data.iter().enumerate().map(|(i, datum)| async move {
             let bytes = self.datum_bytes(i + 1, datum).await?;
             GeneratedImage::from_encoded(bytes)
                 .map_err(|e| bad(format!("image {} is not a usable image: {e}", i + 1)))
         }))
         .await?;
+        drop(permit);
         let mut result = GenerateResult::new(images, model);
         result.revised_prompt = data.iter().find_map(|d| d.revised_prompt.clone());
         result.usage = resp
@@ -1397,12 +1405,22 @@ enum ReadError {
     Transport(reqwest::Error),
 }
 
+/// Answers decoded at once across the process: one per core.
+fn decode_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    })
+}
+
 /// Reads a body as a stream, giving up as soon as it exceeds `cap` bytes.
 async fn read_capped(resp: reqwest::Response, cap: usize) -> Result<Bytes, ReadError> {
     if resp.content_length().is_some_and(|n| n > cap as u64) {
         return Err(ReadError::TooLarge);
     }
-    let mut out = BytesMut::new();
+    // One allocation of the announced size instead of a buffer doubling (and copying) its way up.
+    let announced = resp.content_length().map_or(0, |n| n as usize);
+    let mut out = BytesMut::with_capacity(announced.min(cap));
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(ReadError::Transport)?;
@@ -1438,6 +1456,10 @@ fn decode_base64(text: &str) -> Result<Bytes, base64::DecodeError> {
         &base64::alphabet::STANDARD,
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
     );
+    // Copying 2 MB to drop whitespace that is almost never there cost a fifth of a call's CPU.
+    if !text.bytes().any(|b| b.is_ascii_whitespace()) {
+        return LENIENT.decode(text).map(Bytes::from);
+    }
     let clean: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
     LENIENT.decode(clean).map(Bytes::from)
 }
