@@ -778,21 +778,18 @@ impl Engine {
             result = work => result.map_err(fail),
             () = call.cancel.cancelled() => Err(cancelled()),
         };
-        let result = match result {
-            Ok(result) => result,
-            Err(error) => {
-                // A failed or cancelled call leaves nothing behind: its partial images may show
-                // a prompt that was then refused.
-                for partial in take_partials() {
-                    let _ = self.store.remove(&partial.name);
-                }
-                if call.cancel.is_cancelled() {
-                    tracing::info!(provider = %name, elapsed_ms = started.elapsed().as_millis() as u64, "call cancelled");
-                    return Err(cancelled());
-                }
-                return Err(error);
+        if result.is_err() || call.cancel.is_cancelled() {
+            // A failed or cancelled call leaves nothing behind: its partial images may show a
+            // prompt that was then refused.
+            for partial in take_partials() {
+                let _ = self.store.remove(&partial.name);
             }
-        };
+        }
+        if call.cancel.is_cancelled() {
+            tracing::info!(provider = %name, elapsed_ms = started.elapsed().as_millis() as u64, "call cancelled");
+            return Err(cancelled());
+        }
+        let result = result?;
         tracing::info!(
             provider = %name,
             model = %result.model,
@@ -800,12 +797,6 @@ impl Engine {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "provider answered"
         );
-        if call.cancel.is_cancelled() {
-            for partial in take_partials() {
-                let _ = self.store.remove(&partial.name);
-            }
-            return Err(cancelled());
-        }
         progress.phase("saving");
         let store = self.store.clone();
         let label = prompt.to_string();

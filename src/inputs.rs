@@ -79,11 +79,6 @@ impl InputPolicy {
         }
     }
 
-    /// The directories paths may point into.
-    pub fn allowed_dirs(&self) -> &[PathBuf] {
-        &self.allowed
-    }
-
     /// Reads one input: a stored image's URI, a path inside the allowed directories, a
     /// `data:` URL or bare base64. The bytes must be a PNG, JPEG or WebP image.
     pub fn resolve(&self, spec: &str, role: InputRole) -> Result<InputImage, ToolError> {

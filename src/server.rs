@@ -83,6 +83,10 @@ pub struct StatusOutput {
     pub config: ConfigStatus,
     /// The provider used when a call names none.
     pub default_provider: String,
+    /// Upstream calls in flight now, all providers together.
+    pub in_flight: usize,
+    /// `[limits] max_in_flight`: calls beyond it wait for a slot.
+    pub max_in_flight: usize,
     /// Every configured provider and its keys.
     pub providers: Vec<ProviderStatus>,
 }
@@ -111,9 +115,12 @@ fn key_info(engine: &Engine, name: &str) -> Vec<KeyInfo> {
 /// The live status: reload history, and every provider's keys with their state.
 pub fn status_output(live: &Live) -> StatusOutput {
     let engine = live.engine();
+    let (in_flight, max_in_flight) = engine.in_flight();
     StatusOutput {
         config: live.status(),
         default_provider: engine.default_provider().into(),
+        in_flight,
+        max_in_flight,
         providers: engine
             .providers()
             .iter()

@@ -6,7 +6,10 @@ mod common;
 use std::{path::Path, time::Instant};
 
 use common::*;
-use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock, ProtocolVersion};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ContentBlock, ProtocolVersion,
+    ReadResourceRequestParams, ResourceContents,
+};
 use serde_json::{json, Value};
 
 fn structured(result: &CallToolResult) -> Value {
@@ -138,13 +141,30 @@ async fn the_in_flight_limit_bounds_a_batch() {
     )
     .await;
     let started = Instant::now();
-    let result = call(
+    let batch = call(
         &server,
         "generate_images",
         json!({"prompt": "a lantern", "count": 6, "seed": 1, "size": "64x64", "delivery": "link"}),
-    )
-    .await;
+    );
+    let watch = async {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let read = server
+            .client
+            .read_resource(ReadResourceRequestParams::new("imagegen://status"))
+            .await
+            .unwrap();
+        let ResourceContents::TextResourceContents { text, .. } = &read.contents[0] else {
+            panic!("the status is text");
+        };
+        serde_json::from_str::<Value>(text).unwrap()
+    };
+    let (result, status) = tokio::join!(batch, watch);
     let elapsed = started.elapsed();
+    assert_eq!(
+        (&status["in_flight"], &status["max_in_flight"]),
+        (&json!(2), &json!(2)),
+        "the status shows the slots in use: {status}"
+    );
     let out = structured(&result);
     assert_eq!(out["summary"]["succeeded"], 6, "{out}");
     // With a seed each image is its own request: six 300 ms calls, two at a time, take three
