@@ -284,11 +284,23 @@ fn reporter(context: &RequestContext<RoleServer>) -> ProgressReporter {
     ProgressReporter::start(sink, HEARTBEAT)
 }
 
-/// Previews decode and re-encode whole images: this many at once keeps memory flat under load.
-fn preview_slots() -> &'static Semaphore {
+/// Builds a tool result off the async workers, one per core at a time: previews decode and
+/// re-encode whole images, and a bound keeps memory flat under load.
+async fn with_previews(build: impl FnOnce() -> CallToolResult + Send + 'static) -> CallToolResult {
     static SLOTS: OnceLock<Semaphore> = OnceLock::new();
-    SLOTS
-        .get_or_init(|| Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())))
+    let slots = SLOTS.get_or_init(|| {
+        Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    });
+    let Ok(_slot) = slots.acquire().await else {
+        return error_result(ToolError::storage("the server is shutting down"));
+    };
+    tokio::task::spawn_blocking(build)
+        .await
+        .unwrap_or_else(|e| {
+            error_result(ToolError::storage(format!(
+                "building the result failed: {e}"
+            )))
+        })
 }
 
 /// Runs one tool call with progress reporting (when the client asked for it) and the
@@ -318,17 +330,7 @@ async fn single_result(
     match outcome {
         Ok(generation) => {
             let mode = mode.unwrap_or(engine.output().delivery);
-            let Ok(_slot) = preview_slots().acquire().await else {
-                return error_result(ToolError::storage("the server is shutting down"));
-            };
-            // Previews decode and re-encode megapixel images: keep that off the async workers.
-            tokio::task::spawn_blocking(move || success_result(&engine, &generation, mode))
-                .await
-                .unwrap_or_else(|e| {
-                    error_result(ToolError::storage(format!(
-                        "building the result failed: {e}"
-                    )))
-                })
+            with_previews(move || success_result(&engine, &generation, mode)).await
         }
         Err(error) => {
             tracing::warn!(kind = %error.kind, provider = ?error.provider, "{tool} failed: {}", error.message);
@@ -497,16 +499,7 @@ impl ImagegenServer {
         with_progress(context, |call| async move {
             let (output, generations) = batch::run(engine.clone(), &params, &call).await;
             let mode = params.delivery.unwrap_or(engine.output().delivery);
-            let Ok(_slot) = preview_slots().acquire().await else {
-                return error_result(ToolError::storage("the server is shutting down"));
-            };
-            tokio::task::spawn_blocking(move || batch_result(&engine, &output, &generations, mode))
-                .await
-                .unwrap_or_else(|e| {
-                    error_result(ToolError::storage(format!(
-                        "building the result failed: {e}"
-                    )))
-                })
+            with_previews(move || batch_result(&engine, &output, &generations, mode)).await
         })
         .await
     }
