@@ -153,13 +153,7 @@ impl Live {
         let loaded = load().map_err(|e| anyhow::anyhow!("{e}"))?;
         let clients = ClientCache::default();
         let engine = Engine::build(&loaded, None, &clients)?;
-        for notice in loaded.notices() {
-            if loaded.shadowed_keys().contains(&notice) {
-                tracing::warn!("{notice}");
-            } else {
-                tracing::info!("{notice}");
-            }
-        }
+        log_notices(&loaded, true);
         log.apply(loaded.config.log_level.as_deref());
         if let (Some(var), Some(_)) = (&log.env_var, &loaded.config.log_level) {
             tracing::info!("log_level in the configuration is not used: {var} is set and wins");
@@ -250,14 +244,7 @@ impl Live {
         for warning in self.not_live(&current.loaded, &loaded) {
             tracing::warn!("{warning}");
         }
-        for notice in loaded.notices() {
-            if loaded.shadowed_keys().contains(&notice) {
-                // Repeated on every reload: it is why a key rotated in the file did nothing.
-                tracing::warn!("{notice}");
-            } else {
-                tracing::debug!("{notice}");
-            }
-        }
+        log_notices(&loaded, false);
         if loaded.config.log_level != current.loaded.config.log_level {
             self.log.apply(loaded.config.log_level.as_deref());
         }
@@ -308,6 +295,21 @@ impl Live {
             reloads: counters.published,
             reload_errors: counters.failed,
             last_reload_error: counters.last_error.clone(),
+        }
+    }
+}
+
+/// Logs the configuration's notices: at start-up as information, on a reload only for
+/// debugging, except that a key shadowing the file's is a warning every time, since it is why a
+/// key rotated in the file did nothing.
+fn log_notices(loaded: &LoadedConfig, at_start: bool) {
+    for notice in loaded.notices() {
+        if loaded.shadowed_keys().contains(&notice) {
+            tracing::warn!("{notice}");
+        } else if at_start {
+            tracing::info!("{notice}");
+        } else {
+            tracing::debug!("{notice}");
         }
     }
 }

@@ -657,19 +657,26 @@ mod tests {
         let mut r = GenerateRequest::new("slow stream", MOCK_MODEL);
         r.size = Some("128x64".into());
         r.partial_images = Some(2);
-        let (events, mut rx) = Events::channel();
+        let (events, rx) = Events::channel();
         let started = tokio::time::Instant::now();
         let result = p.generate_with_events(&r, &events).await.unwrap();
         assert!(started.elapsed() >= Duration::from_millis(300));
         drop(events);
+        assert_eq!(partial_sizes(rx).await, vec![(0, 32, 16), (1, 32, 16)]);
+        assert_eq!((result.images[0].width, result.images[0].height), (128, 64));
+    }
+
+    /// The partial images a call reported, as (index, width, height), in arrival order.
+    async fn partial_sizes(
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<ProviderEvent>,
+    ) -> Vec<(u32, u32, u32)> {
         let mut partials = Vec::new();
         while let Some(event) = rx.recv().await {
             if let ProviderEvent::PartialImage { index, image } = event {
                 partials.push((index, image.width, image.height));
             }
         }
-        assert_eq!(partials, vec![(0, 32, 16), (1, 32, 16)]);
-        assert_eq!((result.images[0].width, result.images[0].height), (128, 64));
+        partials
     }
 
     #[tokio::test]
@@ -779,16 +786,10 @@ mod tests {
         let mut r = edit_request("streamed");
         r.size = Some("128x64".into());
         r.partial_images = Some(2);
-        let (events, mut rx) = Events::channel();
+        let (events, rx) = Events::channel();
         let result = p.edit_with_events(&r, &events).await.unwrap();
         drop(events);
-        let mut partials = Vec::new();
-        while let Some(event) = rx.recv().await {
-            if let ProviderEvent::PartialImage { index, image } = event {
-                partials.push((index, image.width, image.height));
-            }
-        }
-        assert_eq!(partials, vec![(0, 32, 16), (1, 32, 16)]);
+        assert_eq!(partial_sizes(rx).await, vec![(0, 32, 16), (1, 32, 16)]);
         assert_eq!((result.images[0].width, result.images[0].height), (128, 64));
     }
 
