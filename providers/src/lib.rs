@@ -9,6 +9,7 @@
 pub mod catalog;
 pub mod error;
 pub mod image_info;
+mod images_body;
 pub mod keys;
 pub mod mock;
 pub mod openai;

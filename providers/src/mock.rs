@@ -380,6 +380,7 @@ impl Edit {
             format,
             width,
             height,
+            sha256: None,
         })
     }
 }
@@ -431,6 +432,7 @@ fn render(
         format,
         width,
         height,
+        sha256: None,
     })
 }
 

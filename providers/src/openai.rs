@@ -34,6 +34,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use crate::{
+    images_body::{BodyScanner, Decoded, ImagesBody, LENIENT_BASE64, PLACEHOLDER},
     keys::{KeyPool, PoolKey},
     retry::{self, GiveUp, RetryPolicy},
     sse::{SseEvent, SseParser},
@@ -353,7 +354,7 @@ impl OpenAiProvider {
                 .await
                 .map(Answer::Completed)
         } else {
-            read_capped(resp, s.max_response_bytes)
+            read_images(resp, s.max_response_bytes)
                 .await
                 .map(Answer::Json)
                 .map_err(|e| match e {
@@ -604,12 +605,9 @@ impl OpenAiProvider {
         model: &str,
         answer: Answer,
     ) -> Result<GenerateResult, ProviderError> {
-        // Parsing and decoding a 2 MB answer is CPU work: a burst of answers done a few at a
-        // time finishes each sooner and keeps fewer copies alive at once than all together.
-        let mut permit = Some(decode_slots().acquire().await);
-        let resp = match answer {
-            Answer::Json(body) => ImagesResponse::from_body(&body)?,
-            Answer::Completed(data) => ImagesResponse::from_completed(data)?,
+        let (resp, mut decoded) = match answer {
+            Answer::Json(body) => (ImagesResponse::from_body(&body.skeleton)?, Some(body)),
+            Answer::Completed(data) => (ImagesResponse::from_completed(data)?, None),
         };
         tracing::debug!(
             size = resp.size.as_deref(),
@@ -626,15 +624,22 @@ impl OpenAiProvider {
                 "the response's `data` list is empty: no images were returned",
             ));
         }
-        if data.iter().any(|d| d.b64_json.is_none()) {
-            // Downloads wait on the network, not the CPU.
-            permit.take();
-        }
-        let images = try_join_all(data.iter().enumerate().map(|(i, datum)| async move {
-            let bytes = self.datum_bytes(i + 1, datum).await?;
-            GeneratedImage::from_encoded(bytes)
-                .map_err(|e| bad(format!("image {} is not a usable image: {e}", i + 1)))
-        }))
+        let sources: Vec<Source> = data
+            .iter()
+            .map(|datum| Source::of(datum, decoded.as_mut()))
+            .collect();
+        // Decoding a 2 MB string (a stream's final event) is CPU work: a burst of answers done
+        // a few at a time finishes each sooner and keeps fewer copies alive at once.
+        let permit = match sources.iter().any(|s| matches!(s, Source::Text(_))) {
+            true => Some(decode_slots().acquire().await),
+            false => None,
+        };
+        let images = try_join_all(
+            sources
+                .into_iter()
+                .enumerate()
+                .map(|(i, source)| self.source_image(i + 1, source)),
+        )
         .await?;
         drop(permit);
         let mut result = GenerateResult::new(images, model);
@@ -645,30 +650,43 @@ impl OpenAiProvider {
         Ok(result)
     }
 
-    /// The encoded bytes of result `index` (1-based), decoded or downloaded.
-    async fn datum_bytes(&self, index: usize, datum: &Datum) -> Result<Bytes, ProviderError> {
-        if let Some(b64) = datum.b64_json.as_deref().filter(|s| !s.trim().is_empty()) {
-            return decode_base64(b64).map_err(|e| {
-                bad(format!(
-                    "image {index}: `b64_json` is not valid base64: {e}"
-                ))
-            });
-        }
-        let Some(url) = datum
-            .url
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        else {
-            return Err(bad(format!(
-                "image {index} has neither `b64_json` nor `url`"
-            )));
+    /// Result image `index` (1-based): decoded, or downloaded.
+    async fn source_image(
+        &self,
+        index: usize,
+        source: Source<'_>,
+    ) -> Result<GeneratedImage, ProviderError> {
+        let unusable = |e: String| {
+            bad(format!(
+                "image {index}: `b64_json` is not valid base64: {e}"
+            ))
         };
-        match url.get(..5) {
-            Some(scheme) if scheme.eq_ignore_ascii_case("data:") => decode_data_url(url)
-                .map_err(|e| bad(format!("image {index}: unusable `data:` URL: {e}"))),
-            _ => self.download(index, url).await,
-        }
+        let (bytes, sha256) = match source {
+            Source::Decoded(decoded) => decoded
+                .map(|d| (Bytes::from(d.bytes), Some(d.sha256)))
+                .map_err(unusable)?,
+            Source::Text(b64) => (
+                decode_base64(b64).map_err(|e| unusable(e.to_string()))?,
+                None,
+            ),
+            Source::DataUrl(url) => (
+                decode_data_url(url)
+                    .map_err(|e| bad(format!("image {index}: unusable `data:` URL: {e}")))?,
+                None,
+            ),
+            Source::Url(url) => (self.download(index, url).await?, None),
+            Source::Missing => {
+                return Err(bad(format!(
+                    "image {index} has neither `b64_json` nor `url`"
+                )))
+            }
+        };
+        let image = GeneratedImage::from_encoded(bytes)
+            .map_err(|e| bad(format!("image {index} is not a usable image: {e}")))?;
+        Ok(match sha256 {
+            Some(sha256) => image.with_sha256(sha256),
+            None => image,
+        })
     }
 
     /// Fetches a result URL from an allowed host, within the size cap.
@@ -1180,10 +1198,53 @@ fn whose(key: Option<&PoolKey>) -> String {
 /// What a successful attempt returned.
 #[derive(Debug)]
 enum Answer {
-    /// A JSON body holding every image.
-    Json(Bytes),
+    /// A JSON body holding every image, its images decoded as it arrived.
+    Json(ImagesBody),
     /// The data of a stream's completed event, holding the final image.
     Completed(Value),
+}
+
+/// Where one result image's bytes come from.
+enum Source<'a> {
+    /// Decoded while the body was read.
+    Decoded(Result<Decoded, String>),
+    /// Base64 still to decode.
+    Text(&'a str),
+    /// A `data:` URL.
+    DataUrl(&'a str),
+    /// A URL to download.
+    Url(&'a str),
+    /// Neither `b64_json` nor `url`.
+    Missing,
+}
+
+impl<'a> Source<'a> {
+    fn of(datum: &'a Datum, decoded: Option<&mut ImagesBody>) -> Self {
+        if let Some(b64) = datum.b64_json.as_deref().filter(|s| !s.trim().is_empty()) {
+            return match b64.starts_with(PLACEHOLDER) {
+                true => decoded
+                    .and_then(|body| body.take(b64))
+                    .map_or(Self::Missing, Self::Decoded),
+                false => Self::Text(b64),
+            };
+        }
+        match datum
+            .url
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            None => Self::Missing,
+            Some(url)
+                if url
+                    .get(..5)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("data:")) =>
+            {
+                Self::DataUrl(url)
+            }
+            Some(url) => Self::Url(url),
+        }
+    }
 }
 
 fn is_event_stream(headers: &HeaderMap) -> bool {
@@ -1415,21 +1476,45 @@ fn decode_slots() -> &'static tokio::sync::Semaphore {
 
 /// Reads a body as a stream, giving up as soon as it exceeds `cap` bytes.
 async fn read_capped(resp: reqwest::Response, cap: usize) -> Result<Bytes, ReadError> {
-    if resp.content_length().is_some_and(|n| n > cap as u64) {
-        return Err(ReadError::TooLarge);
-    }
+    let announced = announced_length(&resp, cap)?;
     // One allocation of the announced size instead of a buffer doubling (and copying) its way up.
-    let announced = resp.content_length().map_or(0, |n| n as usize);
-    let mut out = BytesMut::with_capacity(announced.min(cap));
+    let mut out = BytesMut::with_capacity(announced);
+    read_chunks(resp, cap, |chunk| out.extend_from_slice(chunk)).await?;
+    Ok(out.freeze())
+}
+
+/// Reads an images answer within `cap` bytes, decoding its images as they arrive.
+async fn read_images(resp: reqwest::Response, cap: usize) -> Result<ImagesBody, ReadError> {
+    let mut scanner = BodyScanner::new(announced_length(&resp, cap)?);
+    read_chunks(resp, cap, |chunk| scanner.push(chunk)).await?;
+    Ok(scanner.finish())
+}
+
+/// The body's announced length (0 when unknown), refused at once when over `cap`.
+fn announced_length(resp: &reqwest::Response, cap: usize) -> Result<usize, ReadError> {
+    match resp.content_length() {
+        Some(n) if n > cap as u64 => Err(ReadError::TooLarge),
+        n => Ok(n.unwrap_or(0) as usize),
+    }
+}
+
+/// Hands each chunk of a body to `take`, giving up as soon as the body exceeds `cap` bytes.
+async fn read_chunks(
+    resp: reqwest::Response,
+    cap: usize,
+    mut take: impl FnMut(&[u8]),
+) -> Result<(), ReadError> {
+    let mut received = 0;
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(ReadError::Transport)?;
-        if out.len() + chunk.len() > cap {
+        received += chunk.len();
+        if received > cap {
             return Err(ReadError::TooLarge);
         }
-        out.extend_from_slice(&chunk);
+        take(&chunk);
     }
-    Ok(out.freeze())
+    Ok(())
 }
 
 /// Reads at most `cap` bytes of a body, ignoring failures: for error bodies, where the status
@@ -1449,19 +1534,12 @@ async fn read_truncated(resp: reqwest::Response, cap: usize) -> Bytes {
 
 /// Standard base64, tolerating line breaks, spaces and missing padding.
 fn decode_base64(text: &str) -> Result<Bytes, base64::DecodeError> {
-    use base64::engine::{
-        general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig,
-    };
-    const LENIENT: GeneralPurpose = GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-    );
     // Copying 2 MB to drop whitespace that is almost never there cost a fifth of a call's CPU.
     if !text.bytes().any(|b| b.is_ascii_whitespace()) {
-        return LENIENT.decode(text).map(Bytes::from);
+        return LENIENT_BASE64.decode(text).map(Bytes::from);
     }
     let clean: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    LENIENT.decode(clean).map(Bytes::from)
+    LENIENT_BASE64.decode(clean).map(Bytes::from)
 }
 
 /// Decodes `data:image/png;base64,...`.
@@ -1588,6 +1666,7 @@ struct Datum {
 }
 
 impl ImagesResponse {
+    /// Parses a JSON answer (its skeleton, when read by [`BodyScanner`]).
     fn from_body(body: &[u8]) -> Result<Self, ProviderError> {
         serde_json::from_slice(body).map_err(|e| {
             bad(format!(

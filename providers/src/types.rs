@@ -338,6 +338,8 @@ pub struct GeneratedImage {
     pub width: u32,
     /// Height in pixels.
     pub height: u32,
+    /// SHA-256 of `bytes`, when it was computed while they arrived.
+    pub sha256: Option<[u8; 32]>,
 }
 
 impl GeneratedImage {
@@ -349,7 +351,14 @@ impl GeneratedImage {
             format: info.format,
             width: info.width,
             height: info.height,
+            sha256: None,
         })
+    }
+
+    /// Records the SHA-256 of `bytes` computed while they arrived, so nobody hashes them again.
+    pub fn with_sha256(mut self, sha256: [u8; 32]) -> Self {
+        self.sha256 = Some(sha256);
+        self
     }
 
     /// The MIME type of the image.

@@ -17,6 +17,7 @@ use imagegen_providers::{
     ProviderError, ProviderEvent, VariationRequest,
 };
 use secrecy::SecretString;
+use sha2::{Digest, Sha256};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 use wiremock::{
@@ -135,6 +136,8 @@ async fn b64_result_is_decoded_with_usage_and_request_id() {
         (ImageFormat::Png, 64, 48)
     );
     assert_eq!(img.mime(), "image/png");
+    // Hashed while it arrived, so storage need not read it again.
+    assert_eq!(img.sha256, Some(Sha256::digest(&image).into()));
     let usage = result.usage.unwrap();
     assert_eq!(usage.input_tokens, Some(50));
     assert_eq!(usage.output_tokens, Some(4160));
@@ -155,8 +158,30 @@ async fn several_images_keep_their_order() {
     let result = provider(settings(&server)).generate(&req).await.unwrap();
     let sizes: Vec<_> = result.images.iter().map(|i| (i.width, i.height)).collect();
     assert_eq!(sizes, vec![(16, 16), (32, 16)]);
+    assert_eq!(result.images[1].bytes, b);
+    assert_eq!(result.images[1].sha256, Some(Sha256::digest(&b).into()));
     let sent: Value = requests(&server).await[0].body_json().unwrap();
     assert_eq!(sent["n"], 2);
+}
+
+#[tokio::test]
+async fn escaped_slashes_in_base64_are_read_as_plain_ones() {
+    let server = MockServer::start().await;
+    // Enough pixels that the base64 holds slashes, escaped as PHP's json_encode does.
+    let image = png(256, 256);
+    let escaped = b64(&image).replace('/', "\\/");
+    assert!(escaped.contains("\\/"));
+    let body = format!(r#"{{"created":1,"data":[{{"b64_json":"{escaped}"}}]}}"#);
+    mount(
+        &server,
+        ResponseTemplate::new(200).set_body_raw(body, "application/json"),
+    )
+    .await;
+    let result = provider(settings(&server))
+        .generate(&request("gpt-image-1.5"))
+        .await
+        .unwrap();
+    assert_eq!(result.images[0].bytes, image);
 }
 
 #[tokio::test]
