@@ -936,17 +936,17 @@ impl Bench {
             (
                 "provider call − direct HTTP",
                 call - direct,
-                "OpenAiProvider::generate: JSON parse, base64 decode, probe",
+                "OpenAiProvider::generate: base64 decode and sha256 as the body arrives, JSON parse, probe",
             ),
             (
                 "save",
                 p50(save),
-                "ImageStore::save: sha256, write, fdatasync",
+                "ImageStore::save: write (sha256 came with the image; fdatasync runs in the background)",
             ),
             (
                 "preview",
                 p50(preview),
-                &format!("delivery::preview: PNG decode, thumbnails, JPEG encodes → {shown}"),
+                &format!("delivery::preview: PNG decode, SIMD resize, SIMD JPEG encode → {shown}"),
             ),
         ];
         for (name, value, note) in rows {

@@ -285,8 +285,15 @@ fn reporter(context: &RequestContext<RoleServer>) -> ProgressReporter {
 }
 
 /// Builds a tool result off the async workers, one per core at a time: previews decode and
-/// re-encode whole images, and a bound keeps memory flat under load.
-async fn with_previews(build: impl FnOnce() -> CallToolResult + Send + 'static) -> CallToolResult {
+/// re-encode whole images, and a bound keeps memory flat under load. Links alone are built
+/// in place: there is nothing to decode, and a thread hop would be most of their cost.
+async fn with_previews(
+    mode: Delivery,
+    build: impl FnOnce() -> CallToolResult + Send + 'static,
+) -> CallToolResult {
+    if mode == Delivery::Link {
+        return build();
+    }
     static SLOTS: OnceLock<Semaphore> = OnceLock::new();
     let slots = SLOTS.get_or_init(|| {
         Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
@@ -330,7 +337,7 @@ async fn single_result(
     match outcome {
         Ok(generation) => {
             let mode = mode.unwrap_or(engine.output().delivery);
-            with_previews(move || success_result(&engine, &generation, mode)).await
+            with_previews(mode, move || success_result(&engine, &generation, mode)).await
         }
         Err(error) => {
             tracing::warn!(kind = %error.kind, provider = ?error.provider, "{tool} failed: {}", error.message);
@@ -499,7 +506,10 @@ impl ImagegenServer {
         with_progress(context, |call| async move {
             let (output, generations) = batch::run(engine.clone(), &params, &call).await;
             let mode = params.delivery.unwrap_or(engine.output().delivery);
-            with_previews(move || batch_result(&engine, &output, &generations, mode)).await
+            with_previews(mode, move || {
+                batch_result(&engine, &output, &generations, mode)
+            })
+            .await
         })
         .await
     }

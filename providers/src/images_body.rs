@@ -305,8 +305,17 @@ impl ImageDecoder {
         if text.is_empty() {
             return Ok(());
         }
-        let at = self.consumed;
+        let (at, start) = (self.consumed, self.out.len());
         self.consumed += text.len();
+        // SIMD decoding is four times faster; the strict decoder refuses a final group without
+        // its padding, and the lenient one then takes it (or says precisely what is wrong).
+        if base64_simd::STANDARD
+            .decode_append(text, &mut self.out)
+            .is_ok()
+        {
+            return Ok(());
+        }
+        self.out.truncate(start);
         LENIENT_BASE64
             .decode_vec(text, &mut self.out)
             .map_err(|e| match e {

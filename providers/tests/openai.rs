@@ -17,8 +17,8 @@ use imagegen_providers::{
     ProviderError, ProviderEvent, VariationRequest,
 };
 use secrecy::SecretString;
-use sha2::{Digest, Sha256};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::UnboundedReceiver;
 use wiremock::{
     matchers::{body_partial_json, header, method, path},
