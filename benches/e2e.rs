@@ -55,7 +55,9 @@ const LATENCY_CALLS: usize = 200;
 /// Sequential direct HTTP calls of the baseline.
 const BASELINE_CALLS: usize = 100;
 /// `(calls in flight, calls measured)` of the throughput runs.
-const THROUGHPUT_RUNS: [(usize, usize); 3] = [(1, 12), (8, 64), (64, 256)];
+const THROUGHPUT_RUNS: [(usize, usize); 3] = [(1, 12), (8, 96), (64, 768)];
+/// How far upstream times stray from their mean in the varied throughput runs, in percent.
+const JITTER_PCT: u64 = 50;
 /// Server starts timed.
 const STARTS: usize = 20;
 /// Key rotations timed.
@@ -65,7 +67,7 @@ const RELOAD_DELAY: Duration = Duration::from_millis(5);
 /// Images drawn by the mock provider, per run.
 const MOCK_CALLS: usize = 60;
 /// The fake refuses every request after this many: a runaway loop cannot hammer it forever.
-const MAX_UPSTREAM_REQUESTS: usize = 4_000;
+const MAX_UPSTREAM_REQUESTS: usize = 8_000;
 /// The side of the generated images.
 const SIDE: u32 = 1024;
 
@@ -79,6 +81,8 @@ struct Upstream {
     base_url: String,
     /// Delay before each answer, microseconds.
     delay_us: AtomicU64,
+    /// How far each delay strays from `delay_us`, at most, in percent (mean unchanged).
+    jitter_pct: AtomicU64,
     /// The whole response body, precomputed.
     body: Mutex<Bytes>,
     /// Requests received.
@@ -97,6 +101,7 @@ impl Upstream {
         let upstream = Arc::new(Self {
             base_url: format!("http://{}/v1", listener.local_addr().unwrap()),
             delay_us: AtomicU64::new(0),
+            jitter_pct: AtomicU64::new(0),
             body: Mutex::new(Bytes::new()),
             requests: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
@@ -114,7 +119,13 @@ impl Upstream {
     fn answer(&self, delay: Duration, png: &[u8]) {
         self.delay_us
             .store(delay.as_micros() as u64, Ordering::SeqCst);
+        self.jitter(0);
         *self.body.lock().unwrap() = images_response(png);
+    }
+
+    /// Spreads each delay uniformly within ±`pct` percent of it, as a real model's times vary.
+    fn jitter(&self, pct: u64) {
+        self.jitter_pct.store(pct, Ordering::SeqCst);
     }
 
     /// The most requests answered at once since the last call.
@@ -135,7 +146,8 @@ async fn generations(
     _body: Bytes,
 ) -> Response {
     let arrived = Instant::now();
-    if up.requests.fetch_add(1, Ordering::SeqCst) >= MAX_UPSTREAM_REQUESTS {
+    let index = up.requests.fetch_add(1, Ordering::SeqCst);
+    if index >= MAX_UPSTREAM_REQUESTS {
         return (
             StatusCode::BAD_REQUEST,
             "request budget of the bench exhausted",
@@ -153,13 +165,24 @@ async fn generations(
             .entry(key.to_string())
             .or_insert(arrived);
     }
-    let delay = Duration::from_micros(up.delay_us.load(Ordering::SeqCst));
+    let spread = up.jitter_pct.load(Ordering::SeqCst) as f64 / 100.0;
+    let delay = Duration::from_micros(up.delay_us.load(Ordering::SeqCst))
+        .mul_f64(1.0 + spread * unit(index as u64));
     let body = up.body.lock().unwrap().clone();
     let now = up.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     up.peak_in_flight.fetch_max(now, Ordering::SeqCst);
     tokio::time::sleep_until((arrived + delay).into()).await;
     up.in_flight.fetch_sub(1, Ordering::SeqCst);
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// A deterministic pseudo-random number in [-1, 1) for request `n` (splitmix64).
+fn unit(n: u64) -> f64 {
+    let mut z = n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
 }
 
 /// An Images API response holding `png` as base64, as OpenAI sends it.
@@ -775,19 +798,30 @@ impl Bench {
     /// Calls per second with 1, 8 and 64 in flight on one connection, and peak memory.
     async fn throughput(&mut self) {
         self.up.answer(THROUGHPUT_DELAY, &self.png);
+        // Lockstep first (every answer of a round lands in the same millisecond: the worst
+        // case), then with upstream times that vary, as a real model's do.
         let runs = THROUGHPUT_RUNS
             .iter()
-            .map(|&(k, n)| (k, n, "link"))
-            .chain([(64, 256, "preview")]);
-        for (in_flight, n, mode) in runs {
+            .map(|&(k, n)| (k, n, "link", 0))
+            .chain([
+                (64, 768, "preview", 0),
+                (64, 768, "link", JITTER_PCT),
+                (64, 768, "preview", JITTER_PCT),
+            ]);
+        for (in_flight, n, mode, jitter) in runs {
+            let how = match jitter {
+                0 => mode.to_string(),
+                pct => format!("{mode}, upstream ±{pct}%"),
+            };
             phase(&format!(
-                "throughput: {n} calls, {in_flight} in flight, {mode} mode"
+                "throughput: {n} calls, {in_flight} in flight, {how}"
             ));
+            self.up.jitter(jitter);
             let run = throughput(&self.up, &self.openai, mode, in_flight, n).await;
             let ideal = in_flight as f64 / THROUGHPUT_DELAY.as_secs_f64();
             self.figures.push(
                 Figure::new(
-                    format!("throughput, {in_flight} in flight ({mode})"),
+                    format!("throughput, {in_flight} in flight ({how})"),
                     run.rate,
                     "calls/s",
                     Target::AtLeast(0.9 * ideal),
@@ -804,7 +838,7 @@ impl Bench {
             if in_flight == 64 {
                 self.figures.push(
                     Figure::new(
-                        format!("peak RSS, 64 in flight ({mode})"),
+                        format!("peak RSS, 64 in flight ({how})"),
                         run.peak,
                         "MiB",
                         Target::AtMost(200.0),

@@ -474,10 +474,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before any thread exists, so that every thread shares the capped arenas.
+    limit_malloc_arenas();
     let cli = Cli::parse();
-    let code = match run(cli).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("imagegen-mcp: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("imagegen-mcp: {e:#}");
@@ -485,6 +496,24 @@ async fn main() -> ExitCode {
         }
     };
     // Saved images are flushed in the background; the last ones are on disk before we exit.
-    let _ = tokio::task::spawn_blocking(imagegen_mcp::storage::flush_saved).await;
+    imagegen_mcp::storage::flush_saved();
     code
+}
+
+/// Caps glibc's malloc arenas at one per core (it allows eight per core).
+///
+/// Each blocking thread that saves or previews an image would otherwise get an arena of its
+/// own, and megabyte buffers freed into many arenas are not reused by the others: under 64
+/// calls of 1.6 MB with previews, peak memory was 224 MiB with the default and 175 MiB with
+/// this, at no cost in CPU (docs/benchmarks.md).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let arenas = libc::c_int::try_from(cores.max(2)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only sets a tuning value; called before any other thread starts.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
+    }
 }

