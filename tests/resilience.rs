@@ -39,6 +39,7 @@ use rmcp::{
     ClientHandler, RoleClient, ServiceExt,
 };
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf},
     sync::mpsc,
@@ -792,6 +793,14 @@ async fn a_500_then_a_200_succeeds_after_one_retry() {
     let s = assert_success(&result);
     assert_eq!(s["request_id"], "req_ok");
     assert_eq!(upstream.requests(), 2);
+    // The digest computed while the answer streamed in is the saved file's.
+    let image = &s["images"][0];
+    let saved = std::fs::read(image["path"].as_str().unwrap()).unwrap();
+    let digest: String = Sha256::digest(&saved)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(image["sha256"], digest.as_str());
     let messages: Vec<_> = h.notes(&token).into_iter().map(|n| n.message).collect();
     assert!(
         messages.iter().any(|m| m == "requesting (attempt 2)"),
