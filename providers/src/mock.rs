@@ -375,13 +375,12 @@ impl Edit {
             };
         }
         let bytes = encode(&out, format, request.output_compression)?;
-        Ok(GeneratedImage {
-            bytes: Bytes::from(bytes),
+        Ok(GeneratedImage::new(
+            Bytes::from(bytes),
             format,
             width,
             height,
-            sha256: None,
-        })
+        ))
     }
 }
 
@@ -427,13 +426,12 @@ fn render(
     let seed = Seed::new(&request.prompt, request.seed.unwrap_or(0), index);
     let pixels = draw(&seed, width, height, transparent);
     let bytes = encode(&pixels, format, request.output_compression)?;
-    Ok(GeneratedImage {
-        bytes: Bytes::from(bytes),
+    Ok(GeneratedImage::new(
+        Bytes::from(bytes),
         format,
         width,
         height,
-        sha256: None,
-    })
+    ))
 }
 
 /// A stream of deterministic pseudo-random numbers derived from the request.

@@ -343,16 +343,21 @@ pub struct GeneratedImage {
 }
 
 impl GeneratedImage {
+    /// An image whose encoding and size the caller already knows (it encoded the bytes).
+    pub fn new(bytes: Bytes, format: ImageFormat, width: u32, height: u32) -> Self {
+        Self {
+            bytes,
+            format,
+            width,
+            height,
+            sha256: None,
+        }
+    }
+
     /// Wraps encoded bytes, reading the format and dimensions from the image header.
     pub fn from_encoded(bytes: Bytes) -> Result<Self, String> {
         let info = crate::image_info::probe(&bytes)?;
-        Ok(Self {
-            bytes,
-            format: info.format,
-            width: info.width,
-            height: info.height,
-            sha256: None,
-        })
+        Ok(Self::new(bytes, info.format, info.width, info.height))
     }
 
     /// Records the SHA-256 of `bytes` computed while they arrived, so nobody hashes them again.
