@@ -429,6 +429,81 @@ mod tests {
         }
     }
 
+    /// Random answers, written the ways servers write JSON, read in random chunks: every image
+    /// and every other field must come out as a JSON parser reads them from the whole body.
+    #[test]
+    fn random_answers_read_as_a_json_parser_reads_them() {
+        let mut state = 0x2545_F491_4F6C_DD1D_u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n.max(1)
+        };
+        let awkward = [
+            "\"b64_json\": \"",
+            "\\",
+            "/",
+            "é ✓",
+            "\n",
+            "@0",
+            "{\"",
+            "b64_json",
+        ];
+        for case in 0..300 {
+            let images: Vec<Vec<u8>> = (0..1 + next(3))
+                .map(|_| (0..next(700)).map(|_| next(256) as u8).collect())
+                .collect();
+            let data: Vec<serde_json::Value> = images
+                .iter()
+                .map(|image| {
+                    let mut text = String::new();
+                    for _ in 0..next(4) {
+                        text.push_str(awkward[next(awkward.len() as u64) as usize]);
+                    }
+                    serde_json::json!({
+                        "revised_prompt": text,
+                        "b64_json": STANDARD.encode(image),
+                        "url": null,
+                    })
+                })
+                .collect();
+            let answer = serde_json::json!({
+                "created": case,
+                "data": data,
+                "usage": {"total_tokens": case, "note": awkward[case as usize % awkward.len()]},
+            });
+            let mut body = match next(2) {
+                0 => serde_json::to_string(&answer).unwrap(),
+                _ => serde_json::to_string_pretty(&answer).unwrap(),
+            };
+            if next(2) == 0 {
+                // PHP's json_encode escapes every slash; JSON reads `\/` as `/`.
+                body = body.replace('/', "\\/");
+            }
+            let expected: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let mut read = scan(body.as_bytes(), 1 + next(40) as usize);
+            let mut skeleton: serde_json::Value = serde_json::from_slice(&read.skeleton)
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "case {case}: {e}: {}",
+                        String::from_utf8_lossy(&read.skeleton)
+                    )
+                });
+            for (i, image) in images.iter().enumerate() {
+                let datum = &mut skeleton["data"][i];
+                let placeholder = datum["b64_json"].as_str().unwrap().to_string();
+                assert_eq!(
+                    read.take(&placeholder),
+                    Some(Ok(decoded(image))),
+                    "case {case}"
+                );
+                datum["b64_json"] = expected["data"][i]["b64_json"].clone();
+            }
+            assert_eq!(skeleton, expected, "case {case}");
+        }
+    }
+
     #[test]
     fn other_values_and_truncated_bodies_are_left_for_the_parser() {
         let body = br#"{"data":[{"b64_json":null,"url":"https://x/y.png"}],"b64_jsonx":"zz"}"#;
