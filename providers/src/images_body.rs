@@ -129,15 +129,13 @@ impl BodyScanner {
                     self.escaped = true;
                 } else if b == b'"' {
                     self.in_string = false;
-                    self.stage = match &self.text[..self.text_len.min(self.text.len())] == KEY {
+                    self.stage = match &self.text[..self.text_len] == KEY {
                         true => KeyStage::Key,
                         false => KeyStage::None,
                     };
                 } else if self.text_len < self.text.len() {
                     self.text[self.text_len] = b;
                     self.text_len += 1;
-                } else {
-                    self.text_len = self.text.len();
                 }
                 continue;
             }
