@@ -308,7 +308,7 @@ impl Default for OpenAiConfig {
             base_url: imagegen_providers::openai::DEFAULT_BASE_URL.into(),
             organization: None,
             project: None,
-            model: "gpt-image-1.5".into(),
+            model: imagegen_providers::openai::DEFAULT_MODEL.into(),
             models: None,
             timeout_s: 180,
             connect_timeout_s: 10,

@@ -40,7 +40,7 @@ pub struct GenerateParams {
     /// Which configured provider to use (see `list_providers`); default: the configured default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
-    /// Model name, e.g. `gpt-image-1.5` or `gpt-image-2`; default: the provider's model.
+    /// Model name, e.g. `gpt-image-2.6-flare`, `gpt-image-2.6-sunburst` or an alias (`fast`, `best`); default: the provider's model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// `WIDTHxHEIGHT` such as `1024x1024`, `1536x1024` (landscape), `1024x1536` (portrait), or
@@ -944,14 +944,14 @@ api_key = "sk-SENTINEL-engine-0123456789abcdef"
             ("invalid_request", Some("style"))
         );
         assert_eq!(err.provider.as_deref(), Some("openai"));
-        assert_eq!(err.model.as_deref(), Some("gpt-image-1.5"));
+        assert_eq!(err.model.as_deref(), Some("gpt-image-2.6-flare"));
     }
 
     #[test]
     fn an_invalid_default_value_is_blamed_on_the_configuration() {
         let e = engine("[defaults]\nsize = \"1000x1000\"\n[providers.mock]\nkind = \"mock\"\n");
         let mut p = params("x");
-        p.model = Some("gpt-image-1.5".into());
+        p.model = Some("gpt-image-2".into());
         let err = e.prepare(&p).unwrap_err();
         assert_eq!(err.param.as_deref(), Some("size"));
         assert!(err.message.contains("[defaults]"), "{}", err.message);

@@ -168,11 +168,11 @@ async fn bad_requests_are_structured_tool_errors_and_the_server_keeps_serving() 
     let cases = [
         (json!({"prompt": "x", "provider": "nope"}), "provider"),
         (
-            json!({"prompt": "x", "model": "gpt-image-1.5", "size": "1000x1000"}),
+            json!({"prompt": "x", "model": "gpt-image-2", "size": "1000x1000"}),
             "size",
         ),
         (
-            json!({"prompt": "x", "output_format": "gif"}),
+            json!({"prompt": "x", "output_format": "bmp"}),
             "output_format",
         ),
         (json!({"prompt": "  "}), "prompt"),
@@ -284,14 +284,14 @@ async fn openai_compatible_server_gets_the_right_request_and_no_secret_leaks() {
     let s = structured(&result);
     assert_eq!(
         (s["provider"].as_str(), s["model"].as_str()),
-        (Some("openai"), Some("gpt-image-1.5"))
+        (Some("openai"), Some("gpt-image-2.6-flare"))
     );
     assert_eq!(s["request_id"], "req_e2e_1");
     assert_eq!(s["usage"]["total_tokens"], 4170);
     let requests = upstream.received_requests().await.unwrap();
     assert_eq!(requests.len(), 1);
     let body: Value = serde_json::from_slice(&requests[0].body).unwrap();
-    assert_eq!(body["model"], "gpt-image-1.5");
+    assert_eq!(body["model"], "gpt-image-2.6-flare");
     assert_eq!(body["size"], "1536x1024");
     assert_eq!(body["prompt"], "a lighthouse at dusk");
     for rejected in ["response_format", "style"] {

@@ -1531,7 +1531,7 @@ fn checked_error(result: &CallToolResult, provider: &str) -> Value {
     }
     assert!(error["retryable"].is_boolean(), "{error}");
     assert_eq!(error["provider"], provider, "{error}");
-    assert_eq!(error["model"], "gpt-image-1.5", "{error}");
+    assert_eq!(error["model"], "gpt-image-2.6-flare", "{error}");
     let at = error["at"].as_str().unwrap();
     let parsed = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|e| panic!("`at` = {at} is not RFC 3339: {e}"));

@@ -10,7 +10,7 @@ use imagegen_providers::{
 #[tokio::main]
 async fn main() {
     let provider = MockProvider::new(MockSettings::default());
-    for format in ImageFormat::ALL {
+    for format in ImageFormat::RASTER {
         let mut times = Vec::new();
         let mut bytes = 0;
         for i in 0..30 {

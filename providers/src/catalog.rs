@@ -1,7 +1,11 @@
-//! Model capabilities as data: a built-in catalog that configuration can extend or override.
+//! Model capabilities and lifecycles as data: a built-in catalog that configuration can
+//! extend or override.
 //!
-//! OpenAI ships image models several times a year; a new model must be a config change, not
-//! a release. Names ending in `*` match every model with that prefix.
+//! OpenAI ships image models several times a year and shuts old ones down as often; a new
+//! model, a new shutdown date or a wrong rule must be a config change, not a release. Names
+//! ending in `*` match every model with that prefix (future snapshots of a known family).
+//! Each entry says whether the model is `active`, `deprecated` or `shut_down`, when it shuts
+//! down and what replaces it; a shutdown date that has passed makes it `shut_down`.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +42,16 @@ pub enum Param {
     Stream,
     /// `input_fidelity` on edits.
     InputFidelity,
+    /// `complexity`: planning effort before rendering (GPT Image 2.6).
+    Complexity,
+    /// `frame_count` of an animated GIF.
+    FrameCount,
+    /// `frame_duration_ms` of an animated GIF.
+    FrameDurationMs,
+    /// `svg`: how an SVG result is authored.
+    Svg,
+    /// `markup` on edits: an annotation layer the prompt explains.
+    Markup,
 }
 
 impl Param {
@@ -56,7 +70,255 @@ impl Param {
             Self::ResponseFormat => "response_format",
             Self::Stream => "stream",
             Self::InputFidelity => "input_fidelity",
+            Self::Complexity => "complexity",
+            Self::FrameCount => "frame_count",
+            Self::FrameDurationMs => "frame_duration_ms",
+            Self::Svg => "svg",
+            Self::Markup => "markup",
         }
+    }
+}
+
+/// Where a model is in its vendor's lifecycle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelState {
+    /// Served, with no shutdown announced.
+    #[default]
+    Active,
+    /// Served, but a shutdown is announced: switch to the replacement.
+    Deprecated,
+    /// No longer served by the vendor.
+    ShutDown,
+}
+
+impl ModelState {
+    /// The name used in configuration and results (`active`, `deprecated`, `shut_down`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Deprecated => "deprecated",
+            Self::ShutDown => "shut_down",
+        }
+    }
+}
+
+impl std::fmt::Display for ModelState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A calendar day (`YYYY-MM-DD`, no time zone), as vendors announce shutdowns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Date {
+    /// Days since 1970-01-01.
+    days: i64,
+}
+
+impl Date {
+    /// Parses `YYYY-MM-DD`; anything else (times, other separators, impossible days) is refused.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || format!("`{text}` is not a date of the form YYYY-MM-DD");
+        let b = text.trim().as_bytes();
+        if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+            return Err(bad());
+        }
+        let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
+            let part = std::str::from_utf8(&b[r]).map_err(|_| bad())?;
+            match part.bytes().all(|c| c.is_ascii_digit()) {
+                true => part.parse().map_err(|_| bad()),
+                false => Err(bad()),
+            }
+        };
+        let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let month_days = [
+            31,
+            if leap { 29 } else { 28 },
+            31,
+            30,
+            31,
+            30,
+            31,
+            31,
+            30,
+            31,
+            30,
+            31,
+        ];
+        if !(1..=12).contains(&m) || d < 1 || d > month_days[(m - 1) as usize] {
+            return Err(bad());
+        }
+        Ok(Self {
+            days: days_from_civil(y, m, d),
+        })
+    }
+
+    /// Today in UTC.
+    pub fn today() -> Self {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self {
+            days: (secs / 86_400) as i64,
+        }
+    }
+
+    /// Days from `self` to `later` (negative when `later` is earlier).
+    pub fn days_until(self, later: Date) -> i64 {
+        later.days - self.days
+    }
+}
+
+impl std::fmt::Display for Date {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (y, m, d) = civil_from_days(self.days);
+        write!(f, "{y:04}-{m:02}-{d:02}")
+    }
+}
+
+/// Howard Hinnant's `days_from_civil`: days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The inverse of [`days_from_civil`].
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// A model's lifecycle on a given day: what [`ModelCapabilities::lifecycle`] works out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// The state on that day.
+    pub state: ModelState,
+    /// The announced shutdown day, if any.
+    pub shutdown_date: Option<Date>,
+    /// What to use instead, if the catalog knows.
+    pub replacement: Option<String>,
+}
+
+impl Lifecycle {
+    /// "shut down on 2026-12-01", "shuts down on 2027-03-01 (in 90 days)", or "active".
+    pub fn describe(&self, today: Date) -> String {
+        match (self.state, self.shutdown_date) {
+            (ModelState::ShutDown, Some(date)) => format!("shut down on {date}"),
+            (ModelState::ShutDown, None) => "shut down".into(),
+            (ModelState::Deprecated, Some(date)) => {
+                let days = today.days_until(date);
+                format!(
+                    "deprecated: shuts down on {date} (in {days} day{})",
+                    if days == 1 { "" } else { "s" }
+                )
+            }
+            (ModelState::Deprecated, None) => "deprecated".into(),
+            (ModelState::Active, _) => "active".into(),
+        }
+    }
+}
+
+/// The largest GIF frame for a number of frames: all frames share one image's pixel budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrameSideCap {
+    /// This cap holds for animations of up to this many frames.
+    pub up_to_frames: u32,
+    /// The longest frame side, pixels.
+    pub max_side: u32,
+}
+
+/// What an animated GIF may be (`output_format = gif`); the reference's reading, which
+/// configuration can override field by field when the API turns out to differ.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GifRules {
+    /// The fewest frames.
+    pub min_frames: u32,
+    /// The most frames.
+    pub max_frames: u32,
+    /// The frames made when `frame_count` is not set.
+    pub default_frames: u32,
+    /// The shortest frame duration, milliseconds.
+    pub min_frame_duration_ms: u32,
+    /// The longest frame duration, milliseconds.
+    pub max_frame_duration_ms: u32,
+    /// Frame side caps by frame count, smallest count first; empty means no cap.
+    pub frame_side_caps: Vec<FrameSideCap>,
+    /// Whether a GIF can be streamed with partial images.
+    pub streaming: bool,
+    /// Whether a GIF edit can take a mask.
+    pub mask: bool,
+    /// Whether `output_compression` applies to GIFs.
+    pub compression: bool,
+}
+
+impl Default for GifRules {
+    fn default() -> Self {
+        // Reference: frames 2..16 (default 9), 20..655,350 ms; no stream, mask or compression;
+        // square-frame caps 960 (2-9 frames), 816 (10-12), 720 (13-16), measured by a third party.
+        Self {
+            min_frames: 2,
+            max_frames: 16,
+            default_frames: 9,
+            min_frame_duration_ms: 20,
+            max_frame_duration_ms: 655_350,
+            frame_side_caps: vec![
+                FrameSideCap {
+                    up_to_frames: 9,
+                    max_side: 960,
+                },
+                FrameSideCap {
+                    up_to_frames: 12,
+                    max_side: 816,
+                },
+                FrameSideCap {
+                    up_to_frames: 16,
+                    max_side: 720,
+                },
+            ],
+            streaming: false,
+            mask: false,
+            compression: false,
+        }
+    }
+}
+
+impl GifRules {
+    /// The longest frame side allowed for `frames` frames, if capped.
+    pub fn max_side(&self, frames: u32) -> Option<u32> {
+        self.frame_side_caps
+            .iter()
+            .find(|cap| frames <= cap.up_to_frames)
+            .or(self.frame_side_caps.last())
+            .map(|cap| cap.max_side)
+    }
+
+    /// The caps in words: "960 px for 2-9 frames, 816 px for 10-12, ...".
+    pub fn describe_caps(&self) -> String {
+        let mut from = self.min_frames;
+        let mut parts = Vec::new();
+        for cap in &self.frame_side_caps {
+            parts.push(format!(
+                "{} px for {from}-{} frames",
+                cap.max_side, cap.up_to_frames
+            ));
+            from = cap.up_to_frames + 1;
+        }
+        parts.join(", ")
     }
 }
 
@@ -150,10 +412,25 @@ pub struct ModelCapabilities {
     pub variations: bool,
     /// The optional parameters the model takes.
     pub params: Vec<Param>,
+    /// Accepted `complexity` values; empty means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub complexities: Vec<String>,
+    /// Animated GIF rules, for models that return GIFs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gif: Option<GifRules>,
+    /// The lifecycle state as written; a passed `shutdown_date` makes it `shut_down`.
+    #[serde(default)]
+    pub state: ModelState,
+    /// The announced shutdown day, `YYYY-MM-DD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_date: Option<String>,
+    /// The model to use instead once this one is shut down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<String>,
     /// Whether this entry came from a catalog (false: a guess for an unknown model).
     #[serde(default)]
     pub known: bool,
-    /// A remark shown to users (retired, preview, ...).
+    /// A remark shown to users (preview, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
@@ -172,14 +449,39 @@ impl ModelCapabilities {
             qualities: Vec::new(),
             styles: Vec::new(),
             max_n: 10,
-            formats: ImageFormat::ALL.to_vec(),
+            formats: ImageFormat::RASTER.to_vec(),
             max_prompt_chars: 32_000,
             edit: true,
             max_edit_images: 16,
             variations: false,
             params: gpt_params(),
+            complexities: Vec::new(),
+            gif: None,
+            state: ModelState::Active,
+            shutdown_date: None,
+            replacement: None,
             known: false,
             note: Some("not in the model catalog: only basic checks apply".into()),
+        }
+    }
+
+    /// The lifecycle on `today`: a shutdown date on or before it means `shut_down`, a later
+    /// one `deprecated` (an entry written `active` with an announced date is deprecated).
+    /// An unreadable date counts as none (configuration refuses them at load).
+    pub fn lifecycle(&self, today: Date) -> Lifecycle {
+        let shutdown_date = self
+            .shutdown_date
+            .as_deref()
+            .and_then(|d| Date::parse(d).ok());
+        let state = match shutdown_date {
+            Some(date) if date <= today => ModelState::ShutDown,
+            Some(_) if self.state == ModelState::Active => ModelState::Deprecated,
+            _ => self.state,
+        };
+        Lifecycle {
+            state,
+            shutdown_date,
+            replacement: self.replacement.clone(),
         }
     }
 
@@ -200,14 +502,16 @@ impl ModelCapabilities {
             edit,
             max_edit_images,
             variations,
-            params
+            params,
+            complexities,
+            state
         );
-        if o.custom_sizes.is_some() {
-            self.custom_sizes = o.custom_sizes.clone();
+        macro_rules! set_optional {
+            ($($field:ident),*) => {$(
+                if o.$field.is_some() { self.$field = o.$field.clone(); }
+            )*};
         }
-        if o.note.is_some() {
-            self.note = o.note.clone();
-        }
+        set_optional!(custom_sizes, note, gif, shutdown_date, replacement);
         self.known = true;
     }
 }
@@ -241,6 +545,16 @@ pub struct ModelOverride {
     pub variations: Option<bool>,
     /// See [`ModelCapabilities::params`].
     pub params: Option<Vec<Param>>,
+    /// See [`ModelCapabilities::complexities`].
+    pub complexities: Option<Vec<String>>,
+    /// See [`ModelCapabilities::gif`]; unset fields of the table keep the reference's values.
+    pub gif: Option<GifRules>,
+    /// See [`ModelCapabilities::state`].
+    pub state: Option<ModelState>,
+    /// See [`ModelCapabilities::shutdown_date`].
+    pub shutdown_date: Option<String>,
+    /// See [`ModelCapabilities::replacement`].
+    pub replacement: Option<String>,
     /// See [`ModelCapabilities::note`].
     pub note: Option<String>,
 }
@@ -275,27 +589,51 @@ fn gpt_params() -> Vec<Param> {
     ]
 }
 
+/// The sizes every GPT image model lists.
+const GPT_SIZES: [&str; 4] = ["1024x1024", "1536x1024", "1024x1536", "auto"];
+
+/// The day OpenAI shut down the GPT Image 1.5 family, `gpt-image-1-mini` and `chatgpt-image-latest`.
+const GPT_IMAGE_1_SHUTDOWN: &str = "2026-12-01";
+
+/// What replaces every shut-down OpenAI model: the fast GPT Image 2.6 model.
+const OPENAI_REPLACEMENT: &str = "gpt-image-2.6-flare";
+
 fn gpt_image_1() -> ModelCapabilities {
     ModelCapabilities {
-        sizes: strings(&["1024x1024", "1536x1024", "1024x1536", "auto"]),
+        sizes: strings(&GPT_SIZES),
         custom_sizes: None,
         qualities: strings(&["low", "medium", "high", "auto"]),
         styles: Vec::new(),
         max_n: 10,
-        formats: ImageFormat::ALL.to_vec(),
+        formats: ImageFormat::RASTER.to_vec(),
         max_prompt_chars: 32_000,
         edit: true,
         max_edit_images: 16,
         variations: false,
         params: gpt_params(),
+        complexities: Vec::new(),
+        gif: None,
+        state: ModelState::Active,
+        shutdown_date: None,
+        replacement: None,
         known: true,
         note: None,
     }
 }
 
+/// `caps` shut down on `date` by OpenAI, replaced by GPT Image 2.6 flare; compatible servers
+/// may still serve such a model, so its capabilities stay.
+fn shut_down(caps: ModelCapabilities, date: &str) -> ModelCapabilities {
+    ModelCapabilities {
+        state: ModelState::ShutDown,
+        shutdown_date: Some(date.into()),
+        replacement: Some(OPENAI_REPLACEMENT.into()),
+        ..caps
+    }
+}
+
 fn gpt_image_2() -> ModelCapabilities {
     ModelCapabilities {
-        sizes: strings(&["1024x1024", "1536x1024", "1024x1536", "auto"]),
         custom_sizes: Some(SizeRule {
             multiple_of: 16,
             min_side: 16,
@@ -304,93 +642,138 @@ fn gpt_image_2() -> ModelCapabilities {
             min_pixels: 655_360,
             max_pixels: 8_294_400,
         }),
+        // `xhigh` and `max` on gpt-image-2 are unconfirmed: refused here, as the reference
+        // reads it; `[models."gpt-image-2"] qualities = [...]` lifts that.
+        note: Some("transparent backgrounds are a preview feature on gpt-image-2".into()),
         ..gpt_image_1()
     }
 }
 
+fn gpt_image_2_5() -> ModelCapabilities {
+    ModelCapabilities {
+        qualities: strings(&["low", "medium", "high", "xhigh", "max", "auto"]),
+        note: None,
+        ..gpt_image_2()
+    }
+}
+
+fn gpt_image_2_6() -> ModelCapabilities {
+    let mut params = gpt_params();
+    params.extend([
+        Param::Complexity,
+        Param::FrameCount,
+        Param::FrameDurationMs,
+        Param::Svg,
+        Param::Markup,
+    ]);
+    ModelCapabilities {
+        formats: ImageFormat::ALL.to_vec(),
+        params,
+        complexities: strings(&["low", "medium", "high"]),
+        gif: Some(GifRules::default()),
+        ..gpt_image_2_5()
+    }
+}
+
 impl Catalog {
-    /// The models this crate knows about, as of late 2026.
+    /// The models this crate knows about, as of 2026-12-01.
     pub fn builtin() -> Self {
         let mut models = BTreeMap::new();
+        let mut add = |names: &[&str], caps: ModelCapabilities| {
+            for name in names {
+                models.insert(name.to_string(), caps.clone());
+            }
+        };
+        // Exact names, plus `-*` for the dated snapshots each family will get.
+        add(
+            &[
+                "gpt-image-2.6-flare",
+                "gpt-image-2.6-flare-*",
+                "gpt-image-2.6-sunburst",
+                "gpt-image-2.6-sunburst-*",
+            ],
+            gpt_image_2_6(),
+        );
+        add(
+            &[
+                "gpt-image-2.5-flare",
+                "gpt-image-2.5-flare-*",
+                "gpt-image-2.5-sunburst",
+                "gpt-image-2.5-sunburst-*",
+            ],
+            gpt_image_2_5(),
+        );
+        add(&["gpt-image-2", "gpt-image-2-*"], gpt_image_2());
         let mini_params: Vec<Param> = gpt_params()
             .into_iter()
             .filter(|p| *p != Param::InputFidelity)
             .collect();
-        models.insert("gpt-image-1.5".into(), gpt_image_1());
-        models.insert(
-            "gpt-image-1-mini".into(),
-            ModelCapabilities {
-                params: mini_params,
-                ..gpt_image_1()
-            },
+        add(
+            &["gpt-image-1.5", "gpt-image-1.5-*", "chatgpt-image-latest"],
+            shut_down(gpt_image_1(), GPT_IMAGE_1_SHUTDOWN),
         );
-        models.insert(
-            "gpt-image-1".into(),
-            ModelCapabilities {
-                note: Some("shut down by OpenAI on 2026-10-23".into()),
-                ..gpt_image_1()
-            },
-        );
-        models.insert("gpt-image-2".into(), gpt_image_2());
-        for name in ["gpt-image-2.5-*", "gpt-image-2.6-*"] {
-            models.insert(
-                name.into(),
+        add(
+            &["gpt-image-1-mini", "gpt-image-1-mini-*"],
+            shut_down(
                 ModelCapabilities {
-                    qualities: strings(&["low", "medium", "high", "xhigh", "max", "auto"]),
-                    ..gpt_image_2()
+                    params: mini_params,
+                    ..gpt_image_1()
                 },
-            );
-        }
-        models.insert(
-            "dall-e-3".into(),
-            ModelCapabilities {
-                sizes: strings(&["1024x1024", "1792x1024", "1024x1792"]),
-                custom_sizes: None,
-                qualities: strings(&["standard", "hd"]),
-                styles: strings(&["vivid", "natural"]),
-                max_n: 1,
-                formats: vec![ImageFormat::Png],
-                max_prompt_chars: 4_000,
-                edit: false,
-                max_edit_images: 1,
-                variations: false,
-                params: vec![
-                    Param::Size,
-                    Param::Quality,
-                    Param::Style,
-                    Param::ResponseFormat,
-                ],
-                known: true,
-                note: Some(
-                    "retired by OpenAI on 2026-05-12; still served by compatible servers".into(),
-                ),
-            },
+                GPT_IMAGE_1_SHUTDOWN,
+            ),
         );
-        models.insert(
-            "dall-e-2".into(),
-            ModelCapabilities {
-                sizes: strings(&["256x256", "512x512", "1024x1024"]),
-                custom_sizes: None,
-                qualities: strings(&["standard"]),
-                styles: Vec::new(),
-                max_n: 10,
-                formats: vec![ImageFormat::Png],
-                max_prompt_chars: 1_000,
-                edit: true,
-                // dall-e-2 edits one square PNG and takes it as `image`, not `image[]`.
-                max_edit_images: 1,
-                variations: true,
-                params: vec![Param::Size, Param::Quality, Param::N, Param::ResponseFormat],
-                known: true,
-                note: Some(
-                    "retired by OpenAI on 2026-05-12; still served by compatible servers".into(),
-                ),
-            },
+        add(&["gpt-image-1"], shut_down(gpt_image_1(), "2026-10-23"));
+        add(
+            &["dall-e-3"],
+            shut_down(
+                ModelCapabilities {
+                    sizes: strings(&["1024x1024", "1792x1024", "1024x1792"]),
+                    custom_sizes: None,
+                    qualities: strings(&["standard", "hd"]),
+                    styles: strings(&["vivid", "natural"]),
+                    max_n: 1,
+                    formats: vec![ImageFormat::Png],
+                    max_prompt_chars: 4_000,
+                    edit: false,
+                    max_edit_images: 1,
+                    variations: false,
+                    params: vec![
+                        Param::Size,
+                        Param::Quality,
+                        Param::Style,
+                        Param::ResponseFormat,
+                    ],
+                    ..gpt_image_1()
+                },
+                "2026-05-12",
+            ),
         );
-        models.insert(
-            crate::mock::MOCK_MODEL.into(),
+        add(
+            &["dall-e-2"],
+            shut_down(
+                ModelCapabilities {
+                    sizes: strings(&["256x256", "512x512", "1024x1024"]),
+                    custom_sizes: None,
+                    qualities: strings(&["standard"]),
+                    styles: Vec::new(),
+                    max_n: 10,
+                    formats: vec![ImageFormat::Png],
+                    max_prompt_chars: 1_000,
+                    edit: true,
+                    // dall-e-2 edits one square PNG and takes it as `image`, not `image[]`.
+                    max_edit_images: 1,
+                    variations: true,
+                    params: vec![Param::Size, Param::Quality, Param::N, Param::ResponseFormat],
+                    ..gpt_image_1()
+                },
+                "2026-05-12",
+            ),
+        );
+        let mut mock = gpt_image_2_6();
+        mock.params.push(Param::Seed);
+        add(
+            &[crate::mock::MOCK_MODEL],
             ModelCapabilities {
-                sizes: strings(&["1024x1024", "1536x1024", "1024x1536", "auto"]),
                 custom_sizes: Some(SizeRule {
                     multiple_of: 1,
                     min_side: 16,
@@ -399,21 +782,9 @@ impl Catalog {
                     min_pixels: 256,
                     max_pixels: 16_777_216,
                 }),
-                qualities: strings(&["low", "medium", "high", "auto"]),
-                styles: Vec::new(),
-                max_n: 10,
-                formats: ImageFormat::ALL.to_vec(),
-                max_prompt_chars: 32_000,
-                edit: true,
-                max_edit_images: 16,
                 variations: true,
-                params: {
-                    let mut p = gpt_params();
-                    p.push(Param::Seed);
-                    p
-                },
-                known: true,
                 note: Some("offline procedural images for tests and demos".into()),
+                ..mock
             },
         );
         Self { models }
@@ -428,6 +799,9 @@ impl Catalog {
         overrides: impl IntoIterator<Item = (&'a String, &'a ModelOverride)>,
     ) -> Result<(), String> {
         for (name, o) in overrides {
+            if let Some(date) = &o.shutdown_date {
+                Date::parse(date).map_err(|e| format!("models.\"{name}\".shutdown_date: {e}"))?;
+            }
             let mut caps = match &o.like {
                 Some(base) => self.lookup(base).cloned().ok_or_else(|| {
                     format!(
@@ -465,6 +839,20 @@ impl Catalog {
         self.lookup(model)
             .cloned()
             .unwrap_or_else(ModelCapabilities::unknown)
+    }
+
+    /// Where the replacement chain of `model` ends on `today`: the first model along it that is
+    /// not shut down, or `None` when there is none (no replacement, or a loop).
+    pub fn replacement_for(&self, model: &str, today: Date) -> Option<String> {
+        let mut current = self.get(model).lifecycle(today).replacement?;
+        for _ in 0..8 {
+            let next = self.get(&current).lifecycle(today);
+            if next.state != ModelState::ShutDown {
+                return Some(current);
+            }
+            current = next.replacement?;
+        }
+        None
     }
 
     /// The names of the entries that can make variations, for messages naming the alternatives.

@@ -134,6 +134,9 @@ pub struct ProviderError {
     pub request_id: Option<String>,
     /// How many upstream requests the call made (0 when unknown or not applicable).
     pub attempts: u32,
+    /// The provider said the requested model does not exist or was retired (a 404
+    /// `model_not_found`, or a message saying it is deprecated or shut down).
+    pub model_unavailable: bool,
 }
 
 impl ProviderError {
@@ -150,6 +153,7 @@ impl ProviderError {
             status: None,
             request_id: None,
             attempts: 0,
+            model_unavailable: false,
         }
     }
 
@@ -196,6 +200,12 @@ impl ProviderError {
     /// Records how many upstream requests the call made.
     pub fn with_attempts(mut self, attempts: u32) -> Self {
         self.attempts = attempts;
+        self
+    }
+
+    /// Marks the error as the provider saying the model does not exist or was retired.
+    pub fn with_model_unavailable(mut self, unavailable: bool) -> Self {
+        self.model_unavailable = unavailable;
         self
     }
 

@@ -18,6 +18,8 @@ pub struct ImageInfo {
     pub width: u32,
     /// Height in pixels.
     pub height: u32,
+    /// Frames of an animation (1 for a still image).
+    pub frames: u32,
 }
 
 /// Recognises PNG, JPEG or WebP from the first bytes of an encoded image.
@@ -47,27 +49,31 @@ pub fn png_has_alpha(bytes: &[u8]) -> Result<bool, String> {
     Ok(decoder.color_type().has_alpha())
 }
 
-/// Reads the header of a PNG, JPEG or WebP image; anything else is an error.
+/// Reads the header of a PNG, JPEG, WebP, GIF or SVG image; anything else is an error.
 pub fn probe(bytes: &[u8]) -> Result<ImageInfo, String> {
-    let format =
-        sniff(bytes).ok_or_else(|| "the data is not a PNG, JPEG or WebP image".to_string())?;
-    let (width, height) =
-        image::ImageReader::with_format(Cursor::new(bytes), to_image_format(format))
-            .into_dimensions()
-            .map_err(|e| format!("unreadable {format} image: {e}"))?;
+    let format = sniff(bytes)
+        .ok_or_else(|| "the data is not a PNG, JPEG, WebP, GIF or SVG image".to_string())?;
+    let Some(raster) = to_image_format(format) else {
+        return Err(format!("cannot read {format} images yet"));
+    };
+    let (width, height) = image::ImageReader::with_format(Cursor::new(bytes), raster)
+        .into_dimensions()
+        .map_err(|e| format!("unreadable {format} image: {e}"))?;
     Ok(ImageInfo {
         format,
         width,
         height,
+        frames: 1,
     })
 }
 
-/// The `image` crate's name for `format`.
-pub(crate) fn to_image_format(format: ImageFormat) -> image::ImageFormat {
+/// The `image` crate's name for a raster `format`.
+pub(crate) fn to_image_format(format: ImageFormat) -> Option<image::ImageFormat> {
     match format {
-        ImageFormat::Png => image::ImageFormat::Png,
-        ImageFormat::Jpeg => image::ImageFormat::Jpeg,
-        ImageFormat::Webp => image::ImageFormat::WebP,
+        ImageFormat::Png => Some(image::ImageFormat::Png),
+        ImageFormat::Jpeg => Some(image::ImageFormat::Jpeg),
+        ImageFormat::Webp => Some(image::ImageFormat::WebP),
+        ImageFormat::Gif | ImageFormat::Svg => None,
     }
 }
 

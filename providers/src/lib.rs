@@ -23,12 +23,15 @@ use std::{fmt::Debug, time::Duration};
 
 use async_trait::async_trait;
 
-pub use catalog::{Catalog, ModelCapabilities, ModelOverride, Param, SizeRule};
+pub use catalog::{
+    Catalog, Date, GifRules, Lifecycle, ModelCapabilities, ModelOverride, ModelState, Param,
+    SizeRule,
+};
 pub use error::{ErrorKind, ProviderError};
 pub use secret::fingerprint;
 pub use types::{
-    EditRequest, GenerateRequest, GenerateResult, GeneratedImage, ImageFormat, InputImage, Usage,
-    VariationRequest,
+    EditRequest, GenerateRequest, GenerateResult, GeneratedImage, ImageFormat, InputImage,
+    SvgOptions, SvgReasoning, Usage, VariationRequest,
 };
 
 /// A source of generated images: one configured provider instance (an OpenAI account, the mock, ...).
@@ -45,6 +48,35 @@ pub trait ImageProvider: Send + Sync + Debug {
 
     /// What `model` can do; unknown models get only the checks that always hold.
     fn capabilities(&self, model: &str) -> ModelCapabilities;
+
+    /// Whether the catalog's lifecycle dates are this provider's own (the vendor's API itself,
+    /// not a compatible server that may still serve a model the vendor shut down).
+    ///
+    /// When true a shut-down model is replaced (or refused) before anything is sent; when
+    /// false it is sent as asked, and replaced only if the server says it does not exist.
+    fn lifecycle_is_authoritative(&self) -> bool {
+        false
+    }
+
+    /// Built-in model aliases (`fast`, `best`, ...) for this provider, by alias.
+    fn aliases(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// A sentence for people when this provider served a call they did not choose it for
+    /// (the offline mock standing in for a missing key), or `None`.
+    fn stand_in_notice(&self) -> Option<String> {
+        None
+    }
+
+    /// The image models the provider serves now, as its API lists them; providers without a
+    /// model listing keep this default, which refuses.
+    async fn list_models(&self) -> Result<Vec<UpstreamModel>, ProviderError> {
+        Err(ProviderError::unsupported(format!(
+            "provider `{}` cannot list its models",
+            self.kind()
+        )))
+    }
 
     /// Generates images; `request.model` is always set and already validated.
     async fn generate(&self, request: &GenerateRequest) -> Result<GenerateResult, ProviderError>;
@@ -91,6 +123,26 @@ pub trait ImageProvider: Send + Sync + Debug {
             "provider `{}` cannot make image variations",
             self.kind()
         )))
+    }
+}
+
+/// One image model as the provider's own listing describes it (`GET /v1/models`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UpstreamModel {
+    /// The model id.
+    pub id: String,
+    /// The shutdown day the provider announces (`YYYY-MM-DD`), if any.
+    pub shutdown_date: Option<String>,
+}
+
+impl UpstreamModel {
+    /// A listed model with its announced shutdown day, if any.
+    pub fn new(id: impl Into<String>, shutdown_date: Option<String>) -> Self {
+        Self {
+            id: id.into(),
+            shutdown_date,
+        }
     }
 }
 

@@ -35,6 +35,10 @@ use crate::{
 /// The mock's own model name.
 pub const MOCK_MODEL: &str = "mock-image-1";
 
+/// What people are told when the mock served a call because no real provider is configured.
+pub const STAND_IN_NOTICE: &str =
+    "made offline by the mock provider; set OPENAI_API_KEY to use OpenAI";
+
 /// How a mock provider behaves.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -198,6 +202,21 @@ impl ImageProvider for MockProvider {
         self.settings.catalog.get(model)
     }
 
+    fn lifecycle_is_authoritative(&self) -> bool {
+        // The mock serves whatever it is asked; its catalog is the only truth it has.
+        true
+    }
+
+    fn aliases(&self) -> Vec<(String, String)> {
+        ["fast", "best"]
+            .map(|alias| (alias.to_string(), MOCK_MODEL.to_string()))
+            .to_vec()
+    }
+
+    fn stand_in_notice(&self) -> Option<String> {
+        Some(STAND_IN_NOTICE.into())
+    }
+
     async fn generate(&self, request: &GenerateRequest) -> Result<GenerateResult, ProviderError> {
         self.generate_with_events(request, &Events::none()).await
     }
@@ -289,11 +308,9 @@ const MAX_INPUT_ALLOC: u64 = 4096 * 4096 * 8;
 fn decode_input(image: &InputImage, what: &str, param: &str) -> Result<RgbaImage, ProviderError> {
     let invalid = |why: String| ProviderError::invalid_param(param, format!("mock: {what} {why}"));
     let format = ImageFormat::sniff(&image.bytes)
+        .and_then(image_info::to_image_format)
         .ok_or_else(|| invalid(image_info::not_an_image(&image.bytes)))?;
-    let mut reader = image::ImageReader::with_format(
-        Cursor::new(&image.bytes[..]),
-        image_info::to_image_format(format),
-    );
+    let mut reader = image::ImageReader::with_format(Cursor::new(&image.bytes[..]), format);
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_INPUT_SIDE);
     limits.max_image_height = Some(MAX_INPUT_SIDE);
@@ -557,6 +574,11 @@ fn encode(
         ImageFormat::Webp => image::codecs::webp::WebPEncoder::new_lossless(&mut out)
             .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgba8)
             .map_err(failed)?,
+        ImageFormat::Gif | ImageFormat::Svg => {
+            return Err(ProviderError::unsupported(format!(
+                "the mock cannot encode {format} yet"
+            )))
+        }
     }
     Ok(out.into_inner())
 }
@@ -589,7 +611,7 @@ mod tests {
     #[tokio::test]
     async fn every_format_decodes_at_the_requested_size() {
         let p = provider();
-        for format in ImageFormat::ALL {
+        for format in ImageFormat::RASTER {
             let mut r = GenerateRequest::new("shapes", MOCK_MODEL);
             r.size = Some("320x200".into());
             r.output_format = Some(format);
@@ -793,7 +815,7 @@ mod tests {
             latency: Duration::from_millis(30),
             ..MockSettings::default()
         });
-        for format in ImageFormat::ALL {
+        for format in ImageFormat::RASTER {
             let mut r = edit_request("resize me");
             r.size = Some("96x48".into());
             r.output_format = Some(format);

@@ -46,8 +46,26 @@ use crate::{
 /// The default API base.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 
+/// The model used when the configuration names none: the fast GPT Image 2.6 model.
+pub const DEFAULT_MODEL: &str = "gpt-image-2.6-flare";
+
 /// The current OpenAI image models advertised when the configuration lists none.
-pub const DEFAULT_MODELS: &[&str] = &["gpt-image-1.5", "gpt-image-1-mini", "gpt-image-2"];
+pub const DEFAULT_MODELS: &[&str] = &[
+    "gpt-image-2.6-flare",
+    "gpt-image-2.6-sunburst",
+    "gpt-image-2.5-flare",
+    "gpt-image-2.5-sunburst",
+    "gpt-image-2",
+];
+
+/// The built-in aliases: `fast` and `best`, usable wherever a model name is.
+pub const ALIASES: &[(&str, &str)] = &[
+    ("fast", "gpt-image-2.6-flare"),
+    ("best", "gpt-image-2.6-sunburst"),
+];
+
+/// The host whose model lifecycle the catalog's OpenAI dates describe.
+const OPENAI_HOST: &str = "api.openai.com";
 
 /// How to reach one OpenAI (or compatible) account.
 #[derive(Clone)]
@@ -113,7 +131,7 @@ impl OpenAiSettings {
             keys: Arc::new(KeyPool::new(keys, Duration::from_secs(600))),
             organization: None,
             project: None,
-            model: "gpt-image-1.5".into(),
+            model: DEFAULT_MODEL.into(),
             models: DEFAULT_MODELS.iter().map(|m| m.to_string()).collect(),
             timeout: Duration::from_secs(180),
             max_retries: 2,
@@ -755,6 +773,20 @@ impl ImageProvider for OpenAiProvider {
 
     fn capabilities(&self, model: &str) -> ModelCapabilities {
         self.settings.catalog.get(model)
+    }
+
+    fn lifecycle_is_authoritative(&self) -> bool {
+        self.settings
+            .base_url
+            .host_str()
+            .is_some_and(|h| h.eq_ignore_ascii_case(OPENAI_HOST))
+    }
+
+    fn aliases(&self) -> Vec<(String, String)> {
+        ALIASES
+            .iter()
+            .map(|(alias, model)| (alias.to_string(), model.to_string()))
+            .collect()
     }
 
     async fn generate(&self, request: &GenerateRequest) -> Result<GenerateResult, ProviderError> {

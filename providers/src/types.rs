@@ -16,18 +16,27 @@ pub enum ImageFormat {
     Jpeg,
     /// Lossy or lossless, supports transparency.
     Webp,
+    /// Animated (or still) palette image; GPT Image 2.6 returns animations as GIF.
+    Gif,
+    /// Vector markup written by a text model (GPT Image 2.6 `output_format = "svg"`).
+    Svg,
 }
 
 impl ImageFormat {
     /// Every format, in preference order.
-    pub const ALL: [ImageFormat; 3] = [Self::Png, Self::Jpeg, Self::Webp];
+    pub const ALL: [ImageFormat; 5] = [Self::Png, Self::Jpeg, Self::Webp, Self::Gif, Self::Svg];
 
-    /// The name used in APIs and configuration (`png`, `jpeg`, `webp`).
+    /// The still raster formats every image model returns and every edit takes as input.
+    pub const RASTER: [ImageFormat; 3] = [Self::Png, Self::Jpeg, Self::Webp];
+
+    /// The name used in APIs and configuration (`png`, `jpeg`, `webp`, `gif`, `svg`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Png => "png",
             Self::Jpeg => "jpeg",
             Self::Webp => "webp",
+            Self::Gif => "gif",
+            Self::Svg => "svg",
         }
     }
 
@@ -37,6 +46,8 @@ impl ImageFormat {
             Self::Png => "image/png",
             Self::Jpeg => "image/jpeg",
             Self::Webp => "image/webp",
+            Self::Gif => "image/gif",
+            Self::Svg => "image/svg+xml",
         }
     }
 
@@ -46,15 +57,24 @@ impl ImageFormat {
             Self::Png => "png",
             Self::Jpeg => "jpg",
             Self::Webp => "webp",
+            Self::Gif => "gif",
+            Self::Svg => "svg",
         }
     }
 
-    /// Whether the format can carry an alpha channel.
+    /// Whether a transparent background can be asked for in this format (the API allows
+    /// it for png and webp only).
     pub fn supports_alpha(self) -> bool {
-        !matches!(self, Self::Jpeg)
+        matches!(self, Self::Png | Self::Webp)
     }
 
-    /// Recognises a format from the first bytes of an encoded image.
+    /// Whether this is one of the [`RASTER`](Self::RASTER) formats.
+    pub fn is_raster(self) -> bool {
+        Self::RASTER.contains(&self)
+    }
+
+    /// Recognises a format from the first bytes of an encoded image; the echoed
+    /// `output_format` of an answer is never trusted over this.
     pub fn sniff(bytes: &[u8]) -> Option<Self> {
         if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
             Some(Self::Png)
@@ -62,10 +82,30 @@ impl ImageFormat {
             Some(Self::Jpeg)
         } else if bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
             Some(Self::Webp)
+        } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
+            Some(Self::Gif)
+        } else if looks_like_svg(bytes) {
+            Some(Self::Svg)
         } else {
             None
         }
     }
+}
+
+/// Whether `bytes` start as SVG markup: `<svg`, or an XML declaration, comments or a doctype
+/// followed by `<svg`, within the first few kilobytes (after an optional BOM and whitespace).
+fn looks_like_svg(bytes: &[u8]) -> bool {
+    let head = &bytes[..bytes.len().min(4096)];
+    let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
+    let start = head.iter().position(|b| !b.is_ascii_whitespace());
+    let Some(head) = start.map(|i| &head[i..]) else {
+        return false;
+    };
+    if head.starts_with(b"<svg") {
+        return true;
+    }
+    (head.starts_with(b"<?xml") || head.starts_with(b"<!--") || head.starts_with(b"<!DOCTYPE"))
+        && head.windows(4).any(|w| w == b"<svg")
 }
 
 impl fmt::Display for ImageFormat {
@@ -82,8 +122,10 @@ impl FromStr for ImageFormat {
             "png" => Ok(Self::Png),
             "jpeg" | "jpg" => Ok(Self::Jpeg),
             "webp" => Ok(Self::Webp),
+            "gif" => Ok(Self::Gif),
+            "svg" => Ok(Self::Svg),
             other => Err(format!(
-                "unknown output_format `{other}`; expected png, jpeg or webp"
+                "unknown output_format `{other}`; expected png, jpeg, webp, gif or svg"
             )),
         }
     }
@@ -119,8 +161,38 @@ pub struct GenerateRequest {
     pub seed: Option<u64>,
     /// Stream the generation, sending this many partial images (0..=3) before the final one.
     pub partial_images: Option<u8>,
+    /// `low`, `medium` or `high`: how much the model plans before it renders (GPT Image 2.6).
+    pub complexity: Option<String>,
+    /// Frames of an animated GIF (`output_format = gif` only).
+    pub frame_count: Option<u32>,
+    /// How long each GIF frame shows, milliseconds (`output_format = gif` only).
+    pub frame_duration_ms: Option<u32>,
+    /// How an SVG is authored (`output_format = svg` only).
+    pub svg: Option<SvgOptions>,
     /// Provider-specific extras passed through verbatim.
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The authoring settings of an SVG result, nested as the API nests them:
+/// `svg: {"model": ..., "reasoning": {"effort": ...}}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SvgOptions {
+    /// The text model that writes the SVG markup (required by the API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// How hard the writer reasons; the values depend on `model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<SvgReasoning>,
+}
+
+/// `svg.reasoning`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SvgReasoning {
+    /// The writer's reasoning effort (`low`, `medium`, `high`, ... as `svg.model` allows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effort: Option<String>,
 }
 
 impl GenerateRequest {
@@ -166,12 +238,12 @@ impl InputImage {
     ) -> Result<Self, crate::ProviderError> {
         let (bytes, name) = (bytes.into(), name.into());
         match ImageFormat::sniff(&bytes) {
-            Some(format) => Ok(Self {
+            Some(format) if format.is_raster() => Ok(Self {
                 bytes,
                 format,
                 name,
             }),
-            None => Err(crate::ProviderError::invalid_param(
+            _ => Err(crate::ProviderError::invalid_param(
                 "images",
                 format!("`{name}` {}", crate::image_info::not_an_image(&bytes)),
             )),
@@ -209,6 +281,9 @@ pub struct EditRequest {
     pub images: Vec<InputImage>,
     /// A PNG the size of the first image whose transparent pixels mark where to change it.
     pub mask: Option<InputImage>,
+    /// A transparent PNG the size of the first image holding only annotations (circles,
+    /// arrows, notes) that the prompt explains (GPT Image 2.6).
+    pub markup: Option<InputImage>,
     /// `WxH`, or `auto`.
     pub size: Option<String>,
     /// `low`, `medium`, `high`, `auto`, `standard`, ... as the model allows.
@@ -229,6 +304,14 @@ pub struct EditRequest {
     pub seed: Option<u64>,
     /// Stream the edit, sending this many partial images (0..=3) before the final one.
     pub partial_images: Option<u8>,
+    /// See [`GenerateRequest::complexity`].
+    pub complexity: Option<String>,
+    /// See [`GenerateRequest::frame_count`].
+    pub frame_count: Option<u32>,
+    /// See [`GenerateRequest::frame_duration_ms`].
+    pub frame_duration_ms: Option<u32>,
+    /// See [`GenerateRequest::svg`].
+    pub svg: Option<SvgOptions>,
     /// Provider-specific extras passed through verbatim.
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
@@ -245,6 +328,7 @@ impl EditRequest {
             model: model.into(),
             images,
             mask: None,
+            markup: None,
             size: None,
             quality: None,
             n: 1,
@@ -255,8 +339,33 @@ impl EditRequest {
             moderation: None,
             seed: None,
             partial_images: None,
+            complexity: None,
+            frame_count: None,
+            frame_duration_ms: None,
+            svg: None,
             extra: serde_json::Map::new(),
         }
+    }
+
+    /// Takes every parameter an edit shares with a generation from `generate`.
+    pub fn with_generation(mut self, generate: GenerateRequest) -> Self {
+        self.prompt = generate.prompt;
+        self.model = generate.model;
+        self.size = generate.size;
+        self.quality = generate.quality;
+        self.n = generate.n;
+        self.output_format = generate.output_format;
+        self.output_compression = generate.output_compression;
+        self.background = generate.background;
+        self.moderation = generate.moderation;
+        self.seed = generate.seed;
+        self.partial_images = generate.partial_images;
+        self.complexity = generate.complexity;
+        self.frame_count = generate.frame_count;
+        self.frame_duration_ms = generate.frame_duration_ms;
+        self.svg = generate.svg;
+        self.extra = generate.extra;
+        self
     }
 
     /// The generation parameters this edit shares, so both are checked and sent alike.
@@ -274,6 +383,10 @@ impl EditRequest {
             moderation: self.moderation.clone(),
             seed: self.seed,
             partial_images: self.partial_images,
+            complexity: self.complexity.clone(),
+            frame_count: self.frame_count,
+            frame_duration_ms: self.frame_duration_ms,
+            svg: self.svg.clone(),
             extra: self.extra.clone(),
         }
     }
@@ -340,6 +453,8 @@ pub struct GeneratedImage {
     pub height: u32,
     /// SHA-256 of `bytes`, when it was computed while they arrived.
     pub sha256: Option<[u8; 32]>,
+    /// Frames of an animation (1 for a still image).
+    pub frames: u32,
 }
 
 impl GeneratedImage {
@@ -351,13 +466,22 @@ impl GeneratedImage {
             width,
             height,
             sha256: None,
+            frames: 1,
         }
     }
 
-    /// Wraps encoded bytes, reading the format and dimensions from the image header.
+    /// Wraps encoded bytes, reading the format, dimensions and frame count from the bytes.
     pub fn from_encoded(bytes: Bytes) -> Result<Self, String> {
         let info = crate::image_info::probe(&bytes)?;
-        Ok(Self::new(bytes, info.format, info.width, info.height))
+        let mut image = Self::new(bytes, info.format, info.width, info.height);
+        image.frames = info.frames;
+        Ok(image)
+    }
+
+    /// Records the frame count of an animation.
+    pub fn with_frames(mut self, frames: u32) -> Self {
+        self.frames = frames;
+        self
     }
 
     /// Records the SHA-256 of `bytes` computed while they arrived, so nobody hashes them again.
@@ -380,6 +504,7 @@ impl fmt::Debug for GeneratedImage {
             .field("format", &self.format)
             .field("width", &self.width)
             .field("height", &self.height)
+            .field("frames", &self.frames)
             .finish()
     }
 }

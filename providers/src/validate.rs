@@ -7,7 +7,7 @@
 
 use crate::{
     image_info::{self, ImageInfo},
-    EditRequest, GenerateRequest, ImageFormat, ModelCapabilities, Param, ProviderError,
+    EditRequest, GenerateRequest, ImageFormat, InputImage, ModelCapabilities, Param, ProviderError,
     VariationRequest,
 };
 
@@ -25,6 +25,10 @@ pub fn params_set(request: &GenerateRequest) -> Vec<Param> {
         (Param::Moderation, r.moderation.is_some()),
         (Param::Seed, r.seed.is_some()),
         (Param::Stream, r.partial_images.is_some()),
+        (Param::Complexity, r.complexity.is_some()),
+        (Param::FrameCount, r.frame_count.is_some()),
+        (Param::FrameDurationMs, r.frame_duration_ms.is_some()),
+        (Param::Svg, r.svg.is_some()),
     ]
     .into_iter()
     .filter_map(|(p, set)| set.then_some(p))
@@ -44,7 +48,11 @@ pub fn clear_param(request: &mut GenerateRequest, param: Param) {
         Param::Moderation => request.moderation = None,
         Param::Seed => request.seed = None,
         Param::Stream => request.partial_images = None,
-        Param::ResponseFormat | Param::InputFidelity => {}
+        Param::Complexity => request.complexity = None,
+        Param::FrameCount => request.frame_count = None,
+        Param::FrameDurationMs => request.frame_duration_ms = None,
+        Param::Svg => request.svg = None,
+        Param::ResponseFormat | Param::InputFidelity | Param::Markup => {}
     }
 }
 
@@ -70,11 +78,22 @@ fn one_of(param: Param, value: &str, allowed: &[String], model: &str) -> Result<
 }
 
 fn check_size(size: &str, caps: &ModelCapabilities, model: &str) -> Result<(), ProviderError> {
+    check_size_under(size, caps, caps.custom_sizes.as_ref(), model)
+}
+
+/// Checks `size` against the fixed sizes and `rule` (the model's custom-size rule, or a
+/// variant of it).
+fn check_size_under(
+    size: &str,
+    caps: &ModelCapabilities,
+    rule: Option<&crate::SizeRule>,
+    model: &str,
+) -> Result<(), ProviderError> {
     if caps.sizes.iter().any(|s| s == size) {
         return Ok(());
     }
     let fixed = caps.sizes.join(", ");
-    let Some(rule) = &caps.custom_sizes else {
+    let Some(rule) = rule else {
         return one_of(Param::Size, size, &caps.sizes, model);
     };
     let refuse = |why: String| {
@@ -169,11 +188,32 @@ pub fn check(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), 
             ));
         }
     }
-    if let Some(size) = &request.size {
+    let format = request.output_format.unwrap_or(ImageFormat::Png);
+    if format == ImageFormat::Gif {
+        check_gif(request, caps)?;
+    } else if let Some(size) = &request.size {
         check_size(size, caps, model)?;
     }
+    for (param, set) in [
+        (Param::FrameCount, request.frame_count.is_some()),
+        (Param::FrameDurationMs, request.frame_duration_ms.is_some()),
+    ] {
+        if set && format != ImageFormat::Gif {
+            return Err(ProviderError::invalid_param(
+                param.as_str(),
+                format!(
+                    "{} applies only to animated GIFs; set output_format to gif or leave it unset",
+                    param.as_str()
+                ),
+            ));
+        }
+    }
+    check_svg(request, format)?;
     if let Some(quality) = &request.quality {
         one_of(Param::Quality, quality, &caps.qualities, model)?;
+    }
+    if let Some(complexity) = &request.complexity {
+        one_of(Param::Complexity, complexity, &caps.complexities, model)?;
     }
     if let Some(style) = &request.style {
         one_of(Param::Style, style, &caps.styles, model)?;
@@ -190,7 +230,6 @@ pub fn check(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), 
             ));
         }
     }
-    let format = request.output_format.unwrap_or(ImageFormat::Png);
     if let Some(compression) = request.output_compression {
         if compression > 100 {
             return Err(ProviderError::invalid_param(
@@ -198,7 +237,10 @@ pub fn check(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), 
                 format!("output_compression = {compression}; allowed: 0..=100"),
             ));
         }
-        if format == ImageFormat::Png {
+        let gif_compresses = caps.gif.as_ref().is_some_and(|g| g.compression);
+        if !matches!(format, ImageFormat::Jpeg | ImageFormat::Webp)
+            && !(format == ImageFormat::Gif && gif_compresses)
+        {
             return Err(ProviderError::invalid_param(
                 "output_compression",
                 "output_compression applies only to jpeg and webp; set output_format to one of them",
@@ -222,6 +264,100 @@ pub fn check(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), 
             &["low", "auto"].map(String::from),
             model,
         )?;
+    }
+    Ok(())
+}
+
+/// Checks the animated-GIF settings against the model's GIF rules: frame count and duration
+/// in range, no streaming, and a frame size within the sheet's budget for that many frames.
+///
+/// `size` is per frame, and all frames share one image, so the model's pixel floor for a
+/// still image does not apply to a frame; the frame cap does instead.
+fn check_gif(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), ProviderError> {
+    let model = request.model.as_str();
+    let Some(rules) = &caps.gif else {
+        // The format check names what the model returns.
+        return Ok(());
+    };
+    let frames = request.frame_count.unwrap_or(rules.default_frames);
+    if !(rules.min_frames..=rules.max_frames).contains(&frames) {
+        return Err(ProviderError::invalid_param(
+            "frame_count",
+            format!(
+                "frame_count = {frames}; {model} makes {}..={} frames",
+                rules.min_frames, rules.max_frames
+            ),
+        ));
+    }
+    if let Some(ms) = request.frame_duration_ms {
+        if !(rules.min_frame_duration_ms..=rules.max_frame_duration_ms).contains(&ms) {
+            return Err(ProviderError::invalid_param(
+                "frame_duration_ms",
+                format!(
+                    "frame_duration_ms = {ms}; allowed: {}..={} (rounded to 10 ms)",
+                    rules.min_frame_duration_ms, rules.max_frame_duration_ms
+                ),
+            ));
+        }
+    }
+    if request.partial_images.is_some() && !rules.streaming {
+        return Err(ProviderError::invalid_param(
+            "partial_images",
+            "animated GIFs cannot be streamed; leave partial_images unset with output_format gif",
+        ));
+    }
+    let Some(size) = request.size.as_deref().filter(|s| *s != "auto") else {
+        return Ok(());
+    };
+    let frame_rule = caps.custom_sizes.clone().map(|mut rule| {
+        rule.min_pixels = 1;
+        rule
+    });
+    check_size_under(size, caps, frame_rule.as_ref(), model)?;
+    if let (Some((w, h)), Some(max_side)) = (parse_size(size), rules.max_side(frames)) {
+        if w.max(h) > max_side {
+            return Err(ProviderError::invalid_param(
+                "size",
+                format!(
+                    "GIF frames of {size} are too large for {frames} frames: all frames share one \
+                     image, so a frame side may be at most {}; use a smaller size or fewer frames",
+                    rules.describe_caps()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the SVG settings: `svg` only with `output_format = svg`, which makes one image and
+/// needs the text model that writes it (`svg.model`).
+fn check_svg(request: &GenerateRequest, format: ImageFormat) -> Result<(), ProviderError> {
+    if format != ImageFormat::Svg {
+        if request.svg.is_some() {
+            return Err(ProviderError::invalid_param(
+                "svg",
+                "svg settings apply only to output_format svg",
+            ));
+        }
+        return Ok(());
+    }
+    if request.n > 1 {
+        return Err(ProviderError::invalid_param(
+            "n",
+            format!(
+                "output_format svg makes one image per call, but n = {}; set n to 1",
+                request.n
+            ),
+        ));
+    }
+    let model = request.svg.as_ref().and_then(|s| s.model.as_deref());
+    if model.is_none_or(|m| m.trim().is_empty()) {
+        return Err(ProviderError::invalid_param(
+            "svg.model",
+            "output_format svg needs `svg.model`, the text model that writes the SVG (for \
+             example {\"svg\": {\"model\": \"gpt-5.2\"}}); or set svg_model for the provider in \
+             the configuration",
+        ));
     }
     Ok(())
 }
@@ -255,6 +391,21 @@ pub fn check_edit(request: &EditRequest, caps: &ModelCapabilities) -> Result<(),
             format!("{count} input images were given, but {model} takes {allowed} per edit"),
         ));
     }
+    if request.markup.is_some() && !caps.takes(Param::Markup) {
+        return Err(ProviderError::invalid_param(
+            "markup",
+            format!(
+                "{model} does not take the `markup` parameter (markup edits are GPT Image 2.6's)"
+            ),
+        ));
+    }
+    let gif_mask = caps.gif.as_ref().is_some_and(|g| g.mask);
+    if request.mask.is_some() && request.output_format == Some(ImageFormat::Gif) && !gif_mask {
+        return Err(ProviderError::invalid_param(
+            "mask",
+            "an animated GIF edit cannot take a mask; leave the mask out or choose another output_format",
+        ));
+    }
     if let Some(fidelity) = &request.input_fidelity {
         if !caps.takes(Param::InputFidelity) {
             return Err(ProviderError::invalid_param(
@@ -286,32 +437,50 @@ pub fn check_edit_images(request: &EditRequest) -> Result<(), ProviderError> {
         )?;
         first.get_or_insert(info);
     }
-    let Some(mask) = &request.mask else {
-        return Ok(());
-    };
-    let info = check_input_image(&mask.bytes, mask.format, "the mask", "mask")?;
-    let invalid = |message: String| Err(ProviderError::invalid_param("mask", message));
+    for (layer, param, what) in [
+        (&request.mask, "mask", "the mask"),
+        (&request.markup, "markup", "the markup"),
+    ] {
+        if let Some(layer) = layer {
+            check_layer(layer, param, what, first.as_ref())?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks a mask or markup layer: a PNG with an alpha channel the size of the first image.
+fn check_layer(
+    layer: &InputImage,
+    param: &str,
+    what: &str,
+    first: Option<&ImageInfo>,
+) -> Result<(), ProviderError> {
+    let info = check_input_image(&layer.bytes, layer.format, what, param)?;
+    let invalid = |message: String| Err(ProviderError::invalid_param(param, message));
     if info.format != ImageFormat::Png {
         return invalid(format!(
-            "the mask must be a PNG with an alpha channel, but it is a {} image",
+            "{what} must be a PNG with an alpha channel, but it is a {} image",
             info.format.as_str().to_uppercase()
         ));
     }
-    match image_info::png_has_alpha(&mask.bytes) {
+    let why = match param {
+        "mask" => "its transparent pixels mark where to edit",
+        _ => "it holds only the annotations, on a transparent background",
+    };
+    match image_info::png_has_alpha(&layer.bytes) {
         Ok(true) => {}
         Ok(false) => {
-            return invalid(
-                "the mask has no alpha channel: its transparent pixels mark where to edit, so it \
-                 must be a PNG with transparency (RGBA or grey with alpha)"
-                    .into(),
-            )
+            return invalid(format!(
+                "{what} has no alpha channel: {why}, so it must be a PNG with transparency \
+                 (RGBA or grey with alpha)"
+            ))
         }
-        Err(e) => return invalid(format!("the mask cannot be read: {e}")),
+        Err(e) => return invalid(format!("{what} cannot be read: {e}")),
     }
     if let Some(first) = first {
         if (info.width, info.height) != (first.width, first.height) {
             return invalid(format!(
-                "mask is {}x{} but the first image is {}x{}; they must be the same size",
+                "{param} is {}x{} but the first image is {}x{}; they must be the same size",
                 info.width, info.height, first.width, first.height
             ));
         }
@@ -372,7 +541,7 @@ fn check_input_image(
     param: &str,
 ) -> Result<ImageInfo, ProviderError> {
     let invalid = |message: String| ProviderError::invalid_param(param, message);
-    let Some(format) = image_info::sniff(bytes) else {
+    let Some(format) = image_info::sniff(bytes).filter(|f| f.is_raster()) else {
         return Err(invalid(format!(
             "{what} {}",
             image_info::not_an_image(bytes)
