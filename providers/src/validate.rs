@@ -238,9 +238,12 @@ pub fn check(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), 
             ));
         }
         let gif_compresses = caps.gif.as_ref().is_some_and(|g| g.compression);
-        if !matches!(format, ImageFormat::Jpeg | ImageFormat::Webp)
-            && !(format == ImageFormat::Gif && gif_compresses)
-        {
+        let compresses = match format {
+            ImageFormat::Jpeg | ImageFormat::Webp => true,
+            ImageFormat::Gif => gif_compresses,
+            _ => false,
+        };
+        if !compresses {
             return Err(ProviderError::invalid_param(
                 "output_compression",
                 "output_compression applies only to jpeg and webp; set output_format to one of them",
