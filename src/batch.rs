@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::Delivery,
-    engine::{CallContext, Engine, GenerateParams, Generation},
+    engine::{CallContext, Engine, GenerateParams, Generation, RenderOptions},
     error::ToolError,
     progress::Progress,
     storage::StoredImage,
@@ -65,6 +65,9 @@ pub struct BatchParams {
     /// Shared: seed, where supported; with `count`, item k uses seed + k so images differ.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Shared: complexity, animation and SVG settings, as for `generate_image`.
+    #[serde(flatten)]
+    pub render: RenderOptions,
     /// `preview` (default), `link` or `full`; inline previews of the whole batch share one budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
@@ -87,6 +90,9 @@ pub struct ItemResult {
     /// The prompt as the provider rewrote it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revised_prompt: Option<String>,
+    /// What the caller should know: a replacement model, a deprecation, parameters dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Counts for the whole batch.
@@ -136,6 +142,7 @@ fn with_shared(item: GenerateParams, shared: &BatchParams) -> GenerateParams {
         moderation: item.moderation.or_else(|| shared.moderation.clone()),
         seed: item.seed.or(shared.seed),
         partial_images: None,
+        render: item.render.or(&shared.render),
         delivery: None,
     }
 }
@@ -217,11 +224,12 @@ fn plan(params: &BatchParams, engine: &Engine) -> Result<(usize, Vec<Group>), To
     );
     // One request serves as many images as the model's `n` allows; with a seed each image
     // needs its own request, or they would all be the same.
-    let (_, provider, request) = engine.prepare(&template)?;
+    let prepared = engine.prepare(&template)?;
     let per_request = if template.seed.is_some() {
         1
     } else {
-        provider.capabilities(&request.model).max_n.max(1) as usize
+        let model = &prepared.request.model;
+        prepared.provider.capabilities(model).max_n.max(1) as usize
     };
     let groups = (0..count)
         .collect::<Vec<_>>()
@@ -314,6 +322,7 @@ pub async fn run(
                         error,
                         model: Some(generation.model.clone()),
                         revised_prompt: generation.revised_prompt.clone(),
+                        notes: generation.notes.clone(),
                     });
                 }
                 generations.push((group.indices[0], generation));
@@ -328,6 +337,7 @@ pub async fn run(
                         model: error.model.clone(),
                         error: Some(error.clone()),
                         revised_prompt: None,
+                        notes: Vec::new(),
                     });
                 }
             }

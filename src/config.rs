@@ -55,6 +55,43 @@ pub struct Config {
     pub input: InputConfig,
     /// `generate_images` settings.
     pub batch: BatchConfig,
+    /// What happens to calls for models their vendor shut down, and the upstream model check.
+    pub catalog: CatalogConfig,
+}
+
+/// `[catalog]`: model lifecycles at call time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// A call for a shut-down model: `replace` sends it to the model's replacement and says so;
+    /// `refuse` fails it as `invalid_request`, naming the replacement, before anything is sent.
+    pub on_shutdown: OnShutdown,
+    /// Ask each provider that can list its models which image models it serves, at start-up
+    /// and daily (`serve` only, when a key is configured), and merge announced shutdown dates.
+    pub check_upstream: bool,
+    /// Hours between upstream checks.
+    pub check_interval_h: u64,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        Self {
+            on_shutdown: OnShutdown::Replace,
+            check_upstream: true,
+            check_interval_h: 24,
+        }
+    }
+}
+
+/// `[catalog] on_shutdown`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnShutdown {
+    /// Serve the call with the replacement model, and say so in the result.
+    #[default]
+    Replace,
+    /// Refuse the call, naming the replacement.
+    Refuse,
 }
 
 /// `[input]`: where `edit_image` may read images from, and how large they may be.
@@ -186,6 +223,8 @@ pub struct Defaults {
     pub moderation: Option<String>,
     /// `partial_images`: streamed previews before the final image (0-3, GPT image models).
     pub partial_images: Option<u8>,
+    /// `complexity`: planning effort before rendering (`low`, `medium`, `high`; GPT Image 2.6).
+    pub complexity: Option<String>,
 }
 
 /// One `[providers.NAME]` table; `kind` picks the implementation.
@@ -214,6 +253,30 @@ impl ProviderConfig {
         match self {
             Self::Openai(c) => c.enabled,
             Self::Mock(c) => c.enabled,
+        }
+    }
+
+    /// The model used when a call names none.
+    pub fn model(&self) -> &str {
+        match self {
+            Self::Openai(c) => &c.model,
+            Self::Mock(c) => &c.model,
+        }
+    }
+
+    /// Aliases set for this provider (`[providers.NAME.aliases]`), which win over built-in ones.
+    pub fn aliases(&self) -> &BTreeMap<String, String> {
+        match self {
+            Self::Openai(c) => &c.aliases,
+            Self::Mock(c) => &c.aliases,
+        }
+    }
+
+    /// The text model that writes SVG results when a call names none (`svg.model`).
+    pub fn svg_model(&self) -> Option<&str> {
+        match self {
+            Self::Openai(c) => c.svg_model.as_deref(),
+            Self::Mock(c) => c.svg_model.as_deref(),
         }
     }
 
@@ -262,10 +325,18 @@ pub struct OpenAiConfig {
     pub organization: Option<String>,
     /// `OpenAI-Project`.
     pub project: Option<String>,
-    /// Default model.
+    /// Default model (a model name or an alias).
     pub model: String,
     /// Models to list (default: the current OpenAI image models).
     pub models: Option<Vec<String>>,
+    /// Model aliases (`fast = "gpt-image-2.6-flare"`), on top of the built-in `fast` and `best`.
+    pub aliases: BTreeMap<String, String>,
+    /// The text model that writes SVG results (`svg.model`) when a call names none.
+    pub svg_model: Option<String>,
+    /// Whether the catalog's shutdown dates hold for this server, so a shut-down model is
+    /// replaced or refused before anything is sent. Default: only for api.openai.com; set it
+    /// for a gateway that passes calls to OpenAI unchanged (or `false` to always ask).
+    pub catalog_dates_apply: Option<bool>,
     /// Per-attempt timeout, seconds.
     pub timeout_s: u64,
     /// Connect timeout, seconds.
@@ -310,6 +381,9 @@ impl Default for OpenAiConfig {
             project: None,
             model: imagegen_providers::openai::DEFAULT_MODEL.into(),
             models: None,
+            aliases: BTreeMap::new(),
+            svg_model: None,
+            catalog_dates_apply: None,
             timeout_s: 180,
             connect_timeout_s: 10,
             max_retries: 2,
@@ -332,8 +406,13 @@ impl Default for OpenAiConfig {
 pub struct MockConfig {
     /// Set to false to keep the table but not load the provider.
     pub enabled: bool,
-    /// Default model.
+    /// Default model (a model name or an alias).
     pub model: String,
+    /// Model aliases, on top of the built-in `fast` and `best`.
+    pub aliases: BTreeMap<String, String>,
+    /// The "text model" named as `svg.model` when a call names none; the mock writes SVGs
+    /// itself, so any name works.
+    pub svg_model: Option<String>,
     /// Delay before each answer, milliseconds.
     pub latency_ms: u64,
     /// Fraction of calls (0.0..=1.0) that fail.
@@ -354,6 +433,8 @@ impl Default for MockConfig {
         Self {
             enabled: true,
             model: imagegen_providers::mock::MOCK_MODEL.into(),
+            aliases: BTreeMap::new(),
+            svg_model: Some("mock-svg-writer".into()),
             latency_ms: 0,
             fail_rate: 0.0,
             fail_with: ErrorKind::UpstreamUnavailable,

@@ -30,6 +30,12 @@ pub struct GenerateOutput {
     /// The model that served the call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The model the call asked for, when another one served it (an alias, a replacement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_model: Option<String>,
+    /// What the caller should know: a replacement model, a deprecation, parameters dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// The prompt as the provider rewrote it, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revised_prompt: Option<String>,
@@ -52,6 +58,8 @@ impl GenerateOutput {
             error: None,
             provider: Some(g.provider.clone()),
             model: Some(g.model.clone()),
+            requested_model: g.requested_model.clone(),
+            notes: g.notes.clone(),
             revised_prompt: g.revised_prompt.clone(),
             usage: g.usage.clone(),
             request_id: g.request_id.clone(),
@@ -67,6 +75,8 @@ impl GenerateOutput {
             model: error.model.clone(),
             request_id: error.request_id.clone(),
             error: Some(error),
+            requested_model: None,
+            notes: Vec::new(),
             revised_prompt: None,
             usage: None,
             partial_images: Vec::new(),

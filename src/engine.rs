@@ -12,9 +12,9 @@ use imagegen_providers::{
     keys::KeyPool,
     mock::{MockProvider, MockSettings},
     openai::{OpenAiProvider, OpenAiSettings},
-    validate, Catalog, EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult,
-    GeneratedImage, ImageFormat, ImageProvider, InputImage, Param, ProviderError, ProviderEvent,
-    VariationRequest,
+    validate, Catalog, Date, EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult,
+    GeneratedImage, ImageFormat, ImageProvider, InputImage, ModelState, Param, ProviderError,
+    ProviderEvent, SvgOptions, VariationRequest,
 };
 use schemars::JsonSchema;
 use secrecy::ExposeSecret;
@@ -24,12 +24,70 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{Defaults, Delivery, LoadedConfig, OpenAiConfig, OutputConfig, ProviderConfig},
+    config::{
+        Defaults, Delivery, LoadedConfig, OnShutdown, OpenAiConfig, OutputConfig, ProviderConfig,
+    },
     error::ToolError,
     inputs::InputPolicy,
+    lifecycle::{self, LiveCatalog, ModelWatch, SharedWatch},
     progress::Progress,
     storage::{ImageStore, StoredImage},
 };
+
+/// How the image is made and shaped beyond size and quality: planning effort, animation, and
+/// vector authoring (GPT Image 2.6). Flattened into every tool that makes images.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RenderOptions {
+    /// `low`, `medium` or `high`: how much the model plans before it renders, independent of
+    /// `quality` (GPT Image 2.6 only; its default is `high`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complexity: Option<String>,
+    /// With `output_format: "gif"`: frames of the animation, 2-16 (default 9). `size` is per
+    /// frame and all frames share one image, so larger frames fit fewer of them (see
+    /// `list_providers`, `gif.frame_side_caps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_count: Option<u32>,
+    /// With `output_format: "gif"`: how long each frame shows, milliseconds, at least 20
+    /// (default 200, rounded to 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_duration_ms: Option<u32>,
+    /// With `output_format: "svg"`: the text model that writes the SVG and how hard it reasons,
+    /// e.g. `{"model": "gpt-5.2", "reasoning": {"effort": "high"}}`; `model` defaults to the
+    /// provider's `svg_model` setting. SVG makes one image per call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<SvgSchema>")]
+    pub svg: Option<SvgOptions>,
+}
+
+/// The schema of [`RenderOptions::svg`] (the options type lives in the providers crate).
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct SvgSchema {
+    /// The text model that writes the SVG markup.
+    model: Option<String>,
+    /// `{"effort": "..."}`: the writer's reasoning effort; the values depend on `model`.
+    reasoning: Option<SvgReasoningSchema>,
+}
+
+/// The schema of `svg.reasoning`.
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct SvgReasoningSchema {
+    /// `low`, `medium`, `high`, ... as `svg.model` allows.
+    effort: Option<String>,
+}
+
+impl RenderOptions {
+    /// These options, with any unset one taken from `under`.
+    pub fn or(self, under: &Self) -> Self {
+        Self {
+            complexity: self.complexity.or_else(|| under.complexity.clone()),
+            frame_count: self.frame_count.or(under.frame_count),
+            frame_duration_ms: self.frame_duration_ms.or(under.frame_duration_ms),
+            svg: self.svg.or_else(|| under.svg.clone()),
+        }
+    }
+}
 
 /// The parameters of `generate_image` (and of `imagegen-mcp generate`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
@@ -40,21 +98,23 @@ pub struct GenerateParams {
     /// Which configured provider to use (see `list_providers`); default: the configured default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
-    /// Model name, e.g. `gpt-image-2.6-flare`, `gpt-image-2.6-sunburst` or an alias (`fast`, `best`); default: the provider's model.
+    /// Model name, e.g. `gpt-image-2.6-flare`, `gpt-image-2.6-sunburst`, or an alias: `fast`
+    /// or `best`; default: the provider's model. See `list_providers`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// `WIDTHxHEIGHT` such as `1024x1024`, `1536x1024` (landscape), `1024x1536` (portrait), or
-    /// `auto`. gpt-image-2 also takes custom sizes (multiples of 16). See `list_providers`.
+    /// `auto`. GPT Image 2 and later also take custom sizes (multiples of 16). See `list_providers`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<String>,
-    /// `low`, `medium`, `high` or `auto` for GPT image models; `standard` or `hd` for dall-e-3.
-    /// Higher quality is slower and costs more.
+    /// `low`, `medium`, `high` or `auto` for GPT image models; GPT Image 2.5 and 2.6 also
+    /// take `xhigh` and `max`. Higher quality is slower and costs more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality: Option<String>,
     /// How many images to make (1-10 for GPT image models).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n: Option<u32>,
-    /// `png` (default), `jpeg` or `webp`.
+    /// `png` (default), `jpeg` or `webp`; GPT Image 2.6 also makes `gif` (animated, see
+    /// `frame_count`) and `svg` (vector, see `svg`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_format: Option<String>,
     /// 0-100 compression for `jpeg` and `webp`.
@@ -72,10 +132,13 @@ pub struct GenerateParams {
     /// Seed for reproducible output, where the provider supports it (the mock does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
-    /// 0-3 partial images streamed while the image is made (GPT image models, n = 1): each
-    /// arrives as a progress notification linking to it, before the final image.
+    /// 0-3 partial images streamed while the image is made (GPT image models, n = 1, not
+    /// GIF): each arrives as a progress notification linking to it, before the final image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial_images: Option<u8>,
+    /// Complexity, animation and SVG settings.
+    #[serde(flatten)]
+    pub render: RenderOptions,
     /// How to return images: `preview` (small inline preview + link to the full image, the
     /// default), `link` (no inline image), or `full` (the original inline when it fits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,6 +158,11 @@ pub struct EditParams {
     /// change. Same forms as `images`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask: Option<String>,
+    /// GPT Image 2.6 markup edits: a transparent PNG the size of the first image holding only
+    /// annotations (circles, arrows, notes); the prompt says what each mark means. Same forms
+    /// as `images`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub markup: Option<String>,
     /// `high` or `low`: how closely to keep the inputs' details such as faces (not on gpt-image-1-mini).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_fidelity: Option<String>,
@@ -131,6 +199,9 @@ pub struct EditParams {
     /// 0-3 partial images streamed before the final one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial_images: Option<u8>,
+    /// Complexity, animation and SVG settings, as for `generate_image`.
+    #[serde(flatten)]
+    pub render: RenderOptions,
     /// `preview` (default), `link` or `full`, as for `generate_image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
@@ -153,6 +224,7 @@ impl EditParams {
             moderation: self.moderation.clone(),
             seed: self.seed,
             partial_images: self.partial_images,
+            render: self.render.clone(),
             delivery: self.delivery,
         }
     }
@@ -197,6 +269,10 @@ pub struct Generation {
     pub usage: Option<serde_json::Value>,
     /// The provider's request id.
     pub request_id: Option<String>,
+    /// The model the call asked for, when another one served it (an alias, a replacement).
+    pub requested_model: Option<String>,
+    /// What the caller should know: a replacement, a deprecation, parameters dropped.
+    pub notes: Vec<String>,
 }
 
 /// One configured provider with its effective defaults.
@@ -206,6 +282,10 @@ pub struct ProviderEntry {
     pub provider: Arc<dyn ImageProvider>,
     /// `[defaults]` overlaid with the provider's own defaults.
     pub defaults: Defaults,
+    /// Model aliases: the provider's built-in ones overlaid with configured ones.
+    pub aliases: BTreeMap<String, String>,
+    /// The text model that writes SVGs when a call names none.
+    pub svg_model: Option<String>,
     /// The provider's API keys and what is known about each (OpenAI providers only).
     pub keys: Option<Arc<KeyPool>>,
     /// What the pool was built from.
@@ -307,6 +387,11 @@ pub struct Engine {
     slots: Slots,
     inputs: InputPolicy,
     max_batch_items: usize,
+    on_shutdown: OnShutdown,
+    /// What running taught about models, shared by every engine of this process.
+    watch: SharedWatch,
+    /// Whether `default_provider` was picked for want of a choice.
+    default_is_fallback: bool,
 }
 
 fn overlay(base: &Defaults, top: &Defaults) -> Defaults {
@@ -319,6 +404,7 @@ fn overlay(base: &Defaults, top: &Defaults) -> Defaults {
         style: top.style.clone().or_else(|| base.style.clone()),
         moderation: top.moderation.clone().or_else(|| base.moderation.clone()),
         partial_images: top.partial_images.or(base.partial_images),
+        complexity: top.complexity.clone().or_else(|| base.complexity.clone()),
     }
 }
 
@@ -381,6 +467,8 @@ fn build_provider(
         .map(|limit| Slots::keep_or_new(previous_slots, limit));
     Ok(match cfg {
         ProviderConfig::Mock(m) => ProviderEntry {
+            aliases: BTreeMap::new(),
+            svg_model: cfg.svg_model().map(String::from),
             provider: Arc::new(MockProvider::new({
                 let mut s = MockSettings::default();
                 s.model = m.model.clone();
@@ -421,10 +509,13 @@ fn build_provider(
             s.retry_on_timeout = o.retry_on_timeout;
             s.deadline = Duration::from_secs(o.deadline_s);
             s.download_hosts = o.download_hosts.clone();
+            s.catalog_dates_apply = o.catalog_dates_apply;
             s.max_response_bytes = o.max_response_mb.saturating_mul(1024 * 1024);
             s.catalog = catalog.clone();
             let client = clients.client(o.connect_timeout_s)?;
             ProviderEntry {
+                aliases: BTreeMap::new(),
+                svg_model: cfg.svg_model().map(String::from),
                 provider: Arc::new(OpenAiProvider::new(s, client)),
                 defaults,
                 keys: Some(pool),
@@ -452,7 +543,8 @@ impl Engine {
         let catalog = Arc::new(loaded.catalog().clone());
         let mut providers = BTreeMap::new();
         for (name, cfg) in config.providers.iter().filter(|(_, c)| c.enabled()) {
-            let entry = build_provider(name, cfg, loaded, &catalog, previous, clients)?;
+            let mut entry = build_provider(name, cfg, loaded, &catalog, previous, clients)?;
+            entry.aliases = lifecycle::aliases(entry.provider.as_ref(), cfg.aliases());
             providers.insert(name.clone(), entry);
         }
         let default_provider = loaded.default_provider().to_string();
@@ -476,7 +568,87 @@ impl Engine {
             output: config.output.clone(),
             store,
             slots: Slots::keep_or_new(previous.map(|e| &e.slots), config.limits.max_in_flight),
+            on_shutdown: config.catalog.on_shutdown,
+            default_is_fallback: loaded.default_provider_is_fallback(),
+            watch: previous.map_or_else(SharedWatch::default, |e| e.watch.clone()),
         })
+    }
+
+    /// The catalog with what running taught, judged as of today.
+    pub fn live_catalog(&self) -> LiveCatalog<'_> {
+        LiveCatalog {
+            catalog: &self.catalog,
+            watch: &self.watch,
+            today: Date::today(),
+        }
+    }
+
+    /// Whether the default provider was picked for want of a choice (see
+    /// [`LoadedConfig::default_provider_is_fallback`]).
+    pub fn default_is_fallback(&self) -> bool {
+        self.default_is_fallback
+    }
+
+    /// What running taught about models (shared across reloads).
+    pub fn watch(&self) -> &ModelWatch {
+        &self.watch
+    }
+
+    /// What a call for a shut-down model does.
+    pub fn on_shutdown(&self) -> OnShutdown {
+        self.on_shutdown
+    }
+
+    /// `model` with aliases of provider `entry` resolved.
+    pub fn resolve_alias(entry: &ProviderEntry, model: &str) -> String {
+        entry
+            .aliases
+            .get(model)
+            .cloned()
+            .unwrap_or_else(|| model.to_string())
+    }
+
+    /// Warnings for defaults and aliases that point at deprecated or shut-down models, for
+    /// start-up, reloads and `config check`.
+    pub fn lifecycle_warnings(&self) -> Vec<String> {
+        let live = self.live_catalog();
+        let mut out = Vec::new();
+        for (name, entry) in &self.providers {
+            let default = Self::resolve_alias(entry, entry.provider.default_model());
+            let what = format!("the default model of provider `{name}`");
+            out.extend(live.warning(&default, &what));
+            for (alias, model) in &entry.aliases {
+                let what = format!("alias `{alias}` of provider `{name}`");
+                out.extend(live.warning(model, &what));
+            }
+        }
+        out
+    }
+
+    /// Default models that a call would be refused for (`[catalog] on_shutdown = "refuse"`
+    /// and the model shut down), as errors for `config check`.
+    pub fn refused_defaults(&self) -> Vec<String> {
+        if self.on_shutdown != OnShutdown::Refuse {
+            return Vec::new();
+        }
+        let live = self.live_catalog();
+        self.providers
+            .iter()
+            .filter(|(_, e)| e.provider.lifecycle_is_authoritative())
+            .filter_map(|(name, entry)| {
+                let model = Self::resolve_alias(entry, entry.provider.default_model());
+                (live.lifecycle(&model).state == ModelState::ShutDown).then(|| {
+                    let instead = live
+                        .replacement(&model)
+                        .map(|r| format!("; set it to `{r}`"))
+                        .unwrap_or_default();
+                    format!(
+                        "the default model of provider `{name}` is `{model}`, which is shut down, \
+                         and [catalog] on_shutdown = \"refuse\" refuses every call for it{instead}"
+                    )
+                })
+            })
+            .collect()
     }
 
     /// The configured providers, by name.
@@ -504,25 +676,121 @@ impl Engine {
         &self.store
     }
 
-    /// Resolves the provider and model and builds a checked request; no money is spent here.
+    /// Resolves the provider, the model (aliases, lifecycle) and builds a checked request; no
+    /// money is spent here.
     ///
     /// A parameter the caller set that the model does not take is refused; a configured
-    /// default the model does not take is left out.
-    pub fn prepare(
-        &self,
-        params: &GenerateParams,
-    ) -> Result<(String, Arc<dyn ImageProvider>, GenerateRequest), ToolError> {
+    /// default the model does not take is left out. A call for a shut-down model goes to its
+    /// replacement (`[catalog] on_shutdown = "replace"`), dropping what the replacement does
+    /// not take, or is refused (`"refuse"`); for a provider whose server may still serve the
+    /// model, it is sent as asked and the replacement is kept as the fallback.
+    pub fn prepare(&self, params: &GenerateParams) -> Result<Prepared, ToolError> {
         let name = params.provider.as_deref().unwrap_or(&self.default_provider);
         let entry = self.entry(name)?;
         let provider = entry.provider.clone();
-        let model = params
+        let asked = params
             .model
             .clone()
             .unwrap_or_else(|| provider.default_model().to_string());
-        let caps = provider.capabilities(&model);
-        let fail = |e| ToolError::from_provider(e, Some(name), Some(&model));
+        let model = Self::resolve_alias(entry, &asked);
+        let live = self.live_catalog();
+        let life = live.lifecycle(&model);
+        let replacement = live.replacement(&model);
+        let when = life.describe(live.today);
+        let mut notes = Vec::new();
+        let mut target = model.clone();
+        let mut fallback_model = None;
+        match life.state {
+            ModelState::ShutDown if provider.lifecycle_is_authoritative() => {
+                match (self.on_shutdown, &replacement) {
+                    (OnShutdown::Replace, Some(r)) => {
+                        tracing::info!(provider = %name, requested = %model, model = %r, "replacing a shut-down model");
+                        notes.push(format!(
+                            "`{model}` was {when}; the call went to its replacement `{r}`"
+                        ));
+                        target = r.clone();
+                    }
+                    (mode, r) => {
+                        let instead = match r {
+                            Some(r) => format!("; its replacement is `{r}`: ask for that model"),
+                            None => "; the catalog names no replacement".into(),
+                        };
+                        let why = match mode {
+                            OnShutdown::Refuse => " ([catalog] on_shutdown = \"refuse\")",
+                            OnShutdown::Replace => "",
+                        };
+                        return Err(ToolError::from_provider(
+                            ProviderError::invalid_param(
+                                "model",
+                                format!("`{model}` was {when}{instead}{why}"),
+                            ),
+                            Some(name),
+                            Some(&model),
+                        ));
+                    }
+                }
+            }
+            ModelState::ShutDown => {
+                tracing::warn!(provider = %name, %model, "the catalog says this model was {when}; sending it as asked, since this provider's server may still serve it");
+                notes.push(format!(
+                    "the catalog says `{model}` was {when}; it was sent as asked, since this provider's server may still serve it"
+                ));
+                if self.on_shutdown == OnShutdown::Replace {
+                    fallback_model = replacement.clone();
+                }
+            }
+            ModelState::Deprecated => {
+                let instead = replacement
+                    .as_deref()
+                    .map(|r| format!("; switch to `{r}`"))
+                    .unwrap_or_default();
+                notes.push(format!("`{model}` is {when}{instead}"));
+            }
+            ModelState::Active => {}
+        }
+        let replaced = target != model;
+        let request = self.build_request(name, entry, params, &target, replaced, &mut notes)?;
+        // A fallback that cannot be built (the replacement refuses what was asked) is no fallback.
+        let fallback = fallback_model.and_then(|r| {
+            let mut dropped = Vec::new();
+            let request = self
+                .build_request(name, entry, params, &r, true, &mut dropped)
+                .ok()?;
+            let mut note = format!(
+                "the provider no longer serves `{model}` (the catalog says it was {when}); the call went to its replacement `{r}`"
+            );
+            for d in dropped {
+                note.push_str("; ");
+                note.push_str(&d);
+            }
+            Some(Fallback { request, note })
+        });
+        Ok(Prepared {
+            provider_name: name.to_string(),
+            provider,
+            request,
+            requested_model: asked,
+            notes,
+            fallback,
+        })
+    }
 
-        let mut request = GenerateRequest::new(params.prompt.clone(), model.clone());
+    /// The checked request for `model`; with `lenient`, parameters the model does not take
+    /// (or values it refuses) are dropped with a note instead of failing the call.
+    fn build_request(
+        &self,
+        name: &str,
+        entry: &ProviderEntry,
+        params: &GenerateParams,
+        model: &str,
+        lenient: bool,
+        notes: &mut Vec<String>,
+    ) -> Result<GenerateRequest, ToolError> {
+        let provider = &entry.provider;
+        let caps = provider.capabilities(model);
+        let fail = |e| ToolError::from_provider(e, Some(name), Some(model));
+
+        let mut request = GenerateRequest::new(params.prompt.clone(), model);
         request.size = params.size.clone();
         request.quality = params.quality.clone();
         request.n = params.n.unwrap_or(1);
@@ -538,10 +806,22 @@ impl Engine {
         request.moderation = params.moderation.clone();
         request.seed = params.seed;
         request.partial_images = params.partial_images.filter(|&n| n > 0);
-        validate::check(&request, &caps).map_err(fail)?;
+        let render = &params.render;
+        request.complexity = render.complexity.clone();
+        request.frame_count = render.frame_count;
+        request.frame_duration_ms = render.frame_duration_ms;
+        request.svg = render.svg.clone();
+        // The writer of an SVG defaults to the provider's setting: it is part of the ask.
+        if request.output_format == Some(ImageFormat::Svg) {
+            if let Some(writer) = &entry.svg_model {
+                let svg = request.svg.get_or_insert_with(SvgOptions::default);
+                svg.model.get_or_insert_with(|| writer.clone());
+            }
+        }
+        check_or_drop(&mut request, &caps, lenient, notes).map_err(fail)?;
 
         let d = &entry.defaults;
-        let defaults: [(Param, bool); 8] = [
+        let defaults: [(Param, bool); 9] = [
             (Param::Size, request.size.is_none() && d.size.is_some()),
             (
                 Param::Quality,
@@ -564,12 +844,18 @@ impl Engine {
                 Param::Moderation,
                 request.moderation.is_none() && d.moderation.is_some(),
             ),
-            // Streaming makes one image: a default never turns a call for several into an error.
+            // Streaming makes one still image: a default never turns a call for several, or
+            // for an animation, into an error.
             (
                 Param::Stream,
                 params.partial_images.is_none()
                     && d.partial_images.is_some_and(|n| n > 0)
-                    && request.n == 1,
+                    && request.n == 1
+                    && request.output_format != Some(ImageFormat::Gif),
+            ),
+            (
+                Param::Complexity,
+                request.complexity.is_none() && d.complexity.is_some(),
             ),
         ];
         for (param, applies) in defaults {
@@ -585,6 +871,7 @@ impl Engine {
                 Param::Style => request.style = d.style.clone(),
                 Param::Moderation => request.moderation = d.moderation.clone(),
                 Param::Stream => request.partial_images = d.partial_images,
+                Param::Complexity => request.complexity = d.complexity.clone(),
                 _ => {}
             }
         }
@@ -593,7 +880,40 @@ impl Engine {
                 .push_str(" (the value comes from the configured [defaults])");
             fail(e)
         })?;
-        Ok((name.to_string(), provider, request))
+        Ok(request)
+    }
+
+    /// The error for `model` when the provider said it does not exist: for a model the
+    /// catalog thinks active it "looks retired", naming the likely replacement; the live
+    /// status remembers it either way.
+    fn model_missing(
+        &self,
+        mut err: ProviderError,
+        entry: &ProviderEntry,
+        model: &str,
+    ) -> ProviderError {
+        let live = self.live_catalog();
+        let said = err
+            .provider_message
+            .clone()
+            .unwrap_or_else(|| err.message.clone());
+        self.watch.mark_missing(model, said);
+        let likely = live.replacement(model).or_else(|| {
+            let default = Self::resolve_alias(entry, entry.provider.default_model());
+            (default != model).then_some(default)
+        });
+        let instead = likely
+            .map(|r| format!("; the likely replacement is `{r}`"))
+            .unwrap_or_default();
+        if live.lifecycle(model).state != ModelState::ShutDown {
+            err.message = format!(
+                "the provider says `{model}` does not exist, though the catalog thinks it active: it looks retired{instead} ({})",
+                err.message
+            );
+        } else {
+            err.message = format!("{}{instead}", err.message);
+        }
+        err
     }
 
     /// Upstream calls in flight now, all providers together, and the limit.
@@ -646,45 +966,79 @@ impl Engine {
         call: &CallContext,
     ) -> Result<Generation, ToolError> {
         call.progress.phase("validating");
-        let (name, provider, request) = self.prepare(params)?;
-        let model = request.model.clone();
-        let upstream =
-            |events: Events| async move { provider.generate_with_events(&request, &events).await };
-        self.run(&name, &model, &params.prompt, call, upstream)
-            .await
+        let prepared = self.prepare(params)?;
+        let entry = self.entry(&prepared.provider_name)?;
+        let provider = prepared.provider.clone();
+        let (request, fallback) = (&prepared.request, prepared.fallback.as_ref());
+        let upstream = |events: Events| async move {
+            match provider.generate_with_events(request, &events).await {
+                Err(e) if e.model_unavailable => match fallback {
+                    Some(f) => provider.generate_with_events(&f.request, &events).await,
+                    None => Err(self.model_missing(e, entry, &request.model)),
+                },
+                other => other,
+            }
+        };
+        let generation = self
+            .run(
+                &prepared.provider_name,
+                &request.model,
+                &params.prompt,
+                call,
+                upstream,
+            )
+            .await?;
+        Ok(prepared.finish(generation))
     }
 
     /// Edits images (`params.images`, already read by [`Engine::inputs`]) and saves the results.
     pub async fn edit(
         &self,
         params: &EditParams,
-        images: Vec<InputImage>,
-        mask: Option<InputImage>,
+        inputs: EditInputs,
         call: &CallContext,
     ) -> Result<Generation, ToolError> {
         call.progress.phase("validating");
-        let (name, provider, generate) = self.prepare(&params.as_generate())?;
-        let model = generate.model.clone();
-        let fail = |e| ToolError::from_provider(e, Some(&name), Some(&model));
-        let mut request = EditRequest::new(generate.prompt, generate.model.clone(), images);
-        request.mask = mask;
-        request.size = generate.size;
-        request.quality = generate.quality;
-        request.n = generate.n;
-        request.output_format = generate.output_format;
-        request.output_compression = generate.output_compression;
-        request.background = generate.background;
-        request.moderation = generate.moderation;
-        request.seed = generate.seed;
-        request.partial_images = generate.partial_images;
-        request.input_fidelity = params.input_fidelity.clone();
-        let caps = provider.capabilities(&model);
-        validate::check_edit(&request, &caps).map_err(fail)?;
-        validate::check_edit_images(&request).map_err(fail)?;
-        let upstream =
-            |events: Events| async move { provider.edit_with_events(&request, &events).await };
-        self.run(&name, &model, &params.prompt, call, upstream)
-            .await
+        let prepared = self.prepare(&params.as_generate())?;
+        let entry = self.entry(&prepared.provider_name)?;
+        let provider = prepared.provider.clone();
+        let name = prepared.provider_name.as_str();
+        let edit_of = |generate: &GenerateRequest| {
+            let mut request = EditRequest::new(
+                generate.prompt.clone(),
+                generate.model.clone(),
+                inputs.images.clone(),
+            )
+            .with_generation(generate.clone());
+            request.mask = inputs.mask.clone();
+            request.markup = inputs.markup.clone();
+            request.input_fidelity = params.input_fidelity.clone();
+            let caps = provider.capabilities(&request.model);
+            validate::check_edit(&request, &caps)?;
+            validate::check_edit_images(&request)?;
+            Ok::<_, ProviderError>(request)
+        };
+        let model = prepared.request.model.clone();
+        let request = edit_of(&prepared.request)
+            .map_err(|e| ToolError::from_provider(e, Some(name), Some(&model)))?;
+        let fallback = prepared
+            .fallback
+            .as_ref()
+            .and_then(|f| edit_of(&f.request).ok());
+        let (request, fallback) = (&request, fallback.as_ref());
+        let upstream = |events: Events| async move {
+            match provider.edit_with_events(request, &events).await {
+                Err(e) if e.model_unavailable => match fallback {
+                    Some(f) => provider.edit_with_events(f, &events).await,
+                    None => Err(self.model_missing(e, entry, &request.model)),
+                },
+                other => other,
+            }
+        };
+        let generation = self
+            .run(name, &model, &params.prompt, call, upstream)
+            .await?;
+        Ok(prepared.finish(generation))
     }
 
     /// Makes variations of `image` and saves them; only models whose catalog entry says so.
@@ -698,10 +1052,11 @@ impl Engine {
         let name = params.provider.as_deref().unwrap_or(&self.default_provider);
         let entry = self.entry(name)?;
         let provider = entry.provider.clone();
-        let model = params
+        let asked = params
             .model
             .clone()
             .unwrap_or_else(|| provider.default_model().to_string());
+        let model = Self::resolve_alias(entry, &asked);
         let fail = |e| ToolError::from_provider(e, Some(name), Some(&model));
         let mut request = VariationRequest::new(model.clone(), image);
         request.size = params.size.clone();
@@ -710,8 +1065,18 @@ impl Engine {
         validate::check_variation(&request, &provider.capabilities(&model), &supporting)
             .map_err(fail)?;
         validate::check_variation_image(&request).map_err(fail)?;
-        let upstream = |_events: Events| async move { provider.create_variation(&request).await };
-        self.run(name, &model, "variation", call, upstream).await
+        let request = &request;
+        let upstream = |_events: Events| async move {
+            match provider.create_variation(request).await {
+                Err(e) if e.model_unavailable => Err(self.model_missing(e, entry, &request.model)),
+                other => other,
+            }
+        };
+        let mut generation = self.run(name, &model, "variation", call, upstream).await?;
+        if generation.model != asked {
+            generation.requested_model = Some(asked);
+        }
+        Ok(generation)
     }
 
     /// The provider named `name`, or an error listing the configured ones.
@@ -823,8 +1188,103 @@ impl Engine {
             revised_prompt: result.revised_prompt,
             usage: result.usage.and_then(|u| serde_json::to_value(u).ok()),
             request_id: result.request_id,
+            requested_model: None,
+            notes: Vec::new(),
         })
     }
+}
+
+/// A checked request and what its result should say, from [`Engine::prepare`].
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The provider that will serve it.
+    pub provider_name: String,
+    /// That provider.
+    pub provider: Arc<dyn ImageProvider>,
+    /// The request, for the model that will be asked.
+    pub request: GenerateRequest,
+    /// The model the call asked for (maybe an alias).
+    pub requested_model: String,
+    /// Replacements, deprecations and dropped parameters, for the result.
+    pub notes: Vec<String>,
+    /// Sent once instead when the provider says the model does not exist.
+    pub fallback: Option<Fallback>,
+}
+
+/// The replacement request of a model that a compatible server may no longer serve.
+#[derive(Debug, Clone)]
+pub struct Fallback {
+    /// The request for the replacement.
+    pub request: GenerateRequest,
+    /// The note the result carries when it was used.
+    pub note: String,
+}
+
+impl Prepared {
+    /// `generation` with this call's notes, and the model it asked for when another served it.
+    fn finish(self, mut generation: Generation) -> Generation {
+        let mut notes = self.notes;
+        if let Some(f) = self.fallback {
+            if generation.model == f.request.model && f.request.model != self.request.model {
+                notes.push(f.note);
+            }
+        }
+        if generation.model != self.requested_model {
+            generation.requested_model = Some(self.requested_model);
+        }
+        for note in &notes {
+            tracing::info!(model = %generation.model, "{note}");
+        }
+        generation.notes = notes;
+        generation
+    }
+}
+
+/// The images of an edit, read from wherever the call named them.
+#[derive(Debug, Clone, Default)]
+pub struct EditInputs {
+    /// The images; the first is the one edited.
+    pub images: Vec<InputImage>,
+    /// The mask.
+    pub mask: Option<InputImage>,
+    /// The markup layer.
+    pub markup: Option<InputImage>,
+}
+
+/// Checks `request`; with `lenient`, drops each parameter the model refuses (with a note)
+/// until the request passes, so a replacement model serves what it can.
+fn check_or_drop(
+    request: &mut GenerateRequest,
+    caps: &imagegen_providers::ModelCapabilities,
+    lenient: bool,
+    notes: &mut Vec<String>,
+) -> Result<(), ProviderError> {
+    // Each round clears one parameter, and there are fewer than this many.
+    for _ in 0..32 {
+        let err = match validate::check(request, caps) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let param = err.param.as_deref().and_then(|name| {
+            validate::params_set(request).into_iter().find(|p| {
+                p.as_str() == name
+                    || (name == "partial_images" && *p == Param::Stream)
+                    || (name == "svg.model" && *p == Param::Svg)
+            })
+        });
+        match param {
+            Some(param) if lenient => {
+                notes.push(format!(
+                    "`{}` was dropped: {}",
+                    err.param.as_deref().unwrap_or(param.as_str()),
+                    err.message
+                ));
+                validate::clear_param(request, param);
+            }
+            _ => return Err(err),
+        }
+    }
+    validate::check(request, caps)
 }
 
 /// Turns provider events into progress phases until the provider is done; partial images are
@@ -917,20 +1377,137 @@ kind = "openai"
 api_key = "sk-SENTINEL-engine-0123456789abcdef"
 "#;
 
+    /// An OpenAI-compatible server (not OpenAI itself), which may still serve shut-down models.
+    const COMPATIBLE: &str = "base_url = \"http://127.0.0.1:9/v1\"\n";
+
     #[test]
     fn config_defaults_the_model_does_not_take_are_dropped_not_refused() {
         let e = engine(OPENAI_WITH_DEFAULTS);
-        let (_, _, gpt) = e.prepare(&params("x")).unwrap();
+        let gpt = e.prepare(&params("x")).unwrap().request;
+        assert_eq!(gpt.model, "gpt-image-2.6-flare");
         assert_eq!(gpt.moderation.as_deref(), Some("low"));
         assert_eq!(gpt.quality.as_deref(), Some("high"));
         assert_eq!(gpt.style, None, "GPT image models take no style");
 
+        let e = engine(&format!("{OPENAI_WITH_DEFAULTS}{COMPATIBLE}"));
         let mut p = params("x");
         p.model = Some("dall-e-3".into());
         p.quality = Some("hd".into());
-        let (_, _, dalle) = e.prepare(&p).unwrap();
+        let dalle = e.prepare(&p).unwrap().request;
         assert_eq!(dalle.moderation, None, "dall-e-3 rejects moderation");
         assert_eq!(dalle.style.as_deref(), Some("vivid"));
+    }
+
+    #[test]
+    fn a_shut_down_model_goes_to_its_replacement_without_what_it_does_not_take() {
+        let e = engine(OPENAI_WITH_DEFAULTS);
+        let mut p = params("x");
+        p.model = Some("dall-e-3".into());
+        p.quality = Some("hd".into());
+        p.style = Some("natural".into());
+        p.size = Some("1792x1024".into());
+        let prepared = e.prepare(&p).unwrap();
+        let r = &prepared.request;
+        assert_eq!(r.model, "gpt-image-2.6-flare");
+        assert_eq!(
+            (r.style.as_deref(), r.size.as_deref()),
+            (None, Some("1792x1024"))
+        );
+        assert_eq!(
+            r.quality.as_deref(),
+            Some("high"),
+            "the default applies once `hd` is dropped"
+        );
+        let notes = prepared.notes.join("\n");
+        assert!(notes.contains("`dall-e-3` was shut down on 2026-05-12; the call went to its replacement `gpt-image-2.6-flare`"), "{notes}");
+        assert!(
+            notes.contains("`quality` was dropped") && notes.contains("`style` was dropped"),
+            "{notes}"
+        );
+        assert!(prepared.fallback.is_none());
+
+        let refuse = engine(&format!(
+            "{OPENAI_WITH_DEFAULTS}[catalog]\non_shutdown = \"refuse\"\n"
+        ));
+        p.model = Some("gpt-image-1.5".into());
+        let err = refuse.prepare(&p).unwrap_err();
+        assert_eq!(
+            (err.kind.as_str(), err.param.as_deref()),
+            ("invalid_request", Some("model"))
+        );
+        assert!(
+            err.message.contains("shut down on 2026-12-01")
+                && err.message.contains("`gpt-image-2.6-flare`"),
+            "{}",
+            err.message
+        );
+        assert!(
+            refuse.refused_defaults().is_empty(),
+            "the default model is current"
+        );
+        let stale = engine(&format!("{OPENAI_WITH_DEFAULTS}model = \"gpt-image-1.5\"\n[catalog]\non_shutdown = \"refuse\"\n"));
+        assert_eq!(stale.refused_defaults().len(), 1);
+        assert!(stale.lifecycle_warnings()[0].contains("`gpt-image-1.5`, which is shut down on 2026-12-01; use `gpt-image-2.6-flare` instead"), "{:?}", stale.lifecycle_warnings());
+    }
+
+    #[test]
+    fn a_compatible_server_gets_the_shut_down_model_with_its_replacement_as_fallback() {
+        let e = engine(&format!("{OPENAI_WITH_DEFAULTS}{COMPATIBLE}"));
+        let mut p = params("x");
+        p.model = Some("gpt-image-1.5".into());
+        let prepared = e.prepare(&p).unwrap();
+        assert_eq!(prepared.request.model, "gpt-image-1.5");
+        assert!(
+            prepared.notes[0].contains("sent as asked"),
+            "{:?}",
+            prepared.notes
+        );
+        let fallback = prepared.fallback.unwrap();
+        assert_eq!(fallback.request.model, "gpt-image-2.6-flare");
+        assert!(fallback.note.contains("replacement `gpt-image-2.6-flare`"));
+    }
+
+    #[test]
+    fn aliases_name_models_and_configuration_overrides_them() {
+        let e = engine(OPENAI_WITH_DEFAULTS);
+        let mut p = params("x");
+        p.model = Some("best".into());
+        let prepared = e.prepare(&p).unwrap();
+        assert_eq!(prepared.request.model, "gpt-image-2.6-sunburst");
+        assert_eq!(prepared.requested_model, "best");
+        let e = engine(&format!("{OPENAI_WITH_DEFAULTS}model = \"fast\"\n[providers.openai.aliases]\nfast = \"gpt-image-2\"\n"));
+        assert_eq!(
+            e.prepare(&params("x")).unwrap().request.model,
+            "gpt-image-2"
+        );
+        let mock = engine("[providers.mock]\nkind = \"mock\"\n");
+        p.model = Some("fast".into());
+        assert_eq!(mock.prepare(&p).unwrap().request.model, "mock-image-1");
+    }
+
+    #[test]
+    fn a_deprecated_model_works_with_a_note_and_a_warning() {
+        let e = engine(&format!("{OPENAI_WITH_DEFAULTS}model = \"gpt-image-2\"\n[models.\"gpt-image-2\"]\nshutdown_date = \"2099-01-01\"\nreplacement = \"gpt-image-2.6-flare\"\n"));
+        let prepared = e.prepare(&params("x")).unwrap();
+        assert_eq!(prepared.request.model, "gpt-image-2");
+        assert!(
+            prepared.notes[0]
+                .starts_with("`gpt-image-2` is deprecated: shuts down on 2099-01-01 (in "),
+            "{:?}",
+            prepared.notes
+        );
+        assert!(
+            prepared.notes[0].ends_with("days); switch to `gpt-image-2.6-flare`"),
+            "{:?}",
+            prepared.notes
+        );
+        let warnings = e.lifecycle_warnings();
+        assert!(
+            warnings.iter().any(|w| w.starts_with(
+                "the default model of provider `openai` is `gpt-image-2`, which is deprecated"
+            )),
+            "{warnings:?}"
+        );
     }
 
     #[test]
@@ -962,7 +1539,7 @@ api_key = "sk-SENTINEL-engine-0123456789abcdef"
         let e = engine(
             "[defaults]\nsize = \"64x64\"\nquality = \"low\"\n[providers.mock.defaults]\nsize = \"32x32\"\n",
         );
-        let (_, _, r) = e.prepare(&params("x")).unwrap();
+        let r = e.prepare(&params("x")).unwrap().request;
         assert_eq!(
             (r.size.as_deref(), r.quality.as_deref()),
             (Some("32x32"), Some("low"))

@@ -33,6 +33,8 @@ pub enum InputRole {
     Image(usize),
     /// `mask`.
     Mask,
+    /// `markup`: annotations, held to the mask's size limit (both are PNG layers).
+    Markup,
 }
 
 impl InputRole {
@@ -41,6 +43,7 @@ impl InputRole {
         match self {
             Self::Image(i) => format!("images[{i}]"),
             Self::Mask => "mask".into(),
+            Self::Markup => "markup".into(),
         }
     }
 
@@ -49,6 +52,7 @@ impl InputRole {
         match self {
             Self::Image(i) => format!("image-{}.{ext}", i + 1),
             Self::Mask => format!("mask.{ext}"),
+            Self::Markup => format!("markup.{ext}"),
         }
     }
 }
@@ -116,7 +120,7 @@ impl InputPolicy {
     fn limit(&self, role: InputRole) -> u64 {
         match role {
             InputRole::Image(_) => self.max_image_bytes,
-            InputRole::Mask => self.max_mask_bytes,
+            InputRole::Mask | InputRole::Markup => self.max_mask_bytes,
         }
     }
 

@@ -6,6 +6,7 @@ pub mod delivery;
 pub mod engine;
 pub mod error;
 pub mod inputs;
+pub mod lifecycle;
 pub mod live;
 pub mod progress;
 pub mod server;

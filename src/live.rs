@@ -154,6 +154,7 @@ impl Live {
         let clients = ClientCache::default();
         let engine = Engine::build(&loaded, None, &clients)?;
         log_notices(&loaded, true);
+        log_lifecycle(&engine);
         log.apply(loaded.config.log_level.as_deref());
         if let (Some(var), Some(_)) = (&log.env_var, &loaded.config.log_level) {
             tracing::info!("log_level in the configuration is not used: {var} is set and wins");
@@ -245,6 +246,7 @@ impl Live {
             tracing::warn!("{warning}");
         }
         log_notices(&loaded, false);
+        log_lifecycle(&engine);
         if loaded.config.log_level != current.loaded.config.log_level {
             self.log.apply(loaded.config.log_level.as_deref());
         }
@@ -311,6 +313,14 @@ fn log_notices(loaded: &LoadedConfig, at_start: bool) {
         } else {
             tracing::debug!("{notice}");
         }
+    }
+}
+
+/// Warns about defaults and aliases pointing at deprecated or shut-down models, at start-up and
+/// on every reload: the date moves closer each time, and the person must act before it.
+fn log_lifecycle(engine: &Engine) {
+    for warning in engine.lifecycle_warnings() {
+        tracing::warn!("{warning}");
     }
 }
 

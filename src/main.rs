@@ -13,13 +13,16 @@ use imagegen_mcp::{
     batch::{self, BatchParams},
     config::{CliOverrides, LoadedConfig},
     delivery::GenerateOutput,
-    engine::{CallContext, EditParams, Engine, GenerateParams, Generation},
+    engine::{
+        CallContext, EditInputs, EditParams, Engine, GenerateParams, Generation, RenderOptions,
+    },
     error::ToolError,
+    lifecycle,
     live::{watch, Live, LogControl},
     progress::{ProgressReporter, ProgressSink},
     server::ImagegenServer,
 };
-use imagegen_providers::{ErrorKind, InputImage};
+use imagegen_providers::{ErrorKind, InputImage, SvgOptions, SvgReasoning};
 use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +55,23 @@ enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// List the model catalog: each model's state, shutdown date, replacement and aliases;
+    /// `--check` compares it with the models the provider serves now.
+    Models(ModelsArgs),
+}
+
+#[derive(Debug, Args)]
+struct ModelsArgs {
+    /// Only this provider's models (its default, aliases and listed models).
+    #[arg(long)]
+    provider: Option<String>,
+    /// Ask each provider that can list its models (OpenAI: GET /v1/models) and report what
+    /// the catalog lacks: retired models, announced shutdown dates, unknown models.
+    #[arg(long)]
+    check: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +94,10 @@ struct EditArgs {
     /// A PNG with alpha, the size of the first image: transparent pixels mark what to change.
     #[arg(long, value_name = "FILE")]
     mask: Option<PathBuf>,
+    /// A transparent PNG the size of the first image holding annotations the prompt explains
+    /// (GPT Image 2.6 markup edits).
+    #[arg(long, value_name = "FILE")]
+    markup: Option<PathBuf>,
     /// high or low: how closely to keep the inputs' details.
     #[arg(long)]
     input_fidelity: Option<String>,
@@ -99,9 +123,24 @@ struct CommonArgs {
     /// Number of images (per prompt).
     #[arg(long)]
     n: Option<u32>,
-    /// png, jpeg or webp.
+    /// png, jpeg or webp; gif (animated) or svg (vector) with GPT Image 2.6.
     #[arg(long = "format", value_name = "FORMAT")]
     output_format: Option<String>,
+    /// low, medium or high: planning effort before rendering (GPT Image 2.6).
+    #[arg(long)]
+    complexity: Option<String>,
+    /// Frames of an animated GIF (--format gif), 2-16.
+    #[arg(long, value_name = "N")]
+    frame_count: Option<u32>,
+    /// Milliseconds per GIF frame (--format gif), at least 20.
+    #[arg(long, value_name = "MS")]
+    frame_duration_ms: Option<u32>,
+    /// The text model that writes an SVG (--format svg); default: the provider's svg_model.
+    #[arg(long, value_name = "MODEL")]
+    svg_model: Option<String>,
+    /// The SVG writer's reasoning effort (--format svg).
+    #[arg(long, value_name = "EFFORT")]
+    svg_effort: Option<String>,
     /// transparent, opaque or auto.
     #[arg(long)]
     background: Option<String>,
@@ -133,7 +172,23 @@ impl CommonArgs {
             background: self.background.clone(),
             seed: self.seed,
             partial_images: self.partial_images,
+            render: self.render(),
             ..GenerateParams::default()
+        }
+    }
+
+    fn render(&self) -> RenderOptions {
+        let svg = (self.svg_model.is_some() || self.svg_effort.is_some()).then(|| SvgOptions {
+            model: self.svg_model.clone(),
+            reasoning: self.svg_effort.clone().map(|effort| SvgReasoning {
+                effort: Some(effort),
+            }),
+        });
+        RenderOptions {
+            complexity: self.complexity.clone(),
+            frame_count: self.frame_count,
+            frame_duration_ms: self.frame_duration_ms,
+            svg,
         }
     }
 }
@@ -248,12 +303,31 @@ where
     out
 }
 
-/// Prints a single call's outcome: paths on stdout (or the JSON), the error on stderr.
+/// Says once on stderr that a stand-in (the offline mock) served the call, when the person
+/// did not choose that provider: the wording is the provider's own.
+fn stand_in_notice(engine: &Engine, served_by: Option<&str>, chosen: bool) {
+    if chosen || !engine.default_is_fallback() {
+        return;
+    }
+    let notice = served_by
+        .and_then(|name| engine.providers().get(name))
+        .and_then(|entry| entry.provider.stand_in_notice());
+    if let Some(notice) = notice {
+        eprintln!("note: {notice}");
+    }
+}
+
+/// Prints a single call's outcome: paths on stdout (or the JSON), notes and the error on stderr.
 fn print_single(outcome: Result<Generation, ToolError>, json: bool) -> anyhow::Result<ExitCode> {
     let output = match &outcome {
         Ok(g) => GenerateOutput::success(g),
         Err(e) => GenerateOutput::failure(e.clone()),
     };
+    if !json {
+        for note in &output.notes {
+            eprintln!("note: {note}");
+        }
+    }
     let mut stdout = std::io::stdout().lock();
     if json {
         writeln!(stdout, "{}", serde_json::to_string_pretty(&output)?)?;
@@ -286,10 +360,13 @@ async fn generate(
         .unwrap_or_else(|| engine.default_provider().to_string());
     if let [prompt] = args.prompts.as_slice() {
         let params = common.params(prompt.clone());
+        let run = engine.clone();
         let outcome = with_status(format!("generating with {provider}"), |call| async move {
-            engine.generate(&params, &call).await
+            run.generate(&params, &call).await
         })
         .await;
+        let served_by = outcome.as_ref().ok().map(|g| g.provider.as_str());
+        stand_in_notice(&engine, served_by, common.provider.is_some());
         return print_single(outcome, common.json);
     }
 
@@ -304,13 +381,19 @@ async fn generate(
         output_format: shared.output_format,
         background: shared.background,
         seed: shared.seed,
+        render: shared.render,
         ..BatchParams::default()
     };
     let label = format!("generating {} images with {provider}", args.prompts.len());
-    let (output, _) = with_status(label, |call| async move {
-        batch::run(engine, &batch, &call).await
-    })
+    let run = engine.clone();
+    let (output, _) = with_status(
+        label,
+        |call| async move { batch::run(run, &batch, &call).await },
+    )
     .await;
+    if output.summary.succeeded > 0 {
+        stand_in_notice(&engine, Some(&provider), common.provider.is_some());
+    }
     let mut stdout = std::io::stdout().lock();
     if common.json {
         writeln!(stdout, "{}", serde_json::to_string_pretty(&output)?)?;
@@ -371,6 +454,7 @@ async fn edit(
             .map(|p| p.display().to_string())
             .collect(),
         mask: args.mask.as_ref().map(|p| p.display().to_string()),
+        markup: args.markup.as_ref().map(|p| p.display().to_string()),
         input_fidelity: args.input_fidelity.clone(),
         provider: base.provider,
         model: base.model,
@@ -381,6 +465,7 @@ async fn edit(
         background: base.background,
         seed: base.seed,
         partial_images: base.partial_images,
+        render: base.render,
         ..EditParams::default()
     };
     let inputs = args
@@ -390,27 +475,122 @@ async fn edit(
         .map(|(i, path)| read_input(path, format!("image-{}", i + 1)))
         .collect::<Result<Vec<_>, _>>()
         .and_then(|images| {
-            let mask = args
-                .mask
-                .as_ref()
-                .map(|path| read_input(path, "mask".into()))
-                .transpose()?;
-            Ok((images, mask))
+            let layer = |path: &Option<PathBuf>, name: &str| {
+                path.as_ref()
+                    .map(|path| read_input(path, name.into()))
+                    .transpose()
+            };
+            Ok(EditInputs {
+                images,
+                mask: layer(&args.mask, "mask")?,
+                markup: layer(&args.markup, "markup")?,
+            })
         });
+    let run = engine.clone();
     let outcome = match inputs {
-        Ok((images, mask)) => {
+        Ok(inputs) => {
             with_status("editing".into(), |call| async move {
-                engine.edit(&params, images, mask, &call).await
+                run.edit(&params, inputs, &call).await
             })
             .await
         }
         Err(e) => Err(e),
     };
+    let served_by = outcome.as_ref().ok().map(|g| g.provider.as_str());
+    stand_in_notice(&engine, served_by, common.provider.is_some());
     print_single(outcome, common.json)
+}
+
+/// `imagegen-mcp models`: the catalog as a table (or JSON), and with `--check` what each
+/// provider's own listing says next to it. Exits 1 when a check could not be made.
+async fn models(args: ModelsArgs, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let overrides = CliOverrides {
+        config,
+        ..CliOverrides::default()
+    };
+    let engine = Engine::from_config(&load(&overrides)?)?;
+    if let Some(name) = &args.provider {
+        if !engine.providers().contains_key(name) {
+            let names: Vec<&str> = engine.providers().keys().map(String::as_str).collect();
+            anyhow::bail!(
+                "unknown provider `{name}`; configured: {}",
+                names.join(", ")
+            );
+        }
+    }
+    let (checks, failures) = match args.check {
+        true => lifecycle::check_upstream(&engine, args.provider.as_deref(), false).await,
+        false => Default::default(),
+    };
+    // After the check, so announced dates show in the table.
+    let rows = lifecycle::model_rows(&engine, args.provider.as_deref());
+    let failed: Vec<(String, String)> = failures
+        .iter()
+        .filter(|(_, e)| e.kind != ErrorKind::Unsupported || args.provider.is_some())
+        .map(|(name, e)| (name.clone(), e.to_string()))
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let json = serde_json::json!({ "models": rows, "checks": checks, "check_errors": failed
+            .iter()
+            .map(|(p, e)| serde_json::json!({"provider": p, "error": e}))
+            .collect::<Vec<_>>() });
+        writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
+    } else {
+        let width = rows.iter().map(|r| r.model.len()).max().unwrap_or(5).max(5);
+        writeln!(
+            out,
+            "{:width$}  {:10}  {:10}  {:24}  ALIASES",
+            "MODEL", "STATE", "SHUTDOWN", "REPLACEMENT"
+        )?;
+        for r in &rows {
+            let s = &r.standing;
+            writeln!(
+                out,
+                "{:width$}  {:10}  {:10}  {:24}  {}",
+                r.model,
+                s.state,
+                s.shutdown_date.as_deref().unwrap_or("-"),
+                s.replacement.as_deref().unwrap_or("-"),
+                r.aliases.join(", ")
+            )?;
+        }
+        for check in &checks {
+            let findings = check.findings();
+            if findings.is_empty() {
+                writeln!(
+                    out,
+                    "\nprovider `{}`: its listing ({} image models) agrees with the catalog",
+                    check.provider, check.listed
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "\nprovider `{}` ({} image models listed):",
+                    check.provider, check.listed
+                )?;
+                for finding in findings {
+                    writeln!(out, "  - {finding}")?;
+                }
+            }
+        }
+        for (provider, e) in &failed {
+            writeln!(out, "\nprovider `{provider}`: the check failed: {e}")?;
+        }
+    }
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Models(args) => {
+            init_logging("warn");
+            models(args, cli.config).await
+        }
         Command::Serve { provider, out } => {
             let log = init_logging("info");
             let overrides = CliOverrides {
@@ -429,8 +609,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "serving MCP over stdio"
             );
             drop(engine);
-            // The watcher lives as long as the runtime: until the client disconnects.
+            // The watchers live as long as the runtime: until the client disconnects.
             tokio::spawn(watch(live.clone()));
+            tokio::spawn(lifecycle::watch_upstream(live.clone()));
             let service = ImagegenServer::new(live)
                 .serve(rmcp::transport::stdio())
                 .await?;
@@ -454,7 +635,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let loaded = LoadedConfig::load(&overrides).map_err(|e| anyhow::anyhow!("{e}"));
             match (cmd, loaded) {
                 (ConfigCommand::Check, Ok(loaded)) => {
-                    Engine::from_config(&loaded)?;
+                    let engine = Engine::from_config(&loaded)?;
+                    for warning in engine.lifecycle_warnings() {
+                        println!("warning: {warning}");
+                    }
+                    let refused = engine.refused_defaults();
+                    for problem in &refused {
+                        println!("error: {problem}");
+                    }
+                    if !refused.is_empty() {
+                        return Ok(ExitCode::FAILURE);
+                    }
                     println!(
                         "configuration OK ({})",
                         loaded

@@ -10,13 +10,14 @@ use std::{
 };
 
 use base64::Engine as _;
-use imagegen_providers::{GeneratedImage, InputImage, ModelCapabilities};
+use imagegen_providers::{GeneratedImage, ModelCapabilities};
 use rmcp::{
     handler::server::{router::tool::ToolRouter, tool::schema_for_output, wrapper::Parameters},
     model::{
-        CallToolResult, ContentBlock, Implementation, ListResourcesResult, PaginatedRequestParams,
-        ProgressNotificationParam, ProgressToken, ReadResourceRequestParams, ReadResourceResponse,
-        ReadResourceResult, Resource, ResourceContents, ServerCapabilities, ServerConfig,
+        CallToolResult, ContentBlock, Implementation, JsonObject, ListResourcesResult,
+        PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
+        ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
+        ResourceContents, ServerCapabilities, ServerConfig,
     },
     service::RequestContext,
     tool, tool_handler, tool_router, ErrorData as McpError, Json, Peer, RoleServer, ServerHandler,
@@ -30,9 +31,12 @@ use crate::{
     config::Delivery,
     delivery::InlinePlan,
     delivery::{describe, plan_inline, GenerateOutput},
-    engine::{CallContext, EditParams, Engine, GenerateParams, Generation, VariationParams},
+    engine::{
+        CallContext, EditInputs, EditParams, Engine, GenerateParams, Generation, VariationParams,
+    },
     error::ToolError,
     inputs::InputRole,
+    lifecycle::{self, ModelRow, ModelStanding, UpstreamCheck},
     live::{rfc3339, ConfigStatus, Live},
     progress::{ProgressReporter, ProgressSink},
     storage::ImageStore,
@@ -89,6 +93,11 @@ pub struct StatusOutput {
     pub max_in_flight: usize,
     /// Every configured provider and its keys.
     pub providers: Vec<ProviderStatus>,
+    /// Models that are not plainly active: deprecated, shut down, or reported missing by a
+    /// provider, with what the catalog and the providers say about each.
+    pub model_lifecycle: Vec<ModelRow>,
+    /// The last comparison of each provider's model listing with the catalog.
+    pub upstream_checks: Vec<UpstreamCheck>,
 }
 
 /// The keys of `engine`'s provider `name` and what is known about each.
@@ -131,6 +140,11 @@ pub fn status_output(live: &Live) -> StatusOutput {
                 keys: key_info(&engine, name),
             })
             .collect(),
+        model_lifecycle: lifecycle::model_rows(&engine, None)
+            .into_iter()
+            .filter(|row| row.standing.state != "active" || row.standing.upstream_missing.is_some())
+            .collect(),
+        upstream_checks: engine.watch().checks(),
     }
 }
 
@@ -142,6 +156,9 @@ pub struct ModelInfo {
     /// What it can do, as checked before each call.
     #[schemars(with = "serde_json::Value")]
     pub capabilities: ModelCapabilities,
+    /// Its lifecycle today: state, shutdown date, replacement.
+    #[serde(flatten)]
+    pub lifecycle: ModelStanding,
 }
 
 /// One provider as `list_providers` shows it.
@@ -155,6 +172,8 @@ pub struct ProviderInfo {
     pub default: bool,
     /// The model used when a call names none.
     pub default_model: String,
+    /// Names usable as `model` for other models (`fast`, `best`, ...), by alias.
+    pub aliases: std::collections::BTreeMap<String, String>,
     /// The models it offers.
     pub models: Vec<ModelInfo>,
     /// Its API keys as fingerprints, with their source and state (none for providers without keys).
@@ -182,24 +201,28 @@ pub struct ImagegenServer {
 /// Describes every configured provider, its models and keys, and the configuration in force.
 pub fn providers_output(live: &Live) -> ProvidersOutput {
     let engine = live.engine();
+    let catalog = engine.live_catalog();
     let providers = engine
         .providers()
         .iter()
         .map(|(name, entry)| {
             let p = &entry.provider;
+            let default_model = Engine::resolve_alias(entry, p.default_model());
             let mut models = p.models();
-            if !models.iter().any(|m| m == p.default_model()) {
-                models.insert(0, p.default_model().to_string());
+            if !models.contains(&default_model) {
+                models.insert(0, default_model.clone());
             }
             ProviderInfo {
                 name: name.clone(),
                 kind: p.kind().into(),
                 default: name == engine.default_provider(),
-                default_model: p.default_model().into(),
+                default_model,
+                aliases: entry.aliases.clone(),
                 models: models
                     .into_iter()
                     .map(|m| ModelInfo {
                         capabilities: p.capabilities(&m),
+                        lifecycle: catalog.standing(&m),
                         name: m,
                     })
                     .collect(),
@@ -233,6 +256,9 @@ fn success_result(engine: &Engine, generation: &Generation, mode: Delivery) -> C
         generation.provider,
         generation.model
     );
+    for note in &generation.notes {
+        summary.push_str(&format!(" Note: {note}."));
+    }
     if let Some(revised) = &generation.revised_prompt {
         summary.push_str(&format!(" The provider revised the prompt to: {revised}"));
     }
@@ -351,7 +377,8 @@ async fn read_inputs(
     engine: &Arc<Engine>,
     images: Vec<String>,
     mask: Option<String>,
-) -> Result<(Vec<InputImage>, Option<InputImage>), ToolError> {
+    markup: Option<String>,
+) -> Result<EditInputs, ToolError> {
     let policy = engine.inputs().clone();
     tokio::task::spawn_blocking(move || {
         let images = images
@@ -359,10 +386,13 @@ async fn read_inputs(
             .enumerate()
             .map(|(i, spec)| policy.resolve(spec, InputRole::Image(i)))
             .collect::<Result<Vec<_>, _>>()?;
-        let mask = mask
-            .map(|spec| policy.resolve(&spec, InputRole::Mask))
-            .transpose()?;
-        Ok((images, mask))
+        let layer =
+            |spec: Option<String>, role| spec.map(|spec| policy.resolve(&spec, role)).transpose();
+        Ok(EditInputs {
+            images,
+            mask: layer(mask, InputRole::Mask)?,
+            markup: layer(markup, InputRole::Markup)?,
+        })
     })
     .await
     .unwrap_or_else(|e| Err(ToolError::storage(format!("reading inputs failed: {e}"))))
@@ -447,14 +477,74 @@ fn resource_link(stored: &StoredImage) -> ContentBlock {
     )
 }
 
+/// The `format` values of the JSON Schema vocabulary (draft 2020-12); anything else is a
+/// schemars extension that validating clients warn about.
+const STANDARD_FORMATS: [&str; 19] = [
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "email",
+    "idn-email",
+    "hostname",
+    "idn-hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+    "uri-reference",
+    "iri",
+    "iri-reference",
+    "uuid",
+    "uri-template",
+    "json-pointer",
+    "relative-json-pointer",
+    "regex",
+];
+
+/// `schema` with every non-standard `format` removed (schemars writes `uint64`, `uint32`,
+/// `double`, ...): an unsigned integer keeps its meaning as `minimum: 0`.
+pub fn standard_schema(schema: &JsonObject) -> JsonObject {
+    fn clean(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                let custom = map
+                    .get("format")
+                    .and_then(|f| f.as_str())
+                    .filter(|f| !STANDARD_FORMATS.contains(f))
+                    .map(str::to_owned);
+                if let Some(format) = custom {
+                    map.remove("format");
+                    if format.starts_with("uint") && !map.contains_key("minimum") {
+                        map.insert("minimum".into(), 0.into());
+                    }
+                }
+                map.values_mut().for_each(clean);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(clean),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::Value::Object(schema.clone());
+    clean(&mut value);
+    match value {
+        serde_json::Value::Object(map) => map,
+        _ => schema.clone(),
+    }
+}
+
 #[tool_router]
 impl ImagegenServer {
     /// A server answering from the live configuration `live`.
     pub fn new(live: Arc<Live>) -> Self {
-        Self {
-            live,
-            tool_router: Self::tool_router(),
+        let mut tool_router = Self::tool_router();
+        for route in tool_router.map.values_mut() {
+            let tool = &mut route.attr;
+            tool.input_schema = Arc::new(standard_schema(&tool.input_schema));
+            if let Some(output) = &tool.output_schema {
+                tool.output_schema = Some(Arc::new(standard_schema(output)));
+            }
         }
+        Self { live, tool_router }
     }
 
     /// Generates images from a text prompt.
@@ -535,11 +625,15 @@ impl ImagegenServer {
         let engine = self.live.engine();
         with_progress(context, |call| async move {
             call.progress.phase("reading inputs");
-            let outcome =
-                match read_inputs(&engine, params.images.clone(), params.mask.clone()).await {
-                    Ok((images, mask)) => engine.edit(&params, images, mask, &call).await,
-                    Err(e) => Err(e),
-                };
+            let (images, mask, markup) = (
+                params.images.clone(),
+                params.mask.clone(),
+                params.markup.clone(),
+            );
+            let outcome = match read_inputs(&engine, images, mask, markup).await {
+                Ok(inputs) => engine.edit(&params, inputs, &call).await,
+                Err(e) => Err(e),
+            };
             single_result(engine, outcome, params.delivery, "edit_image").await
         })
         .await
@@ -565,8 +659,12 @@ impl ImagegenServer {
     ) -> CallToolResult {
         let engine = self.live.engine();
         with_progress(context, |call| async move {
-            let outcome = match read_inputs(&engine, vec![params.image.clone()], None).await {
-                Ok((mut images, _)) => engine.variation(&params, images.remove(0), &call).await,
+            let outcome = match read_inputs(&engine, vec![params.image.clone()], None, None).await {
+                Ok(mut inputs) => {
+                    engine
+                        .variation(&params, inputs.images.remove(0), &call)
+                        .await
+                }
                 Err(e) => Err(e),
             };
             single_result(engine, outcome, params.delivery, "create_variation").await

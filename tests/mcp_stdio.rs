@@ -13,6 +13,51 @@ use wiremock::{
     Mock, MockServer, ResponseTemplate,
 };
 
+/// The `format` values of the JSON Schema vocabulary (draft 2020-12).
+const STANDARD_FORMATS: [&str; 19] = [
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "email",
+    "idn-email",
+    "hostname",
+    "idn-hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+    "uri-reference",
+    "iri",
+    "iri-reference",
+    "uuid",
+    "uri-template",
+    "json-pointer",
+    "relative-json-pointer",
+    "regex",
+];
+
+/// Collects the path of every `format` keyword whose value is not a standard format.
+fn nonstandard_formats(schema: &Value, at: &str, out: &mut Vec<String>) {
+    match schema {
+        Value::Object(map) => {
+            if let Some(format) = map.get("format").and_then(Value::as_str) {
+                if !STANDARD_FORMATS.contains(&format) {
+                    out.push(format!("{at}: {format}"));
+                }
+            }
+            for (key, value) in map {
+                nonstandard_formats(value, &format!("{at}/{key}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                nonstandard_formats(item, &format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn structured(result: &rmcp::model::CallToolResult) -> Value {
     result
         .structured_content
@@ -39,8 +84,31 @@ async fn both_protocol_revisions_list_the_tools_with_schemas() {
             ],
             "{version:?}"
         );
+        // Every schema of every tool speaks standard JSON Schema: validating clients (Claude
+        // Code) print a warning for each `format` outside the vocabulary, such as `uint64`.
+        for tool in &tools {
+            let mut schemas = vec![serde_json::to_value(&tool.input_schema).unwrap()];
+            schemas.extend(
+                tool.output_schema
+                    .as_ref()
+                    .map(|s| serde_json::to_value(s).unwrap()),
+            );
+            for schema in &schemas {
+                let mut bad = Vec::new();
+                nonstandard_formats(schema, "#", &mut bad);
+                assert!(bad.is_empty(), "{}: {bad:?}", tool.name);
+            }
+        }
+        let edit = tools.iter().find(|t| t.name == "edit_image").unwrap();
+        let edit_input = serde_json::to_value(&edit.input_schema).unwrap();
+        assert!(edit_input["properties"]["markup"]["description"].is_string());
         let gen = tools.iter().find(|t| t.name == "generate_image").unwrap();
         let input = serde_json::to_value(&gen.input_schema).unwrap();
+        assert_eq!(
+            input["properties"]["n"]["minimum"], 0,
+            "{}",
+            input["properties"]["n"]
+        );
         for field in [
             "prompt",
             "provider",
@@ -50,6 +118,10 @@ async fn both_protocol_revisions_list_the_tools_with_schemas() {
             "n",
             "output_format",
             "background",
+            "complexity",
+            "frame_count",
+            "frame_duration_ms",
+            "svg",
             "delivery",
         ] {
             assert!(

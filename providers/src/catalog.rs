@@ -841,20 +841,6 @@ impl Catalog {
             .unwrap_or_else(ModelCapabilities::unknown)
     }
 
-    /// Where the replacement chain of `model` ends on `today`: the first model along it that is
-    /// not shut down, or `None` when there is none (no replacement, or a loop).
-    pub fn replacement_for(&self, model: &str, today: Date) -> Option<String> {
-        let mut current = self.get(model).lifecycle(today).replacement?;
-        for _ in 0..8 {
-            let next = self.get(&current).lifecycle(today);
-            if next.state != ModelState::ShutDown {
-                return Some(current);
-            }
-            current = next.replacement?;
-        }
-        None
-    }
-
     /// The names of the entries that can make variations, for messages naming the alternatives.
     pub fn variation_models(&self) -> Vec<String> {
         self.entries()

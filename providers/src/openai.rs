@@ -106,6 +106,8 @@ pub struct OpenAiSettings {
     pub download_timeout: Duration,
     /// The model catalog to check requests against.
     pub catalog: Arc<Catalog>,
+    /// Whether the catalog's shutdown dates hold for this server; `None`: only for OpenAI's own API.
+    pub catalog_dates_apply: Option<bool>,
 }
 
 impl fmt::Debug for OpenAiSettings {
@@ -144,6 +146,7 @@ impl OpenAiSettings {
             max_response_bytes: 64 * 1024 * 1024,
             download_timeout: Duration::from_secs(60),
             catalog: Arc::new(Catalog::builtin()),
+            catalog_dates_apply: None,
         }
     }
 
@@ -776,10 +779,12 @@ impl ImageProvider for OpenAiProvider {
     }
 
     fn lifecycle_is_authoritative(&self) -> bool {
-        self.settings
-            .base_url
-            .host_str()
-            .is_some_and(|h| h.eq_ignore_ascii_case(OPENAI_HOST))
+        self.settings.catalog_dates_apply.unwrap_or_else(|| {
+            self.settings
+                .base_url
+                .host_str()
+                .is_some_and(|h| h.eq_ignore_ascii_case(OPENAI_HOST))
+        })
     }
 
     fn aliases(&self) -> Vec<(String, String)> {

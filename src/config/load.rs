@@ -21,7 +21,7 @@ use super::{
 /// The environment variable prefix of configuration keys.
 const PREFIX: &str = "IMAGEGEN_";
 /// Top-level keys: an `IMAGEGEN_*` variable starting with anything else is not configuration.
-pub(super) const TOP_KEYS: [&str; 10] = [
+pub(super) const TOP_KEYS: [&str; 11] = [
     "default_provider",
     "log_level",
     "output",
@@ -32,6 +32,7 @@ pub(super) const TOP_KEYS: [&str; 10] = [
     "batch",
     "providers",
     "models",
+    "catalog",
 ];
 /// `IMAGEGEN_*` variables that are not configuration and need no notice (`IMAGEGEN_LOG*` too).
 const NON_CONFIG_VARS: [&str; 2] = ["IMAGEGEN_CONFIG", "IMAGEGEN_LOG"];
@@ -45,10 +46,11 @@ const OPENAI_VARS: [(&str, &str); 4] = [
 /// Provider kinds.
 const KINDS: [&str; 2] = ["openai", "mock"];
 /// Keys whose environment values stay strings even when they look like numbers or booleans.
-const STRING_KEYS: [&str; 5] = [
+const STRING_KEYS: [&str; 6] = [
     "organization",
     "project",
     "model",
+    "svg_model",
     "default_provider",
     "log_level",
 ];
@@ -299,6 +301,14 @@ impl LoadedConfig {
             .default_provider
             .as_deref()
             .expect("set while loading")
+    }
+
+    /// Whether the default provider was picked for want of a choice (nobody set
+    /// `default_provider`, and no key chose OpenAI), as the offline mock is on a fresh machine.
+    pub fn default_provider_is_fallback(&self) -> bool {
+        self.sources
+            .get(&vec!["default_provider".to_string()])
+            .is_some_and(|source| source.starts_with("default"))
     }
 
     /// The absolute directory images are saved in.
@@ -971,6 +981,9 @@ fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
         &["batch", "max_items"],
         merged,
     )?;
+    if config.catalog.check_interval_h == 0 {
+        return Err(merged.err(&["catalog", "check_interval_h"], "must be at least 1"));
+    }
     for (name, provider) in &config.providers {
         check_defaults(
             provider.defaults(),
