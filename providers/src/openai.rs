@@ -380,23 +380,13 @@ impl OpenAiProvider {
     ) -> Result<(HeaderMap, Answer), ProviderError> {
         let s = &self.settings;
         let req = self.client.post(call.url.clone()).timeout(s.timeout);
-        let mut req = match &call.body {
+        let req = match &call.body {
             CallBody::Json(body) => req.json(body),
             CallBody::Edit(request) => req.multipart(self.edit_form(request)?),
             CallBody::Variation(request) => req.multipart(self.variation_form(request)?),
         };
-        // Per request rather than a client default header, so keys can rotate while the
-        // connection pool is shared; `bearer_auth` marks the header sensitive.
-        if let Some(key) = key {
-            req = req.bearer_auth(key.expose());
-        }
-        if let Some(org) = &s.organization {
-            req = req.header("OpenAI-Organization", org);
-        }
-        if let Some(project) = &s.project {
-            req = req.header("OpenAI-Project", project);
-        }
-        let resp = req
+        let resp = self
+            .account_headers(req, key)
             .send()
             .await
             .map_err(|e| self.transport_error(e, "the image API", s.timeout))?;
@@ -423,6 +413,26 @@ impl OpenAiProvider {
         };
         let answer = answer.map_err(|e| e.with_request_id(request_id(&headers)))?;
         Ok((headers, answer))
+    }
+
+    /// Adds the key and the organization and project headers to `req`.
+    fn account_headers(
+        &self,
+        mut req: reqwest::RequestBuilder,
+        key: Option<&PoolKey>,
+    ) -> reqwest::RequestBuilder {
+        // Per request rather than a client default header, so keys can rotate while the
+        // connection pool is shared; `bearer_auth` marks the header sensitive.
+        if let Some(key) = key {
+            req = req.bearer_auth(key.expose());
+        }
+        if let Some(org) = &self.settings.organization {
+            req = req.header("OpenAI-Organization", org);
+        }
+        if let Some(project) = &self.settings.project {
+            req = req.header("OpenAI-Project", project);
+        }
+        req
     }
 
     /// Reads a server-sent event stream up to its completed event, reporting partial images.
@@ -846,21 +856,13 @@ impl ImageProvider for OpenAiProvider {
         // One attempt with whichever key the pool offers: the listing is advisory, and a
         // failure here must not rest or disable a key the image calls are using.
         let key = self.next_key(&[])?;
-        let mut req = self
+        let req = self
             .client
             .get(endpoint(&s.base_url, "models"))
             .timeout(s.timeout);
-        if let Some(key) = &key {
-            req = req.bearer_auth(key.expose());
-        }
-        if let Some(org) = &s.organization {
-            req = req.header("OpenAI-Organization", org);
-        }
-        if let Some(project) = &s.project {
-            req = req.header("OpenAI-Project", project);
-        }
         let what = "the model listing";
-        let resp = req
+        let resp = self
+            .account_headers(req, key.as_deref())
             .send()
             .await
             .map_err(|e| self.transport_error(e, what, s.timeout))?;
