@@ -12,6 +12,9 @@
 //! host or `download_hosts`, redirects included, so a response cannot make this server fetch
 //! arbitrary addresses. Every body is read under `max_response_bytes`. Errors are classified
 //! once, in `parse_error`, and never carry the API key: only its [`fingerprint`](crate::secret::fingerprint).
+//! `parse_error` also marks answers saying the model does not exist or was retired, so callers
+//! can move to its replacement. `GET {base_url}/models` lists the account's image models with
+//! their announced shutdown dates.
 
 use std::{
     fmt,
@@ -39,8 +42,8 @@ use crate::{
     retry::{self, GiveUp, RetryPolicy},
     sse::{SseEvent, SseParser},
     validate, Catalog, EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult,
-    GeneratedImage, ImageProvider, InputImage, ModelCapabilities, Param, ProviderError,
-    ProviderEvent, Usage, VariationRequest,
+    GeneratedImage, ImageFormat, ImageProvider, InputImage, ModelCapabilities, Param,
+    ProviderError, ProviderEvent, SvgOptions, UpstreamModel, Usage, VariationRequest,
 };
 
 /// The default API base.
@@ -168,6 +171,12 @@ const MAX_REDIRECTS: usize = 5;
 /// Error bodies are only read for their message; more than this is never useful.
 const ERROR_BODY_CAP: usize = 64 * 1024;
 
+/// A model listing is a few hundred entries of a few hundred bytes each; far more is not one.
+const MODELS_BODY_CAP: usize = 4 * 1024 * 1024;
+
+/// How the ids of image models begin; the listing holds every model of the account.
+const IMAGE_MODEL_PREFIXES: [&str; 3] = ["gpt-image-", "chatgpt-image-", "dall-e-"];
+
 /// The OpenAI provider.
 #[derive(Debug)]
 pub struct OpenAiProvider {
@@ -237,6 +246,8 @@ impl OpenAiProvider {
     /// with `extra` applied last so it can override anything but `model` and `prompt`.
     fn request_fields(&self, request: &GenerateRequest) -> Map<String, Value> {
         let caps = self.settings.catalog.get(&request.model);
+        let gif = request.output_format == Some(ImageFormat::Gif);
+        let svg = request.output_format == Some(ImageFormat::Svg);
         let mut body = Map::new();
         body.insert("model".into(), request.model.clone().into());
         body.insert("prompt".into(), request.prompt.clone().into());
@@ -262,6 +273,24 @@ impl OpenAiProvider {
                 request.moderation.clone().map(Value::from),
             ),
             (Param::Seed, request.seed.map(Value::from)),
+            (
+                Param::Complexity,
+                request.complexity.clone().map(Value::from),
+            ),
+            // Animation and authoring settings mean nothing for other formats, and the API
+            // takes them only beside the format they belong to.
+            (
+                Param::FrameCount,
+                request.frame_count.filter(|_| gif).map(Value::from),
+            ),
+            (
+                Param::FrameDurationMs,
+                request.frame_duration_ms.filter(|_| gif).map(Value::from),
+            ),
+            (
+                Param::Svg,
+                request.svg.as_ref().filter(|_| svg).and_then(svg_object),
+            ),
         ];
         // The caller validated explicit parameters already; this guard keeps anything the
         // model would reject with `unknown_parameter` off the wire regardless.
@@ -270,7 +299,11 @@ impl OpenAiProvider {
                 body.insert(param.as_str().into(), value);
             }
         }
-        if let Some(partials) = request.partial_images.filter(|_| caps.takes(Param::Stream)) {
+        // A GIF never streams; validation refuses the combination, and this keeps it off the wire.
+        if let Some(partials) = request
+            .partial_images
+            .filter(|_| caps.takes(Param::Stream) && !gif)
+        {
             body.insert("stream".into(), true.into());
             body.insert("partial_images".into(), partials.into());
         }
@@ -287,7 +320,7 @@ impl OpenAiProvider {
     }
 
     /// The multipart form of one attempt at `request`: the text fields as for a generation,
-    /// plus `input_fidelity`, one file part per image and the mask.
+    /// plus `input_fidelity`, one file part per image, the mask and the markup layer.
     fn edit_form(&self, request: &EditRequest) -> Result<Form, ProviderError> {
         let caps = self.settings.catalog.get(&request.model);
         let mut fields = self.request_fields(&request.as_generation());
@@ -312,6 +345,14 @@ impl OpenAiProvider {
         }
         if let Some(mask) = &request.mask {
             form = form.part("mask", file_part(mask)?);
+        }
+        if let Some(markup) = request
+            .markup
+            .as_ref()
+            .filter(|_| caps.takes(Param::Markup))
+        {
+            // Sent as the mask is: OpenAI's own shape for it is not documented.
+            form = form.part("markup", file_part(markup)?);
         }
         Ok(form)
     }
@@ -342,23 +383,13 @@ impl OpenAiProvider {
     ) -> Result<(HeaderMap, Answer), ProviderError> {
         let s = &self.settings;
         let req = self.client.post(call.url.clone()).timeout(s.timeout);
-        let mut req = match &call.body {
+        let req = match &call.body {
             CallBody::Json(body) => req.json(body),
             CallBody::Edit(request) => req.multipart(self.edit_form(request)?),
             CallBody::Variation(request) => req.multipart(self.variation_form(request)?),
         };
-        // Per request rather than a client default header, so keys can rotate while the
-        // connection pool is shared; `bearer_auth` marks the header sensitive.
-        if let Some(key) = key {
-            req = req.bearer_auth(key.expose());
-        }
-        if let Some(org) = &s.organization {
-            req = req.header("OpenAI-Organization", org);
-        }
-        if let Some(project) = &s.project {
-            req = req.header("OpenAI-Project", project);
-        }
-        let resp = req
+        let resp = self
+            .account_headers(req, key)
             .send()
             .await
             .map_err(|e| self.transport_error(e, "the image API", s.timeout))?;
@@ -366,7 +397,7 @@ impl OpenAiProvider {
         let headers = resp.headers().clone();
         if !status.is_success() {
             let body = read_truncated(resp, ERROR_BODY_CAP.min(s.max_response_bytes)).await;
-            return Err(self.parse_error(status, &headers, &body, key));
+            return Err(self.parse_error(status, &headers, &body, key, Some(call.model)));
         }
         events.send(ProviderEvent::Receiving);
         // Asked to stream or not, a compatible server may answer either way: the content type decides.
@@ -385,6 +416,26 @@ impl OpenAiProvider {
         };
         let answer = answer.map_err(|e| e.with_request_id(request_id(&headers)))?;
         Ok((headers, answer))
+    }
+
+    /// Adds the key and the organization and project headers to `req`.
+    fn account_headers(
+        &self,
+        mut req: reqwest::RequestBuilder,
+        key: Option<&PoolKey>,
+    ) -> reqwest::RequestBuilder {
+        // Per request rather than a client default header, so keys can rotate while the
+        // connection pool is shared; `bearer_auth` marks the header sensitive.
+        if let Some(key) = key {
+            req = req.bearer_auth(key.expose());
+        }
+        if let Some(org) = &self.settings.organization {
+            req = req.header("OpenAI-Organization", org);
+        }
+        if let Some(project) = &self.settings.project {
+            req = req.header("OpenAI-Project", project);
+        }
+        req
     }
 
     /// Reads a server-sent event stream up to its completed event, reporting partial images.
@@ -433,10 +484,16 @@ impl OpenAiProvider {
             .as_deref()
             .map(|m| format!(": {m}"))
             .unwrap_or_default();
+        let unavailable = detail.is(MODEL_NOT_FOUND);
         let (kind, message) = if detail.is_refusal() {
             (
                 ErrorKind::ContentPolicy,
                 "the prompt was refused by the provider's safety system; rephrase it".to_string(),
+            )
+        } else if unavailable {
+            (
+                ErrorKind::NotFound,
+                format!("the provider does not serve the model{said}; check the model name"),
             )
         } else if detail.is("insufficient_quota") || detail.is("billing_hard_limit_reached") {
             (
@@ -458,18 +515,21 @@ impl OpenAiProvider {
             )
         };
         let mut err = ProviderError::new(kind, message)
+            .with_model_unavailable(unavailable)
             .with_provider_detail(detail.code.or(detail.error_type), provider_message);
         err.param = detail.param;
         err
     }
 
     /// Turns an error response into a [`ProviderError`]: the one place statuses are classified.
+    /// `model` is the model the request named, if it named one.
     fn parse_error(
         &self,
         status: StatusCode,
         headers: &HeaderMap,
         body: &[u8],
         key: Option<&PoolKey>,
+        model: Option<&str>,
     ) -> ProviderError {
         let detail = ErrorDetail::parse(status, headers, body);
         let provider_message = detail.message.clone().map(|m| scrub(m, key));
@@ -562,7 +622,9 @@ impl OpenAiProvider {
         };
         let retryable = retry::should_retry_header(headers)
             .unwrap_or_else(|| retry::status_is_retryable(s, code, error_type));
+        let unavailable = model_unavailable(s, &detail, model);
         let mut err = ProviderError::new(kind, message)
+            .with_model_unavailable(unavailable)
             .with_status(s)
             .with_retryable(retryable)
             .with_retry_after(retry_after)
@@ -794,6 +856,36 @@ impl ImageProvider for OpenAiProvider {
             .collect()
     }
 
+    async fn list_models(&self) -> Result<Vec<UpstreamModel>, ProviderError> {
+        let s = &self.settings;
+        // One attempt with whichever key the pool offers: the listing is advisory, and a
+        // failure here must not rest or disable a key the image calls are using.
+        let key = self.next_key(&[])?;
+        let req = self
+            .client
+            .get(endpoint(&s.base_url, "models"))
+            .timeout(s.timeout);
+        let what = "the model listing";
+        let resp = self
+            .account_headers(req, key.as_deref())
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e, what, s.timeout))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        if !status.is_success() {
+            let body = read_truncated(resp, ERROR_BODY_CAP.min(s.max_response_bytes)).await;
+            return Err(self.parse_error(status, &headers, &body, key.as_deref(), None));
+        }
+        let cap = MODELS_BODY_CAP.min(s.max_response_bytes);
+        let body = read_capped(resp, cap).await.map_err(|e| match e {
+            ReadError::TooLarge => too_large("the model listing", cap),
+            ReadError::Transport(e) => self.transport_error(e, what, s.timeout),
+        });
+        body.and_then(|body| parse_models(&body))
+            .map_err(|e| e.with_request_id(request_id(&headers)))
+    }
+
     async fn generate(&self, request: &GenerateRequest) -> Result<GenerateResult, ProviderError> {
         self.generate_with_events(request, &Events::none()).await
     }
@@ -882,7 +974,7 @@ enum CallBody<'a> {
 fn text_fields(mut form: Form, fields: Map<String, Value>) -> Form {
     for (name, value) in fields {
         // File parts carry these names; a text field of the same name would shadow them.
-        if matches!(name.as_str(), "image" | "image[]" | "mask") {
+        if matches!(name.as_str(), "image" | "image[]" | "mask" | "markup") {
             continue;
         }
         let text = match value {
@@ -892,6 +984,19 @@ fn text_fields(mut form: Form, fields: Map<String, Value>) -> Form {
         form = form.text(name, text);
     }
     form
+}
+
+/// The `svg` request object as the API nests it, `{"model": ..., "reasoning": {"effort": ...}}`,
+/// with absent keys left out; `None` when nothing is set.
+fn svg_object(svg: &SvgOptions) -> Option<Value> {
+    let mut object = Map::new();
+    if let Some(model) = &svg.model {
+        object.insert("model".into(), model.clone().into());
+    }
+    if let Some(effort) = svg.reasoning.as_ref().and_then(|r| r.effort.clone()) {
+        object.insert("reasoning".into(), serde_json::json!({ "effort": effort }));
+    }
+    (!object.is_empty()).then_some(Value::Object(object))
 }
 
 /// A file part holding `image`, sharing its bytes rather than copying them.
@@ -1665,6 +1770,41 @@ impl ErrorDetail {
     }
 }
 
+/// The code (or type) OpenAI gives an unknown model.
+const MODEL_NOT_FOUND: &str = "model_not_found";
+
+/// What providers say of a model they no longer serve; matched in lowercase.
+const RETIRED_PHRASES: [&str; 6] = [
+    "deprecated",
+    "shut down",
+    "shutdown",
+    "retired",
+    "no longer available",
+    "does not exist",
+];
+
+/// Whether an error answer says the requested model does not exist or was retired: a 404
+/// `model_not_found`, or a 400/404/410 whose message says so of the model.
+///
+/// How OpenAI answers for a shut-down model is not documented, so the message is read too;
+/// it must be about the model (name it, or the word "model", or blame the `model` parameter),
+/// so that a parameter called deprecated does not count as the model gone.
+fn model_unavailable(status: u16, detail: &ErrorDetail, model: Option<&str>) -> bool {
+    if status == 404 && detail.is(MODEL_NOT_FOUND) {
+        return true;
+    }
+    if !matches!(status, 400 | 404 | 410) {
+        return false;
+    }
+    let Some(message) = detail.message.as_deref().map(str::to_lowercase) else {
+        return false;
+    };
+    let about_model = message.contains("model")
+        || detail.param.as_deref() == Some("model")
+        || model.is_some_and(|m| !m.is_empty() && message.contains(&m.to_lowercase()));
+    about_model && RETIRED_PHRASES.iter().any(|p| message.contains(p))
+}
+
 /// A string (or number, which some servers send as `code`) that is not blank.
 fn text_field(value: Option<&Value>) -> Option<String> {
     match value? {
@@ -1725,6 +1865,42 @@ impl ImagesResponse {
         resp.data = Some(vec![datum]);
         Ok(resp)
     }
+}
+
+/// The image models of a `GET /models` answer, sorted by id: entries without a string id are
+/// skipped, and a `shutdown_date` that is not a non-blank string counts as none announced.
+fn parse_models(body: &[u8]) -> Result<Vec<UpstreamModel>, ProviderError> {
+    let json: Value = serde_json::from_slice(body).map_err(|e| {
+        bad(format!(
+            "the model listing is not the expected JSON ({e}); it starts with: {}",
+            snippet(&String::from_utf8_lossy(&body[..body.len().min(400)]), 120)
+        ))
+    })?;
+    let data = json
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("the model listing has no `data` list"))?;
+    let mut models: Vec<UpstreamModel> = data
+        .iter()
+        .filter_map(|entry| {
+            let id = entry.get("id")?.as_str()?.trim();
+            let lower = id.to_ascii_lowercase();
+            if !IMAGE_MODEL_PREFIXES.iter().any(|p| lower.starts_with(p)) {
+                return None;
+            }
+            let shutdown = entry
+                .get("shutdown_date")
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+                .map(String::from);
+            Some(UpstreamModel::new(id, shutdown))
+        })
+        .collect();
+    models.sort_by(|a, b| a.id.cmp(&b.id));
+    // A listing naming a model twice would otherwise show it twice.
+    models.dedup_by(|a, b| a.id == b.id);
+    Ok(models)
 }
 
 fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -1816,6 +1992,157 @@ mod tests {
         assert!(allows("http://[::1]:9000/x.png"));
         assert!(!allows("https://evil.files.example.net/x.png"));
         assert!(!allows("https://example.com/x.png"));
+    }
+
+    fn detail(message: Option<&str>, code: Option<&str>, param: Option<&str>) -> ErrorDetail {
+        ErrorDetail {
+            message: message.map(String::from),
+            error_type: Some("invalid_request_error".into()),
+            param: param.map(String::from),
+            code: code.map(String::from),
+        }
+    }
+
+    #[test]
+    fn retired_models_are_told_apart_from_other_errors() {
+        let model = Some("gpt-image-1.5");
+        let yes = [
+            (404, detail(None, Some("model_not_found"), None)),
+            (
+                404,
+                ErrorDetail {
+                    error_type: Some("model_not_found".into()),
+                    ..ErrorDetail::default()
+                },
+            ),
+            (
+                404,
+                detail(Some("The model `gpt-image-9` does not exist"), None, None),
+            ),
+            (
+                400,
+                detail(
+                    Some("The model `gpt-image-1.5` has been DEPRECATED."),
+                    None,
+                    None,
+                ),
+            ),
+            (
+                400,
+                detail(
+                    Some("gpt-image-1.5 was shut down on 2026-12-01"),
+                    None,
+                    None,
+                ),
+            ),
+            (
+                410,
+                detail(Some("gpt-image-1.5 is no longer available"), None, None),
+            ),
+            (410, detail(Some("This model is retired"), None, None)),
+            (400, detail(Some("Retired."), None, Some("model"))),
+        ];
+        for (status, d) in &yes {
+            assert!(model_unavailable(*status, d, model), "{status} {d:?}");
+        }
+        let no = [
+            // A 400 with the code but nothing saying the model is gone: only a 404 counts.
+            (400, detail(Some("bad"), Some("model_not_found"), None)),
+            (
+                404,
+                detail(Some("Invalid URL (POST /v1/images/foo)"), None, None),
+            ),
+            (
+                400,
+                detail(Some("Invalid size '999x999'."), Some("invalid_size"), None),
+            ),
+            // A parameter called deprecated is not the model gone.
+            (
+                400,
+                detail(
+                    Some("The parameter `response_format` is deprecated"),
+                    Some("unknown_parameter"),
+                    Some("response_format"),
+                ),
+            ),
+            (400, detail(None, None, Some("model"))),
+            // Other statuses never mean the model is gone, whatever they say.
+            (
+                403,
+                detail(Some("The model gpt-image-1.5 is retired"), None, None),
+            ),
+            (
+                500,
+                detail(Some("model does not exist"), Some("model_not_found"), None),
+            ),
+        ];
+        for (status, d) in &no {
+            assert!(!model_unavailable(*status, d, model), "{status} {d:?}");
+        }
+        // Without the requested model's name, the word "model" is needed.
+        let bare = detail(Some("gpt-image-1.5 is no longer available"), None, None);
+        assert!(!model_unavailable(410, &bare, None));
+        assert!(!model_unavailable(410, &bare, Some("")));
+    }
+
+    #[test]
+    fn model_listings_are_read_leniently() {
+        let body = br#"{"object":"list","data":[
+            {"id":"gpt-image-2","object":"model","created":1,"owned_by":"system","shutdown_date":null},
+            {"id":"dall-e-3","shutdown_date":"2026-05-12","extra":{"x":1}},
+            {"id":"gpt-4o","shutdown_date":"2027-01-01"},
+            {"id":42},
+            {"object":"model"},
+            {"id":"chatgpt-image-latest","shutdown_date":20261201},
+            {"id":"gpt-image-1.5","shutdown_date":"  "},
+            {"id":"GPT-IMAGE-X"},
+            "not an object",
+            {"id":"gpt-image-2"}
+        ]}"#;
+        let models = parse_models(body).unwrap();
+        let got: Vec<(&str, Option<&str>)> = models
+            .iter()
+            .map(|m| (m.id.as_str(), m.shutdown_date.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("GPT-IMAGE-X", None),
+                ("chatgpt-image-latest", None),
+                ("dall-e-3", Some("2026-05-12")),
+                ("gpt-image-1.5", None),
+                ("gpt-image-2", None),
+            ]
+        );
+        for broken in [&b"not json"[..], b"{}", br#"{"data":{}}"#, b"[]"] {
+            let err = parse_models(broken).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::BadResponse, "{err}");
+        }
+        assert!(parse_models(br#"{"data":[]}"#).unwrap().is_empty());
+    }
+
+    #[test]
+    fn svg_options_nest_as_the_api_does_and_leave_out_what_is_absent() {
+        use crate::SvgReasoning;
+        let full = SvgOptions {
+            model: Some("gpt-5.5-mini".into()),
+            reasoning: Some(SvgReasoning {
+                effort: Some("low".into()),
+            }),
+        };
+        assert_eq!(
+            svg_object(&full),
+            Some(serde_json::json!({"model": "gpt-5.5-mini", "reasoning": {"effort": "low"}}))
+        );
+        let no_effort = SvgOptions {
+            reasoning: Some(SvgReasoning::default()),
+            ..full.clone()
+        };
+        assert_eq!(
+            svg_object(&no_effort),
+            Some(serde_json::json!({"model": "gpt-5.5-mini"}))
+        );
+        assert_eq!(svg_object(&SvgOptions::default()), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use imagegen_providers::{
     keys::KeyPool,
     openai::{OpenAiProvider, OpenAiSettings},
     EditRequest, ErrorKind, Events, GenerateRequest, ImageFormat, ImageProvider, InputImage,
-    ProviderError, ProviderEvent, VariationRequest,
+    ProviderError, ProviderEvent, SvgOptions, SvgReasoning, UpstreamModel, VariationRequest,
 };
 use secrecy::SecretString;
 use serde_json::{json, Value};
@@ -125,7 +125,7 @@ async fn b64_result_is_decoded_with_usage_and_request_id() {
     )
     .await;
     let result = provider(settings(&server))
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap();
     assert_eq!(result.images.len(), 1);
@@ -144,7 +144,7 @@ async fn b64_result_is_decoded_with_usage_and_request_id() {
     assert_eq!(usage.total_tokens, Some(4210));
     assert_eq!(usage.details["input_tokens_details"]["text_tokens"], 50);
     assert_eq!(result.request_id.as_deref(), Some("req_abc123"));
-    assert_eq!(result.model, "gpt-image-1.5");
+    assert_eq!(result.model, "gpt-image-2.6-flare");
     assert_eq!(result.revised_prompt, None);
 }
 
@@ -153,7 +153,7 @@ async fn several_images_keep_their_order() {
     let server = MockServer::start().await;
     let (a, b) = (png(16, 16), png(32, 16));
     mount(&server, ok_b64(&[&a, &b])).await;
-    let mut req = request("gpt-image-1.5");
+    let mut req = request("gpt-image-2.6-flare");
     req.n = 2;
     let result = provider(settings(&server)).generate(&req).await.unwrap();
     let sizes: Vec<_> = result.images.iter().map(|i| (i.width, i.height)).collect();
@@ -178,7 +178,7 @@ async fn escaped_slashes_in_base64_are_read_as_plain_ones() {
     )
     .await;
     let result = provider(settings(&server))
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap();
     assert_eq!(result.images[0].bytes, image);
@@ -196,7 +196,7 @@ async fn url_result_on_the_base_host_is_downloaded() {
         .mount(&server)
         .await;
     let result = provider(settings(&server))
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap();
     assert_eq!(&result.images[0].bytes[..], &image[..]);
@@ -222,7 +222,7 @@ async fn relative_url_result_is_resolved_against_the_base_url() {
         .mount(&server)
         .await;
     let result = provider(settings(&server))
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap();
     assert_eq!(&result.images[0].bytes[..], &image[..]);
@@ -239,7 +239,7 @@ async fn url_result_on_another_host_is_refused_naming_it() {
     let files = MockServer::start().await;
     mount(&server, ok_urls(&[&other_host(&files, "/img.png")])).await;
     let err = provider(settings(&server))
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::BadResponse);
@@ -262,7 +262,7 @@ async fn download_hosts_allow_another_host_case_insensitively() {
     let mut s = settings(&server);
     s.download_hosts = vec!["LocalHost".into()];
     let result = provider(s)
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap();
     assert_eq!(&result.images[0].bytes[..], &image[..]);
@@ -293,11 +293,14 @@ async fn redirects_are_followed_only_within_allowed_hosts() {
     let p = provider(settings(&server));
 
     mount_once(&server, ok_urls(&[&format!("{}/ok.png", server.uri())])).await;
-    let result = p.generate(&request("gpt-image-1.5")).await.unwrap();
+    let result = p.generate(&request("gpt-image-2.6-flare")).await.unwrap();
     assert_eq!(&result.images[0].bytes[..], &image[..]);
 
     mount_once(&server, ok_urls(&[&format!("{}/escape.png", server.uri())])).await;
-    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    let err = p
+        .generate(&request("gpt-image-2.6-flare"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::BadResponse);
     assert!(err.message.contains("`localhost`"), "{err}");
     assert!(err.message.contains("download_hosts"), "{err}");
@@ -330,7 +333,10 @@ async fn oversize_bodies_are_refused() {
     let p = provider(s);
 
     mount_once(&server, ok_b64(&[&large])).await;
-    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    let err = p
+        .generate(&request("gpt-image-2.6-flare"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::BadResponse);
     assert!(
         err.message.contains("response is larger than 20000 bytes"),
@@ -343,7 +349,10 @@ async fn oversize_bodies_are_refused() {
         .mount(&server)
         .await;
     mount_once(&server, ok_urls(&[&format!("{}/big.png", server.uri())])).await;
-    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    let err = p
+        .generate(&request("gpt-image-2.6-flare"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::BadResponse);
     assert!(
         err.message.contains("image 1 is larger than 20000 bytes"),
@@ -359,7 +368,7 @@ async fn data_url_result_is_decoded_inline() {
     let url = format!("data:image/png;base64,{}", b64(&image));
     mount(&server, ok_urls(&[&url])).await;
     let result = provider(settings(&server))
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap();
     assert_eq!(&result.images[0].bytes[..], &image[..]);
@@ -380,7 +389,7 @@ async fn expired_download_says_urls_expire() {
         .mount(&server)
         .await;
     let err = provider(settings(&server))
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::BadResponse);
@@ -429,13 +438,124 @@ async fn unusable_results_are_bad_responses() {
     for (name, response, expected) in cases {
         server.reset().await;
         mount(&server, response.insert_header("x-request-id", "req_bad")).await;
-        let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+        let err = p
+            .generate(&request("gpt-image-2.6-flare"))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind, ErrorKind::BadResponse, "{name}: {err}");
         assert!(!err.retryable, "{name}");
         assert!(err.message.contains(expected), "{name}: {err}");
         assert_eq!(err.request_id.as_deref(), Some("req_bad"), "{name}");
         assert_eq!(generations(&server).await, 1, "{name}: not retried");
     }
+}
+
+/// An animated GIF of `frames` frames of `width`x`height`, written by hand because the `image`
+/// crate is built without GIF support: its LZW data clears before every pixel, so the code
+/// width stays at 3 bits and no table is needed.
+fn gif(width: u16, height: u16, frames: usize) -> Vec<u8> {
+    let mut out = b"GIF89a".to_vec();
+    out.extend(width.to_le_bytes());
+    out.extend(height.to_le_bytes());
+    // A global table of 4 colours, 8 bits per primary.
+    out.extend([0xF1, 0, 0]);
+    out.extend([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255]);
+    out.extend(b"\x21\xFF\x0BNETSCAPE2.0\x03\x01\x00\x00\x00");
+    let (clear, end) = (4u32, 5u32);
+    for frame in 0..frames {
+        // Graphic control: 100 ms per frame.
+        out.extend([0x21, 0xF9, 0x04, 0x00, 10, 0, 0, 0]);
+        out.push(0x2C);
+        out.extend([0, 0, 0, 0]);
+        out.extend(width.to_le_bytes());
+        out.extend(height.to_le_bytes());
+        out.push(0);
+        out.push(2); // LZW minimum code size
+        let pixels = usize::from(width) * usize::from(height);
+        let colour = (frame % 4) as u32;
+        let codes = (0..pixels).flat_map(|_| [clear, colour]).chain([end]);
+        let (mut bits, mut held, mut data) = (0u32, 0, Vec::new());
+        for code in codes {
+            bits |= code << held;
+            held += 3;
+            while held >= 8 {
+                data.push(bits as u8);
+                bits >>= 8;
+                held -= 8;
+            }
+        }
+        if held > 0 {
+            data.push(bits as u8);
+        }
+        for block in data.chunks(255) {
+            out.push(block.len() as u8);
+            out.extend(block);
+        }
+        out.push(0);
+    }
+    out.push(0x3B);
+    out
+}
+
+const SVG: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" \
+                   width=\"64\" height=\"48\" viewBox=\"0 0 64 48\"><rect width=\"64\" height=\"48\" \
+                   fill=\"#c82\"/></svg>";
+
+/// An answer holding `bytes` while claiming `output_format = claimed`.
+fn ok_claiming(bytes: &[u8], claimed: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "created": 1, "output_format": claimed, "data": [{"b64_json": b64(bytes)}]
+    }))
+}
+
+#[tokio::test]
+async fn the_format_is_read_from_the_bytes_not_the_echoed_output_format() {
+    let server = MockServer::start().await;
+    let image = png(12, 10);
+    mount(&server, ok_claiming(&image, "gif")).await;
+    let mut req = request("gpt-image-2.6-flare");
+    req.output_format = Some(ImageFormat::Gif);
+    let result = provider(settings(&server)).generate(&req).await.unwrap();
+    let img = &result.images[0];
+    assert_eq!(
+        (img.format, img.width, img.height, img.frames),
+        (ImageFormat::Png, 12, 10, 1)
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs GIF/SVG probing from the media branch"]
+async fn a_gif_answer_arrives_as_base64_and_is_sniffed_as_gif() {
+    let server = MockServer::start().await;
+    let animation = gif(8, 6, 3);
+    mount(&server, ok_claiming(&animation, "png")).await;
+    let mut req = request("gpt-image-2.6-flare");
+    req.output_format = Some(ImageFormat::Gif);
+    req.frame_count = Some(3);
+    let result = provider(settings(&server)).generate(&req).await.unwrap();
+    let img = &result.images[0];
+    assert_eq!(&img.bytes[..], &animation[..]);
+    assert_eq!((img.format, img.mime()), (ImageFormat::Gif, "image/gif"));
+    assert_eq!((img.width, img.height, img.frames), (8, 6, 3));
+    assert_eq!(img.sha256, Some(Sha256::digest(&animation).into()));
+}
+
+#[tokio::test]
+#[ignore = "needs GIF/SVG probing from the media branch"]
+async fn an_svg_answer_arrives_as_base64_and_is_sniffed_as_svg() {
+    let server = MockServer::start().await;
+    mount(&server, ok_claiming(SVG.as_bytes(), "png")).await;
+    let mut req = request("gpt-image-2.6-sunburst");
+    req.output_format = Some(ImageFormat::Svg);
+    req.svg = Some(svg_options(Some("low")));
+    let result = provider(settings(&server)).generate(&req).await.unwrap();
+    let img = &result.images[0];
+    assert_eq!(&img.bytes[..], SVG.as_bytes());
+    assert_eq!(
+        (img.format, img.mime()),
+        (ImageFormat::Svg, "image/svg+xml")
+    );
+    assert_eq!((img.width, img.height), (64, 48));
 }
 
 // ---- request bodies and headers -----------------------------------------------------------
@@ -445,9 +565,9 @@ async fn gpt_image_body_has_only_what_the_model_takes() {
     let server = MockServer::start().await;
     mount(&server, ok_b64(&[&png(4, 4)])).await;
     let p = provider(settings(&server));
-    p.generate(&request("gpt-image-1.5")).await.unwrap();
+    p.generate(&request("gpt-image-2.6-flare")).await.unwrap();
 
-    let mut full = request("gpt-image-1.5");
+    let mut full = request("gpt-image-2.6-flare");
     full.size = Some("1536x1024".into());
     full.quality = Some("high".into());
     full.output_format = Some(ImageFormat::Webp);
@@ -468,12 +588,12 @@ async fn gpt_image_body_has_only_what_the_model_takes() {
         .collect();
     assert_eq!(
         sent[0],
-        json!({"model": "gpt-image-1.5", "prompt": "a lighthouse at dusk", "n": 1})
+        json!({"model": "gpt-image-2.6-flare", "prompt": "a lighthouse at dusk", "n": 1})
     );
     assert_eq!(
         sent[1],
         json!({
-            "model": "gpt-image-1.5", "prompt": "a lighthouse at dusk", "n": 1,
+            "model": "gpt-image-2.6-flare", "prompt": "a lighthouse at dusk", "n": 1,
             "size": "1536x1024", "quality": "high", "output_format": "webp",
             "output_compression": 80, "background": "transparent", "moderation": "low",
             "partial_images": 0
@@ -486,7 +606,7 @@ async fn partial_images_ask_for_a_stream_and_a_plain_json_answer_still_works() {
     let server = MockServer::start().await;
     mount(&server, ok_b64(&[&png(4, 4)])).await;
     let p = provider(settings(&server));
-    let mut streamed = request("gpt-image-1.5");
+    let mut streamed = request("gpt-image-2.6-flare");
     streamed.partial_images = Some(1);
     // Compatible servers may ignore `stream`; the content type of the answer decides.
     let result = p.generate(&streamed).await.unwrap();
@@ -548,7 +668,7 @@ async fn headers_carry_key_organization_and_project() {
     s.organization = Some("org-123".into());
     s.project = Some("proj_456".into());
     provider(s)
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap();
     let req = &requests(&server).await[0];
@@ -570,7 +690,7 @@ async fn no_key_means_no_authorization_header() {
     let mut s = settings(&server);
     s.keys = std::sync::Arc::new(imagegen_providers::keys::KeyPool::empty());
     provider(s)
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap();
     let req = &requests(&server).await[0];
@@ -586,10 +706,146 @@ async fn base_url_with_a_trailing_slash_reaches_the_same_route() {
     let mut s = settings(&server);
     s.base_url = format!("{}/v1/", server.uri()).parse().unwrap();
     provider(s)
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap();
     assert_eq!(generations(&server).await, 1);
+}
+
+async fn sent_bodies(server: &MockServer) -> Vec<Value> {
+    requests(server)
+        .await
+        .iter()
+        .map(|r| r.body_json().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_default_request_names_gpt_image_2_6_flare() {
+    let server = MockServer::start().await;
+    mount(&server, ok_b64(&[&png(4, 4)])).await;
+    let s = OpenAiSettings::new(format!("{}/v1", server.uri()).parse().unwrap(), None);
+    let p = provider(s);
+    assert_eq!(p.default_model(), "gpt-image-2.6-flare");
+    let result = p.generate(&request(p.default_model())).await.unwrap();
+    assert_eq!(result.model, "gpt-image-2.6-flare");
+    assert_eq!(
+        sent_bodies(&server).await[0],
+        json!({"model": "gpt-image-2.6-flare", "prompt": "a lighthouse at dusk", "n": 1})
+    );
+}
+
+#[tokio::test]
+async fn complexity_goes_to_gpt_image_2_6_only() {
+    let server = MockServer::start().await;
+    mount(&server, ok_b64(&[&png(4, 4)])).await;
+    let p = provider(settings(&server));
+    let models = [
+        "gpt-image-2.6-flare",
+        "gpt-image-2.6-sunburst",
+        "gpt-image-2.5-flare",
+        "gpt-image-2",
+    ];
+    for model in models {
+        let mut req = request(model);
+        req.complexity = Some("low".into());
+        p.generate(&req).await.unwrap();
+    }
+    let sent: Vec<Option<Value>> = sent_bodies(&server)
+        .await
+        .iter()
+        .map(|b| b.get("complexity").cloned())
+        .collect();
+    // 2.5 and 2 would answer `unknown_parameter`: the guard keeps it off the wire.
+    assert_eq!(sent, [Some(json!("low")), Some(json!("low")), None, None]);
+}
+
+#[tokio::test]
+async fn gif_fields_go_only_with_gif_and_a_gif_never_streams() {
+    let server = MockServer::start().await;
+    mount(&server, ok_b64(&[&png(4, 4)])).await;
+    let p = provider(settings(&server));
+    let animated = |model: &str, format: ImageFormat| {
+        let mut req = request(model);
+        req.output_format = Some(format);
+        req.frame_count = Some(4);
+        req.frame_duration_ms = Some(120);
+        req.partial_images = Some(2);
+        req
+    };
+    p.generate(&animated("gpt-image-2.6-flare", ImageFormat::Gif))
+        .await
+        .unwrap();
+    p.generate(&animated("gpt-image-2.6-flare", ImageFormat::Png))
+        .await
+        .unwrap();
+    p.generate(&animated("gpt-image-2.5-flare", ImageFormat::Png))
+        .await
+        .unwrap();
+    let sent = sent_bodies(&server).await;
+    assert_eq!(
+        sent[0],
+        json!({
+            "model": "gpt-image-2.6-flare", "prompt": "a lighthouse at dusk", "n": 1,
+            "output_format": "gif", "frame_count": 4, "frame_duration_ms": 120
+        })
+    );
+    assert_eq!(
+        sent[1],
+        json!({
+            "model": "gpt-image-2.6-flare", "prompt": "a lighthouse at dusk", "n": 1,
+            "output_format": "png", "stream": true, "partial_images": 2
+        })
+    );
+    assert_eq!(
+        sent[2],
+        json!({
+            "model": "gpt-image-2.5-flare", "prompt": "a lighthouse at dusk", "n": 1,
+            "output_format": "png", "stream": true, "partial_images": 2
+        })
+    );
+}
+
+fn svg_options(effort: Option<&str>) -> SvgOptions {
+    SvgOptions {
+        model: Some("gpt-5.5-mini".into()),
+        reasoning: Some(SvgReasoning {
+            effort: effort.map(String::from),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn svg_options_go_nested_and_only_with_svg() {
+    let server = MockServer::start().await;
+    mount(&server, ok_b64(&[&png(4, 4)])).await;
+    let p = provider(settings(&server));
+    let cases = [
+        ("gpt-image-2.6-sunburst", ImageFormat::Svg, Some("high")),
+        ("gpt-image-2.6-sunburst", ImageFormat::Svg, None),
+        ("gpt-image-2.6-sunburst", ImageFormat::Png, Some("high")),
+        ("gpt-image-2.5-sunburst", ImageFormat::Svg, Some("high")),
+    ];
+    for (model, format, effort) in cases {
+        let mut req = request(model);
+        req.output_format = Some(format);
+        req.svg = Some(svg_options(effort));
+        p.generate(&req).await.unwrap();
+    }
+    let sent: Vec<Option<Value>> = sent_bodies(&server)
+        .await
+        .iter()
+        .map(|b| b.get("svg").cloned())
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            Some(json!({"model": "gpt-5.5-mini", "reasoning": {"effort": "high"}})),
+            Some(json!({"model": "gpt-5.5-mini"})),
+            None,
+            None,
+        ]
+    );
 }
 
 // ---- errors -------------------------------------------------------------------------------
@@ -672,7 +928,10 @@ async fn every_error_row_maps_to_its_kind() {
         let p = provider(s);
         let id = format!("req_{i}");
         mount(&server, r.body.insert_header("x-request-id", id.as_str())).await;
-        let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+        let err = p
+            .generate(&request("gpt-image-2.6-flare"))
+            .await
+            .unwrap_err();
         let name = r.name;
         assert_eq!(err.kind, r.kind, "{name}: {err}");
         assert_eq!(err.retryable, r.retryable, "{name}: {err}");
@@ -681,6 +940,7 @@ async fn every_error_row_maps_to_its_kind() {
         assert_eq!(err.request_id.as_deref(), Some(id.as_str()), "{name}");
         assert!(!err.message.is_empty(), "{name}");
         assert!(!err.to_string().contains(KEY), "{name}");
+        assert_eq!(err.model_unavailable, name == "unknown model", "{name}");
     }
 }
 
@@ -700,7 +960,10 @@ async fn error_details_are_kept() {
             "param": "size", "code": "invalid_size"}})),
     )
     .await;
-    let err = p().generate(&request("gpt-image-1.5")).await.unwrap_err();
+    let err = p()
+        .generate(&request("gpt-image-2.6-flare"))
+        .await
+        .unwrap_err();
     assert_eq!(err.param.as_deref(), Some("size"));
     assert_eq!(
         err.provider_message.as_deref(),
@@ -713,7 +976,10 @@ async fn error_details_are_kept() {
         ResponseTemplate::new(502).set_body_raw("<!DOCTYPE html>\n<html>oops</html>", "text/html"),
     )
     .await;
-    let err = p().generate(&request("gpt-image-1.5")).await.unwrap_err();
+    let err = p()
+        .generate(&request("gpt-image-2.6-flare"))
+        .await
+        .unwrap_err();
     assert_eq!(
         err.provider_message.as_deref(),
         Some("HTTP 502 with an HTML body")
@@ -726,7 +992,10 @@ async fn error_details_are_kept() {
             .insert_header("retry-after", "3600"),
     )
     .await;
-    let err = p().generate(&request("gpt-image-1.5")).await.unwrap_err();
+    let err = p()
+        .generate(&request("gpt-image-2.6-flare"))
+        .await
+        .unwrap_err();
     assert_eq!(err.provider_message.as_deref(), Some("error code: 1015"));
     assert_eq!(err.retry_after, Some(Duration::from_secs(3600)));
 
@@ -737,9 +1006,109 @@ async fn error_details_are_kept() {
             "type": "image_generation_user_error", "code": "moderation_blocked"}})),
     )
     .await;
-    let err = p().generate(&request("gpt-image-1.5")).await.unwrap_err();
+    let err = p()
+        .generate(&request("gpt-image-2.6-flare"))
+        .await
+        .unwrap_err();
     assert!(err.message.contains("safety system"), "{err}");
     assert!(err.message.contains("rephrase"), "{err}");
+}
+
+fn sentinel_settings(server: &MockServer) -> OpenAiSettings {
+    let mut s = settings(server);
+    s.max_retries = 0;
+    s
+}
+
+#[tokio::test]
+async fn retired_models_are_marked_and_keep_their_kind() {
+    let server = MockServer::start().await;
+    let ire = "invalid_request_error";
+    let cases = [
+        (
+            json_error(404, Some("The model `gpt-image-1.5` does not exist or you do not have access to it."), ire, Some("model_not_found")),
+            ErrorKind::NotFound,
+            true,
+        ),
+        (
+            json_error(400, Some("The model `gpt-image-1.5` has been deprecated, see https://platform.openai.com/docs/deprecations"), ire, None),
+            ErrorKind::InvalidRequest,
+            true,
+        ),
+        (
+            json_error(400, Some("gpt-image-1.5 was SHUT DOWN on 2026-12-01."), ire, Some("invalid_value")),
+            ErrorKind::InvalidRequest,
+            true,
+        ),
+        // 410 keeps its classification; only the mark is new.
+        (
+            json_error(410, Some("gpt-image-1.5 is no longer available"), ire, None),
+            ErrorKind::BadResponse,
+            true,
+        ),
+        (
+            json_error(400, Some("Invalid size '999x999'."), ire, Some("invalid_size")),
+            ErrorKind::InvalidRequest,
+            false,
+        ),
+        (
+            json_error(403, Some("Your organization must be verified to use the model `gpt-image-1.5`"), ire, None),
+            ErrorKind::Permission,
+            false,
+        ),
+        (
+            json_error(429, Some("Rate limit reached for gpt-image-1.5"), "requests", Some("rate_limit_exceeded")),
+            ErrorKind::RateLimited,
+            false,
+        ),
+    ];
+    for (i, (body, kind, unavailable)) in cases.into_iter().enumerate() {
+        server.reset().await;
+        mount(&server, body).await;
+        let err = provider(sentinel_settings(&server))
+            .generate(&request("gpt-image-1.5"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, kind, "case {i}: {err}");
+        assert_eq!(err.model_unavailable, unavailable, "case {i}: {err}");
+        if unavailable {
+            assert!(!err.retryable, "case {i}: {err}");
+            assert_eq!(generations(&server).await, 1, "case {i}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_model_not_found_is_marked_and_not_retried() {
+    let server = MockServer::start().await;
+    let body = [
+        sse(
+            "image_generation.partial_image",
+            json!({"b64_json": b64(&png(4, 4)), "partial_image_index": 0}),
+        ),
+        sse(
+            "error",
+            json!({"error": {"code": "model_not_found", "message": "The model `gpt-image-1.5` does not exist"}}),
+        ),
+    ]
+    .concat();
+    mount(
+        &server,
+        ResponseTemplate::new(200).set_body_raw(body, "text/event-stream"),
+    )
+    .await;
+    let mut req = request("gpt-image-1.5");
+    req.partial_images = Some(1);
+    let err = provider(settings(&server))
+        .generate(&req)
+        .await
+        .unwrap_err();
+    assert!(err.model_unavailable, "{err}");
+    assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
+    assert!(!err.retryable);
+    assert_eq!(err.provider_code.as_deref(), Some("model_not_found"));
+    assert!(err.message.contains("does not exist"), "{err}");
+    assert_eq!(generations(&server).await, 1);
 }
 
 // ---- retries ------------------------------------------------------------------------------
@@ -764,7 +1133,7 @@ async fn a_500_then_200_succeeds_after_two_requests() {
     )
     .await;
     let result = provider(settings(&server))
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap();
     assert_eq!(generations(&server).await, 2);
@@ -776,7 +1145,7 @@ async fn three_503s_give_up_after_three_requests() {
     let server = MockServer::start().await;
     mount(&server, server_error(503)).await;
     let err = provider(settings(&server))
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap_err();
     assert_eq!(generations(&server).await, 3);
@@ -804,7 +1173,7 @@ async fn retry_after_seconds_is_waited_for() {
     let started = Instant::now();
     let (events, mut rx) = Events::channel();
     provider(settings(&server))
-        .generate_with_events(&request("gpt-image-1.5"), &events)
+        .generate_with_events(&request("gpt-image-2.6-flare"), &events)
         .await
         .unwrap();
     assert!(
@@ -848,7 +1217,7 @@ async fn retry_after_ms_beats_retry_after() {
     mount(&server, ok_b64(&[&png(4, 4)])).await;
     let started = Instant::now();
     provider(settings(&server))
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap();
     let elapsed = started.elapsed();
@@ -872,7 +1241,7 @@ async fn a_server_asked_wait_over_120_s_is_not_waited_for() {
     )
     .await;
     let err = provider(settings(&server))
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap_err();
     assert_eq!(generations(&server).await, 1);
@@ -895,7 +1264,7 @@ async fn an_http_date_retry_after_is_understood() {
     )
     .await;
     let err = provider(settings(&server))
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap_err();
     assert_eq!(generations(&server).await, 1, "180 s is over the cap");
@@ -926,7 +1295,7 @@ async fn a_non_json_429_and_an_html_502_are_retried() {
     .await;
     mount(&server, ok_b64(&[&png(4, 4)])).await;
     provider(settings(&server))
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap();
     assert_eq!(generations(&server).await, 3);
@@ -941,7 +1310,7 @@ async fn x_should_retry_false_stops_retries() {
     )
     .await;
     let err = provider(settings(&server))
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap_err();
     assert_eq!(generations(&server).await, 1);
@@ -960,7 +1329,7 @@ async fn x_should_retry_true_retries_even_a_400() {
     .await;
     mount(&server, ok_b64(&[&png(4, 4)])).await;
     provider(settings(&server))
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap();
     assert_eq!(generations(&server).await, 2);
@@ -1020,7 +1389,7 @@ async fn permanent_failures_are_not_retried() {
         server.reset().await;
         mount(&server, response.insert_header("retry-after-ms", "10")).await;
         let err = provider(settings(&server))
-            .generate(&request("gpt-image-1.5"))
+            .generate(&request("gpt-image-2.6-flare"))
             .await
             .unwrap_err();
         assert_eq!(err.kind, kind, "{name}");
@@ -1042,7 +1411,7 @@ async fn a_read_timeout_is_not_retried_because_it_may_be_billed() {
     s.timeout = Duration::from_millis(300);
     let started = Instant::now();
     let err = provider(s)
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap_err();
     assert!(
@@ -1071,7 +1440,7 @@ async fn a_read_timeout_is_retried_when_configured() {
     s.retry_on_timeout = true;
     s.retry_base = Duration::from_millis(10);
     provider(s)
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap();
     assert_eq!(generations(&server).await, 2);
@@ -1092,7 +1461,7 @@ async fn the_deadline_cuts_a_slow_retry_loop() {
     s.deadline = Duration::from_millis(1500);
     let started = Instant::now();
     let err = provider(s)
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap_err();
     let elapsed = started.elapsed();
@@ -1124,7 +1493,7 @@ async fn a_retry_wait_that_would_pass_the_deadline_is_not_started() {
     s.deadline = Duration::from_millis(1200);
     let started = Instant::now();
     let err = provider(s)
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap_err();
     // Attempts at 0, 0.4 and 0.8 s; the next wait would end just after the deadline.
@@ -1152,7 +1521,7 @@ async fn dropping_the_call_during_a_retry_wait_stops_it() {
     )
     .await;
     let p = provider(settings(&server));
-    let req = request("gpt-image-1.5");
+    let req = request("gpt-image-2.6-flare");
     let cut = tokio::time::timeout(Duration::from_millis(150), p.generate(&req)).await;
     assert!(cut.is_err(), "still waiting to retry");
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -1166,7 +1535,7 @@ async fn events_report_each_attempt_and_the_answer() {
     mount(&server, ok_b64(&[&png(4, 4)])).await;
     let (events, mut rx) = Events::channel();
     provider(settings(&server))
-        .generate_with_events(&request("gpt-image-1.5"), &events)
+        .generate_with_events(&request("gpt-image-2.6-flare"), &events)
         .await
         .unwrap();
     let seen: Vec<String> = drain(&mut rx)
@@ -1203,7 +1572,7 @@ async fn connection_failures_are_network_errors_and_retried() {
     s.max_retries = 1;
     let started = Instant::now();
     let err = provider(s)
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Network);
@@ -1297,7 +1666,7 @@ async fn a_rate_limited_key_hands_the_call_to_another_at_once_without_a_retry() 
     let p = provider(s);
     let (events, mut rx) = Events::channel();
     let started = Instant::now();
-    p.generate_with_events(&request("gpt-image-1.5"), &events)
+    p.generate_with_events(&request("gpt-image-2.6-flare"), &events)
         .await
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(1), "no wait");
@@ -1313,7 +1682,7 @@ async fn a_rate_limited_key_hands_the_call_to_another_at_once_without_a_retry() 
     assert_no_pool_key(&format!("{events:?} {p:?}"));
 
     // A rests for the 30 s the server asked: the next call goes straight to B.
-    p.generate(&request("gpt-image-1.5")).await.unwrap();
+    p.generate(&request("gpt-image-2.6-flare")).await.unwrap();
     assert_eq!(keys_used(&server).await, "ABB");
 }
 
@@ -1364,7 +1733,7 @@ async fn a_rejected_key_is_disabled_and_the_call_moves_on() {
         s.max_retries = 0;
         let p = provider(s);
         let (events, mut rx) = Events::channel();
-        p.generate_with_events(&request("gpt-image-1.5"), &events)
+        p.generate_with_events(&request("gpt-image-2.6-flare"), &events)
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let events = drain(&mut rx);
@@ -1373,7 +1742,7 @@ async fn a_rejected_key_is_disabled_and_the_call_moves_on() {
         assert!(moved[0].1.starts_with(reason), "{name}: {moved:?}");
         assert_no_pool_key(&format!("{events:?}"));
         for _ in 0..3 {
-            p.generate(&request("gpt-image-1.5")).await.unwrap();
+            p.generate(&request("gpt-image-2.6-flare")).await.unwrap();
         }
         assert_eq!(
             keys_used(&server).await,
@@ -1397,7 +1766,10 @@ async fn when_every_key_is_rejected_the_error_names_each_and_later_calls_fail_at
     )
     .await;
     let p = provider(pool_settings(&server));
-    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    let err = p
+        .generate(&request("gpt-image-2.6-flare"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Auth);
     assert!(!err.retryable);
     assert_eq!(err.attempts, 2);
@@ -1409,7 +1781,10 @@ async fn when_every_key_is_rejected_the_error_names_each_and_later_calls_fail_at
     assert_no_pool_key(&format!("{err} {err:?}"));
 
     let started = Instant::now();
-    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    let err = p
+        .generate(&request("gpt-image-2.6-flare"))
+        .await
+        .unwrap_err();
     assert!(started.elapsed() < Duration::from_millis(100));
     assert_eq!(err.kind, ErrorKind::Auth);
     assert_eq!(err.attempts, 0);
@@ -1445,7 +1820,7 @@ async fn when_every_key_is_rate_limited_the_call_waits_and_that_is_a_retry() {
     let (events, mut rx) = Events::channel();
     let started = Instant::now();
     provider(s)
-        .generate_with_events(&request("gpt-image-1.5"), &events)
+        .generate_with_events(&request("gpt-image-2.6-flare"), &events)
         .await
         .unwrap();
     assert!(started.elapsed() >= Duration::from_millis(200));
@@ -1464,7 +1839,7 @@ async fn when_every_key_is_rate_limited_the_call_waits_and_that_is_a_retry() {
     let mut s = pool_settings(&server);
     s.max_retries = 0;
     let err = provider(s)
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::RateLimited);
@@ -1504,7 +1879,10 @@ async fn the_key_never_shows_in_debug_or_errors() {
         ),
     )
     .await;
-    let err = p.generate(&request("gpt-image-1.5")).await.unwrap_err();
+    let err = p
+        .generate(&request("gpt-image-2.6-flare"))
+        .await
+        .unwrap_err();
     assert_no_key(&err, "401");
     assert!(err.message.contains("sk-…6789"), "{err}");
     assert!(err.message.contains("rejected"), "{err}");
@@ -1517,7 +1895,7 @@ async fn the_key_never_shows_in_debug_or_errors() {
     let mut s = settings(&server);
     s.max_retries = 0;
     let err = provider(s)
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap_err();
     assert_eq!(err.status, Some(500));
@@ -1526,7 +1904,7 @@ async fn the_key_never_shows_in_debug_or_errors() {
     let mut s = OpenAiSettings::new(closed_port_url().await.parse().unwrap(), Some(KEY.into()));
     s.max_retries = 0;
     let err = provider(s)
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Network);
@@ -1549,7 +1927,7 @@ async fn a_401_without_a_key_says_to_set_one() {
     let mut s = settings(&server);
     s.keys = std::sync::Arc::new(imagegen_providers::keys::KeyPool::empty());
     let err = provider(s)
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Auth);
@@ -1594,7 +1972,7 @@ async fn an_endless_chunked_body_is_cut_off_at_the_cap() {
     let mut s = OpenAiSettings::new(base.parse().unwrap(), None);
     s.max_response_bytes = 1024 * 1024;
     let err = provider(s)
-        .generate(&request("gpt-image-1.5"))
+        .generate(&request("gpt-image-2.6-flare"))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::BadResponse);
@@ -1631,7 +2009,7 @@ async fn a_lone_key_is_not_disabled_by_a_403_so_other_models_still_work() {
     let p = provider(s);
     let err = p.generate(&request("gpt-image-2")).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Permission);
-    p.generate(&request("gpt-image-1.5")).await.unwrap();
+    p.generate(&request("gpt-image-2.6-flare")).await.unwrap();
 }
 
 #[tokio::test]
@@ -1664,7 +2042,7 @@ async fn a_call_starting_while_its_only_key_cools_briefly_waits_instead_of_faili
     s.max_retries = 0;
     let p = provider(s);
     assert_eq!(
-        p.generate(&request("gpt-image-1.5"))
+        p.generate(&request("gpt-image-2.6-flare"))
             .await
             .unwrap_err()
             .kind,
@@ -1672,7 +2050,7 @@ async fn a_call_starting_while_its_only_key_cools_briefly_waits_instead_of_faili
     );
     // The key now rests for 300 ms: the next call waits for it rather than failing at once.
     let started = Instant::now();
-    p.generate(&request("gpt-image-1.5")).await.unwrap();
+    p.generate(&request("gpt-image-2.6-flare")).await.unwrap();
     assert!(
         started.elapsed() >= Duration::from_millis(250),
         "{:?}",
@@ -1755,7 +2133,7 @@ async fn an_edit_uploads_one_file_part_per_image_the_mask_and_the_taken_fields()
     let has_the_parts = MultipartForm(|form: &Form| {
         form.files("image[]").len() == 2
             && form.files("mask").len() == 1
-            && form.text("model").as_deref() == Some("gpt-image-1.5")
+            && form.text("model").as_deref() == Some("gpt-image-2.6-flare")
             && form.text("input_fidelity").as_deref() == Some("high")
     });
     Mock::given(method("POST"))
@@ -1766,10 +2144,10 @@ async fn an_edit_uploads_one_file_part_per_image_the_mask_and_the_taken_fields()
         .expect(1)
         .mount(&server)
         .await;
-    let request = full_edit("gpt-image-1.5");
+    let request = full_edit("gpt-image-2.6-flare");
     let result = provider(settings(&server)).edit(&request).await.unwrap();
     assert_eq!(result.images.len(), 2);
-    assert_eq!(result.model, "gpt-image-1.5");
+    assert_eq!(result.model, "gpt-image-2.6-flare");
     assert_eq!(result.request_id.as_deref(), Some("req_edit"));
 
     let received = &requests(&server).await[0];
@@ -1794,7 +2172,7 @@ async fn an_edit_uploads_one_file_part_per_image_the_mask_and_the_taken_fields()
     assert_eq!(
         form.texts(),
         texts(&[
-            ("model", "gpt-image-1.5"),
+            ("model", "gpt-image-2.6-flare"),
             ("prompt", "give the cat a red hat"),
             ("n", "2"),
             ("size", "1024x1536"),
@@ -1898,7 +2276,7 @@ async fn an_edit_retried_after_a_500_sends_the_whole_form_again() {
         .await;
     let (events, mut rx) = Events::channel();
     provider(settings(&server))
-        .edit_with_events(&full_edit("gpt-image-1.5"), &events)
+        .edit_with_events(&full_edit("gpt-image-2.6-flare"), &events)
         .await
         .unwrap();
     let sent = forms(&server, EDITS).await;
@@ -1930,7 +2308,7 @@ async fn an_edit_refused_by_the_safety_system_is_not_retried() {
         .mount(&server)
         .await;
     let err = provider(settings(&server))
-        .edit(&full_edit("gpt-image-1.5"))
+        .edit(&full_edit("gpt-image-2.6-flare"))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::ContentPolicy);
@@ -1963,7 +2341,7 @@ async fn a_streamed_edit_reports_image_edit_partials_then_the_final_image() {
         .respond_with(ResponseTemplate::new(200).set_body_raw(body, "text/event-stream"))
         .mount(&server)
         .await;
-    let mut request = full_edit("gpt-image-1.5");
+    let mut request = full_edit("gpt-image-2.6-flare");
     request.n = 1;
     request.partial_images = Some(2);
     let (events, mut rx) = Events::channel();
@@ -2035,14 +2413,14 @@ async fn variations_and_edits_the_model_cannot_do_are_refused_without_a_request(
     let p = provider(settings(&server));
     let image = InputImage::new(png(16, 16), ImageFormat::Png, "source.png");
     let err = p
-        .create_variation(&VariationRequest::new("gpt-image-1.5", image))
+        .create_variation(&VariationRequest::new("gpt-image-2.6-flare", image))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Unsupported);
     assert!(!err.retryable);
     assert!(
         err.message
-            .contains("gpt-image-1.5 cannot make image variations"),
+            .contains("gpt-image-2.6-flare cannot make image variations"),
         "{err}"
     );
     assert!(
@@ -2053,4 +2431,231 @@ async fn variations_and_edits_the_model_cannot_do_are_refused_without_a_request(
     assert_eq!(err.kind, ErrorKind::Unsupported);
     assert!(err.message.contains("dall-e-3"), "{err}");
     assert!(requests(&server).await.is_empty());
+}
+
+#[tokio::test]
+async fn an_edit_to_2_6_uploads_the_markup_layer_and_the_2_6_fields() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(EDITS))
+        .respond_with(ok_b64(&[&png(8, 8)]))
+        .mount(&server)
+        .await;
+    let p = provider(settings(&server));
+    let markup = InputImage::new(rgba_mask(16, 16), ImageFormat::Png, "markup.png");
+    let mut svg_edit = full_edit("gpt-image-2.6-sunburst");
+    svg_edit.mask = None;
+    svg_edit.markup = Some(markup.clone());
+    svg_edit.n = 1;
+    svg_edit.output_format = Some(ImageFormat::Svg);
+    svg_edit.output_compression = None;
+    svg_edit.complexity = Some("medium".into());
+    svg_edit.svg = Some(svg_options(Some("low")));
+    svg_edit.frame_count = Some(4); // not a GIF: never sent
+    svg_edit.extra.clear();
+    svg_edit.extra.insert("markup".into(), json!("hijack")); // cannot shadow the file part
+    p.edit(&svg_edit).await.unwrap();
+
+    let mut gif_edit = svg_edit.clone();
+    gif_edit.output_format = Some(ImageFormat::Gif);
+    gif_edit.markup = None;
+    gif_edit.svg = Some(svg_options(Some("low"))); // not an SVG: never sent
+    gif_edit.frame_count = Some(6);
+    gif_edit.frame_duration_ms = Some(80);
+    gif_edit.partial_images = Some(1); // a GIF never streams
+    gif_edit.extra.clear();
+    p.edit(&gif_edit).await.unwrap();
+
+    // 2.5 takes neither markup nor complexity: the guard leaves both off the wire.
+    let mut older = svg_edit.clone();
+    older.model = "gpt-image-2.5-sunburst".into();
+    older.output_format = Some(ImageFormat::Png);
+    older.extra.clear();
+    p.edit(&older).await.unwrap();
+
+    let raw = requests(&server).await;
+    assert!(
+        String::from_utf8_lossy(&raw[0].body).contains("name=\"markup\"; filename=\"markup.png\""),
+        "the markup goes as a file part"
+    );
+    let forms = forms(&server, EDITS).await;
+    let part = forms[0].files("markup");
+    assert_eq!(part.len(), 1);
+    assert_eq!(
+        (part[0].filename.as_deref(), part[0].content_type.as_deref()),
+        (Some("markup.png"), Some("image/png"))
+    );
+    assert_eq!(part[0].body, &markup.bytes[..]);
+    assert_eq!(forms[0].files("image[]").len(), 2);
+    assert_eq!(
+        forms[0].texts(),
+        texts(&[
+            ("model", "gpt-image-2.6-sunburst"),
+            ("prompt", "give the cat a red hat"),
+            ("n", "1"),
+            ("size", "1024x1536"),
+            ("quality", "high"),
+            ("output_format", "svg"),
+            ("background", "opaque"),
+            ("input_fidelity", "high"),
+            ("moderation", "low"),
+            ("complexity", "medium"),
+            (
+                "svg",
+                r#"{"model":"gpt-5.5-mini","reasoning":{"effort":"low"}}"#
+            ),
+        ])
+    );
+    assert_eq!(
+        forms[1].texts(),
+        texts(&[
+            ("model", "gpt-image-2.6-sunburst"),
+            ("prompt", "give the cat a red hat"),
+            ("n", "1"),
+            ("size", "1024x1536"),
+            ("quality", "high"),
+            ("output_format", "gif"),
+            ("background", "opaque"),
+            ("input_fidelity", "high"),
+            ("moderation", "low"),
+            ("complexity", "medium"),
+            ("frame_count", "6"),
+            ("frame_duration_ms", "80"),
+        ])
+    );
+    assert!(forms[1].files("markup").is_empty());
+    assert!(forms[2].files("markup").is_empty());
+    assert!(!forms[2].names().contains(&"markup"));
+    assert_eq!(forms[2].text("complexity"), None);
+    assert_eq!(
+        forms[2].text("model").as_deref(),
+        Some("gpt-image-2.5-sunburst")
+    );
+}
+
+// ---- model listing ------------------------------------------------------------------------
+
+const MODELS: &str = "/v1/models";
+
+fn models_body(entries: Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({"object": "list", "data": entries}))
+}
+
+#[tokio::test]
+async fn list_models_reads_shutdown_dates_and_keeps_image_models() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(MODELS))
+        .and(header("authorization", format!("Bearer {KEY}").as_str()))
+        .and(header("openai-organization", "org-123"))
+        .and(header("openai-project", "proj_456"))
+        .respond_with(models_body(json!([
+            {"id": "gpt-image-2.6-flare", "object": "model", "created": 1795537142, "owned_by": "system", "shutdown_date": null},
+            {"id": "gpt-image-1.5", "object": "model", "created": 1, "owned_by": "system", "shutdown_date": "2026-12-01"},
+            {"id": "gpt-image-2", "object": "model", "created": 1, "owned_by": "system"},
+            {"id": "dall-e-3", "object": "model", "shutdown_date": "2026-05-12", "permission": [{"x": 1}]},
+            {"id": "chatgpt-image-latest", "shutdown_date": {"when": "soon"}},
+            {"id": "gpt-4o", "object": "model", "shutdown_date": "2027-03-01"},
+            {"id": "omni-moderation-latest", "object": "model"},
+            {"id": 7, "object": "model"},
+        ])))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let mut s = settings(&server);
+    s.organization = Some("org-123".into());
+    s.project = Some("proj_456".into());
+    let models = provider(s).list_models().await.unwrap();
+    assert_eq!(
+        models,
+        [
+            UpstreamModel::new("chatgpt-image-latest", None),
+            UpstreamModel::new("dall-e-3", Some("2026-05-12".into())),
+            UpstreamModel::new("gpt-image-1.5", Some("2026-12-01".into())),
+            UpstreamModel::new("gpt-image-2", None),
+            UpstreamModel::new("gpt-image-2.6-flare", None),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn list_models_without_a_key_sends_no_authorization() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(MODELS))
+        .respond_with(models_body(json!([{"id": "gpt-image-2"}])))
+        .mount(&server)
+        .await;
+    let mut s = settings(&server);
+    s.keys = Arc::new(KeyPool::empty());
+    let models = provider(s).list_models().await.unwrap();
+    assert_eq!(models, [UpstreamModel::new("gpt-image-2", None)]);
+    assert!(requests(&server).await[0]
+        .headers
+        .get("authorization")
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_rejected_key_fails_the_listing_without_showing_the_key() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(MODELS))
+        .respond_with(
+            json_error(
+                401,
+                Some(&format!("Incorrect API key provided: {KEY}")),
+                "invalid_request_error",
+                Some("invalid_api_key"),
+            )
+            .insert_header("x-request-id", "req_models"),
+        )
+        .mount(&server)
+        .await;
+    let err = provider(settings(&server)).list_models().await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Auth);
+    assert_eq!(err.status, Some(401));
+    assert_eq!(err.request_id.as_deref(), Some("req_models"));
+    assert!(!err.model_unavailable);
+    assert_no_key(&err, "listing 401");
+    assert!(err.message.contains("sk-…6789"), "{err}");
+    assert_eq!(requests(&server).await.len(), 1, "one attempt");
+}
+
+#[tokio::test]
+async fn a_malformed_listing_is_a_bad_response() {
+    let server = MockServer::start().await;
+    let p = provider(settings(&server));
+    let bodies = [
+        ResponseTemplate::new(200).set_body_string("<html>not json</html>"),
+        ResponseTemplate::new(200).set_body_json(json!({"object": "list"})),
+        ResponseTemplate::new(200).set_body_json(json!({"data": "gpt-image-2"})),
+    ];
+    for (i, body) in bodies.into_iter().enumerate() {
+        server.reset().await;
+        Mock::given(method("GET"))
+            .and(path(MODELS))
+            .respond_with(body.insert_header("x-request-id", "req_bad"))
+            .mount(&server)
+            .await;
+        let err = p.list_models().await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::BadResponse, "case {i}: {err}");
+        assert_eq!(err.request_id.as_deref(), Some("req_bad"), "case {i}");
+    }
+}
+
+#[tokio::test]
+async fn a_slow_listing_times_out_at_the_attempt_timeout() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(MODELS))
+        .respond_with(models_body(json!([])).set_delay(Duration::from_secs(5)))
+        .mount(&server)
+        .await;
+    let mut s = settings(&server);
+    s.timeout = Duration::from_millis(200);
+    let started = Instant::now();
+    let err = provider(s).list_models().await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
 }
