@@ -421,3 +421,86 @@ async fn models_check_reports_announced_shutdowns_missing_and_unknown_models() {
         "{flare}"
     );
 }
+
+#[tokio::test]
+async fn serve_checks_the_upstream_in_the_background_and_merges_announced_dates() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/models"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"object": "list", "data": [
+                {"id": "gpt-image-2.6-flare", "object": "model"},
+                {"id": "gpt-image-2", "object": "model", "shutdown_date": "2027-04-21"}
+            ]})),
+        )
+        .mount(&upstream)
+        .await;
+    let home = tempfile::tempdir().unwrap();
+    let base = format!("{}/v1", upstream.uri());
+    let envs = [
+        ("OPENAI_API_KEY", SENTINEL_KEY),
+        ("OPENAI_BASE_URL", base.as_str()),
+    ];
+    let server = Server::start(home.path(), &envs, ProtocolVersion::V_2025_11_25).await;
+    // The check runs beside start-up: the server answered the handshake without waiting for it.
+    let mut gpt2 = Value::Null;
+    for _ in 0..100 {
+        let listed = server
+            .client
+            .call_tool(CallToolRequestParams::new("list_providers"))
+            .await
+            .unwrap();
+        let providers = listed.structured_content.unwrap();
+        let openai = providers["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "openai")
+            .cloned()
+            .unwrap();
+        gpt2 = openai["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "gpt-image-2")
+            .cloned()
+            .unwrap();
+        if gpt2["shutdown_date"].is_string() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        (gpt2["state"].as_str(), gpt2["shutdown_date"].as_str()),
+        (Some("deprecated"), Some("2027-04-21")),
+        "{gpt2}"
+    );
+    let status = server
+        .client
+        .read_resource(ReadResourceRequestParams::new("imagegen://status"))
+        .await
+        .unwrap();
+    let text = serde_json::to_value(&status.contents[0]).unwrap()["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let status: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        status["upstream_checks"][0]["announced"]["gpt-image-2"], "2027-04-21",
+        "{status}"
+    );
+    let stderr = server.stop().await;
+    assert!(
+        stderr.contains("announces that `gpt-image-2` shuts down on 2027-04-21"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(SENTINEL_KEY));
+    let listed = upstream.received_requests().await.unwrap();
+    let auth = listed[0]
+        .headers
+        .get("authorization")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert_eq!(auth, format!("Bearer {SENTINEL_KEY}"));
+}
