@@ -621,11 +621,10 @@ fn gpt_image_1() -> ModelCapabilities {
     }
 }
 
-/// `caps` shut down on `date` by OpenAI, replaced by GPT Image 2.6 flare; compatible servers
-/// may still serve such a model, so its capabilities stay.
+/// `caps` shut down by OpenAI on `date`, replaced by GPT Image 2.6 flare: the date decides the
+/// state. Compatible servers may still serve such a model, so its capabilities stay.
 fn shut_down(caps: ModelCapabilities, date: &str) -> ModelCapabilities {
     ModelCapabilities {
-        state: ModelState::ShutDown,
         shutdown_date: Some(date.into()),
         replacement: Some(OPENAI_REPLACEMENT.into()),
         ..caps
@@ -864,6 +863,120 @@ impl Default for Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_parse_strictly_and_print_back() {
+        for text in ["2026-12-01", "2024-02-29", "1970-01-01", "2099-12-31"] {
+            assert_eq!(Date::parse(text).unwrap().to_string(), text);
+        }
+        for bad in [
+            "2026-13-01",
+            "2026-02-29",
+            "2026-12-1",
+            "2026/12/01",
+            "2026-12-01T00:00:00Z",
+            "",
+            "２０２６-12-01",
+        ] {
+            assert!(Date::parse(bad).is_err(), "{bad}");
+        }
+        let (a, b) = (
+            Date::parse("2026-12-01").unwrap(),
+            Date::parse("2027-03-01").unwrap(),
+        );
+        assert_eq!(a.days_until(b), 90);
+        assert!(Date::today() >= a, "this code was written on 2026-12-01");
+    }
+
+    #[test]
+    fn todays_openai_models_and_their_snapshots_have_exactly_their_parameters() {
+        let catalog = Catalog::builtin();
+        let today = Date::parse("2026-12-01").unwrap();
+        for model in ["gpt-image-2.6-flare", "gpt-image-2.6-sunburst-2027-01-15"] {
+            let caps = catalog.get(model);
+            assert!(caps.known, "{model}");
+            for p in [
+                Param::Complexity,
+                Param::FrameCount,
+                Param::Svg,
+                Param::Markup,
+                Param::InputFidelity,
+            ] {
+                assert!(caps.takes(p), "{model} takes {p:?}");
+            }
+            assert!(
+                caps.formats.contains(&ImageFormat::Gif)
+                    && caps.formats.contains(&ImageFormat::Svg)
+            );
+            assert_eq!(caps.gif.as_ref().unwrap().default_frames, 9);
+            assert_eq!(caps.lifecycle(today).state, ModelState::Active);
+        }
+        let flare_2_5 = catalog.get("gpt-image-2.5-flare-2026-09-08");
+        assert!(flare_2_5.known && flare_2_5.qualities.contains(&"max".to_string()));
+        assert!(!flare_2_5.takes(Param::Complexity) && !flare_2_5.takes(Param::Markup));
+        assert_eq!(flare_2_5.formats, ImageFormat::RASTER.to_vec());
+        let two = catalog.get("gpt-image-2-2026-04-21");
+        assert!(two.known && !two.qualities.contains(&"xhigh".to_string()));
+        for gone in [
+            "gpt-image-1.5",
+            "gpt-image-1.5-2025-12-16",
+            "gpt-image-1-mini",
+            "chatgpt-image-latest",
+            "gpt-image-1",
+            "dall-e-3",
+            "dall-e-2",
+        ] {
+            let life = catalog.get(gone).lifecycle(today);
+            assert_eq!(life.state, ModelState::ShutDown, "{gone}");
+            assert_eq!(
+                life.replacement.as_deref(),
+                Some("gpt-image-2.6-flare"),
+                "{gone}"
+            );
+        }
+        assert_eq!(
+            catalog
+                .get("gpt-image-1.5")
+                .lifecycle(Date::parse("2026-11-30").unwrap())
+                .state,
+            ModelState::Deprecated
+        );
+    }
+
+    #[test]
+    fn lifecycle_and_gif_rules_are_overridable_field_by_field() {
+        let mut catalog = Catalog::builtin();
+        let mut overrides = BTreeMap::new();
+        let gif: GifRules =
+            serde_json::from_value(serde_json::json!({"frame_side_caps": []})).unwrap();
+        overrides.insert(
+            "gpt-image-2.6-flare".to_string(),
+            ModelOverride {
+                gif: Some(gif),
+                shutdown_date: Some("2027-06-01".into()),
+                replacement: Some("gpt-image-3".into()),
+                ..Default::default()
+            },
+        );
+        catalog.extend(&overrides).unwrap();
+        let caps = catalog.get("gpt-image-2.6-flare");
+        let rules = caps.gif.clone().unwrap();
+        assert_eq!((rules.max_frames, rules.max_side(9)), (16, None));
+        let life = caps.lifecycle(Date::parse("2026-12-01").unwrap());
+        assert_eq!(
+            (life.state, life.replacement.as_deref()),
+            (ModelState::Deprecated, Some("gpt-image-3"))
+        );
+        let mut bad = BTreeMap::new();
+        bad.insert(
+            "x".to_string(),
+            ModelOverride {
+                shutdown_date: Some("soon".into()),
+                ..Default::default()
+            },
+        );
+        assert!(catalog.extend(&bad).unwrap_err().contains("shutdown_date"));
+    }
 
     #[test]
     fn prefix_entries_match_new_point_releases() {

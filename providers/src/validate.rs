@@ -806,6 +806,67 @@ mod tests {
     }
 
     #[test]
+    fn gif_frames_share_one_sheet_so_bigger_frames_allow_fewer_of_them() {
+        let mut r = req("gpt-image-2.6-flare");
+        r.output_format = Some(ImageFormat::Gif);
+        r.size = Some("960x960".into());
+        assert!(
+            check(&r, &Catalog::builtin().get(&r.model)).is_ok(),
+            "9 frames by default"
+        );
+        r.frame_count = Some(10);
+        let err = refused(&r);
+        assert_eq!(err.param.as_deref(), Some("size"));
+        assert!(
+            err.message.contains("816 px for 10-12 frames"),
+            "{}",
+            err.message
+        );
+        // A 720 px frame is below a still image's pixel floor, yet a valid frame.
+        r.frame_count = Some(16);
+        r.size = Some("720x720".into());
+        assert!(check(&r, &Catalog::builtin().get(&r.model)).is_ok());
+        r.output_compression = Some(50);
+        assert_eq!(refused(&r).param.as_deref(), Some("output_compression"));
+    }
+
+    #[test]
+    fn svg_needs_its_writer_and_makes_one_image() {
+        let mut r = req("gpt-image-2.6-sunburst");
+        r.output_format = Some(ImageFormat::Svg);
+        assert_eq!(refused(&r).param.as_deref(), Some("svg.model"));
+        r.svg = Some(crate::SvgOptions {
+            model: Some("gpt-5.2".into()),
+            reasoning: None,
+        });
+        assert!(check(&r, &Catalog::builtin().get(&r.model)).is_ok());
+        r.n = 2;
+        assert_eq!(refused(&r).param.as_deref(), Some("n"));
+        let mut r = req("gpt-image-2.5-flare");
+        r.complexity = Some("low".into());
+        assert!(refused(&r)
+            .message
+            .contains("does not take the `complexity` parameter"));
+    }
+
+    #[test]
+    fn markup_is_a_transparent_png_the_size_of_the_first_image() {
+        let mut r = edit("gpt-image-2.6-flare", 1);
+        r.markup = Some(input(png(64, 64, true)));
+        assert!(check_edit(&r, &Catalog::builtin().get(&r.model)).is_ok());
+        assert!(check_edit_images(&r).is_ok());
+        r.markup = Some(input(png(64, 32, true)));
+        assert!(images_refused(&r).message.starts_with("markup is 64x32"));
+        r.markup = Some(input(png(64, 64, false)));
+        assert!(images_refused(&r)
+            .message
+            .contains("the markup has no alpha channel"));
+        let mut r = edit("gpt-image-2", 1);
+        r.markup = Some(input(png(64, 64, true)));
+        assert_eq!(edit_refused(&r).param.as_deref(), Some("markup"));
+    }
+
+    #[test]
     fn clearing_every_set_param_leaves_nothing_set() {
         let mut r = req("gpt-image-1.5");
         r.size = Some("auto".into());

@@ -75,6 +75,25 @@ async def run(binary: str, mode: str) -> None:
             assert [r["prompt"] for r in results] == ["a red kite", "a blue boat"], results
             assert batch.structured_content["summary"]["succeeded"] == 2
 
+            gif = await client.call_tool(
+                "generate_image",
+                {"prompt": "a spinning top", "model": "fast", "output_format": "gif",
+                 "frame_count": 3, "size": "256x256"},
+            )
+            assert not gif.is_error, gif
+            animated = gif.structured_content["images"][0]
+            assert gif.structured_content["model"] == "mock-image-1", gif.structured_content
+            assert animated["mime"] == "image/gif" and animated["frames"] == 3, animated
+            read = await client.read_resource(animated["uri"])
+            assert read.contents[0].mimeType == "image/gif"
+            assert base64.b64decode(read.contents[0].blob).startswith(b"GIF8")
+
+            svg = await client.call_tool(
+                "generate_image", {"prompt": "a logo", "output_format": "svg", "size": "256x256"}
+            )
+            assert not svg.is_error, svg
+            assert svg.structured_content["images"][0]["mime"] == "image/svg+xml", svg.structured_content
+
             refused = await client.call_tool("generate_image", {"prompt": "x", "size": "7x7"})
             assert refused.is_error
             assert refused.structured_content["error"]["kind"] == "invalid_request"
