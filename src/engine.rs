@@ -1064,6 +1064,19 @@ impl Engine {
         let supporting = self.catalog.variation_models();
         validate::check_variation(&request, &provider.capabilities(&model), &supporting)
             .map_err(fail)?;
+        let live = self.live_catalog();
+        let life = live.lifecycle(&model);
+        // No current model makes variations, so a shut-down one has no replacement to go to.
+        if life.state == ModelState::ShutDown && provider.lifecycle_is_authoritative() {
+            return Err(fail(ProviderError::invalid_param(
+                "model",
+                format!(
+                    "`{model}` was {}; no current model of this provider makes variations: use \
+                     edit_image with the image and a prompt instead",
+                    life.describe(live.today)
+                ),
+            )));
+        }
         validate::check_variation_image(&request).map_err(fail)?;
         let request = &request;
         let upstream = |_events: Events| async move {
