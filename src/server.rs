@@ -675,7 +675,7 @@ impl ImagegenServer {
     /// Lists providers, models and what each model accepts.
     #[tool(
         name = "list_providers",
-        description = "List the configured image providers, which one is the default, their models, what each model accepts (sizes, qualities, formats, n, prompt length, parameters), each provider's API keys as fingerprints with their state, and the configuration's reload status.",
+        description = "List the configured image providers, which one is the default, their models and aliases (`fast`, `best`), each model's lifecycle (state active/deprecated/shut_down, shutdown_date, replacement) and what it accepts (sizes, qualities, formats including gif/svg, complexities, GIF rules, n, prompt length, parameters), each provider's API keys as fingerprints with their state, and the configuration's reload status.",
         annotations(
             title = "List providers",
             read_only_hint = true,
@@ -701,7 +701,7 @@ impl ServerHandler for ImagegenServer {
             env!("CARGO_PKG_VERSION"),
         ))
         .with_instructions(
-            "Image generation. Call generate_image with a prompt; results link to the saved full image (imagegen://images/...) and include a small preview. Use list_providers to see models and the sizes they accept.",
+            "Image generation. Call generate_image with a prompt; results link to the saved full image (imagegen://images/...) and include a small preview. `model` takes a name or an alias (`fast`, `best`); results name the model that served and carry `notes` (a replacement for a shut-down model, a deprecation). Use list_providers to see models, their lifecycle and what they accept.",
         )
     }
 
