@@ -5,11 +5,18 @@
 //! limit, while a 1024x1024 PNG is 1-3 MB. So the full image is saved and linked, and the
 //! inline copy is a downscaled preview whose base64 keeps the whole result under
 //! `output.preview_budget_bytes`.
+//!
+//! An animated GIF is previewed by its first frame. An SVG is never inlined as itself, since
+//! clients show raster images only: its preview is a PNG rendering made by resvg with nothing
+//! loaded from outside the markup (see [`render_svg`]).
+
+use std::io::Cursor;
 
 use base64::Engine as _;
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageEncoder};
-use imagegen_providers::GeneratedImage;
+use imagegen_providers::{GeneratedImage, ImageFormat};
+use resvg::{tiny_skia, usvg};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -170,11 +177,95 @@ fn encode(small: &DynamicImage, quality: u8) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// The largest side of a GIF frame decoded for a preview, and the most memory its decoder may
+/// take: a GIF declares its size in its header, and a hostile one can claim 65535 x 65535.
+const MAX_DECODE_SIDE: u32 = 8192;
+const MAX_DECODE_ALLOC: u64 = 8192 * 8192 * 4;
+
+/// The most SVG markup rendered for a preview; a model's drawing is a few hundred kilobytes.
+const MAX_SVG_BYTES: usize = 8 * 1024 * 1024;
+
+/// The first frame of a GIF, decoded within the limits above; later frames are never read.
+fn first_gif_frame(bytes: &[u8]) -> Result<DynamicImage, String> {
+    use image::{AnimationDecoder as _, ImageDecoder as _};
+    let unreadable = |e: image::ImageError| format!("could not decode the GIF for a preview: {e}");
+    let mut decoder =
+        image::codecs::gif::GifDecoder::new(Cursor::new(bytes)).map_err(unreadable)?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_DECODE_SIDE);
+    limits.max_image_height = Some(MAX_DECODE_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_ALLOC);
+    decoder.set_limits(limits).map_err(unreadable)?;
+    let frame = decoder
+        .into_frames()
+        .next()
+        .ok_or("could not decode the GIF for a preview: it has no frames")?
+        .map_err(unreadable)?;
+    Ok(DynamicImage::ImageRgba8(frame.into_buffer()))
+}
+
+/// Renders SVG markup to RGBA with its longer side `side` pixels.
+///
+/// The markup comes from a model and may be hostile, so nothing outside it is loaded: no
+/// resource directory, and `<image>` references resolve to nothing, whether paths, `file:`
+/// or `http:` URLs, or embedded `data:` images (so those parts are left empty; decoding an
+/// embedded image of unchecked size is how a small file asks for gigabytes). resvg never runs
+/// scripts or fetches stylesheets, and is built without text support, so no system fonts are
+/// read and text is not drawn in previews. The XML parser refuses entity-expansion bombs, and
+/// the input and raster sizes are bounded.
+pub fn render_svg(bytes: &[u8], side: u32) -> Result<DynamicImage, String> {
+    if bytes.len() > MAX_SVG_BYTES {
+        return Err(format!(
+            "the SVG is {} bytes, over the {MAX_SVG_BYTES} bytes a preview renders",
+            bytes.len()
+        ));
+    }
+    let tree = usvg::Tree::from_data(bytes, &svg_options())
+        .map_err(|e| format!("could not read the SVG for a preview: {e}"))?;
+    let size = tree.size();
+    let scale = side as f32 / size.width().max(size.height());
+    let fit = |n: f32| ((n * scale).round() as u32).clamp(1, side);
+    let (width, height) = (fit(size.width()), fit(size.height()));
+    let mut pixmap = tiny_skia::Pixmap::new(width, height)
+        .ok_or("could not render the SVG for a preview: no raster of that size")?;
+    let transform = tiny_skia::Transform::from_scale(
+        width as f32 / size.width(),
+        height as f32 / size.height(),
+    );
+    resvg::render(&tree, transform, &mut pixmap.as_mut());
+    image::RgbaImage::from_raw(width, height, pixmap.take_demultiplied())
+        .map(DynamicImage::ImageRgba8)
+        .ok_or_else(|| "could not render the SVG for a preview".to_string())
+}
+
+/// How previews parse SVG: no resource directory, and every `<image>` reference, path, URL or
+/// `data:`, resolved to nothing.
+fn svg_options() -> usvg::Options<'static> {
+    usvg::Options {
+        resources_dir: None,
+        image_href_resolver: usvg::ImageHrefResolver {
+            resolve_data: Box::new(|_, _, _| None),
+            resolve_string: Box::new(|_, _| None),
+        },
+        ..usvg::Options::default()
+    }
+}
+
+/// The pixels a preview is made from: the image itself, a GIF's first frame, or an SVG's
+/// rendering (kept RGBA, so its preview is a PNG with crisp edges, not a JPEG).
+fn preview_source(image: &GeneratedImage) -> Result<DynamicImage, String> {
+    match image.format {
+        ImageFormat::Svg => render_svg(&image.bytes, PREVIEW_MAX_SIDE),
+        ImageFormat::Gif => first_gif_frame(&image.bytes).map(eight_bit),
+        _ => image::load_from_memory(&image.bytes)
+            .map(eight_bit)
+            .map_err(|e| format!("could not decode the image for a preview: {e}")),
+    }
+}
+
 /// Encodes a downscaled copy of `image` whose base64 fits in `budget` bytes.
 pub fn preview(image: &GeneratedImage, budget: usize) -> Result<Inline, String> {
-    let decoded = image::load_from_memory(&image.bytes)
-        .map_err(|e| format!("could not decode the image for a preview: {e}"))?;
-    let decoded = eight_bit(decoded);
+    let decoded = preview_source(image)?;
     let alpha = decoded.color().has_alpha();
     let mut resizer = Resizer::new();
     let mut side = PREVIEW_MAX_SIDE.min(decoded.width().max(decoded.height()));
@@ -201,6 +292,29 @@ pub fn preview(image: &GeneratedImage, budget: usize) -> Result<Inline, String> 
     ))
 }
 
+/// What the model should know about `image` beyond its pixels: that it is animated or vector,
+/// and what that means for what it is shown (`preview` true when a preview is shown).
+fn kind_note(image: &GeneratedImage, preview: bool) -> Option<String> {
+    match image.format {
+        ImageFormat::Svg => Some(
+            "vector image (SVG); the preview is a raster rendering, the saved file is the full vector image"
+                .into(),
+        ),
+        _ if image.frames > 1 && preview => Some(format!(
+            "animated, {} frames; the preview shows the first frame",
+            image.frames
+        )),
+        _ if image.frames > 1 => Some(format!("animated, {} frames", image.frames)),
+        _ => None,
+    }
+}
+
+/// Notes joined into one, or none.
+fn notes(parts: impl IntoIterator<Item = Option<String>>) -> Option<String> {
+    let parts: Vec<String> = parts.into_iter().flatten().collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 /// Decides what to inline for each image so all of them together fit `budget` bytes of base64.
 pub fn plan_inline(images: &[&GeneratedImage], mode: Delivery, budget: usize) -> Vec<InlinePlan> {
     if mode == Delivery::Link || images.is_empty() {
@@ -224,20 +338,32 @@ pub fn plan_inline(images: &[&GeneratedImage], mode: Delivery, budget: usize) ->
                 height: img.height,
                 original: true,
             };
-            let fits = original_len <= each;
+            // Clients show raster images only, so an SVG is always shown as a rendering.
+            let vector = img.format == ImageFormat::Svg;
+            let fits = original_len <= each && !vector;
+            let as_original = || InlinePlan {
+                inline: Some(original()),
+                note: kind_note(img, false),
+            };
             if fits && (mode == Delivery::Full || img.width.max(img.height) <= PREVIEW_MAX_SIDE) {
-                return InlinePlan { inline: Some(original()), note: None };
+                return as_original();
             }
-            let why_not_full = (mode == Delivery::Full).then(|| {
+            let why_not_full = (mode == Delivery::Full && !vector).then(|| {
                 format!(
                     "the full image ({original_len} bytes as base64) exceeds the inline budget of {each} bytes, so a preview is shown instead"
                 )
             });
             match preview(img, each) {
                 // Flat artwork often compresses better as the original than as a smaller JPEG.
-                Ok(p) if fits && p.base64.len() >= original_len => InlinePlan { inline: Some(original()), note: None },
-                Ok(p) => InlinePlan { inline: Some(p), note: why_not_full },
-                Err(e) => InlinePlan { inline: None, note: Some(e) },
+                Ok(p) if fits && p.base64.len() >= original_len => as_original(),
+                Ok(p) => InlinePlan {
+                    inline: Some(p),
+                    note: notes([why_not_full, kind_note(img, true)]),
+                },
+                Err(e) => InlinePlan {
+                    inline: None,
+                    note: notes([Some(e), kind_note(img, false)]),
+                },
             }
         })
         .collect()
@@ -245,8 +371,13 @@ pub fn plan_inline(images: &[&GeneratedImage], mode: Delivery, budget: usize) ->
 
 /// The sentence telling the model what it is looking at for one image.
 pub fn describe(index: usize, count: usize, stored: &StoredImage, plan: &InlinePlan) -> String {
+    let kind = match stored.frames {
+        Some(frames) => format!(" animated with {frames} frames"),
+        None if stored.mime == ImageFormat::Svg.mime() => " vector image".into(),
+        None => String::new(),
+    };
     let mut text = format!(
-        "Image {} of {count}: {}x{} {} ({} bytes) saved to {}. Full image: {} (read it with resources/read).",
+        "Image {} of {count}: {}x{} {}{kind} ({} bytes) saved to {}. Full image: {} (read it with resources/read).",
         index + 1,
         stored.width,
         stored.height,
@@ -257,6 +388,10 @@ pub fn describe(index: usize, count: usize, stored: &StoredImage, plan: &InlineP
     );
     match &plan.inline {
         Some(i) if i.original => text.push_str(" Shown inline at full size."),
+        Some(i) if stored.mime == ImageFormat::Svg.mime() => text.push_str(&format!(
+            " Shown inline as a {}x{} {} rendering; the saved file is the vector original.",
+            i.width, i.height, i.mime
+        )),
         Some(i) => text.push_str(&format!(
             " Shown inline as a {}x{} {} preview; the saved file is the full-resolution original.",
             i.width, i.height, i.mime
@@ -277,6 +412,7 @@ mod tests {
         mock::{MockProvider, MockSettings, MOCK_MODEL},
         GenerateRequest, ImageProvider,
     };
+    use std::io::Cursor;
 
     async fn images(n: u32, size: &str, background: Option<&str>) -> Vec<GeneratedImage> {
         let mut r = GenerateRequest::new("budget test", MOCK_MODEL);
@@ -367,5 +503,263 @@ mod tests {
         let plan = &plan_inline(&[&img], Delivery::Preview, 10)[0];
         assert!(plan.inline.is_none());
         assert!(plan.note.as_ref().unwrap().contains("too small"));
+    }
+
+    async fn made(format: ImageFormat, size: &str, frames: Option<u32>) -> GeneratedImage {
+        let mut r = GenerateRequest::new("media test", MOCK_MODEL);
+        r.size = Some(size.into());
+        r.output_format = Some(format);
+        r.frame_count = frames;
+        MockProvider::new(MockSettings::default())
+            .generate(&r)
+            .await
+            .unwrap()
+            .images
+            .remove(0)
+    }
+
+    fn decode_inline(inline: &Inline) -> image::RgbaImage {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&inline.base64)
+            .unwrap();
+        image::load_from_memory(&bytes).unwrap().into_rgba8()
+    }
+
+    /// The mean absolute difference per channel of two images of one size.
+    fn distance(a: &image::RgbaImage, b: &image::RgbaImage) -> f64 {
+        assert_eq!(a.dimensions(), b.dimensions());
+        let sum: u64 = a
+            .pixels()
+            .zip(b.pixels())
+            .map(|(p, q)| {
+                (0..3)
+                    .map(|c| u64::from(p.0[c].abs_diff(q.0[c])))
+                    .sum::<u64>()
+            })
+            .sum();
+        sum as f64 / (a.width() * a.height() * 3) as f64
+    }
+
+    fn gif_frames(bytes: &[u8]) -> Vec<image::RgbaImage> {
+        use image::AnimationDecoder as _;
+        image::codecs::gif::GifDecoder::new(Cursor::new(bytes))
+            .unwrap()
+            .into_frames()
+            .map(|f| f.unwrap().into_buffer())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_gif_previews_as_its_first_frame_and_says_it_is_animated() {
+        let gif = made(ImageFormat::Gif, "768x512", Some(3)).await;
+        let plan = &plan_inline(&[&gif], Delivery::Preview, 200_000)[0];
+        let inline = plan.inline.as_ref().unwrap();
+        assert!(!inline.original);
+        assert_eq!(
+            (inline.width, inline.height, inline.mime),
+            (512, 341, "image/jpeg")
+        );
+        let note = plan.note.as_deref().unwrap();
+        assert_eq!(
+            note,
+            "animated, 3 frames; the preview shows the first frame"
+        );
+        let shown = decode_inline(inline);
+        let frames = gif_frames(&gif.bytes);
+        let scaled = |f: &image::RgbaImage| {
+            image::imageops::resize(f, 512, 341, image::imageops::FilterType::Triangle)
+        };
+        let (first, second) = (
+            distance(&shown, &scaled(&frames[0])),
+            distance(&shown, &scaled(&frames[1])),
+        );
+        assert!(
+            first < 6.0 && first * 2.0 < second,
+            "first frame {first}, second {second}"
+        );
+        let stored = StoredImage {
+            name: "x.gif".into(),
+            path: "/tmp/x.gif".into(),
+            uri: "imagegen://images/x.gif".into(),
+            mime: "image/gif".into(),
+            width: 768,
+            height: 512,
+            bytes: gif.bytes.len() as u64,
+            sha256: String::new(),
+            frames: Some(3),
+        };
+        let text = describe(0, 1, &stored, plan);
+        assert!(text.contains("image/gif animated with 3 frames"), "{text}");
+        assert!(text.contains("the preview shows the first frame"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn full_mode_inlines_a_gif_that_fits_as_itself() {
+        let gif = made(ImageFormat::Gif, "64x64", Some(3)).await;
+        let plan = &plan_inline(&[&gif], Delivery::Full, 200_000)[0];
+        let inline = plan.inline.as_ref().unwrap();
+        assert_eq!((inline.original, inline.mime), (true, "image/gif"));
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&inline.base64)
+            .unwrap();
+        assert_eq!(bytes, gif.bytes.to_vec());
+        assert_eq!(plan.note.as_deref(), Some("animated, 3 frames"));
+    }
+
+    #[tokio::test]
+    async fn an_svg_previews_as_a_png_rendering_of_the_same_picture_never_as_itself() {
+        let svg = made(ImageFormat::Svg, "512x320", None).await;
+        let png = made(ImageFormat::Png, "512x320", None).await;
+        for mode in [Delivery::Preview, Delivery::Full] {
+            let plan = &plan_inline(&[&svg], mode, 1_000_000)[0];
+            let inline = plan.inline.as_ref().unwrap();
+            assert_eq!(
+                (inline.original, inline.mime, inline.width, inline.height),
+                (false, "image/png", 512, 320),
+                "{mode:?}"
+            );
+            assert_eq!(
+                plan.note.as_deref(),
+                Some("vector image (SVG); the preview is a raster rendering, the saved file is the full vector image")
+            );
+            // resvg draws the mock's markup as the mock draws its pixels, edges aside.
+            let raster = image::load_from_memory(&png.bytes).unwrap().into_rgba8();
+            let shown = decode_inline(inline);
+            let close = shown
+                .pixels()
+                .zip(raster.pixels())
+                .filter(|(a, b)| (0..3).all(|c| a.0[c].abs_diff(b.0[c]) <= 8))
+                .count();
+            assert!(close > 512 * 320 * 95 / 100, "{close} pixels alike");
+        }
+        // A small SVG is still rendered at the preview size: vectors scale for free.
+        let icon = made(ImageFormat::Svg, "64x32", None).await;
+        let inline = preview(&icon, 1_000_000).unwrap();
+        assert_eq!((inline.width, inline.height), (512, 256));
+    }
+
+    #[test]
+    fn a_hostile_svg_is_previewed_without_loading_anything_it_points_at() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let red = dir.path().join("red.png");
+        image::RgbaImage::from_pixel(16, 16, image::Rgba([255, 0, 0, 255]))
+            .save(&red)
+            .unwrap();
+        let red = red.display().to_string();
+        let red_data =
+            base64::engine::general_purpose::STANDARD.encode(std::fs::read(&red).unwrap());
+        let markup = format!(
+            r##"<?xml version="1.0"?>
+<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="100" height="100">
+  <rect width="100" height="100" fill="#0000ff"/>
+  <image href="http://127.0.0.1:{port}/x.png" x="0" y="0" width="50" height="50"/>
+  <image xlink:href="{red}" x="50" y="0" width="50" height="50"/>
+  <image href="file://{red}" x="0" y="50" width="50" height="50"/>
+  <image href="red.png" x="25" y="25" width="50" height="50"/>
+  <image href="data:image/png;base64,{red_data}" x="50" y="50" width="50" height="50"/>
+  <use href="http://127.0.0.1:{port}/defs.svg#shape"/>
+  <style>@import url("http://127.0.0.1:{port}/style.css");</style>
+  <script>fetch("http://127.0.0.1:{port}/script")</script>
+  <text x="10" y="90" font-size="40" fill="red">text needs fonts</text>
+</svg>"##
+        );
+        let svg = GeneratedImage::new(Bytes::from(markup), ImageFormat::Svg, 100, 100);
+        let inline = preview(&svg, 1_000_000).unwrap();
+        let shown = decode_inline(&inline);
+        assert_eq!(shown.dimensions(), (512, 512));
+        let reddish = shown
+            .pixels()
+            .filter(|p| p.0[0] > 128 && p.0[1] < 100 && p.0[2] < 100)
+            .count();
+        assert_eq!(reddish, 0, "no referenced image or text was drawn");
+        assert!(
+            shown.pixels().all(|p| p.0[2] > 200),
+            "the blue rectangle is all there is"
+        );
+        // The references were real: usvg's default resolver would have loaded them.
+        let ours = svg_options();
+        let default = usvg::Options::default();
+        let data = std::sync::Arc::new(std::fs::read(&red).unwrap());
+        assert!((default.image_href_resolver.resolve_string)(&red, &default).is_some());
+        assert!(
+            (default.image_href_resolver.resolve_data)("image/png", data.clone(), &default)
+                .is_some()
+        );
+        assert!((ours.image_href_resolver.resolve_string)(&red, &ours).is_none());
+        assert!((ours.image_href_resolver.resolve_data)("image/png", data, &ours).is_none());
+        // An external entity is refused by the parser, not read.
+        let entity = format!(
+            "<?xml version=\"1.0\"?><!DOCTYPE svg [<!ENTITY ext SYSTEM \"file://{red}\">]>\
+             <svg xmlns=\"http://www.w3.org/2000/svg\" width=\"10\" height=\"10\"><text>&ext;</text></svg>"
+        );
+        let entity = GeneratedImage::new(Bytes::from(entity), ImageFormat::Svg, 10, 10);
+        assert!(preview(&entity, 1_000_000).unwrap_err().contains("entity"));
+        match listener.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("the preview connected to the test's listener: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn svg_bombs_and_giant_gifs_fail_cleanly_and_fast() {
+        let started = std::time::Instant::now();
+        let mut laughs =
+            String::from("<?xml version=\"1.0\"?>\n<!DOCTYPE svg [\n<!ENTITY l0 \"ha\">\n");
+        for i in 1..12 {
+            let prev = format!("&l{};", i - 1).repeat(10);
+            laughs.push_str(&format!("<!ENTITY l{i} \"{prev}\">\n"));
+        }
+        laughs.push_str("]>\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"10\" height=\"10\"><text>&l11;</text></svg>");
+        let bomb = GeneratedImage::new(Bytes::from(laughs), ImageFormat::Svg, 10, 10);
+        // Refused by the parser or rendered without the text: either way, quickly.
+        let _ = preview(&bomb, 100_000);
+        let huge = format!(
+            "<svg width='10' height='10'><desc>{}</desc></svg>",
+            " ".repeat(MAX_SVG_BYTES)
+        );
+        let huge = GeneratedImage::new(Bytes::from(huge), ImageFormat::Svg, 10, 10);
+        assert!(preview(&huge, 100_000).unwrap_err().contains("over the"));
+        let junk = GeneratedImage::new(
+            Bytes::from_static(b"<svg width='1'"),
+            ImageFormat::Svg,
+            1,
+            1,
+        );
+        assert!(preview(&junk, 100_000).unwrap_err().contains("SVG"));
+        // A GIF declaring 65535 x 65535 is refused before its screen is allocated.
+        let mut gif = b"GIF89a\xFF\xFF\xFF\xFF\x00\x00\x00".to_vec();
+        gif.extend_from_slice(&[0x2C, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0]);
+        gif.extend_from_slice(&[2, 2, 0x4C, 0x01, 0, 0x3B]);
+        let gif = GeneratedImage::new(Bytes::from(gif), ImageFormat::Gif, 65535, 65535);
+        assert!(preview(&gif, 100_000).unwrap_err().contains("GIF"));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// Timing of an SVG preview, for the numbers in the docs: run with
+    /// `cargo test --release --lib svg_preview_timing -- --ignored --nocapture`.
+    #[tokio::test]
+    #[ignore = "a measurement, not a check"]
+    async fn svg_preview_timing() {
+        for size in ["1024x1024", "1536x1024"] {
+            let svg = made(ImageFormat::Svg, size, None).await;
+            preview(&svg, 80_000).unwrap();
+            const RUNS: u32 = 10;
+            let started = std::time::Instant::now();
+            for _ in 0..RUNS {
+                preview(&svg, 80_000).unwrap();
+            }
+            println!("svg preview {size}: {:?}", started.elapsed() / RUNS);
+        }
+        let gif = made(ImageFormat::Gif, "960x960", None).await;
+        let started = std::time::Instant::now();
+        preview(&gif, 80_000).unwrap();
+        println!("gif preview 960x960, 9 frames: {:?}", started.elapsed());
     }
 }

@@ -36,6 +36,9 @@ pub struct StoredImage {
     pub bytes: u64,
     /// Hex SHA-256 of the file's contents.
     pub sha256: String,
+    /// Frames of an animated image (a GIF); absent for a still image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frames: Option<u32>,
 }
 
 /// One entry of the stored-image listing.
@@ -78,6 +81,8 @@ fn slug(prompt: &str, max: usize) -> String {
     }
 }
 
+/// The MIME type of a stored file, from its extension: every format a provider returns
+/// (`.gif` is `image/gif`, `.svg` is `image/svg+xml`), and nothing else.
 fn mime_for_name(name: &str) -> Option<&'static str> {
     let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
     ImageFormat::ALL
@@ -152,6 +157,7 @@ impl ImageStore {
                 height: image.height,
                 bytes: image.bytes.len() as u64,
                 sha256,
+                frames: (image.frames > 1).then_some(image.frames),
             });
         }
         Err(io::Error::new(
@@ -344,5 +350,49 @@ mod tests {
         assert_eq!(slug("   ", 40), "image");
         assert_eq!(slug("Ünïcode & ../../etc", 40), "n-code-etc");
         assert!(slug(&"word ".repeat(50), 40).len() <= 41);
+    }
+
+    #[test]
+    fn gifs_and_svgs_keep_their_extension_mime_bytes_and_frame_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(dir.path());
+        let mut gif = Vec::new();
+        {
+            let mut encoder = image::codecs::gif::GifEncoder::new(&mut gif);
+            for shade in [0u8, 200] {
+                let frame = image::RgbaImage::from_pixel(6, 4, image::Rgba([shade, 0, 0, 255]));
+                encoder.encode_frame(image::Frame::new(frame)).unwrap();
+            }
+        }
+        let gif = GeneratedImage::from_encoded(Bytes::from(gif)).unwrap();
+        let svg = GeneratedImage::from_encoded(Bytes::from_static(
+            b"<svg xmlns='http://www.w3.org/2000/svg' width='30' height='20'><rect width='30' height='20'/></svg>",
+        ))
+        .unwrap();
+        for (image, ext, mime, frames) in [
+            (&gif, ".gif", "image/gif", Some(2)),
+            (&svg, ".svg", "image/svg+xml", None),
+            (&png(), ".png", "image/png", None),
+        ] {
+            let saved = store.save(image, "moving picture").unwrap();
+            assert!(saved.name.ends_with(ext), "{}", saved.name);
+            assert_eq!((saved.mime.as_str(), saved.frames), (mime, frames));
+            assert_eq!((saved.width, saved.height), (image.width, image.height));
+            let (bytes, read_mime) = store.read(&saved.name).unwrap();
+            assert_eq!((bytes.as_slice(), read_mime), (&image.bytes[..], mime));
+            let listed = store.list().unwrap();
+            let entry = listed.iter().find(|e| e.name == saved.name).unwrap();
+            assert_eq!(entry.mime, mime);
+            let json = serde_json::to_value(&saved).unwrap();
+            assert_eq!(
+                json.get("frames").and_then(|f| f.as_u64()),
+                frames.map(u64::from)
+            );
+            assert_eq!(
+                json.get("frames").is_some(),
+                frames.is_some(),
+                "absent when still"
+            );
+        }
     }
 }

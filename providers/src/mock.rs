@@ -6,9 +6,15 @@
 //! partial images (`latency` with `partial_images`) let retries, progress and cancellation be
 //! exercised offline.
 //!
+//! `output_format = gif` animates the same picture: the shapes slide sideways, frame by frame,
+//! in a looping GIF of `frame_count` frames. `output_format = svg` writes the same shapes as
+//! SVG markup. `complexity` sets how many shapes there are (low fewer, high more).
+//!
 //! Edits and variations transform the first input image the same deterministic way: resized to
 //! the requested size, tinted and overdrawn with shapes from a hash of the prompt, but only
-//! where the mask is transparent, so tests can check that masked-off pixels are kept.
+//! where the mask is transparent, so tests can check that masked-off pixels are kept. With a
+//! `markup` layer, only the pixels the markup draws on change (or, with a mask too, those plus
+//! the ones the mask opens).
 
 use std::{
     io::Cursor,
@@ -226,13 +232,21 @@ impl ImageProvider for MockProvider {
         request: &GenerateRequest,
         events: &Events,
     ) -> Result<GenerateResult, ProviderError> {
+        let encoding = Encoding::new(
+            &self.settings.catalog,
+            &request.model,
+            request.output_format,
+            request.output_compression,
+            request.frame_count,
+            request.frame_duration_ms,
+        );
         let request = Arc::new(request.clone());
         let (for_preview, for_render) = (Arc::clone(&request), Arc::clone(&request));
         self.serve(
             request.partial_images,
             events,
-            move || render_preview(&for_preview),
-            move || render_all(&for_render),
+            move || render_preview(&for_preview, encoding),
+            move || render_all(&for_render, encoding),
         )
         .await
     }
@@ -254,14 +268,22 @@ impl ImageProvider for MockProvider {
                 "an edit needs at least one input image",
             ));
         }
+        let encoding = Encoding::new(
+            &self.settings.catalog,
+            &request.model,
+            request.output_format,
+            request.output_compression,
+            request.frame_count,
+            request.frame_duration_ms,
+        );
         // Cloning shares the image bytes; only the request's small fields are copied.
         let request = Arc::new(request.clone());
         let (for_preview, for_render) = (Arc::clone(&request), Arc::clone(&request));
         self.serve(
             request.partial_images,
             events,
-            move || Edit::new(&for_preview, 4)?.render(&for_preview, 0),
-            move || edit_all(&for_render),
+            move || Edit::new(&for_preview, 4)?.render(&for_preview, 0, encoding),
+            move || edit_all(&for_render, encoding),
         )
         .await
     }
@@ -285,13 +307,14 @@ impl ImageProvider for MockProvider {
         );
         edit.size = request.size.clone();
         edit.n = request.n;
+        let encoding = Encoding::new(catalog, &request.model, None, None, None, None);
         let edit = Arc::new(edit);
         let for_preview = Arc::clone(&edit);
         self.serve(
             None,
             &Events::none(),
-            move || Edit::new(&for_preview, 4)?.render(&for_preview, 0),
-            move || edit_all(&edit),
+            move || Edit::new(&for_preview, 4)?.render(&for_preview, 0, encoding),
+            move || edit_all(&edit, encoding),
         )
         .await
     }
@@ -324,10 +347,13 @@ fn decode_input(image: &InputImage, what: &str, param: &str) -> Result<RgbaImage
 }
 
 /// Every image of an edit: the input is decoded once and transformed `n` ways.
-fn edit_all(request: &EditRequest) -> Result<Vec<GeneratedImage>, ProviderError> {
+fn edit_all(
+    request: &EditRequest,
+    encoding: Encoding,
+) -> Result<Vec<GeneratedImage>, ProviderError> {
     let edit = Edit::new(request, 1)?;
     (0..request.n.max(1))
-        .map(|index| edit.render(request, index))
+        .map(|index| edit.render(request, index, encoding))
         .collect()
 }
 
@@ -336,6 +362,8 @@ struct Edit {
     input: RgbaImage,
     /// The mask at the output size; `None` lets the edit change every pixel.
     mask: Option<RgbaImage>,
+    /// The markup layer at the output size: its drawn (alpha != 0) pixels are what to change.
+    markup: Option<RgbaImage>,
 }
 
 impl Edit {
@@ -353,52 +381,89 @@ impl Edit {
         };
         let size = ((width / divisor).max(1), (height / divisor).max(1));
         let input = resized(input, size, FilterType::Triangle);
-        let mask = match &request.mask {
-            // Nearest keeps the mask's alpha crisp: a blurred edge would change kept pixels.
-            Some(mask) => Some(resized(
-                decode_input(mask, "the mask", "mask")?,
-                size,
-                FilterType::Nearest,
-            )),
-            None => None,
+        // Nearest keeps a layer's alpha crisp: a blurred edge would change kept pixels.
+        let layer = |layer: &Option<InputImage>, what: &str, param: &str| {
+            layer
+                .as_ref()
+                .map(|image| {
+                    Ok(resized(
+                        decode_input(image, what, param)?,
+                        size,
+                        FilterType::Nearest,
+                    ))
+                })
+                .transpose()
         };
-        Ok(Self { input, mask })
+        Ok(Self {
+            input,
+            mask: layer(&request.mask, "the mask", "mask")?,
+            markup: layer(&request.markup, "the markup", "markup")?,
+        })
     }
 
-    /// Output `index`: where the mask is transparent, the input tinted and overdrawn with shapes
-    /// from a hash of the prompt; elsewhere the input unchanged.
-    fn render(&self, request: &EditRequest, index: u32) -> Result<GeneratedImage, ProviderError> {
-        let format = request.output_format.unwrap_or(ImageFormat::Png);
+    /// Whether the edit may change the pixel at (x, y): never where the mask is opaque (the
+    /// mask is a hard limit); with markup, where the markup is drawn or the mask is
+    /// transparent; without markup, wherever the mask allows.
+    fn changes(&self, x: u32, y: u32) -> bool {
+        let alpha = |layer: &Option<RgbaImage>| layer.as_ref().map(|l| l.get_pixel(x, y).0[3]);
+        match (alpha(&self.mask), alpha(&self.markup)) {
+            (Some(mask), _) if mask != 0 => false,
+            (_, None) => true,
+            (mask, Some(marked)) => marked != 0 || mask.is_some(),
+        }
+    }
+
+    /// Output `index`: where the edit may change pixels, the input tinted and overdrawn with
+    /// shapes from a hash of the prompt (moving from frame to frame in a GIF); elsewhere the
+    /// input unchanged. An SVG result is the shapes over a rectangle of the input's mean colour.
+    fn render(
+        &self,
+        request: &EditRequest,
+        index: u32,
+        encoding: Encoding,
+    ) -> Result<GeneratedImage, ProviderError> {
         let seed = Seed::new(&request.prompt, request.seed.unwrap_or(0), index);
         let (width, height) = self.input.dimensions();
-        let shapes = draw(&seed, width, height, true);
-        let tint = [seed.0[8], seed.0[9], seed.0[10]];
-        let mut out = self.input.clone();
-        for (x, y, px) in out.enumerate_pixels_mut() {
-            if self
-                .mask
-                .as_ref()
-                .is_some_and(|m| m.get_pixel(x, y).0[3] != 0)
-            {
-                continue;
-            }
-            let shape = shapes.get_pixel(x, y);
-            // The edit paints what it changes, so changed pixels are opaque.
-            *px = if shape.0[3] != 0 {
-                *shape
-            } else {
-                let mix = |c: usize| ((u16::from(px.0[c]) * 3 + u16::from(tint[c]) * 2) / 5) as u8;
-                Rgba([mix(0), mix(1), mix(2), 255])
-            };
+        let scene = Scene::new(&seed, width, height, request.complexity.as_deref());
+        if encoding.format == ImageFormat::Svg {
+            let backdrop = BackDrop::Flat(mean_colour(&self.input));
+            return Ok(svg_image(&scene, width, height, backdrop));
         }
-        let bytes = encode(&out, format, request.output_compression)?;
-        Ok(GeneratedImage::new(
-            Bytes::from(bytes),
-            format,
-            width,
-            height,
-        ))
+        let tint = [seed.0[8], seed.0[9], seed.0[10]];
+        let frame = |phase: f32| {
+            let shapes = scene.draw(width, height, true, phase);
+            let mut out = self.input.clone();
+            for (x, y, px) in out.enumerate_pixels_mut() {
+                if !self.changes(x, y) {
+                    continue;
+                }
+                let shape = shapes.get_pixel(x, y);
+                // The edit paints what it changes, so changed pixels are opaque.
+                *px = if shape.0[3] != 0 {
+                    *shape
+                } else {
+                    let mix =
+                        |c: usize| ((u16::from(px.0[c]) * 3 + u16::from(tint[c]) * 2) / 5) as u8;
+                    Rgba([mix(0), mix(1), mix(2), 255])
+                };
+            }
+            out
+        };
+        encoding.image(frame, width, height)
     }
+}
+
+/// The mean colour of `img`, opaque.
+fn mean_colour(img: &RgbaImage) -> Rgba<u8> {
+    let mut sum = [0u64; 3];
+    for px in img.pixels() {
+        for (s, c) in sum.iter_mut().zip(px.0) {
+            *s += u64::from(c);
+        }
+    }
+    let count = u64::from(img.width()) * u64::from(img.height());
+    let mean = |c: usize| (sum[c] / count.max(1)) as u8;
+    Rgba([mean(0), mean(1), mean(2), 255])
 }
 
 /// `img` at `size`, untouched when it already has it.
@@ -419,36 +484,241 @@ fn dimensions(request: &GenerateRequest) -> Result<(u32, u32), ProviderError> {
     }
 }
 
-fn render_all(request: &GenerateRequest) -> Result<Vec<GeneratedImage>, ProviderError> {
+fn render_all(
+    request: &GenerateRequest,
+    encoding: Encoding,
+) -> Result<Vec<GeneratedImage>, ProviderError> {
     let size = dimensions(request)?;
     (0..request.n.max(1))
-        .map(|index| render(request, index, size))
+        .map(|index| render(request, index, size, encoding))
         .collect()
 }
 
 /// The first image drawn at a quarter of its size: the same picture, as a cheap partial.
-fn render_preview(request: &GenerateRequest) -> Result<GeneratedImage, ProviderError> {
+fn render_preview(
+    request: &GenerateRequest,
+    encoding: Encoding,
+) -> Result<GeneratedImage, ProviderError> {
     let (width, height) = dimensions(request)?;
-    render(request, 0, ((width / 4).max(1), (height / 4).max(1)))
+    render(
+        request,
+        0,
+        ((width / 4).max(1), (height / 4).max(1)),
+        encoding,
+    )
 }
 
 fn render(
     request: &GenerateRequest,
     index: u32,
     (width, height): (u32, u32),
+    encoding: Encoding,
 ) -> Result<GeneratedImage, ProviderError> {
-    let format = request.output_format.unwrap_or(ImageFormat::Png);
+    let format = encoding.format;
     let transparent =
         request.background.as_deref() == Some("transparent") && format.supports_alpha();
     let seed = Seed::new(&request.prompt, request.seed.unwrap_or(0), index);
-    let pixels = draw(&seed, width, height, transparent);
-    let bytes = encode(&pixels, format, request.output_compression)?;
-    Ok(GeneratedImage::new(
-        Bytes::from(bytes),
-        format,
+    let scene = Scene::new(&seed, width, height, request.complexity.as_deref());
+    if format == ImageFormat::Svg {
+        return Ok(svg_image(&scene, width, height, BackDrop::Gradient));
+    }
+    encoding.image(
+        |phase| scene.draw(width, height, transparent, phase),
         width,
         height,
-    ))
+    )
+}
+
+/// How the mock encodes a result: the format and, for an animated GIF, frames and delay.
+#[derive(Debug, Clone, Copy)]
+struct Encoding {
+    format: ImageFormat,
+    compression: Option<u8>,
+    /// Frames of a GIF (1 for every other format).
+    frames: u32,
+    /// Each GIF frame's delay, in the format's hundredths of a second.
+    delay_cs: u16,
+}
+
+/// The most GIF frames the mock draws whatever it is asked, so a request that skipped the
+/// catalog's checks cannot make it draw without end.
+const MAX_GIF_FRAMES: u32 = 64;
+
+impl Encoding {
+    /// The encoding a request asks for, with the catalog's GIF defaults for `model`.
+    fn new(
+        catalog: &Catalog,
+        model: &str,
+        format: Option<ImageFormat>,
+        compression: Option<u8>,
+        frame_count: Option<u32>,
+        frame_duration_ms: Option<u32>,
+    ) -> Self {
+        let format = format.unwrap_or(ImageFormat::Png);
+        let gif = catalog.get(model).gif.unwrap_or_default();
+        let frames = match format {
+            ImageFormat::Gif => frame_count
+                .unwrap_or(gif.default_frames)
+                .clamp(1, MAX_GIF_FRAMES),
+            _ => 1,
+        };
+        // GIF delays are hundredths of a second; 200 ms is what the API does by default.
+        let delay_cs = (frame_duration_ms.unwrap_or(200).saturating_add(5) / 10).min(65_535);
+        Self {
+            format,
+            compression,
+            frames,
+            delay_cs: delay_cs as u16,
+        }
+    }
+
+    /// Encodes the picture `frame(phase)` draws, phase 0.0 for a still image and
+    /// `i / frames` for frame `i` of a GIF.
+    fn image(
+        &self,
+        frame: impl Fn(f32) -> RgbaImage,
+        width: u32,
+        height: u32,
+    ) -> Result<GeneratedImage, ProviderError> {
+        if self.format != ImageFormat::Gif {
+            let bytes = encode(&frame(0.0), self.format, self.compression)?;
+            return Ok(GeneratedImage::new(
+                Bytes::from(bytes),
+                self.format,
+                width,
+                height,
+            ));
+        }
+        let bytes = encode_gif(
+            (0..self.frames).map(|i| frame(i as f32 / self.frames as f32)),
+            width,
+            height,
+            self.delay_cs,
+        )?;
+        Ok(
+            GeneratedImage::new(Bytes::from(bytes), ImageFormat::Gif, width, height)
+                .with_frames(self.frames),
+        )
+    }
+}
+
+/// Levels per channel of the GIF palette: a 6x7x6 colour cube, 252 of the 256 entries.
+const CUBE: [u32; 3] = [6, 7, 6];
+
+/// The fixed palette every mock GIF uses, as `[r, g, b, ...]`.
+fn gif_palette() -> Vec<u8> {
+    let level = |i: u32, levels: u32| (i * 255 / (levels - 1)) as u8;
+    let mut palette = Vec::with_capacity(256 * 3);
+    for r in 0..CUBE[0] {
+        for g in 0..CUBE[1] {
+            for b in 0..CUBE[2] {
+                palette.extend([level(r, CUBE[0]), level(g, CUBE[1]), level(b, CUBE[2])]);
+            }
+        }
+    }
+    palette
+}
+
+/// An animated GIF of `frames`, looping forever. Each frame is mapped to a fixed colour cube
+/// by arithmetic: a per-frame NeuQuant palette (what `image`'s encoder does) took seconds
+/// for nine 1024 px frames, and the mock's flat colours need no better.
+fn encode_gif(
+    frames: impl Iterator<Item = RgbaImage>,
+    width: u32,
+    height: u32,
+    delay_cs: u16,
+) -> Result<Vec<u8>, ProviderError> {
+    let side = |n: u32| {
+        u16::try_from(n).map_err(|_| {
+            ProviderError::new(
+                ErrorKind::InvalidRequest,
+                format!("{n} px is too large for GIF"),
+            )
+        })
+    };
+    let (w, h) = (side(width)?, side(height)?);
+    let failed = |e: gif::EncodingError| {
+        ProviderError::new(
+            ErrorKind::BadResponse,
+            format!("mock could not encode gif: {e}"),
+        )
+    };
+    let mut encoder = gif::Encoder::new(Vec::new(), w, h, &gif_palette()).map_err(failed)?;
+    encoder.set_repeat(gif::Repeat::Infinite).map_err(failed)?;
+    let quantise = |v: u8, levels: u32| (u32::from(v) * (levels - 1) + 127) / 255;
+    for img in frames {
+        let indices: Vec<u8> = img
+            .pixels()
+            .map(|px| {
+                let [r, g, b, _] = px.0;
+                let (r, g, b) = (
+                    quantise(r, CUBE[0]),
+                    quantise(g, CUBE[1]),
+                    quantise(b, CUBE[2]),
+                );
+                ((r * CUBE[1] + g) * CUBE[2] + b) as u8
+            })
+            .collect();
+        let frame = gif::Frame {
+            width: w,
+            height: h,
+            delay: delay_cs,
+            buffer: std::borrow::Cow::Owned(indices),
+            ..gif::Frame::default()
+        };
+        encoder.write_frame(&frame).map_err(failed)?;
+    }
+    encoder.into_inner().map_err(failed)
+}
+
+/// What is behind an SVG's shapes.
+enum BackDrop {
+    /// The raster drawing's vertical gradient.
+    Gradient,
+    /// One colour (an edit's input, summarised).
+    Flat(Rgba<u8>),
+}
+
+/// An SVG document of `scene`: the vector twin of the raster drawing, at `width` x `height`.
+fn svg_image(scene: &Scene, width: u32, height: u32, backdrop: BackDrop) -> GeneratedImage {
+    use std::fmt::Write as _;
+    let hex = |c: Rgba<u8>| format!("#{:02x}{:02x}{:02x}", c.0[0], c.0[1], c.0[2]);
+    let mut svg = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" \
+         width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\">\n"
+    );
+    // Writing to a String cannot fail.
+    let _ = match backdrop {
+        BackDrop::Gradient => writeln!(
+            svg,
+            "  <defs><linearGradient id=\"bg\" x1=\"0\" y1=\"0\" x2=\"0\" y2=\"1\">\
+             <stop offset=\"0\" stop-color=\"{}\"/><stop offset=\"1\" stop-color=\"{}\"/>\
+             </linearGradient></defs>\n  <rect width=\"{width}\" height=\"{height}\" fill=\"url(#bg)\"/>",
+            hex(scene.top),
+            hex(scene.bottom)
+        ),
+        BackDrop::Flat(colour) => writeln!(
+            svg,
+            "  <rect width=\"{width}\" height=\"{height}\" fill=\"{}\"/>",
+            hex(colour)
+        ),
+    };
+    for shape in &scene.shapes {
+        let _ = match *shape {
+            Shape::Circle { cx, cy, r, fill } => writeln!(
+                svg,
+                "  <circle cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"{r:.1}\" fill=\"{}\"/>",
+                hex(fill)
+            ),
+            Shape::Bar { x0, y0, w, h, fill } => writeln!(
+                svg,
+                "  <rect x=\"{x0}\" y=\"{y0}\" width=\"{w}\" height=\"{h}\" fill=\"{}\"/>",
+                hex(fill)
+            ),
+        };
+    }
+    svg.push_str("</svg>\n");
+    GeneratedImage::new(Bytes::from(svg), ImageFormat::Svg, width, height)
 }
 
 /// A stream of deterministic pseudo-random numbers derived from the request.
@@ -472,42 +742,113 @@ fn colour(rng: &mut fastrand::Rng, alpha: u8) -> Rgba<u8> {
     Rgba([rng.u8(..), rng.u8(..), rng.u8(..), alpha])
 }
 
-fn draw(seed: &Seed, width: u32, height: u32, transparent: bool) -> RgbaImage {
-    let mut rng = seed.rng();
-    let (top, bottom) = (colour(&mut rng, 255), colour(&mut rng, 255));
-    let mut img = RgbaImage::new(width, height);
-    if !transparent {
-        for y in 0..height {
-            let t = y as f32 / height.max(2).saturating_sub(1) as f32;
-            let mix =
-                |c: usize| (top.0[c] as f32 * (1.0 - t) + bottom.0[c] as f32 * t).round() as u8;
-            // Alpha is set, not mixed: float rounding would make "opaque" images 254/255 alpha.
-            let px = Rgba([mix(0), mix(1), mix(2), 255]);
-            for x in 0..width {
-                img.put_pixel(x, y, px);
-            }
+/// One shape of a drawing.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    Circle {
+        cx: f32,
+        cy: f32,
+        r: f32,
+        fill: Rgba<u8>,
+    },
+    Bar {
+        x0: u32,
+        y0: u32,
+        w: u32,
+        h: u32,
+        fill: Rgba<u8>,
+    },
+}
+
+/// What a mock picture holds: a vertical gradient and shapes, all from the request's seed, so
+/// the raster, GIF and SVG renderings of one request show the same picture.
+struct Scene {
+    top: Rgba<u8>,
+    bottom: Rgba<u8>,
+    shapes: Vec<Shape>,
+}
+
+impl Scene {
+    /// The scene of `seed` at `width` x `height`; `complexity` sets how many shapes it has
+    /// (unset: 3 to 7, as before the parameter existed; low: about half; medium: 4 more;
+    /// high: twice as many and 12 more). The shapes of a simpler level are the first ones of
+    /// a richer level, drawn from the same random stream.
+    fn new(seed: &Seed, width: u32, height: u32, complexity: Option<&str>) -> Self {
+        let mut rng = seed.rng();
+        let (top, bottom) = (colour(&mut rng, 255), colour(&mut rng, 255));
+        let base = 3 + rng.u32(..5);
+        let count = match complexity {
+            Some("low") => base.div_ceil(2),
+            Some("medium") => base + 4,
+            Some("high") => base * 2 + 12,
+            _ => base,
+        };
+        let scale = width.min(height) as f32;
+        let shapes = (0..count)
+            .map(|_| {
+                let fill = colour(&mut rng, 255);
+                if rng.bool() {
+                    let (cx, cy) = (rng.f32() * width as f32, rng.f32() * height as f32);
+                    let r = scale * (0.05 + rng.f32() * 0.25);
+                    Shape::Circle { cx, cy, r, fill }
+                } else {
+                    let w = (width as f32 * (0.1 + rng.f32() * 0.5)) as u32;
+                    let h = (height as f32 * (0.03 + rng.f32() * 0.15)) as u32;
+                    let x0 = rng.u32(..width.saturating_sub(w).max(1));
+                    let y0 = rng.u32(..height.saturating_sub(h).max(1));
+                    Shape::Bar { x0, y0, w, h, fill }
+                }
+            })
+            .collect();
+        Self {
+            top,
+            bottom,
+            shapes,
         }
     }
-    let scale = width.min(height) as f32;
-    for _ in 0..(3 + rng.u32(..5)) {
-        let fill = colour(&mut rng, 255);
-        if rng.bool() {
-            let (cx, cy) = (rng.f32() * width as f32, rng.f32() * height as f32);
-            let r = scale * (0.05 + rng.f32() * 0.25);
-            fill_circle(&mut img, cx, cy, r, fill);
-        } else {
-            let w = (width as f32 * (0.1 + rng.f32() * 0.5)) as u32;
-            let h = (height as f32 * (0.03 + rng.f32() * 0.15)) as u32;
-            let x0 = rng.u32(..width.saturating_sub(w).max(1));
-            let y0 = rng.u32(..height.saturating_sub(h).max(1));
-            for y in y0..(y0 + h).min(height) {
-                for x in x0..(x0 + w).min(width) {
-                    img.put_pixel(x, y, fill);
+
+    /// The scene in pixels, with each shape moved sideways by `phase` (0.0..1.0) of the width,
+    /// alternately right and left and wrapping around, so the frames of a GIF loop smoothly.
+    fn draw(&self, width: u32, height: u32, transparent: bool, phase: f32) -> RgbaImage {
+        let (top, bottom) = (self.top, self.bottom);
+        let mut img = RgbaImage::new(width, height);
+        if !transparent {
+            for y in 0..height {
+                let t = y as f32 / height.max(2).saturating_sub(1) as f32;
+                let mix =
+                    |c: usize| (top.0[c] as f32 * (1.0 - t) + bottom.0[c] as f32 * t).round() as u8;
+                // Alpha is set, not mixed: float rounding would make "opaque" images 254/255 alpha.
+                let px = Rgba([mix(0), mix(1), mix(2), 255]);
+                for x in 0..width {
+                    img.put_pixel(x, y, px);
                 }
             }
         }
+        for (i, shape) in self.shapes.iter().enumerate() {
+            let direction = if i % 2 == 0 { 1.0 } else { -1.0 };
+            let shift = phase * width as f32 * direction;
+            match *shape {
+                Shape::Circle { cx, cy, r, fill } => {
+                    let cx = if phase == 0.0 {
+                        cx
+                    } else {
+                        (cx + shift).rem_euclid(width as f32)
+                    };
+                    fill_circle(&mut img, cx, cy, r, fill);
+                }
+                Shape::Bar { x0, y0, w, h, fill } => {
+                    let x0 = (i64::from(x0) + shift as i64).rem_euclid(i64::from(width.max(1)));
+                    let x0 = x0 as u32;
+                    for y in y0..(y0 + h).min(height) {
+                        for x in x0..(x0 + w).min(width) {
+                            img.put_pixel(x, y, fill);
+                        }
+                    }
+                }
+            }
+        }
+        img
     }
-    img
 }
 
 fn fill_circle(img: &mut RgbaImage, cx: f32, cy: f32, r: f32, fill: Rgba<u8>) {
@@ -574,10 +915,12 @@ fn encode(
         ImageFormat::Webp => image::codecs::webp::WebPEncoder::new_lossless(&mut out)
             .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgba8)
             .map_err(failed)?,
+        // Animations and markup take their own paths (`Encoding::image`, `svg_image`).
         ImageFormat::Gif | ImageFormat::Svg => {
-            return Err(ProviderError::unsupported(format!(
-                "the mock cannot encode {format} yet"
-            )))
+            return Err(ProviderError::new(
+                ErrorKind::BadResponse,
+                format!("mock: a still {format} encoder was asked for"),
+            ))
         }
     }
     Ok(out.into_inner())
@@ -883,5 +1226,283 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Unsupported);
         assert!(err.message.contains("dall-e-2, mock-image-1"), "{err}");
+    }
+
+    /// Every frame of a GIF, decoded, with its delay in milliseconds.
+    fn gif_frames(bytes: &[u8]) -> Vec<(RgbaImage, u32)> {
+        use image::AnimationDecoder as _;
+        let decoder = image::codecs::gif::GifDecoder::new(Cursor::new(bytes)).unwrap();
+        decoder
+            .into_frames()
+            .map(|frame| {
+                let frame = frame.unwrap();
+                let (numer, denom) = frame.delay().numer_denom_ms();
+                (frame.into_buffer(), numer / denom.max(1))
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn gifs_have_the_frames_asked_for_each_different_and_looping() {
+        let p = provider();
+        let mut r = GenerateRequest::new("a bouncing ball", MOCK_MODEL);
+        r.size = Some("64x48".into());
+        r.output_format = Some(ImageFormat::Gif);
+        r.frame_count = Some(4);
+        r.frame_duration_ms = Some(120);
+        let result = p.generate(&r).await.unwrap();
+        let gif = &result.images[0];
+        assert_eq!(
+            (gif.format, gif.frames, gif.width, gif.height),
+            (ImageFormat::Gif, 4, 64, 48)
+        );
+        let info = probe(&gif.bytes).unwrap();
+        assert_eq!(
+            (info.format, info.width, info.height, info.frames),
+            (ImageFormat::Gif, 64, 48, 4)
+        );
+        let frames = gif_frames(&gif.bytes);
+        assert_eq!(frames.len(), 4);
+        for (i, (frame, delay)) in frames.iter().enumerate() {
+            assert_eq!(frame.dimensions(), (64, 48), "frame {i}");
+            assert_eq!(*delay, 120, "frame {i}");
+            assert!(frame.pixels().all(|p| p.0[3] == 255), "frame {i} is opaque");
+            for (j, (other, _)) in frames.iter().enumerate().skip(i + 1) {
+                let differing = frame
+                    .pixels()
+                    .zip(other.pixels())
+                    .filter(|(a, b)| a != b)
+                    .count();
+                assert!(
+                    differing > 64 * 48 / 50,
+                    "frames {i} and {j} differ in {differing} px"
+                );
+            }
+        }
+        assert_eq!(
+            p.generate(&r).await.unwrap().images,
+            result.images,
+            "deterministic"
+        );
+        // The catalog's default frame count and the API's default duration.
+        r.frame_count = None;
+        r.frame_duration_ms = None;
+        let result = p.generate(&r).await.unwrap();
+        assert_eq!(result.images[0].frames, 9);
+        let frames = gif_frames(&result.images[0].bytes);
+        assert_eq!((frames.len(), frames[0].1), (9, 200));
+        // The first frame is the still picture, in the GIF's palette.
+        r.output_format = None;
+        let still = pixels(&p.generate(&r).await.unwrap().images[0]);
+        let close = still
+            .pixels()
+            .zip(frames[0].0.pixels())
+            .all(|(a, b)| (0..3).all(|c| a.0[c].abs_diff(b.0[c]) <= 26));
+        assert!(
+            close,
+            "frame 0 is the PNG's picture within the palette's steps"
+        );
+    }
+
+    #[tokio::test]
+    async fn svgs_are_the_same_picture_as_markup_at_the_requested_size() {
+        let p = provider();
+        let mut r = GenerateRequest::new("a lighthouse", MOCK_MODEL);
+        r.size = Some("320x200".into());
+        r.output_format = Some(ImageFormat::Svg);
+        let result = p.generate(&r).await.unwrap();
+        let svg = &result.images[0];
+        assert_eq!(
+            (svg.format, svg.frames, svg.width, svg.height),
+            (ImageFormat::Svg, 1, 320, 200)
+        );
+        let info = probe(&svg.bytes).unwrap();
+        assert_eq!(
+            (info.format, info.width, info.height),
+            (ImageFormat::Svg, 320, 200)
+        );
+        let text = std::str::from_utf8(&svg.bytes).unwrap();
+        assert!(text.contains(r#"viewBox="0 0 320 200""#), "{text}");
+        let seed = Seed::new("a lighthouse", 0, 0);
+        let scene = Scene::new(&seed, 320, 200, None);
+        let hex = |c: Rgba<u8>| format!("#{:02x}{:02x}{:02x}", c.0[0], c.0[1], c.0[2]);
+        assert!(
+            text.contains(&hex(scene.top)) && text.contains(&hex(scene.bottom)),
+            "{text}"
+        );
+        let shapes = text.matches("<circle").count() + text.matches("<rect x=").count();
+        assert_eq!(shapes, scene.shapes.len(), "{text}");
+        assert_eq!(p.generate(&r).await.unwrap().images, result.images);
+        // An SVG edit: the edit's shapes over the input's mean colour.
+        let mut e = edit_request("vectorise");
+        e.output_format = Some(ImageFormat::Svg);
+        let edited = p.edit(&e).await.unwrap();
+        assert_eq!(
+            probe(&edited.images[0].bytes).map(|i| (i.format, i.width)),
+            Ok((ImageFormat::Svg, 64))
+        );
+    }
+
+    #[tokio::test]
+    async fn complexity_levels_draw_fewer_or_more_shapes_and_unset_is_unchanged() {
+        let seed = Seed::new("a city at night", 3, 0);
+        let count = |level| Scene::new(&seed, 256, 256, level).shapes.len();
+        let (unset, low, medium, high) = (
+            count(None),
+            count(Some("low")),
+            count(Some("medium")),
+            count(Some("high")),
+        );
+        assert!((3..=7).contains(&unset), "{unset}");
+        assert!(
+            low < unset && unset < medium && medium < high,
+            "{low} {unset} {medium} {high}"
+        );
+        let p = provider();
+        let mut r = GenerateRequest::new("a city at night", MOCK_MODEL);
+        r.size = Some("96x96".into());
+        r.seed = Some(3);
+        let mut outputs = Vec::new();
+        for level in [None, Some("low"), Some("medium"), Some("high")] {
+            r.complexity = level.map(str::to_owned);
+            outputs.push(p.generate(&r).await.unwrap().images[0].bytes.clone());
+        }
+        for i in 0..outputs.len() {
+            for j in i + 1..outputs.len() {
+                assert_ne!(outputs[i], outputs[j], "levels {i} and {j}");
+            }
+        }
+        // Unset complexity draws what the mock drew before the parameter existed: these are
+        // the pixel hashes of the mock at commit 358d959.
+        for (prompt, size, seed, golden) in [
+            (
+                "a city at night",
+                "96x96",
+                3,
+                "95f18e57c0e9ea0b3188738775459c070b61e317b531ba88eebf91670e74a4a1",
+            ),
+            (
+                "golden",
+                "200x120",
+                0,
+                "56a2443efec605602719fa8ba889fabbb28a7b6cb89cdaa70e57708d9cc5433e",
+            ),
+        ] {
+            let mut r = GenerateRequest::new(prompt, MOCK_MODEL);
+            r.size = Some(size.into());
+            r.seed = Some(seed);
+            let px = pixels(&p.generate(&r).await.unwrap().images[0]);
+            let hash: [u8; 32] = Sha256::digest(px.as_raw()).into();
+            let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(hex, golden, "{prompt}");
+        }
+    }
+
+    /// A markup layer: an opaque red ring-ish disc at (48, 48) radius 10, the rest transparent.
+    fn markup(width: u32, height: u32) -> Bytes {
+        let img = RgbaImage::from_fn(width, height, |x, y| {
+            let (dx, dy) = (x as i32 - 48, y as i32 - 48);
+            Rgba([255, 0, 0, if dx * dx + dy * dy <= 100 { 255 } else { 0 }])
+        });
+        Bytes::from(encode(&img, ImageFormat::Png, None).unwrap())
+    }
+
+    fn marked(x: u32, y: u32) -> bool {
+        let (dx, dy) = (x as i32 - 48, y as i32 - 48);
+        dx * dx + dy * dy <= 100
+    }
+
+    #[tokio::test]
+    async fn markup_edits_change_only_the_marked_pixels_unless_a_mask_opens_more() {
+        let input = image::load_from_memory(&photo(64, 64))
+            .unwrap()
+            .into_rgba8();
+        let mut r = edit_request("make the circled thing gold");
+        r.markup = Some(InputImage::new(
+            markup(64, 64),
+            ImageFormat::Png,
+            "markup.png",
+        ));
+        let out = pixels(&provider().edit(&r).await.unwrap().images[0]);
+        let (mut kept, mut marked_total, mut changed) = (0, 0, 0);
+        for (x, y, px) in out.enumerate_pixels() {
+            if marked(x, y) {
+                marked_total += 1;
+                changed += usize::from(px != input.get_pixel(x, y));
+            } else {
+                assert_eq!(px, input.get_pixel(x, y), "unmarked pixel at {x},{y}");
+                kept += 1;
+            }
+        }
+        assert_eq!(kept + marked_total, 64 * 64);
+        assert!(
+            marked_total > 300 && changed > marked_total * 9 / 10,
+            "{changed} of {marked_total}"
+        );
+
+        // With a mask keeping the left half and opening the right: the right half changes
+        // (the mask opens it), the left half is kept, marked or not.
+        let mut r = edit_request("make the circled thing gold");
+        r.markup = Some(InputImage::new(
+            markup(64, 64),
+            ImageFormat::Png,
+            "markup.png",
+        ));
+        r.mask = Some(InputImage::new(
+            half_mask(64, 64),
+            ImageFormat::Png,
+            "mask.png",
+        ));
+        let out = pixels(&provider().edit(&r).await.unwrap().images[0]);
+        let mut right_changed = 0;
+        for (x, y, px) in out.enumerate_pixels() {
+            if x < 32 {
+                assert_eq!(px, input.get_pixel(x, y), "masked pixel at {x},{y}");
+            } else {
+                right_changed += usize::from(px != input.get_pixel(x, y));
+            }
+        }
+        assert!(right_changed > 32 * 64 * 9 / 10, "{right_changed}");
+    }
+
+    #[tokio::test]
+    async fn gif_edits_animate_the_edited_picture() {
+        let mut r = edit_request("make it dance");
+        r.output_format = Some(ImageFormat::Gif);
+        r.frame_count = Some(3);
+        let result = provider().edit(&r).await.unwrap();
+        let gif = &result.images[0];
+        assert_eq!(
+            (gif.format, gif.frames, gif.width, gif.height),
+            (ImageFormat::Gif, 3, 64, 64)
+        );
+        let frames = gif_frames(&gif.bytes);
+        assert_eq!(frames.len(), 3);
+        assert_ne!(frames[0].0, frames[1].0);
+        assert_eq!(probe(&gif.bytes).map(|i| i.frames), Ok(3));
+    }
+
+    /// Timing of the GIF path, for the numbers in the docs: run with
+    /// `cargo test --release -p imagegen-providers --lib gif_timing -- --ignored --nocapture`.
+    #[tokio::test]
+    #[ignore = "a measurement, not a check"]
+    async fn gif_timing() {
+        let p = provider();
+        for size in ["512x512", "1024x1024"] {
+            let mut r = GenerateRequest::new("timing", MOCK_MODEL);
+            r.size = Some(size.into());
+            r.output_format = Some(ImageFormat::Gif);
+            p.generate(&r).await.unwrap();
+            let started = std::time::Instant::now();
+            const RUNS: u32 = 5;
+            let mut bytes = 0;
+            for _ in 0..RUNS {
+                bytes = p.generate(&r).await.unwrap().images[0].bytes.len();
+            }
+            println!(
+                "gif 9 frames {size}: {:?} per image, {bytes} bytes",
+                started.elapsed() / RUNS
+            );
+        }
     }
 }

@@ -13,7 +13,7 @@ use imagegen_providers::{
     openai::{OpenAiProvider, OpenAiSettings},
     validate::{check, check_edit, check_edit_images, parse_size},
     EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult, ImageFormat, ImageProvider,
-    InputImage, Param, ProviderEvent, VariationRequest,
+    InputImage, Param, ProviderEvent, SvgOptions, VariationRequest,
 };
 use serde_json::{json, Value};
 use wiremock::{
@@ -83,6 +83,35 @@ async fn conformance(provider: &dyn ImageProvider) -> usize {
             let result = generate(req).await;
             assert_images(kind, &result, &model, 1, (width, height), format);
         }
+    }
+
+    // An animation: a small frame, as GIF frame caps require, and more than one frame.
+    if caps.formats.contains(&ImageFormat::Gif) && caps.gif.is_some() {
+        let mut req = one.clone();
+        req.size = Some(format!("{GIF_SIDE}x{GIF_SIDE}"));
+        req.output_format = Some(ImageFormat::Gif);
+        req.frame_count = Some(3);
+        let result = generate(req).await;
+        assert_images(
+            kind,
+            &result,
+            &model,
+            1,
+            (GIF_SIDE, GIF_SIDE),
+            ImageFormat::Gif,
+        );
+    }
+
+    // Vector markup, written by the text model `svg.model` names.
+    if caps.formats.contains(&ImageFormat::Svg) {
+        let mut req = one.clone();
+        req.output_format = Some(ImageFormat::Svg);
+        req.svg = Some(SvgOptions {
+            model: Some("gpt-5.2".into()),
+            reasoning: None,
+        });
+        let result = generate(req).await;
+        assert_images(kind, &result, &model, 1, (width, height), ImageFormat::Svg);
     }
 
     if caps.takes(Param::Stream) {
@@ -181,6 +210,22 @@ async fn edits(
         assert_images(kind, &result, model, 1, (width, height), ImageFormat::Jpeg);
     }
 
+    if caps.formats.contains(&ImageFormat::Gif) && caps.gif.is_some() {
+        let mut req = one.clone();
+        req.size = Some(format!("{GIF_SIDE}x{GIF_SIDE}"));
+        req.output_format = Some(ImageFormat::Gif);
+        req.frame_count = Some(3);
+        let result = edit(req, Events::none()).await;
+        assert_images(
+            kind,
+            &result,
+            model,
+            1,
+            (GIF_SIDE, GIF_SIDE),
+            ImageFormat::Gif,
+        );
+    }
+
     if caps.takes(Param::Stream) {
         let mut req = one.clone();
         req.partial_images = Some(2);
@@ -203,6 +248,11 @@ fn source_size(image: &InputImage) -> (u32, u32) {
     (info.width, info.height)
 }
 
+/// The frame side of the suite's animations: under every model's GIF frame cap.
+const GIF_SIDE: u32 = 256;
+
+/// Checks `result` holds `n` images of `format` at the size asked for, read from the bytes
+/// themselves: raster and GIF images decode (a GIF has more than one frame), SVGs measure.
 fn assert_images(
     kind: &str,
     result: &GenerateResult,
@@ -218,8 +268,21 @@ fn assert_images(
         assert_eq!(img.mime(), format.mime(), "{kind}");
         assert_eq!(ImageFormat::sniff(&img.bytes), Some(format), "{kind}");
         assert_eq!((img.width, img.height), (width, height), "{kind}");
-        let info = probe(&img.bytes).unwrap();
+        let info = probe(&img.bytes).unwrap_or_else(|e| panic!("{kind}: {e}"));
         assert_eq!((info.width, info.height), (width, height), "{kind}");
+        assert_eq!(img.frames, info.frames, "{kind}: frames as the bytes say");
+        match format {
+            ImageFormat::Gif => assert!(info.frames > 1, "{kind}: a GIF of one frame"),
+            _ => assert_eq!(info.frames, 1, "{kind}: {format} is still"),
+        }
+        if format == ImageFormat::Svg {
+            let text = std::str::from_utf8(&img.bytes).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            assert!(
+                text.trim_end().ends_with("</svg>"),
+                "{kind}: a whole SVG document"
+            );
+            continue;
+        }
         let decoded = image::load_from_memory(&img.bytes).unwrap_or_else(|e| panic!("{kind}: {e}"));
         assert_eq!(
             (decoded.width(), decoded.height()),
@@ -238,6 +301,32 @@ async fn mock_provider_conforms() {
 /// A fake OpenAI: answers each generation with `n` images of the requested size and format,
 /// or with a stream of partial images and the final one when asked to stream.
 struct FakeOpenAi;
+
+/// An animated GIF of `frames` frames, base64 as the API sends it.
+fn encoded_gif(width: u32, height: u32, frames: u64) -> String {
+    let mut out = Vec::new();
+    {
+        let mut encoder = image::codecs::gif::GifEncoder::new_with_speed(&mut out, 30);
+        for i in 0..frames {
+            let pixels = image::RgbaImage::from_pixel(
+                width,
+                height,
+                image::Rgba([200, 20 * i as u8, 0, 255]),
+            );
+            encoder.encode_frame(image::Frame::new(pixels)).unwrap();
+        }
+    }
+    base64::engine::general_purpose::STANDARD.encode(out)
+}
+
+/// SVG markup, base64 as the API sends it (the raw file, no `data:` prefix).
+fn encoded_svg(width: u32, height: u32) -> String {
+    let svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+         viewBox=\"0 0 {width} {height}\"><circle cx=\"10\" cy=\"10\" r=\"5\" fill=\"red\"/></svg>"
+    );
+    base64::engine::general_purpose::STANDARD.encode(svg)
+}
 
 fn encoded(width: u32, height: u32, shade: u8, format: image::ImageFormat) -> String {
     let pixels = image::RgbImage::from_pixel(width, height, image::Rgb([200, 20, shade]));
@@ -276,6 +365,19 @@ impl Respond for FakeOpenAi {
             .as_str()
             .and_then(parse_size)
             .unwrap_or((1024, 1024));
+        let media = match body["output_format"].as_str() {
+            Some("gif") => Some(encoded_gif(
+                width,
+                height,
+                body["frame_count"].as_u64().unwrap_or(9),
+            )),
+            Some("svg") => Some(encoded_svg(width, height)),
+            _ => None,
+        };
+        if let Some(image) = media {
+            return ResponseTemplate::new(200)
+                .set_body_json(json!({"created": 1, "data": [{"b64_json": image}]}));
+        }
         let format = match body["output_format"].as_str().unwrap_or("png") {
             "jpeg" => image::ImageFormat::Jpeg,
             "webp" => image::ImageFormat::WebP,
