@@ -524,7 +524,6 @@ async fn the_format_is_read_from_the_bytes_not_the_echoed_output_format() {
 }
 
 #[tokio::test]
-#[ignore = "needs GIF/SVG probing from the media branch"]
 async fn a_gif_answer_arrives_as_base64_and_is_sniffed_as_gif() {
     let server = MockServer::start().await;
     let animation = gif(8, 6, 3);
@@ -541,7 +540,6 @@ async fn a_gif_answer_arrives_as_base64_and_is_sniffed_as_gif() {
 }
 
 #[tokio::test]
-#[ignore = "needs GIF/SVG probing from the media branch"]
 async fn an_svg_answer_arrives_as_base64_and_is_sniffed_as_svg() {
     let server = MockServer::start().await;
     mount(&server, ok_claiming(SVG.as_bytes(), "png")).await;
