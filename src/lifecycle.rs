@@ -387,7 +387,7 @@ mod tests {
         let before = live(&catalog, &watch, "2026-11-30");
         assert_eq!(
             before.lifecycle("gpt-image-1.5").state,
-            ModelState::ShutDown
+            ModelState::Deprecated
         );
         let today = live(&catalog, &watch, "2026-12-01");
         assert_eq!(today.lifecycle("gpt-image-1.5").state, ModelState::ShutDown);

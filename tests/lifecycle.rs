@@ -440,6 +440,7 @@ async fn serve_checks_the_upstream_in_the_background_and_merges_announced_dates(
     let envs = [
         ("OPENAI_API_KEY", SENTINEL_KEY),
         ("OPENAI_BASE_URL", base.as_str()),
+        ("IMAGEGEN_CATALOG__CHECK_UPSTREAM", "true"),
     ];
     let server = Server::start(home.path(), &envs, ProtocolVersion::V_2025_11_25).await;
     // The check runs beside start-up: the server answered the handshake without waiting for it.

@@ -85,7 +85,7 @@ async def run(binary: str, mode: str) -> None:
             assert gif.structured_content["model"] == "mock-image-1", gif.structured_content
             assert animated["mime"] == "image/gif" and animated["frames"] == 3, animated
             read = await client.read_resource(animated["uri"])
-            assert read.contents[0].mimeType == "image/gif"
+            assert read.contents[0].mime_type == "image/gif"
             assert base64.b64decode(read.contents[0].blob).startswith(b"GIF8")
 
             svg = await client.call_tool(
