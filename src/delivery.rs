@@ -747,10 +747,10 @@ mod tests {
     #[tokio::test]
     #[ignore = "a measurement, not a check"]
     async fn svg_preview_timing() {
+        const RUNS: u32 = 10;
         for size in ["1024x1024", "1536x1024"] {
             let svg = made(ImageFormat::Svg, size, None).await;
             preview(&svg, 80_000).unwrap();
-            const RUNS: u32 = 10;
             let started = std::time::Instant::now();
             for _ in 0..RUNS {
                 preview(&svg, 80_000).unwrap();
@@ -758,8 +758,22 @@ mod tests {
             println!("svg preview {size}: {:?}", started.elapsed() / RUNS);
         }
         let gif = made(ImageFormat::Gif, "960x960", None).await;
-        let started = std::time::Instant::now();
         preview(&gif, 80_000).unwrap();
-        println!("gif preview 960x960, 9 frames: {:?}", started.elapsed());
+        let started = std::time::Instant::now();
+        for _ in 0..RUNS {
+            first_gif_frame(&gif.bytes).unwrap();
+        }
+        println!(
+            "gif first frame 960x960, 9 frames: {:?}",
+            started.elapsed() / RUNS
+        );
+        let started = std::time::Instant::now();
+        for _ in 0..RUNS {
+            preview(&gif, 80_000).unwrap();
+        }
+        println!(
+            "gif preview 960x960, 9 frames: {:?}",
+            started.elapsed() / RUNS
+        );
     }
 }
