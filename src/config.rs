@@ -6,6 +6,7 @@
 //! it with the source of every value.
 
 mod error;
+pub(crate) mod files;
 mod load;
 mod show;
 
@@ -18,6 +19,21 @@ use serde::{Deserialize, Serialize};
 pub use error::ConfigError;
 pub use imagegen_providers::secret::fingerprint;
 pub use load::{Input, LoadedConfig, ResolvedKey};
+
+/// `url` with any `user:password@` replaced by `***@`, for every place a URL is shown: a
+/// gateway's credentials in `base_url` are as secret as an API key.
+pub fn redacted_url(url: &str) -> String {
+    // By hand rather than through `url::Url`, so that an unparsable URL is redacted too.
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}***{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
 
 /// Command-line flags that override every other layer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -441,6 +457,27 @@ impl Default for MockConfig {
             fail_sequence: Vec::new(),
             max_in_flight: None,
             defaults: Defaults::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials_and_keep_the_rest() {
+        for (url, shown) in [
+            (
+                "http://user:SENTINEL@host:8080/v1?a=b@c",
+                "http://***@host:8080/v1?a=b@c",
+            ),
+            ("https://SENTINEL@host/v1", "https://***@host/v1"),
+            ("https://api.openai.com/v1", "https://api.openai.com/v1"),
+            ("user:SENTINEL@host/v1", "***@host/v1"),
+            ("http://host/v1/@x", "http://host/v1/@x"),
+        ] {
+            assert_eq!(redacted_url(url), shown, "{url}");
         }
     }
 }

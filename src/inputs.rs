@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use imagegen_providers::{ErrorKind, InputImage};
 
-use crate::{error::ToolError, storage::ImageStore};
+use crate::{
+    config::files::{self, FileError},
+    error::ToolError,
+    storage::ImageStore,
+};
 
 /// Where inputs may be read from, and how large they may be.
 #[derive(Debug, Clone)]
@@ -88,6 +92,8 @@ impl InputPolicy {
     pub fn resolve(&self, spec: &str, role: InputRole) -> Result<InputImage, ToolError> {
         let spec = spec.trim();
         let param = role.param();
+        let from_file = spec.starts_with(crate::storage::IMAGE_URI_PREFIX)
+            || (!spec.starts_with("data:") && looks_like_path(spec));
         let bytes = if let Some(name) = spec.strip_prefix(crate::storage::IMAGE_URI_PREFIX) {
             if !crate::storage::is_valid_name(name) {
                 return Err(ToolError::invalid_param(
@@ -112,6 +118,11 @@ impl InputPolicy {
         };
         let ext = imagegen_providers::image_info::sniff(&bytes).map_or("bin", |f| f.extension());
         InputImage::sniffed(bytes, role.file_name(ext)).map_err(|mut e| {
+            if from_file {
+                // The error quotes the first bytes: fine for the caller's own data, not for a
+                // file on this machine.
+                e.message = format!("`{spec}` is not a PNG, JPEG or WebP image");
+            }
             e.param = Some(param);
             ToolError::from_provider(e, None, None)
         })
@@ -183,32 +194,67 @@ impl InputPolicy {
         if !self.allows(&real) {
             return Err(refused());
         }
-        let meta = std::fs::metadata(&real).map_err(|e| {
-            ToolError::new(
+        // The checked name may be swapped for a link, a FIFO or a device before it is opened:
+        // open it once, without following a link, and check what was opened, through the
+        // handle, before reading through the same handle. No byte of a refused file is read.
+        let limit = self.limit(role);
+        let (file, len) = files::open_regular(&real, false).map_err(|e| match e {
+            FileError::NotRegular => {
+                ToolError::invalid_param(&param, format!("`{spec}` is not a regular file"))
+            }
+            FileError::TooLarge(n) => self.too_large(role, n),
+            FileError::Io(e) if is_link_refusal(&e) => refused(),
+            FileError::Io(e) => ToolError::new(
                 ErrorKind::NotFound,
                 format!("{param}: cannot read `{spec}`: {e}"),
-            )
+            ),
         })?;
-        if !meta.is_file() {
-            return Err(ToolError::invalid_param(
-                &param,
-                format!("`{spec}` is not a file"),
-            ));
+        if !self.opened_inside(&file) {
+            return Err(refused());
         }
-        if meta.len() > self.limit(role) {
-            return Err(self.too_large(role, meta.len()));
+        if len > limit {
+            return Err(self.too_large(role, len));
         }
-        std::fs::read(&real).map_err(|e| {
-            ToolError::new(
+        files::read_capped(file, limit).map_err(|e| match e {
+            FileError::TooLarge(n) => self.too_large(role, n),
+            e => ToolError::new(
                 ErrorKind::NotFound,
                 format!("{param}: cannot read `{spec}`: {e}"),
-            )
+            ),
         })
+    }
+
+    /// Whether the file behind the open handle lies in an allowed directory: a directory
+    /// along the checked path may have been swapped for a link since the check.
+    fn opened_inside(&self, file: &std::fs::File) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd as _;
+            match std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) {
+                Ok(opened) => self.allows(&opened),
+                // Without /proc (a sandbox) the name check above is what remains.
+                Err(_) => true,
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = file;
+            true
+        }
     }
 
     fn allows(&self, path: &Path) -> bool {
         self.allowed.iter().any(|dir| path.starts_with(dir))
     }
+}
+
+/// Whether opening failed because the last component had become a symbolic link.
+fn is_link_refusal(e: &std::io::Error) -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    let eloop = Some(libc::ELOOP);
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let eloop: Option<i32> = None;
+    eloop.is_some() && e.raw_os_error() == eloop
 }
 
 /// Whether `spec` names a file rather than carrying base64 (which may contain `/` too).
@@ -328,6 +374,91 @@ mod tests {
             .resolve("imagegen://images/../../etc/passwd", InputRole::Mask)
             .unwrap_err();
         assert_eq!(err.kind, "invalid_request");
+    }
+
+    /// A name swapped between a regular file and links out of the allowed directories, as
+    /// fast as possible, while it is read: only the allowed file's bytes are ever returned,
+    /// and no error quotes a byte of another file.
+    #[tokio::test]
+    async fn a_link_swapped_in_after_the_check_is_never_followed() {
+        let fx = fixture().await;
+        let inside = png().await;
+        std::fs::write(fx.outside.join("secret.txt"), "SECRET-BYTES").unwrap();
+        let mut bigger = inside.clone();
+        bigger.extend_from_slice(b"trailing bytes make it another file");
+        std::fs::write(fx.outside.join("secret.png"), &bigger).unwrap();
+        let race = fx.out.join("race.png");
+        std::fs::write(&race, &inside).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (out, outside, stop) = (fx.out.clone(), fx.outside.clone(), stop.clone());
+            let inside = inside.clone();
+            std::thread::spawn(move || {
+                let targets = [outside.join("secret.txt"), outside.join("secret.png")];
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let tmp = out.join(".swap");
+                    let _ = std::fs::remove_file(&tmp);
+                    if i % 2 == 0 {
+                        std::os::unix::fs::symlink(&targets[i / 2 % 2], &tmp).unwrap();
+                    } else {
+                        std::fs::write(&tmp, &inside).unwrap();
+                    }
+                    std::fs::rename(&tmp, out.join("race.png")).unwrap();
+                    i += 1;
+                }
+            })
+        };
+        let started = std::time::Instant::now();
+        let (mut read, mut refused) = (0, 0);
+        while started.elapsed() < std::time::Duration::from_millis(1500) {
+            match fx.policy.resolve("race.png", InputRole::Image(0)) {
+                Ok(image) => {
+                    assert_eq!(
+                        image.bytes.as_ref(),
+                        inside.as_slice(),
+                        "a swapped-in file was read"
+                    );
+                    read += 1;
+                }
+                Err(e) => {
+                    // "SECR" in hex, as the not-an-image message would quote it.
+                    assert!(!e.message.contains("53 45 43 52"), "{}", e.message);
+                    assert!(!e.message.contains("SECRET"), "{}", e.message);
+                    assert!(
+                        ["permission", "not_found"].contains(&e.kind.as_str()),
+                        "{e:?}"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert!(read > 0 && refused > 0, "read {read}, refused {refused}");
+    }
+
+    #[tokio::test]
+    async fn fifos_and_devices_are_refused_without_reading() {
+        let fx = fixture().await;
+        assert!(std::process::Command::new("mkfifo")
+            .arg(fx.out.join("pipe.png"))
+            .status()
+            .unwrap()
+            .success());
+        let policy = InputPolicy::new(
+            &ImageStore::new(&fx.out),
+            &[PathBuf::from("/dev")],
+            1_000_000,
+            100_000,
+        );
+        for spec in ["pipe.png", "/dev/zero"] {
+            let err = policy.resolve(spec, InputRole::Image(0)).unwrap_err();
+            assert!(
+                err.message.contains("not a regular file"),
+                "{spec}: {err:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -27,6 +27,9 @@ use crate::{
 /// How long to wait before reading a file again that was empty, half-written or invalid.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(250);
 
+/// The longest a reload may spend reading the configuration.
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Loads the configuration as it is now (the files, the environment, the flags).
 pub type Loader = Arc<dyn Fn() -> Result<LoadedConfig, ConfigError> + Send + Sync>;
 
@@ -150,7 +153,9 @@ impl Live {
     /// Loads the configuration with `load` and builds the first state; an invalid
     /// configuration fails here, at start-up, with the reason.
     pub fn start(load: Loader, log: LogControl) -> anyhow::Result<Self> {
-        let loaded = load().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let loaded = load()
+            .and_then(|l| l.check_output_dir().map(|()| l))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let clients = ClientCache::default();
         let engine = Engine::build(&loaded, None, &clients)?;
         log_notices(&loaded, true);
@@ -191,9 +196,20 @@ impl Live {
     async fn load_now(&self) -> Result<LoadedConfig, ConfigError> {
         let load = self.load.clone();
         // File reads may stall (network filesystems): keep them off the async workers.
-        tokio::task::spawn_blocking(move || load())
-            .await
-            .unwrap_or_else(|e| Err(ConfigError::new(format!("loading panicked: {e}"))))
+        let task = tokio::task::spawn_blocking(move || {
+            load().and_then(|l| l.check_output_dir().map(|()| l))
+        });
+        // Reads that block anyway (a hung network mount) fail the reload rather than stall
+        // every later one behind `reloading`.
+        match tokio::time::timeout(LOAD_TIMEOUT, task).await {
+            Ok(done) => {
+                done.unwrap_or_else(|e| Err(ConfigError::new(format!("loading panicked: {e}"))))
+            }
+            Err(_) => Err(ConfigError::new(format!(
+                "reading the configuration took longer than {} s; is a file on a stalled mount?",
+                LOAD_TIMEOUT.as_secs()
+            ))),
+        }
     }
 
     /// Reads the configuration again and publishes it if it changed and is valid.
@@ -366,6 +382,64 @@ pub fn watch_dirs(loaded: &LoadedConfig) -> BTreeSet<PathBuf> {
     dirs
 }
 
+/// The paths whose change may change `loaded`: the files read (or looked for), every
+/// symbolic link on the way to them and its target (Kubernetes' `key -> ..data/key`,
+/// `..data -> ..2026_…`), so a swap of `..data` counts while a log file written next to the
+/// config file does not.
+pub fn watch_paths(loaded: &LoadedConfig) -> BTreeSet<PathBuf> {
+    let mut files: Vec<&Path> = loaded.inputs().iter().map(|i| i.path.as_path()).collect();
+    if loaded.file.is_none() {
+        files.extend(loaded.searched().iter().map(PathBuf::as_path));
+    }
+    let mut out = BTreeSet::new();
+    for file in files {
+        let mut todo = vec![file.to_path_buf()];
+        // A bound, since links may form a loop.
+        let mut budget = 64;
+        while let Some(path) = todo.pop() {
+            budget -= 1;
+            if budget == 0 {
+                break;
+            }
+            if !out.insert(path.clone()) {
+                continue;
+            }
+            for link in path.ancestors() {
+                let Some(parent) = link.parent() else { break };
+                let is_link = std::fs::symlink_metadata(link).is_ok_and(|m| m.is_symlink());
+                if let (true, Ok(target)) = (is_link, std::fs::read_link(link)) {
+                    out.insert(link.to_path_buf());
+                    let rest = path.strip_prefix(link).unwrap_or(Path::new(""));
+                    todo.push(parent.join(target).join(rest));
+                }
+            }
+        }
+        out.extend(std::fs::canonicalize(file).ok());
+    }
+    // Events may name a path through its directory's real path (macOS reports those).
+    let real: Vec<PathBuf> = out
+        .iter()
+        .filter_map(|p| {
+            Some(
+                std::fs::canonicalize(p.parent()?)
+                    .ok()?
+                    .join(p.file_name()?),
+            )
+        })
+        .collect();
+    out.extend(real);
+    out
+}
+
+/// Whether an event on `paths` may concern one of `wanted` ([`watch_paths`]): it names one
+/// of them or a directory on the way to one. An event naming no path may hide anything.
+fn concerns(paths: &[PathBuf], wanted: &BTreeSet<PathBuf>) -> bool {
+    paths.is_empty()
+        || paths
+            .iter()
+            .any(|p| wanted.iter().any(|w| w.starts_with(p)))
+}
+
 /// Whether a file event may mean a changed file; opening and reading (ours included) do not.
 fn may_change(kind: &notify::EventKind) -> bool {
     use notify::event::{AccessKind, AccessMode, EventKind};
@@ -423,9 +497,20 @@ impl Watches {
 pub async fn watch(live: Arc<Live>) {
     // Capacity 1: events that arrive while one is pending add nothing.
     let (tx, mut events) = tokio::sync::mpsc::channel::<()>(1);
+    let wanted = Arc::new(std::sync::RwLock::new(watch_paths(&live.snapshot().loaded)));
+    let filter = wanted.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // An error (such as a lost event queue) may hide a change too.
-        if event.as_ref().map_or(true, |e| may_change(&e.kind)) {
+        // Only the files the configuration comes from: reacting to anything else in their
+        // directories turns a log file kept there into a reload loop.
+        let relevant = match &event {
+            // An error (such as a lost event queue) may hide a change too.
+            Err(_) => true,
+            Ok(e) => {
+                may_change(&e.kind)
+                    && concerns(&e.paths, &filter.read().unwrap_or_else(|p| p.into_inner()))
+            }
+        };
+        if relevant {
             let _ = tx.try_send(());
         }
     });
@@ -465,7 +550,10 @@ pub async fn watch(live: Arc<Live>) {
         }
         live.reload().await;
         // The key files may have moved: watch where the configuration in force points.
-        watches.sync(watch_dirs(&live.snapshot().loaded));
+        let snapshot = live.snapshot();
+        let loaded = &snapshot.loaded;
+        *wanted.write().unwrap_or_else(|p| p.into_inner()) = watch_paths(loaded);
+        watches.sync(watch_dirs(loaded));
     }
 }
 
@@ -772,6 +860,31 @@ mod tests {
             dirs.contains(&secrets) || dirs.contains(&canonical(&secrets)),
             "{dirs:?}"
         );
+    }
+
+    #[test]
+    fn only_events_on_the_files_read_or_links_to_them_count() {
+        let fx = Fixture::new("");
+        let secret = fx.dir.path().join("secret");
+        std::fs::create_dir_all(secret.join("..v1")).unwrap();
+        std::fs::write(secret.join("..v1/key"), A).unwrap();
+        std::os::unix::fs::symlink("..v1", secret.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/key", secret.join("key")).unwrap();
+        fx.write(&format!(
+            "[providers.openai]\napi_key_file = \"{}\"\n",
+            secret.join("key").display()
+        ));
+        let wanted = watch_paths(&fx.loader()().unwrap());
+        let at = |p: &Path| concerns(&[p.to_path_buf()], &wanted);
+        assert!(at(&fx.file), "{wanted:?}");
+        assert!(at(&secret.join("key")), "{wanted:?}");
+        assert!(at(&secret.join("..data")), "the swap of ..data: {wanted:?}");
+        assert!(at(&secret.join("..v1")), "{wanted:?}");
+        assert!(at(&secret.join("..v1/key")), "{wanted:?}");
+        assert!(!at(&fx.dir.path().join("server.log")), "{wanted:?}");
+        assert!(!at(&secret.join("..data_tmp")), "{wanted:?}");
+        assert!(!at(&secret.join("..v2")), "{wanted:?}");
+        assert!(concerns(&[], &wanted), "an event naming nothing counts");
     }
 
     #[test]

@@ -206,7 +206,8 @@ enum ConfigCommand {
 fn init_logging(default: &str) -> LogControl {
     use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _, EnvFilter};
     let from_env = std::env::var("RUST_LOG").is_ok_and(|v| !v.trim().is_empty());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(quiet_watcher(default)));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     // stdout belongs to the MCP protocol (and to `generate`'s output): logs go to stderr only.
     tracing_subscriber::registry()
@@ -220,12 +221,22 @@ fn init_logging(default: &str) -> LogControl {
     LogControl::new(
         move |level| {
             handle
-                .reload(EnvFilter::new(level))
+                .reload(EnvFilter::new(quiet_watcher(level)))
                 .map_err(|e| e.to_string())
         },
         default,
         from_env.then(|| "RUST_LOG".to_string()),
     )
+}
+
+/// `filter` with the file watcher's own logs held to warnings, unless it names the watcher:
+/// at debug and trace `notify` logs every event, so a log file in a watched directory would
+/// feed itself.
+fn quiet_watcher(filter: &str) -> String {
+    if filter.contains("notify") {
+        return filter.to_string();
+    }
+    format!("{},notify=warn", filter.trim_end_matches(','))
 }
 
 fn absolute(path: Option<PathBuf>) -> anyhow::Result<Option<PathBuf>> {
@@ -267,6 +278,9 @@ fn one_shot_engine(
         ..CliOverrides::default()
     };
     let loaded = load(&overrides)?;
+    loaded
+        .check_output_dir()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     log.apply(loaded.config.log_level.as_deref());
     Ok(Arc::new(Engine::from_config(&loaded)?))
 }
@@ -635,6 +649,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let loaded = LoadedConfig::load(&overrides).map_err(|e| anyhow::anyhow!("{e}"));
             match (cmd, loaded) {
                 (ConfigCommand::Check, Ok(loaded)) => {
+                    loaded
+                        .check_output_dir()
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
                     let engine = Engine::from_config(&loaded)?;
                     for warning in engine.lifecycle_warnings() {
                         println!("warning: {warning}");

@@ -366,7 +366,7 @@ async fn single_result(
             with_previews(mode, move || success_result(&engine, &generation, mode)).await
         }
         Err(error) => {
-            tracing::warn!(kind = %error.kind, provider = ?error.provider, "{tool} failed: {}", error.message);
+            tracing::warn!(kind = %error.kind, provider = ?error.provider, message = ?error.message, "{tool} failed");
             error_result(error)
         }
     }

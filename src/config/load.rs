@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     error::{describe, dotted, ConfigError},
-    CliOverrides, Config, Defaults, ProviderConfig,
+    files, CliOverrides, Config, Defaults, ProviderConfig,
 };
 
 /// The environment variable prefix of configuration keys.
@@ -56,6 +56,11 @@ const STRING_KEYS: [&str; 6] = [
 ];
 /// The settings an OpenAI provider's keys come from, in the order they join its pool.
 const KEY_FIELDS: [&str; 4] = ["api_key", "api_keys", "api_key_file", "api_key_files"];
+
+/// The largest key file read: a key is a line; anything bigger is the wrong file.
+const KEY_FILE_CAP: u64 = 64 << 10;
+/// The largest config file read.
+const CONFIG_FILE_CAP: u64 = 4 << 20;
 
 /// Which layer a value came from, lowest precedence first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -327,6 +332,31 @@ impl LoadedConfig {
             .iter()
             .filter(|(_, c)| c.enabled())
             .map(|(n, c)| (n.as_str(), c))
+    }
+
+    /// Checks that images can be saved, so a call fails before it is generated (and billed)
+    /// rather than after: creates `output.dir` if it is missing, then creates and removes a
+    /// probe file in it.
+    pub fn check_output_dir(&self) -> Result<(), ConfigError> {
+        let dir = self.output_dir();
+        let fail = |e: std::io::Error| {
+            let source = self
+                .sources
+                .get(&vec!["output".to_string(), "dir".to_string()])
+                .map_or("default", String::as_str);
+            ConfigError::new(format!(
+                "`output.dir` (from {source}): {} cannot be written: {e}",
+                dir.display()
+            ))
+        };
+        std::fs::create_dir_all(dir).map_err(fail)?;
+        let probe = dir.join(format!(".imagegen-write-check-{}", std::process::id()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .map_err(fail)?;
+        std::fs::remove_file(&probe).map_err(fail)
     }
 
     /// Things worth logging at start-up (nothing secret): the offline fallback, shadowed keys, ...
@@ -652,7 +682,7 @@ impl Resolve<'_> {
         path: &Path,
         inputs: &mut Vec<Input>,
     ) -> Result<String, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = files::read_text(path, KEY_FILE_CAP).map_err(|e| {
             self.merged
                 .err(field, format!("cannot read {}: {e}", path.display()))
         })?;
@@ -748,7 +778,7 @@ fn find_file(
 /// An empty file is refused: it is far more often a file caught mid-write (or truncated) than
 /// a wish for the defaults, and loading it would silently drop every provider and key.
 fn read_toml(path: &Path, inputs: &mut Vec<Input>) -> Result<Dict, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = files::read_text(path, CONFIG_FILE_CAP).map_err(|e| {
         ConfigError::new(format!("cannot read config file {}: {e}", path.display()))
     })?;
     inputs.push(Input {
@@ -947,13 +977,38 @@ fn check_defaults(defaults: &Defaults, path: &[&str], merged: &Merged) -> Result
     Ok(())
 }
 
-/// A limit of 0 would make every call wait forever.
-fn check_limit(limit: Option<usize>, key: &[&str], merged: &Merged) -> Result<(), ConfigError> {
-    if limit == Some(0) {
-        return Err(merged.err(key, "must be at least 1"));
+/// `value` at `key` must lie in `range`: durations and sizes far beyond any real use overflow
+/// the clock or the allocator (`deadline_s = 2^63` panicked every call), and 0 would make
+/// every call wait forever or fail.
+fn check_range(
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+    key: &[&str],
+    merged: &Merged,
+) -> Result<(), ConfigError> {
+    if range.contains(&value) {
+        return Ok(());
     }
-    Ok(())
+    Err(merged.err(
+        key,
+        format!("must be between {} and {}", range.start(), range.end()),
+    ))
 }
+
+/// A `usize` setting in `range` (see [`check_range`]).
+fn check_size(
+    value: usize,
+    range: std::ops::RangeInclusive<u64>,
+    key: &[&str],
+    merged: &Merged,
+) -> Result<(), ConfigError> {
+    check_range(u64::try_from(value).unwrap_or(u64::MAX), range, key, merged)
+}
+
+/// One day, in seconds: the longest any single wait or call may be set to take.
+const DAY_S: u64 = 86_400;
+/// The most calls in flight at once, overall or per provider.
+const MAX_IN_FLIGHT: u64 = 65_536;
 
 /// Checks what serde cannot: ranges and URLs.
 fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
@@ -971,32 +1026,76 @@ fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
             ));
         }
     }
-    check_limit(
-        Some(config.limits.max_in_flight),
+    check_size(
+        config.limits.max_in_flight,
+        1..=MAX_IN_FLIGHT,
         &["limits", "max_in_flight"],
         merged,
     )?;
-    check_limit(
-        Some(config.batch.max_items),
+    check_size(
+        config.batch.max_items,
+        1..=1000,
         &["batch", "max_items"],
         merged,
     )?;
-    if config.catalog.check_interval_h == 0 {
-        return Err(merged.err(&["catalog", "check_interval_h"], "must be at least 1"));
-    }
+    check_range(
+        config.catalog.check_interval_h,
+        1..=8760,
+        &["catalog", "check_interval_h"],
+        merged,
+    )?;
+    check_range(
+        config.reload.poll_s,
+        0..=DAY_S,
+        &["reload", "poll_s"],
+        merged,
+    )?;
+    check_range(
+        config.reload.debounce_ms,
+        0..=60_000,
+        &["reload", "debounce_ms"],
+        merged,
+    )?;
+    check_range(
+        config.input.max_image_mb,
+        1..=1024,
+        &["input", "max_image_mb"],
+        merged,
+    )?;
+    check_range(
+        config.input.max_mask_mb,
+        1..=1024,
+        &["input", "max_mask_mb"],
+        merged,
+    )?;
+    check_size(
+        config.output.preview_budget_bytes,
+        0..=64 << 20,
+        &["output", "preview_budget_bytes"],
+        merged,
+    )?;
     for (name, provider) in &config.providers {
         check_defaults(
             provider.defaults(),
             &["providers", name, "defaults"],
             merged,
         )?;
-        check_limit(
-            provider.max_in_flight(),
-            &["providers", name, "max_in_flight"],
-            merged,
-        )?;
+        if let Some(limit) = provider.max_in_flight() {
+            check_size(
+                limit,
+                1..=MAX_IN_FLIGHT,
+                &["providers", name, "max_in_flight"],
+                merged,
+            )?;
+        }
         match provider {
             ProviderConfig::Mock(m) => {
+                check_range(
+                    m.latency_ms,
+                    0..=600_000,
+                    &["providers", name, "latency_ms"],
+                    merged,
+                )?;
                 if !(0.0..=1.0).contains(&m.fail_rate) {
                     return Err(merged.err(
                         &["providers", name, "fail_rate"],
@@ -1010,13 +1109,22 @@ fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
                 }
             }
             ProviderConfig::Openai(o) => {
-                if o.deadline_s == 0 || o.timeout_s == 0 {
-                    let key = if o.deadline_s == 0 {
-                        "deadline_s"
-                    } else {
-                        "timeout_s"
-                    };
-                    return Err(merged.err(&["providers", name, key], "must be at least 1"));
+                let ms_cap = 3_600_000;
+                for (field, value, range) in [
+                    ("timeout_s", o.timeout_s, 1..=DAY_S),
+                    ("deadline_s", o.deadline_s, 1..=DAY_S),
+                    ("connect_timeout_s", o.connect_timeout_s, 1..=600),
+                    ("retry_base_ms", o.retry_base_ms, 0..=ms_cap),
+                    ("retry_max_ms", o.retry_max_ms, 0..=ms_cap),
+                    ("retry_after_cap_s", o.retry_after_cap_s, 0..=DAY_S),
+                    ("key_recheck_s", o.key_recheck_s, 0..=30 * DAY_S),
+                    (
+                        "max_response_mb",
+                        u64::try_from(o.max_response_mb).unwrap_or(u64::MAX),
+                        1..=4096,
+                    ),
+                ] {
+                    check_range(value, range, &["providers", name, field], merged)?;
                 }
                 let key = ["providers", name, "base_url"];
                 // The URL is not quoted back: it may carry credentials (https://user:pass@host).

@@ -47,7 +47,12 @@ impl LoadedConfig {
             .collect();
         leaves.sort_by_key(|(k, _)| k.as_str() != "kind");
         for (key, value) in leaves {
-            let Some(text) = inline(value) else { continue };
+            let Some(mut text) = inline(value) else {
+                continue;
+            };
+            if let (true, Value::String(_, url)) = (key.as_str() == "base_url", value) {
+                text = toml::Value::String(super::redacted_url(url)).to_string();
+            }
             path.push(key.clone());
             let source = self
                 .sources
