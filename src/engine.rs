@@ -489,7 +489,7 @@ fn build_provider(
             let base_url = url::Url::parse(&o.base_url).map_err(|e| {
                 anyhow::anyhow!(
                     "providers.{name}.base_url `{}` is not a URL: {e}",
-                    o.base_url
+                    crate::config::redacted_url(&o.base_url)
                 )
             })?;
             let (pool, pool_inputs) = key_pool(name, loaded, o, previous);
@@ -704,7 +704,7 @@ impl Engine {
             ModelState::ShutDown if provider.lifecycle_is_authoritative() => {
                 match (self.on_shutdown, &replacement) {
                     (OnShutdown::Replace, Some(r)) => {
-                        tracing::info!(provider = %name, requested = %model, model = %r, "replacing a shut-down model");
+                        tracing::info!(provider = ?name, requested = ?model, model = ?r, "replacing a shut-down model");
                         notes.push(format!(
                             "`{model}` was {when}; the call went to its replacement `{r}`"
                         ));
@@ -731,7 +731,7 @@ impl Engine {
                 }
             }
             ModelState::ShutDown => {
-                tracing::warn!(provider = %name, %model, "the catalog says this model was {when}; sending it as asked, since this provider's server may still serve it");
+                tracing::warn!(provider = ?name, model = ?model, state = %when, "the catalog says this model is shut down; sending it as asked, since this provider's server may still serve it");
                 notes.push(format!(
                     "the catalog says `{model}` was {when}; it was sent as asked, since this provider's server may still serve it"
                 ));
@@ -1139,7 +1139,7 @@ impl Engine {
                 "the call was cancelled by the client; nothing was saved",
             ))
         };
-        tracing::info!(provider = %name, %model, "calling the provider");
+        tracing::info!(provider = ?name, model = ?model, "calling the provider");
         let started = std::time::Instant::now();
         let partials = Mutex::new(Vec::<StoredImage>::new());
         let take_partials =
@@ -1164,13 +1164,13 @@ impl Engine {
             }
         }
         if call.cancel.is_cancelled() {
-            tracing::info!(provider = %name, elapsed_ms = started.elapsed().as_millis() as u64, "call cancelled");
+            tracing::info!(provider = ?name, elapsed_ms = started.elapsed().as_millis() as u64, "call cancelled");
             return Err(cancelled());
         }
         let result = result?;
         tracing::info!(
-            provider = %name,
-            model = %result.model,
+            provider = ?name,
+            model = ?result.model,
             images = result.images.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "provider answered"
@@ -1246,7 +1246,7 @@ impl Prepared {
             generation.requested_model = Some(self.requested_model);
         }
         for note in &notes {
-            tracing::info!(model = %generation.model, "{note}");
+            tracing::info!(model = ?generation.model, note = ?note, "result note");
         }
         generation.notes = notes;
         generation

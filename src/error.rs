@@ -55,6 +55,14 @@ impl ToolError {
         Self::from_provider(ProviderError::invalid_param(param, message), None, None)
     }
 
+    /// The server failed in a way it should not have (a bug); the call is answered anyway.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            kind: "internal".into(),
+            ..Self::storage(message)
+        }
+    }
+
     /// The image was made but could not be saved.
     pub fn storage(message: impl Into<String>) -> Self {
         Self {

@@ -343,12 +343,23 @@ where
     F: FnOnce(CallContext) -> Fut,
     Fut: std::future::Future<Output = CallToolResult>,
 {
+    use futures::FutureExt as _;
     let reporter = reporter(&context);
     let call = CallContext {
         progress: reporter.handle(),
         cancel: context.ct.clone(),
     };
-    let result = work(call).await;
+    // A bug must not leave the client waiting forever: a panicking call still gets an answer.
+    // The payload is not quoted back, since it may hold values from the call.
+    let result = std::panic::AssertUnwindSafe(work(call))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!("a tool call panicked; answering it with an internal error");
+            error_result(ToolError::internal(
+                "internal error: the call failed unexpectedly (a bug in the server)",
+            ))
+        });
     reporter.finish().await;
     result
 }
