@@ -207,6 +207,9 @@ pub struct OutputConfig {
     pub delivery: Delivery,
     /// The most base64 bytes of inline images in one tool result.
     pub preview_budget_bytes: usize,
+    /// The largest stored file `resources/read` returns, MB; a larger one is refused with a
+    /// clear error (it would not fit any client's message limit as base64).
+    pub max_read_mb: u64,
 }
 
 impl Default for OutputConfig {
@@ -215,6 +218,7 @@ impl Default for OutputConfig {
             dir: None,
             delivery: Delivery::Preview,
             preview_budget_bytes: 80_000,
+            max_read_mb: 64,
         }
     }
 }

@@ -762,13 +762,20 @@ impl ServerHandler for ImagegenServer {
         let name = ImageStore::name_from_uri(&uri)
             .ok_or_else(|| McpError::resource_not_found(format!("no such resource: {uri}"), None))?
             .to_owned();
-        let store = self.live.engine().store().clone();
-        let read = tokio::task::spawn_blocking(move || store.read(&name))
+        let engine = self.live.engine();
+        let (store, cap) = (
+            engine.store().clone(),
+            engine.output().max_read_mb.saturating_mul(1_000_000),
+        );
+        let read = tokio::task::spawn_blocking(move || store.read(&name, cap))
             .await
             .map_err(|e| McpError::internal_error(e.to_string(), None))?;
         let (bytes, mime) = read.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => {
                 McpError::resource_not_found(format!("no such resource: {uri}"), None)
+            }
+            std::io::ErrorKind::InvalidData => {
+                McpError::invalid_params(format!("cannot serve {uri}: {e}"), None)
             }
             _ => McpError::internal_error(format!("cannot read {uri}: {e}"), None),
         })?;

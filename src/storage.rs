@@ -10,6 +10,11 @@ use std::{
 };
 
 use imagegen_providers::{GeneratedImage, ImageFormat};
+
+use crate::config::files::{self, FileError};
+
+/// `ELOOP`: what opening a symbolic link with `O_NOFOLLOW` fails with on Linux.
+const ELOOP: i32 = 40;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -184,11 +189,34 @@ impl ImageStore {
     }
 
     /// Reads a stored image by name, with its MIME type.
-    pub fn read(&self, name: &str) -> io::Result<(Vec<u8>, &'static str)> {
+    ///
+    /// Only a regular file that sits in the directory itself is served: a symbolic link (to
+    /// `/proc/self/environ`, say), a FIFO or a device under an image name is refused, and so is
+    /// a file over `cap` bytes. The file is opened once and checked through its handle.
+    pub fn read(&self, name: &str, cap: u64) -> io::Result<(Vec<u8>, &'static str)> {
         let mime = mime_for_name(name)
             .filter(|_| is_valid_name(name))
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an image name"))?;
-        Ok((fs::read(self.dir.join(name))?, mime))
+        let refused = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+        let (file, len) =
+            files::open_regular(&self.dir.join(name), false).map_err(|e| match e {
+                FileError::Io(e) if e.raw_os_error() == Some(ELOOP) => {
+                    refused("it is a symbolic link, which the store never makes".into())
+                }
+                FileError::Io(e) => e,
+                FileError::NotRegular => refused("it is not a regular file".into()),
+                FileError::TooLarge(n) => refused(format!("it is too large ({n} bytes)")),
+            })?;
+        if len > cap {
+            return Err(refused(format!(
+                "it is {len} bytes, more than output.max_read_mb allows ({cap} bytes); read the file at its path instead"
+            )));
+        }
+        let bytes = files::read_capped(file, cap).map_err(|e| match e {
+            FileError::Io(e) => e,
+            other => refused(format!("it {other}")),
+        })?;
+        Ok((bytes, mime))
     }
 
     /// Every stored image, newest first. A missing directory is an empty listing.
@@ -310,7 +338,7 @@ mod tests {
         assert_ne!(a.name, b.name);
         assert!(a.name.contains("a-lighthouse-at-dusk"), "{}", a.name);
         assert_eq!((a.width, a.height, a.mime.as_str()), (4, 3, "image/png"));
-        let (bytes, mime) = store.read(&a.name).unwrap();
+        let (bytes, mime) = store.read(&a.name, u64::MAX).unwrap();
         assert_eq!((bytes.as_slice(), mime), (&img.bytes[..], "image/png"));
         assert_eq!(store.list().unwrap().len(), 2);
         assert_eq!(ImageStore::name_from_uri(&a.uri), Some(a.name.as_str()));
@@ -331,7 +359,7 @@ mod tests {
         }
         assert!(ImageStore::name_from_uri("imagegen://images/../../etc/passwd").is_none());
         let store = ImageStore::new("/tmp");
-        assert!(store.read("../etc/passwd").is_err());
+        assert!(store.read("../etc/passwd", u64::MAX).is_err());
     }
 
     #[test]
@@ -341,7 +369,10 @@ mod tests {
         let saved: Vec<_> = (0..20).map(|_| store.save(&png(), "x").unwrap()).collect();
         flush_saved();
         for image in saved {
-            assert_eq!(store.read(&image.name).unwrap().0.len() as u64, image.bytes);
+            assert_eq!(
+                store.read(&image.name, u64::MAX).unwrap().0.len() as u64,
+                image.bytes
+            );
         }
     }
 

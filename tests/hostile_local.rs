@@ -451,3 +451,82 @@ async fn a_provider_name_with_a_newline_is_logged_escaped() {
         "a caller's string started a log line of its own:\n{stderr}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 5: resources/read serves the files the store wrote, and nothing a link or a pipe points at.
+
+#[tokio::test]
+async fn resources_read_refuses_links_pipes_and_oversized_files_in_the_output_dir() {
+    let home = tempfile::tempdir().unwrap();
+    let out = home.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::os::unix::fs::symlink("/proc/self/environ", out.join("environ.png")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", out.join("passwd.png")).unwrap();
+    mkfifo(&out.join("pipe.png"));
+    std::fs::write(out.join("huge.png"), vec![0u8; 1_500_000]).unwrap();
+    let file = write_config(
+        home.path(),
+        &format!(
+            "default_provider = \"mock\"\n[catalog]\ncheck_upstream = false\n\
+             [output]\ndir = \"{}\"\nmax_read_mb = 1\n",
+            out.display()
+        ),
+    );
+    let server = Server::start_with(
+        home.path(),
+        &["--config", file.to_str().unwrap()],
+        &[("OPENAI_API_KEY", KEY_A)],
+        ProtocolVersion::V_2025_11_25,
+    )
+    .await;
+    for (name, why) in [
+        ("environ.png", "symbolic link"),
+        ("passwd.png", "symbolic link"),
+        ("pipe.png", "not a regular file"),
+        ("huge.png", "max_read_mb"),
+    ] {
+        let started = Instant::now();
+        let uri = format!("imagegen://images/{name}");
+        let err = server
+            .client
+            .read_resource(ReadResourceRequestParams::new(uri.as_str()))
+            .await
+            .expect_err(name);
+        let shown = err.to_string();
+        assert!(shown.contains(why), "{name}: {shown}");
+        assert!(
+            !shown.contains(KEY_A) && !shown.contains("root:"),
+            "{name}: {shown}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{name}");
+    }
+    // The listing shows none of them as images, and a real image still reads back.
+    let made = call(
+        &server,
+        "generate_image",
+        json!({"prompt": "x", "size": "64x64", "delivery": "link"}),
+    )
+    .await;
+    let uri = made.structured_content.unwrap()["images"][0]["uri"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let read = server
+        .client
+        .read_resource(ReadResourceRequestParams::new(uri.as_str()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        read.contents[0],
+        ResourceContents::BlobResourceContents { .. }
+    ));
+    let listed = server.client.list_all_resources().await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|r| r.name.as_str()).collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| ["environ.png", "passwd.png", "pipe.png"].contains(n)),
+        "{names:?}"
+    );
+    assert!(!server.stop().await.contains(KEY_A));
+}

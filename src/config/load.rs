@@ -1074,6 +1074,12 @@ fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
         &["output", "preview_budget_bytes"],
         merged,
     )?;
+    check_range(
+        config.output.max_read_mb,
+        1..=1024,
+        &["output", "max_read_mb"],
+        merged,
+    )?;
     for (name, provider) in &config.providers {
         check_defaults(
             provider.defaults(),
