@@ -177,10 +177,21 @@ fn encode(small: &DynamicImage, quality: u8) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// The largest side of a GIF frame decoded for a preview, and the most memory its decoder may
-/// take: a GIF declares its size in its header, and a hostile one can claim 65535 x 65535.
-const MAX_DECODE_SIDE: u32 = 8192;
-const MAX_DECODE_ALLOC: u64 = 8192 * 8192 * 4;
+/// The most pixels decoded for a preview: above the largest image any model in the catalog
+/// makes (3840x2160, or the mock's 4096x4096). A header may claim anything, and a 0.5 MB PNG
+/// of 11000x11000 decodes to half a gigabyte; such an image is saved and linked, not previewed.
+const MAX_DECODE_PIXELS: u64 = 4096 * 4096;
+/// The most memory a preview's decoder may take: that many pixels at 16 bits a channel.
+const MAX_DECODE_ALLOC: u64 = MAX_DECODE_PIXELS * 8;
+
+/// The decoder limits of every preview.
+fn decode_limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(16_384);
+    limits.max_image_height = Some(16_384);
+    limits.max_alloc = Some(MAX_DECODE_ALLOC);
+    limits
+}
 
 /// The most SVG markup rendered for a preview; a model's drawing is a few hundred kilobytes.
 const MAX_SVG_BYTES: usize = 8 * 1024 * 1024;
@@ -191,11 +202,7 @@ fn first_gif_frame(bytes: &[u8]) -> Result<DynamicImage, String> {
     let unreadable = |e: image::ImageError| format!("could not decode the GIF for a preview: {e}");
     let mut decoder =
         image::codecs::gif::GifDecoder::new(Cursor::new(bytes)).map_err(unreadable)?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_DECODE_SIDE);
-    limits.max_image_height = Some(MAX_DECODE_SIDE);
-    limits.max_alloc = Some(MAX_DECODE_ALLOC);
-    decoder.set_limits(limits).map_err(unreadable)?;
+    decoder.set_limits(decode_limits()).map_err(unreadable)?;
     let frame = decoder
         .into_frames()
         .next()
@@ -254,12 +261,25 @@ fn svg_options() -> usvg::Options<'static> {
 /// The pixels a preview is made from: the image itself, a GIF's first frame, or an SVG's
 /// rendering (kept RGBA, so its preview is a PNG with crisp edges, not a JPEG).
 fn preview_source(image: &GeneratedImage) -> Result<DynamicImage, String> {
+    let pixels = u64::from(image.width) * u64::from(image.height);
+    if image.format != ImageFormat::Svg && pixels > MAX_DECODE_PIXELS {
+        return Err(format!(
+            "no preview: the image is {}x{}, more pixels than previews decode ({MAX_DECODE_PIXELS}); the saved file is complete",
+            image.width, image.height
+        ));
+    }
+    let unreadable =
+        |e: image::ImageError| format!("could not decode the image for a preview: {e}");
     match image.format {
         ImageFormat::Svg => render_svg(&image.bytes, PREVIEW_MAX_SIDE),
         ImageFormat::Gif => first_gif_frame(&image.bytes).map(eight_bit),
-        _ => image::load_from_memory(&image.bytes)
-            .map(eight_bit)
-            .map_err(|e| format!("could not decode the image for a preview: {e}")),
+        _ => {
+            let mut reader = image::ImageReader::new(Cursor::new(&image.bytes[..]))
+                .with_guessed_format()
+                .map_err(|e| format!("could not decode the image for a preview: {e}"))?;
+            reader.limits(decode_limits());
+            reader.decode().map(eight_bit).map_err(unreadable)
+        }
     }
 }
 
@@ -489,6 +509,52 @@ mod tests {
             b64_len(imgs[0].bytes.len()) <= preview.base64.len()
         );
         assert!(inline.base64.len() <= preview.base64.len());
+    }
+
+    /// A real 1x1 PNG whose header claims `width`x`height`: what a decompression bomb's header
+    /// looks like, without the half-gigabyte of pixels.
+    fn claimed_png(width: u32, height: u32) -> Bytes {
+        fn crc32(bytes: &[u8]) -> u32 {
+            let mut crc = 0xFFFF_FFFFu32;
+            for &b in bytes {
+                crc ^= u32::from(b);
+                for _ in 0..8 {
+                    crc = if crc & 1 != 0 {
+                        (crc >> 1) ^ 0xEDB8_8320
+                    } else {
+                        crc >> 1
+                    };
+                }
+            }
+            !crc
+        }
+        let mut png = Vec::new();
+        image::DynamicImage::ImageRgba8(image::RgbaImage::new(1, 1))
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        // IHDR's data sits at bytes 16..29, its CRC (over type and data) at 29..33.
+        png[16..20].copy_from_slice(&width.to_be_bytes());
+        png[20..24].copy_from_slice(&height.to_be_bytes());
+        let crc = crc32(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        Bytes::from(png)
+    }
+
+    #[test]
+    fn a_huge_image_is_saved_and_linked_but_not_decoded_for_a_preview() {
+        let bomb = GeneratedImage::from_encoded(claimed_png(11_000, 11_000)).unwrap();
+        assert_eq!((bomb.width, bomb.height), (11_000, 11_000));
+        let plan = &plan_inline(&[&bomb], Delivery::Preview, 80_000)[0];
+        assert!(plan.inline.is_none());
+        let note = plan.note.as_deref().unwrap();
+        assert!(
+            note.contains("11000x11000") && note.contains("saved file is complete"),
+            "{note}"
+        );
+        // Under the pixel cap, the decoder's memory limit still holds a lying header to account.
+        let liar = GeneratedImage::from_encoded(claimed_png(4096, 4096)).unwrap();
+        let plan = &plan_inline(&[&liar], Delivery::Preview, 80_000)[0];
+        assert!(plan.inline.is_none() && plan.note.is_some());
     }
 
     #[test]
@@ -729,12 +795,12 @@ mod tests {
             1,
         );
         assert!(preview(&junk, 100_000).unwrap_err().contains("SVG"));
-        // A GIF declaring 65535 x 65535 is refused before its screen is allocated.
+        // A GIF declaring 65535 x 65535 is refused before anything is decoded.
         let mut gif = b"GIF89a\xFF\xFF\xFF\xFF\x00\x00\x00".to_vec();
         gif.extend_from_slice(&[0x2C, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0]);
         gif.extend_from_slice(&[2, 2, 0x4C, 0x01, 0, 0x3B]);
         let gif = GeneratedImage::new(Bytes::from(gif), ImageFormat::Gif, 65535, 65535);
-        assert!(preview(&gif, 100_000).unwrap_err().contains("GIF"));
+        assert!(preview(&gif, 100_000).unwrap_err().contains("65535x65535"));
         assert!(
             started.elapsed() < std::time::Duration::from_secs(10),
             "{:?}",

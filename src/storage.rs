@@ -409,7 +409,7 @@ mod tests {
             assert!(saved.name.ends_with(ext), "{}", saved.name);
             assert_eq!((saved.mime.as_str(), saved.frames), (mime, frames));
             assert_eq!((saved.width, saved.height), (image.width, image.height));
-            let (bytes, read_mime) = store.read(&saved.name).unwrap();
+            let (bytes, read_mime) = store.read(&saved.name, u64::MAX).unwrap();
             assert_eq!((bytes.as_slice(), read_mime), (&image.bytes[..], mime));
             let listed = store.list().unwrap();
             let entry = listed.iter().find(|e| e.name == saved.name).unwrap();
