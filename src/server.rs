@@ -490,7 +490,7 @@ fn resource_link(stored: &StoredImage) -> ContentBlock {
 
 /// The `format` values of the JSON Schema vocabulary (draft 2020-12); anything else is a
 /// schemars extension that validating clients warn about.
-const STANDARD_FORMATS: [&str; 19] = [
+pub const STANDARD_FORMATS: [&str; 19] = [
     "date-time",
     "date",
     "time",

@@ -61,6 +61,55 @@ impl wiremock::Respond for RetiredModel {
     }
 }
 
+/// A fake upstream answering every generation with `respond`.
+async fn images_stub(respond: impl wiremock::Respond + 'static) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/images/generations"))
+        .respond_with(respond)
+        .mount(&server)
+        .await;
+    server
+}
+
+/// Model `model` of provider `provider` as `list_providers` shows it.
+async fn listed_model(server: &Server, provider: &str, model: &str) -> Value {
+    let listed = server
+        .client
+        .call_tool(CallToolRequestParams::new("list_providers"))
+        .await
+        .unwrap();
+    let providers = listed.structured_content.unwrap();
+    let entry = providers["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == provider)
+        .cloned()
+        .unwrap();
+    entry["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == model)
+        .cloned()
+        .unwrap()
+}
+
+/// The `imagegen://status` resource, parsed.
+async fn status(server: &Server) -> Value {
+    let status = server
+        .client
+        .read_resource(ReadResourceRequestParams::new("imagegen://status"))
+        .await
+        .unwrap();
+    let text = serde_json::to_value(&status.contents[0]).unwrap()["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    serde_json::from_str(&text).unwrap()
+}
+
 fn config(home: &std::path::Path, toml: &str) -> String {
     let file = home.join("imagegen.toml");
     std::fs::write(&file, toml).unwrap();
@@ -69,12 +118,7 @@ fn config(home: &std::path::Path, toml: &str) -> String {
 
 #[tokio::test]
 async fn the_readme_command_with_a_key_sends_todays_default_model() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/images/generations"))
-        .respond_with(image_answer().await)
-        .mount(&upstream)
-        .await;
+    let upstream = images_stub(image_answer().await).await;
     let home = tempfile::tempdir().unwrap();
     let base = format!("{}/v1", upstream.uri());
     let envs = [
@@ -107,12 +151,7 @@ async fn with_no_key_the_cli_says_once_that_the_mock_made_the_image() {
 
 #[tokio::test]
 async fn a_config_naming_a_shut_down_model_keeps_working_through_its_replacement() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/images/generations"))
-        .respond_with(image_answer().await)
-        .mount(&upstream)
-        .await;
+    let upstream = images_stub(image_answer().await).await;
     let home = tempfile::tempdir().unwrap();
     // A gateway that passes calls to OpenAI unchanged: OpenAI's dates hold for it.
     let file = config(
@@ -178,21 +217,12 @@ async fn a_config_naming_a_shut_down_model_keeps_working_through_its_replacement
 #[tokio::test]
 async fn a_compatible_server_gets_the_old_model_and_the_replacement_only_when_it_lacks_it() {
     // One server still serves gpt-image-1.5; another has dropped it.
-    let serving = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/images/generations"))
-        .respond_with(image_answer().await)
-        .mount(&serving)
-        .await;
-    let dropped = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/images/generations"))
-        .respond_with(RetiredModel {
-            retired: "gpt-image-1.5",
-            image: image_answer().await,
-        })
-        .mount(&dropped)
-        .await;
+    let serving = images_stub(image_answer().await).await;
+    let dropped = images_stub(RetiredModel {
+        retired: "gpt-image-1.5",
+        image: image_answer().await,
+    })
+    .await;
     let home = tempfile::tempdir().unwrap();
     let file = config(
         home.path(),
@@ -249,15 +279,11 @@ async fn a_compatible_server_gets_the_old_model_and_the_replacement_only_when_it
 
 #[tokio::test]
 async fn an_active_model_the_upstream_lacks_looks_retired_and_the_status_says_so() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/images/generations"))
-        .respond_with(RetiredModel {
-            retired: "gpt-image-2",
-            image: image_answer().await,
-        })
-        .mount(&upstream)
-        .await;
+    let upstream = images_stub(RetiredModel {
+        retired: "gpt-image-2",
+        image: image_answer().await,
+    })
+    .await;
     let home = tempfile::tempdir().unwrap();
     let file = config(
         home.path(),
@@ -293,16 +319,7 @@ async fn an_active_model_the_upstream_lacks_looks_retired_and_the_status_says_so
         message.contains("the likely replacement is `gpt-image-2.6-flare`"),
         "{message}"
     );
-    let status = server
-        .client
-        .read_resource(ReadResourceRequestParams::new("imagegen://status"))
-        .await
-        .unwrap();
-    let text = serde_json::to_value(&status.contents[0]).unwrap()["text"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let status: Value = serde_json::from_str(&text).unwrap();
+    let status = status(&server).await;
     let row = status["model_lifecycle"]
         .as_array()
         .unwrap()
@@ -314,25 +331,7 @@ async fn an_active_model_the_upstream_lacks_looks_retired_and_the_status_says_so
             .is_some_and(|r| r["upstream_missing"].is_string()),
         "{status}"
     );
-    let listed = server
-        .client
-        .call_tool(CallToolRequestParams::new("list_providers"))
-        .await
-        .unwrap();
-    let providers = listed.structured_content.unwrap();
-    let openai = providers["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "openai")
-        .unwrap();
-    let gpt2 = openai["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "gpt-image-2")
-        .cloned()
-        .unwrap();
+    let gpt2 = listed_model(&server, "openai", "gpt-image-2").await;
     assert!(gpt2["upstream_missing"].is_string(), "{gpt2}");
     assert!(!server.stop().await.contains(SENTINEL_KEY));
 }
@@ -446,26 +445,7 @@ async fn serve_checks_the_upstream_in_the_background_and_merges_announced_dates(
     // The check runs beside start-up: the server answered the handshake without waiting for it.
     let mut gpt2 = Value::Null;
     for _ in 0..100 {
-        let listed = server
-            .client
-            .call_tool(CallToolRequestParams::new("list_providers"))
-            .await
-            .unwrap();
-        let providers = listed.structured_content.unwrap();
-        let openai = providers["providers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "openai")
-            .cloned()
-            .unwrap();
-        gpt2 = openai["models"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == "gpt-image-2")
-            .cloned()
-            .unwrap();
+        gpt2 = listed_model(&server, "openai", "gpt-image-2").await;
         if gpt2["shutdown_date"].is_string() {
             break;
         }
@@ -476,16 +456,7 @@ async fn serve_checks_the_upstream_in_the_background_and_merges_announced_dates(
         (Some("deprecated"), Some("2027-04-21")),
         "{gpt2}"
     );
-    let status = server
-        .client
-        .read_resource(ReadResourceRequestParams::new("imagegen://status"))
-        .await
-        .unwrap();
-    let text = serde_json::to_value(&status.contents[0]).unwrap()["text"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let status: Value = serde_json::from_str(&text).unwrap();
+    let status = status(&server).await;
     assert_eq!(
         status["upstream_checks"][0]["announced"]["gpt-image-2"], "2027-04-21",
         "{status}"

@@ -13,35 +13,12 @@ use wiremock::{
     Mock, MockServer, ResponseTemplate,
 };
 
-/// The `format` values of the JSON Schema vocabulary (draft 2020-12).
-const STANDARD_FORMATS: [&str; 19] = [
-    "date-time",
-    "date",
-    "time",
-    "duration",
-    "email",
-    "idn-email",
-    "hostname",
-    "idn-hostname",
-    "ipv4",
-    "ipv6",
-    "uri",
-    "uri-reference",
-    "iri",
-    "iri-reference",
-    "uuid",
-    "uri-template",
-    "json-pointer",
-    "relative-json-pointer",
-    "regex",
-];
-
 /// Collects the path of every `format` keyword whose value is not a standard format.
 fn nonstandard_formats(schema: &Value, at: &str, out: &mut Vec<String>) {
     match schema {
         Value::Object(map) => {
             if let Some(format) = map.get("format").and_then(Value::as_str) {
-                if !STANDARD_FORMATS.contains(&format) {
+                if !imagegen_mcp::server::STANDARD_FORMATS.contains(&format) {
                     out.push(format!("{at}: {format}"));
                 }
             }
