@@ -472,3 +472,65 @@ async fn the_size_is_sent_normalised() {
         assert_eq!(body["size"], sent, "{given:?}");
     }
 }
+
+#[tokio::test]
+async fn a_key_echoed_by_a_401_stays_out_of_the_pool_status_and_the_disable_log() {
+    let server = MockServer::start().await;
+    mount(
+        &server,
+        ResponseTemplate::new(401)
+            .set_body_json(json!({"error": {"message": KEY, "code": KEY, "type": KEY}})),
+    )
+    .await;
+    let s = settings(&server);
+    let pool = Arc::clone(&s.keys);
+    let logs = Logs::default();
+    let guard = tracing::subscriber::set_default(logs.clone());
+    let err = provider(s).generate(&request()).await.unwrap_err();
+    drop(guard);
+    assert_eq!(err.kind, ErrorKind::Auth);
+    assert_no_secret(&err, "401");
+    assert_clean(&logs.text(), "401 log");
+    assert!(logs.text().contains("API key disabled"), "{}", logs.text());
+    assert_clean(&format!("{:?}", pool.status()), "pool status");
+}
+
+// ---- partial images beyond those asked for -------------------------------------------------
+
+#[tokio::test]
+async fn partial_images_beyond_those_asked_for_are_ignored() {
+    let server = MockServer::start().await;
+    let image = b64(&png(4, 4));
+    let mut text: String = (0..5)
+        .map(|i| {
+            let data = json!({"type": "image_generation.partial_image", "b64_json": image, "partial_image_index": i});
+            format!("event: image_generation.partial_image\ndata: {data}\n\n")
+        })
+        .collect();
+    let done = json!({"type": "image_generation.completed", "b64_json": image});
+    text += &format!("event: image_generation.completed\ndata: {done}\n\n");
+    mount(
+        &server,
+        ResponseTemplate::new(200).set_body_raw(text, "text/event-stream"),
+    )
+    .await;
+    let mut r = request();
+    r.partial_images = Some(1);
+    let (events, mut rx) = imagegen_providers::Events::channel();
+    let result = provider(settings(&server))
+        .generate_with_events(&r, &events)
+        .await
+        .unwrap();
+    assert_eq!(result.images.len(), 1);
+    drop(events);
+    let mut partials = 0;
+    while let Some(event) = rx.recv().await {
+        if matches!(
+            event,
+            imagegen_providers::ProviderEvent::PartialImage { .. }
+        ) {
+            partials += 1;
+        }
+    }
+    assert_eq!(partials, 1);
+}
