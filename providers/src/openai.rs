@@ -814,6 +814,7 @@ impl OpenAiProvider {
                 "image {index}: `b64_json` is not valid base64: {e}"
             ))
         };
+        let downloaded = matches!(source, Source::Url(_));
         let (bytes, sha256) = match source {
             Source::Decoded(decoded) => decoded
                 .map(|d| (Bytes::from(d.bytes), Some(d.sha256)))
@@ -834,8 +835,14 @@ impl OpenAiProvider {
                 )))
             }
         };
-        let image = GeneratedImage::from_encoded(bytes)
-            .map_err(|e| bad(format!("image {index} is not a usable image: {e}")))?;
+        let image = GeneratedImage::from_encoded(bytes).map_err(|e| match downloaded {
+            // What a URL served is not quoted: an error that echoes a fetched page's first
+            // bytes would let an answer read whatever its URLs reach.
+            true => bad(format!(
+                "image {index}: the result URL served something that is not an image"
+            )),
+            false => bad(format!("image {index} is not a usable image: {e}")),
+        })?;
         Ok(match sha256 {
             Some(sha256) => image.with_sha256(sha256),
             None => image,

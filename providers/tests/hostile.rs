@@ -534,3 +534,36 @@ async fn partial_images_beyond_those_asked_for_are_ignored() {
     }
     assert_eq!(partials, 1);
 }
+
+#[tokio::test]
+async fn a_download_that_is_not_an_image_is_not_quoted() {
+    let server = MockServer::start().await;
+    for (name, status) in [("page", None), ("gone", Some(404))] {
+        let url = format!("/{name}.png");
+        server.reset().await;
+        Mock::given(method("GET"))
+            .and(path(url.as_str()))
+            .respond_with(match status {
+                None => ResponseTemplate::new(200).set_body_string("SECRET-ADMIN-PAGE root:x:0:0"),
+                Some(s) => ResponseTemplate::new(s).set_body_string("SECRET-ADMIN-PAGE"),
+            })
+            .mount(&server)
+            .await;
+        mount(
+            &server,
+            ResponseTemplate::new(200).set_body_json(json!({"data": [{"url": url}]})),
+        )
+        .await;
+        let err = provider(settings(&server))
+            .generate(&request())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::BadResponse, "{err}");
+        let shown = format!("{err} {err:?}");
+        assert!(
+            !shown.contains("SECRET") && !shown.contains("root:x"),
+            "{shown}"
+        );
+        assert_clean(&shown, name);
+    }
+}
