@@ -9,9 +9,12 @@
 //! image is reported as a [`ProviderEvent`] as it arrives. Only the parameters the model's catalog
 //! entry takes are sent, because OpenAI answers anything else with `400 unknown_parameter`. Results arrive as base64 (asked for on DALL·E models) or as
 //! URLs, which compatible servers may return anyway; URLs are fetched only from the base URL's
-//! host or `download_hosts`, redirects included, so a response cannot make this server fetch
-//! arbitrary addresses. Every body is read under `max_response_bytes`. Errors are classified
-//! once, in `parse_error`, and never carry the API key: only its [`fingerprint`](crate::secret::fingerprint).
+//! origin (scheme, host and port) or `download_hosts`, redirects included, so a response cannot
+//! make this server fetch arbitrary addresses or other ports of its host. An answer holding more
+//! images than were asked for is refused before any is decoded or downloaded. Every body is read
+//! under `max_response_bytes`. Errors are classified once, in `parse_error`, and every string the
+//! upstream sends is scrubbed of the pool's keys (shown as their
+//! [`fingerprint`](crate::secret::fingerprint)) and the base URL's password at the edge, in `send`.
 //! `parse_error` also marks answers saying the model does not exist or was retired, so callers
 //! can move to its replacement. `GET {base_url}/models` lists the account's image models with
 //! their announced shutdown dates.
@@ -102,7 +105,8 @@ pub struct OpenAiSettings {
     pub retry_on_timeout: bool,
     /// The longest one call may take, every attempt and wait included.
     pub deadline: Duration,
-    /// Hosts besides the base URL's own from which result URLs may be downloaded.
+    /// Where else result URLs may be downloaded from: `host:port`, or a bare `host` meaning
+    /// its default ports (80 and 443) only.
     pub download_hosts: Vec<String>,
     /// The largest response body or downloaded image accepted, in bytes.
     pub max_response_bytes: usize,
