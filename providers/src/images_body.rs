@@ -73,11 +73,15 @@ pub(crate) struct BodyScanner {
     text_len: usize,
     stage: KeyStage,
     image: Option<ImageDecoder>,
+    /// How many images are decoded; later ones are skipped unread, since the answer holding
+    /// them is refused anyway and decoding them would only cost time and memory.
+    max_images: usize,
 }
 
 impl BodyScanner {
-    /// A scanner for a body announced (by `Content-Length`) to hold `announced` bytes, or 0.
-    pub(crate) fn new(announced: usize) -> Self {
+    /// A scanner for a body announced (by `Content-Length`) to hold `announced` bytes, or 0,
+    /// decoding at most `max_images` images.
+    pub(crate) fn new(announced: usize, max_images: usize) -> Self {
         Self {
             body: ImagesBody {
                 skeleton: Vec::with_capacity(1024),
@@ -91,6 +95,7 @@ impl BodyScanner {
             text_len: 0,
             stage: KeyStage::None,
             image: None,
+            max_images,
         }
     }
 
@@ -151,7 +156,15 @@ impl BodyScanner {
                     let left = self
                         .announced
                         .saturating_sub(self.received - chunk.len() + i);
-                    self.image = Some(ImageDecoder::new(left / 4 * 3 + 3));
+                    self.image = Some(match index < self.max_images {
+                        true => ImageDecoder::new(left / 4 * 3 + 3),
+                        false => {
+                            // Failed from the start, it reads to its closing quote decoding nothing.
+                            let mut skipped = ImageDecoder::new(0);
+                            skipped.fail("more images than were asked for".into());
+                            skipped
+                        }
+                    });
                     return &chunk[i + 1..];
                 }
                 b'"' => {
@@ -352,7 +365,7 @@ mod tests {
     use base64::engine::general_purpose::STANDARD;
 
     fn scan(body: &[u8], chunk: usize) -> ImagesBody {
-        let mut scanner = BodyScanner::new(body.len());
+        let mut scanner = BodyScanner::new(body.len(), usize::MAX);
         for part in body.chunks(chunk.max(1)) {
             scanner.push(part);
         }
@@ -391,6 +404,27 @@ mod tests {
             assert_eq!(body.take("@2"), None);
             assert_eq!(body.take("aGVsbG8="), None);
         }
+    }
+
+    #[test]
+    fn images_beyond_the_cap_are_skipped_without_decoding() {
+        let a = bytes(3000);
+        let data: Vec<String> = (0..5)
+            .map(|_| format!(r#"{{"b64_json":"{}"}}"#, STANDARD.encode(&a)))
+            .collect();
+        let body = format!(r#"{{"data":[{}]}}"#, data.join(","));
+        let mut scanner = BodyScanner::new(body.len(), 2);
+        scanner.push(body.as_bytes());
+        let mut body = scanner.finish();
+        assert_eq!(body.take("@1"), Some(Ok(decoded(&a))));
+        let skipped = body.take("@2").unwrap().unwrap_err();
+        assert!(skipped.contains("more images"), "{skipped}");
+        let kept: usize = body
+            .images
+            .iter()
+            .map(|i| i.as_ref().map_or(0, |d| d.bytes.capacity()))
+            .sum();
+        assert!(kept <= 2 * 3000 + 64, "{kept}");
     }
 
     #[test]

@@ -20,6 +20,11 @@ use crate::{secret::fingerprint, ErrorKind, ProviderError};
 /// The longest cooldown given without a server hint.
 const MAX_COOLDOWN: Duration = Duration::from_secs(60);
 
+/// The longest rest any hint can give a key. Providers clamp a server's hint to their
+/// `retry_after_cap` before it gets here; this bound keeps an unclamped one from overflowing
+/// the clock or locking a key out until a restart.
+const MAX_HINTED_COOLDOWN: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// One key of a pool. Its `Debug` shows only the fingerprint.
 pub struct PoolKey {
     secret: SecretString,
@@ -179,6 +184,13 @@ impl KeyPool {
         self.keys.is_empty()
     }
 
+    /// Each key and its fingerprint, for scrubbing echoes of them; never leaves the crate.
+    pub(crate) fn secrets(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.keys
+            .iter()
+            .map(|k| (k.secret.expose_secret(), k.fingerprint.as_str()))
+    }
+
     /// The number of distinct keys.
     pub fn len(&self) -> usize {
         self.keys.len()
@@ -299,11 +311,12 @@ impl KeyPool {
             _ => 1,
         };
         let wait = retry_after
-            .unwrap_or_else(|| Duration::from_secs(1 << (strikes - 1).min(6)).min(MAX_COOLDOWN));
+            .unwrap_or_else(|| Duration::from_secs(1 << (strikes - 1).min(6)).min(MAX_COOLDOWN))
+            .min(MAX_HINTED_COOLDOWN);
         state.health.insert(
             key.id,
             Health::CoolingDown {
-                until: now + wait,
+                until: now.checked_add(wait).unwrap_or(now),
                 strikes,
             },
         );

@@ -9,9 +9,12 @@
 //! image is reported as a [`ProviderEvent`] as it arrives. Only the parameters the model's catalog
 //! entry takes are sent, because OpenAI answers anything else with `400 unknown_parameter`. Results arrive as base64 (asked for on DALL·E models) or as
 //! URLs, which compatible servers may return anyway; URLs are fetched only from the base URL's
-//! host or `download_hosts`, redirects included, so a response cannot make this server fetch
-//! arbitrary addresses. Every body is read under `max_response_bytes`. Errors are classified
-//! once, in `parse_error`, and never carry the API key: only its [`fingerprint`](crate::secret::fingerprint).
+//! origin (scheme, host and port) or `download_hosts`, redirects included, so a response cannot
+//! make this server fetch arbitrary addresses or other ports of its host. An answer holding more
+//! images than were asked for is refused before any is decoded or downloaded. Every body is read
+//! under `max_response_bytes`. Errors are classified once, in `parse_error`, and every string the
+//! upstream sends is scrubbed of the pool's keys (shown as their
+//! [`fingerprint`](crate::secret::fingerprint)) and the base URL's password at the edge, in `send`.
 //! `parse_error` also marks answers saying the model does not exist or was retired, so callers
 //! can move to its replacement. `GET {base_url}/models` lists the account's image models with
 //! their announced shutdown dates.
@@ -40,6 +43,7 @@ use crate::{
     images_body::{BodyScanner, Decoded, ImagesBody, LENIENT_BASE64, PLACEHOLDER},
     keys::{KeyPool, PoolKey},
     retry::{self, GiveUp, RetryPolicy},
+    secret::Scrubber,
     sse::{SseEvent, SseParser},
     validate, Catalog, EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult,
     GeneratedImage, ImageFormat, ImageProvider, InputImage, ModelCapabilities, Param,
@@ -101,7 +105,8 @@ pub struct OpenAiSettings {
     pub retry_on_timeout: bool,
     /// The longest one call may take, every attempt and wait included.
     pub deadline: Duration,
-    /// Hosts besides the base URL's own from which result URLs may be downloaded.
+    /// Where else result URLs may be downloaded from: `host:port`, or a bare `host` meaning
+    /// its default ports (80 and 443) only.
     pub download_hosts: Vec<String>,
     /// The largest response body or downloaded image accepted, in bytes.
     pub max_response_bytes: usize,
@@ -116,7 +121,8 @@ pub struct OpenAiSettings {
 impl fmt::Debug for OpenAiSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenAiSettings")
-            .field("base_url", &self.base_url.as_str())
+            // Without its password (or its query, which may be signed).
+            .field("base_url", &redacted(&self.base_url))
             .field("keys", &self.keys)
             .field("organization", &self.organization)
             .field("project", &self.project)
@@ -178,7 +184,6 @@ const MODELS_BODY_CAP: usize = 4 * 1024 * 1024;
 const IMAGE_MODEL_PREFIXES: [&str; 3] = ["gpt-image-", "chatgpt-image-", "dall-e-"];
 
 /// The OpenAI provider.
-#[derive(Debug)]
 pub struct OpenAiProvider {
     settings: OpenAiSettings,
     client: reqwest::Client,
@@ -189,6 +194,18 @@ pub struct OpenAiProvider {
     edits_url: url::Url,
     variations_url: url::Url,
     allowed_hosts: Arc<AllowedHosts>,
+    /// Cleans every string the upstream sends of the pool's keys and the base URL's password.
+    scrubber: Scrubber,
+}
+
+impl fmt::Debug for OpenAiProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The endpoints carry the base URL's password, so only the settings' redacted view shows.
+        f.debug_struct("OpenAiProvider")
+            .field("settings", &self.settings)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl OpenAiProvider {
@@ -207,9 +224,10 @@ impl OpenAiProvider {
                 return attempt.error(RedirectRefused(msg));
             }
             if !policy_hosts.allows(next) {
-                let host = next.host_str().unwrap_or_default();
                 let msg = format!(
-                    "a redirect to host `{host}` was refused; add it to download_hosts to allow it"
+                    "a redirect to {} was refused; add `{}` to download_hosts to allow it",
+                    describe_origin(next),
+                    host_port(next)
                 );
                 return attempt.error(RedirectRefused(msg));
             }
@@ -226,7 +244,9 @@ impl OpenAiProvider {
         let generations_url = endpoint(&settings.base_url, "images/generations");
         let edits_url = endpoint(&settings.base_url, "images/edits");
         let variations_url = endpoint(&settings.base_url, "images/variations");
+        let scrubber = Scrubber::new(&settings.keys, &settings.base_url);
         Self {
+            scrubber,
             settings,
             client,
             downloads,
@@ -253,7 +273,14 @@ impl OpenAiProvider {
         body.insert("prompt".into(), request.prompt.clone().into());
         body.insert("n".into(), request.n.max(1).into());
         let optional = [
-            (Param::Size, request.size.clone().map(Value::from)),
+            // Sent as validation read it, not as given (`"1024X1024\n"`).
+            (
+                Param::Size,
+                request
+                    .size
+                    .as_deref()
+                    .map(|s| validate::normalized_size(s).into()),
+            ),
             (Param::Quality, request.quality.clone().map(Value::from)),
             (
                 Param::OutputFormat,
@@ -363,7 +390,7 @@ impl OpenAiProvider {
         fields.insert("model".into(), request.model.clone().into());
         fields.insert("n".into(), request.n.max(1).into());
         if let Some(size) = &request.size {
-            fields.insert("size".into(), size.clone().into());
+            fields.insert("size".into(), validate::normalized_size(size).into());
         }
         fields.insert("response_format".into(), "b64_json".into());
         for (key, value) in &request.extra {
@@ -374,8 +401,21 @@ impl OpenAiProvider {
         Ok(text_fields(Form::new(), fields).part("image", file_part(&request.image)?))
     }
 
-    /// One attempt at a call: the response headers and answer, or the classified error.
+    /// One attempt at a call: the response headers and answer, or the classified error with
+    /// every secret scrubbed from it, before anything logs it or rests a key over it.
     async fn send(
+        &self,
+        call: &Call<'_>,
+        key: Option<&PoolKey>,
+        events: &Events,
+    ) -> Result<(HeaderMap, Answer), ProviderError> {
+        self.exchange(call, key, events)
+            .await
+            .map_err(|e| self.scrubber.error(e))
+    }
+
+    /// The request and answer of one attempt, classified but not yet scrubbed.
+    async fn exchange(
         &self,
         call: &Call<'_>,
         key: Option<&PoolKey>,
@@ -402,11 +442,12 @@ impl OpenAiProvider {
         events.send(ProviderEvent::Receiving);
         // Asked to stream or not, a compatible server may answer either way: the content type decides.
         let answer = if is_event_stream(&headers) {
-            self.read_stream(resp, key, events)
+            self.read_stream(resp, call, key, events)
                 .await
                 .map(Answer::Completed)
         } else {
-            read_images(resp, s.max_response_bytes)
+            // Never more images decoded than asked for: `build_result` refuses the rest.
+            read_images(resp, s.max_response_bytes, call.n as usize)
                 .await
                 .map(Answer::Json)
                 .map_err(|e| match e {
@@ -414,7 +455,7 @@ impl OpenAiProvider {
                     ReadError::Transport(e) => self.transport_error(e, "the image API", s.timeout),
                 })
         };
-        let answer = answer.map_err(|e| e.with_request_id(request_id(&headers)))?;
+        let answer = answer.map_err(|e| e.with_request_id(self.request_id(&headers)))?;
         Ok((headers, answer))
     }
 
@@ -445,6 +486,7 @@ impl OpenAiProvider {
     async fn read_stream(
         &self,
         resp: reqwest::Response,
+        call: &Call<'_>,
         key: Option<&PoolKey>,
         events: &Events,
     ) -> Result<Value, ProviderError> {
@@ -462,7 +504,14 @@ impl OpenAiProvider {
                 return Err(too_large("the response stream", s.max_response_bytes));
             }
             for event in parser.push(&chunk) {
-                match StreamEvent::read(event) {
+                match StreamEvent::read(event, &self.scrubber) {
+                    // Previews beyond those asked for are not decoded: each costs a decode.
+                    StreamEvent::Partial(_) if partials >= call.partials => {
+                        tracing::debug!(
+                            partials,
+                            "ignoring a partial image beyond those asked for"
+                        );
+                    }
                     StreamEvent::Partial(data) => {
                         report_partial(&data, partials, events);
                         partials += 1;
@@ -479,7 +528,7 @@ impl OpenAiProvider {
     /// Classifies an `error` event, which arrives under HTTP 200 once the stream has started.
     fn stream_error(&self, data: &Value, key: Option<&PoolKey>) -> ProviderError {
         let detail = ErrorDetail::from_json(data);
-        let provider_message = detail.message.clone().map(|m| scrub(m, key));
+        let provider_message = detail.message.clone();
         let said = provider_message
             .as_deref()
             .map(|m| format!(": {m}"))
@@ -531,8 +580,8 @@ impl OpenAiProvider {
         key: Option<&PoolKey>,
         model: Option<&str>,
     ) -> ProviderError {
-        let detail = ErrorDetail::parse(status, headers, body);
-        let provider_message = detail.message.clone().map(|m| scrub(m, key));
+        let detail = ErrorDetail::parse(status, headers, body, &self.scrubber);
+        let provider_message = detail.message.clone();
         let (code, error_type) = (detail.code.as_deref(), detail.error_type.as_deref());
         let is = |v: &str| detail.is(v);
         let retry_after = retry::retry_after(headers, SystemTime::now());
@@ -628,7 +677,7 @@ impl OpenAiProvider {
             .with_status(s)
             .with_retryable(retryable)
             .with_retry_after(retry_after)
-            .with_request_id(request_id(headers))
+            .with_request_id(self.request_id(headers))
             .with_provider_detail(detail.code.or(detail.error_type), provider_message);
         err.param = detail.param;
         err
@@ -678,6 +727,14 @@ impl OpenAiProvider {
         }
     }
 
+    /// The upstream's `x-request-id`, when it is a plain token holding no secret.
+    fn request_id(&self, headers: &HeaderMap) -> Option<String> {
+        headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| self.scrubber.request_id(v))
+    }
+
     fn host(&self) -> &str {
         self.settings.base_url.host_str().unwrap_or("the base URL")
     }
@@ -685,11 +742,15 @@ impl OpenAiProvider {
     /// Builds the result from a successful answer: decodes or downloads every image.
     async fn build_result(
         &self,
-        model: &str,
+        call: &Call<'_>,
         answer: Answer,
     ) -> Result<GenerateResult, ProviderError> {
+        let model = call.model;
         let (resp, mut decoded) = match answer {
-            Answer::Json(body) => (ImagesResponse::from_body(&body.skeleton)?, Some(body)),
+            Answer::Json(body) => (
+                ImagesResponse::from_body(&body.skeleton, &self.scrubber)?,
+                Some(body),
+            ),
             Answer::Completed(data) => (ImagesResponse::from_completed(data)?, None),
         };
         tracing::debug!(
@@ -706,6 +767,16 @@ impl OpenAiProvider {
             return Err(bad(
                 "the response's `data` list is empty: no images were returned",
             ));
+        }
+        // Checked before anything is decoded or downloaded: a server answering 2,000 images
+        // (or 200 URLs) to `n = 1` must cost nothing, and leave nothing behind.
+        if data.len() > call.n as usize {
+            return Err(bad(format!(
+                "the response holds {} images but {} {} asked for; it was not used",
+                data.len(),
+                call.n,
+                if call.n == 1 { "was" } else { "were" }
+            )));
         }
         let sources: Vec<Source> = data
             .iter()
@@ -726,7 +797,10 @@ impl OpenAiProvider {
         .await?;
         drop(permit);
         let mut result = GenerateResult::new(images, model);
-        result.revised_prompt = data.iter().find_map(|d| d.revised_prompt.clone());
+        result.revised_prompt = data
+            .iter()
+            .find_map(|d| d.revised_prompt.as_deref())
+            .map(|p| self.scrubber.scrub(p));
         result.usage = resp
             .usage
             .and_then(|u| serde_json::from_value::<Usage>(u).ok());
@@ -744,6 +818,7 @@ impl OpenAiProvider {
                 "image {index}: `b64_json` is not valid base64: {e}"
             ))
         };
+        let downloaded = matches!(source, Source::Url(_));
         let (bytes, sha256) = match source {
             Source::Decoded(decoded) => decoded
                 .map(|d| (Bytes::from(d.bytes), Some(d.sha256)))
@@ -764,8 +839,14 @@ impl OpenAiProvider {
                 )))
             }
         };
-        let image = GeneratedImage::from_encoded(bytes)
-            .map_err(|e| bad(format!("image {index} is not a usable image: {e}")))?;
+        let image = GeneratedImage::from_encoded(bytes).map_err(|e| match downloaded {
+            // What a URL served is not quoted: an error that echoes a fetched page's first
+            // bytes would let an answer read whatever its URLs reach.
+            true => bad(format!(
+                "image {index}: the result URL served something that is not an image"
+            )),
+            false => bad(format!("image {index} is not a usable image: {e}")),
+        })?;
         Ok(match sha256 {
             Some(sha256) => image.with_sha256(sha256),
             None => image,
@@ -787,11 +868,12 @@ impl OpenAiProvider {
             )));
         }
         if !self.allowed_hosts.allows(&url) {
-            let host = url.host_str().unwrap_or_default();
             return Err(bad(format!(
-                "image {index}: refusing to download from host `{host}`: only {} and the hosts in \
-                 download_hosts are allowed; add `{host}` to download_hosts to allow it",
-                self.host()
+                "image {index}: refusing to download from {}: only the base URL's own scheme, \
+                 host and port and the hosts in download_hosts are allowed; add `{}` to \
+                 download_hosts to allow it",
+                describe_origin(&url),
+                host_port(&url)
             )));
         }
         let client = self.downloads.as_ref().ok_or_else(|| {
@@ -875,15 +957,19 @@ impl ImageProvider for OpenAiProvider {
         let headers = resp.headers().clone();
         if !status.is_success() {
             let body = read_truncated(resp, ERROR_BODY_CAP.min(s.max_response_bytes)).await;
-            return Err(self.parse_error(status, &headers, &body, key.as_deref(), None));
+            let err = self.parse_error(status, &headers, &body, key.as_deref(), None);
+            return Err(self.scrubber.error(err));
         }
         let cap = MODELS_BODY_CAP.min(s.max_response_bytes);
         let body = read_capped(resp, cap).await.map_err(|e| match e {
             ReadError::TooLarge => too_large("the model listing", cap),
             ReadError::Transport(e) => self.transport_error(e, what, s.timeout),
         });
-        body.and_then(|body| parse_models(&body))
-            .map_err(|e| e.with_request_id(request_id(&headers)))
+        body.and_then(|body| parse_models(&body, &self.scrubber))
+            .map_err(|e| {
+                self.scrubber
+                    .error(e.with_request_id(self.request_id(&headers)))
+            })
     }
 
     async fn generate(&self, request: &GenerateRequest) -> Result<GenerateResult, ProviderError> {
@@ -899,6 +985,8 @@ impl ImageProvider for OpenAiProvider {
         let call = Call {
             url: &self.generations_url,
             model: &request.model,
+            n: request.n.max(1),
+            partials: request.partial_images.map_or(0, u32::from),
             what: "image generation",
             body: CallBody::Json(self.request_body(request)),
         };
@@ -922,6 +1010,8 @@ impl ImageProvider for OpenAiProvider {
         let call = Call {
             url: &self.edits_url,
             model: &request.model,
+            n: request.n.max(1),
+            partials: request.partial_images.map_or(0, u32::from),
             what: "image edit",
             body: CallBody::Edit(request),
         };
@@ -943,6 +1033,8 @@ impl ImageProvider for OpenAiProvider {
         let call = Call {
             url: &self.variations_url,
             model: &request.model,
+            n: request.n.max(1),
+            partials: 0,
             what: "image variation",
             body: CallBody::Variation(request),
         };
@@ -956,6 +1048,10 @@ struct Call<'a> {
     url: &'a url::Url,
     /// The model that serves it, named in the result.
     model: &'a str,
+    /// How many images were asked for: an answer holding more is refused.
+    n: u32,
+    /// How many partial images were asked for: any more are ignored.
+    partials: u32,
     /// What the call is, for logs.
     what: &'static str,
     body: CallBody<'a>,
@@ -1025,7 +1121,7 @@ impl OpenAiProvider {
         call: &Call<'_>,
         events: &Events,
     ) -> Result<GenerateResult, ProviderError> {
-        let deadline = Instant::now() + self.settings.deadline;
+        let deadline = later(self.settings.deadline);
         let mut state = CallState::default();
         // Everything runs inside this one future, so reaching the deadline (or the caller
         // dropping it) abandons the request in flight or the wait in progress at once.
@@ -1069,7 +1165,7 @@ impl OpenAiProvider {
             let mut key_wait = Duration::ZERO;
             // A 403 is often about one model (an unverified organisation, say): taking a lone key
             // out of rotation would block every other model too, so only pools move on from it.
-            let action = KeyAction::after(&err)
+            let action = KeyAction::after(&err, policy.retry_after_cap)
                 .filter(|_| err.kind != ErrorKind::Permission || pool.len() > 1);
             if let (Some(used), Some(action)) = (key.clone(), action) {
                 action.apply(pool, &used);
@@ -1099,7 +1195,7 @@ impl OpenAiProvider {
                 Ok(delay) => delay.max(key_wait),
                 Err(why) => return Err(gave_up(err, why, &policy, retries)),
             };
-            if Instant::now() + delay >= deadline {
+            if later(delay) >= deadline {
                 let mut err = err;
                 err.message = format!(
                     "{}; not retried because waiting {} would pass the call's deadline of {}",
@@ -1155,7 +1251,7 @@ impl OpenAiProvider {
                 }
                 _ => return Err(err),
             };
-            if wait > policy.retry_after_cap || Instant::now() + wait >= deadline {
+            if wait > policy.retry_after_cap || later(wait) >= deadline {
                 return Err(err);
             }
             events.send(ProviderEvent::Retrying {
@@ -1185,16 +1281,14 @@ impl OpenAiProvider {
         answer: Answer,
         retries: u32,
     ) -> Result<GenerateResult, ProviderError> {
-        let id = request_id(headers);
-        let mut result = self
-            .build_result(call.model, answer)
-            .await
-            .map_err(|mut e| {
-                if e.request_id.is_none() {
-                    e.request_id = id.clone();
-                }
-                e
-            })?;
+        let id = self.request_id(headers);
+        let mut result = self.build_result(call, answer).await.map_err(|mut e| {
+            if e.request_id.is_none() {
+                e.request_id = id.clone();
+            }
+            // Parse errors and download failures quote what the upstream sent.
+            self.scrubber.error(e)
+        })?;
         result.request_id = id;
         tracing::debug!(
             images = result.images.len(),
@@ -1238,8 +1332,9 @@ struct KeyAction {
 }
 
 impl KeyAction {
-    /// The action `err` calls for, if it is about the key at all.
-    fn after(err: &ProviderError) -> Option<Self> {
+    /// The action `err` calls for, if it is about the key at all. A server-asked rest is cut
+    /// to `cap`: a longer one fails the call, and must not lock the key out for longer.
+    fn after(err: &ProviderError, cap: Duration) -> Option<Self> {
         let what = match err.kind {
             ErrorKind::RateLimited => "rate limited",
             ErrorKind::Auth => "rejected",
@@ -1261,7 +1356,7 @@ impl KeyAction {
             disables: err.kind != ErrorKind::RateLimited,
             kind: err.kind,
             reason,
-            retry_after: err.retry_after,
+            retry_after: err.retry_after.map(|wait| wait.min(cap)),
         })
     }
 
@@ -1298,7 +1393,7 @@ fn gave_up(
             .message
             .push_str(", so it is not retried (set retry_on_timeout = true to retry it)"),
         GiveUp::WaitTooLong(wait) => {
-            let when = httpdate::fmt_http_date(SystemTime::now() + wait);
+            let when = http_date_after(wait);
             err.message = format!(
                 "{}; the provider asked to wait {}, longer than retry_after_cap ({}), so it was \
                  not retried: try again after {when}",
@@ -1312,14 +1407,23 @@ fn gave_up(
     after_retries(err, retries)
 }
 
-/// Replaces the API key with its fingerprint, in case a server echoes it back.
-fn scrub(text: String, key: Option<&PoolKey>) -> String {
-    match key {
-        Some(key) if !key.expose().is_empty() && text.contains(key.expose()) => {
-            text.replace(key.expose(), key.fingerprint())
-        }
-        _ => text,
+/// The HTTP date `wait` from now, or "much later" past what an HTTP date can say (year
+/// 9999): a server may ask for any wait, and neither the clock nor the formatter may panic.
+fn http_date_after(wait: Duration) -> String {
+    // 9999-12-31T23:59:59Z, the last second `httpdate` formats.
+    const LAST: Duration = Duration::from_secs(253_402_300_799);
+    let last = SystemTime::UNIX_EPOCH + LAST;
+    match SystemTime::now().checked_add(wait) {
+        Some(when) if when <= last => httpdate::fmt_http_date(when),
+        _ => "much later (a date past year 9999)".into(),
     }
+}
+
+/// The instant `wait` from now, or about a century from now when that cannot be represented.
+fn later(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 60 * 60))
 }
 
 /// Notes in the message that retries were made and did not help.
@@ -1420,12 +1524,13 @@ enum StreamEvent {
 impl StreamEvent {
     /// Reads the event's name from its data's `type`, else from its `event:` line, so both
     /// styles of server work (`image_generation.*` and `image_edit.*` alike).
-    fn read(event: SseEvent) -> Self {
+    fn read(event: SseEvent, scrubber: &Scrubber) -> Self {
         let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
             return match event.event.as_str() {
-                "error" => {
-                    Self::Failed(serde_json::json!({ "message": snippet(&event.data, 200) }))
-                }
+                // Scrubbed whole before the cut, so no part of a key survives it.
+                "error" => Self::Failed(
+                    serde_json::json!({ "message": scrubber.excerpt(&event.data, 200) }),
+                ),
                 _ => Self::Other,
             };
         };
@@ -1475,27 +1580,76 @@ fn endpoint(base: &url::Url, path: &str) -> url::Url {
     url
 }
 
-/// Hosts result URLs may be downloaded from: the base URL's host and `download_hosts`.
+/// Where result URLs may be downloaded from: the base URL's origin and `download_hosts`.
+///
+/// Ports count: a result URL (or a redirect) naming another port of the base URL's host would
+/// otherwise make this server a port scanner of that host.
 #[derive(Debug)]
-struct AllowedHosts(Vec<String>);
+struct AllowedHosts {
+    /// The base URL's scheme, host and port (its scheme's default when it names none).
+    base: Option<(String, String, u16)>,
+    /// `download_hosts` entries: `host:port`, or a bare host meaning ports 80 and 443.
+    extra: Vec<(String, Option<u16>)>,
+}
 
 impl AllowedHosts {
     fn new(settings: &OpenAiSettings) -> Self {
-        let base = settings.base_url.host_str().map(normalize_host);
-        let extra = settings.download_hosts.iter().map(|h| normalize_host(h));
-        Self(
-            base.into_iter()
-                .chain(extra)
-                .filter(|h| !h.is_empty())
-                .collect(),
-        )
+        let url = &settings.base_url;
+        let base = match (url.host_str(), url.port_or_known_default()) {
+            (Some(host), Some(port)) => {
+                Some((url.scheme().to_string(), normalize_host(host), port))
+            }
+            _ => None,
+        };
+        let extra = settings
+            .download_hosts
+            .iter()
+            .map(|entry| split_host_port(entry))
+            .filter(|(host, _)| !host.is_empty())
+            .collect();
+        Self { base, extra }
     }
 
     fn allows(&self, url: &url::Url) -> bool {
-        let Some(host) = url.host_str().map(normalize_host) else {
+        let (Some(host), Some(port)) = (
+            url.host_str().map(normalize_host),
+            url.port_or_known_default(),
+        ) else {
             return false;
         };
-        self.0.contains(&host)
+        let base = self
+            .base
+            .as_ref()
+            .is_some_and(|(s, h, p)| s == url.scheme() && *h == host && *p == port);
+        base || self.extra.iter().any(|(h, p)| {
+            *h == host
+                && match p {
+                    Some(p) => *p == port,
+                    None => matches!(port, 80 | 443),
+                }
+        })
+    }
+}
+
+/// A `download_hosts` entry as host and port: `host`, `host:port`, `[v6]`, `[v6]:port` or a
+/// bare IPv6 address (which has no port).
+fn split_host_port(entry: &str) -> (String, Option<u16>) {
+    let entry = entry.trim();
+    let (host, port) = match entry
+        .strip_prefix('[')
+        .and_then(|rest| rest.split_once(']'))
+    {
+        Some((host, rest)) => (host, rest.strip_prefix(':')),
+        None => match entry.split_once(':') {
+            Some((host, port)) if !port.contains(':') => (host, Some(port)),
+            _ => (entry, None),
+        },
+    };
+    match port.map(str::parse::<u16>) {
+        None => (normalize_host(host), None),
+        Some(Ok(port)) => (normalize_host(host), Some(port)),
+        // An entry that does not parse allows nothing rather than every port.
+        Some(Err(_)) => (String::new(), None),
     }
 }
 
@@ -1505,6 +1659,24 @@ fn normalize_host(host: &str) -> String {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_ascii_lowercase()
+}
+
+/// A URL's host and port for messages, e.g. host `files.example.com` port 8443.
+fn describe_origin(url: &url::Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port_or_known_default() {
+        Some(port) => format!("host `{host}` port {port}"),
+        None => format!("host `{host}`"),
+    }
+}
+
+/// A URL's `host:port`, as a `download_hosts` entry allowing it is written.
+fn host_port(url: &url::Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port_or_known_default() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    }
 }
 
 /// Why the download client refused to follow a redirect.
@@ -1555,14 +1727,6 @@ fn redacted(url: &url::Url) -> String {
     }
 }
 
-fn request_id(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-}
-
 fn bad(message: impl Into<String>) -> ProviderError {
     ProviderError::new(ErrorKind::BadResponse, message)
 }
@@ -1594,13 +1758,10 @@ fn describe_wait(wait: Duration) -> String {
     }
 }
 
-/// The first `max` characters of `text` with whitespace runs collapsed to one space.
-fn snippet(text: &str, max: usize) -> String {
-    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match collapsed.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &collapsed[..cut]),
-        None => collapsed,
-    }
+/// The start of a body fit for a message, scrubbed before it is cut: a window a secret
+/// cannot straddle unnoticed (the scrubber drops a secret's beginning at its end).
+fn quoted(body: &[u8], scrubber: &Scrubber) -> String {
+    scrubber.excerpt(&String::from_utf8_lossy(&body[..body.len().min(4096)]), 120)
 }
 
 enum ReadError {
@@ -1626,8 +1787,13 @@ async fn read_capped(resp: reqwest::Response, cap: usize) -> Result<Bytes, ReadE
 }
 
 /// Reads an images answer within `cap` bytes, decoding its images as they arrive.
-async fn read_images(resp: reqwest::Response, cap: usize) -> Result<ImagesBody, ReadError> {
-    let mut scanner = BodyScanner::new(announced_length(&resp, cap)?);
+/// Decodes at most `max_images` of them.
+async fn read_images(
+    resp: reqwest::Response,
+    cap: usize,
+    max_images: usize,
+) -> Result<ImagesBody, ReadError> {
+    let mut scanner = BodyScanner::new(announced_length(&resp, cap)?, max_images);
     read_chunks(resp, cap, |chunk| scanner.push(chunk)).await?;
     Ok(scanner.finish())
 }
@@ -1707,7 +1873,8 @@ struct ErrorDetail {
 impl ErrorDetail {
     /// Reads OpenAI's `{"error": {...}}`, a bare `{"error": "..."}` or `{"message"|"detail": ...}`,
     /// or else the body as text (HTML pages are named, not quoted).
-    fn parse(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Self {
+    /// A text body is scrubbed whole before it is cut.
+    fn parse(status: StatusCode, headers: &HeaderMap, body: &[u8], scrubber: &Scrubber) -> Self {
         if let Ok(json) = serde_json::from_slice::<Value>(body) {
             return Self::from_json(&json);
         }
@@ -1722,7 +1889,7 @@ impl ErrorDetail {
         } else if html_type || text.starts_with('<') {
             Some(format!("HTTP {} with an HTML body", status.as_u16()))
         } else {
-            Some(snippet(text, 200))
+            Some(scrubber.excerpt(text, 200))
         };
         Self {
             message,
@@ -1844,11 +2011,11 @@ struct Datum {
 
 impl ImagesResponse {
     /// Parses a JSON answer (its skeleton, when read by [`BodyScanner`]).
-    fn from_body(body: &[u8]) -> Result<Self, ProviderError> {
+    fn from_body(body: &[u8], scrubber: &Scrubber) -> Result<Self, ProviderError> {
         serde_json::from_slice(body).map_err(|e| {
             bad(format!(
                 "the response is not the expected JSON ({e}); it starts with: {}",
-                snippet(&String::from_utf8_lossy(&body[..body.len().min(400)]), 120)
+                quoted(body, scrubber)
             ))
         })
     }
@@ -1869,11 +2036,11 @@ impl ImagesResponse {
 
 /// The image models of a `GET /models` answer, sorted by id: entries without a string id are
 /// skipped, and a `shutdown_date` that is not a non-blank string counts as none announced.
-fn parse_models(body: &[u8]) -> Result<Vec<UpstreamModel>, ProviderError> {
+fn parse_models(body: &[u8], scrubber: &Scrubber) -> Result<Vec<UpstreamModel>, ProviderError> {
     let json: Value = serde_json::from_slice(body).map_err(|e| {
         bad(format!(
             "the model listing is not the expected JSON ({e}); it starts with: {}",
-            snippet(&String::from_utf8_lossy(&body[..body.len().min(400)]), 120)
+            quoted(body, scrubber)
         ))
     })?;
     let data = json
@@ -1915,6 +2082,10 @@ fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Strin
 mod tests {
     use super::*;
 
+    fn parse_detail(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ErrorDetail {
+        ErrorDetail::parse(status, headers, body, &Scrubber::default())
+    }
+
     #[test]
     fn endpoint_joins_with_or_without_a_trailing_slash_and_keeps_the_query() {
         for base in ["https://api.openai.com/v1", "https://api.openai.com/v1/"] {
@@ -1950,7 +2121,7 @@ mod tests {
     #[test]
     fn error_bodies_are_read_leniently() {
         let h = HeaderMap::new();
-        let d = ErrorDetail::parse(
+        let d = parse_detail(
             StatusCode::BAD_REQUEST,
             &h,
             br#"{"error":{"message":null,"type":"invalid_request_error","param":"size","code":null}}"#,
@@ -1958,40 +2129,57 @@ mod tests {
         assert_eq!(d.message, None);
         assert_eq!(d.error_type.as_deref(), Some("invalid_request_error"));
         assert_eq!(d.param.as_deref(), Some("size"));
-        let d = ErrorDetail::parse(
+        let d = parse_detail(
             StatusCode::BAD_GATEWAY,
             &h,
             b"  <html><body>Bad gateway</body></html>",
         );
         assert_eq!(d.message.as_deref(), Some("HTTP 502 with an HTML body"));
         let long = format!("error   code:\n 1015 {}", "x".repeat(500));
-        let d = ErrorDetail::parse(StatusCode::TOO_MANY_REQUESTS, &h, long.as_bytes());
+        let d = parse_detail(StatusCode::TOO_MANY_REQUESTS, &h, long.as_bytes());
         let message = d.message.unwrap();
         assert!(message.starts_with("error code: 1015 xxx"), "{message}");
         assert_eq!(message.chars().count(), 201);
-        let d = ErrorDetail::parse(StatusCode::BAD_REQUEST, &h, br#"{"error":"nope","code":7}"#);
+        let d = parse_detail(StatusCode::BAD_REQUEST, &h, br#"{"error":"nope","code":7}"#);
         assert_eq!(d.message.as_deref(), Some("nope"));
-        let d = ErrorDetail::parse(
+        let d = parse_detail(
             StatusCode::UNPROCESSABLE_ENTITY,
             &h,
             br#"{"detail":"bad n"}"#,
         );
         assert_eq!(d.message.as_deref(), Some("bad n"));
-        let d = ErrorDetail::parse(StatusCode::BAD_REQUEST, &h, br#"{"error":{"code":400}}"#);
+        let d = parse_detail(StatusCode::BAD_REQUEST, &h, br#"{"error":{"code":400}}"#);
         assert_eq!(d.code.as_deref(), Some("400"));
     }
 
     #[test]
-    fn hosts_compare_case_insensitively_and_exactly() {
+    fn hosts_compare_case_insensitively_and_exactly_with_their_ports() {
         let mut settings = OpenAiSettings::new("http://API.example.com/v1".parse().unwrap(), None);
-        settings.download_hosts = vec!["Files.Example.NET".into(), "[::1]".into()];
+        settings.download_hosts = vec![
+            "Files.Example.NET".into(),
+            "[::1]:9000".into(),
+            "cdn.example.org:8443".into(),
+            "bad.example.org:http".into(),
+        ];
         let hosts = AllowedHosts::new(&settings);
         let allows = |u: &str| hosts.allows(&u.parse().unwrap());
-        assert!(allows("https://api.example.com/x.png"));
-        assert!(allows("https://files.example.net:8443/x.png"));
+        assert!(allows("http://api.example.com/x.png"));
+        assert!(allows("http://api.example.com:80/x.png"));
+        // The base URL's origin is its scheme, host and port.
+        assert!(!allows("https://api.example.com/x.png"));
+        assert!(!allows("http://api.example.com:8080/x.png"));
+        // A bare download host means its default ports only.
+        assert!(allows("https://files.example.net/x.png"));
+        assert!(allows("http://files.example.net/x.png"));
+        assert!(!allows("https://files.example.net:8443/x.png"));
         assert!(allows("http://[::1]:9000/x.png"));
+        assert!(!allows("http://[::1]:9001/x.png"));
+        assert!(allows("https://cdn.example.org:8443/x.png"));
+        assert!(!allows("https://cdn.example.org/x.png"));
+        assert!(!allows("http://bad.example.org/x.png"));
         assert!(!allows("https://evil.files.example.net/x.png"));
         assert!(!allows("https://example.com/x.png"));
+        assert_eq!(split_host_port("::1"), ("::1".into(), None));
     }
 
     fn detail(message: Option<&str>, code: Option<&str>, param: Option<&str>) -> ErrorDetail {
@@ -2099,7 +2287,7 @@ mod tests {
             "not an object",
             {"id":"gpt-image-2"}
         ]}"#;
-        let models = parse_models(body).unwrap();
+        let models = parse_models(body, &Scrubber::default()).unwrap();
         let got: Vec<(&str, Option<&str>)> = models
             .iter()
             .map(|m| (m.id.as_str(), m.shutdown_date.as_deref()))
@@ -2115,10 +2303,12 @@ mod tests {
             ]
         );
         for broken in [&b"not json"[..], b"{}", br#"{"data":{}}"#, b"[]"] {
-            let err = parse_models(broken).unwrap_err();
+            let err = parse_models(broken, &Scrubber::default()).unwrap_err();
             assert_eq!(err.kind, ErrorKind::BadResponse, "{err}");
         }
-        assert!(parse_models(br#"{"data":[]}"#).unwrap().is_empty());
+        assert!(parse_models(br#"{"data":[]}"#, &Scrubber::default())
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
@@ -2146,11 +2336,21 @@ mod tests {
     }
 
     #[test]
-    fn snippets_and_sizes_read_well() {
-        assert_eq!(snippet("a \n\t b", 200), "a b");
+    fn sizes_and_waits_read_well() {
         assert_eq!(describe_bytes(64 * 1024 * 1024), "64 MiB");
         assert_eq!(describe_bytes(1000), "1000 bytes");
         assert_eq!(describe_wait(Duration::from_secs(121)), "121 s");
         assert_eq!(describe_wait(Duration::from_millis(50)), "0.1 s");
+    }
+
+    #[test]
+    fn far_future_dates_and_instants_never_panic() {
+        for secs in [300_000_000_000, i64::MAX as u64, u64::MAX] {
+            let wait = Duration::from_secs(secs);
+            assert!(http_date_after(wait).starts_with("much later"), "{secs}");
+            assert!(later(wait) > Instant::now());
+        }
+        assert!(http_date_after(Duration::from_secs(60)).ends_with("GMT"));
+        assert!(http_date_after(Duration::MAX).starts_with("much later"));
     }
 }

@@ -112,6 +112,10 @@ pub fn status_is_retryable(status: u16, code: Option<&str>, error_type: Option<&
 
 /// The wait the server asked for: `retry-after-ms` (milliseconds), else `retry-after`
 /// (seconds or an HTTP date, measured from `now`).
+///
+/// Any number parses: one too large for a `Duration` is [`Duration::MAX`], so an absurd wait
+/// reads as too long (and fails the call) rather than as no hint (and a prompt retry). Callers
+/// clamp it to their `retry_after_cap` before resting a key over it.
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let header = |name: &str| {
         headers
@@ -119,17 +123,17 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
-    let seconds = |s: &str| {
+    let seconds = |s: &str, scale: f64| {
         s.parse::<f64>()
             .ok()
             .filter(|x| x.is_finite() && *x >= 0.0)
-            .and_then(|x| Duration::try_from_secs_f64(x).ok())
+            .map(|x| Duration::try_from_secs_f64(x / scale).unwrap_or(Duration::MAX))
     };
-    if let Some(ms) = header("retry-after-ms").and_then(|v| seconds(v).map(|d| d / 1000)) {
+    if let Some(ms) = header("retry-after-ms").and_then(|v| seconds(v, 1000.0)) {
         return Some(ms);
     }
     let value = header("retry-after")?;
-    seconds(value).or_else(|| {
+    seconds(value, 1.0).or_else(|| {
         let when = httpdate::parse_http_date(value).ok()?;
         Some(when.duration_since(now).unwrap_or(Duration::ZERO))
     })
@@ -175,6 +179,25 @@ mod tests {
         assert_eq!(retry_after(&headers(&[("retry-after", "soon")]), now), None);
         assert_eq!(retry_after(&headers(&[("retry-after", "-1")]), now), None);
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn absurd_waits_saturate_instead_of_vanishing_or_panicking() {
+        let now = SystemTime::now();
+        let max = Some(Duration::MAX);
+        let h = |k, v| retry_after(&headers(&[(k, v)]), now);
+        let ms = h("retry-after-ms", "18446744073709551615").unwrap();
+        assert!(ms > Duration::from_secs(18_000_000_000_000_000), "{ms:?}");
+        assert_eq!(h("retry-after", "1e300"), max);
+        let long = h("retry-after", "9223372036854775807").unwrap();
+        assert!(
+            long >= Duration::from_secs(9_000_000_000_000_000_000),
+            "{long:?}"
+        );
+        let far = h("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT").unwrap();
+        assert!(far > Duration::from_secs(200_000_000_000), "{far:?}");
+        assert_eq!(h("retry-after", "inf"), None);
+        assert_eq!(h("retry-after", "NaN"), None);
     }
 
     #[test]

@@ -56,6 +56,19 @@ pub fn clear_param(request: &mut GenerateRequest, param: Param) {
     }
 }
 
+/// `size` as it is checked and sent: trimmed, `WxH` with a lowercase `x` and no padding
+/// around the sides, `auto` in lowercase; anything else only trimmed.
+pub fn normalized_size(size: &str) -> String {
+    let size = size.trim();
+    if size.eq_ignore_ascii_case("auto") {
+        return "auto".into();
+    }
+    match parse_size(size) {
+        Some((w, h)) => format!("{w}x{h}"),
+        None => size.to_string(),
+    }
+}
+
 /// Parses `WxH` into its two sides.
 pub fn parse_size(size: &str) -> Option<(u32, u32)> {
     let (w, h) = size.split_once(['x', 'X'])?;

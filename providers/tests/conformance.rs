@@ -430,3 +430,197 @@ async fn openai_provider_conforms_against_a_fake_upstream() {
         "one upstream request per call, no retries"
     );
 }
+
+// ---- hostile upstreams ---------------------------------------------------------------------
+
+/// The sentinel key every hostile row checks for.
+const SENTINEL_KEY: &str = "sk-SENTINEL-hostile-0123456789abcdef";
+/// The sentinel password of the fake upstream's base URL.
+const SENTINEL_PASSWORD: &str = "SENTINELPASS";
+
+/// What the hostile rows need to build a provider: where its fake upstream is, and how it
+/// should be set up.
+struct Upstream {
+    /// `http://user:SENTINELPASS@127.0.0.1:PORT/v1`.
+    base_url: url::Url,
+    /// The one key of its pool.
+    key: &'static str,
+    /// Its `retry_after_cap`; the rows keep it short so a lock-out shows.
+    retry_after_cap: std::time::Duration,
+}
+
+/// How one provider's wire format looks to the hostile rows, so any HTTP provider can run them.
+struct Wire {
+    /// The path a generation is POSTed to.
+    route: &'static str,
+    /// A successful answer holding one image.
+    ok: fn() -> ResponseTemplate,
+    /// An error answer of `status` whose field `field` (`message`, `code`, `type`, `param`)
+    /// holds `value`.
+    error: fn(status: u16, field: &str, value: &str) -> ResponseTemplate,
+    /// The model the rows generate with.
+    model: &'static str,
+}
+
+/// Asserts that no secret of the hostile rows shows in `text`.
+fn assert_no_sentinel(text: &str, what: &str) {
+    for secret in [SENTINEL_KEY, SENTINEL_PASSWORD, "SENTINEL", "0123456789abc"] {
+        assert!(!text.contains(secret), "{what}: `{secret}` leaked: {text}");
+    }
+}
+
+/// What every HTTP provider must withstand from an upstream that echoes secrets and asks for
+/// absurd waits: no secret in any error or result, no panic, a prompt answer, and no key
+/// locked out beyond `retry_after_cap`.
+async fn hostile_conformance(build: &dyn Fn(Upstream) -> Box<dyn ImageProvider>, wire: &Wire) {
+    let server = MockServer::start().await;
+    let base_url = format!(
+        "http://user:{SENTINEL_PASSWORD}@127.0.0.1:{}/v1",
+        server.address().port()
+    );
+    let cap = std::time::Duration::from_secs(1);
+    // A fresh provider (and pool) per row: a 401 row rightly disables its key.
+    let fresh = || {
+        build(Upstream {
+            base_url: base_url.parse().unwrap(),
+            key: SENTINEL_KEY,
+            retry_after_cap: cap,
+        })
+    };
+    let kind = fresh().kind();
+    let request = GenerateRequest::new("hostile: a red circle", wire.model);
+    // Key echoes: every error field, every status that rests or disables a key, the request
+    // id, a 200 of the wrong shape, and a text body where the key straddles the 200-character cut.
+    let echo =
+        format!("Incorrect API key provided: {SENTINEL_KEY}; Authorization: Bearer {SENTINEL_KEY}");
+    let mut rows: Vec<(String, ResponseTemplate)> = Vec::new();
+    for status in [400, 401, 429, 500] {
+        for field in ["message", "code", "type", "param"] {
+            rows.push((
+                format!("{status} {field}"),
+                (wire.error)(status, field, &echo),
+            ));
+        }
+    }
+    rows.push((
+        "x-request-id".into(),
+        (wire.error)(400, "message", "no").insert_header("x-request-id", SENTINEL_KEY),
+    ));
+    rows.push((
+        "200 of the wrong shape".into(),
+        ResponseTemplate::new(200).set_body_raw(
+            format!(r#"{{"data": "Authorization: Bearer {SENTINEL_KEY}"}}"#),
+            "application/json",
+        ),
+    ));
+    rows.push((
+        "base URL password".into(),
+        (wire.error)(400, "message", &format!("from {base_url}")),
+    ));
+    for pad in [186, 190, 195, 199] {
+        rows.push((
+            format!("text body, key at {pad}"),
+            ResponseTemplate::new(502)
+                .set_body_string(format!("{}{SENTINEL_KEY} tail", "e".repeat(pad))),
+        ));
+    }
+    for (what, response) in rows {
+        let provider = fresh();
+        let (first, _) = answer(&server, wire, &*provider, &request, response).await;
+        let err = first.expect_err(&what);
+        assert_no_sentinel(&format!("{err} {err:?}"), &format!("{kind}: {what}"));
+        // Whatever the row did to the key, it is usable again within the cap.
+        let started = std::time::Instant::now();
+        let next = provider.generate(&request).await;
+        if let Ok(result) = next {
+            assert_no_sentinel(
+                &format!("{:?} {:?}", result.revised_prompt, result.request_id),
+                &what,
+            );
+        }
+        assert!(
+            started.elapsed() < cap * 3,
+            "{kind}: {what}: the next call hung"
+        );
+    }
+
+    // Absurd waits: answered at once, and the next call waits out no more than the cap.
+    for (header, value) in [
+        ("retry-after", "300000000000"),
+        ("retry-after", "9223372036854775807"),
+        ("retry-after-ms", "18446744073709551615"),
+        ("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT"),
+    ] {
+        let what = format!("{kind}: {header}: {value}");
+        let provider = fresh();
+        let response = (wire.error)(429, "message", "slow down").insert_header(header, value);
+        let (first, took) = answer(&server, wire, &*provider, &request, response).await;
+        let err = first.expect_err(&what);
+        assert_eq!(err.kind, ErrorKind::RateLimited, "{what}: {err}");
+        assert!(took < cap * 3, "{what}: took {took:?}");
+        let started = std::time::Instant::now();
+        provider
+            .generate(&request)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: the next call failed: {e}"));
+        assert!(started.elapsed() < cap * 3, "{what}: locked out");
+    }
+}
+
+/// Mounts `response` for the next request and a success after it, then makes one generation.
+async fn answer(
+    server: &MockServer,
+    wire: &Wire,
+    provider: &dyn ImageProvider,
+    request: &GenerateRequest,
+    response: ResponseTemplate,
+) -> (
+    Result<GenerateResult, imagegen_providers::ProviderError>,
+    std::time::Duration,
+) {
+    server.reset().await;
+    Mock::given(method("POST"))
+        .and(path(wire.route))
+        .respond_with(response)
+        .up_to_n_times(1)
+        .mount(server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(wire.route))
+        .respond_with((wire.ok)())
+        .mount(server)
+        .await;
+    let started = std::time::Instant::now();
+    let first = provider.generate(request).await;
+    (first, started.elapsed())
+}
+
+fn openai_error(status: u16, field: &str, value: &str) -> ResponseTemplate {
+    let mut error =
+        json!({"message": "bad", "type": "invalid_request_error", "param": null, "code": null});
+    error[field] = value.into();
+    ResponseTemplate::new(status).set_body_json(json!({ "error": error }))
+}
+
+fn openai_ok() -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "data": [{"b64_json": encoded(8, 8, 0, image::ImageFormat::Png), "revised_prompt": "fine"}]
+    }))
+}
+
+#[tokio::test]
+async fn openai_provider_withstands_a_hostile_upstream() {
+    let wire = Wire {
+        route: "/v1/images/generations",
+        ok: openai_ok,
+        error: openai_error,
+        model: "gpt-image-2.6-flare",
+    };
+    let build = |upstream: Upstream| -> Box<dyn ImageProvider> {
+        let mut s = OpenAiSettings::new(upstream.base_url, Some(upstream.key.into()));
+        s.max_retries = 0;
+        s.retry_after_cap = upstream.retry_after_cap;
+        Box::new(OpenAiProvider::new(s, reqwest::Client::new()))
+    };
+    hostile_conformance(&build, &wire).await;
+}

@@ -260,7 +260,8 @@ async fn download_hosts_allow_another_host_case_insensitively() {
         .mount(&files)
         .await;
     let mut s = settings(&server);
-    s.download_hosts = vec!["LocalHost".into()];
+    // A bare host would mean ports 80 and 443 only; the fake file server listens elsewhere.
+    s.download_hosts = vec![format!("LocalHost:{}", files.address().port())];
     let result = provider(s)
         .generate(&request("gpt-image-2.6-flare"))
         .await
