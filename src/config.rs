@@ -378,7 +378,7 @@ pub struct OpenAiConfig {
     pub deadline_s: u64,
     /// This provider's calls in flight at once (none: only `[limits] max_in_flight` applies).
     pub max_in_flight: Option<usize>,
-    /// Extra hosts result URLs may be downloaded from.
+    /// Extra origins result URLs may be downloaded from, besides the base URL's own: `host:port`, or a bare `host` for ports 80 and 443 only.
     pub download_hosts: Vec<String>,
     /// Cap on a response body or downloaded image, MiB.
     pub max_response_mb: usize,
