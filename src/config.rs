@@ -117,7 +117,8 @@ pub struct InputConfig {
     /// Directories besides the output directory that input paths may point into; relative to
     /// the config file, absolute after loading.
     pub allowed_dirs: Vec<PathBuf>,
-    /// The largest input image, MB.
+    /// The largest input image, MB; inline base64 is capped lower, by the stdio line limit
+    /// ([`crate::transport::MAX_LINE_BYTES`]), so large inputs go by path or URI.
     pub max_image_mb: u64,
     /// The largest mask, MB.
     pub max_mask_mb: u64,

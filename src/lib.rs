@@ -11,3 +11,4 @@ pub mod live;
 pub mod progress;
 pub mod server;
 pub mod storage;
+pub mod transport;

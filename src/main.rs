@@ -627,7 +627,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tokio::spawn(watch(live.clone()));
             tokio::spawn(lifecycle::watch_upstream(live.clone()));
             let service = ImagegenServer::new(live)
-                .serve(rmcp::transport::stdio())
+                .serve(imagegen_mcp::transport::stdio())
                 .await?;
             service.waiting().await?;
             Ok(ExitCode::SUCCESS)

@@ -618,7 +618,7 @@ impl ImagegenServer {
     /// Edits images with a prompt and an optional mask.
     #[tool(
         name = "edit_image",
-        description = "Edit images: give a prompt and 1-16 input `images` (the imagegen://images/... URI of an image this server made, a file path inside the allowed directories, or base64), and optionally a `mask` (PNG with alpha, same size as the first image; transparent pixels mark what to change). Results are saved and returned like generate_image's. Use it to refine an image you just made (\"same scene at night\").",
+        description = "Edit images: give a prompt and 1-16 input `images` (the imagegen://images/... URI of an image this server made, a file path inside the allowed directories, or base64: about 12 MB in all per call, so pass large images by path or URI), and optionally a `mask` (PNG with alpha, same size as the first image; transparent pixels mark what to change). Results are saved and returned like generate_image's. Use it to refine an image you just made (\"same scene at night\").",
         output_schema = schema_for_output::<GenerateOutput>(),
         annotations(
             title = "Edit image",
