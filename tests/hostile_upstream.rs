@@ -106,7 +106,10 @@ async fn an_upstream_echoing_the_key_everywhere_leaks_it_nowhere() {
         .filter(|r| r.method.as_str() == "POST")
         .count();
     assert_eq!(posts, 2, "both answers were received");
-    assert!(shown.contains("xxxxxxxxxx"), "the upstream's message reached the result, scrubbed");
+    assert!(
+        shown.contains("xxxxxxxxxx"),
+        "the upstream's message reached the result, scrubbed"
+    );
     assert!(
         stderr.contains("TRACE") || stderr.contains("DEBUG"),
         "logs at trace were written"
