@@ -294,6 +294,31 @@ pub struct ProviderEntry {
     slots: Option<Slots>,
 }
 
+impl ProviderEntry {
+    /// `model` with this provider's aliases resolved.
+    pub fn resolve_alias(&self, model: &str) -> String {
+        self.aliases
+            .get(model)
+            .cloned()
+            .unwrap_or_else(|| model.to_string())
+    }
+
+    /// The model a call naming none gets, its alias resolved.
+    pub fn default_model(&self) -> String {
+        self.resolve_alias(self.provider.default_model())
+    }
+
+    /// The models the provider offers, with its default first when the list lacks it.
+    pub fn offered_models(&self) -> Vec<String> {
+        let mut models = self.provider.models();
+        let default = self.default_model();
+        if !models.contains(&default) {
+            models.insert(0, default);
+        }
+        models
+    }
+}
+
 /// What a key pool is built from: a hash of its keys and their sources, the recheck interval
 /// and the per-key request budget. Equal inputs keep the running pool across a reload.
 type PoolInputs = ([u8; 32], u64, Option<u32>);
@@ -599,22 +624,13 @@ impl Engine {
         self.on_shutdown
     }
 
-    /// `model` with aliases of provider `entry` resolved.
-    pub fn resolve_alias(entry: &ProviderEntry, model: &str) -> String {
-        entry
-            .aliases
-            .get(model)
-            .cloned()
-            .unwrap_or_else(|| model.to_string())
-    }
-
     /// Warnings for defaults and aliases that point at deprecated or shut-down models, for
     /// start-up, reloads and `config check`.
     pub fn lifecycle_warnings(&self) -> Vec<String> {
         let live = self.live_catalog();
         let mut out = Vec::new();
         for (name, entry) in &self.providers {
-            let default = Self::resolve_alias(entry, entry.provider.default_model());
+            let default = entry.default_model();
             let what = format!("the default model of provider `{name}`");
             out.extend(live.warning(&default, &what));
             for (alias, model) in &entry.aliases {
@@ -636,7 +652,7 @@ impl Engine {
             .iter()
             .filter(|(_, e)| e.provider.lifecycle_is_authoritative())
             .filter_map(|(name, entry)| {
-                let model = Self::resolve_alias(entry, entry.provider.default_model());
+                let model = entry.default_model();
                 (live.lifecycle(&model).state == ModelState::ShutDown).then(|| {
                     let instead = live
                         .replacement(&model)
@@ -692,7 +708,7 @@ impl Engine {
             .model
             .clone()
             .unwrap_or_else(|| provider.default_model().to_string());
-        let model = Self::resolve_alias(entry, &asked);
+        let model = entry.resolve_alias(&asked);
         let live = self.live_catalog();
         let life = live.lifecycle(&model);
         let replacement = live.replacement(&model);
@@ -899,7 +915,7 @@ impl Engine {
             .unwrap_or_else(|| err.message.clone());
         self.watch.mark_missing(model, said);
         let likely = live.replacement(model).or_else(|| {
-            let default = Self::resolve_alias(entry, entry.provider.default_model());
+            let default = entry.default_model();
             (default != model).then_some(default)
         });
         let instead = likely
@@ -1056,7 +1072,7 @@ impl Engine {
             .model
             .clone()
             .unwrap_or_else(|| provider.default_model().to_string());
-        let model = Self::resolve_alias(entry, &asked);
+        let model = entry.resolve_alias(&asked);
         let fail = |e| ToolError::from_provider(e, Some(name), Some(&model));
         let mut request = VariationRequest::new(model.clone(), image);
         request.size = params.size.clone();

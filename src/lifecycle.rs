@@ -276,9 +276,7 @@ pub fn model_rows(engine: &Engine, provider: Option<&str>) -> Vec<ModelRow> {
         Some(_) => entries
             .iter()
             .flat_map(|(_, e)| {
-                let p = &e.provider;
-                let mut models = p.models();
-                models.push(Engine::resolve_alias(e, p.default_model()));
+                let mut models = e.offered_models();
                 models.extend(e.aliases.values().cloned());
                 models
             })
@@ -324,10 +322,7 @@ pub async fn check_upstream(
         }
         match entry.provider.list_models().await {
             Ok(listed) => {
-                let mut advertised = entry.provider.models();
-                advertised.push(Engine::resolve_alias(entry, entry.provider.default_model()));
-                advertised.sort();
-                advertised.dedup();
+                let advertised = entry.offered_models();
                 let at = crate::live::rfc3339(time::OffsetDateTime::now_utc());
                 let check =
                     UpstreamCheck::compare(name, &listed, &advertised, &engine.live_catalog(), at);

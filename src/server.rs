@@ -207,11 +207,8 @@ pub fn providers_output(live: &Live) -> ProvidersOutput {
         .iter()
         .map(|(name, entry)| {
             let p = &entry.provider;
-            let default_model = Engine::resolve_alias(entry, p.default_model());
-            let mut models = p.models();
-            if !models.contains(&default_model) {
-                models.insert(0, default_model.clone());
-            }
+            let default_model = entry.default_model();
+            let models = entry.offered_models();
             ProviderInfo {
                 name: name.clone(),
                 kind: p.kind().into(),
