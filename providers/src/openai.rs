@@ -732,7 +732,7 @@ impl OpenAiProvider {
         headers
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| self.scrubber.request_id(v))
+            .and_then(|v| self.scrubber.token(v))
     }
 
     fn host(&self) -> &str {
@@ -2036,6 +2036,7 @@ impl ImagesResponse {
 
 /// The image models of a `GET /models` answer, sorted by id: entries without a string id are
 /// skipped, and a `shutdown_date` that is not a non-blank string counts as none announced.
+/// Ids and dates are printed and logged, so only plain tokens without a secret are kept.
 fn parse_models(body: &[u8], scrubber: &Scrubber) -> Result<Vec<UpstreamModel>, ProviderError> {
     let json: Value = serde_json::from_slice(body).map_err(|e| {
         bad(format!(
@@ -2050,7 +2051,7 @@ fn parse_models(body: &[u8], scrubber: &Scrubber) -> Result<Vec<UpstreamModel>, 
     let mut models: Vec<UpstreamModel> = data
         .iter()
         .filter_map(|entry| {
-            let id = entry.get("id")?.as_str()?.trim();
+            let id = scrubber.token(entry.get("id")?.as_str()?)?;
             let lower = id.to_ascii_lowercase();
             if !IMAGE_MODEL_PREFIXES.iter().any(|p| lower.starts_with(p)) {
                 return None;
@@ -2058,9 +2059,7 @@ fn parse_models(body: &[u8], scrubber: &Scrubber) -> Result<Vec<UpstreamModel>, 
             let shutdown = entry
                 .get("shutdown_date")
                 .and_then(Value::as_str)
-                .map(str::trim)
-                .filter(|d| !d.is_empty())
-                .map(String::from);
+                .and_then(|d| scrubber.token(d));
             Some(UpstreamModel::new(id, shutdown))
         })
         .collect();
@@ -2284,6 +2283,8 @@ mod tests {
             {"id":"chatgpt-image-latest","shutdown_date":20261201},
             {"id":"gpt-image-1.5","shutdown_date":"  "},
             {"id":"GPT-IMAGE-X"},
+            {"id":"gpt-image-9\nERROR forged log line"},
+            {"id":"gpt-image-3","shutdown_date":"2027-01-01\nERROR forged"},
             "not an object",
             {"id":"gpt-image-2"}
         ]}"#;
@@ -2300,6 +2301,7 @@ mod tests {
                 ("dall-e-3", Some("2026-05-12")),
                 ("gpt-image-1.5", None),
                 ("gpt-image-2", None),
+                ("gpt-image-3", None),
             ]
         );
         for broken in [&b"not json"[..], b"{}", br#"{"data":{}}"#, b"[]"] {

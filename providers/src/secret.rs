@@ -128,9 +128,10 @@ impl Scrubber {
         err
     }
 
-    /// An upstream's request id if it is a plain token (`[A-Za-z0-9._:-]`, at most 128
-    /// characters) holding no secret: it is quoted to support and logged, so nothing else is kept.
-    pub(crate) fn request_id(&self, raw: &str) -> Option<String> {
+    /// An identifier an upstream gives (a request id, a model id, a date) if it is a plain
+    /// token (`[A-Za-z0-9._:-]`, at most 128 characters) holding no secret: such values are
+    /// logged and printed as they are, so nothing else is kept.
+    pub(crate) fn token(&self, raw: &str) -> Option<String> {
         let id = raw.trim();
         let plain = !id.is_empty()
             && id.len() <= MAX_REQUEST_ID
@@ -220,16 +221,14 @@ mod tests {
     }
 
     #[test]
-    fn request_ids_are_plain_tokens_without_secrets() {
+    fn upstream_identifiers_are_plain_tokens_without_secrets() {
         let s = scrubber();
-        assert_eq!(
-            s.request_id(" req_1.a:b-c ").as_deref(),
-            Some("req_1.a:b-c")
-        );
-        assert_eq!(s.request_id("sk-SENTINEL-hostile-0123456789abcdef"), None);
-        assert_eq!(s.request_id("a b"), None);
-        assert_eq!(s.request_id(&"x".repeat(129)), None);
-        assert_eq!(s.request_id(""), None);
+        assert_eq!(s.token(" req_1.a:b-c ").as_deref(), Some("req_1.a:b-c"));
+        assert_eq!(s.token("sk-SENTINEL-hostile-0123456789abcdef"), None);
+        assert_eq!(s.token("a b"), None);
+        assert_eq!(s.token("gpt-image-9\nERROR forged"), None);
+        assert_eq!(s.token(&"x".repeat(129)), None);
+        assert_eq!(s.token(""), None);
     }
 
     #[test]
