@@ -316,7 +316,7 @@ impl GifRules {
                 "{} px for {from}-{} frames",
                 cap.max_side, cap.up_to_frames
             ));
-            from = cap.up_to_frames + 1;
+            from = cap.up_to_frames.saturating_add(1);
         }
         parts.join(", ")
     }
@@ -962,6 +962,15 @@ mod tests {
         let caps = catalog.get("gpt-image-2.6-flare");
         let rules = caps.gif.clone().unwrap();
         assert_eq!((rules.max_frames, rules.max_side(9)), (16, None));
+        // Configured numbers are outside values: describing the last cap must not overflow.
+        let edge: GifRules = serde_json::from_value(serde_json::json!({
+            "frame_side_caps": [{"up_to_frames": u32::MAX, "max_side": 960}]
+        }))
+        .unwrap();
+        assert_eq!(
+            edge.describe_caps(),
+            format!("960 px for 2-{} frames", u32::MAX)
+        );
         let life = caps.lifecycle(Date::parse("2026-12-01").unwrap());
         assert_eq!(
             (life.state, life.replacement.as_deref()),
