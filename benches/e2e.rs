@@ -707,7 +707,7 @@ async fn mock_in_process() -> (f64, usize) {
     let start = Instant::now();
     for i in 0..MOCK_CALLS {
         let mut request = GenerateRequest::new(format!("a lighthouse at dusk {i}"), MOCK_MODEL);
-        request.size = Some(format!("{SIDE}x{SIDE}"));
+        request.options.size = Some(format!("{SIDE}x{SIDE}"));
         let result = provider.generate(&request).await.expect("mock generates");
         bytes += result.images[0].bytes.len();
     }
@@ -928,7 +928,7 @@ impl Bench {
         );
         let provider = OpenAiProvider::new(settings, reqwest::Client::new());
         let mut request = GenerateRequest::new("a lighthouse at dusk", "gpt-image-1.5");
-        request.size = Some(format!("{SIDE}x{SIDE}"));
+        request.options.size = Some(format!("{SIDE}x{SIDE}"));
         let http = reqwest::Client::new();
         let url = format!("{}/images/generations", self.up.base_url);
         let dir = tempfile::tempdir().unwrap();

@@ -4,12 +4,13 @@
 use std::{sync::Arc, time::Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt as _};
+use imagegen_providers::ImageOptions;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     config::Delivery,
-    engine::{CallContext, Engine, GenerateParams, Generation, RenderOptions},
+    engine::{CallContext, Engine, GenerateParams, Generation},
     error::ToolError,
     progress::Progress,
     storage::StoredImage,
@@ -38,36 +39,10 @@ pub struct BatchParams {
     /// Shared: model name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    /// Shared: `WIDTHxHEIGHT` or `auto`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<String>,
-    /// Shared: `low`, `medium`, `high`, `auto` (or `standard`, `hd` for dall-e-3).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quality: Option<String>,
-    /// Shared: images per prompt with `prompts` and `items` (not with `count`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n: Option<u32>,
-    /// Shared: `png`, `jpeg` or `webp`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_format: Option<String>,
-    /// Shared: 0-100 compression for `jpeg` and `webp`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_compression: Option<u8>,
-    /// Shared: `transparent`, `opaque` or `auto`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub background: Option<String>,
-    /// Shared: `vivid` or `natural` (dall-e-3).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub style: Option<String>,
-    /// Shared: `auto` or `low`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub moderation: Option<String>,
-    /// Shared: seed, where supported; with `count`, item k uses seed + k so images differ.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
-    /// Shared: complexity, animation and SVG settings, as for `generate_image`.
+    /// Shared by every item that does not set its own: size, shape, quality, format and the
+    /// other image options, as for `generate_image` (streaming `partial_images` excepted).
     #[serde(flatten)]
-    pub render: RenderOptions,
+    pub options: ImageOptions,
     /// `preview` (default), `link` or `full`; inline previews of the whole batch share one budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
@@ -119,6 +94,22 @@ pub struct BatchOutput {
     pub error: Option<ToolError>,
 }
 
+impl BatchOutput {
+    /// The output of a batch refused as a whole (bad parameters) before any item ran.
+    pub fn failure(error: ToolError, elapsed_ms: u64) -> Self {
+        Self {
+            results: Vec::new(),
+            summary: BatchSummary {
+                requested: 0,
+                succeeded: 0,
+                failed: 0,
+                elapsed_ms,
+            },
+            error: Some(error),
+        }
+    }
+}
+
 /// Items that one upstream request serves: `indices` share one prompt and the request's `n`.
 #[derive(Debug, Clone)]
 struct Group {
@@ -128,21 +119,14 @@ struct Group {
 
 /// Overlays the shared parameters under an item's own.
 fn with_shared(item: GenerateParams, shared: &BatchParams) -> GenerateParams {
+    let mut options = item.options.or(&shared.options);
+    // Streaming previews are per call, and a batch item's progress has no place for them.
+    options.partial_images = None;
     GenerateParams {
         prompt: item.prompt,
         provider: item.provider.or_else(|| shared.provider.clone()),
         model: item.model.or_else(|| shared.model.clone()),
-        size: item.size.or_else(|| shared.size.clone()),
-        quality: item.quality.or_else(|| shared.quality.clone()),
-        n: item.n.or(shared.n),
-        output_format: item.output_format.or_else(|| shared.output_format.clone()),
-        output_compression: item.output_compression.or(shared.output_compression),
-        background: item.background.or_else(|| shared.background.clone()),
-        style: item.style.or_else(|| shared.style.clone()),
-        moderation: item.moderation.or_else(|| shared.moderation.clone()),
-        seed: item.seed.or(shared.seed),
-        partial_images: None,
-        render: item.render.or(&shared.render),
+        options,
         delivery: None,
     }
 }
@@ -209,7 +193,7 @@ fn plan(params: &BatchParams, engine: &Engine) -> Result<(usize, Vec<Group>), To
     if count == 0 || count > max {
         return Err(too_many(count, "count"));
     }
-    if params.n.is_some_and(|n| n != 1) {
+    if params.options.n.is_some_and(|n| n != 1) {
         return Err(ToolError::invalid_param(
             "n",
             "with `count`, leave `n` out: `count` is the number of images",
@@ -225,7 +209,7 @@ fn plan(params: &BatchParams, engine: &Engine) -> Result<(usize, Vec<Group>), To
     // One request serves as many images as the model's `n` allows; with a seed each image
     // needs its own request, or they would all be the same.
     let prepared = engine.prepare(&template)?;
-    let per_request = if template.seed.is_some() {
+    let per_request = if template.options.seed.is_some() {
         1
     } else {
         let model = &prepared.request.model;
@@ -236,8 +220,11 @@ fn plan(params: &BatchParams, engine: &Engine) -> Result<(usize, Vec<Group>), To
         .chunks(per_request)
         .map(|indices| {
             let mut p = template.clone();
-            p.n = Some(indices.len() as u32);
-            p.seed = template.seed.map(|s| s.wrapping_add(indices[0] as u64));
+            p.options.n = Some(indices.len() as u32);
+            p.options.seed = template
+                .options
+                .seed
+                .map(|s| s.wrapping_add(indices[0] as u64));
             Group {
                 indices: indices.to_vec(),
                 params: p,
@@ -258,16 +245,7 @@ pub async fn run(
     let (count, groups) = match plan(params, &engine) {
         Ok(plan) => plan,
         Err(error) => {
-            let output = BatchOutput {
-                results: Vec::new(),
-                summary: BatchSummary {
-                    requested: 0,
-                    succeeded: 0,
-                    failed: 0,
-                    elapsed_ms: started.elapsed().as_millis() as u64,
-                },
-                error: Some(error),
-            };
+            let output = BatchOutput::failure(error, started.elapsed().as_millis() as u64);
             return (output, Vec::new());
         }
     };

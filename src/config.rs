@@ -12,7 +12,7 @@ mod show;
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use imagegen_providers::{ErrorKind, ImageFormat, ModelOverride};
+use imagegen_providers::{ErrorKind, ImageOptions, ModelOverride};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
@@ -224,29 +224,11 @@ impl Default for OutputConfig {
     }
 }
 
-/// Default generation parameters; a value the chosen model does not take is not sent.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Defaults {
-    /// `size`.
-    pub size: Option<String>,
-    /// `quality`.
-    pub quality: Option<String>,
-    /// `output_format`.
-    pub output_format: Option<ImageFormat>,
-    /// `output_compression`.
-    pub output_compression: Option<u8>,
-    /// `background`.
-    pub background: Option<String>,
-    /// `style`.
-    pub style: Option<String>,
-    /// `moderation`.
-    pub moderation: Option<String>,
-    /// `partial_images`: streamed previews before the final image (0-3, GPT image models).
-    pub partial_images: Option<u8>,
-    /// `complexity`: planning effort before rendering (`low`, `medium`, `high`; GPT Image 2.6).
-    pub complexity: Option<String>,
-}
+/// Default image options (`[defaults]`, `[providers.NAME.defaults]`): each applies when a
+/// call leaves it unset and the chosen model takes it, and is otherwise not sent. Unknown keys
+/// are refused by hand at load (the options are flattened into tool parameters, where serde
+/// cannot refuse them).
+pub type Defaults = ImageOptions;
 
 /// One `[providers.NAME]` table; `kind` picks the implementation.
 #[derive(Debug, Clone, Deserialize, Serialize)]

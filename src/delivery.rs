@@ -436,9 +436,9 @@ mod tests {
 
     async fn images(n: u32, size: &str, background: Option<&str>) -> Vec<GeneratedImage> {
         let mut r = GenerateRequest::new("budget test", MOCK_MODEL);
-        r.n = n;
-        r.size = Some(size.into());
-        r.background = background.map(str::to_owned);
+        r.options.n = Some(n);
+        r.options.size = Some(size.into());
+        r.options.background = background.map(str::to_owned);
         MockProvider::new(MockSettings::default())
             .generate(&r)
             .await
@@ -573,9 +573,9 @@ mod tests {
 
     async fn made(format: ImageFormat, size: &str, frames: Option<u32>) -> GeneratedImage {
         let mut r = GenerateRequest::new("media test", MOCK_MODEL);
-        r.size = Some(size.into());
-        r.output_format = Some(format);
-        r.frame_count = frames;
+        r.options.size = Some(size.into());
+        r.options.output_format = Some(format);
+        r.options.frame_count = frames;
         MockProvider::new(MockSettings::default())
             .generate(&r)
             .await

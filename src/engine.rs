@@ -12,8 +12,9 @@ use imagegen_providers::{
     keys::KeyPool,
     mock::{MockProvider, MockSettings},
     openai::{OpenAiProvider, OpenAiSettings},
-    validate, Catalog, Date, EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult,
-    GeneratedImage, ImageFormat, ImageProvider, InputImage, ModelState, Param, ProviderError,
+    validate::{self, Operation},
+    Catalog, Date, EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult, GeneratedImage,
+    ImageFormat, ImageOptions, ImageProvider, InputImage, ModelState, Param, ProviderError,
     ProviderEvent, SvgOptions, VariationRequest,
 };
 use schemars::JsonSchema;
@@ -34,111 +35,22 @@ use crate::{
     storage::{ImageStore, StoredImage},
 };
 
-/// How the image is made and shaped beyond size and quality: planning effort, animation, and
-/// vector authoring (GPT Image 2.6). Flattened into every tool that makes images.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct RenderOptions {
-    /// `low`, `medium` or `high`: how much the model plans before it renders, independent of
-    /// `quality` (GPT Image 2.6 only; its default is `high`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub complexity: Option<String>,
-    /// With `output_format: "gif"`: frames of the animation, 2-16 (default 9). `size` is per
-    /// frame and all frames share one image, so larger frames fit fewer of them (see
-    /// `list_providers`, `gif.frame_side_caps`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub frame_count: Option<u32>,
-    /// With `output_format: "gif"`: how long each frame shows, milliseconds, at least 20
-    /// (default 200, rounded to 10).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub frame_duration_ms: Option<u32>,
-    /// With `output_format: "svg"`: the text model that writes the SVG and how hard it reasons,
-    /// e.g. `{"model": "gpt-5.2", "reasoning": {"effort": "high"}}`; `model` defaults to the
-    /// provider's `svg_model` setting. SVG makes one image per call.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<SvgSchema>")]
-    pub svg: Option<SvgOptions>,
-}
-
-/// The schema of [`RenderOptions::svg`] (the options type lives in the providers crate).
-#[derive(JsonSchema)]
-#[allow(dead_code)]
-struct SvgSchema {
-    /// The text model that writes the SVG markup.
-    model: Option<String>,
-    /// `{"effort": "..."}`: the writer's reasoning effort; the values depend on `model`.
-    reasoning: Option<SvgReasoningSchema>,
-}
-
-/// The schema of `svg.reasoning`.
-#[derive(JsonSchema)]
-#[allow(dead_code)]
-struct SvgReasoningSchema {
-    /// `low`, `medium`, `high`, ... as `svg.model` allows.
-    effort: Option<String>,
-}
-
-impl RenderOptions {
-    /// These options, with any unset one taken from `under`.
-    pub fn or(self, under: &Self) -> Self {
-        Self {
-            complexity: self.complexity.or_else(|| under.complexity.clone()),
-            frame_count: self.frame_count.or(under.frame_count),
-            frame_duration_ms: self.frame_duration_ms.or(under.frame_duration_ms),
-            svg: self.svg.or_else(|| under.svg.clone()),
-        }
-    }
-}
-
 /// The parameters of `generate_image` (and of `imagegen-mcp generate`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct GenerateParams {
-    /// What to draw: a full description of the image. Up to 32,000 characters for GPT image
-    /// models (4,000 for dall-e-3).
+    /// What to draw: a full description of the image (each model's longest prompt is in
+    /// `list_providers`).
     pub prompt: String,
     /// Which configured provider to use (see `list_providers`); default: the configured default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
-    /// Model name, e.g. `gpt-image-2.6-flare`, `gpt-image-2.6-sunburst`, or an alias: `fast`
-    /// or `best`; default: the provider's model. See `list_providers`.
+    /// A model the provider offers, or an alias such as `fast` or `best`; default: the
+    /// provider's model. See `list_providers`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    /// `WIDTHxHEIGHT` such as `1024x1024`, `1536x1024` (landscape), `1024x1536` (portrait), or
-    /// `auto`. GPT Image 2 and later also take custom sizes (multiples of 16). See `list_providers`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<String>,
-    /// `low`, `medium`, `high` or `auto` for GPT image models; GPT Image 2.5 and 2.6 also
-    /// take `xhigh` and `max`. Higher quality is slower and costs more.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quality: Option<String>,
-    /// How many images to make (1-10 for GPT image models).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n: Option<u32>,
-    /// `png` (default), `jpeg` or `webp`; GPT Image 2.6 also makes `gif` (animated, see
-    /// `frame_count`) and `svg` (vector, see `svg`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_format: Option<String>,
-    /// 0-100 compression for `jpeg` and `webp`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_compression: Option<u8>,
-    /// `transparent` (needs png or webp), `opaque` or `auto`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub background: Option<String>,
-    /// `vivid` or `natural` (dall-e-3 only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub style: Option<String>,
-    /// `auto` (default) or `low` content moderation (GPT image models).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub moderation: Option<String>,
-    /// Seed for reproducible output, where the provider supports it (the mock does).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
-    /// 0-3 partial images streamed while the image is made (GPT image models, n = 1, not
-    /// GIF): each arrives as a progress notification linking to it, before the final image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partial_images: Option<u8>,
-    /// Complexity, animation and SVG settings.
+    /// Size, shape, quality, format and the other options of the image.
     #[serde(flatten)]
-    pub render: RenderOptions,
+    pub options: ImageOptions,
     /// How to return images: `preview` (small inline preview + link to the full image, the
     /// default), `link` (no inline image), or `full` (the original inline when it fits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,58 +62,28 @@ pub struct GenerateParams {
 pub struct EditParams {
     /// What the result should show or what to change ("same scene at night", "remove the car").
     pub prompt: String,
-    /// 1-16 input images (1 for dall-e-2): each the `imagegen://images/...` URI of an image
-    /// this server made, a file path inside the allowed directories (relative paths are
-    /// relative to the output directory), a `data:image/...;base64,` URL, or base64 data.
+    /// The input images (how many a model takes is in `list_providers`): each the
+    /// `imagegen://images/...` URI of an image this server made, a file path inside the allowed
+    /// directories (relative paths are relative to the output directory), a
+    /// `data:image/...;base64,` URL, or base64 data.
     pub images: Vec<String>,
     /// A PNG with alpha, the size of the first image: its transparent pixels mark what to
     /// change. Same forms as `images`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask: Option<String>,
-    /// GPT Image 2.6 markup edits: a transparent PNG the size of the first image holding only
-    /// annotations (circles, arrows, notes); the prompt says what each mark means. Same forms
-    /// as `images`.
+    /// Markup edits: a transparent PNG the size of the first image holding only annotations
+    /// (circles, arrows, notes); the prompt says what each mark means. Same forms as `images`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub markup: Option<String>,
-    /// `high` or `low`: how closely to keep the inputs' details such as faces (not on gpt-image-1-mini).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input_fidelity: Option<String>,
     /// Which configured provider to use; default: the configured default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
-    /// Model name; default: the provider's model.
+    /// Model name or alias; default: the provider's model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    /// Output size `WIDTHxHEIGHT` or `auto`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<String>,
-    /// `low`, `medium`, `high` or `auto`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quality: Option<String>,
-    /// How many results to make.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n: Option<u32>,
-    /// `png` (default), `jpeg` or `webp`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_format: Option<String>,
-    /// 0-100 compression for `jpeg` and `webp`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_compression: Option<u8>,
-    /// `transparent` (needs png or webp), `opaque` or `auto`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub background: Option<String>,
-    /// `auto` or `low` content moderation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub moderation: Option<String>,
-    /// Seed, where the provider supports it (the mock does).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
-    /// 0-3 partial images streamed before the final one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partial_images: Option<u8>,
-    /// Complexity, animation and SVG settings, as for `generate_image`.
+    /// Size, shape, quality, format and the other options of the results.
     #[serde(flatten)]
-    pub render: RenderOptions,
+    pub options: ImageOptions,
     /// `preview` (default), `link` or `full`, as for `generate_image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
@@ -214,17 +96,7 @@ impl EditParams {
             prompt: self.prompt.clone(),
             provider: self.provider.clone(),
             model: self.model.clone(),
-            size: self.size.clone(),
-            quality: self.quality.clone(),
-            n: self.n,
-            output_format: self.output_format.clone(),
-            output_compression: self.output_compression,
-            background: self.background.clone(),
-            style: None,
-            moderation: self.moderation.clone(),
-            seed: self.seed,
-            partial_images: self.partial_images,
-            render: self.render.clone(),
+            options: self.options.clone(),
             delivery: self.delivery,
         }
     }
@@ -420,17 +292,7 @@ pub struct Engine {
 }
 
 fn overlay(base: &Defaults, top: &Defaults) -> Defaults {
-    Defaults {
-        size: top.size.clone().or_else(|| base.size.clone()),
-        quality: top.quality.clone().or_else(|| base.quality.clone()),
-        output_format: top.output_format.or(base.output_format),
-        output_compression: top.output_compression.or(base.output_compression),
-        background: top.background.clone().or_else(|| base.background.clone()),
-        style: top.style.clone().or_else(|| base.style.clone()),
-        moderation: top.moderation.clone().or_else(|| base.moderation.clone()),
-        partial_images: top.partial_images.or(base.partial_images),
-        complexity: top.complexity.clone().or_else(|| base.complexity.clone()),
-    }
+    top.clone().or(base)
 }
 
 /// The key pool of provider `name`: the previous engine's pool when nothing it was built from
@@ -701,6 +563,15 @@ impl Engine {
     /// not take, or is refused (`"refuse"`); for a provider whose server may still serve the
     /// model, it is sent as asked and the replacement is kept as the fallback.
     pub fn prepare(&self, params: &GenerateParams) -> Result<Prepared, ToolError> {
+        self.prepare_for(params, Operation::Generate)
+    }
+
+    /// [`Engine::prepare`] for `operation`: an edit's options are checked as an edit's.
+    fn prepare_for(
+        &self,
+        params: &GenerateParams,
+        operation: Operation,
+    ) -> Result<Prepared, ToolError> {
         let name = params.provider.as_deref().unwrap_or(&self.default_provider);
         let entry = self.entry(name)?;
         let provider = entry.provider.clone();
@@ -765,12 +636,14 @@ impl Engine {
             ModelState::Active => {}
         }
         let replaced = target != model;
-        let request = self.build_request(name, entry, params, &target, replaced, &mut notes)?;
+        let request = self.build_request(
+            name, entry, params, operation, &target, replaced, &mut notes,
+        )?;
         // A fallback that cannot be built (the replacement refuses what was asked) is no fallback.
         let fallback = fallback_model.and_then(|r| {
             let mut dropped = Vec::new();
             let request = self
-                .build_request(name, entry, params, &r, true, &mut dropped)
+                .build_request(name, entry, params, operation, &r, true, &mut dropped)
                 .ok()?;
             let mut note = format!(
                 "the provider no longer serves `{model}` (the catalog says it was {when}); the call went to its replacement `{r}`"
@@ -793,11 +666,13 @@ impl Engine {
 
     /// The checked request for `model`; with `lenient`, parameters the model does not take
     /// (or values it refuses) are dropped with a note instead of failing the call.
+    #[allow(clippy::too_many_arguments)]
     fn build_request(
         &self,
         name: &str,
         entry: &ProviderEntry,
         params: &GenerateParams,
+        operation: Operation,
         model: &str,
         lenient: bool,
         notes: &mut Vec<String>,
@@ -807,91 +682,32 @@ impl Engine {
         let fail = |e| ToolError::from_provider(e, Some(name), Some(model));
 
         let mut request = GenerateRequest::new(params.prompt.clone(), model);
-        request.size = params.size.clone();
-        request.quality = params.quality.clone();
-        request.n = params.n.unwrap_or(1);
-        request.output_format = params
-            .output_format
-            .as_deref()
-            .map(|f| f.parse::<ImageFormat>())
-            .transpose()
-            .map_err(|e| ToolError::invalid_param("output_format", e))?;
-        request.output_compression = params.output_compression;
-        request.background = params.background.clone();
-        request.style = params.style.clone();
-        request.moderation = params.moderation.clone();
-        request.seed = params.seed;
-        request.partial_images = params.partial_images.filter(|&n| n > 0);
-        let render = &params.render;
-        request.complexity = render.complexity.clone();
-        request.frame_count = render.frame_count;
-        request.frame_duration_ms = render.frame_duration_ms;
-        request.svg = render.svg.clone();
+        request.options = params.options.clone();
+        // Zero partial images is the same as none: nothing streams.
+        request.options.partial_images = params.options.partial_images.filter(|&n| n > 0);
         // The writer of an SVG defaults to the provider's setting: it is part of the ask.
-        if request.output_format == Some(ImageFormat::Svg) {
+        if request.options.output_format == Some(ImageFormat::Svg) {
             if let Some(writer) = &entry.svg_model {
-                let svg = request.svg.get_or_insert_with(SvgOptions::default);
+                let svg = request.options.svg.get_or_insert_with(SvgOptions::default);
                 svg.model.get_or_insert_with(|| writer.clone());
             }
         }
-        check_or_drop(&mut request, &caps, lenient, notes).map_err(fail)?;
+        check_or_drop(&mut request, &caps, operation, lenient, notes).map_err(fail)?;
 
         let d = &entry.defaults;
-        let defaults: [(Param, bool); 9] = [
-            (Param::Size, request.size.is_none() && d.size.is_some()),
-            (
-                Param::Quality,
-                request.quality.is_none() && d.quality.is_some(),
-            ),
-            (
-                Param::OutputFormat,
-                request.output_format.is_none() && d.output_format.is_some(),
-            ),
-            (
-                Param::OutputCompression,
-                request.output_compression.is_none() && d.output_compression.is_some(),
-            ),
-            (
-                Param::Background,
-                request.background.is_none() && d.background.is_some(),
-            ),
-            (Param::Style, request.style.is_none() && d.style.is_some()),
-            (
-                Param::Moderation,
-                request.moderation.is_none() && d.moderation.is_some(),
-            ),
-            // Streaming makes one still image: a default never turns a call for several, or
-            // for an animation, into an error.
-            (
-                Param::Stream,
-                params.partial_images.is_none()
-                    && d.partial_images.is_some_and(|n| n > 0)
-                    && request.n == 1
-                    && request.output_format != Some(ImageFormat::Gif),
-            ),
-            (
-                Param::Complexity,
-                request.complexity.is_none() && d.complexity.is_some(),
-            ),
-        ];
-        for (param, applies) in defaults {
-            if !applies || !caps.takes(param) {
-                continue;
-            }
-            match param {
-                Param::Size => request.size = d.size.clone(),
-                Param::Quality => request.quality = d.quality.clone(),
-                Param::OutputFormat => request.output_format = d.output_format,
-                Param::OutputCompression => request.output_compression = d.output_compression,
-                Param::Background => request.background = d.background.clone(),
-                Param::Style => request.style = d.style.clone(),
-                Param::Moderation => request.moderation = d.moderation.clone(),
-                Param::Stream => request.partial_images = d.partial_images,
-                Param::Complexity => request.complexity = d.complexity.clone(),
-                _ => {}
-            }
+        // Streaming makes one still image: a default never turns a call for several, or for an
+        // animation, into an error; and an explicit `partial_images = 0` keeps it off.
+        let streams_one = request.n() == 1
+            && request.options.format() != ImageFormat::Gif
+            && params.options.partial_images.is_none()
+            && d.partial_images.is_some_and(|n| n > 0);
+        let filled = request.options.fill_from(d, |param| {
+            caps.takes(param) && operation.allows(param) && (param != Param::Stream || streams_one)
+        });
+        if filled.is_empty() {
+            return Ok(request);
         }
-        validate::check(&request, &caps).map_err(|mut e| {
+        validate::check_for(&request, &caps, operation).map_err(|mut e| {
             e.message
                 .push_str(" (the value comes from the configured [defaults])");
             fail(e)
@@ -1015,7 +831,7 @@ impl Engine {
         call: &CallContext,
     ) -> Result<Generation, ToolError> {
         call.progress.phase("validating");
-        let prepared = self.prepare(&params.as_generate())?;
+        let prepared = self.prepare_for(&params.as_generate(), Operation::Edit)?;
         let entry = self.entry(&prepared.provider_name)?;
         let provider = prepared.provider.clone();
         let name = prepared.provider_name.as_str();
@@ -1028,7 +844,6 @@ impl Engine {
             .with_generation(generate.clone());
             request.mask = inputs.mask.clone();
             request.markup = inputs.markup.clone();
-            request.input_fidelity = params.input_fidelity.clone();
             let caps = provider.capabilities(&request.model);
             validate::check_edit(&request, &caps)?;
             validate::check_edit_images(&request)?;
@@ -1285,17 +1100,18 @@ pub struct EditInputs {
 fn check_or_drop(
     request: &mut GenerateRequest,
     caps: &imagegen_providers::ModelCapabilities,
+    operation: Operation,
     lenient: bool,
     notes: &mut Vec<String>,
 ) -> Result<(), ProviderError> {
     // Each round clears one parameter, and there are fewer than this many.
-    for _ in 0..32 {
-        let err = match validate::check(request, caps) {
+    for _ in 0..Param::ALL.len() + 1 {
+        let err = match validate::check_for(request, caps, operation) {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
         let param = err.param.as_deref().and_then(|name| {
-            validate::params_set(request).into_iter().find(|p| {
+            request.options.params_set().into_iter().find(|p| {
                 p.as_str() == name
                     || (name == "partial_images" && *p == Param::Stream)
                     || (name == "svg.model" && *p == Param::Svg)
@@ -1308,12 +1124,12 @@ fn check_or_drop(
                     err.param.as_deref().unwrap_or(param.as_str()),
                     err.message
                 ));
-                validate::clear_param(request, param);
+                request.options.clear(param);
             }
             _ => return Err(err),
         }
     }
-    validate::check(request, caps)
+    validate::check_for(request, caps, operation)
 }
 
 /// Turns provider events into progress phases until the provider is done; partial images are
@@ -1414,17 +1230,20 @@ api_key = "sk-SENTINEL-engine-0123456789abcdef"
         let e = engine(OPENAI_WITH_DEFAULTS);
         let gpt = e.prepare(&params("x")).unwrap().request;
         assert_eq!(gpt.model, "gpt-image-2.6-flare");
-        assert_eq!(gpt.moderation.as_deref(), Some("low"));
-        assert_eq!(gpt.quality.as_deref(), Some("high"));
-        assert_eq!(gpt.style, None, "GPT image models take no style");
+        assert_eq!(gpt.options.moderation.as_deref(), Some("low"));
+        assert_eq!(gpt.options.quality.as_deref(), Some("high"));
+        assert_eq!(gpt.options.style, None, "GPT image models take no style");
 
         let e = engine(&format!("{OPENAI_WITH_DEFAULTS}{COMPATIBLE}"));
         let mut p = params("x");
         p.model = Some("dall-e-3".into());
-        p.quality = Some("hd".into());
+        p.options.quality = Some("hd".into());
         let dalle = e.prepare(&p).unwrap().request;
-        assert_eq!(dalle.moderation, None, "dall-e-3 rejects moderation");
-        assert_eq!(dalle.style.as_deref(), Some("vivid"));
+        assert_eq!(
+            dalle.options.moderation, None,
+            "dall-e-3 rejects moderation"
+        );
+        assert_eq!(dalle.options.style.as_deref(), Some("vivid"));
     }
 
     #[test]
@@ -1432,18 +1251,18 @@ api_key = "sk-SENTINEL-engine-0123456789abcdef"
         let e = engine(OPENAI_WITH_DEFAULTS);
         let mut p = params("x");
         p.model = Some("dall-e-3".into());
-        p.quality = Some("hd".into());
-        p.style = Some("natural".into());
-        p.size = Some("1792x1024".into());
+        p.options.quality = Some("hd".into());
+        p.options.style = Some("natural".into());
+        p.options.size = Some("1792x1024".into());
         let prepared = e.prepare(&p).unwrap();
         let r = &prepared.request;
         assert_eq!(r.model, "gpt-image-2.6-flare");
         assert_eq!(
-            (r.style.as_deref(), r.size.as_deref()),
+            (r.options.style.as_deref(), r.options.size.as_deref()),
             (None, Some("1792x1024"))
         );
         assert_eq!(
-            r.quality.as_deref(),
+            r.options.quality.as_deref(),
             Some("high"),
             "the default applies once `hd` is dropped"
         );
@@ -1543,7 +1362,7 @@ api_key = "sk-SENTINEL-engine-0123456789abcdef"
     fn explicit_parameters_the_model_does_not_take_are_refused_by_name() {
         let e = engine(OPENAI_WITH_DEFAULTS);
         let mut p = params("x");
-        p.style = Some("natural".into());
+        p.options.style = Some("natural".into());
         let err = e.prepare(&p).unwrap_err();
         assert_eq!(
             (err.kind.as_str(), err.param.as_deref()),
@@ -1570,7 +1389,7 @@ api_key = "sk-SENTINEL-engine-0123456789abcdef"
         );
         let r = e.prepare(&params("x")).unwrap().request;
         assert_eq!(
-            (r.size.as_deref(), r.quality.as_deref()),
+            (r.options.size.as_deref(), r.options.quality.as_deref()),
             (Some("32x32"), Some("low"))
         );
     }

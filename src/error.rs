@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ToolError {
     /// What went wrong: one of the provider error kinds (`invalid_request`, `rate_limited`, ...),
-    /// or `storage` when the image could not be saved.
-    pub kind: String,
+    /// `storage` when the image could not be saved, or `internal`.
+    pub kind: ToolErrorKind,
     /// A message a person can act on.
     pub message: String,
     /// Whether a later identical call may succeed.
@@ -44,6 +44,89 @@ pub struct ToolError {
     pub at: String,
 }
 
+/// What went wrong in a tool call: a provider error kind, or a failure of this server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ToolErrorKind {
+    /// What the provider (or the checks before it) said went wrong.
+    Provider(ErrorKind),
+    /// The image was made but could not be saved.
+    Storage,
+    /// The server failed in a way it should not have (a bug).
+    Internal,
+}
+
+impl ToolErrorKind {
+    /// Every kind's name, as written in results.
+    pub fn names() -> Vec<&'static str> {
+        ErrorKind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .chain(["storage", "internal"])
+            .collect()
+    }
+
+    /// The snake_case name (`invalid_request`, `storage`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provider(kind) => kind.as_str(),
+            Self::Storage => "storage",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl From<ErrorKind> for ToolErrorKind {
+    fn from(kind: ErrorKind) -> Self {
+        Self::Provider(kind)
+    }
+}
+
+impl PartialEq<ErrorKind> for ToolErrorKind {
+    fn eq(&self, other: &ErrorKind) -> bool {
+        *self == Self::Provider(*other)
+    }
+}
+
+impl std::fmt::Display for ToolErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ToolErrorKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ToolErrorKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        match name.as_str() {
+            "storage" => Ok(Self::Storage),
+            "internal" => Ok(Self::Internal),
+            other => other
+                .parse::<ErrorKind>()
+                .map(Self::Provider)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl JsonSchema for ToolErrorKind {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ToolErrorKind".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "enum": Self::names(),
+            "description": "What went wrong: a provider error kind, `storage` (the image could not be saved) or `internal` (a bug)."
+        })
+    }
+}
+
 impl ToolError {
     /// An error of `kind` with nothing but a message.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
@@ -58,7 +141,7 @@ impl ToolError {
     /// The server failed in a way it should not have (a bug); the call is answered anyway.
     pub fn internal(message: impl Into<String>) -> Self {
         Self {
-            kind: "internal".into(),
+            kind: ToolErrorKind::Internal,
             ..Self::storage(message)
         }
     }
@@ -66,7 +149,7 @@ impl ToolError {
     /// The image was made but could not be saved.
     pub fn storage(message: impl Into<String>) -> Self {
         Self {
-            kind: "storage".into(),
+            kind: ToolErrorKind::Storage,
             ..Self::new(ErrorKind::BadResponse, message)
         }
     }
@@ -81,7 +164,7 @@ impl ToolError {
             message = format!("{message} (provider said: {provider_message})");
         }
         Self {
-            kind: err.kind.as_str().into(),
+            kind: err.kind.into(),
             message,
             retryable: err.retryable,
             retry_after_s: err.retry_after.map(|d| d.as_secs_f64().ceil() as u64),
@@ -92,7 +175,7 @@ impl ToolError {
             provider_code: err.provider_code,
             request_id: err.request_id,
             attempts: (err.attempts > 0).then_some(err.attempts),
-            at: crate::live::rfc3339(time::OffsetDateTime::now_utc()),
+            at: crate::clock::now_rfc3339(),
         }
     }
 

@@ -326,7 +326,7 @@ mod tests {
     async fn png() -> Vec<u8> {
         use imagegen_providers::{mock::MockProvider, GenerateRequest, ImageProvider as _};
         let mut r = GenerateRequest::new("input", "mock-image-1");
-        r.size = Some("32x32".into());
+        r.options.size = Some("32x32".into());
         let result = MockProvider::new(Default::default())
             .generate(&r)
             .await
@@ -366,14 +366,14 @@ mod tests {
         ];
         for spec in escapes {
             let err = fx.policy.resolve(&spec, InputRole::Image(1)).unwrap_err();
-            assert_eq!(err.kind, "permission", "{spec}: {err:?}");
+            assert_eq!(err.kind.as_str(), "permission", "{spec}: {err:?}");
             assert!(err.message.contains("allowed_dirs"), "{}", err.message);
         }
         let err = fx
             .policy
             .resolve("imagegen://images/../../etc/passwd", InputRole::Mask)
             .unwrap_err();
-        assert_eq!(err.kind, "invalid_request");
+        assert_eq!(err.kind.as_str(), "invalid_request");
     }
 
     /// A name swapped between a regular file and links out of the allowed directories, as
@@ -468,7 +468,7 @@ mod tests {
             .policy
             .resolve("notes.png", InputRole::Image(0))
             .unwrap_err();
-        assert_eq!(err.kind, "invalid_request");
+        assert_eq!(err.kind.as_str(), "invalid_request");
         assert!(
             err.message.contains("not a PNG, JPEG or WebP"),
             "{}",
@@ -490,6 +490,6 @@ mod tests {
             .policy
             .resolve("missing.png", InputRole::Image(0))
             .unwrap_err();
-        assert_eq!(err.kind, "not_found");
+        assert_eq!(err.kind.as_str(), "not_found");
     }
 }

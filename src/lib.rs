@@ -1,6 +1,8 @@
 //! imagegen-mcp: an MCP server for image generation and editing.
 
+pub mod args;
 pub mod batch;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod engine;

@@ -323,7 +323,7 @@ pub async fn check_upstream(
         match entry.provider.list_models().await {
             Ok(listed) => {
                 let advertised = entry.offered_models();
-                let at = crate::live::rfc3339(time::OffsetDateTime::now_utc());
+                let at = crate::clock::now_rfc3339();
                 let check =
                     UpstreamCheck::compare(name, &listed, &advertised, &engine.live_catalog(), at);
                 engine.watch().record_check(check.clone());

@@ -17,9 +17,10 @@ use std::{
 use arc_swap::ArcSwap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use time::{format_description::well_known::Rfc3339, OffsetDateTime};
+use time::OffsetDateTime;
 
 use crate::{
+    clock::rfc3339,
     config::{ConfigError, LoadedConfig},
     engine::{ClientCache, Engine},
 };
@@ -355,11 +356,6 @@ pub struct ConfigStatus {
     pub reload_errors: u64,
     /// The latest failed reload; cleared by the next successful one.
     pub last_reload_error: Option<ReloadError>,
-}
-
-/// A time as RFC 3339.
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
 }
 
 /// The directories to watch for `loaded`: those of the config file (or of the places a config
@@ -701,7 +697,8 @@ mod tests {
         let error = status.last_reload_error.expect("the error is shown");
         assert_eq!(error.message, message);
         assert!(
-            OffsetDateTime::parse(&error.at, &Rfc3339).is_ok(),
+            OffsetDateTime::parse(&error.at, &time::format_description::well_known::Rfc3339)
+                .is_ok(),
             "{}",
             error.at
         );

@@ -13,16 +13,14 @@ use imagegen_mcp::{
     batch::{self, BatchParams},
     config::{CliOverrides, LoadedConfig},
     delivery::GenerateOutput,
-    engine::{
-        CallContext, EditInputs, EditParams, Engine, GenerateParams, Generation, RenderOptions,
-    },
+    engine::{CallContext, EditInputs, EditParams, Engine, GenerateParams, Generation},
     error::ToolError,
     lifecycle,
     live::{watch, Live, LogControl},
     progress::{ProgressReporter, ProgressSink},
     server::ImagegenServer,
 };
-use imagegen_providers::{ErrorKind, InputImage, SvgOptions, SvgReasoning};
+use imagegen_providers::{ErrorKind, ImageOptions, InputImage, SvgOptions, SvgReasoning};
 use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
@@ -98,9 +96,6 @@ struct EditArgs {
     /// (GPT Image 2.6 markup edits).
     #[arg(long, value_name = "FILE")]
     markup: Option<PathBuf>,
-    /// high or low: how closely to keep the inputs' details.
-    #[arg(long)]
-    input_fidelity: Option<String>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -111,46 +106,17 @@ struct CommonArgs {
     /// Provider name (see `config show`).
     #[arg(long)]
     provider: Option<String>,
-    /// Model name.
+    /// Model name or alias.
     #[arg(long)]
     model: Option<String>,
-    /// WIDTHxHEIGHT or auto.
-    #[arg(long)]
-    size: Option<String>,
-    /// low, medium, high, auto (GPT image models); standard, hd (dall-e-3).
-    #[arg(long)]
-    quality: Option<String>,
-    /// Number of images (per prompt).
-    #[arg(long)]
-    n: Option<u32>,
-    /// png, jpeg or webp; gif (animated) or svg (vector) with GPT Image 2.6.
-    #[arg(long = "format", value_name = "FORMAT")]
-    output_format: Option<String>,
-    /// low, medium or high: planning effort before rendering (GPT Image 2.6).
-    #[arg(long)]
-    complexity: Option<String>,
-    /// Frames of an animated GIF (--format gif), 2-16.
-    #[arg(long, value_name = "N")]
-    frame_count: Option<u32>,
-    /// Milliseconds per GIF frame (--format gif), at least 20.
-    #[arg(long, value_name = "MS")]
-    frame_duration_ms: Option<u32>,
+    #[command(flatten)]
+    options: ImageOptions,
     /// The text model that writes an SVG (--format svg); default: the provider's svg_model.
     #[arg(long, value_name = "MODEL")]
     svg_model: Option<String>,
     /// The SVG writer's reasoning effort (--format svg).
     #[arg(long, value_name = "EFFORT")]
     svg_effort: Option<String>,
-    /// transparent, opaque or auto.
-    #[arg(long)]
-    background: Option<String>,
-    /// Seed, where the provider supports it.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Stream 0-3 partial images before the final one (GPT image models); each is saved and
-    /// shown in the progress line as it arrives.
-    #[arg(long, value_name = "N")]
-    partial_images: Option<u8>,
     /// Where to save images.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -161,34 +127,21 @@ struct CommonArgs {
 
 impl CommonArgs {
     fn params(&self, prompt: String) -> GenerateParams {
+        let mut options = self.options.clone();
+        if self.svg_model.is_some() || self.svg_effort.is_some() {
+            options.svg = Some(SvgOptions {
+                model: self.svg_model.clone(),
+                reasoning: self.svg_effort.clone().map(|effort| SvgReasoning {
+                    effort: Some(effort),
+                }),
+            });
+        }
         GenerateParams {
             prompt,
             provider: self.provider.clone(),
             model: self.model.clone(),
-            size: self.size.clone(),
-            quality: self.quality.clone(),
-            n: self.n,
-            output_format: self.output_format.clone(),
-            background: self.background.clone(),
-            seed: self.seed,
-            partial_images: self.partial_images,
-            render: self.render(),
-            ..GenerateParams::default()
-        }
-    }
-
-    fn render(&self) -> RenderOptions {
-        let svg = (self.svg_model.is_some() || self.svg_effort.is_some()).then(|| SvgOptions {
-            model: self.svg_model.clone(),
-            reasoning: self.svg_effort.clone().map(|effort| SvgReasoning {
-                effort: Some(effort),
-            }),
-        });
-        RenderOptions {
-            complexity: self.complexity.clone(),
-            frame_count: self.frame_count,
-            frame_duration_ms: self.frame_duration_ms,
-            svg,
+            options,
+            delivery: None,
         }
     }
 }
@@ -389,13 +342,7 @@ async fn generate(
         prompts: Some(args.prompts.clone()),
         provider: shared.provider,
         model: shared.model,
-        size: shared.size,
-        quality: shared.quality,
-        n: shared.n,
-        output_format: shared.output_format,
-        background: shared.background,
-        seed: shared.seed,
-        render: shared.render,
+        options: shared.options,
         ..BatchParams::default()
     };
     let label = format!("generating {} images with {provider}", args.prompts.len());
@@ -469,18 +416,10 @@ async fn edit(
             .collect(),
         mask: args.mask.as_ref().map(|p| p.display().to_string()),
         markup: args.markup.as_ref().map(|p| p.display().to_string()),
-        input_fidelity: args.input_fidelity.clone(),
         provider: base.provider,
         model: base.model,
-        size: base.size,
-        quality: base.quality,
-        n: base.n,
-        output_format: base.output_format,
-        background: base.background,
-        seed: base.seed,
-        partial_images: base.partial_images,
-        render: base.render,
-        ..EditParams::default()
+        options: base.options,
+        delivery: None,
     };
     let inputs = args
         .images

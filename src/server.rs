@@ -12,7 +12,7 @@ use std::{
 use base64::Engine as _;
 use imagegen_providers::{GeneratedImage, ModelCapabilities};
 use rmcp::{
-    handler::server::{router::tool::ToolRouter, tool::schema_for_output, wrapper::Parameters},
+    handler::server::{router::tool::ToolRouter, tool::schema_for_output},
     model::{
         CallToolResult, ContentBlock, Implementation, JsonObject, ListResourcesResult,
         PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::{
+    args::{input_schema, Args},
     batch::{self, BatchOutput, BatchParams},
     config::Delivery,
     delivery::InlinePlan,
@@ -37,7 +38,7 @@ use crate::{
     error::ToolError,
     inputs::InputRole,
     lifecycle::{self, ModelRow, ModelStanding, UpstreamCheck},
-    live::{rfc3339, ConfigStatus, Live},
+    live::{ConfigStatus, Live},
     progress::{ProgressReporter, ProgressSink},
     storage::ImageStore,
     storage::StoredImage,
@@ -109,9 +110,9 @@ fn key_info(engine: &Engine, name: &str) -> Vec<KeyInfo> {
     pool.status()
         .into_iter()
         .map(|k| KeyInfo {
-            until: k
-                .usable_in_s
-                .map(|s| rfc3339(now + time::Duration::seconds(s.min(i64::MAX as u64) as i64))),
+            until: k.usable_in_s.map(|s| {
+                crate::clock::rfc3339(now + time::Duration::seconds(s.min(i64::MAX as u64) as i64))
+            }),
             fingerprint: k.fingerprint,
             source: k.source,
             state: k.state.to_string(),
@@ -235,10 +236,15 @@ pub fn providers_output(live: &Live) -> ProvidersOutput {
 }
 
 fn error_result(error: ToolError) -> CallToolResult {
-    let text = error.human();
-    let structured = serde_json::to_value(GenerateOutput::failure(error)).unwrap_or_default();
+    failure_result(&error, &GenerateOutput::failure(error.clone()))
+}
+
+/// The one way a failed call is answered: the error for people first, and `structured` (the
+/// tool's output with `error` set) for programs.
+fn failure_result(error: &ToolError, structured: &impl Serialize) -> CallToolResult {
+    let structured = serde_json::to_value(structured).unwrap_or_default();
     let mut result = CallToolResult::structured_error(structured);
-    result.content.insert(0, ContentBlock::text(text));
+    result.content.insert(0, ContentBlock::text(error.human()));
     result
 }
 
@@ -413,12 +419,10 @@ fn batch_result(
     generations: &[Generation],
     mode: Delivery,
 ) -> CallToolResult {
-    let structured = serde_json::to_value(output).unwrap_or_default();
     if let Some(error) = &output.error {
-        let mut result = CallToolResult::structured_error(structured);
-        result.content.insert(0, ContentBlock::text(error.human()));
-        return result;
+        return failure_result(error, output);
     }
+    let structured = serde_json::to_value(output).unwrap_or_default();
     let all: Vec<(&StoredImage, &GeneratedImage)> = generations
         .iter()
         .flat_map(|g| g.images.iter().map(|(s, i)| (s, i)))
@@ -558,6 +562,7 @@ impl ImagegenServer {
     /// Generates images from a text prompt.
     #[tool(
         name = "generate_image",
+        input_schema = input_schema::<GenerateParams>(),
         description = "Generate images from a text prompt. Each image is saved on the server and returned as a resource link (full resolution, readable with resources/read) plus a small inline preview. Call list_providers to see the providers, models, sizes and qualities available. Generation can take 10-120 seconds.",
         output_schema = schema_for_output::<GenerateOutput>(),
         annotations(
@@ -570,9 +575,13 @@ impl ImagegenServer {
     )]
     async fn generate_image(
         &self,
-        Parameters(params): Parameters<GenerateParams>,
+        Args(params): Args<GenerateParams>,
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
+        let params = match params {
+            Ok(params) => params,
+            Err(e) => return error_result(e),
+        };
         // The snapshot taken here serves the whole call, whatever reloads meanwhile.
         let engine = self.live.engine();
         with_progress(context, |call| async move {
@@ -585,6 +594,7 @@ impl ImagegenServer {
     /// Generates many images in one call.
     #[tool(
         name = "generate_images",
+        input_schema = input_schema::<BatchParams>(),
         description = "Generate several images in one call: `prompts` (a list), `items` (a list of objects, each a prompt with its own parameters), or `prompt` with `count` (variations of one idea). Shared parameters (size, quality, model, ...) apply to every item. Items run concurrently; results come back in input order, each with its images or its own error, plus a summary. Inline previews of the whole batch share one size budget; every image has a resource link.",
         output_schema = schema_for_output::<BatchOutput>(),
         annotations(
@@ -597,9 +607,13 @@ impl ImagegenServer {
     )]
     async fn generate_images(
         &self,
-        Parameters(params): Parameters<BatchParams>,
+        Args(params): Args<BatchParams>,
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
+        let params = match params {
+            Ok(params) => params,
+            Err(e) => return failure_result(&e, &BatchOutput::failure(e.clone(), 0)),
+        };
         let engine = self.live.engine();
         with_progress(context, |call| async move {
             let (output, generations) = batch::run(engine.clone(), &params, &call).await;
@@ -615,7 +629,8 @@ impl ImagegenServer {
     /// Edits images with a prompt and an optional mask.
     #[tool(
         name = "edit_image",
-        description = "Edit images: give a prompt and 1-16 input `images` (the imagegen://images/... URI of an image this server made, a file path inside the allowed directories, or base64: about 12 MB in all per call, so pass large images by path or URI), and optionally a `mask` (PNG with alpha, same size as the first image; transparent pixels mark what to change). Results are saved and returned like generate_image's. Use it to refine an image you just made (\"same scene at night\").",
+        input_schema = input_schema::<EditParams>(),
+        description = "Edit images: give a prompt and input `images` (how many each model takes is in list_providers) (the imagegen://images/... URI of an image this server made, a file path inside the allowed directories, or base64: about 12 MB in all per call, so pass large images by path or URI), and optionally a `mask` (PNG with alpha, same size as the first image; transparent pixels mark what to change). Results are saved and returned like generate_image's. Use it to refine an image you just made (\"same scene at night\").",
         output_schema = schema_for_output::<GenerateOutput>(),
         annotations(
             title = "Edit image",
@@ -627,9 +642,13 @@ impl ImagegenServer {
     )]
     async fn edit_image(
         &self,
-        Parameters(params): Parameters<EditParams>,
+        Args(params): Args<EditParams>,
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
+        let params = match params {
+            Ok(params) => params,
+            Err(e) => return error_result(e),
+        };
         let engine = self.live.engine();
         with_progress(context, |call| async move {
             call.progress.phase("reading inputs");
@@ -650,6 +669,7 @@ impl ImagegenServer {
     /// Makes variations of one image, where the model supports it.
     #[tool(
         name = "create_variation",
+        input_schema = input_schema::<VariationParams>(),
         description = "Make variations of one image (no prompt). Only models whose list_providers entry says variations: true (dall-e-2 on compatible servers, the mock); others give an `unsupported` error naming models that can. For most changes, use edit_image.",
         output_schema = schema_for_output::<GenerateOutput>(),
         annotations(
@@ -662,9 +682,13 @@ impl ImagegenServer {
     )]
     async fn create_variation(
         &self,
-        Parameters(params): Parameters<VariationParams>,
+        Args(params): Args<VariationParams>,
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
+        let params = match params {
+            Ok(params) => params,
+            Err(e) => return error_result(e),
+        };
         let engine = self.live.engine();
         with_progress(context, |call| async move {
             let outcome = match read_inputs(&engine, vec![params.image.clone()], None, None).await {

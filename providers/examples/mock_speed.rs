@@ -15,8 +15,8 @@ async fn main() {
         let mut bytes = 0;
         for i in 0..30 {
             let mut request = GenerateRequest::new(format!("a lighthouse at dusk {i}"), MOCK_MODEL);
-            request.size = Some("1024x1024".into());
-            request.output_format = Some(format);
+            request.options.size = Some("1024x1024".into());
+            request.options.output_format = Some(format);
             let start = Instant::now();
             let result = provider.generate(&request).await.expect("mock generates");
             times.push(start.elapsed().as_secs_f64() * 1000.0);

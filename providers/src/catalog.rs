@@ -20,6 +20,10 @@ use crate::ImageFormat;
 pub enum Param {
     /// `size`.
     Size,
+    /// `aspect_ratio`; a model that takes `size` takes it too (the provider maps it to a size).
+    AspectRatio,
+    /// `resolution`; a model that takes `size` takes it too (the provider maps it to a size).
+    Resolution,
     /// `quality`.
     Quality,
     /// `n` above 1.
@@ -52,13 +56,41 @@ pub enum Param {
     Svg,
     /// `markup` on edits: an annotation layer the prompt explains.
     Markup,
+    /// `extra`: provider-specific parameters, each of which the model must declare.
+    Extra,
 }
 
 impl Param {
+    /// Every parameter, in the order they are checked and listed.
+    pub const ALL: [Param; 20] = [
+        Self::Size,
+        Self::AspectRatio,
+        Self::Resolution,
+        Self::Quality,
+        Self::N,
+        Self::OutputFormat,
+        Self::OutputCompression,
+        Self::Background,
+        Self::Style,
+        Self::Moderation,
+        Self::Seed,
+        Self::ResponseFormat,
+        Self::Stream,
+        Self::InputFidelity,
+        Self::Complexity,
+        Self::FrameCount,
+        Self::FrameDurationMs,
+        Self::Svg,
+        Self::Markup,
+        Self::Extra,
+    ];
+
     /// The parameter's name on the wire and in tool calls.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Size => "size",
+            Self::AspectRatio => "aspect_ratio",
+            Self::Resolution => "resolution",
             Self::Quality => "quality",
             Self::N => "n",
             Self::OutputFormat => "output_format",
@@ -75,6 +107,7 @@ impl Param {
             Self::FrameDurationMs => "frame_duration_ms",
             Self::Svg => "svg",
             Self::Markup => "markup",
+            Self::Extra => "extra",
         }
     }
 }
@@ -433,12 +466,22 @@ pub struct ModelCapabilities {
     /// A remark shown to users (preview, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The provider-specific parameters `extra` may carry for this model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_params: Vec<String>,
 }
 
 impl ModelCapabilities {
-    /// Whether the model takes `param`.
+    /// Whether the model takes `param`: `aspect_ratio` and `resolution` wherever `size` is
+    /// taken, since the provider turns them into a size; `extra` where it declares any.
     pub fn takes(&self, param: Param) -> bool {
-        self.params.contains(&param)
+        match param {
+            Param::AspectRatio | Param::Resolution => {
+                self.params.contains(&param) || self.params.contains(&Param::Size)
+            }
+            Param::Extra => !self.extra_params.is_empty(),
+            _ => self.params.contains(&param),
+        }
     }
 
     /// Only the checks that always hold, for a model no catalog knows.
@@ -462,6 +505,7 @@ impl ModelCapabilities {
             replacement: None,
             known: false,
             note: Some("not in the model catalog: only basic checks apply".into()),
+            extra_params: Vec::new(),
         }
     }
 
@@ -504,7 +548,8 @@ impl ModelCapabilities {
             variations,
             params,
             complexities,
-            state
+            state,
+            extra_params
         );
         macro_rules! set_optional {
             ($($field:ident),*) => {$(
@@ -557,6 +602,8 @@ pub struct ModelOverride {
     pub replacement: Option<String>,
     /// See [`ModelCapabilities::note`].
     pub note: Option<String>,
+    /// See [`ModelCapabilities::extra_params`].
+    pub extra_params: Option<Vec<String>>,
 }
 
 /// Model names mapped to their capabilities.
@@ -618,6 +665,7 @@ fn gpt_image_1() -> ModelCapabilities {
         replacement: None,
         known: true,
         note: None,
+        extra_params: Vec::new(),
     }
 }
 

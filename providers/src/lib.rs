@@ -13,6 +13,7 @@ mod images_body;
 pub mod keys;
 pub mod mock;
 pub mod openai;
+pub mod options;
 pub mod retry;
 pub mod secret;
 mod sse;
@@ -28,10 +29,11 @@ pub use catalog::{
     SizeRule,
 };
 pub use error::{ErrorKind, ProviderError};
+pub use options::{ImageOptions, Resolution, SvgOptions, SvgReasoning};
 pub use secret::fingerprint;
 pub use types::{
-    EditRequest, GenerateRequest, GenerateResult, GeneratedImage, ImageFormat, InputImage,
-    SvgOptions, SvgReasoning, Usage, VariationRequest,
+    EditRequest, GenerateRequest, GenerateResult, GeneratedImage, ImageFormat, InputImage, Usage,
+    VariationRequest,
 };
 
 /// A source of generated images: one configured provider instance (an OpenAI account, the mock, ...).

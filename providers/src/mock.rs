@@ -34,8 +34,8 @@ use crate::{
     image_info,
     validate::{self, parse_size},
     Catalog, EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult, GeneratedImage,
-    ImageFormat, ImageProvider, InputImage, ModelCapabilities, ProviderError, ProviderEvent,
-    VariationRequest,
+    ImageFormat, ImageOptions, ImageProvider, InputImage, ModelCapabilities, ProviderError,
+    ProviderEvent, VariationRequest,
 };
 
 /// The mock's own model name.
@@ -101,6 +101,16 @@ pub struct MockProvider {
 }
 
 impl MockProvider {
+    /// The size the mock draws for `options`: a ratio and resolution become a size, as a
+    /// provider whose API takes sizes would send them.
+    fn size_for(
+        &self,
+        model: &str,
+        options: &ImageOptions,
+    ) -> Result<Option<String>, ProviderError> {
+        crate::options::size_for(options, &self.settings.catalog.get(model))
+    }
+
     /// A mock provider with `settings`.
     pub fn new(settings: MockSettings) -> Self {
         Self {
@@ -235,15 +245,17 @@ impl ImageProvider for MockProvider {
         let encoding = Encoding::new(
             &self.settings.catalog,
             &request.model,
-            request.output_format,
-            request.output_compression,
-            request.frame_count,
-            request.frame_duration_ms,
+            request.options.output_format,
+            request.options.output_compression,
+            request.options.frame_count,
+            request.options.frame_duration_ms,
         );
-        let request = Arc::new(request.clone());
+        let mut request = request.clone();
+        request.options.size = self.size_for(&request.model, &request.options)?;
+        let request = Arc::new(request);
         let (for_preview, for_render) = (Arc::clone(&request), Arc::clone(&request));
         self.serve(
-            request.partial_images,
+            request.options.partial_images,
             events,
             move || render_preview(&for_preview, encoding),
             move || render_all(&for_render, encoding),
@@ -271,16 +283,18 @@ impl ImageProvider for MockProvider {
         let encoding = Encoding::new(
             &self.settings.catalog,
             &request.model,
-            request.output_format,
-            request.output_compression,
-            request.frame_count,
-            request.frame_duration_ms,
+            request.options.output_format,
+            request.options.output_compression,
+            request.options.frame_count,
+            request.options.frame_duration_ms,
         );
         // Cloning shares the image bytes; only the request's small fields are copied.
-        let request = Arc::new(request.clone());
+        let mut request = request.clone();
+        request.options.size = self.size_for(&request.model, &request.options)?;
+        let request = Arc::new(request);
         let (for_preview, for_render) = (Arc::clone(&request), Arc::clone(&request));
         self.serve(
-            request.partial_images,
+            request.options.partial_images,
             events,
             move || Edit::new(&for_preview, 4)?.render(&for_preview, 0, encoding),
             move || edit_all(&for_render, encoding),
@@ -305,8 +319,8 @@ impl ImageProvider for MockProvider {
             request.model.clone(),
             vec![request.image.clone()],
         );
-        edit.size = request.size.clone();
-        edit.n = request.n;
+        edit.options.size = request.size.clone();
+        edit.options.n = Some(request.n);
         let encoding = Encoding::new(catalog, &request.model, None, None, None, None);
         let edit = Arc::new(edit);
         let for_preview = Arc::clone(&edit);
@@ -352,7 +366,7 @@ fn edit_all(
     encoding: Encoding,
 ) -> Result<Vec<GeneratedImage>, ProviderError> {
     let edit = Edit::new(request, 1)?;
-    (0..request.n.max(1))
+    (0..request.n())
         .map(|index| edit.render(request, index, encoding))
         .collect()
 }
@@ -373,7 +387,7 @@ impl Edit {
             ProviderError::invalid_param("images", "an edit needs at least one input image")
         })?;
         let input = decode_input(first, "image 1", "images")?;
-        let (width, height) = match request.size.as_deref() {
+        let (width, height) = match request.options.size.as_deref() {
             None | Some("auto") => input.dimensions(),
             Some(size) => parse_size(size).ok_or_else(|| {
                 ProviderError::invalid_param("size", format!("size `{size}` is not WIDTHxHEIGHT"))
@@ -422,9 +436,9 @@ impl Edit {
         index: u32,
         encoding: Encoding,
     ) -> Result<GeneratedImage, ProviderError> {
-        let seed = Seed::new(&request.prompt, request.seed.unwrap_or(0), index);
+        let seed = Seed::new(&request.prompt, request.options.seed.unwrap_or(0), index);
         let (width, height) = self.input.dimensions();
-        let scene = Scene::new(&seed, width, height, request.complexity.as_deref());
+        let scene = Scene::new(&seed, width, height, request.options.complexity.as_deref());
         if encoding.format == ImageFormat::Svg {
             let backdrop = BackDrop::Flat(mean_colour(&self.input));
             return Ok(svg_image(&scene, width, height, backdrop));
@@ -476,7 +490,7 @@ fn resized(img: RgbaImage, (width, height): (u32, u32), filter: FilterType) -> R
 }
 
 fn dimensions(request: &GenerateRequest) -> Result<(u32, u32), ProviderError> {
-    match request.size.as_deref() {
+    match request.options.size.as_deref() {
         None | Some("auto") => Ok((1024, 1024)),
         Some(size) => parse_size(size).ok_or_else(|| {
             ProviderError::invalid_param("size", format!("size `{size}` is not WIDTHxHEIGHT"))
@@ -489,7 +503,7 @@ fn render_all(
     encoding: Encoding,
 ) -> Result<Vec<GeneratedImage>, ProviderError> {
     let size = dimensions(request)?;
-    (0..request.n.max(1))
+    (0..request.n())
         .map(|index| render(request, index, size, encoding))
         .collect()
 }
@@ -516,9 +530,9 @@ fn render(
 ) -> Result<GeneratedImage, ProviderError> {
     let format = encoding.format;
     let transparent =
-        request.background.as_deref() == Some("transparent") && format.supports_alpha();
-    let seed = Seed::new(&request.prompt, request.seed.unwrap_or(0), index);
-    let scene = Scene::new(&seed, width, height, request.complexity.as_deref());
+        request.options.background.as_deref() == Some("transparent") && format.supports_alpha();
+    let seed = Seed::new(&request.prompt, request.options.seed.unwrap_or(0), index);
+    let scene = Scene::new(&seed, width, height, request.options.complexity.as_deref());
     if format == ImageFormat::Svg {
         return Ok(svg_image(&scene, width, height, BackDrop::Gradient));
     }
@@ -940,14 +954,14 @@ mod tests {
     async fn images_are_deterministic_per_prompt_seed_and_size() {
         let p = provider();
         let mut r = GenerateRequest::new("a lighthouse at dusk", MOCK_MODEL);
-        r.size = Some("256x128".into());
+        r.options.size = Some("256x128".into());
         let a = p.generate(&r).await.unwrap();
         let b = p.generate(&r).await.unwrap();
         assert_eq!(a.images[0].bytes, b.images[0].bytes);
         r.prompt = "a red fox in snow".into();
         let c = p.generate(&r).await.unwrap();
         assert_ne!(a.images[0].bytes, c.images[0].bytes);
-        r.seed = Some(7);
+        r.options.seed = Some(7);
         let d = p.generate(&r).await.unwrap();
         assert_ne!(c.images[0].bytes, d.images[0].bytes);
     }
@@ -957,9 +971,9 @@ mod tests {
         let p = provider();
         for format in ImageFormat::RASTER {
             let mut r = GenerateRequest::new("shapes", MOCK_MODEL);
-            r.size = Some("320x200".into());
-            r.output_format = Some(format);
-            r.n = 2;
+            r.options.size = Some("320x200".into());
+            r.options.output_format = Some(format);
+            r.options.n = Some(2);
             let result = p.generate(&r).await.unwrap();
             assert_eq!(result.images.len(), 2);
             assert_ne!(
@@ -977,7 +991,7 @@ mod tests {
     #[tokio::test]
     async fn opaque_images_are_fully_opaque_and_transparent_ones_are_not() {
         let mut r = GenerateRequest::new("solid", MOCK_MODEL);
-        r.size = Some("64x64".into());
+        r.options.size = Some("64x64".into());
         let result = provider().generate(&r).await.unwrap();
         let decoded = image::load_from_memory(&result.images[0].bytes)
             .unwrap()
@@ -988,8 +1002,8 @@ mod tests {
     #[tokio::test]
     async fn transparent_background_leaves_alpha_zero_corners_visible() {
         let mut r = GenerateRequest::new("ghost", MOCK_MODEL);
-        r.size = Some("64x64".into());
-        r.background = Some("transparent".into());
+        r.options.size = Some("64x64".into());
+        r.options.background = Some("transparent".into());
         let result = provider().generate(&r).await.unwrap();
         let decoded = image::load_from_memory(&result.images[0].bytes)
             .unwrap()
@@ -1015,7 +1029,7 @@ mod tests {
             ..MockSettings::default()
         });
         let mut r = GenerateRequest::new("x", MOCK_MODEL);
-        r.size = Some("32x32".into());
+        r.options.size = Some("32x32".into());
         let mut outcomes = Vec::new();
         for _ in 0..4 {
             let outcome = p.generate(&r).await.err();
@@ -1039,8 +1053,8 @@ mod tests {
             ..MockSettings::default()
         });
         let mut r = GenerateRequest::new("slow stream", MOCK_MODEL);
-        r.size = Some("128x64".into());
-        r.partial_images = Some(2);
+        r.options.size = Some("128x64".into());
+        r.options.partial_images = Some(2);
         let (events, rx) = Events::channel();
         let started = tokio::time::Instant::now();
         let result = p.generate_with_events(&r, &events).await.unwrap();
@@ -1109,7 +1123,7 @@ mod tests {
     async fn edits_are_deterministic_per_prompt_and_index() {
         let p = provider();
         let mut r = edit_request("add a red hat");
-        r.n = 2;
+        r.options.n = Some(2);
         let a = p.edit(&r).await.unwrap();
         let b = p.edit(&r).await.unwrap();
         assert_eq!(a.images, b.images);
@@ -1161,15 +1175,15 @@ mod tests {
         });
         for format in ImageFormat::RASTER {
             let mut r = edit_request("resize me");
-            r.size = Some("96x48".into());
-            r.output_format = Some(format);
+            r.options.size = Some("96x48".into());
+            r.options.output_format = Some(format);
             let result = p.edit(&r).await.unwrap();
             let info = probe(&result.images[0].bytes).unwrap();
             assert_eq!((info.format, info.width, info.height), (format, 96, 48));
         }
         let mut r = edit_request("streamed");
-        r.size = Some("128x64".into());
-        r.partial_images = Some(2);
+        r.options.size = Some("128x64".into());
+        r.options.partial_images = Some(2);
         let (events, rx) = Events::channel();
         let result = p.edit_with_events(&r, &events).await.unwrap();
         drop(events);
@@ -1184,7 +1198,7 @@ mod tests {
             ..MockSettings::default()
         });
         let mut g = GenerateRequest::new("x", MOCK_MODEL);
-        g.size = Some("32x32".into());
+        g.options.size = Some("32x32".into());
         p.generate(&g).await.unwrap();
         let err = p.edit(&edit_request("x")).await.unwrap_err();
         assert_eq!(
@@ -1247,10 +1261,10 @@ mod tests {
     async fn gifs_have_the_frames_asked_for_each_different_and_looping() {
         let p = provider();
         let mut r = GenerateRequest::new("a bouncing ball", MOCK_MODEL);
-        r.size = Some("64x48".into());
-        r.output_format = Some(ImageFormat::Gif);
-        r.frame_count = Some(4);
-        r.frame_duration_ms = Some(120);
+        r.options.size = Some("64x48".into());
+        r.options.output_format = Some(ImageFormat::Gif);
+        r.options.frame_count = Some(4);
+        r.options.frame_duration_ms = Some(120);
         let result = p.generate(&r).await.unwrap();
         let gif = &result.images[0];
         assert_eq!(
@@ -1286,14 +1300,14 @@ mod tests {
             "deterministic"
         );
         // The catalog's default frame count and the API's default duration.
-        r.frame_count = None;
-        r.frame_duration_ms = None;
+        r.options.frame_count = None;
+        r.options.frame_duration_ms = None;
         let result = p.generate(&r).await.unwrap();
         assert_eq!(result.images[0].frames, 9);
         let frames = gif_frames(&result.images[0].bytes);
         assert_eq!((frames.len(), frames[0].1), (9, 200));
         // The first frame is the still picture, in the GIF's palette.
-        r.output_format = None;
+        r.options.output_format = None;
         let still = pixels(&p.generate(&r).await.unwrap().images[0]);
         let close = still
             .pixels()
@@ -1309,8 +1323,8 @@ mod tests {
     async fn svgs_are_the_same_picture_as_markup_at_the_requested_size() {
         let p = provider();
         let mut r = GenerateRequest::new("a lighthouse", MOCK_MODEL);
-        r.size = Some("320x200".into());
-        r.output_format = Some(ImageFormat::Svg);
+        r.options.size = Some("320x200".into());
+        r.options.output_format = Some(ImageFormat::Svg);
         let result = p.generate(&r).await.unwrap();
         let svg = &result.images[0];
         assert_eq!(
@@ -1336,7 +1350,7 @@ mod tests {
         assert_eq!(p.generate(&r).await.unwrap().images, result.images);
         // An SVG edit: the edit's shapes over the input's mean colour.
         let mut e = edit_request("vectorise");
-        e.output_format = Some(ImageFormat::Svg);
+        e.options.output_format = Some(ImageFormat::Svg);
         let edited = p.edit(&e).await.unwrap();
         assert_eq!(
             probe(&edited.images[0].bytes).map(|i| (i.format, i.width)),
@@ -1361,11 +1375,11 @@ mod tests {
         );
         let p = provider();
         let mut r = GenerateRequest::new("a city at night", MOCK_MODEL);
-        r.size = Some("96x96".into());
-        r.seed = Some(3);
+        r.options.size = Some("96x96".into());
+        r.options.seed = Some(3);
         let mut outputs = Vec::new();
         for level in [None, Some("low"), Some("medium"), Some("high")] {
-            r.complexity = level.map(str::to_owned);
+            r.options.complexity = level.map(str::to_owned);
             outputs.push(p.generate(&r).await.unwrap().images[0].bytes.clone());
         }
         for i in 0..outputs.len() {
@@ -1390,8 +1404,8 @@ mod tests {
             ),
         ] {
             let mut r = GenerateRequest::new(prompt, MOCK_MODEL);
-            r.size = Some(size.into());
-            r.seed = Some(seed);
+            r.options.size = Some(size.into());
+            r.options.seed = Some(seed);
             let px = pixels(&p.generate(&r).await.unwrap().images[0]);
             let hash: [u8; 32] = Sha256::digest(px.as_raw()).into();
             let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
@@ -1469,8 +1483,8 @@ mod tests {
     #[tokio::test]
     async fn gif_edits_animate_the_edited_picture() {
         let mut r = edit_request("make it dance");
-        r.output_format = Some(ImageFormat::Gif);
-        r.frame_count = Some(3);
+        r.options.output_format = Some(ImageFormat::Gif);
+        r.options.frame_count = Some(3);
         let result = provider().edit(&r).await.unwrap();
         let gif = &result.images[0];
         assert_eq!(
@@ -1491,8 +1505,8 @@ mod tests {
         let p = provider();
         for size in ["512x512", "1024x1024"] {
             let mut r = GenerateRequest::new("timing", MOCK_MODEL);
-            r.size = Some(size.into());
-            r.output_format = Some(ImageFormat::Gif);
+            r.options.size = Some(size.into());
+            r.options.output_format = Some(ImageFormat::Gif);
             p.generate(&r).await.unwrap();
             let started = std::time::Instant::now();
             const RUNS: u32 = 5;

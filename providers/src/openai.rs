@@ -266,57 +266,70 @@ impl OpenAiProvider {
     /// with `extra` applied last so it can override anything but `model` and `prompt`.
     fn request_fields(&self, request: &GenerateRequest) -> Map<String, Value> {
         let caps = self.settings.catalog.get(&request.model);
-        let gif = request.output_format == Some(ImageFormat::Gif);
-        let svg = request.output_format == Some(ImageFormat::Svg);
+        let gif = request.options.output_format == Some(ImageFormat::Gif);
+        let svg = request.options.output_format == Some(ImageFormat::Svg);
         let mut body = Map::new();
         body.insert("model".into(), request.model.clone().into());
         body.insert("prompt".into(), request.prompt.clone().into());
-        body.insert("n".into(), request.n.max(1).into());
+        body.insert("n".into(), request.n().into());
         let optional = [
             // Sent as validation read it, not as given (`"1024X1024\n"`).
+            // A ratio and resolution become the nearest size the model allows.
             (
                 Param::Size,
-                request
-                    .size
-                    .as_deref()
-                    .map(|s| validate::normalized_size(s).into()),
+                crate::options::size_for(&request.options, &caps)
+                    .ok()
+                    .flatten()
+                    .map(|s| validate::normalized_size(&s).into()),
             ),
-            (Param::Quality, request.quality.clone().map(Value::from)),
+            (
+                Param::Quality,
+                request.options.quality.clone().map(Value::from),
+            ),
             (
                 Param::OutputFormat,
-                request.output_format.map(|f| f.as_str().into()),
+                request.options.output_format.map(|f| f.as_str().into()),
             ),
             (
                 Param::OutputCompression,
-                request.output_compression.map(Value::from),
+                request.options.output_compression.map(Value::from),
             ),
             (
                 Param::Background,
-                request.background.clone().map(Value::from),
+                request.options.background.clone().map(Value::from),
             ),
-            (Param::Style, request.style.clone().map(Value::from)),
+            (Param::Style, request.options.style.clone().map(Value::from)),
             (
                 Param::Moderation,
-                request.moderation.clone().map(Value::from),
+                request.options.moderation.clone().map(Value::from),
             ),
-            (Param::Seed, request.seed.map(Value::from)),
+            (Param::Seed, request.options.seed.map(Value::from)),
             (
                 Param::Complexity,
-                request.complexity.clone().map(Value::from),
+                request.options.complexity.clone().map(Value::from),
             ),
             // Animation and authoring settings mean nothing for other formats, and the API
             // takes them only beside the format they belong to.
             (
                 Param::FrameCount,
-                request.frame_count.filter(|_| gif).map(Value::from),
+                request.options.frame_count.filter(|_| gif).map(Value::from),
             ),
             (
                 Param::FrameDurationMs,
-                request.frame_duration_ms.filter(|_| gif).map(Value::from),
+                request
+                    .options
+                    .frame_duration_ms
+                    .filter(|_| gif)
+                    .map(Value::from),
             ),
             (
                 Param::Svg,
-                request.svg.as_ref().filter(|_| svg).and_then(svg_object),
+                request
+                    .options
+                    .svg
+                    .as_ref()
+                    .filter(|_| svg)
+                    .and_then(svg_object),
             ),
         ];
         // The caller validated explicit parameters already; this guard keeps anything the
@@ -328,6 +341,7 @@ impl OpenAiProvider {
         }
         // A GIF never streams; validation refuses the combination, and this keeps it off the wire.
         if let Some(partials) = request
+            .options
             .partial_images
             .filter(|_| caps.takes(Param::Stream) && !gif)
         {
@@ -338,7 +352,7 @@ impl OpenAiProvider {
             // Inline bytes: no expiring URL and no second fetch.
             body.insert("response_format".into(), "b64_json".into());
         }
-        for (key, value) in &request.extra {
+        for (key, value) in request.options.extra.iter().flatten() {
             if key != "model" && key != "prompt" {
                 body.insert(key.clone(), value.clone());
             }
@@ -352,6 +366,7 @@ impl OpenAiProvider {
         let caps = self.settings.catalog.get(&request.model);
         let mut fields = self.request_fields(&request.as_generation());
         if let Some(fidelity) = request
+            .options
             .input_fidelity
             .clone()
             .filter(|_| caps.takes(Param::InputFidelity))
@@ -985,8 +1000,8 @@ impl ImageProvider for OpenAiProvider {
         let call = Call {
             url: &self.generations_url,
             model: &request.model,
-            n: request.n.max(1),
-            partials: request.partial_images.map_or(0, u32::from),
+            n: request.n(),
+            partials: request.options.partial_images.map_or(0, u32::from),
             what: "image generation",
             body: CallBody::Json(self.request_body(request)),
         };
@@ -1010,8 +1025,8 @@ impl ImageProvider for OpenAiProvider {
         let call = Call {
             url: &self.edits_url,
             model: &request.model,
-            n: request.n.max(1),
-            partials: request.partial_images.map_or(0, u32::from),
+            n: request.n(),
+            partials: request.options.partial_images.map_or(0, u32::from),
             what: "image edit",
             body: CallBody::Edit(request),
         };

@@ -5,14 +5,19 @@ use std::{fmt, str::FromStr};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::ImageOptions;
+
 /// An encoded image format a provider can return.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// Read case-insensitively through [`FromStr`] (`jpg` is `jpeg`), so a bad name gets the
+/// message that lists the good ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
     /// Lossless, supports transparency.
     Png,
     /// Lossy, opaque.
-    #[serde(alias = "jpg")]
     Jpeg,
     /// Lossy or lossless, supports transparency.
     Webp,
@@ -114,6 +119,13 @@ impl fmt::Display for ImageFormat {
     }
 }
 
+impl<'de> Deserialize<'de> for ImageFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for ImageFormat {
     type Err = String;
 
@@ -132,8 +144,6 @@ impl FromStr for ImageFormat {
 }
 
 /// One generation request, already merged with defaults and ready to send.
-///
-/// Optional fields left `None` are not sent, so the provider's own default applies.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct GenerateRequest {
@@ -141,58 +151,8 @@ pub struct GenerateRequest {
     pub prompt: String,
     /// The model to use (always set by the caller of the provider).
     pub model: String,
-    /// `WxH`, or `auto`.
-    pub size: Option<String>,
-    /// `low`, `medium`, `high`, `auto`, `standard`, `hd`, ... as the model allows.
-    pub quality: Option<String>,
-    /// How many images to make.
-    pub n: u32,
-    /// The encoding of the returned images.
-    pub output_format: Option<ImageFormat>,
-    /// 0..=100 for JPEG and WebP.
-    pub output_compression: Option<u8>,
-    /// `transparent`, `opaque` or `auto`.
-    pub background: Option<String>,
-    /// `vivid` or `natural` (dall-e-3).
-    pub style: Option<String>,
-    /// `low` or `auto` (GPT image models).
-    pub moderation: Option<String>,
-    /// Seed for providers that support reproducible output.
-    pub seed: Option<u64>,
-    /// Stream the generation, sending this many partial images (0..=3) before the final one.
-    pub partial_images: Option<u8>,
-    /// `low`, `medium` or `high`: how much the model plans before it renders (GPT Image 2.6).
-    pub complexity: Option<String>,
-    /// Frames of an animated GIF (`output_format = gif` only).
-    pub frame_count: Option<u32>,
-    /// How long each GIF frame shows, milliseconds (`output_format = gif` only).
-    pub frame_duration_ms: Option<u32>,
-    /// How an SVG is authored (`output_format = svg` only).
-    pub svg: Option<SvgOptions>,
-    /// Provider-specific extras passed through verbatim.
-    pub extra: serde_json::Map<String, serde_json::Value>,
-}
-
-/// The authoring settings of an SVG result, nested as the API nests them:
-/// `svg: {"model": ..., "reasoning": {"effort": ...}}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SvgOptions {
-    /// The text model that writes the SVG markup (required by the API).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    /// How hard the writer reasons; the values depend on `model`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reasoning: Option<SvgReasoning>,
-}
-
-/// `svg.reasoning`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SvgReasoning {
-    /// The writer's reasoning effort (`low`, `medium`, `high`, ... as `svg.model` allows).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub effort: Option<String>,
+    /// How the images are asked for; unset options are not sent.
+    pub options: ImageOptions,
 }
 
 impl GenerateRequest {
@@ -201,9 +161,13 @@ impl GenerateRequest {
         Self {
             prompt: prompt.into(),
             model: model.into(),
-            n: 1,
-            ..Self::default()
+            options: ImageOptions::default(),
         }
+    }
+
+    /// How many images are asked for.
+    pub fn n(&self) -> u32 {
+        self.options.n()
     }
 }
 
@@ -268,8 +232,6 @@ impl fmt::Debug for InputImage {
 }
 
 /// One edit request: change `images` as `prompt` says, already merged with defaults.
-///
-/// Fields mirror [`GenerateRequest`]; optional ones left `None` are not sent.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct EditRequest {
@@ -284,36 +246,8 @@ pub struct EditRequest {
     /// A transparent PNG the size of the first image holding only annotations (circles,
     /// arrows, notes) that the prompt explains (GPT Image 2.6).
     pub markup: Option<InputImage>,
-    /// `WxH`, or `auto`.
-    pub size: Option<String>,
-    /// `low`, `medium`, `high`, `auto`, `standard`, ... as the model allows.
-    pub quality: Option<String>,
-    /// How many images to make.
-    pub n: u32,
-    /// The encoding of the returned images.
-    pub output_format: Option<ImageFormat>,
-    /// 0..=100 for JPEG and WebP.
-    pub output_compression: Option<u8>,
-    /// `transparent`, `opaque` or `auto`.
-    pub background: Option<String>,
-    /// `high` or `low`: how closely the result keeps the input's details (not every model).
-    pub input_fidelity: Option<String>,
-    /// `low` or `auto` (GPT image models).
-    pub moderation: Option<String>,
-    /// Seed for providers that support reproducible output.
-    pub seed: Option<u64>,
-    /// Stream the edit, sending this many partial images (0..=3) before the final one.
-    pub partial_images: Option<u8>,
-    /// See [`GenerateRequest::complexity`].
-    pub complexity: Option<String>,
-    /// See [`GenerateRequest::frame_count`].
-    pub frame_count: Option<u32>,
-    /// See [`GenerateRequest::frame_duration_ms`].
-    pub frame_duration_ms: Option<u32>,
-    /// See [`GenerateRequest::svg`].
-    pub svg: Option<SvgOptions>,
-    /// Provider-specific extras passed through verbatim.
-    pub extra: serde_json::Map<String, serde_json::Value>,
+    /// How the results are asked for, as for a generation; unset options are not sent.
+    pub options: ImageOptions,
 }
 
 impl EditRequest {
@@ -329,66 +263,31 @@ impl EditRequest {
             images,
             mask: None,
             markup: None,
-            size: None,
-            quality: None,
-            n: 1,
-            output_format: None,
-            output_compression: None,
-            background: None,
-            input_fidelity: None,
-            moderation: None,
-            seed: None,
-            partial_images: None,
-            complexity: None,
-            frame_count: None,
-            frame_duration_ms: None,
-            svg: None,
-            extra: serde_json::Map::new(),
+            options: ImageOptions::default(),
         }
     }
 
-    /// Takes every parameter an edit shares with a generation from `generate`.
+    /// Takes the prompt, model and options of `generate`.
     pub fn with_generation(mut self, generate: GenerateRequest) -> Self {
         self.prompt = generate.prompt;
         self.model = generate.model;
-        self.size = generate.size;
-        self.quality = generate.quality;
-        self.n = generate.n;
-        self.output_format = generate.output_format;
-        self.output_compression = generate.output_compression;
-        self.background = generate.background;
-        self.moderation = generate.moderation;
-        self.seed = generate.seed;
-        self.partial_images = generate.partial_images;
-        self.complexity = generate.complexity;
-        self.frame_count = generate.frame_count;
-        self.frame_duration_ms = generate.frame_duration_ms;
-        self.svg = generate.svg;
-        self.extra = generate.extra;
+        self.options = generate.options;
         self
     }
 
-    /// The generation parameters this edit shares, so both are checked and sent alike.
-    pub(crate) fn as_generation(&self) -> GenerateRequest {
+    /// The generation this edit shares its prompt, model and options with, so both are
+    /// checked and sent alike.
+    pub fn as_generation(&self) -> GenerateRequest {
         GenerateRequest {
             prompt: self.prompt.clone(),
             model: self.model.clone(),
-            size: self.size.clone(),
-            quality: self.quality.clone(),
-            n: self.n,
-            output_format: self.output_format,
-            output_compression: self.output_compression,
-            background: self.background.clone(),
-            style: None,
-            moderation: self.moderation.clone(),
-            seed: self.seed,
-            partial_images: self.partial_images,
-            complexity: self.complexity.clone(),
-            frame_count: self.frame_count,
-            frame_duration_ms: self.frame_duration_ms,
-            svg: self.svg.clone(),
-            extra: self.extra.clone(),
+            options: self.options.clone(),
         }
+    }
+
+    /// How many images are asked for.
+    pub fn n(&self) -> u32 {
+        self.options.n()
     }
 }
 

@@ -11,51 +11,6 @@ use crate::{
     VariationRequest,
 };
 
-/// The optional parameters `request` sets.
-pub fn params_set(request: &GenerateRequest) -> Vec<Param> {
-    let r = request;
-    [
-        (Param::Size, r.size.is_some()),
-        (Param::Quality, r.quality.is_some()),
-        (Param::N, r.n > 1),
-        (Param::OutputFormat, r.output_format.is_some()),
-        (Param::OutputCompression, r.output_compression.is_some()),
-        (Param::Background, r.background.is_some()),
-        (Param::Style, r.style.is_some()),
-        (Param::Moderation, r.moderation.is_some()),
-        (Param::Seed, r.seed.is_some()),
-        (Param::Stream, r.partial_images.is_some()),
-        (Param::Complexity, r.complexity.is_some()),
-        (Param::FrameCount, r.frame_count.is_some()),
-        (Param::FrameDurationMs, r.frame_duration_ms.is_some()),
-        (Param::Svg, r.svg.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(p, set)| set.then_some(p))
-    .collect()
-}
-
-/// Unsets `param` in `request`, so the provider's own default applies.
-pub fn clear_param(request: &mut GenerateRequest, param: Param) {
-    match param {
-        Param::Size => request.size = None,
-        Param::Quality => request.quality = None,
-        Param::N => request.n = 1,
-        Param::OutputFormat => request.output_format = None,
-        Param::OutputCompression => request.output_compression = None,
-        Param::Background => request.background = None,
-        Param::Style => request.style = None,
-        Param::Moderation => request.moderation = None,
-        Param::Seed => request.seed = None,
-        Param::Stream => request.partial_images = None,
-        Param::Complexity => request.complexity = None,
-        Param::FrameCount => request.frame_count = None,
-        Param::FrameDurationMs => request.frame_duration_ms = None,
-        Param::Svg => request.svg = None,
-        Param::ResponseFormat | Param::InputFidelity | Param::Markup => {}
-    }
-}
-
 /// `size` as it is checked and sent: trimmed, `WxH` with a lowercase `x` and no padding
 /// around the sides, `auto` in lowercase; anything else only trimmed.
 pub fn normalized_size(size: &str) -> String {
@@ -145,7 +100,49 @@ fn describe_rule(rule: &crate::SizeRule) -> String {
 
 /// Checks every set field of `request` against `caps`; the error names the parameter and what is allowed.
 pub fn check(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), ProviderError> {
+    check_for(request, caps, Operation::Generate)
+}
+
+/// Which operation a request's options are checked for: some options belong to one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// A generation from a prompt.
+    Generate,
+    /// An edit of input images.
+    Edit,
+}
+
+impl Operation {
+    /// Whether `param` means anything for this operation (whatever the model).
+    pub fn allows(self, param: Param) -> bool {
+        match param {
+            Param::InputFidelity => self == Self::Edit,
+            Param::Style => self == Self::Generate,
+            _ => true,
+        }
+    }
+}
+
+/// [`check`] for `operation`: an edit's options are checked as an edit's.
+pub fn check_for(
+    request: &GenerateRequest,
+    caps: &ModelCapabilities,
+    operation: Operation,
+) -> Result<(), ProviderError> {
     let model = request.model.as_str();
+    let o = &request.options;
+    for param in o.params_set() {
+        if !operation.allows(param) {
+            let only = match operation {
+                Operation::Generate => "edits (`edit_image`)",
+                Operation::Edit => "generations (`generate_image`)",
+            };
+            return Err(ProviderError::invalid_param(
+                param.as_str(),
+                format!("`{}` applies only to {only}", param.as_str()),
+            ));
+        }
+    }
     if request.prompt.trim().is_empty() {
         return Err(ProviderError::invalid_param(
             "prompt",
@@ -162,16 +159,18 @@ pub fn check(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), 
             ),
         ));
     }
-    if request.n == 0 || request.n > caps.max_n {
+    if request.n() == 0 || request.n() > caps.max_n {
         return Err(ProviderError::invalid_param(
             "n",
             format!(
                 "n = {} is not supported by {model}; allowed: 1..={}",
-                request.n, caps.max_n
+                request.n(),
+                caps.max_n
             ),
         ));
     }
-    for param in params_set(request) {
+    // `extra` is checked key by key below, naming the key.
+    for param in o.params_set().into_iter().filter(|&p| p != Param::Extra) {
         if !caps.takes(param) {
             // Callers set `partial_images`; `stream` is only how it travels.
             let (name, why) = match param {
@@ -184,32 +183,62 @@ pub fn check(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), 
             ));
         }
     }
-    if let Some(partials) = request.partial_images {
+    if let Some(partials) = request.options.partial_images {
         if partials > 3 {
             return Err(ProviderError::invalid_param(
                 "partial_images",
                 format!("partial_images = {partials}; allowed: 0..=3"),
             ));
         }
-        if request.n > 1 {
+        if request.n() > 1 {
             return Err(ProviderError::invalid_param(
                 "partial_images",
                 format!(
                     "partial_images streams one image, but n = {}; set n to 1 or leave partial_images unset",
-                    request.n
+                    request.n()
                 ),
             ));
         }
     }
-    let format = request.output_format.unwrap_or(ImageFormat::Png);
+    if o.size.is_some() && (o.aspect_ratio.is_some() || o.resolution.is_some()) {
+        return Err(ProviderError::invalid_param(
+            "size",
+            "give either `size` or `aspect_ratio`/`resolution`, not both",
+        ));
+    }
+    if let Some(key) = o
+        .extra
+        .iter()
+        .flat_map(|extra| extra.keys())
+        .find(|key| !caps.extra_params.contains(key))
+    {
+        let declared = match caps.extra_params.as_slice() {
+            [] => "it declares none".to_string(),
+            names => format!("it declares: {}", names.join(", ")),
+        };
+        return Err(ProviderError::invalid_param(
+            "extra",
+            format!("{model} does not take the extra parameter `{key}`; {declared}"),
+        ));
+    }
+    // A ratio is checked as the size it maps to, where the model takes sizes at all.
+    let size = if caps.params.contains(&Param::Size) {
+        crate::options::size_for(o, caps)?
+    } else {
+        o.size.clone()
+    };
+    let format = o.format();
     if format == ImageFormat::Gif {
-        check_gif(request, caps)?;
-    } else if let Some(size) = &request.size {
+        check_gif(request, size.as_deref(), caps)?;
+    } else if let Some(size) = &size {
         check_size(size, caps, model)?;
     }
     for (param, set) in [
-        (Param::FrameCount, request.frame_count.is_some()),
-        (Param::FrameDurationMs, request.frame_duration_ms.is_some()),
+        (Param::FrameCount, request.options.frame_count.is_some()),
+        (
+            Param::FrameDurationMs,
+            request.options.frame_duration_ms.is_some(),
+        ),
     ] {
         if set && format != ImageFormat::Gif {
             return Err(ProviderError::invalid_param(
@@ -222,16 +251,16 @@ pub fn check(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), 
         }
     }
     check_svg(request, format)?;
-    if let Some(quality) = &request.quality {
+    if let Some(quality) = &request.options.quality {
         one_of(Param::Quality, quality, &caps.qualities, model)?;
     }
-    if let Some(complexity) = &request.complexity {
+    if let Some(complexity) = &request.options.complexity {
         one_of(Param::Complexity, complexity, &caps.complexities, model)?;
     }
-    if let Some(style) = &request.style {
+    if let Some(style) = &request.options.style {
         one_of(Param::Style, style, &caps.styles, model)?;
     }
-    if let Some(format) = request.output_format {
+    if let Some(format) = request.options.output_format {
         if !caps.formats.contains(&format) {
             let allowed: Vec<_> = caps.formats.iter().map(|f| f.to_string()).collect();
             return Err(ProviderError::invalid_param(
@@ -243,7 +272,7 @@ pub fn check(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), 
             ));
         }
     }
-    if let Some(compression) = request.output_compression {
+    if let Some(compression) = request.options.output_compression {
         if compression > 100 {
             return Err(ProviderError::invalid_param(
                 "output_compression",
@@ -263,7 +292,7 @@ pub fn check(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), 
             ));
         }
     }
-    if let Some(background) = &request.background {
+    if let Some(background) = &request.options.background {
         let allowed = ["transparent", "opaque", "auto"].map(String::from);
         one_of(Param::Background, background, &allowed, model)?;
         if background == "transparent" && !format.supports_alpha() {
@@ -273,7 +302,7 @@ pub fn check(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), 
             ));
         }
     }
-    if let Some(moderation) = &request.moderation {
+    if let Some(moderation) = &request.options.moderation {
         one_of(
             Param::Moderation,
             moderation,
@@ -289,13 +318,17 @@ pub fn check(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), 
 ///
 /// `size` is per frame, and all frames share one image, so the model's pixel floor for a
 /// still image does not apply to a frame; the frame cap does instead.
-fn check_gif(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), ProviderError> {
+fn check_gif(
+    request: &GenerateRequest,
+    size: Option<&str>,
+    caps: &ModelCapabilities,
+) -> Result<(), ProviderError> {
     let model = request.model.as_str();
     let Some(rules) = &caps.gif else {
         // The format check names what the model returns.
         return Ok(());
     };
-    let frames = request.frame_count.unwrap_or(rules.default_frames);
+    let frames = request.options.frame_count.unwrap_or(rules.default_frames);
     if !(rules.min_frames..=rules.max_frames).contains(&frames) {
         return Err(ProviderError::invalid_param(
             "frame_count",
@@ -305,7 +338,7 @@ fn check_gif(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), 
             ),
         ));
     }
-    if let Some(ms) = request.frame_duration_ms {
+    if let Some(ms) = request.options.frame_duration_ms {
         if !(rules.min_frame_duration_ms..=rules.max_frame_duration_ms).contains(&ms) {
             return Err(ProviderError::invalid_param(
                 "frame_duration_ms",
@@ -316,13 +349,13 @@ fn check_gif(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), 
             ));
         }
     }
-    if request.partial_images.is_some() && !rules.streaming {
+    if request.options.partial_images.is_some() && !rules.streaming {
         return Err(ProviderError::invalid_param(
             "partial_images",
             "animated GIFs cannot be streamed; leave partial_images unset with output_format gif",
         ));
     }
-    let Some(size) = request.size.as_deref().filter(|s| *s != "auto") else {
+    let Some(size) = size.filter(|s| *s != "auto") else {
         return Ok(());
     };
     let frame_rule = caps.custom_sizes.clone().map(|mut rule| {
@@ -349,7 +382,7 @@ fn check_gif(request: &GenerateRequest, caps: &ModelCapabilities) -> Result<(), 
 /// needs the text model that writes it (`svg.model`).
 fn check_svg(request: &GenerateRequest, format: ImageFormat) -> Result<(), ProviderError> {
     if format != ImageFormat::Svg {
-        if request.svg.is_some() {
+        if request.options.svg.is_some() {
             return Err(ProviderError::invalid_param(
                 "svg",
                 "svg settings apply only to output_format svg",
@@ -357,16 +390,20 @@ fn check_svg(request: &GenerateRequest, format: ImageFormat) -> Result<(), Provi
         }
         return Ok(());
     }
-    if request.n > 1 {
+    if request.n() > 1 {
         return Err(ProviderError::invalid_param(
             "n",
             format!(
                 "output_format svg makes one image per call, but n = {}; set n to 1",
-                request.n
+                request.n()
             ),
         ));
     }
-    let model = request.svg.as_ref().and_then(|s| s.model.as_deref());
+    let model = request
+        .options
+        .svg
+        .as_ref()
+        .and_then(|s| s.model.as_deref());
     if model.is_none_or(|m| m.trim().is_empty()) {
         return Err(ProviderError::invalid_param(
             "svg.model",
@@ -416,19 +453,17 @@ pub fn check_edit(request: &EditRequest, caps: &ModelCapabilities) -> Result<(),
         ));
     }
     let gif_mask = caps.gif.as_ref().is_some_and(|g| g.mask);
-    if request.mask.is_some() && request.output_format == Some(ImageFormat::Gif) && !gif_mask {
+    if request.mask.is_some()
+        && request.options.output_format == Some(ImageFormat::Gif)
+        && !gif_mask
+    {
         return Err(ProviderError::invalid_param(
             "mask",
             "an animated GIF edit cannot take a mask; leave the mask out or choose another output_format",
         ));
     }
-    if let Some(fidelity) = &request.input_fidelity {
-        if !caps.takes(Param::InputFidelity) {
-            return Err(ProviderError::invalid_param(
-                "input_fidelity",
-                format!("{model} does not take the `input_fidelity` parameter"),
-            ));
-        }
+    check_for(&request.as_generation(), caps, Operation::Edit)?;
+    if let Some(fidelity) = &request.options.input_fidelity {
         one_of(
             Param::InputFidelity,
             fidelity,
@@ -436,7 +471,7 @@ pub fn check_edit(request: &EditRequest, caps: &ModelCapabilities) -> Result<(),
             model,
         )?;
     }
-    check(&request.as_generation(), caps)
+    Ok(())
 }
 
 /// Checks the bytes of an edit's images and mask: every image is a readable PNG, JPEG or WebP
@@ -592,29 +627,29 @@ mod tests {
     #[test]
     fn fixed_sizes_are_listed_when_refused() {
         let mut r = req("gpt-image-1.5");
-        r.size = Some("1792x1024".into());
+        r.options.size = Some("1792x1024".into());
         let err = refused(&r);
         assert_eq!(err.param.as_deref(), Some("size"));
         assert!(err.message.contains("1536x1024"), "{}", err.message);
-        r.size = Some("1536x1024".into());
+        r.options.size = Some("1536x1024".into());
         assert!(check(&r, &Catalog::builtin().get(&r.model)).is_ok());
     }
 
     #[test]
     fn gpt_image_2_takes_custom_sizes_within_its_rules() {
         let mut r = req("gpt-image-2");
-        r.size = Some("2048x1152".into());
+        r.options.size = Some("2048x1152".into());
         assert!(check(&r, &Catalog::builtin().get(&r.model)).is_ok());
-        r.size = Some("2008x1152".into());
+        r.options.size = Some("2008x1152".into());
         assert!(refused(&r).message.contains("multiples of 16"));
-        r.size = Some("big".into());
+        r.options.size = Some("big".into());
         assert!(refused(&r).message.contains("WIDTHxHEIGHT"));
     }
 
     #[test]
     fn n_and_prompt_length_follow_the_model() {
         let mut r = req("dall-e-3");
-        r.n = 2;
+        r.options.n = Some(2);
         assert_eq!(refused(&r).param.as_deref(), Some("n"));
         let mut r = req("dall-e-2");
         r.prompt = "x".repeat(1001);
@@ -627,41 +662,41 @@ mod tests {
     #[test]
     fn parameters_the_model_does_not_take_are_refused_by_name() {
         let mut r = req("dall-e-3");
-        r.moderation = Some("low".into());
+        r.options.moderation = Some("low".into());
         assert!(refused(&r).message.contains("`moderation`"));
         let mut r = req("gpt-image-1.5");
-        r.style = Some("vivid".into());
+        r.options.style = Some("vivid".into());
         assert_eq!(refused(&r).param.as_deref(), Some("style"));
     }
 
     #[test]
     fn transparency_needs_an_alpha_format_and_compression_a_lossy_one() {
         let mut r = req("gpt-image-1.5");
-        r.background = Some("transparent".into());
-        r.output_format = Some(ImageFormat::Jpeg);
+        r.options.background = Some("transparent".into());
+        r.options.output_format = Some(ImageFormat::Jpeg);
         assert!(refused(&r).message.contains("png or webp"));
-        r.output_format = Some(ImageFormat::Webp);
+        r.options.output_format = Some(ImageFormat::Webp);
         assert!(check(&r, &Catalog::builtin().get(&r.model)).is_ok());
         let mut r = req("gpt-image-1.5");
-        r.output_compression = Some(50);
+        r.options.output_compression = Some(50);
         assert_eq!(refused(&r).param.as_deref(), Some("output_compression"));
     }
 
     #[test]
     fn partial_images_need_a_streaming_model_one_image_and_at_most_three() {
         let mut r = req("gpt-image-1.5");
-        r.partial_images = Some(3);
-        assert_eq!(params_set(&r), vec![Param::Stream]);
+        r.options.partial_images = Some(3);
+        assert_eq!(r.options.params_set(), vec![Param::Stream]);
         assert!(check(&r, &Catalog::builtin().get(&r.model)).is_ok());
-        r.partial_images = Some(4);
+        r.options.partial_images = Some(4);
         assert!(refused(&r).message.contains("0..=3"));
-        r.partial_images = Some(2);
-        r.n = 2;
+        r.options.partial_images = Some(2);
+        r.options.n = Some(2);
         let err = refused(&r);
         assert_eq!(err.param.as_deref(), Some("partial_images"));
         assert!(err.message.contains("n = 2"), "{}", err.message);
         let mut r = req("dall-e-3");
-        r.partial_images = Some(1);
+        r.options.partial_images = Some(1);
         let err = refused(&r);
         assert_eq!(err.param.as_deref(), Some("partial_images"));
         assert!(err.message.contains("cannot stream"), "{}", err.message);
@@ -724,18 +759,18 @@ mod tests {
     #[test]
     fn input_fidelity_only_where_the_model_takes_it_and_shared_checks_apply() {
         let mut r = edit("gpt-image-1.5", 1);
-        r.input_fidelity = Some("high".into());
+        r.options.input_fidelity = Some("high".into());
         assert!(check_edit(&r, &Catalog::builtin().get(&r.model)).is_ok());
-        r.input_fidelity = Some("medium".into());
+        r.options.input_fidelity = Some("medium".into());
         assert!(edit_refused(&r).message.contains("allowed: high, low"));
         let mut r = edit("gpt-image-1-mini", 1);
-        r.input_fidelity = Some("high".into());
+        r.options.input_fidelity = Some("high".into());
         assert_eq!(edit_refused(&r).param.as_deref(), Some("input_fidelity"));
         let mut r = edit("gpt-image-1.5", 1);
-        r.size = Some("1792x1024".into());
+        r.options.size = Some("1792x1024".into());
         assert_eq!(edit_refused(&r).param.as_deref(), Some("size"));
         let mut r = edit("dall-e-2", 1);
-        r.output_format = Some(ImageFormat::Webp);
+        r.options.output_format = Some(ImageFormat::Webp);
         assert_eq!(edit_refused(&r).param.as_deref(), Some("output_format"));
     }
 
@@ -821,13 +856,13 @@ mod tests {
     #[test]
     fn gif_frames_share_one_sheet_so_bigger_frames_allow_fewer_of_them() {
         let mut r = req("gpt-image-2.6-flare");
-        r.output_format = Some(ImageFormat::Gif);
-        r.size = Some("960x960".into());
+        r.options.output_format = Some(ImageFormat::Gif);
+        r.options.size = Some("960x960".into());
         assert!(
             check(&r, &Catalog::builtin().get(&r.model)).is_ok(),
             "9 frames by default"
         );
-        r.frame_count = Some(10);
+        r.options.frame_count = Some(10);
         let err = refused(&r);
         assert_eq!(err.param.as_deref(), Some("size"));
         assert!(
@@ -836,27 +871,27 @@ mod tests {
             err.message
         );
         // A 720 px frame is below a still image's pixel floor, yet a valid frame.
-        r.frame_count = Some(16);
-        r.size = Some("720x720".into());
+        r.options.frame_count = Some(16);
+        r.options.size = Some("720x720".into());
         assert!(check(&r, &Catalog::builtin().get(&r.model)).is_ok());
-        r.output_compression = Some(50);
+        r.options.output_compression = Some(50);
         assert_eq!(refused(&r).param.as_deref(), Some("output_compression"));
     }
 
     #[test]
     fn svg_needs_its_writer_and_makes_one_image() {
         let mut r = req("gpt-image-2.6-sunburst");
-        r.output_format = Some(ImageFormat::Svg);
+        r.options.output_format = Some(ImageFormat::Svg);
         assert_eq!(refused(&r).param.as_deref(), Some("svg.model"));
-        r.svg = Some(crate::SvgOptions {
+        r.options.svg = Some(crate::SvgOptions {
             model: Some("gpt-5.2".into()),
             reasoning: None,
         });
         assert!(check(&r, &Catalog::builtin().get(&r.model)).is_ok());
-        r.n = 2;
+        r.options.n = Some(2);
         assert_eq!(refused(&r).param.as_deref(), Some("n"));
         let mut r = req("gpt-image-2.5-flare");
-        r.complexity = Some("low".into());
+        r.options.complexity = Some("low".into());
         assert!(refused(&r)
             .message
             .contains("does not take the `complexity` parameter"));
@@ -880,16 +915,33 @@ mod tests {
     }
 
     #[test]
-    fn clearing_every_set_param_leaves_nothing_set() {
-        let mut r = req("gpt-image-1.5");
-        r.size = Some("auto".into());
-        r.n = 3;
-        r.seed = Some(1);
-        r.partial_images = Some(1);
-        r.style = Some("vivid".into());
-        for p in params_set(&r) {
-            clear_param(&mut r, p);
-        }
-        assert!(params_set(&r).is_empty());
+    fn options_are_checked_for_their_operation_shape_and_declared_extras() {
+        let mut r = req("gpt-image-2");
+        r.options.aspect_ratio = Some("16:9".into());
+        r.options.resolution = Some(crate::Resolution::FourK);
+        assert!(check(&r, &Catalog::builtin().get(&r.model)).is_ok());
+        r.options.size = Some("1024x1024".into());
+        assert_eq!(refused(&r).param.as_deref(), Some("size"));
+        r.options.size = None;
+        r.options.aspect_ratio = Some("wide".into());
+        assert_eq!(refused(&r).param.as_deref(), Some("aspect_ratio"));
+
+        let mut r = req("gpt-image-2");
+        r.options.input_fidelity = Some("high".into());
+        let err = refused(&r);
+        assert_eq!(err.param.as_deref(), Some("input_fidelity"));
+        assert!(err.message.contains("only to edits"), "{}", err.message);
+        let mut e = edit("gpt-image-2", 1);
+        e.options.style = Some("vivid".into());
+        assert_eq!(edit_refused(&e).param.as_deref(), Some("style"));
+
+        let mut r = req("gpt-image-2");
+        r.options.extra = Some(serde_json::Map::from_iter([("magic".into(), 1.into())]));
+        let err = refused(&r);
+        assert_eq!(err.param.as_deref(), Some("extra"));
+        assert!(err.message.contains("`magic`"), "{}", err.message);
+        let mut caps = Catalog::builtin().get(&r.model);
+        caps.extra_params = vec!["magic".into()];
+        assert!(check(&r, &caps).is_ok());
     }
 }

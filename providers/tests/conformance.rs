@@ -62,12 +62,12 @@ async fn conformance(provider: &dyn ImageProvider) -> usize {
     };
 
     let mut one = GenerateRequest::new("conformance: a red circle on white", &model);
-    one.size = size.clone();
+    one.options.size = size.clone();
     let result = generate(one.clone()).await;
     assert_images(kind, &result, &model, 1, (width, height), ImageFormat::Png);
 
     let mut two = one.clone();
-    two.n = 2;
+    two.options.n = Some(2);
     let result = generate(two).await;
     assert_images(kind, &result, &model, 2, (width, height), ImageFormat::Png);
 
@@ -79,7 +79,7 @@ async fn conformance(provider: &dyn ImageProvider) -> usize {
             .filter(|f| *f != ImageFormat::Png && f.is_raster())
         {
             let mut req = one.clone();
-            req.output_format = Some(format);
+            req.options.output_format = Some(format);
             let result = generate(req).await;
             assert_images(kind, &result, &model, 1, (width, height), format);
         }
@@ -88,9 +88,9 @@ async fn conformance(provider: &dyn ImageProvider) -> usize {
     // An animation: a small frame, as GIF frame caps require, and more than one frame.
     if caps.formats.contains(&ImageFormat::Gif) && caps.gif.is_some() {
         let mut req = one.clone();
-        req.size = Some(format!("{GIF_SIDE}x{GIF_SIDE}"));
-        req.output_format = Some(ImageFormat::Gif);
-        req.frame_count = Some(3);
+        req.options.size = Some(format!("{GIF_SIDE}x{GIF_SIDE}"));
+        req.options.output_format = Some(ImageFormat::Gif);
+        req.options.frame_count = Some(3);
         let result = generate(req).await;
         assert_images(
             kind,
@@ -105,8 +105,8 @@ async fn conformance(provider: &dyn ImageProvider) -> usize {
     // Vector markup, written by the text model `svg.model` names.
     if caps.formats.contains(&ImageFormat::Svg) {
         let mut req = one.clone();
-        req.output_format = Some(ImageFormat::Svg);
-        req.svg = Some(SvgOptions {
+        req.options.output_format = Some(ImageFormat::Svg);
+        req.options.svg = Some(SvgOptions {
             model: Some("gpt-5.2".into()),
             reasoning: None,
         });
@@ -116,7 +116,7 @@ async fn conformance(provider: &dyn ImageProvider) -> usize {
 
     if caps.takes(Param::Stream) {
         let mut req = one.clone();
-        req.partial_images = Some(2);
+        req.options.partial_images = Some(2);
         check(&req, &caps).unwrap_or_else(|e| panic!("{kind}: {e}"));
         calls += 1;
         let (events, mut rx) = Events::channel();
@@ -185,12 +185,12 @@ async fn edits(
     };
 
     let mut one = EditRequest::new("conformance: make the circle blue", model, vec![source]);
-    one.size = like.size.clone();
+    one.options.size = like.options.size.clone();
     let result = edit(one.clone(), Events::none()).await;
     assert_images(kind, &result, model, 1, (width, height), ImageFormat::Png);
 
     let mut two = one.clone();
-    two.n = 2;
+    two.options.n = Some(2);
     let mask = image::RgbaImage::from_pixel(width, height, image::Rgba([0, 0, 0, 0]));
     let mut mask_png = Cursor::new(Vec::new());
     mask.write_to(&mut mask_png, image::ImageFormat::Png)
@@ -205,16 +205,16 @@ async fn edits(
 
     if caps.takes(Param::OutputFormat) && caps.formats.contains(&ImageFormat::Jpeg) {
         let mut req = one.clone();
-        req.output_format = Some(ImageFormat::Jpeg);
+        req.options.output_format = Some(ImageFormat::Jpeg);
         let result = edit(req, Events::none()).await;
         assert_images(kind, &result, model, 1, (width, height), ImageFormat::Jpeg);
     }
 
     if caps.formats.contains(&ImageFormat::Gif) && caps.gif.is_some() {
         let mut req = one.clone();
-        req.size = Some(format!("{GIF_SIDE}x{GIF_SIDE}"));
-        req.output_format = Some(ImageFormat::Gif);
-        req.frame_count = Some(3);
+        req.options.size = Some(format!("{GIF_SIDE}x{GIF_SIDE}"));
+        req.options.output_format = Some(ImageFormat::Gif);
+        req.options.frame_count = Some(3);
         let result = edit(req, Events::none()).await;
         assert_images(
             kind,
@@ -228,7 +228,7 @@ async fn edits(
 
     if caps.takes(Param::Stream) {
         let mut req = one.clone();
-        req.partial_images = Some(2);
+        req.options.partial_images = Some(2);
         let (events, mut rx) = Events::channel();
         let result = edit(req, events).await;
         assert_images(kind, &result, model, 1, (width, height), ImageFormat::Png);

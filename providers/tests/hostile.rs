@@ -367,7 +367,7 @@ async fn more_b64_images_than_asked_for_are_refused() {
         "{err}"
     );
     let mut two = request();
-    two.n = 2;
+    two.options.n = Some(2);
     let data: Vec<Value> = (0..2).map(|_| json!({"b64_json": image})).collect();
     let server = MockServer::start().await;
     mount(
@@ -465,7 +465,7 @@ async fn the_size_is_sent_normalised() {
         ("AUTO", "auto"),
     ] {
         let mut r = request();
-        r.size = Some(given.into());
+        r.options.size = Some(given.into());
         p.generate(&r).await.unwrap();
         let last: Vec<Request> = server.received_requests().await.unwrap();
         let body: Value = last.last().unwrap().body_json().unwrap();
@@ -515,7 +515,7 @@ async fn partial_images_beyond_those_asked_for_are_ignored() {
     )
     .await;
     let mut r = request();
-    r.partial_images = Some(1);
+    r.options.partial_images = Some(1);
     let (events, mut rx) = imagegen_providers::Events::channel();
     let result = provider(settings(&server))
         .generate_with_events(&r, &events)

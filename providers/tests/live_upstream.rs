@@ -186,7 +186,7 @@ fn error_event(kind: &str, code: &str, message: &str) -> Step {
 
 fn streaming(partials: u8) -> GenerateRequest {
     let mut r = GenerateRequest::new("a lighthouse at dusk", "gpt-image-1.5");
-    r.partial_images = Some(partials);
+    r.options.partial_images = Some(partials);
     r
 }
 

@@ -154,7 +154,7 @@ async fn several_images_keep_their_order() {
     let (a, b) = (png(16, 16), png(32, 16));
     mount(&server, ok_b64(&[&a, &b])).await;
     let mut req = request("gpt-image-2.6-flare");
-    req.n = 2;
+    req.options.n = Some(2);
     let result = provider(settings(&server)).generate(&req).await.unwrap();
     let sizes: Vec<_> = result.images.iter().map(|i| (i.width, i.height)).collect();
     assert_eq!(sizes, vec![(16, 16), (32, 16)]);
@@ -515,7 +515,7 @@ async fn the_format_is_read_from_the_bytes_not_the_echoed_output_format() {
     let image = png(12, 10);
     mount(&server, ok_claiming(&image, "gif")).await;
     let mut req = request("gpt-image-2.6-flare");
-    req.output_format = Some(ImageFormat::Gif);
+    req.options.output_format = Some(ImageFormat::Gif);
     let result = provider(settings(&server)).generate(&req).await.unwrap();
     let img = &result.images[0];
     assert_eq!(
@@ -530,8 +530,8 @@ async fn a_gif_answer_arrives_as_base64_and_is_sniffed_as_gif() {
     let animation = gif(8, 6, 3);
     mount(&server, ok_claiming(&animation, "png")).await;
     let mut req = request("gpt-image-2.6-flare");
-    req.output_format = Some(ImageFormat::Gif);
-    req.frame_count = Some(3);
+    req.options.output_format = Some(ImageFormat::Gif);
+    req.options.frame_count = Some(3);
     let result = provider(settings(&server)).generate(&req).await.unwrap();
     let img = &result.images[0];
     assert_eq!(&img.bytes[..], &animation[..]);
@@ -545,8 +545,8 @@ async fn an_svg_answer_arrives_as_base64_and_is_sniffed_as_svg() {
     let server = MockServer::start().await;
     mount(&server, ok_claiming(SVG.as_bytes(), "png")).await;
     let mut req = request("gpt-image-2.6-sunburst");
-    req.output_format = Some(ImageFormat::Svg);
-    req.svg = Some(svg_options(Some("low")));
+    req.options.output_format = Some(ImageFormat::Svg);
+    req.options.svg = Some(svg_options(Some("low")));
     let result = provider(settings(&server)).generate(&req).await.unwrap();
     let img = &result.images[0];
     assert_eq!(&img.bytes[..], SVG.as_bytes());
@@ -567,17 +567,26 @@ async fn gpt_image_body_has_only_what_the_model_takes() {
     p.generate(&request("gpt-image-2.6-flare")).await.unwrap();
 
     let mut full = request("gpt-image-2.6-flare");
-    full.size = Some("1536x1024".into());
-    full.quality = Some("high".into());
-    full.output_format = Some(ImageFormat::Webp);
-    full.output_compression = Some(80);
-    full.background = Some("transparent".into());
-    full.moderation = Some("low".into());
-    full.style = Some("vivid".into()); // not a GPT parameter: the guard drops it
-    full.seed = Some(7); // likewise
-    full.extra.insert("partial_images".into(), json!(0));
-    full.extra.insert("model".into(), json!("hijack"));
-    full.extra.insert("prompt".into(), json!("hijack"));
+    full.options.size = Some("1536x1024".into());
+    full.options.quality = Some("high".into());
+    full.options.output_format = Some(ImageFormat::Webp);
+    full.options.output_compression = Some(80);
+    full.options.background = Some("transparent".into());
+    full.options.moderation = Some("low".into());
+    full.options.style = Some("vivid".into()); // not a GPT parameter: the guard drops it
+    full.options.seed = Some(7); // likewise
+    full.options
+        .extra
+        .get_or_insert_with(Default::default)
+        .insert("partial_images".into(), json!(0));
+    full.options
+        .extra
+        .get_or_insert_with(Default::default)
+        .insert("model".into(), json!("hijack"));
+    full.options
+        .extra
+        .get_or_insert_with(Default::default)
+        .insert("prompt".into(), json!("hijack"));
     p.generate(&full).await.unwrap();
 
     let sent: Vec<Value> = requests(&server)
@@ -606,12 +615,12 @@ async fn partial_images_ask_for_a_stream_and_a_plain_json_answer_still_works() {
     mount(&server, ok_b64(&[&png(4, 4)])).await;
     let p = provider(settings(&server));
     let mut streamed = request("gpt-image-2.6-flare");
-    streamed.partial_images = Some(1);
+    streamed.options.partial_images = Some(1);
     // Compatible servers may ignore `stream`; the content type of the answer decides.
     let result = p.generate(&streamed).await.unwrap();
     assert_eq!(result.images.len(), 1);
     let mut dall_e = request("dall-e-3");
-    dall_e.partial_images = Some(1);
+    dall_e.options.partial_images = Some(1);
     p.generate(&dall_e).await.unwrap();
     let sent: Vec<Value> = requests(&server)
         .await
@@ -637,11 +646,11 @@ async fn dall_e_3_body_asks_for_b64_and_never_moderation() {
     )
     .await;
     let mut req = request("dall-e-3");
-    req.size = Some("1024x1792".into());
-    req.quality = Some("hd".into());
-    req.style = Some("natural".into());
-    req.moderation = Some("low".into());
-    req.output_format = Some(ImageFormat::Png);
+    req.options.size = Some("1024x1792".into());
+    req.options.quality = Some("hd".into());
+    req.options.style = Some("natural".into());
+    req.options.moderation = Some("low".into());
+    req.options.output_format = Some(ImageFormat::Png);
     let result = provider(settings(&server)).generate(&req).await.unwrap();
     assert_eq!(
         result.revised_prompt.as_deref(),
@@ -747,7 +756,7 @@ async fn complexity_goes_to_gpt_image_2_6_only() {
     ];
     for model in models {
         let mut req = request(model);
-        req.complexity = Some("low".into());
+        req.options.complexity = Some("low".into());
         p.generate(&req).await.unwrap();
     }
     let sent: Vec<Option<Value>> = sent_bodies(&server)
@@ -766,10 +775,10 @@ async fn gif_fields_go_only_with_gif_and_a_gif_never_streams() {
     let p = provider(settings(&server));
     let animated = |model: &str, format: ImageFormat| {
         let mut req = request(model);
-        req.output_format = Some(format);
-        req.frame_count = Some(4);
-        req.frame_duration_ms = Some(120);
-        req.partial_images = Some(2);
+        req.options.output_format = Some(format);
+        req.options.frame_count = Some(4);
+        req.options.frame_duration_ms = Some(120);
+        req.options.partial_images = Some(2);
         req
     };
     p.generate(&animated("gpt-image-2.6-flare", ImageFormat::Gif))
@@ -827,8 +836,8 @@ async fn svg_options_go_nested_and_only_with_svg() {
     ];
     for (model, format, effort) in cases {
         let mut req = request(model);
-        req.output_format = Some(format);
-        req.svg = Some(svg_options(effort));
+        req.options.output_format = Some(format);
+        req.options.svg = Some(svg_options(effort));
         p.generate(&req).await.unwrap();
     }
     let sent: Vec<Option<Value>> = sent_bodies(&server)
@@ -1097,7 +1106,7 @@ async fn a_streamed_model_not_found_is_marked_and_not_retried() {
     )
     .await;
     let mut req = request("gpt-image-1.5");
-    req.partial_images = Some(1);
+    req.options.partial_images = Some(1);
     let err = provider(settings(&server))
         .generate(&req)
         .await
@@ -2096,17 +2105,23 @@ fn full_edit(model: &str) -> EditRequest {
         ImageFormat::Png,
         "mask.png",
     ));
-    r.size = Some("1024x1536".into());
-    r.quality = Some("high".into());
-    r.n = 2;
-    r.output_format = Some(ImageFormat::Webp);
-    r.output_compression = Some(70);
-    r.background = Some("opaque".into());
-    r.input_fidelity = Some("high".into());
-    r.moderation = Some("low".into());
-    r.seed = Some(3); // not an OpenAI parameter: never sent
-    r.extra.insert("user".into(), json!("user-42"));
-    r.extra.insert("image".into(), json!("hijack")); // cannot shadow the file parts
+    r.options.size = Some("1024x1536".into());
+    r.options.quality = Some("high".into());
+    r.options.n = Some(2);
+    r.options.output_format = Some(ImageFormat::Webp);
+    r.options.output_compression = Some(70);
+    r.options.background = Some("opaque".into());
+    r.options.input_fidelity = Some("high".into());
+    r.options.moderation = Some("low".into());
+    r.options.seed = Some(3); // not an OpenAI parameter: never sent
+    r.options
+        .extra
+        .get_or_insert_with(Default::default)
+        .insert("user".into(), json!("user-42"));
+    r.options
+        .extra
+        .get_or_insert_with(Default::default)
+        .insert("image".into(), json!("hijack")); // cannot shadow the file parts
     r
 }
 
@@ -2219,16 +2234,16 @@ async fn a_dall_e_2_edit_sends_its_one_image_as_image_and_asks_for_base64() {
         .await;
     let mut request = full_edit("dall-e-2");
     request.images.truncate(1);
-    request.size = Some("512x512".into());
-    request.quality = None;
-    request.n = 1;
-    request.output_format = None;
-    request.output_compression = None;
-    request.extra.clear();
+    request.options.size = Some("512x512".into());
+    request.options.quality = None;
+    request.options.n = Some(1);
+    request.options.output_format = None;
+    request.options.output_compression = None;
+    request.options.extra = None;
     // dall-e-2 takes none of these: the guard leaves them off the wire.
-    request.background = Some("opaque".into());
-    request.input_fidelity = Some("high".into());
-    request.moderation = Some("low".into());
+    request.options.background = Some("opaque".into());
+    request.options.input_fidelity = Some("high".into());
+    request.options.moderation = Some("low".into());
     provider(settings(&server)).edit(&request).await.unwrap();
     let form = &forms(&server, EDITS).await[0];
     assert_eq!(
@@ -2341,8 +2356,8 @@ async fn a_streamed_edit_reports_image_edit_partials_then_the_final_image() {
         .mount(&server)
         .await;
     let mut request = full_edit("gpt-image-2.6-flare");
-    request.n = 1;
-    request.partial_images = Some(2);
+    request.options.n = Some(1);
+    request.options.partial_images = Some(2);
     let (events, mut rx) = Events::channel();
     let result = provider(settings(&server))
         .edit_with_events(&request, &events)
@@ -2445,31 +2460,35 @@ async fn an_edit_to_2_6_uploads_the_markup_layer_and_the_2_6_fields() {
     let mut svg_edit = full_edit("gpt-image-2.6-sunburst");
     svg_edit.mask = None;
     svg_edit.markup = Some(markup.clone());
-    svg_edit.n = 1;
-    svg_edit.output_format = Some(ImageFormat::Svg);
-    svg_edit.output_compression = None;
-    svg_edit.complexity = Some("medium".into());
-    svg_edit.svg = Some(svg_options(Some("low")));
-    svg_edit.frame_count = Some(4); // not a GIF: never sent
-    svg_edit.extra.clear();
-    svg_edit.extra.insert("markup".into(), json!("hijack")); // cannot shadow the file part
+    svg_edit.options.n = Some(1);
+    svg_edit.options.output_format = Some(ImageFormat::Svg);
+    svg_edit.options.output_compression = None;
+    svg_edit.options.complexity = Some("medium".into());
+    svg_edit.options.svg = Some(svg_options(Some("low")));
+    svg_edit.options.frame_count = Some(4); // not a GIF: never sent
+    svg_edit.options.extra = None;
+    svg_edit
+        .options
+        .extra
+        .get_or_insert_with(Default::default)
+        .insert("markup".into(), json!("hijack")); // cannot shadow the file part
     p.edit(&svg_edit).await.unwrap();
 
     let mut gif_edit = svg_edit.clone();
-    gif_edit.output_format = Some(ImageFormat::Gif);
+    gif_edit.options.output_format = Some(ImageFormat::Gif);
     gif_edit.markup = None;
-    gif_edit.svg = Some(svg_options(Some("low"))); // not an SVG: never sent
-    gif_edit.frame_count = Some(6);
-    gif_edit.frame_duration_ms = Some(80);
-    gif_edit.partial_images = Some(1); // a GIF never streams
-    gif_edit.extra.clear();
+    gif_edit.options.svg = Some(svg_options(Some("low"))); // not an SVG: never sent
+    gif_edit.options.frame_count = Some(6);
+    gif_edit.options.frame_duration_ms = Some(80);
+    gif_edit.options.partial_images = Some(1); // a GIF never streams
+    gif_edit.options.extra = None;
     p.edit(&gif_edit).await.unwrap();
 
     // 2.5 takes neither markup nor complexity: the guard leaves both off the wire.
     let mut older = svg_edit.clone();
     older.model = "gpt-image-2.5-sunburst".into();
-    older.output_format = Some(ImageFormat::Png);
-    older.extra.clear();
+    older.options.output_format = Some(ImageFormat::Png);
+    older.options.extra = None;
     p.edit(&older).await.unwrap();
 
     let raw = requests(&server).await;

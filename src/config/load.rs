@@ -964,6 +964,19 @@ fn resolve_default(
 }
 
 fn check_defaults(defaults: &Defaults, path: &[&str], merged: &Merged) -> Result<(), ConfigError> {
+    if let Some(table) = merged.at(path).and_then(Value::as_dict) {
+        if let Some(unknown) = table.keys().find(|k| !Defaults::KEYS.contains(&k.as_str())) {
+            let mut key = path.to_vec();
+            key.push(unknown);
+            return Err(merged.err(
+                &key,
+                format!(
+                    "unknown field `{unknown}`, expected one of: {}",
+                    Defaults::KEYS.join(", ")
+                ),
+            ));
+        }
+    }
     if defaults.output_compression.is_some_and(|c| c > 100) {
         let mut key = path.to_vec();
         key.push("output_compression");

@@ -108,7 +108,7 @@ impl Server {
 /// A real PNG of `width`x`height`, drawn by the mock provider.
 pub async fn png(width: u32, height: u32) -> Vec<u8> {
     let mut r = GenerateRequest::new("fixture", MOCK_MODEL);
-    r.size = Some(format!("{width}x{height}"));
+    r.options.size = Some(format!("{width}x{height}"));
     let result = MockProvider::new(MockSettings::default())
         .generate(&r)
         .await
