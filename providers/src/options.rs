@@ -243,6 +243,12 @@ impl ImageOptions {
         }
     }
 
+    /// Whether `param` was given at all: as [`is_set`](Self::is_set), except that an explicit
+    /// `n = 1` counts, so nothing underneath replaces it.
+    fn is_given(&self, param: Param) -> bool {
+        self.is_set(param) || (param == Param::N && self.n.is_some())
+    }
+
     /// The options that are set, in [`Param::ALL`] order.
     pub fn params_set(&self) -> Vec<Param> {
         Param::ALL.into_iter().filter(|&p| self.is_set(p)).collect()
@@ -281,7 +287,7 @@ impl ImageOptions {
     /// These options, with every unset one taken from `under`.
     pub fn or(mut self, under: &Self) -> Self {
         for param in under.params_set() {
-            if !self.is_set(param) && !(param == Param::N && self.n.is_some()) {
+            if !self.is_given(param) {
                 self.copy(param, under);
             }
         }
@@ -299,7 +305,7 @@ impl ImageOptions {
         let mut filled = Vec::new();
         for param in defaults.params_set() {
             let shape = matches!(param, Param::Size | Param::AspectRatio | Param::Resolution);
-            if self.is_set(param) || (param == Param::N && self.n.is_some()) || (shape && shaped) {
+            if self.is_given(param) || (shape && shaped) {
                 continue;
             }
             if wanted(param) {
