@@ -285,6 +285,11 @@ impl Server {
     /// Writes the config file, starts the binary with a clean environment, connects, and
     /// lists the tools once.
     async fn start(provider: &Provider, delivery: &str) -> Self {
+        Self::start_with(provider, delivery, &[]).await
+    }
+
+    /// [`Server::start`] with `env` added to the server's clean environment.
+    async fn start_with(provider: &Provider, delivery: &str, env: &[(String, String)]) -> Self {
         let home = tempfile::tempdir().unwrap();
         // The config sits alone in its directory: the watcher sees no image or log writes.
         let config_dir = home.path().join("config");
@@ -301,6 +306,7 @@ impl Server {
             .env("XDG_CONFIG_HOME", home.path().join(".config"))
             .env("XDG_DATA_HOME", home.path().join(".local/share"))
             .current_dir(home.path())
+            .envs(env.iter().cloned())
             .arg("--config")
             .arg(&config)
             .arg("serve")
@@ -718,6 +724,392 @@ async fn mock_in_process() -> (f64, usize) {
 }
 
 // ---------------------------------------------------------------------------------------
+// The per-call breakdown: a bare fake that times its own writes
+// ---------------------------------------------------------------------------------------
+
+/// Upstream delay of the per-call breakdown: long enough that every reader is idle, waiting
+/// for the answer, when its first byte goes out (as with a real model).
+const BREAKDOWN_DELAY: Duration = Duration::from_millis(50);
+/// Calls timed per reader in the per-call breakdown, after [`BREAKDOWN_WARMUP`].
+const BREAKDOWN_CALLS: usize = 60;
+/// Calls per reader not counted: they open connections and fill caches.
+const BREAKDOWN_WARMUP: usize = 3;
+
+/// One request as the bare fake saw it, on this process's clock.
+#[derive(Debug, Clone)]
+struct Exchange {
+    /// The request's `prompt`, which ties it to the client's call.
+    prompt: String,
+    /// The last byte of the request arrived.
+    arrived: Instant,
+    /// The first byte of the answer was handed to the kernel.
+    first: Instant,
+    /// The last byte of the answer was handed to the kernel.
+    last: Instant,
+}
+
+/// A bare HTTP/1.1 fake of `POST /v1/images/generations` for the per-call breakdown. It
+/// writes the answer itself, with one `write_all` of a precomputed response, so it knows when
+/// the answer's first and last bytes left it; axum's fake cannot say when hyper wrote them.
+struct RawUpstream {
+    /// `http://127.0.0.1:PORT/v1`.
+    base_url: String,
+    /// Status line, headers and body of every answer.
+    response: Bytes,
+    /// Every request seen, in order.
+    seen: Mutex<Vec<Exchange>>,
+}
+
+impl RawUpstream {
+    /// Serves `png` as the one image of every answer, after [`BREAKDOWN_DELAY`].
+    async fn start(png: &[u8]) -> Arc<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let body = images_response(png);
+        let mut response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        response.extend_from_slice(&body);
+        let up = Arc::new(Self {
+            base_url: format!("http://{}/v1", listener.local_addr().unwrap()),
+            response: Bytes::from(response),
+            seen: Mutex::new(Vec::new()),
+        });
+        let server = up.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(server.clone().serve(stream));
+            }
+        });
+        up
+    }
+
+    /// Answers the requests of one connection until the peer closes it.
+    async fn serve(self: Arc<Self>, mut stream: tokio::net::TcpStream) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut buf = Vec::with_capacity(16 * 1024);
+        loop {
+            // The head, then as much body as it announces.
+            let head_end = loop {
+                if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break at + 4;
+                }
+                match stream.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            while buf.len() < head_end + length {
+                match stream.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+            let arrived = Instant::now();
+            let prompt = serde_json::from_slice::<Value>(&buf[head_end..head_end + length])
+                .ok()
+                .and_then(|v| v["prompt"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            buf.drain(..head_end + length);
+            tokio::time::sleep_until((arrived + BREAKDOWN_DELAY).into()).await;
+            let first = Instant::now();
+            if stream.write_all(&self.response).await.is_err() {
+                return;
+            }
+            let last = Instant::now();
+            self.seen.lock().unwrap().push(Exchange {
+                prompt,
+                arrived,
+                first,
+                last,
+            });
+        }
+    }
+
+    /// The request that carried `prompt`, once its answer is written.
+    fn exchange(&self, prompt: &str) -> Option<Exchange> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter().rev().find(|e| e.prompt == prompt).cloned()
+    }
+
+    /// `{"prompt": ...}` and the rest of a generation request, as the server sends it.
+    fn request_body(prompt: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({"model": "gpt-image-1.5", "prompt": prompt, "n": 1,
+            "size": format!("{SIDE}x{SIDE}")}))
+        .unwrap()
+    }
+}
+
+/// The segments of one timed call, in milliseconds (`None` where the reader cannot see it).
+#[derive(Debug, Clone, Copy, Default)]
+struct Segments {
+    /// The client's call → the last byte of the request at the upstream.
+    request: Option<f64>,
+    /// The upstream's first byte of the answer → its last byte.
+    send: f64,
+    /// The upstream's last byte → the client holds the result.
+    after: Option<f64>,
+}
+
+/// The readers compared in the per-call breakdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Reader {
+    /// `curl -o /dev/null`, a new process and connection per call.
+    Curl,
+    /// A tokio `TcpStream` on a kept-alive connection, reading into one buffer of the
+    /// announced size.
+    Tcp,
+    /// reqwest's `bytes()` on a kept-alive connection, as the latency baseline reads.
+    Reqwest,
+    /// reqwest's chunk stream, each chunk hashed with SHA-256 as it arrives (the provider's
+    /// pattern, without the decode): what hashing on the read loop costs.
+    HashInline,
+    /// The same with the hashing on a thread of its own, fed chunk by chunk: what taking the
+    /// hash off the read loop would save.
+    HashThread,
+    /// `OpenAiProvider::generate` in this process: reqwest, the streamed base64 decode and
+    /// sha256, the JSON parse and the image probe.
+    Provider,
+    /// `generate_image` through the release binary in `link` mode, with rmcp's client.
+    Mcp,
+    /// The same through a second server whose environment adds `E2E_AB` (`K=V,K=V`): an A/B
+    /// comparison of two settings, call by call under the same load.
+    McpB,
+}
+
+impl Reader {
+    const ALL: [Reader; 8] = [
+        Reader::Curl,
+        Reader::Tcp,
+        Reader::Reqwest,
+        Reader::HashInline,
+        Reader::HashThread,
+        Reader::Provider,
+        Reader::Mcp,
+        Reader::McpB,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Reader::Curl => "curl",
+            Reader::Tcp => "tokio TcpStream",
+            Reader::Reqwest => "reqwest bytes()",
+            Reader::HashInline => "reqwest stream + sha256 inline",
+            Reader::HashThread => "reqwest stream + sha256 thread",
+            Reader::Provider => "provider in process",
+            Reader::Mcp => "MCP link",
+            Reader::McpB => "MCP link, E2E_AB",
+        }
+    }
+}
+
+/// Everything the readers of the per-call breakdown need, set up once.
+struct Readers {
+    up: Arc<RawUpstream>,
+    key: String,
+    url: String,
+    http: reqwest::Client,
+    provider: OpenAiProvider,
+    tcp: Option<tokio::net::TcpStream>,
+    server: Server,
+    /// The server of [`Reader::McpB`], when `E2E_AB` is set.
+    server_b: Option<Server>,
+    curl: bool,
+}
+
+impl Readers {
+    async fn new(up: Arc<RawUpstream>, key: &str) -> Self {
+        let provider = Provider::OpenAi {
+            base_url: up.base_url.clone(),
+            key: key.to_string(),
+        };
+        let settings =
+            OpenAiSettings::new(up.base_url.parse().unwrap(), Some(key.to_string().into()));
+        let curl = std::process::Command::new("curl")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let ab: Vec<(String, String)> = std::env::var("E2E_AB")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let server_b = match ab.is_empty() {
+            true => None,
+            false => Some(Server::start_with(&provider, "link", &ab).await),
+        };
+        Self {
+            server_b,
+            url: format!("{}/images/generations", up.base_url),
+            up,
+            key: key.to_string(),
+            http: reqwest::Client::new(),
+            provider: OpenAiProvider::new(settings, reqwest::Client::new()),
+            tcp: None,
+            server: Server::start(&provider, "link").await,
+            curl,
+        }
+    }
+
+    /// One call by `reader` with `prompt`; `None` when this reader is not available here.
+    async fn call(&mut self, reader: Reader, prompt: &str) -> Option<Segments> {
+        let start = Instant::now();
+        match reader {
+            Reader::Curl => {
+                if !self.curl {
+                    return None;
+                }
+                let status = tokio::process::Command::new("curl")
+                    .args(["-s", "-f", "-o", "/dev/null", "-H"])
+                    .arg(format!("Authorization: Bearer {}", self.key))
+                    .args(["-H", "Content-Type: application/json", "--data-binary"])
+                    .arg(String::from_utf8(RawUpstream::request_body(prompt)).unwrap())
+                    .arg(&self.url)
+                    .status()
+                    .await
+                    .expect("curl runs");
+                assert!(status.success(), "curl: {status}");
+            }
+            Reader::Tcp => self.tcp_call(prompt).await,
+            Reader::Reqwest => {
+                let resp = self
+                    .http
+                    .post(&self.url)
+                    .bearer_auth(&self.key)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(RawUpstream::request_body(prompt))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(resp.status().is_success(), "reqwest: {}", resp.status());
+                assert!(resp.bytes().await.unwrap().len() > 1_000_000);
+            }
+            Reader::HashInline | Reader::HashThread => {
+                use futures::StreamExt as _;
+                use sha2::Digest as _;
+                let resp = self
+                    .http
+                    .post(&self.url)
+                    .bearer_auth(&self.key)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(RawUpstream::request_body(prompt))
+                    .send()
+                    .await
+                    .unwrap();
+                let mut stream = resp.bytes_stream();
+                let digest = if reader == Reader::HashInline {
+                    let mut hasher = sha2::Sha256::new();
+                    while let Some(chunk) = stream.next().await {
+                        hasher.update(&chunk.unwrap());
+                    }
+                    hasher.finalize()
+                } else {
+                    let (tx, rx) = std::sync::mpsc::channel::<Bytes>();
+                    let hashing = std::thread::spawn(move || {
+                        let mut hasher = sha2::Sha256::new();
+                        for chunk in rx {
+                            hasher.update(&chunk);
+                        }
+                        hasher.finalize()
+                    });
+                    while let Some(chunk) = stream.next().await {
+                        tx.send(chunk.unwrap()).unwrap();
+                    }
+                    drop(tx);
+                    hashing.join().unwrap()
+                };
+                assert_eq!(digest.len(), 32);
+            }
+            Reader::Provider => {
+                let mut request = GenerateRequest::new(prompt, "gpt-image-1.5");
+                request.size = Some(format!("{SIDE}x{SIDE}"));
+                let result = self.provider.generate(&request).await.expect("provider");
+                assert_eq!(result.images.len(), 1);
+            }
+            Reader::Mcp => {
+                call(&self.server.peer(), prompt).await;
+            }
+            Reader::McpB => {
+                call(&self.server_b.as_ref()?.peer(), prompt).await;
+            }
+        }
+        let done = Instant::now();
+        let seen = self.up.exchange(prompt).expect("the fake saw the call");
+        // A new process's start-up is not the reader's: curl's request segment is left out.
+        let visible = reader != Reader::Curl;
+        Some(Segments {
+            request: visible.then(|| ms(seen.arrived - start)),
+            send: ms(seen.last - seen.first),
+            after: visible.then(|| ms(done.saturating_duration_since(seen.last))),
+        })
+    }
+
+    /// A plain HTTP/1.1 exchange on a kept-alive `TcpStream`: what the transfer alone costs.
+    async fn tcp_call(&mut self, prompt: &str) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        if self.tcp.is_none() {
+            let addr = self.url.trim_start_matches("http://");
+            let addr = &addr[..addr.find('/').unwrap()];
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            self.tcp = Some(stream);
+        }
+        let stream = self.tcp.as_mut().unwrap();
+        let body = RawUpstream::request_body(prompt);
+        let head = format!(
+            "POST /v1/images/generations HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            self.key,
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&body).await.unwrap();
+        // The answer is known in advance: read exactly its length into one buffer.
+        let want = self.up.response.len();
+        let mut buf = Vec::with_capacity(want);
+        while buf.len() < want {
+            let n = stream.read_buf(&mut buf).await.unwrap();
+            assert!(n > 0, "the fake closed the connection");
+        }
+        assert_eq!(&buf[..12], b"HTTP/1.1 200");
+    }
+}
+
+/// Per-call segments of every reader, calls interleaved across readers so that load on the
+/// machine falls on all of them alike.
+async fn per_call_breakdown(png: &[u8], key: &str) -> Vec<(Reader, Vec<Segments>)> {
+    let up = RawUpstream::start(png).await;
+    let mut readers = Readers::new(up, key).await;
+    let mut out: Vec<(Reader, Vec<Segments>)> =
+        Reader::ALL.iter().map(|&r| (r, Vec::new())).collect();
+    for i in 0..BREAKDOWN_WARMUP + BREAKDOWN_CALLS {
+        for (reader, samples) in &mut out {
+            let prompt = format!("a lighthouse at dusk {} {i}", reader.name());
+            if let Some(segments) = readers.call(*reader, &prompt).await {
+                if i >= BREAKDOWN_WARMUP {
+                    samples.push(segments);
+                }
+            }
+        }
+    }
+    readers.server.stop().await;
+    if let Some(server) = readers.server_b {
+        server.stop().await;
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
 // Phases, as table rows
 // ---------------------------------------------------------------------------------------
 
@@ -919,6 +1311,10 @@ impl Bench {
     /// Where a call's time goes: the server's own steps, run in this process on the same
     /// payload (no targets; this explains the latency figures).
     async fn breakdown(&mut self) {
+        phase(&format!(
+            "breakdown: {BREAKDOWN_CALLS} calls per reader, interleaved, against a bare fake"
+        ));
+        self.per_call().await;
         phase("breakdown: the server's steps, in process");
         self.up.answer(Duration::ZERO, &self.png);
         const N: usize = 30;
@@ -994,6 +1390,72 @@ impl Bench {
                 .note(note),
             );
         }
+    }
+
+    /// Where one call's time goes, on one clock: the client's send, the upstream's receipt,
+    /// the first and last byte of its answer, the client holding the result. The same answer
+    /// is read by curl, a bare `TcpStream` and reqwest for the transfer alone.
+    async fn per_call(&mut self) {
+        let runs = per_call_breakdown(&self.png, &self.key).await;
+        let p = |v: &[f64], q: f64| pct(&sorted(v.to_vec()), q);
+        let mut totals = HashMap::new();
+        let mut raw = serde_json::Map::new();
+        for (reader, samples) in &runs {
+            if samples.is_empty() {
+                continue;
+            }
+            let name = reader.name();
+            let send: Vec<f64> = samples.iter().map(|s| s.send).collect();
+            let request: Vec<f64> = samples.iter().filter_map(|s| s.request).collect();
+            let after: Vec<f64> = samples.iter().filter_map(|s| s.after).collect();
+            let segments = [
+                ("call → request at upstream", &request),
+                ("upstream send, first → last byte", &send),
+                ("upstream last byte → result held", &after),
+            ];
+            for (segment, values) in segments {
+                if values.is_empty() {
+                    continue;
+                }
+                self.figures.push(
+                    Figure::new(
+                        format!("{segment} p50 ({name})"),
+                        p(values, 0.5),
+                        "ms",
+                        Target::None,
+                    )
+                    .note(format!("p90 {} ms", num(p(values, 0.9)))),
+                );
+            }
+            if request.len() == samples.len() && after.len() == samples.len() {
+                let sum: Vec<f64> = samples
+                    .iter()
+                    .map(|s| s.request.unwrap_or(0.0) + s.send + s.after.unwrap_or(0.0))
+                    .collect();
+                totals.insert(*reader, p(&sum, 0.5));
+            }
+            raw.insert(
+                name.into(),
+                json!({"request_ms": request, "send_ms": send, "after_ms": after}),
+            );
+        }
+        if let (Some(mcp), Some(tcp)) = (totals.get(&Reader::Mcp), totals.get(&Reader::Tcp)) {
+            self.figures.push(
+                Figure::new(
+                    "MCP link − bare TcpStream p50 (call time less the upstream delay)",
+                    mcp - tcp,
+                    "ms",
+                    Target::None,
+                )
+                .note(format!(
+                    "request + send + after: MCP {} ms, TcpStream {} ms",
+                    num(*mcp),
+                    num(*tcp)
+                )),
+            );
+        }
+        self.raw
+            .insert("per_call_breakdown".into(), Value::Object(raw));
     }
 
     /// The mock provider, through the binary and in process.

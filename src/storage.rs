@@ -63,6 +63,9 @@ pub struct StoredEntry {
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     dir: PathBuf,
+    /// `dir` resolved once it exists: resolving it for every save cost a `readlink` per path
+    /// component on the call's critical path, and the name inside it is never a link.
+    resolved: std::sync::Arc<std::sync::OnceLock<PathBuf>>,
 }
 
 /// Turns a prompt into a short, filesystem-safe slug.
@@ -109,7 +112,10 @@ pub fn is_valid_name(name: &str) -> bool {
 impl ImageStore {
     /// A store saving into `dir` (created on first save).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            resolved: Default::default(),
+        }
     }
 
     /// The output directory.
@@ -155,7 +161,7 @@ impl ImageStore {
             sync_later(file, &path);
             return Ok(StoredImage {
                 uri: format!("{IMAGE_URI_PREFIX}{name}"),
-                path: path.canonicalize().unwrap_or(path),
+                path: self.resolved_path(&name).unwrap_or(path),
                 name,
                 mime: image.mime().into(),
                 width: image.width,
@@ -169,6 +175,16 @@ impl ImageStore {
             io::ErrorKind::AlreadyExists,
             format!("no free file name for {base}.{ext}"),
         ))
+    }
+
+    /// The absolute path of `name` in the directory, symbolic links resolved (`None` if the
+    /// directory cannot be resolved).
+    fn resolved_path(&self, name: &str) -> Option<PathBuf> {
+        if let Some(dir) = self.resolved.get() {
+            return Some(dir.join(name));
+        }
+        let dir = self.dir.canonicalize().ok()?;
+        Some(self.resolved.get_or_init(|| dir).join(name))
     }
 
     /// Deletes the stored image `name` (a partial image of a cancelled call).
