@@ -1032,7 +1032,7 @@ impl Readers {
             }
             Reader::Provider => {
                 let mut request = GenerateRequest::new(prompt, "gpt-image-1.5");
-                request.size = Some(format!("{SIDE}x{SIDE}"));
+                request.options.size = Some(format!("{SIDE}x{SIDE}"));
                 let result = self.provider.generate(&request).await.expect("provider");
                 assert_eq!(result.images.len(), 1);
             }
