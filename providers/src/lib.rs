@@ -16,6 +16,8 @@ pub mod openai;
 pub mod retry;
 pub mod secret;
 mod sse;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod types;
 pub mod validate;
 
