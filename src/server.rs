@@ -285,6 +285,23 @@ fn success_result(engine: &Engine, generation: &Generation, mode: Delivery) -> C
 /// 5 s that clients and proxies with idle timeouts can be trusted to wait.
 pub const HEARTBEAT: Duration = Duration::from_secs(3);
 
+/// The environment variable that sets the heartbeat in milliseconds instead of [`HEARTBEAT`]:
+/// the end-to-end tests prove a long call's heartbeats at a scale that runs in seconds.
+pub const HEARTBEAT_VAR: &str = "IMAGEGEN_HEARTBEAT_MS";
+
+/// The heartbeat in use: [`HEARTBEAT`], or a positive whole number of milliseconds from
+/// [`HEARTBEAT_VAR`] (anything else there is ignored), read once.
+fn heartbeat() -> Duration {
+    static HEARTBEAT_IN_USE: OnceLock<Duration> = OnceLock::new();
+    *HEARTBEAT_IN_USE.get_or_init(|| {
+        std::env::var(HEARTBEAT_VAR)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&ms| ms > 0)
+            .map_or(HEARTBEAT, Duration::from_millis)
+    })
+}
+
 /// Sends progress notifications for one request to the MCP client that asked for them.
 struct PeerProgress {
     peer: Peer<RoleServer>,
@@ -310,7 +327,7 @@ fn reporter(context: &RequestContext<RoleServer>) -> ProgressReporter {
             token,
         }) as Arc<dyn ProgressSink>
     });
-    ProgressReporter::start(sink, HEARTBEAT)
+    ProgressReporter::start(sink, heartbeat())
 }
 
 /// Builds a tool result off the async workers, one per core at a time: previews decode and

@@ -6,28 +6,24 @@
 //! Every test starts `imagegen-mcp --config FILE serve` with a clean environment, talks to it
 //! with rmcp's client (a handler that records each progress notification with its arrival
 //! time), and points it at a fake OpenAI image API: wiremock where a scripted sequence of
-//! responses is enough, a small axum server where the test needs pauses inside a body, a
-//! dropped connection, to notice that the client went away, or to count requests in flight.
+//! responses is enough, the test kit's fake upstream (`imagegen_testkit::FakeUpstream`) where
+//! the test needs pauses inside a body, a dropped connection, to notice that the client went
+//! away, or to count requests in flight.
 
 mod common;
 
 use std::{
     io,
     path::PathBuf,
-    pin::Pin,
     process::Stdio,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
-    },
-    task::{Context, Poll},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use axum::{body::Body, extract::State, response::Response, routing::post, Router};
 use base64::Engine as _;
-use bytes::Bytes;
 use common::{args, binary};
+use imagegen_mcp::server::{HEARTBEAT, HEARTBEAT_VAR};
+use imagegen_testkit::{img, openai as testkit_openai, sse, Chunk, FakeUpstream, Reply};
 use rmcp::{
     model::{
         CallToolRequest, CallToolRequestParams, CallToolResult, ClientConfig, ClientRequest,
@@ -41,11 +37,9 @@ use rmcp::{
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf},
-    sync::mpsc,
+    io::{AsyncBufReadExt, BufReader},
     task::JoinSet,
 };
-use tokio_util::io::ReaderStream;
 use wiremock::{
     matchers::{method, path},
     Mock, MockServer, Request, Respond, ResponseTemplate,
@@ -114,6 +108,11 @@ impl Harness {
 
     /// [`Harness::start`] with a client speaking `version`.
     async fn start_speaking(config: String, version: ProtocolVersion) -> Self {
+        Self::start_full(config, version, &[]).await
+    }
+
+    /// [`Harness::start_speaking`] with more environment variables for the server.
+    async fn start_full(config: String, version: ProtocolVersion, extra: &[(&str, &str)]) -> Self {
         let home = tempfile::tempdir().unwrap();
         let out = home.path().join("out");
         let file = home.path().join("imagegen.toml");
@@ -125,7 +124,8 @@ impl Harness {
             ),
         )
         .unwrap();
-        let envs = [("RUST_LOG", "imagegen_mcp=info,imagegen_providers=info,warn")];
+        let mut envs = vec![("RUST_LOG", "imagegen_mcp=info,imagegen_providers=info,warn")];
+        envs.extend_from_slice(extra);
         let mut cmd = binary(home.path(), &envs);
         cmd.kill_on_drop(true);
         let cmd = cmd.configure(|c| {
@@ -314,20 +314,16 @@ fn prompt(text: &str) -> Value {
 
 /// A PNG `side` pixels square.
 fn solid_png(side: u32) -> Vec<u8> {
-    let img = image::RgbaImage::from_pixel(side, side, image::Rgba([30, 90, 200, 255]));
-    let mut out = io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
+    img::png(side, side)
 }
 
 fn b64_png(side: u32) -> String {
-    base64::engine::general_purpose::STANDARD.encode(solid_png(side))
+    img::b64(&solid_png(side))
 }
 
 /// The width of a PNG, from its header.
 fn png_width(bytes: &[u8]) -> u32 {
-    assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
-    u32::from_be_bytes(bytes[16..20].try_into().unwrap())
+    img::png_size(bytes).expect("a PNG").0
 }
 
 fn ok_body(side: u32) -> Value {
@@ -437,224 +433,26 @@ async fn mount(server: &MockServer, prefix: &str, steps: Vec<Step>) -> Arc<Mutex
     arrivals
 }
 
-// ---- an axum upstream for streams, dropped connections and concurrency -------------------
+// ---- the kit's fake upstream for streams, dropped connections and concurrency ------------
 
-/// One step of a response body.
-#[derive(Debug, Clone)]
-enum Chunk {
-    /// Sends these bytes.
-    Send(String),
-    /// Waits before the next step.
-    Pause(Duration),
-    /// Breaks the connection mid-body.
-    Drop,
-}
-
-/// What the fake answers one request with.
-#[derive(Debug, Clone)]
-struct Reply {
-    /// Wait before the response head.
-    head_delay: Duration,
-    content_type: &'static str,
-    body: Vec<Chunk>,
-}
-
-impl Reply {
-    fn json(head_delay: Duration) -> Self {
-        Self {
-            head_delay,
-            content_type: "application/json",
-            body: vec![Chunk::Send(ok_body(64).to_string())],
-        }
-    }
-
-    fn sse(body: Vec<Chunk>) -> Self {
-        Self {
-            head_delay: Duration::ZERO,
-            content_type: "text/event-stream",
-            body,
-        }
-    }
+/// A JSON answer with one 64-pixel image, after `head_delay`.
+fn json_reply(head_delay: Duration) -> Reply {
+    Reply::json(&ok_body(64)).delay(head_delay)
 }
 
 fn event(name: &str, data: Value) -> Chunk {
-    Chunk::Send(format!("event: {name}\ndata: {data}\n\n"))
+    Chunk::text(sse::event(name, &data))
 }
 
 fn partial(index: u32, side: u32) -> Chunk {
-    let name = "image_generation.partial_image";
-    event(
-        name,
-        json!({"type": name, "b64_json": b64_png(side), "partial_image_index": index}),
-    )
+    Chunk::text(testkit_openai::partial_event(index, &solid_png(side)))
 }
 
 fn completed(side: u32) -> Chunk {
-    let name = "image_generation.completed";
-    event(
-        name,
-        json!({"type": name, "b64_json": b64_png(side), "size": "1024x1024", "output_format": "png",
-               "usage": {"input_tokens": 12, "output_tokens": 340, "total_tokens": 352}}),
-    )
-}
-
-/// A fake image API answering the n-th request with the n-th reply (the last one repeats).
-struct Fake {
-    replies: Vec<Reply>,
-    base_url: String,
-    arrivals: Mutex<Vec<Instant>>,
-    bodies: Mutex<Vec<Value>>,
-    in_flight: AtomicUsize,
-    peak: AtomicUsize,
-    /// When a response was dropped before its body ran out: the client went away.
-    abandoned: Mutex<Vec<Instant>>,
-}
-
-/// Notes an abandoned response when dropped while still armed.
-struct Watch {
-    fake: Arc<Fake>,
-    armed: bool,
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        if self.armed {
-            self.fake.abandoned.lock().unwrap().push(Instant::now());
-        }
-    }
-}
-
-/// Counts a request in flight until its response head is sent (or its handler dropped).
-struct Busy(Arc<Fake>);
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// A response body fed through a channel: bytes, or an error that breaks the connection.
-struct ChannelReader {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
-    pending: Bytes,
-    watch: Watch,
-}
-
-impl AsyncRead for ChannelReader {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        loop {
-            if !this.pending.is_empty() {
-                let n = this.pending.len().min(buf.remaining());
-                buf.put_slice(&this.pending.split_to(n));
-                return Poll::Ready(Ok(()));
-            }
-            match std::task::ready!(this.rx.poll_recv(cx)) {
-                Some(Ok(bytes)) => this.pending = bytes,
-                Some(Err(e)) => {
-                    this.watch.armed = false;
-                    return Poll::Ready(Err(e));
-                }
-                None => {
-                    this.watch.armed = false;
-                    return Poll::Ready(Ok(()));
-                }
-            }
-        }
-    }
-}
-
-impl Fake {
-    async fn start(replies: Vec<Reply>) -> Arc<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let fake = Arc::new(Self {
-            replies,
-            base_url: format!("http://{}/v1", listener.local_addr().unwrap()),
-            arrivals: Mutex::new(Vec::new()),
-            bodies: Mutex::new(Vec::new()),
-            in_flight: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
-            abandoned: Mutex::new(Vec::new()),
-        });
-        let app = Router::new()
-            .route("/v1/images/generations", post(fake_reply))
-            .with_state(fake.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        fake
-    }
-
-    fn requests(&self) -> usize {
-        self.arrivals.lock().unwrap().len()
-    }
-
-    /// When the first response was abandoned by the client, waiting up to `wait`.
-    async fn abandoned_at(&self, wait: Duration) -> Option<Instant> {
-        let until = Instant::now() + wait;
-        loop {
-            if let Some(at) = self.abandoned.lock().unwrap().first() {
-                return Some(*at);
-            }
-            if Instant::now() >= until {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-async fn fake_reply(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
-    let n = {
-        let mut arrivals = fake.arrivals.lock().unwrap();
-        arrivals.push(Instant::now());
-        arrivals.len() - 1
-    };
-    fake.bodies
-        .lock()
-        .unwrap()
-        .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
-    let now = fake.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-    fake.peak.fetch_max(now, Ordering::SeqCst);
-    let busy = Busy(fake.clone());
-    // Armed before the head delay, so a handler dropped while waiting counts too.
-    let watch = Watch {
-        fake: fake.clone(),
-        armed: true,
-    };
-    let reply = fake.replies[n.min(fake.replies.len() - 1)].clone();
-    tokio::time::sleep(reply.head_delay).await;
-    drop(busy);
-    let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(async move {
-        for chunk in reply.body {
-            match chunk {
-                Chunk::Send(text) => {
-                    if tx.send(Ok(Bytes::from(text))).await.is_err() {
-                        return;
-                    }
-                }
-                Chunk::Pause(pause) => tokio::time::sleep(pause).await,
-                Chunk::Drop => {
-                    let _ = tx.send(Err(io::Error::other("dropped on purpose"))).await;
-                    return;
-                }
-            }
-        }
-    });
-    let reader = ChannelReader {
-        rx,
-        pending: Bytes::new(),
-        watch,
-    };
-    Response::builder()
-        .status(200)
-        .header("content-type", reply.content_type)
-        .header("x-request-id", format!("req_fake_{}", n + 1))
-        .body(Body::from_stream(ReaderStream::new(reader)))
-        .unwrap()
+    Chunk::text(testkit_openai::completed_event(
+        &solid_png(side),
+        "1024x1024",
+    ))
 }
 
 // ---- retries and their hints --------------------------------------------------------------
@@ -1028,16 +826,16 @@ async fn timed(h: &Harness, text: &str) -> (CallToolResult, Duration) {
 
 #[tokio::test]
 async fn cancelling_mid_request_closes_the_upstream_connection_and_saves_nothing() {
-    let fake = Fake::start(vec![
-        Reply::json(Duration::from_secs(10)),
-        Reply::json(Duration::ZERO),
+    let fake = FakeUpstream::start(vec![
+        json_reply(Duration::from_secs(10)),
+        json_reply(Duration::ZERO),
     ])
     .await;
-    let h = Harness::start(openai(&fake.base_url, "")).await;
+    let h = Harness::start(openai(&fake.base(), "")).await;
     let mut handle = h.send(prompt("never mind")).await;
     let early = tokio::time::timeout(Duration::from_millis(500), &mut handle.rx).await;
     assert!(early.is_err(), "the call is still running");
-    assert_eq!(fake.requests(), 1, "the request reached the upstream");
+    assert_eq!(fake.count(), 1, "the request reached the upstream");
     let cancelled = Instant::now();
     handle
         .cancel(Some("the test gave up".into()))
@@ -1061,7 +859,7 @@ async fn cancelling_mid_request_closes_the_upstream_connection_and_saves_nothing
 
     let (result, _) = h.generate(prompt("still serving")).await;
     assert_success(&result);
-    assert_eq!(fake.requests(), 2);
+    assert_eq!(fake.count(), 2);
     assert_eq!(h.saved_files().len(), 1);
     h.stop().await;
 }
@@ -1110,16 +908,16 @@ async fn cancelling_mid_backoff_ends_the_wait_and_the_retry_never_comes() {
 
 #[tokio::test]
 async fn cancelling_mid_stream_removes_the_partial_images_already_saved() {
-    let fake = Fake::start(vec![
+    let fake = FakeUpstream::start(vec![
         Reply::sse(vec![
             partial(0, 16),
             Chunk::Pause(Duration::from_secs(10)),
             completed(64),
         ]),
-        Reply::json(Duration::ZERO),
+        json_reply(Duration::ZERO),
     ])
     .await;
-    let h = Harness::start(openai(&fake.base_url, "")).await;
+    let h = Harness::start(openai(&fake.base(), "")).await;
     let mut handle = h
         .send(json!({"prompt": "a stream, abandoned", "partial_images": 2}))
         .await;
@@ -1215,16 +1013,30 @@ fn largest_silence(sent: Instant, notes: &[Note], done: Instant) -> Duration {
         .unwrap_or_default()
 }
 
-/// The bar: a 2-minute generation keeps a client with a 60 s idle timeout alive.
+/// The bar: a 2-minute generation keeps a client with a 60 s idle timeout alive. It
+/// runs at a tenth of the scale: the server's heartbeat variable sets a 300 ms heartbeat, and
+/// every span of the original (the 120 s call, the 60 s idle timeout, the 5 s bound) shrinks
+/// by the same factor, so the call still lasts 40 heartbeats and must never fall silent for
+/// longer than the scaled bound. The default heartbeat's bound is proven by the test above.
 #[tokio::test]
 async fn a_two_minute_generation_never_leaves_a_client_idle_for_60_seconds() {
+    /// The heartbeat in use, a tenth of the real 3 s one.
+    const BEAT: Duration = Duration::from_millis(300);
+    let scale = |real: Duration| real.mul_f64(BEAT.as_secs_f64() / HEARTBEAT.as_secs_f64());
+    let call = scale(Duration::from_secs(120));
     let upstream = Scripted::start(vec![fixed(
         ResponseTemplate::new(200)
             .set_body_json(ok_body(64))
-            .set_delay(Duration::from_secs(120)),
+            .set_delay(call),
     )])
     .await;
-    let h = Harness::start(openai(&upstream.base(), "")).await;
+    let beat_ms = BEAT.as_millis().to_string();
+    let h = Harness::start_full(
+        openai(&upstream.base(), ""),
+        ProtocolVersion::V_2025_11_25,
+        &[(HEARTBEAT_VAR, &beat_ms)],
+    )
+    .await;
     let sent = Instant::now();
     let handle = h.send(prompt("a slow masterpiece")).await;
     let token = handle.progress_token.clone();
@@ -1234,12 +1046,22 @@ async fn a_two_minute_generation_never_leaves_a_client_idle_for_60_seconds() {
     let notes = h.notes(&token);
     let max_gap = largest_silence(sent, &notes, done);
     eprintln!(
-        "2-minute call: {} messages, largest silence {max_gap:?}",
+        "2-minute call at scale {call:?}: {} messages, largest silence {max_gap:?}",
         notes.len()
     );
-    assert!(done - sent >= Duration::from_secs(120));
-    assert!(max_gap < Duration::from_secs(60), "idle for {max_gap:?}");
-    assert!(max_gap <= Duration::from_secs(5), "idle for {max_gap:?}");
+    assert!(done - sent >= call);
+    assert!(
+        notes.len() >= 30,
+        "a heartbeat all along the call: {notes:?}"
+    );
+    assert!(
+        max_gap < scale(Duration::from_secs(60)),
+        "idle for {max_gap:?}"
+    );
+    assert!(
+        max_gap <= scale(Duration::from_secs(5)),
+        "idle for {max_gap:?}"
+    );
     h.stop().await;
 }
 
@@ -1291,7 +1113,7 @@ fn partial_uri(message: &str) -> Option<String> {
 
 #[tokio::test]
 async fn partial_images_are_linked_in_progress_in_order_and_readable() {
-    let fake = Fake::start(vec![Reply::sse(vec![
+    let fake = FakeUpstream::start(vec![Reply::sse(vec![
         partial(0, 16),
         Chunk::Pause(Duration::from_millis(300)),
         partial(1, 32),
@@ -1299,12 +1121,12 @@ async fn partial_images_are_linked_in_progress_in_order_and_readable() {
         completed(64),
     ])])
     .await;
-    let h = Harness::start(openai(&fake.base_url, "")).await;
+    let h = Harness::start(openai(&fake.base(), "")).await;
     let (result, token) = h
         .generate(json!({"prompt": "a lighthouse, slowly", "partial_images": 2}))
         .await;
     let s = assert_success(&result);
-    let sent = fake.bodies.lock().unwrap()[0].clone();
+    let sent = fake.requests()[0].json().unwrap_or(Value::Null);
     assert_eq!(
         (&sent["stream"], &sent["partial_images"]),
         (&json!(true), &json!(2))
@@ -1349,14 +1171,14 @@ async fn partial_images_are_linked_in_progress_in_order_and_readable() {
 
 #[tokio::test]
 async fn a_stream_whose_final_image_comes_first_ends_at_once() {
-    let fake = Fake::start(vec![Reply::sse(vec![
+    let fake = FakeUpstream::start(vec![Reply::sse(vec![
         partial(0, 16),
         completed(64),
         Chunk::Pause(Duration::from_secs(5)),
         partial(1, 32),
     ])])
     .await;
-    let h = Harness::start(openai(&fake.base_url, "")).await;
+    let h = Harness::start(openai(&fake.base(), "")).await;
     let started = Instant::now();
     let (result, token) = h
         .generate(json!({"prompt": "final first", "partial_images": 2}))
@@ -1384,7 +1206,7 @@ async fn a_stream_whose_final_image_comes_first_ends_at_once() {
 
 #[tokio::test]
 async fn an_error_event_mid_stream_is_a_structured_error() {
-    let fake = Fake::start(vec![Reply::sse(vec![
+    let fake = FakeUpstream::start(vec![Reply::sse(vec![
         partial(0, 16),
         event(
             "error",
@@ -1394,7 +1216,7 @@ async fn an_error_event_mid_stream_is_a_structured_error() {
         ),
     ])])
     .await;
-    let h = Harness::start(openai(&fake.base_url, "")).await;
+    let h = Harness::start(openai(&fake.base(), "")).await;
     let (result, _) = h
         .generate(json!({"prompt": "something refused", "partial_images": 2}))
         .await;
@@ -1406,13 +1228,13 @@ async fn an_error_event_mid_stream_is_a_structured_error() {
     assert_eq!(error["request_id"], "req_fake_1");
     let message = error["message"].as_str().unwrap();
     assert!(message.contains("rephrase"), "{message}");
-    assert_eq!(fake.requests(), 1);
+    assert_eq!(fake.count(), 1);
     h.stop().await;
 }
 
 #[tokio::test]
 async fn a_failed_stream_leaves_no_partial_images_behind() {
-    let fake = Fake::start(vec![Reply::sse(vec![
+    let fake = FakeUpstream::start(vec![Reply::sse(vec![
         partial(0, 16),
         event(
             "error",
@@ -1421,7 +1243,7 @@ async fn a_failed_stream_leaves_no_partial_images_behind() {
         ),
     ])])
     .await;
-    let h = Harness::start(openai(&fake.base_url, "")).await;
+    let h = Harness::start(openai(&fake.base(), "")).await;
     let (result, token) = h
         .generate(json!({"prompt": "something refused", "partial_images": 2}))
         .await;
@@ -1444,7 +1266,7 @@ async fn a_failed_stream_leaves_no_partial_images_behind() {
 
 #[tokio::test]
 async fn a_stream_that_drops_midway_is_retried_and_the_second_attempt_succeeds() {
-    let fake = Fake::start(vec![
+    let fake = FakeUpstream::start(vec![
         Reply::sse(vec![
             partial(0, 16),
             Chunk::Pause(Duration::from_millis(50)),
@@ -1453,13 +1275,13 @@ async fn a_stream_that_drops_midway_is_retried_and_the_second_attempt_succeeds()
         Reply::sse(vec![partial(0, 16), partial(1, 32), completed(64)]),
     ])
     .await;
-    let h = Harness::start(openai(&fake.base_url, "")).await;
+    let h = Harness::start(openai(&fake.base(), "")).await;
     let (result, token) = h
         .generate(json!({"prompt": "a flaky proxy", "partial_images": 2}))
         .await;
     let s = assert_success(&result);
     assert_eq!(s["images"][0]["width"], 64);
-    assert_eq!(fake.requests(), 2);
+    assert_eq!(fake.count(), 2);
     let messages: Vec<_> = h.notes(&token).into_iter().map(|n| n.message).collect();
     assert!(
         messages.iter().any(|m| m.starts_with("retry 1 in")
@@ -1478,8 +1300,8 @@ async fn a_stream_that_drops_midway_is_retried_and_the_second_attempt_succeeds()
 /// Six calls at once against an upstream taking 300 ms each: the most it sees at once, how
 /// many calls were told they wait for a slot, and whether all succeeded.
 async fn six_calls_at_once(extra: &str, whose: &str) {
-    let fake = Fake::start(vec![Reply::json(Duration::from_millis(300))]).await;
-    let h = Harness::start(openai(&fake.base_url, extra)).await;
+    let fake = FakeUpstream::start(vec![json_reply(Duration::from_millis(300))]).await;
+    let h = Harness::start(openai(&fake.base(), extra)).await;
     let started = Instant::now();
     let mut calls = JoinSet::new();
     for i in 0..6 {
@@ -1497,9 +1319,9 @@ async fn six_calls_at_once(extra: &str, whose: &str) {
         }
     }
     let elapsed = started.elapsed();
-    assert_eq!(fake.requests(), 6);
+    assert_eq!(fake.count(), 6);
     assert_eq!(
-        fake.peak.load(Ordering::SeqCst),
+        fake.peak_in_flight(),
         2,
         "{extra}: the upstream saw at most 2 at once, and the limit was used"
     );

@@ -17,6 +17,8 @@ pub mod options;
 pub mod retry;
 pub mod secret;
 mod sse;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod types;
 pub mod validate;
 

@@ -8,7 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use base64::Engine as _;
 use imagegen_providers::{
     openai::{OpenAiProvider, OpenAiSettings},
     ErrorKind, GenerateRequest, ImageProvider, ProviderError,
@@ -25,15 +24,10 @@ const PASSWORD: &str = "SENTINELPASS";
 const GENERATIONS: &str = "/v1/images/generations";
 
 fn png(width: u32, height: u32) -> Vec<u8> {
-    let img = image::RgbaImage::from_pixel(width, height, image::Rgba([10, 200, 90, 255]));
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
+    imagegen_testkit::img::png_rgba(width, height, [10, 200, 90, 255])
 }
 
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
+use imagegen_testkit::img::b64;
 
 /// Settings with the sentinel key and a base URL carrying the sentinel password.
 fn settings(server: &MockServer) -> OpenAiSettings {

@@ -12,7 +12,6 @@ use std::{
 };
 
 use axum::{body::Body, extract::State, response::Response, routing::post, Router};
-use base64::Engine as _;
 use bytes::Bytes;
 use imagegen_providers::{
     openai::{OpenAiProvider, OpenAiSettings},
@@ -148,15 +147,10 @@ async fn respond(State(upstream): State<Arc<Upstream>>, body: Bytes) -> Response
 }
 
 fn png(side: u32) -> Vec<u8> {
-    let img = image::RgbaImage::from_pixel(side, side, image::Rgba([10, 120, 200, 255]));
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
+    imagegen_testkit::img::png_rgba(side, side, [10, 120, 200, 255])
 }
 
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
+use imagegen_testkit::img::b64;
 
 fn event(name: &str, data: Value) -> Step {
     Step::Send(format!("event: {name}\ndata: {data}\n\n"))

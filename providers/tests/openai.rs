@@ -8,7 +8,6 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use base64::Engine as _;
 use common::{Form, MultipartForm};
 use imagegen_providers::{
     keys::KeyPool,
@@ -29,15 +28,10 @@ const KEY: &str = "sk-SENTINEL-abcdef0123456789";
 const GENERATIONS: &str = "/v1/images/generations";
 
 fn png(width: u32, height: u32) -> Vec<u8> {
-    let img = image::RgbaImage::from_pixel(width, height, image::Rgba([200, 40, 90, 255]));
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
+    imagegen_testkit::img::png_rgba(width, height, [200, 40, 90, 255])
 }
 
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
+use imagegen_testkit::img::b64;
 
 fn settings(server: &MockServer) -> OpenAiSettings {
     let base = format!("{}/v1", server.uri()).parse().unwrap();

@@ -35,7 +35,7 @@ pub(super) const TOP_KEYS: [&str; 11] = [
     "catalog",
 ];
 /// `IMAGEGEN_*` variables that are not configuration and need no notice (`IMAGEGEN_LOG*` too).
-const NON_CONFIG_VARS: [&str; 2] = ["IMAGEGEN_CONFIG", "IMAGEGEN_LOG"];
+const NON_CONFIG_VARS: [&str; 3] = ["IMAGEGEN_CONFIG", "IMAGEGEN_LOG", "IMAGEGEN_HEARTBEAT_MS"];
 /// The variables the official OpenAI SDKs read, and the `[providers.openai]` key each sets.
 const OPENAI_VARS: [(&str, &str); 4] = [
     ("OPENAI_API_KEY", "api_key"),

@@ -3,7 +3,6 @@
 
 use std::{path::Path, process::Stdio};
 
-use base64::Engine as _;
 use imagegen_providers::{
     mock::{MockProvider, MockSettings, MOCK_MODEL},
     GenerateRequest, ImageProvider,
@@ -116,17 +115,9 @@ pub async fn png(width: u32, height: u32) -> Vec<u8> {
     result.images[0].bytes.to_vec()
 }
 
-/// Base64 of `bytes`.
-pub fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-/// Decodes base64.
-pub fn unb64(text: &str) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .expect("valid base64")
-}
+/// Base64 of bytes, and back (the test kit's).
+#[allow(unused_imports)]
+pub use imagegen_testkit::img::{b64, unb64};
 
 /// Tool arguments from a JSON object literal.
 pub fn args(value: serde_json::Value) -> rmcp::model::JsonObject {
