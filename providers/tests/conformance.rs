@@ -7,13 +7,17 @@ use std::io::Cursor;
 
 use base64::Engine as _;
 use common::Form;
+use std::sync::Arc;
+
 use imagegen_providers::{
     image_info::probe,
+    layers::Checked,
     mock::{MockProvider, MockSettings},
     openai::{OpenAiProvider, OpenAiSettings},
     validate::{check, check_edit, check_edit_images, parse_size},
-    EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult, ImageFormat, ImageProvider,
-    InputImage, Param, ProviderEvent, SvgOptions, VariationRequest,
+    Catalog, EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult, ImageFormat,
+    ImageProvider, ImageProviderExt, InputImage, Param, ProviderEvent, SvgOptions,
+    VariationRequest,
 };
 use serde_json::{json, Value};
 use wiremock::{
@@ -22,6 +26,11 @@ use wiremock::{
 };
 
 /// Checks what every provider must do, and returns how many `generate` calls it made.
+/// `provider` behind the catalog checks every caller puts in front of it.
+fn checked(provider: impl ImageProvider + 'static) -> Checked {
+    Checked::new(Arc::new(provider), Arc::new(Catalog::builtin()))
+}
+
 async fn conformance(provider: &dyn ImageProvider) -> usize {
     let kind = provider.kind();
     assert!(
@@ -146,7 +155,7 @@ async fn conformance(provider: &dyn ImageProvider) -> usize {
         calls += edits(provider, &caps, &one, source.clone()).await;
     }
     let variation = VariationRequest::new(&model, source);
-    match provider.create_variation(&variation).await {
+    match provider.variation(&variation).await {
         Ok(result) if caps.variations => {
             calls += 1;
             assert_images(kind, &result, &model, 1, (width, height), ImageFormat::Png);
@@ -294,7 +303,7 @@ fn assert_images(
 
 #[tokio::test]
 async fn mock_provider_conforms() {
-    let provider = MockProvider::new(MockSettings::default());
+    let provider = checked(MockProvider::new(MockSettings::default()));
     conformance(&provider).await;
 }
 
@@ -421,7 +430,7 @@ async fn openai_provider_conforms_against_a_fake_upstream() {
     }
     let base = format!("{}/v1", server.uri()).parse().unwrap();
     let settings = OpenAiSettings::new(base, Some("sk-test-0000000000000000".into()));
-    let provider = OpenAiProvider::new(settings, reqwest::Client::new());
+    let provider = checked(OpenAiProvider::new(settings, reqwest::Client::new()));
     let calls = conformance(&provider).await;
     let received = server.received_requests().await.unwrap();
     assert_eq!(

@@ -11,7 +11,7 @@ use std::{
 use base64::Engine as _;
 use imagegen_providers::{
     openai::{OpenAiProvider, OpenAiSettings},
-    ErrorKind, GenerateRequest, ImageProvider, ProviderError,
+    ErrorKind, GenerateRequest, ImageProviderExt, ProviderError,
 };
 use secrecy::SecretString;
 use serde_json::{json, Value};

@@ -16,7 +16,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use imagegen_providers::{
     openai::{OpenAiProvider, OpenAiSettings},
-    ErrorKind, Events, GenerateRequest, GenerateResult, ImageProvider, ProviderError,
+    ErrorKind, Events, GenerateRequest, GenerateResult, ImageProviderExt, ProviderError,
     ProviderEvent,
 };
 use serde_json::{json, Value};

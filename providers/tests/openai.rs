@@ -13,8 +13,9 @@ use common::{Form, MultipartForm};
 use imagegen_providers::{
     keys::KeyPool,
     openai::{OpenAiProvider, OpenAiSettings},
-    EditRequest, ErrorKind, Events, GenerateRequest, ImageFormat, ImageProvider, InputImage,
-    ProviderError, ProviderEvent, SvgOptions, SvgReasoning, UpstreamModel, VariationRequest,
+    EditRequest, ErrorKind, Events, GenerateRequest, ImageFormat, ImageProvider, ImageProviderExt,
+    InputImage, ProviderError, ProviderEvent, SvgOptions, SvgReasoning, UpstreamModel,
+    VariationRequest,
 };
 use secrecy::SecretString;
 use serde_json::{json, Value};
@@ -2382,7 +2383,7 @@ async fn a_variation_uploads_the_image_and_asks_for_base64() {
     request.size = Some("512x512".into());
     request.extra.insert("user".into(), json!("user-42"));
     let result = provider(settings(&server))
-        .create_variation(&request)
+        .variation(&request)
         .await
         .unwrap();
     assert_eq!(result.images.len(), 2);
@@ -2409,10 +2410,13 @@ async fn a_variation_uploads_the_image_and_asks_for_base64() {
 #[tokio::test]
 async fn variations_and_edits_the_model_cannot_do_are_refused_without_a_request() {
     let server = MockServer::start().await;
-    let p = provider(settings(&server));
+    let p = imagegen_providers::layers::Checked::new(
+        std::sync::Arc::new(provider(settings(&server))),
+        std::sync::Arc::new(imagegen_providers::Catalog::builtin()),
+    );
     let image = InputImage::new(png(16, 16), ImageFormat::Png, "source.png");
     let err = p
-        .create_variation(&VariationRequest::new("gpt-image-2.6-flare", image))
+        .variation(&VariationRequest::new("gpt-image-2.6-flare", image))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Unsupported);

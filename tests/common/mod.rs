@@ -6,7 +6,7 @@ use std::{path::Path, process::Stdio};
 use base64::Engine as _;
 use imagegen_providers::{
     mock::{MockProvider, MockSettings, MOCK_MODEL},
-    GenerateRequest, ImageProvider,
+    GenerateRequest, ImageProviderExt,
 };
 use rmcp::{
     model::{ClientConfig, ProtocolVersion},
