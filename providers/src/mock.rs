@@ -116,9 +116,30 @@ impl MockProvider {
         Self { settings }
     }
 
-    /// One call of any kind, so every kind honours latency alike: `partials` previews spread
-    /// over the latency, then the images.
+    /// One call of any kind, so every kind honours latency and cancellation alike: `partials`
+    /// previews spread over the latency, then the images; `options.cancel` ends it at once.
     async fn serve<P, R>(
+        &self,
+        partials: Option<u8>,
+        options: &CallOptions,
+        preview: P,
+        render: R,
+    ) -> Result<GenerateResult, ProviderError>
+    where
+        P: Fn() -> Result<GeneratedImage, ProviderError> + Clone + Send + 'static,
+        R: FnOnce() -> Result<Vec<GeneratedImage>, ProviderError> + Send + 'static,
+    {
+        tokio::select! {
+            biased;
+            _ = options.cancel.cancelled() => {
+                Err(ProviderError::new(ErrorKind::Cancelled, "the call was cancelled"))
+            }
+            result = self.draw(partials, &options.events, preview, render) => result,
+        }
+    }
+
+    /// The work of [`MockProvider::serve`].
+    async fn draw<P, R>(
         &self,
         partials: Option<u8>,
         events: &Events,
@@ -195,7 +216,6 @@ impl ImageProvider for MockProvider {
         request: &GenerateRequest,
         options: &CallOptions,
     ) -> Result<GenerateResult, ProviderError> {
-        let events = &options.events;
         let encoding = Encoding::new(
             &self.settings.catalog,
             &request.model,
@@ -208,7 +228,7 @@ impl ImageProvider for MockProvider {
         let (for_preview, for_render) = (Arc::clone(&request), Arc::clone(&request));
         self.serve(
             request.partial_images,
-            events,
+            options,
             move || render_preview(&for_preview, encoding),
             move || render_all(&for_render, encoding),
         )
@@ -220,7 +240,6 @@ impl ImageProvider for MockProvider {
         request: &EditRequest,
         options: &CallOptions,
     ) -> Result<GenerateResult, ProviderError> {
-        let events = &options.events;
         let encoding = Encoding::new(
             &self.settings.catalog,
             &request.model,
@@ -234,7 +253,7 @@ impl ImageProvider for MockProvider {
         let (for_preview, for_render) = (Arc::clone(&request), Arc::clone(&request));
         self.serve(
             request.partial_images,
-            events,
+            options,
             move || Edit::new(&for_preview, 4)?.render(&for_preview, 0, encoding),
             move || edit_all(&for_render, encoding),
         )
@@ -244,7 +263,7 @@ impl ImageProvider for MockProvider {
     async fn variation_opts(
         &self,
         request: &VariationRequest,
-        _options: &CallOptions,
+        options: &CallOptions,
     ) -> Result<GenerateResult, ProviderError> {
         let catalog = &self.settings.catalog;
         // A variation is an unmasked edit whose "prompt" is fixed, so only the index varies it.
@@ -260,7 +279,8 @@ impl ImageProvider for MockProvider {
         let for_preview = Arc::clone(&edit);
         self.serve(
             None,
-            &Events::none(),
+            // Variations report no progress.
+            &CallOptions::new().with_cancel(options.cancel.clone()),
             move || Edit::new(&for_preview, 4)?.render(&for_preview, 0, encoding),
             move || edit_all(&edit, encoding),
         )
@@ -1001,6 +1021,24 @@ mod tests {
         drop(events);
         assert_eq!(partial_sizes(rx).await, vec![(0, 32, 16), (1, 32, 16)]);
         assert_eq!((result.images[0].width, result.images[0].height), (128, 64));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelling_ends_a_slow_call_at_once() {
+        let p = MockProvider::new(MockSettings {
+            latency: Duration::from_secs(60),
+            ..MockSettings::default()
+        });
+        let options = CallOptions::new();
+        let cancel = options.cancel.clone();
+        let started = tokio::time::Instant::now();
+        let r = GenerateRequest::new("slow", MOCK_MODEL);
+        let (outcome, _) = tokio::join!(p.generate_opts(&r, &options), async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            cancel.cancel();
+        });
+        assert_eq!(outcome.unwrap_err().kind, ErrorKind::Cancelled);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
     }
 
     /// The partial images a call reported, as (index, width, height), in arrival order.

@@ -390,6 +390,7 @@ async fn a_stream_that_stops_before_completed_is_a_retryable_network_error() {
     let err = result.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Network);
     assert!(err.retryable);
+    assert!(err.request_sent, "the stream had started");
     assert_eq!(err.attempts, 2);
     assert!(
         err.message

@@ -1421,6 +1421,10 @@ async fn a_read_timeout_is_not_retried_because_it_may_be_billed() {
     );
     assert_eq!(err.kind, ErrorKind::Timeout);
     assert_eq!(err.status, None);
+    assert!(
+        err.request_sent,
+        "a read timeout went out, and may be billed"
+    );
     assert!(err.message.contains("billed"), "{err}");
     assert!(err.message.contains("retry_on_timeout"), "{err}");
     assert_eq!(generations(&server).await, 1);
@@ -1577,6 +1581,8 @@ async fn connection_failures_are_network_errors_and_retried() {
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Network);
     assert!(err.retryable);
+    assert!(!err.request_sent, "nothing went out to a closed port");
+    assert_eq!(err.retry, imagegen_providers::RetryStatus::Persistent);
     assert!(err.message.contains("after 1 retry"), "{err}");
     // One backoff of 0.5 s * jitter in (0.75, 1].
     assert!(

@@ -433,7 +433,11 @@ impl OpenAiProvider {
                     ReadError::Transport(e) => transport_error(e, "the image API", s.timeout),
                 })
         };
-        let answer = answer.map_err(|e| e.with_request_id(self.request_id(&headers)))?;
+        // The answer had started: whatever broke after that, the request was sent.
+        let answer = answer.map_err(|e| {
+            e.with_request_id(self.request_id(&headers))
+                .with_request_sent(true)
+        })?;
         Ok((headers, answer))
     }
 
@@ -740,7 +744,7 @@ impl OpenAiProvider {
             if e.request_id.is_none() {
                 e.request_id = id.clone();
             }
-            e
+            e.with_request_sent(true)
         })?;
         result.request_id = id;
         tracing::debug!(
