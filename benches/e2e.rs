@@ -36,7 +36,7 @@ use imagegen_mcp::storage::ImageStore;
 use imagegen_providers::{
     mock::{MockProvider, MockSettings, MOCK_MODEL},
     openai::{OpenAiProvider, OpenAiSettings},
-    GenerateRequest, ImageProvider,
+    GenerateRequest, ImageProviderExt,
 };
 use rmcp::{
     model::{CallToolRequestParams, ClientConfig, ProtocolVersion},

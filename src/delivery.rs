@@ -430,7 +430,7 @@ mod tests {
     use bytes::Bytes;
     use imagegen_providers::{
         mock::{MockProvider, MockSettings, MOCK_MODEL},
-        GenerateRequest, ImageProvider,
+        GenerateRequest, ImageProviderExt,
     };
     use std::io::Cursor;
 

@@ -3,19 +3,19 @@
 //! call, generate, and save the images.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use imagegen_providers::{
     keys::KeyPool,
-    mock::{MockProvider, MockSettings},
+    mock::MockSettings,
     openai::{OpenAiProvider, OpenAiSettings},
     validate::{self, Operation},
     Catalog, Date, EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult, GeneratedImage,
-    ImageFormat, ImageOptions, ImageProvider, InputImage, ModelState, Param, ProviderError,
-    ProviderEvent, SvgOptions, VariationRequest,
+    ImageFormat, ImageOptions, ImageProvider, ImageProviderExt, InputImage, ModelState, Param,
+    ProviderError, ProviderEvent, SvgOptions, VariationRequest,
 };
 use schemars::JsonSchema;
 use secrecy::ExposeSecret;
@@ -237,40 +237,7 @@ pub struct CallContext {
     pub cancel: CancellationToken,
 }
 
-/// One `reqwest::Client` per distinct client-level settings, kept across reloads.
-///
-/// Timeouts on connect (and proxies, later) live on the client, not on each request, and a
-/// client owns its connection pool: reusing it means a key rotation costs no new TLS handshakes.
-#[derive(Debug, Default)]
-pub struct ClientCache {
-    clients: Mutex<HashMap<u64, reqwest::Client>>,
-}
-
-impl ClientCache {
-    /// The client for these settings, built on first use.
-    pub fn client(&self, connect_timeout_s: u64) -> reqwest::Result<reqwest::Client> {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = clients.get(&connect_timeout_s) {
-            return Ok(client.clone());
-        }
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(connect_timeout_s))
-            .user_agent(concat!("imagegen-mcp/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        clients.insert(connect_timeout_s, client.clone());
-        Ok(client)
-    }
-
-    /// How many distinct clients exist.
-    pub fn len(&self) -> usize {
-        self.clients.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// Whether no client was built yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+pub use imagegen_providers::http::ClientCache;
 
 /// Everything a call needs, built once from a loaded configuration.
 #[derive(Debug)]
@@ -356,7 +323,7 @@ fn build_provider(
         ProviderConfig::Mock(m) => ProviderEntry {
             aliases: BTreeMap::new(),
             svg_model: cfg.svg_model().map(String::from),
-            provider: Arc::new(MockProvider::new({
+            provider: imagegen_providers::mock::provider({
                 let mut s = MockSettings::default();
                 s.model = m.model.clone();
                 s.latency = Duration::from_millis(m.latency_ms);
@@ -366,7 +333,7 @@ fn build_provider(
                     .map_err(|e| anyhow::anyhow!("providers.{name}.fail_sequence: {e}"))?;
                 s.catalog = catalog.clone();
                 s
-            })),
+            }),
             defaults,
             keys: None,
             pool_inputs: ([0; 32], 0, None),
@@ -911,7 +878,7 @@ impl Engine {
         validate::check_variation_image(&request).map_err(fail)?;
         let request = &request;
         let upstream = |_events: Events| async move {
-            match provider.create_variation(request).await {
+            match provider.variation(request).await {
                 Err(e) if e.model_unavailable => Err(self.model_missing(e, entry, &request.model)),
                 other => other,
             }

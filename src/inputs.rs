@@ -324,7 +324,7 @@ mod tests {
     }
 
     async fn png() -> Vec<u8> {
-        use imagegen_providers::{mock::MockProvider, GenerateRequest, ImageProvider as _};
+        use imagegen_providers::{mock::MockProvider, GenerateRequest, ImageProviderExt as _};
         let mut r = GenerateRequest::new("input", "mock-image-1");
         r.options.size = Some("32x32".into());
         let result = MockProvider::new(Default::default())

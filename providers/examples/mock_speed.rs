@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use imagegen_providers::{
     mock::{MockProvider, MockSettings, MOCK_MODEL},
-    GenerateRequest, ImageFormat, ImageProvider,
+    GenerateRequest, ImageFormat, ImageProviderExt,
 };
 
 #[tokio::main]

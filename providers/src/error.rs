@@ -106,6 +106,49 @@ impl FromStr for ErrorKind {
     }
 }
 
+/// Whether a failed call is worth retrying, after what this crate already tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RetryStatus {
+    /// Retrying the same call cannot help (a bad request, a rejected key, no quota).
+    Permanent,
+    /// A later identical call may succeed (a rate limit, an outage, a dropped connection).
+    Temporary,
+    /// Temporary, but the retries this crate was allowed ran out (or would pass the deadline).
+    Persistent,
+}
+
+impl RetryStatus {
+    /// The status of an error that is (or is not) worth retrying.
+    pub fn from_retryable(retryable: bool) -> Self {
+        match retryable {
+            true => Self::Temporary,
+            false => Self::Permanent,
+        }
+    }
+
+    /// Whether a later identical call may succeed: anything but [`RetryStatus::Permanent`].
+    pub fn is_retryable(self) -> bool {
+        self != Self::Permanent
+    }
+
+    /// The snake_case name of this status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Permanent => "permanent",
+            Self::Temporary => "temporary",
+            Self::Persistent => "persistent",
+        }
+    }
+}
+
+impl fmt::Display for RetryStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A failed provider call: what happened, whether to retry, and what the provider said.
 ///
 /// It never holds a secret: messages are written by this crate or copied from the
@@ -118,8 +161,15 @@ pub struct ProviderError {
     pub kind: ErrorKind,
     /// A message a person can act on.
     pub message: String,
-    /// Whether a later identical call may succeed.
+    /// Whether a later identical call may succeed: always `retry.is_retryable()` (set both
+    /// through [`ProviderError::with_retryable`] or [`ProviderError::with_retry`]).
     pub retryable: bool,
+    /// Whether to retry, and whether this crate's own retries already ran out.
+    pub retry: RetryStatus,
+    /// Whether the request reached the provider, so it may be working on it (and billing it):
+    /// set at the HTTP edge. A connect failure was not sent; a read timeout or a reset after
+    /// the request went out, and every HTTP answer, was.
+    pub request_sent: bool,
     /// How long the provider asked us to wait before trying again.
     pub retry_after: Option<Duration>,
     /// The request parameter at fault, when known.
@@ -137,6 +187,12 @@ pub struct ProviderError {
     /// The provider said the requested model does not exist or was retired (a 404
     /// `model_not_found`, or a message saying it is deprecated or shut down).
     pub model_unavailable: bool,
+    /// The kind of provider that failed (`openai`, `mock`, ...), when known.
+    pub provider: Option<String>,
+    /// The model the failed call asked for, when known.
+    pub model: Option<String>,
+    /// The fingerprint of the API key the last attempt used (`sk-…abcd`), never the key.
+    pub key_fingerprint: Option<String>,
 }
 
 impl ProviderError {
@@ -146,6 +202,8 @@ impl ProviderError {
             kind,
             message: message.into(),
             retryable: kind.retryable_by_default(),
+            retry: RetryStatus::from_retryable(kind.retryable_by_default()),
+            request_sent: false,
             retry_after: None,
             param: None,
             provider_code: None,
@@ -154,6 +212,9 @@ impl ProviderError {
             request_id: None,
             attempts: 0,
             model_unavailable: false,
+            provider: None,
+            model: None,
+            key_fingerprint: None,
         }
     }
 
@@ -174,8 +235,43 @@ impl ProviderError {
     }
 
     /// Overrides whether the call may be retried.
-    pub fn with_retryable(mut self, retryable: bool) -> Self {
-        self.retryable = retryable;
+    pub fn with_retryable(self, retryable: bool) -> Self {
+        self.with_retry(RetryStatus::from_retryable(retryable))
+    }
+
+    /// Sets the retry status, and `retryable` with it.
+    pub fn with_retry(mut self, retry: RetryStatus) -> Self {
+        self.retry = retry;
+        self.retryable = retry.is_retryable();
+        self
+    }
+
+    /// Marks a temporary error as one this crate stopped retrying; permanent ones stay so.
+    pub fn persistent(self) -> Self {
+        match self.retry {
+            RetryStatus::Temporary => self.with_retry(RetryStatus::Persistent),
+            _ => self,
+        }
+    }
+
+    /// Records whether the request reached the provider.
+    pub fn with_request_sent(mut self, sent: bool) -> Self {
+        self.request_sent = sent;
+        self
+    }
+
+    /// Records the provider kind and the model asked for, where not known yet.
+    pub fn with_context(mut self, provider: &str, model: Option<&str>) -> Self {
+        self.provider.get_or_insert_with(|| provider.to_string());
+        if let Some(model) = model {
+            self.model.get_or_insert_with(|| model.to_string());
+        }
+        self
+    }
+
+    /// Records the fingerprint of the key the failed attempt used.
+    pub fn with_key_fingerprint(mut self, fingerprint: Option<String>) -> Self {
+        self.key_fingerprint = fingerprint;
         self
     }
 
@@ -185,9 +281,10 @@ impl ProviderError {
         self
     }
 
-    /// Records the HTTP status.
+    /// Records the HTTP status; a status means the provider answered, so the request was sent.
     pub fn with_status(mut self, status: u16) -> Self {
         self.status = Some(status);
+        self.request_sent = true;
         self
     }
 
@@ -241,5 +338,33 @@ mod tests {
                 .with_retryable(false)
                 .retryable
         );
+    }
+
+    #[test]
+    fn retry_status_and_retryable_agree_and_serialize_in_snake_case() {
+        let temporary = ProviderError::new(ErrorKind::RateLimited, "x");
+        assert_eq!(temporary.retry, RetryStatus::Temporary);
+        let persistent = temporary.clone().persistent();
+        assert_eq!(
+            (persistent.retry, persistent.retryable),
+            (RetryStatus::Persistent, true)
+        );
+        let permanent = temporary.with_retryable(false);
+        assert_eq!(
+            (permanent.retry, permanent.retryable),
+            (RetryStatus::Permanent, false)
+        );
+        assert_eq!(permanent.persistent().retry, RetryStatus::Permanent);
+        assert_eq!(
+            serde_json::to_string(&RetryStatus::Persistent).unwrap(),
+            "\"persistent\""
+        );
+    }
+
+    #[test]
+    fn an_http_status_means_the_request_was_sent() {
+        let err = ProviderError::new(ErrorKind::Network, "x");
+        assert!(!err.request_sent);
+        assert!(err.with_status(502).request_sent);
     }
 }

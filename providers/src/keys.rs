@@ -3,6 +3,10 @@
 //!
 //! A key's identity is the SHA-256 of the key itself: display fingerprints such as `sk-…abcd`
 //! can collide, and the hash lets a reload recognise a key it already knows.
+//!
+//! What is known about the keys (cooldowns, disables, per-minute budgets, the round-robin
+//! position) lives behind [`KeyStateStore`]; [`MemoryKeyStore`], this process's memory, is
+//! the one store today, and a store shared between processes can replace it.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -59,27 +63,65 @@ impl fmt::Debug for PoolKey {
     }
 }
 
+/// A key's identity: the SHA-256 of the key itself.
+pub type KeyId = [u8; 32];
+
+/// What is known about one key.
 #[derive(Debug, Clone, PartialEq)]
-enum Health {
+#[non_exhaustive]
+pub enum KeyHealth {
+    /// Usable.
     Active,
+    /// Rate limited: usable again at `until`; `strikes` consecutive limits so far.
     CoolingDown {
+        /// When the key is usable again.
         until: Instant,
+        /// Consecutive rate limits, for the next cooldown's length.
         strikes: u32,
     },
+    /// Out of rotation (rejected, no quota) since `since`, for `reason`.
     Disabled {
+        /// What the failure was.
         kind: ErrorKind,
+        /// Why, for people.
         reason: String,
+        /// When it was disabled.
         since: Instant,
     },
 }
 
-#[derive(Debug, Default)]
-struct PoolState {
-    health: HashMap<[u8; 32], Health>,
+/// The state of a pool's keys, as a [`KeyStateStore`] keeps it.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct KeyStates {
+    /// Each key's health; a key not listed is active.
+    pub health: HashMap<KeyId, KeyHealth>,
     /// When each key was handed out within the last minute, oldest first (with a
     /// `requests_per_minute` limit only).
-    sent: HashMap<[u8; 32], VecDeque<Instant>>,
-    next: usize,
+    pub sent: HashMap<KeyId, VecDeque<Instant>>,
+    /// Where the round robin goes next.
+    pub next: usize,
+}
+
+/// Where a pool keeps what it knows about its keys: memory today, a store shared between
+/// processes (Redis, say) later.
+pub trait KeyStateStore: Send + Sync + fmt::Debug {
+    /// Runs `f` on the state as one atomic step (no other update sees a half-done one).
+    /// `f` must be run exactly once.
+    fn update(&self, f: &mut dyn FnMut(&mut KeyStates));
+}
+
+/// The in-memory [`KeyStateStore`]: one mutex around [`KeyStates`].
+#[derive(Debug, Default)]
+pub struct MemoryKeyStore {
+    state: Mutex<KeyStates>,
+}
+
+impl KeyStateStore for MemoryKeyStore {
+    fn update(&self, f: &mut dyn FnMut(&mut KeyStates)) {
+        // A panic elsewhere must not take key selection down with it; the state stays valid.
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
+    }
 }
 
 /// The window `requests_per_minute` counts over.
@@ -88,7 +130,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// The keys of one provider and what is known about each.
 pub struct KeyPool {
     keys: Vec<Arc<PoolKey>>,
-    state: Mutex<PoolState>,
+    store: Arc<dyn KeyStateStore>,
     recheck: Duration,
     requests_per_minute: Option<u32>,
 }
@@ -139,7 +181,7 @@ impl KeyPool {
         }
         Self {
             keys: pool,
-            state: Mutex::new(PoolState::default()),
+            store: Arc::new(MemoryKeyStore::default()),
             recheck,
             requests_per_minute: None,
         }
@@ -152,8 +194,14 @@ impl KeyPool {
         self
     }
 
+    /// Keeps the keys' state in `store` instead of this process's memory.
+    pub fn with_store(mut self, store: Arc<dyn KeyStateStore>) -> Self {
+        self.store = store;
+        self
+    }
+
     /// How long until `key` may be handed out again under `requests_per_minute` (zero: now).
-    fn budget_wait(&self, state: &mut PoolState, key: &PoolKey, now: Instant) -> Duration {
+    fn budget_wait(&self, state: &mut KeyStates, key: &PoolKey, now: Instant) -> Duration {
         let Some(limit) = self.requests_per_minute else {
             return Duration::ZERO;
         };
@@ -196,16 +244,28 @@ impl KeyPool {
         self.keys.len()
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, PoolState> {
-        // A panic elsewhere must not take key selection down with it; the state stays valid.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// Runs `f` on the keys' state as one step of the store.
+    fn with_state<R>(&self, f: impl FnOnce(&mut KeyStates) -> R) -> R {
+        let mut f = Some(f);
+        let mut out = None;
+        self.store.update(&mut |state| {
+            if let Some(f) = f.take() {
+                out = Some(f(state));
+            }
+        });
+        match (out, f) {
+            (Some(out), _) => out,
+            // A store that broke its contract: act as if nothing were known about the keys.
+            (None, Some(f)) => f(&mut KeyStates::default()),
+            (None, None) => unreachable!("the closure ran but gave nothing back"),
+        }
     }
 
-    fn usable(&self, health: Option<&Health>, now: Instant) -> bool {
+    fn usable(&self, health: Option<&KeyHealth>, now: Instant) -> bool {
         match health {
-            None | Some(Health::Active) => true,
-            Some(Health::CoolingDown { until, .. }) => *until <= now,
-            Some(Health::Disabled { since, .. }) => now.duration_since(*since) >= self.recheck,
+            None | Some(KeyHealth::Active) => true,
+            Some(KeyHealth::CoolingDown { until, .. }) => *until <= now,
+            Some(KeyHealth::Disabled { since, .. }) => now.duration_since(*since) >= self.recheck,
         }
     }
 
@@ -214,34 +274,35 @@ impl KeyPool {
     /// With no usable key it fails at once, saying when one will be usable.
     pub fn pick(&self, tried: &[&PoolKey]) -> Result<Arc<PoolKey>, ProviderError> {
         let now = Instant::now();
-        let mut state = self.state();
-        let n = self.keys.len();
-        for step in 0..n {
-            let i = (state.next + step) % n;
-            let key = &self.keys[i];
-            if tried.iter().any(|t| t.id == key.id)
-                || !self.usable(state.health.get(&key.id), now)
-                || !self.budget_wait(&mut state, key, now).is_zero()
-            {
-                continue;
+        self.with_state(|state| {
+            let n = self.keys.len();
+            for step in 0..n {
+                let i = (state.next + step) % n;
+                let key = &self.keys[i];
+                if tried.iter().any(|t| t.id == key.id)
+                    || !self.usable(state.health.get(&key.id), now)
+                    || !self.budget_wait(state, key, now).is_zero()
+                {
+                    continue;
+                }
+                state.next = (i + 1) % n;
+                if self.requests_per_minute.is_some() {
+                    state.sent.entry(key.id).or_default().push_back(now);
+                }
+                return Ok(key.clone());
             }
-            state.next = (i + 1) % n;
-            if self.requests_per_minute.is_some() {
-                state.sent.entry(key.id).or_default().push_back(now);
-            }
-            return Ok(key.clone());
-        }
-        Err(self.exhausted(&mut state, now))
+            Err(self.exhausted(state, now))
+        })
     }
 
-    fn exhausted(&self, state: &mut PoolState, now: Instant) -> ProviderError {
+    fn exhausted(&self, state: &mut KeyStates, now: Instant) -> ProviderError {
         let mut soonest: Option<Duration> = None;
         let mut parts = Vec::new();
         let mut all_disabled = true;
         let mut disabled_kind = ErrorKind::Auth;
         for key in &self.keys {
             let (wait, what) = match state.health.get(&key.id) {
-                Some(Health::CoolingDown { until, .. }) => {
+                Some(KeyHealth::CoolingDown { until, .. }) => {
                     all_disabled = false;
                     let wait = until.saturating_duration_since(now);
                     (
@@ -249,7 +310,7 @@ impl KeyPool {
                         format!("cooling down for {} s", wait.as_secs_f64().ceil()),
                     )
                 }
-                Some(Health::Disabled {
+                Some(KeyHealth::Disabled {
                     kind,
                     reason,
                     since,
@@ -305,21 +366,22 @@ impl KeyPool {
     /// exponentially longer on each consecutive limit (1 s, 2 s, 4 s, ... up to 60 s).
     pub fn cool_down(&self, key: &PoolKey, retry_after: Option<Duration>) {
         let now = Instant::now();
-        let mut state = self.state();
-        let strikes = match state.health.get(&key.id) {
-            Some(Health::CoolingDown { strikes, .. }) => strikes + 1,
-            _ => 1,
-        };
-        let wait = retry_after
-            .unwrap_or_else(|| Duration::from_secs(1 << (strikes - 1).min(6)).min(MAX_COOLDOWN))
-            .min(MAX_HINTED_COOLDOWN);
-        state.health.insert(
-            key.id,
-            Health::CoolingDown {
-                until: now.checked_add(wait).unwrap_or(now),
-                strikes,
-            },
-        );
+        self.with_state(|state| {
+            let strikes = match state.health.get(&key.id) {
+                Some(KeyHealth::CoolingDown { strikes, .. }) => strikes + 1,
+                _ => 1,
+            };
+            let wait = retry_after
+                .unwrap_or_else(|| Duration::from_secs(1 << (strikes - 1).min(6)).min(MAX_COOLDOWN))
+                .min(MAX_HINTED_COOLDOWN);
+            state.health.insert(
+                key.id,
+                KeyHealth::CoolingDown {
+                    until: now.checked_add(wait).unwrap_or(now),
+                    strikes,
+                },
+            );
+        })
     }
 
     /// Takes `key` out of rotation (rejected, no quota, no billing) until a reload changes
@@ -327,39 +389,46 @@ impl KeyPool {
     pub fn disable(&self, key: &PoolKey, kind: ErrorKind, reason: impl Into<String>) {
         let reason = reason.into();
         tracing::warn!(key = %key.fingerprint, source = %key.source, %reason, "API key disabled");
-        self.state().health.insert(
-            key.id,
-            Health::Disabled {
-                kind,
-                reason,
-                since: Instant::now(),
-            },
-        );
+        let since = Instant::now();
+        self.with_state(|state| {
+            state.health.insert(
+                key.id,
+                KeyHealth::Disabled {
+                    kind,
+                    reason,
+                    since,
+                },
+            )
+        });
     }
 
     /// Marks `key` healthy after a successful call.
     pub fn succeeded(&self, key: &PoolKey) {
-        let mut state = self.state();
-        if state
-            .health
-            .get(&key.id)
-            .is_some_and(|h| *h != Health::Active)
-        {
-            state.health.insert(key.id, Health::Active);
-        }
+        self.with_state(|state| {
+            if state
+                .health
+                .get(&key.id)
+                .is_some_and(|h| *h != KeyHealth::Active)
+            {
+                state.health.insert(key.id, KeyHealth::Active);
+            }
+        })
     }
 
     /// Copies what `old` knows about keys this pool still has: cooldowns always, disabled
     /// states only when the configuration's content did not change, and the round-robin position.
     pub fn carry_over(&self, old: &KeyPool, config_changed: bool) {
-        let old_state = old.state();
-        let mut state = self.state();
+        let old_state = old.with_state(|state| state.clone());
+        self.with_state(|state| self.carry_over_into(state, &old_state, config_changed));
+    }
+
+    fn carry_over_into(&self, state: &mut KeyStates, old_state: &KeyStates, config_changed: bool) {
         for key in &self.keys {
             match old_state.health.get(&key.id) {
-                Some(h @ Health::CoolingDown { .. }) => {
+                Some(h @ KeyHealth::CoolingDown { .. }) => {
                     state.health.insert(key.id, h.clone());
                 }
-                Some(h @ Health::Disabled { .. }) if !config_changed => {
+                Some(h @ KeyHealth::Disabled { .. }) if !config_changed => {
                     state.health.insert(key.id, h.clone());
                 }
                 _ => {}
@@ -378,15 +447,15 @@ impl KeyPool {
     /// Every key's state, in pool order.
     pub fn status(&self) -> Vec<KeyStatus> {
         let now = Instant::now();
-        let state = self.state();
+        let state = self.with_state(|state| state.clone());
         self.keys
             .iter()
             .map(|key| {
                 let (state_name, usable_in, reason) = match state.health.get(&key.id) {
-                    Some(Health::CoolingDown { until, .. }) if *until > now => {
+                    Some(KeyHealth::CoolingDown { until, .. }) if *until > now => {
                         ("cooling_down", Some(*until - now), None)
                     }
-                    Some(Health::Disabled { reason, since, .. }) => (
+                    Some(KeyHealth::Disabled { reason, since, .. }) => (
                         "disabled",
                         Some(self.recheck.saturating_sub(now.duration_since(*since))),
                         Some(reason.clone()),

@@ -8,15 +8,14 @@
 
 pub mod catalog;
 pub mod error;
+pub mod http;
 pub mod image_info;
-mod images_body;
 pub mod keys;
+pub mod layers;
 pub mod mock;
 pub mod openai;
 pub mod options;
-pub mod retry;
 pub mod secret;
-mod sse;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod types;
@@ -25,12 +24,13 @@ pub mod validate;
 use std::{fmt::Debug, time::Duration};
 
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
 
 pub use catalog::{
     Catalog, Date, GifRules, Lifecycle, ModelCapabilities, ModelOverride, ModelState, Param,
     SizeRule,
 };
-pub use error::{ErrorKind, ProviderError};
+pub use error::{ErrorKind, ProviderError, RetryStatus};
 pub use options::{ImageOptions, Resolution, SvgOptions, SvgReasoning};
 pub use secret::fingerprint;
 pub use types::{
@@ -83,50 +83,121 @@ pub trait ImageProvider: Send + Sync + Debug {
     }
 
     /// Generates images; `request.model` is always set and already validated.
-    async fn generate(&self, request: &GenerateRequest) -> Result<GenerateResult, ProviderError>;
-
-    /// Generates images, reporting progress (attempts, retries, partial images) to `events`.
     ///
-    /// Providers with nothing to report keep this default. Dropping the returned future
-    /// cancels the call, including any upstream request and retry wait.
-    async fn generate_with_events(
+    /// Progress goes to `options.events`; `options.cancel` and `options.deadline` end the call
+    /// early. Dropping the returned future cancels the call too, including any upstream
+    /// request and retry wait.
+    async fn generate_opts(
         &self,
         request: &GenerateRequest,
-        events: &Events,
-    ) -> Result<GenerateResult, ProviderError> {
-        let _ = events;
-        self.generate(request).await
-    }
+        options: &CallOptions,
+    ) -> Result<GenerateResult, ProviderError>;
 
-    /// Edits images as `request.prompt` says, reporting progress to `events`; `request` is
-    /// already validated. Providers that cannot edit keep this default, which refuses.
-    async fn edit_with_events(
+    /// Edits images as `request.prompt` says; `request` is already validated. Providers that
+    /// cannot edit keep this default, which refuses.
+    async fn edit_opts(
         &self,
         request: &EditRequest,
-        events: &Events,
+        options: &CallOptions,
     ) -> Result<GenerateResult, ProviderError> {
-        let _ = (request, events);
+        let _ = (request, options);
         Err(ProviderError::unsupported(format!(
             "provider `{}` cannot edit images",
             self.kind()
         )))
     }
 
-    /// Edits images without progress reports.
-    async fn edit(&self, request: &EditRequest) -> Result<GenerateResult, ProviderError> {
-        self.edit_with_events(request, &Events::none()).await
-    }
-
     /// Makes variations of one image. Providers that cannot keep this default, which refuses.
-    async fn create_variation(
+    async fn variation_opts(
         &self,
         request: &VariationRequest,
+        options: &CallOptions,
     ) -> Result<GenerateResult, ProviderError> {
-        let _ = request;
+        let _ = (request, options);
         Err(ProviderError::unsupported(format!(
             "provider `{}` cannot make image variations",
             self.kind()
         )))
+    }
+}
+
+/// Conveniences over [`ImageProvider`]'s `*_opts` methods, for every provider.
+#[async_trait]
+pub trait ImageProviderExt: ImageProvider {
+    /// Generates images with default options.
+    async fn generate(&self, request: &GenerateRequest) -> Result<GenerateResult, ProviderError> {
+        self.generate_opts(request, &CallOptions::default()).await
+    }
+
+    /// Generates images, reporting progress (attempts, retries, partial images) to `events`.
+    async fn generate_with_events(
+        &self,
+        request: &GenerateRequest,
+        events: &Events,
+    ) -> Result<GenerateResult, ProviderError> {
+        self.generate_opts(request, &CallOptions::new().with_events(events.clone()))
+            .await
+    }
+
+    /// Edits images with default options.
+    async fn edit(&self, request: &EditRequest) -> Result<GenerateResult, ProviderError> {
+        self.edit_opts(request, &CallOptions::default()).await
+    }
+
+    /// Edits images, reporting progress to `events`.
+    async fn edit_with_events(
+        &self,
+        request: &EditRequest,
+        events: &Events,
+    ) -> Result<GenerateResult, ProviderError> {
+        self.edit_opts(request, &CallOptions::new().with_events(events.clone()))
+            .await
+    }
+
+    /// Makes variations of one image with default options.
+    async fn variation(&self, request: &VariationRequest) -> Result<GenerateResult, ProviderError> {
+        self.variation_opts(request, &CallOptions::default()).await
+    }
+}
+
+impl<T: ImageProvider + ?Sized> ImageProviderExt for T {}
+
+/// How one call runs: where its progress goes, what cancels it, and when it must be done.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// Where progress events go.
+    pub events: Events,
+    /// Cancelling it ends the call at once with a `cancelled` error: the upstream request in
+    /// flight and any wait are dropped.
+    pub cancel: CancellationToken,
+    /// When the call must be done at the latest; the provider's own `deadline_s` applies too,
+    /// whichever comes first.
+    pub deadline: Option<tokio::time::Instant>,
+}
+
+impl CallOptions {
+    /// No events, no cancellation, no deadline but the provider's own.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reports progress to `events`.
+    pub fn with_events(mut self, events: Events) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// Ends the call when `cancel` fires.
+    pub fn with_cancel(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
+    /// Ends the call at `deadline` at the latest.
+    pub fn with_deadline(mut self, deadline: tokio::time::Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
     }
 }
 
@@ -177,6 +248,13 @@ pub enum ProviderEvent {
     },
     /// The response has started to arrive.
     Receiving,
+    /// A submitted job is not done yet (submit-then-poll APIs).
+    Pending {
+        /// How many status checks were made so far.
+        checks: u32,
+        /// The provider's word for where the job is, if it said.
+        status: Option<String>,
+    },
     /// A partial image from a streaming generation, in arrival order.
     PartialImage {
         /// The provider's partial image index.

@@ -2,9 +2,9 @@
 //!
 //! Each image is a gradient with circles and bars whose colours and positions come from a hash
 //! of (prompt, seed, index), so the same request always gives the same bytes and different
-//! prompts look visibly different. Scripted failures (`fail_sequence`) and slow streams of
-//! partial images (`latency` with `partial_images`) let retries, progress and cancellation be
-//! exercised offline.
+//! prompts look visibly different. Scripted failures (`fail_sequence`, injected by the
+//! [`Chaos`] layer that [`provider`] wraps the mock in) and slow streams of partial images
+//! (`latency` with `partial_images`) let retries, progress and cancellation be exercised offline.
 //!
 //! `output_format = gif` animates the same picture: the shapes slide sideways, frame by frame,
 //! in a looping GIF of `frame_count` frames. `output_format = svg` writes the same shapes as
@@ -16,14 +16,7 @@
 //! `markup` layer, only the pixels the markup draws on change (or, with a mask too, those plus
 //! the ones the mask opens).
 
-use std::{
-    io::Cursor,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{io::Cursor, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -32,10 +25,11 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     image_info,
-    validate::{self, parse_size},
-    Catalog, EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult, GeneratedImage,
-    ImageFormat, ImageOptions, ImageProvider, InputImage, ModelCapabilities, ProviderError,
-    ProviderEvent, VariationRequest,
+    layers::{Chaos, ChaosSettings},
+    validate::parse_size,
+    CallOptions, Catalog, EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult,
+    GeneratedImage, ImageFormat, ImageOptions, ImageProvider, InputImage, ModelCapabilities,
+    ProviderError, ProviderEvent, VariationRequest,
 };
 
 /// The mock's own model name.
@@ -69,13 +63,30 @@ impl MockSettings {
     pub fn parse_fail_sequence<S: AsRef<str>>(
         items: &[S],
     ) -> Result<Vec<Option<ErrorKind>>, String> {
-        items
-            .iter()
-            .map(|item| match item.as_ref() {
-                "ok" => Ok(None),
-                kind => kind.parse().map(Some).map_err(|e| format!("{e}, or `ok`")),
-            })
-            .collect()
+        ChaosSettings::parse_fail_sequence(items)
+    }
+
+    /// The faults these settings ask for, as the [`Chaos`] layer takes them: an injected
+    /// failure arrives after `latency`, as the mock's own answers do.
+    pub fn chaos(&self) -> ChaosSettings {
+        ChaosSettings {
+            fail_sequence: self.fail_sequence.clone(),
+            fail_rate: self.fail_rate,
+            fail_with: self.fail_with,
+            latency: self.latency,
+            ..ChaosSettings::default()
+        }
+    }
+}
+
+/// The mock as configured: drawn by [`MockProvider`], its faults (`fail_sequence`,
+/// `fail_rate`, `fail_with`) injected by a [`Chaos`] layer around it when any is set.
+pub fn provider(settings: MockSettings) -> Arc<dyn ImageProvider> {
+    let chaos = settings.chaos();
+    let mock: Arc<dyn ImageProvider> = Arc::new(MockProvider::new(settings));
+    match chaos.is_quiet() {
+        true => mock,
+        false => Arc::new(Chaos::new(mock, chaos)),
     }
 }
 
@@ -92,12 +103,11 @@ impl Default for MockSettings {
     }
 }
 
-/// The offline provider (`kind = "mock"`).
+/// The offline provider (`kind = "mock"`). It never fails on its own: [`provider`] wraps it
+/// in [`Chaos`] for the configured faults.
 #[derive(Debug)]
 pub struct MockProvider {
     settings: MockSettings,
-    /// Calls started so far, to follow `fail_sequence`.
-    calls: AtomicUsize,
 }
 
 impl MockProvider {
@@ -111,17 +121,35 @@ impl MockProvider {
         crate::options::size_for(options, &self.settings.catalog.get(model))
     }
 
-    /// A mock provider with `settings`.
+    /// A mock provider with `settings`; their fault knobs take effect through [`provider`].
     pub fn new(settings: MockSettings) -> Self {
-        Self {
-            settings,
-            calls: AtomicUsize::new(0),
+        Self { settings }
+    }
+
+    /// One call of any kind, so every kind honours latency and cancellation alike: `partials`
+    /// previews spread over the latency, then the images; `options.cancel` ends it at once.
+    async fn serve<P, R>(
+        &self,
+        partials: Option<u8>,
+        options: &CallOptions,
+        preview: P,
+        render: R,
+    ) -> Result<GenerateResult, ProviderError>
+    where
+        P: Fn() -> Result<GeneratedImage, ProviderError> + Clone + Send + 'static,
+        R: FnOnce() -> Result<Vec<GeneratedImage>, ProviderError> + Send + 'static,
+    {
+        tokio::select! {
+            biased;
+            _ = options.cancel.cancelled() => {
+                Err(ProviderError::new(ErrorKind::Cancelled, "the call was cancelled"))
+            }
+            result = self.draw(partials, &options.events, preview, render) => result,
         }
     }
 
-    /// One call of any kind, so every kind honours latency and scripted faults alike: a failure
-    /// if one is due, else `partials` previews spread over the latency, then the images.
-    async fn serve<P, R>(
+    /// The work of [`MockProvider::serve`].
+    async fn draw<P, R>(
         &self,
         partials: Option<u8>,
         events: &Events,
@@ -132,13 +160,8 @@ impl MockProvider {
         P: Fn() -> Result<GeneratedImage, ProviderError> + Clone + Send + 'static,
         R: FnOnce() -> Result<Vec<GeneratedImage>, ProviderError> + Send + 'static,
     {
-        let call = self.calls.fetch_add(1, Ordering::Relaxed);
         events.send(ProviderEvent::Requesting { attempt: 1 });
         let latency = self.settings.latency;
-        if let Some(err) = self.injected_failure(call) {
-            tokio::time::sleep(latency).await;
-            return Err(err);
-        }
         // A slow stream: each partial after its share of the latency, the final after the rest.
         let partials = u32::from(partials.unwrap_or(0));
         let step = latency / (partials + 1);
@@ -153,41 +176,6 @@ impl MockProvider {
         let mut result = GenerateResult::new(images, self.settings.model.clone());
         result.request_id = Some(format!("mock-{:016x}", fastrand::u64(..)));
         Ok(result)
-    }
-
-    /// The failure call number `call` (0-based) is scripted or drawn to have, if any.
-    fn injected_failure(&self, call: usize) -> Option<ProviderError> {
-        let s = &self.settings;
-        match s.fail_sequence.get(call) {
-            Some(scripted) => {
-                scripted.map(|kind| failure(kind, format!("call {} of fail_sequence", call + 1)))
-            }
-            None if s.fail_rate > 0.0 && fastrand::f64() < s.fail_rate => {
-                Some(failure(s.fail_with, format!("fail_rate = {}", s.fail_rate)))
-            }
-            None => None,
-        }
-    }
-}
-
-/// An injected failure of `kind`, shaped like the HTTP error a real provider would give.
-fn failure(kind: ErrorKind, why: String) -> ProviderError {
-    let err = ProviderError::new(
-        kind,
-        format!("mock provider: injected `{kind}` failure ({why})"),
-    )
-    .with_request_id(Some(format!("mock-{:016x}", fastrand::u64(..))))
-    .with_attempts(1);
-    match kind {
-        ErrorKind::RateLimited => err
-            .with_status(429)
-            .with_retry_after(Some(Duration::from_secs(1))),
-        ErrorKind::UpstreamUnavailable => err.with_status(503),
-        ErrorKind::Auth => err.with_status(401),
-        ErrorKind::Permission => err.with_status(403),
-        ErrorKind::QuotaExhausted => err.with_status(429),
-        ErrorKind::InvalidRequest | ErrorKind::ContentPolicy => err.with_status(400),
-        _ => err,
     }
 }
 
@@ -233,14 +221,10 @@ impl ImageProvider for MockProvider {
         Some(STAND_IN_NOTICE.into())
     }
 
-    async fn generate(&self, request: &GenerateRequest) -> Result<GenerateResult, ProviderError> {
-        self.generate_with_events(request, &Events::none()).await
-    }
-
-    async fn generate_with_events(
+    async fn generate_opts(
         &self,
         request: &GenerateRequest,
-        events: &Events,
+        options: &CallOptions,
     ) -> Result<GenerateResult, ProviderError> {
         let encoding = Encoding::new(
             &self.settings.catalog,
@@ -256,30 +240,18 @@ impl ImageProvider for MockProvider {
         let (for_preview, for_render) = (Arc::clone(&request), Arc::clone(&request));
         self.serve(
             request.options.partial_images,
-            events,
+            options,
             move || render_preview(&for_preview, encoding),
             move || render_all(&for_render, encoding),
         )
         .await
     }
 
-    async fn edit_with_events(
+    async fn edit_opts(
         &self,
         request: &EditRequest,
-        events: &Events,
+        options: &CallOptions,
     ) -> Result<GenerateResult, ProviderError> {
-        if !self.settings.catalog.get(&request.model).edit {
-            return Err(ProviderError::unsupported(format!(
-                "{} cannot edit images",
-                request.model
-            )));
-        }
-        if request.images.is_empty() {
-            return Err(ProviderError::invalid_param(
-                "images",
-                "an edit needs at least one input image",
-            ));
-        }
         let encoding = Encoding::new(
             &self.settings.catalog,
             &request.model,
@@ -295,24 +267,19 @@ impl ImageProvider for MockProvider {
         let (for_preview, for_render) = (Arc::clone(&request), Arc::clone(&request));
         self.serve(
             request.options.partial_images,
-            events,
+            options,
             move || Edit::new(&for_preview, 4)?.render(&for_preview, 0, encoding),
             move || edit_all(&for_render, encoding),
         )
         .await
     }
 
-    async fn create_variation(
+    async fn variation_opts(
         &self,
         request: &VariationRequest,
+        options: &CallOptions,
     ) -> Result<GenerateResult, ProviderError> {
         let catalog = &self.settings.catalog;
-        if !catalog.get(&request.model).variations {
-            return Err(validate::variations_unsupported(
-                &request.model,
-                &catalog.variation_models(),
-            ));
-        }
         // A variation is an unmasked edit whose "prompt" is fixed, so only the index varies it.
         let mut edit = EditRequest::new(
             "mock variation",
@@ -326,7 +293,8 @@ impl ImageProvider for MockProvider {
         let for_preview = Arc::clone(&edit);
         self.serve(
             None,
-            &Events::none(),
+            // Variations report no progress.
+            &CallOptions::new().with_cancel(options.cancel.clone()),
             move || Edit::new(&for_preview, 4)?.render(&for_preview, 0, encoding),
             move || edit_all(&edit, encoding),
         )
@@ -366,7 +334,7 @@ fn edit_all(
     encoding: Encoding,
 ) -> Result<Vec<GeneratedImage>, ProviderError> {
     let edit = Edit::new(request, 1)?;
-    (0..request.n())
+    (0..request.n().max(1))
         .map(|index| edit.render(request, index, encoding))
         .collect()
 }
@@ -503,7 +471,7 @@ fn render_all(
     encoding: Encoding,
 ) -> Result<Vec<GeneratedImage>, ProviderError> {
     let size = dimensions(request)?;
-    (0..request.n())
+    (0..request.n().max(1))
         .map(|index| render(request, index, size, encoding))
         .collect()
 }
@@ -944,10 +912,15 @@ fn encode(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image_info::probe;
+    use crate::{image_info::probe, layers::Checked, ImageProviderExt as _};
 
     fn provider() -> MockProvider {
         MockProvider::new(MockSettings::default())
+    }
+
+    /// The mock behind the catalog checks every caller puts in front of it.
+    fn checked() -> Checked {
+        Checked::new(Arc::new(provider()), Arc::new(Catalog::builtin()))
     }
 
     #[tokio::test]
@@ -1024,7 +997,7 @@ mod tests {
             "{err}"
         );
 
-        let p = MockProvider::new(MockSettings {
+        let p = super::provider(MockSettings {
             fail_sequence: sequence,
             ..MockSettings::default()
         });
@@ -1064,6 +1037,24 @@ mod tests {
         assert_eq!((result.images[0].width, result.images[0].height), (128, 64));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn cancelling_ends_a_slow_call_at_once() {
+        let p = MockProvider::new(MockSettings {
+            latency: Duration::from_secs(60),
+            ..MockSettings::default()
+        });
+        let options = CallOptions::new();
+        let cancel = options.cancel.clone();
+        let started = tokio::time::Instant::now();
+        let r = GenerateRequest::new("slow", MOCK_MODEL);
+        let (outcome, _) = tokio::join!(p.generate_opts(&r, &options), async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            cancel.cancel();
+        });
+        assert_eq!(outcome.unwrap_err().kind, ErrorKind::Cancelled);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+    }
+
     /// The partial images a call reported, as (index, width, height), in arrival order.
     async fn partial_sizes(
         mut rx: tokio::sync::mpsc::UnboundedReceiver<ProviderEvent>,
@@ -1079,7 +1070,7 @@ mod tests {
 
     #[tokio::test]
     async fn fail_rate_one_always_fails_with_the_configured_kind() {
-        let p = MockProvider::new(MockSettings {
+        let p = super::provider(MockSettings {
             fail_rate: 1.0,
             fail_with: ErrorKind::RateLimited,
             ..MockSettings::default()
@@ -1193,7 +1184,7 @@ mod tests {
 
     #[tokio::test]
     async fn edits_follow_the_fail_sequence_shared_with_generation() {
-        let p = MockProvider::new(MockSettings {
+        let p = super::provider(MockSettings {
             fail_sequence: vec![None, Some(ErrorKind::ContentPolicy)],
             ..MockSettings::default()
         });
@@ -1221,7 +1212,10 @@ mod tests {
         assert!(err.message.contains("25 50 44 46"), "{err}");
         let mut r = edit_request("x");
         r.model = "dall-e-3".into();
-        assert_eq!(p.edit(&r).await.unwrap_err().kind, ErrorKind::Unsupported);
+        assert_eq!(
+            checked().edit(&r).await.unwrap_err().kind,
+            ErrorKind::Unsupported
+        );
     }
 
     #[tokio::test]
@@ -1231,12 +1225,12 @@ mod tests {
         let mut r = VariationRequest::new(MOCK_MODEL, image.clone());
         r.n = 2;
         r.size = Some("32x32".into());
-        let result = p.create_variation(&r).await.unwrap();
+        let result = p.variation(&r).await.unwrap();
         assert_eq!(result.images.len(), 2);
         assert_ne!(result.images[0].bytes, result.images[1].bytes);
         assert_eq!((result.images[0].width, result.images[0].height), (32, 32));
-        let err = p
-            .create_variation(&VariationRequest::new("gpt-image-1.5", image))
+        let err = checked()
+            .variation(&VariationRequest::new("gpt-image-1.5", image))
             .await
             .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Unsupported);

@@ -42,7 +42,7 @@ const MAX_REQUEST_ID: usize = 128;
 /// through here at the provider's edge, always whole: a cut made first could leave most of a
 /// key on one side of it.
 #[derive(Clone, Default)]
-pub(crate) struct Scrubber {
+pub struct Scrubber {
     /// Each secret and what stands in for it, longest first so that a secret holding another
     /// is replaced whole.
     secrets: Vec<(String, String)>,
@@ -57,7 +57,7 @@ impl std::fmt::Debug for Scrubber {
 impl Scrubber {
     /// A scrubber for `pool`'s keys (shown as their fingerprints) and `base_url`'s password,
     /// as written, decoded, and as the base64 of an HTTP Basic `user:password`.
-    pub(crate) fn new(pool: &KeyPool, base_url: &url::Url) -> Self {
+    pub fn new(pool: &KeyPool, base_url: &url::Url) -> Self {
         let mut secrets: Vec<(String, String)> = pool
             .secrets()
             .map(|(key, shown)| (key.to_string(), shown.to_string()))
@@ -80,7 +80,7 @@ impl Scrubber {
 
     /// `text` with every secret replaced, and a secret's beginning at its very end dropped
     /// (left by a cut someone made before, such as a capped body read).
-    pub(crate) fn scrub(&self, text: &str) -> String {
+    pub fn scrub(&self, text: &str) -> String {
         let mut out = text.to_string();
         for (secret, shown) in &self.secrets {
             if out.contains(secret.as_str()) {
@@ -92,12 +92,12 @@ impl Scrubber {
     }
 
     /// Whether `text` holds a secret, whole or as a trailing fragment.
-    pub(crate) fn finds(&self, text: &str) -> bool {
+    pub fn finds(&self, text: &str) -> bool {
         self.scrub(text) != text
     }
 
     /// Scrubbed `text` with whitespace runs collapsed, cut to its first `max` characters.
-    pub(crate) fn excerpt(&self, text: &str, max: usize) -> String {
+    pub fn excerpt(&self, text: &str, max: usize) -> String {
         let clean = self.scrub(text);
         let collapsed = clean.split_whitespace().collect::<Vec<_>>().join(" ");
         match collapsed.char_indices().nth(max) {
@@ -111,7 +111,7 @@ impl Scrubber {
     }
 
     /// `err` with every text field scrubbed, and its request id dropped if it held a secret.
-    pub(crate) fn error(&self, mut err: ProviderError) -> ProviderError {
+    pub fn error(&self, mut err: ProviderError) -> ProviderError {
         if self.secrets.is_empty() {
             return err;
         }
@@ -131,7 +131,7 @@ impl Scrubber {
     /// An identifier an upstream gives (a request id, a model id, a date) if it is a plain
     /// token (`[A-Za-z0-9._:-]`, at most 128 characters) holding no secret: such values are
     /// logged and printed as they are, so nothing else is kept.
-    pub(crate) fn token(&self, raw: &str) -> Option<String> {
+    pub fn token(&self, raw: &str) -> Option<String> {
         let id = raw.trim();
         let plain = !id.is_empty()
             && id.len() <= MAX_REQUEST_ID

@@ -10,7 +10,7 @@ use std::{
 
 use imagegen_providers::{
     openai::{OpenAiProvider, OpenAiSettings},
-    ErrorKind, GenerateRequest, ImageProvider, ProviderError,
+    ErrorKind, GenerateRequest, ImageProviderExt, ProviderError,
 };
 use secrecy::SecretString;
 use serde_json::{json, Value};

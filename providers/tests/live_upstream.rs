@@ -15,7 +15,7 @@ use axum::{body::Body, extract::State, response::Response, routing::post, Router
 use bytes::Bytes;
 use imagegen_providers::{
     openai::{OpenAiProvider, OpenAiSettings},
-    ErrorKind, Events, GenerateRequest, GenerateResult, ImageProvider, ProviderError,
+    ErrorKind, Events, GenerateRequest, GenerateResult, ImageProviderExt, ProviderError,
     ProviderEvent,
 };
 use serde_json::{json, Value};
@@ -384,6 +384,7 @@ async fn a_stream_that_stops_before_completed_is_a_retryable_network_error() {
     let err = result.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Network);
     assert!(err.retryable);
+    assert!(err.request_sent, "the stream had started");
     assert_eq!(err.attempts, 2);
     assert!(
         err.message

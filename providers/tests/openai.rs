@@ -12,8 +12,9 @@ use common::{Form, MultipartForm};
 use imagegen_providers::{
     keys::KeyPool,
     openai::{OpenAiProvider, OpenAiSettings},
-    EditRequest, ErrorKind, Events, GenerateRequest, ImageFormat, ImageProvider, InputImage,
-    ProviderError, ProviderEvent, SvgOptions, SvgReasoning, UpstreamModel, VariationRequest,
+    EditRequest, ErrorKind, Events, GenerateRequest, ImageFormat, ImageProvider, ImageProviderExt,
+    InputImage, ProviderError, ProviderEvent, SvgOptions, SvgReasoning, UpstreamModel,
+    VariationRequest,
 };
 use secrecy::SecretString;
 use serde_json::{json, Value};
@@ -1423,6 +1424,10 @@ async fn a_read_timeout_is_not_retried_because_it_may_be_billed() {
     );
     assert_eq!(err.kind, ErrorKind::Timeout);
     assert_eq!(err.status, None);
+    assert!(
+        err.request_sent,
+        "a read timeout went out, and may be billed"
+    );
     assert!(err.message.contains("billed"), "{err}");
     assert!(err.message.contains("retry_on_timeout"), "{err}");
     assert_eq!(generations(&server).await, 1);
@@ -1579,6 +1584,8 @@ async fn connection_failures_are_network_errors_and_retried() {
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Network);
     assert!(err.retryable);
+    assert!(!err.request_sent, "nothing went out to a closed port");
+    assert_eq!(err.retry, imagegen_providers::RetryStatus::Persistent);
     assert!(err.message.contains("after 1 retry"), "{err}");
     // One backoff of 0.5 s * jitter in (0.75, 1].
     assert!(
@@ -2391,7 +2398,7 @@ async fn a_variation_uploads_the_image_and_asks_for_base64() {
     request.size = Some("512x512".into());
     request.extra.insert("user".into(), json!("user-42"));
     let result = provider(settings(&server))
-        .create_variation(&request)
+        .variation(&request)
         .await
         .unwrap();
     assert_eq!(result.images.len(), 2);
@@ -2418,10 +2425,13 @@ async fn a_variation_uploads_the_image_and_asks_for_base64() {
 #[tokio::test]
 async fn variations_and_edits_the_model_cannot_do_are_refused_without_a_request() {
     let server = MockServer::start().await;
-    let p = provider(settings(&server));
+    let p = imagegen_providers::layers::Checked::new(
+        std::sync::Arc::new(provider(settings(&server))),
+        std::sync::Arc::new(imagegen_providers::Catalog::builtin()),
+    );
     let image = InputImage::new(png(16, 16), ImageFormat::Png, "source.png");
     let err = p
-        .create_variation(&VariationRequest::new("gpt-image-2.6-flare", image))
+        .variation(&VariationRequest::new("gpt-image-2.6-flare", image))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Unsupported);

@@ -5,7 +5,7 @@ use std::{path::Path, process::Stdio};
 
 use imagegen_providers::{
     mock::{MockProvider, MockSettings, MOCK_MODEL},
-    GenerateRequest, ImageProvider,
+    GenerateRequest, ImageProviderExt,
 };
 use rmcp::{
     model::{ClientConfig, ProtocolVersion},

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use imagegen_testkit::{FakeUpstream, Reply};
 
 use super::stub::{ConformanceStub, Fault, StubTarget};
-use crate::{ErrorKind, GenerateRequest, GenerateResult, ImageProvider, ProviderError};
+use crate::{
+    ErrorKind, GenerateRequest, GenerateResult, ImageProvider, ImageProviderExt, ProviderError,
+};
 
 /// The sentinel key every row's provider is built with; it must never show.
 pub const SENTINEL_KEY: &str = "sk-SENTINEL-hostile-0123456789abcdef";

@@ -7,7 +7,7 @@ use crate::{
     image_info::probe,
     validate::{check, check_edit, check_edit_images, parse_size},
     EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult, ImageFormat, ImageProvider,
-    InputImage, Param, ProviderEvent, SvgOptions, VariationRequest,
+    ImageProviderExt, InputImage, Param, ProviderEvent, SvgOptions, VariationRequest,
 };
 
 /// Checks what every provider must do, and returns how many `generate` calls it made.
@@ -135,7 +135,7 @@ pub async fn conformance(provider: &dyn ImageProvider) -> usize {
         calls += edits(provider, &caps, &one, source.clone()).await;
     }
     let variation = VariationRequest::new(&model, source);
-    match provider.create_variation(&variation).await {
+    match provider.variation(&variation).await {
         Ok(result) if caps.variations => {
             calls += 1;
             assert_images(kind, &result, &model, 1, (width, height), ImageFormat::Png);

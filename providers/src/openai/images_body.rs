@@ -7,15 +7,10 @@
 //! kept as a skeleton in which each image string is replaced by `"@N"`, the index of its
 //! decoded bytes, and parsed as usual.
 
-use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
-/// Standard base64 that accepts a final group with or without its padding.
-pub(crate) const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
+use crate::http::body::LENIENT_BASE64;
 
 /// The prefix of a skeleton placeholder: never the start of real base64, whose alphabet has no `@`.
 pub(crate) const PLACEHOLDER: char = '@';

@@ -7,14 +7,16 @@
 
 /// One event: its `event:` name (`message` when it had none) and its data lines joined.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SseEvent {
-    pub(crate) event: String,
-    pub(crate) data: String,
+pub struct SseEvent {
+    /// The `event:` name, `message` when the event had none.
+    pub event: String,
+    /// The event's `data:` lines, joined with `\n`.
+    pub data: String,
 }
 
 /// Turns chunks into events; keeps what belongs to an unfinished line or event.
 #[derive(Debug, Default)]
-pub(crate) struct SseParser {
+pub struct SseParser {
     buf: Vec<u8>,
     /// How far into `buf` is known to hold no line end, so a multi-megabyte base64 line is
     /// scanned once rather than once per chunk.
@@ -26,7 +28,7 @@ pub(crate) struct SseParser {
 
 impl SseParser {
     /// Feeds one chunk and returns the events it completed, in order.
-    pub(crate) fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         self.buf.extend_from_slice(chunk);
         let mut events = Vec::new();
         let mut start = 0;
