@@ -3,16 +3,17 @@
 
 mod common;
 
-use std::io::Cursor;
+use std::{io::Cursor, sync::Arc};
 
 use base64::Engine as _;
 use common::Form;
 use imagegen_providers::{
+    layers::Checked,
     mock::{MockProvider, MockSettings},
     openai::{OpenAiProvider, OpenAiSettings},
     testing::{conformance, error_rows, hostile_rows, ConformanceStub, Fault, StubTarget},
     validate::parse_size,
-    ImageProvider,
+    Catalog, ImageProvider,
 };
 use imagegen_testkit::{img, openai as testkit_openai, Chunk, Reply};
 use serde_json::{json, Value};
@@ -21,9 +22,15 @@ use wiremock::{
     Mock, MockServer, Request, Respond, ResponseTemplate,
 };
 
+/// `provider` behind the catalog checks every caller puts in front of it: the suite asserts
+/// what callers see, refusals included.
+fn checked(provider: impl ImageProvider + 'static) -> Checked {
+    Checked::new(Arc::new(provider), Arc::new(Catalog::builtin()))
+}
+
 #[tokio::test]
 async fn mock_provider_conforms() {
-    let provider = MockProvider::new(MockSettings::default());
+    let provider = checked(MockProvider::new(MockSettings::default()));
     conformance(&provider).await;
 }
 
@@ -150,7 +157,7 @@ async fn openai_provider_conforms_against_a_fake_upstream() {
     }
     let base = format!("{}/v1", server.uri()).parse().unwrap();
     let settings = OpenAiSettings::new(base, Some("sk-test-0000000000000000".into()));
-    let provider = OpenAiProvider::new(settings, reqwest::Client::new());
+    let provider = checked(OpenAiProvider::new(settings, reqwest::Client::new()));
     let calls = conformance(&provider).await;
     let received = server.received_requests().await.unwrap();
     assert_eq!(
