@@ -1010,7 +1010,7 @@ impl Readers {
                 let digest = if reader == Reader::HashInline {
                     let mut hasher = sha2::Sha256::new();
                     while let Some(chunk) = stream.next().await {
-                        hasher.update(&chunk.unwrap());
+                        hasher.update(chunk.unwrap());
                     }
                     hasher.finalize()
                 } else {
