@@ -428,22 +428,15 @@ pub fn describe(index: usize, count: usize, stored: &StoredImage, plan: &InlineP
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use imagegen_providers::{
-        mock::{MockProvider, MockSettings, MOCK_MODEL},
-        GenerateRequest, ImageProviderExt,
-    };
+    use imagegen_providers::{build::stand_in, GenerateRequest, ImageProviderExt};
     use std::io::Cursor;
 
     async fn images(n: u32, size: &str, background: Option<&str>) -> Vec<GeneratedImage> {
-        let mut r = GenerateRequest::new("budget test", MOCK_MODEL);
+        let mut r = GenerateRequest::new("budget test", "mock-image-1");
         r.options.n = Some(n);
         r.options.size = Some(size.into());
         r.options.background = background.map(str::to_owned);
-        MockProvider::new(MockSettings::default())
-            .generate(&r)
-            .await
-            .unwrap()
-            .images
+        stand_in().generate(&r).await.unwrap().images
     }
 
     fn total(plans: &[InlinePlan]) -> usize {
@@ -572,16 +565,11 @@ mod tests {
     }
 
     async fn made(format: ImageFormat, size: &str, frames: Option<u32>) -> GeneratedImage {
-        let mut r = GenerateRequest::new("media test", MOCK_MODEL);
+        let mut r = GenerateRequest::new("media test", "mock-image-1");
         r.options.size = Some(size.into());
         r.options.output_format = Some(format);
         r.options.frame_count = frames;
-        MockProvider::new(MockSettings::default())
-            .generate(&r)
-            .await
-            .unwrap()
-            .images
-            .remove(0)
+        stand_in().generate(&r).await.unwrap().images.remove(0)
     }
 
     fn decode_inline(inline: &Inline) -> image::RgbaImage {

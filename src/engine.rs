@@ -9,9 +9,8 @@ use std::{
 };
 
 use imagegen_providers::{
+    build::{BuildContext, CommonConfig},
     keys::KeyPool,
-    mock::MockSettings,
-    openai::{OpenAiProvider, OpenAiSettings},
     validate::{self, Operation},
     Catalog, Date, EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult, GeneratedImage,
     ImageFormat, ImageOptions, ImageProvider, ImageProviderExt, InputImage, ModelState, Param,
@@ -25,9 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{
-        Defaults, Delivery, LoadedConfig, OnShutdown, OpenAiConfig, OutputConfig, ProviderConfig,
-    },
+    config::{Defaults, Delivery, LoadedConfig, OnShutdown, OutputConfig, ProviderConfig},
     error::ToolError,
     inputs::InputPolicy,
     lifecycle::{self, LiveCatalog, ModelWatch, SharedWatch},
@@ -158,7 +155,7 @@ pub struct ProviderEntry {
     pub aliases: BTreeMap<String, String>,
     /// The text model that writes SVGs when a call names none.
     pub svg_model: Option<String>,
-    /// The provider's API keys and what is known about each (OpenAI providers only).
+    /// The provider's API keys and what is known about each (remote providers only).
     pub keys: Option<Arc<KeyPool>>,
     /// What the pool was built from.
     pool_inputs: PoolInputs,
@@ -268,7 +265,7 @@ fn overlay(base: &Defaults, top: &Defaults) -> Defaults {
 fn key_pool(
     name: &str,
     loaded: &LoadedConfig,
-    config: &OpenAiConfig,
+    config: &CommonConfig,
     previous: Option<&Engine>,
 ) -> (Arc<KeyPool>, PoolInputs) {
     let recheck_s = config.key_recheck_s;
@@ -312,71 +309,30 @@ fn build_provider(
     previous: Option<&Engine>,
     clients: &ClientCache,
 ) -> anyhow::Result<ProviderEntry> {
-    let defaults = overlay(&loaded.config.defaults, cfg.defaults());
+    let defaults = overlay(&loaded.config.defaults, &cfg.common.defaults);
     let previous_slots = previous
         .and_then(|e| e.providers.get(name))
         .and_then(|e| e.slots.as_ref());
     let slots = cfg
-        .max_in_flight()
+        .common
+        .max_in_flight
         .map(|limit| Slots::keep_or_new(previous_slots, limit));
-    Ok(match cfg {
-        ProviderConfig::Mock(m) => ProviderEntry {
-            aliases: BTreeMap::new(),
-            svg_model: cfg.svg_model().map(String::from),
-            provider: imagegen_providers::mock::provider({
-                let mut s = MockSettings::default();
-                s.model = m.model.clone();
-                s.latency = Duration::from_millis(m.latency_ms);
-                s.fail_rate = m.fail_rate;
-                s.fail_with = m.fail_with;
-                s.fail_sequence = MockSettings::parse_fail_sequence(&m.fail_sequence)
-                    .map_err(|e| anyhow::anyhow!("providers.{name}.fail_sequence: {e}"))?;
-                s.catalog = catalog.clone();
-                s
-            }),
-            defaults,
-            keys: None,
-            pool_inputs: ([0; 32], 0, None),
-            slots,
-        },
-        ProviderConfig::Openai(o) => {
-            let base_url = url::Url::parse(&o.base_url).map_err(|e| {
-                anyhow::anyhow!(
-                    "providers.{name}.base_url `{}` is not a URL: {e}",
-                    crate::config::redacted_url(&o.base_url)
-                )
-            })?;
-            let (pool, pool_inputs) = key_pool(name, loaded, o, previous);
-            let mut s = OpenAiSettings::new(base_url, None);
-            s.keys = pool.clone();
-            s.organization = o.organization.clone();
-            s.project = o.project.clone();
-            s.model = o.model.clone();
-            if let Some(models) = &o.models {
-                s.models = models.clone();
-            }
-            s.timeout = Duration::from_secs(o.timeout_s);
-            s.max_retries = o.max_retries;
-            s.retry_base = Duration::from_millis(o.retry_base_ms);
-            s.retry_max = Duration::from_millis(o.retry_max_ms);
-            s.retry_after_cap = Duration::from_secs(o.retry_after_cap_s);
-            s.retry_on_timeout = o.retry_on_timeout;
-            s.deadline = Duration::from_secs(o.deadline_s);
-            s.download_hosts = o.download_hosts.clone();
-            s.catalog_dates_apply = o.catalog_dates_apply;
-            s.max_response_bytes = o.max_response_mb.saturating_mul(1024 * 1024);
-            s.catalog = catalog.clone();
-            let client = clients.client(o.connect_timeout_s)?;
-            ProviderEntry {
-                aliases: BTreeMap::new(),
-                svg_model: cfg.svg_model().map(String::from),
-                provider: Arc::new(OpenAiProvider::new(s, client)),
-                defaults,
-                keys: Some(pool),
-                pool_inputs,
-                slots,
-            }
-        }
+    let (pool, pool_inputs) = key_pool(name, loaded, &cfg.common, previous);
+    let provider = cfg
+        .build(BuildContext {
+            keys: pool.clone(),
+            catalog: catalog.clone(),
+            clients,
+        })
+        .map_err(|e| anyhow::anyhow!("providers.{name}: {e}"))?;
+    Ok(ProviderEntry {
+        aliases: BTreeMap::new(),
+        svg_model: cfg.svg_model().map(String::from),
+        provider,
+        defaults,
+        keys: cfg.kind.is_remote().then_some(pool),
+        pool_inputs,
+        slots,
     })
 }
 
@@ -398,7 +354,7 @@ impl Engine {
         let mut providers = BTreeMap::new();
         for (name, cfg) in config.providers.iter().filter(|(_, c)| c.enabled()) {
             let mut entry = build_provider(name, cfg, loaded, &catalog, previous, clients)?;
-            entry.aliases = lifecycle::aliases(entry.provider.as_ref(), cfg.aliases());
+            entry.aliases = lifecycle::aliases(entry.provider.as_ref(), &cfg.common.aliases);
             providers.insert(name.clone(), entry);
         }
         let default_provider = loaded.default_provider().to_string();

@@ -324,13 +324,10 @@ mod tests {
     }
 
     async fn png() -> Vec<u8> {
-        use imagegen_providers::{mock::MockProvider, GenerateRequest, ImageProviderExt as _};
+        use imagegen_providers::{build::stand_in, GenerateRequest, ImageProviderExt as _};
         let mut r = GenerateRequest::new("input", "mock-image-1");
         r.options.size = Some("32x32".into());
-        let result = MockProvider::new(Default::default())
-            .generate(&r)
-            .await
-            .unwrap();
+        let result = stand_in().generate(&r).await.unwrap();
         result.images[0].bytes.to_vec()
     }
 

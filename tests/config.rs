@@ -68,11 +68,36 @@ impl Sandbox {
     }
 }
 
-fn openai(loaded: &LoadedConfig, name: &str) -> imagegen_mcp::config::OpenAiConfig {
-    match &loaded.config.providers[name] {
-        ProviderConfig::Openai(c) => c.clone(),
-        other => panic!("{name} is {}", other.kind()),
+/// An OpenAI provider's settings in one flat view, whichever part of its table holds each.
+struct OpenAi {
+    base_url: String,
+    organization: Option<String>,
+    project: Option<String>,
+    model: String,
+    timeout_s: u64,
+    max_retries: u32,
+    api_key_file: Option<std::path::PathBuf>,
+    api_key: Option<secrecy::SecretString>,
+}
+
+fn view(c: &ProviderConfig) -> OpenAi {
+    assert_eq!(c.kind(), "openai");
+    let flat = serde_json::to_value(c).unwrap();
+    let text = |k: &str| flat[k].as_str().map(String::from);
+    OpenAi {
+        base_url: text("base_url").unwrap(),
+        organization: text("organization"),
+        project: text("project"),
+        model: c.model().to_string(),
+        timeout_s: c.common.http.timeout_s,
+        max_retries: c.common.http.max_retries,
+        api_key_file: c.common.api_key_file.clone(),
+        api_key: c.common.api_key.clone(),
     }
+}
+
+fn openai(loaded: &LoadedConfig, name: &str) -> OpenAi {
+    view(&loaded.config.providers[name])
 }
 
 fn key(loaded: &LoadedConfig, name: &str) -> (String, String) {
@@ -849,7 +874,9 @@ fn the_example_file_loads() {
     assert!(loaded.catalog().get("gpt-image-3").known);
     // Every key the example sets has the built-in default value, except where it says otherwise.
     let c = openai(&loaded, "openai");
-    let d = imagegen_mcp::config::OpenAiConfig::default();
+    let d = view(&ProviderConfig::of(
+        imagegen_providers::build::KindConfig::Openai(Default::default()),
+    ));
     assert_eq!(
         (c.model, c.timeout_s, c.max_retries, c.base_url),
         (d.model, d.timeout_s, d.max_retries, d.base_url)

@@ -21,9 +21,11 @@ use std::{io::Cursor, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use bytes::Bytes;
 use image::{imageops::FilterType, ImageEncoder, Rgba, RgbaImage};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::{
+    build::{BuildContext, CommonConfig, SettingError},
     image_info,
     layers::{Chaos, ChaosSettings},
     validate::parse_size,
@@ -38,6 +40,74 @@ pub const MOCK_MODEL: &str = "mock-image-1";
 /// What people are told when the mock served a call because no real provider is configured.
 pub const STAND_IN_NOTICE: &str =
     "made offline by the mock provider; set OPENAI_API_KEY to use OpenAI";
+
+/// The "text model" named as `svg.model` when a call names none: the mock writes SVGs itself,
+/// so any name works.
+pub const SVG_WRITER: &str = "mock-svg-writer";
+
+/// `kind = "mock"`: the settings only the mock reads, its fault knobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Delay before each answer, milliseconds.
+    pub latency_ms: u64,
+    /// Fraction of calls (0.0..=1.0) that fail.
+    pub fail_rate: f64,
+    /// The error kind injected failures have.
+    pub fail_with: ErrorKind,
+    /// How the first calls end, in order (`["rate_limited", "ok"]`): an error kind fails the
+    /// call, `ok` lets it succeed; later calls follow `fail_rate`.
+    pub fail_sequence: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            latency_ms: 0,
+            fail_rate: 0.0,
+            fail_with: ErrorKind::UpstreamUnavailable,
+            fail_sequence: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Every key of these settings.
+    pub const KEYS: &'static [&'static str] =
+        &["latency_ms", "fail_rate", "fail_with", "fail_sequence"];
+
+    pub(crate) fn check(&self) -> Result<(), SettingError> {
+        let invalid = |key, message: String| Err(SettingError { key, message });
+        if self.latency_ms > 600_000 {
+            return invalid("latency_ms", "must be between 0 and 600000".into());
+        }
+        if !(0.0..=1.0).contains(&self.fail_rate) {
+            return invalid("fail_rate", "must be between 0.0 and 1.0".into());
+        }
+        match ChaosSettings::parse_fail_sequence(&self.fail_sequence) {
+            Ok(_) => Ok(()),
+            Err(e) => invalid("fail_sequence", e),
+        }
+    }
+
+    /// The mock these settings and `common` describe, behind the fault layer when faults are set.
+    pub(crate) fn build(
+        &self,
+        common: &CommonConfig,
+        context: BuildContext<'_>,
+    ) -> Arc<dyn ImageProvider> {
+        provider(MockSettings {
+            model: common.model.clone().unwrap_or_else(|| MOCK_MODEL.into()),
+            latency: Duration::from_millis(self.latency_ms),
+            fail_rate: self.fail_rate,
+            fail_with: self.fail_with,
+            catalog: context.catalog,
+            // Checked with the rest of the configuration; a bad one would have stopped the load.
+            fail_sequence: ChaosSettings::parse_fail_sequence(&self.fail_sequence)
+                .unwrap_or_default(),
+        })
+    }
+}
 
 /// How a mock provider behaves.
 #[derive(Debug, Clone)]

@@ -9,8 +9,12 @@ use figment::{
     value::{Dict, Map, Value},
     Figment, Metadata, Profile, Provider,
 };
-use imagegen_providers::Catalog;
+use imagegen_providers::{
+    build::{CommonConfig, KindConfig, TableReader},
+    Catalog,
+};
 use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::{
@@ -37,14 +41,6 @@ pub(super) const TOP_KEYS: [&str; 11] = [
 /// `IMAGEGEN_*` variables that are not configuration and need no notice (`IMAGEGEN_LOG*` too).
 const NON_CONFIG_VARS: [&str; 3] = ["IMAGEGEN_CONFIG", "IMAGEGEN_LOG", "IMAGEGEN_HEARTBEAT_MS"];
 /// The variables the official OpenAI SDKs read, and the `[providers.openai]` key each sets.
-const OPENAI_VARS: [(&str, &str); 4] = [
-    ("OPENAI_API_KEY", "api_key"),
-    ("OPENAI_BASE_URL", "base_url"),
-    ("OPENAI_ORG_ID", "organization"),
-    ("OPENAI_PROJECT_ID", "project"),
-];
-/// Provider kinds.
-const KINDS: [&str; 2] = ["openai", "mock"];
 /// Keys whose environment values stay strings even when they look like numbers or booleans.
 const STRING_KEYS: [&str; 6] = [
     "organization",
@@ -54,8 +50,8 @@ const STRING_KEYS: [&str; 6] = [
     "default_provider",
     "log_level",
 ];
-/// The settings an OpenAI provider's keys come from, in the order they join its pool.
-const KEY_FIELDS: [&str; 4] = ["api_key", "api_keys", "api_key_file", "api_key_files"];
+/// The settings a provider's keys come from, in the order they join its pool.
+const KEY_FIELDS: [&str; 4] = CommonConfig::KEY_FIELDS;
 
 /// The largest key file read: a key is a line; anything bigger is the wrong file.
 const KEY_FILE_CAP: u64 = 64 << 10;
@@ -66,7 +62,7 @@ const CONFIG_FILE_CAP: u64 = 4 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Origin {
     Default,
-    OpenAiEnv,
+    StandardEnv,
     File,
     Env,
     Flag,
@@ -179,9 +175,12 @@ impl LoadedConfig {
         let mut layers = vec![Layer {
             origin: Origin::Default,
             name: "default".into(),
-            dict: nest(&["providers", "mock", "kind"], "mock".into()),
+            dict: nest(
+                &["providers", KindConfig::STAND_IN, "kind"],
+                KindConfig::STAND_IN.into(),
+            ),
         }];
-        layers.extend(openai_layers(&env));
+        layers.extend(standard_env_layers(&env));
         let file_dict = match &file {
             Some(path) => {
                 let dict = read_toml(path, &mut inputs)?;
@@ -467,15 +466,14 @@ impl Merged {
         let Some(dict) = table.as_dict() else {
             return Err(self.err(&path, "must be a table"));
         };
-        let mut rest = dict.clone();
-        let kinds = KINDS.join(", ");
-        let kind = match rest.remove("kind") {
+        let kinds = KindConfig::KINDS.join(", ");
+        let kind = match dict.get("kind") {
             // `[providers.openai]` needs no `kind = "openai"`.
-            None if KINDS.contains(&name) => name.to_string(),
+            None if KindConfig::KINDS.contains(&name) => name.to_string(),
             None => {
                 return Err(self.err(&path, format!("missing `kind`; set it to one of: {kinds}")))
             }
-            Some(Value::String(_, s)) => s,
+            Some(Value::String(_, s)) => s.clone(),
             Some(_) => {
                 return Err(self.err(
                     &["providers", name, "kind"],
@@ -483,18 +481,34 @@ impl Merged {
                 ))
             }
         };
-        let table = Value::Dict(table.tag(), rest);
-        match kind.as_str() {
-            "openai" => table.deserialize().map(ProviderConfig::Openai),
-            "mock" => table.deserialize().map(ProviderConfig::Mock),
-            _ => {
+        // Each part is read from the table on its own, so an error names its key; keys no
+        // part knows are refused by hand (serde cannot refuse them across flattened parts).
+        let reader = Table(table);
+        let kind_config = match KindConfig::read(&kind, &reader) {
+            Some(read) => read.map_err(|e| self.de_err(e, &path))?,
+            None => {
                 return Err(self.err(
                     &["providers", name, "kind"],
                     format!("unknown kind, expected one of: {kinds}"),
                 ))
             }
+        };
+        let common: CommonConfig = reader.read().map_err(|e| self.de_err(e, &path))?;
+        let config = ProviderConfig {
+            common,
+            kind: kind_config,
+        };
+        let known = config.known_keys();
+        if let Some(unknown) = dict.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(self.err(
+                &["providers", name, unknown],
+                format!(
+                    "unknown field `{unknown}` for kind `{kind}`, expected one of: {}",
+                    known.join(", ")
+                ),
+            ));
         }
-        .map_err(|e| self.de_err(e, &path))
+        Ok(config)
     }
 
     /// Records the source of every leaf under `value` (arrays count as leaves).
@@ -518,6 +532,17 @@ impl Merged {
                 }
             }
         }
+    }
+}
+
+/// A provider table, as the providers crate reads its parts.
+struct Table<'a>(&'a Value);
+
+impl TableReader for Table<'_> {
+    type Error = figment::Error;
+
+    fn read<T: DeserializeOwned>(&self) -> Result<T, figment::Error> {
+        self.0.deserialize()
     }
 }
 
@@ -566,9 +591,7 @@ impl Resolve<'_> {
     ) -> Result<BTreeMap<String, Vec<ResolvedKey>>, ConfigError> {
         let mut keys = BTreeMap::new();
         for (name, provider) in &mut config.providers {
-            let ProviderConfig::Openai(c) = provider else {
-                continue;
-            };
+            let c = &mut provider.common;
             let is_set = |field: &str| match field {
                 "api_key" => c.api_key.is_some(),
                 "api_keys" => !c.api_keys.is_empty(),
@@ -819,21 +842,26 @@ fn read_toml(path: &Path, inputs: &mut Vec<Input>) -> Result<Dict, ConfigError> 
         })
 }
 
-/// The `OPENAI_*` variables as `[providers.openai]`, one layer per variable so each value's
-/// source is the variable; built by hand so a key stays a string whatever it looks like.
-fn openai_layers(env: &BTreeMap<String, String>) -> Vec<Layer> {
-    OPENAI_VARS
+/// Each kind's standard variables (`OPENAI_API_KEY`, ...) as `[providers.KIND]`, one layer
+/// per variable so each value's source is the variable; built by hand so a key stays a string
+/// whatever it looks like.
+fn standard_env_layers(env: &BTreeMap<String, String>) -> Vec<Layer> {
+    KindConfig::KINDS
         .iter()
-        .filter_map(|(var, key)| {
-            let value = env.get(*var)?;
-            let mut openai = Dict::new();
-            openai.insert("kind".into(), "openai".into());
-            openai.insert(key.to_string(), value.trim().into());
-            Some(Layer {
-                origin: Origin::OpenAiEnv,
-                name: format!("env {var}"),
-                dict: nest(&["providers", "openai"], Value::from(openai)),
-            })
+        .flat_map(|kind| {
+            KindConfig::standard_env(kind)
+                .iter()
+                .filter_map(move |(var, key)| {
+                    let value = env.get(*var)?;
+                    let mut table = Dict::new();
+                    table.insert("kind".into(), (*kind).into());
+                    table.insert(key.to_string(), value.trim().into());
+                    Some(Layer {
+                        origin: Origin::StandardEnv,
+                        name: format!("env {var}"),
+                        dict: nest(&["providers", kind], Value::from(table)),
+                    })
+                })
         })
         .collect()
 }
@@ -906,8 +934,9 @@ fn cli_layers(cli: &CliOverrides) -> Result<Vec<Layer>, ConfigError> {
 
 /// Picks the default provider; returns where the choice came from.
 ///
-/// Set explicitly, it must name an enabled provider. Otherwise: `openai` when
-/// `OPENAI_API_KEY` is set (as the SDKs do), else the mock, else the only enabled provider.
+/// Set explicitly, it must name an enabled provider. Otherwise: a provider named after its
+/// kind whose standard key variable is set (`openai` with `OPENAI_API_KEY`, as the SDKs do),
+/// else the offline stand-in (the mock), else the only enabled provider.
 fn resolve_default(
     config: &mut Config,
     merged: &Merged,
@@ -939,12 +968,21 @@ fn resolve_default(
         }
         return Ok(merged.source_at(&["default_provider"]));
     }
-    let openai_ok = env.contains_key("OPENAI_API_KEY")
-        && matches!(config.providers.get("openai"), Some(ProviderConfig::Openai(c)) if c.enabled);
-    let (name, source) = if openai_ok {
-        ("openai".to_string(), "env OPENAI_API_KEY".to_string())
-    } else if enabled.contains(&"mock") {
-        ("mock".to_string(), "default".to_string())
+    // A provider named after its kind whose standard key variable is set, as the SDKs do.
+    let from_env = config.providers.iter().find_map(|(name, c)| {
+        let (var, _) = KindConfig::standard_env(c.kind())
+            .iter()
+            .find(|(_, key)| *key == "api_key")?;
+        (c.enabled() && name == c.kind() && env.contains_key(*var))
+            .then(|| (name.clone(), format!("env {var}")))
+    });
+    let stand_in = enabled
+        .iter()
+        .find(|name| config.providers[**name].kind.is_stand_in());
+    let (name, source) = if let Some(found) = from_env {
+        found
+    } else if let Some(name) = stand_in {
+        (name.to_string(), "default".to_string())
     } else if enabled.len() == 1 {
         (
             enabled[0].to_string(),
@@ -1095,11 +1133,11 @@ fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
     )?;
     for (name, provider) in &config.providers {
         check_defaults(
-            provider.defaults(),
+            &provider.common.defaults,
             &["providers", name, "defaults"],
             merged,
         )?;
-        if let Some(limit) = provider.max_in_flight() {
+        if let Some(limit) = provider.common.max_in_flight {
             check_size(
                 limit,
                 1..=MAX_IN_FLIGHT,
@@ -1107,52 +1145,8 @@ fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
                 merged,
             )?;
         }
-        match provider {
-            ProviderConfig::Mock(m) => {
-                check_range(
-                    m.latency_ms,
-                    0..=600_000,
-                    &["providers", name, "latency_ms"],
-                    merged,
-                )?;
-                if !(0.0..=1.0).contains(&m.fail_rate) {
-                    return Err(merged.err(
-                        &["providers", name, "fail_rate"],
-                        "must be between 0.0 and 1.0",
-                    ));
-                }
-                if let Err(e) =
-                    imagegen_providers::mock::MockSettings::parse_fail_sequence(&m.fail_sequence)
-                {
-                    return Err(merged.err(&["providers", name, "fail_sequence"], e));
-                }
-            }
-            ProviderConfig::Openai(o) => {
-                let ms_cap = 3_600_000;
-                for (field, value, range) in [
-                    ("timeout_s", o.timeout_s, 1..=DAY_S),
-                    ("deadline_s", o.deadline_s, 1..=DAY_S),
-                    ("connect_timeout_s", o.connect_timeout_s, 1..=600),
-                    ("retry_base_ms", o.retry_base_ms, 0..=ms_cap),
-                    ("retry_max_ms", o.retry_max_ms, 0..=ms_cap),
-                    ("retry_after_cap_s", o.retry_after_cap_s, 0..=DAY_S),
-                    ("key_recheck_s", o.key_recheck_s, 0..=30 * DAY_S),
-                    (
-                        "max_response_mb",
-                        u64::try_from(o.max_response_mb).unwrap_or(u64::MAX),
-                        1..=4096,
-                    ),
-                ] {
-                    check_range(value, range, &["providers", name, field], merged)?;
-                }
-                let key = ["providers", name, "base_url"];
-                // The URL is not quoted back: it may carry credentials (https://user:pass@host).
-                match url::Url::parse(&o.base_url) {
-                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
-                    Ok(_) => return Err(merged.err(&key, "must be an http:// or https:// URL")),
-                    Err(e) => return Err(merged.err(&key, format!("is not a valid URL ({e})"))),
-                }
-            }
+        if let Err(e) = provider.check() {
+            return Err(merged.err(&["providers", name, e.key], e.message));
         }
     }
     Ok(())
@@ -1187,10 +1181,13 @@ fn advice(
         .filter(|(_, c)| c.enabled())
         .collect();
     let default = config.default_provider.as_deref().unwrap_or_default();
-    let default_is_mock = matches!(config.providers.get(default), Some(ProviderConfig::Mock(_)));
+    let default_is_mock = config
+        .providers
+        .get(default)
+        .is_some_and(|c| c.kind.is_stand_in());
     let real: Vec<&str> = enabled
         .iter()
-        .filter(|(_, c)| !matches!(c, ProviderConfig::Mock(_)))
+        .filter(|(_, c)| !c.kind.is_stand_in())
         .map(|(n, _)| n.as_str())
         .collect();
     if default_is_mock && real.is_empty() {
@@ -1206,12 +1203,10 @@ fn advice(
         ));
     }
     for (name, provider) in &enabled {
-        if let ProviderConfig::Openai(o) = provider {
-            if !keys.contains_key(name.as_str())
-                && o.base_url == imagegen_providers::openai::DEFAULT_BASE_URL
-            {
+        if let Some(hint) = provider.kind.missing_key_hint(&provider.common) {
+            if !keys.contains_key(name.as_str()) {
                 notes.push(format!(
-                    "provider `{name}` has no API key: set OPENAI_API_KEY, or api_key or api_key_file under [providers.{name}]"
+                    "provider `{name}` has no API key: {hint} under [providers.{name}]"
                 ));
             }
         }

@@ -20,6 +20,8 @@
 //! can move to its replacement. `GET {base_url}/models` lists the account's image models with
 //! their announced shutdown dates.
 
+mod config;
+pub use config::{Config, STANDARD_ENV};
 mod error;
 pub(crate) mod images_body;
 mod retry;
