@@ -55,6 +55,10 @@ pub struct GenerateOutput {
     /// Partial images streamed before the final one, as saved, in arrival order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partial_images: Vec<StoredImage>,
+    /// The parameters as they went upstream (prompt and images aside): a ratio mapped to a
+    /// size, an alias resolved, so that no mapping is silent.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub sent: serde_json::Map<String, serde_json::Value>,
 }
 
 impl GenerateOutput {
@@ -71,6 +75,7 @@ impl GenerateOutput {
             usage: g.usage.clone(),
             request_id: g.request_id.clone(),
             partial_images: g.partials.clone(),
+            sent: g.sent.clone(),
         }
     }
 
@@ -87,6 +92,7 @@ impl GenerateOutput {
             revised_prompt: None,
             usage: None,
             partial_images: Vec::new(),
+            sent: serde_json::Map::new(),
         }
     }
 }

@@ -142,6 +142,8 @@ pub struct Generation {
     pub requested_model: Option<String>,
     /// What the caller should know: a replacement, a deprecation, parameters dropped.
     pub notes: Vec<String>,
+    /// The parameters as they went upstream, prompt and images aside.
+    pub sent: serde_json::Map<String, serde_json::Value>,
 }
 
 /// One configured provider with its effective defaults.
@@ -955,6 +957,7 @@ impl Engine {
             revised_prompt: result.revised_prompt,
             usage: result.usage.and_then(|u| serde_json::to_value(u).ok()),
             request_id: result.request_id,
+            sent: result.sent,
             requested_model: None,
             notes: Vec::new(),
         })

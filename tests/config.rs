@@ -89,8 +89,8 @@ fn view(c: &ProviderConfig) -> OpenAi {
         organization: text("organization"),
         project: text("project"),
         model: c.model().to_string(),
-        timeout_s: c.common.http.timeout_s,
-        max_retries: c.common.http.max_retries,
+        timeout_s: c.http.timeout_s,
+        max_retries: c.http.max_retries,
         api_key_file: c.common.api_key_file.clone(),
         api_key: c.common.api_key.clone(),
     }

@@ -225,6 +225,12 @@ async fn bad_requests_are_structured_tool_errors_and_the_server_keeps_serving() 
             "output_format",
         ),
         (json!({"prompt": "  "}), "prompt"),
+        (json!({"prompt": "x", "n": "two"}), "n"),
+        (json!({"prompt": "x", "resolution": "8k"}), "resolution"),
+        (
+            json!({"prompt": "x", "size": "64x64", "aspect_ratio": "1:1"}),
+            "size",
+        ),
     ];
     for (arguments, param) in cases {
         let result = server
@@ -248,6 +254,37 @@ async fn bad_requests_are_structured_tool_errors_and_the_server_keeps_serving() 
         .await
         .unwrap();
     assert_eq!(ok.is_error, Some(false));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_ratio_becomes_a_size_and_the_result_says_what_was_sent() {
+    let home = tempfile::tempdir().unwrap();
+    let server = Server::start(home.path(), &[], ProtocolVersion::V_2026_07_28).await;
+    let result = server
+        .client
+        .call_tool(
+            CallToolRequestParams::new("generate_image").with_arguments(args(json!({
+                "prompt": "a wide harbour",
+                "aspect_ratio": "16:9",
+                "delivery": "link",
+            }))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(result.is_error, Some(false));
+    let out = structured(&result);
+    let image = &out["images"][0];
+    assert_eq!(
+        (image["width"].as_u64(), image["height"].as_u64()),
+        (Some(1024), Some(576))
+    );
+    assert_eq!(out["sent"]["size"], "1024x576", "{out}");
+    assert_eq!(out["sent"]["model"], "mock-image-1");
+    assert!(
+        out["sent"].get("prompt").is_none(),
+        "the prompt is the caller's own"
+    );
     server.stop().await;
 }
 

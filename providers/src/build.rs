@@ -20,6 +20,9 @@ pub struct ProviderConfig {
     /// What every provider reads.
     #[serde(flatten)]
     pub common: CommonConfig,
+    /// What every remote provider reads.
+    #[serde(flatten)]
+    pub http: HttpConfig,
     /// What this kind alone reads, with `kind` itself.
     #[serde(flatten)]
     pub kind: KindConfig,
@@ -300,9 +303,6 @@ pub struct CommonConfig {
     /// Requests each key may send per minute; calls beyond it wait for a key (none: no limit).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests_per_minute: Option<u32>,
-    /// The HTTP settings of a remote provider.
-    #[serde(flatten)]
-    pub http: HttpConfig,
 }
 
 impl Default for CommonConfig {
@@ -321,7 +321,6 @@ impl Default for CommonConfig {
             api_key_files: Vec::new(),
             key_recheck_s: 600,
             requests_per_minute: None,
-            http: HttpConfig::default(),
         }
     }
 }
@@ -368,6 +367,7 @@ impl ProviderConfig {
     pub fn of(kind: KindConfig) -> Self {
         Self {
             common: CommonConfig::default(),
+            http: HttpConfig::default(),
             kind,
         }
     }
@@ -417,7 +417,7 @@ impl ProviderConfig {
             ));
         }
         if self.kind.is_remote() {
-            self.common.http.check()?;
+            self.http.check()?;
         }
         self.kind.check()
     }
@@ -425,7 +425,7 @@ impl ProviderConfig {
     /// Builds the provider these settings describe.
     pub fn build(&self, context: BuildContext<'_>) -> Result<Arc<dyn ImageProvider>, String> {
         match &self.kind {
-            KindConfig::Openai(o) => o.build(&self.common, context),
+            KindConfig::Openai(o) => o.build(&self.common, &self.http, context),
             KindConfig::Mock(m) => Ok(m.build(&self.common, context)),
         }
     }
@@ -454,7 +454,7 @@ mod tests {
             keys.sort();
             keys
         };
-        let mut common = CommonConfig {
+        let common = CommonConfig {
             model: Some("m".into()),
             models: Some(vec![]),
             svg_model: Some("s".into()),
@@ -463,14 +463,11 @@ mod tests {
             requests_per_minute: Some(1),
             ..CommonConfig::default()
         };
-        common.http = HttpConfig::default();
         // Keys are never serialized; `kind` comes from the enum.
         let mut expected = sorted(CommonConfig::KEYS);
         expected.retain(|k| k != "kind" && k != "api_key" && k != "api_keys");
-        let mut all_common = sorted(HttpConfig::KEYS);
-        all_common.extend(expected);
-        all_common.sort();
-        assert_eq!(keys_of(&common), all_common);
+        assert_eq!(keys_of(&common), expected);
+        assert_eq!(keys_of(HttpConfig::default()), sorted(HttpConfig::KEYS));
         for kind in [
             KindConfig::Openai(openai::Config::full()),
             KindConfig::Mock(mock::Config::default()),
@@ -485,11 +482,11 @@ mod tests {
     fn settings_are_checked_by_key() {
         let mut config = ProviderConfig::of(KindConfig::Openai(openai::Config::default()));
         assert_eq!(config.check(), Ok(()));
-        config.common.http.deadline_s = 0;
+        config.http.deadline_s = 0;
         assert_eq!(config.check().unwrap_err().key, "deadline_s");
         let mut mock = ProviderConfig::of(KindConfig::Mock(mock::Config::default()));
         // The mock reads no HTTP settings, so they are neither checked nor known.
-        mock.common.http.deadline_s = 0;
+        mock.http.deadline_s = 0;
         assert_eq!(mock.check(), Ok(()));
         assert!(!mock.known_keys().contains(&"deadline_s"));
         assert!(config.known_keys().contains(&"deadline_s"));

@@ -180,6 +180,18 @@ pub struct MockProvider {
     settings: MockSettings,
 }
 
+/// What the mock "sent": the model and the options it drew with, the ratio mapped to a size.
+fn sent_by_mock(model: &str, options: &ImageOptions) -> serde_json::Map<String, serde_json::Value> {
+    let mut sent = match serde_json::to_value(options) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    sent.remove("aspect_ratio");
+    sent.remove("resolution");
+    sent.insert("model".into(), model.into());
+    sent
+}
+
 impl MockProvider {
     /// The size the mock draws for `options`: a ratio and resolution become a size, as a
     /// provider whose API takes sizes would send them.
@@ -306,15 +318,18 @@ impl ImageProvider for MockProvider {
         );
         let mut request = request.clone();
         request.options.size = self.size_for(&request.model, &request.options)?;
+        let sent = sent_by_mock(&request.model, &request.options);
         let request = Arc::new(request);
         let (for_preview, for_render) = (Arc::clone(&request), Arc::clone(&request));
-        self.serve(
-            request.options.partial_images,
-            options,
-            move || render_preview(&for_preview, encoding),
-            move || render_all(&for_render, encoding),
-        )
-        .await
+        let result = self
+            .serve(
+                request.options.partial_images,
+                options,
+                move || render_preview(&for_preview, encoding),
+                move || render_all(&for_render, encoding),
+            )
+            .await?;
+        Ok(result.with_sent(sent))
     }
 
     async fn edit_opts(
@@ -333,15 +348,18 @@ impl ImageProvider for MockProvider {
         // Cloning shares the image bytes; only the request's small fields are copied.
         let mut request = request.clone();
         request.options.size = self.size_for(&request.model, &request.options)?;
+        let sent = sent_by_mock(&request.model, &request.options);
         let request = Arc::new(request);
         let (for_preview, for_render) = (Arc::clone(&request), Arc::clone(&request));
-        self.serve(
-            request.options.partial_images,
-            options,
-            move || Edit::new(&for_preview, 4)?.render(&for_preview, 0, encoding),
-            move || edit_all(&for_render, encoding),
-        )
-        .await
+        let result = self
+            .serve(
+                request.options.partial_images,
+                options,
+                move || Edit::new(&for_preview, 4)?.render(&for_preview, 0, encoding),
+                move || edit_all(&for_render, encoding),
+            )
+            .await?;
+        Ok(result.with_sent(sent))
     }
 
     async fn variation_opts(

@@ -422,6 +422,9 @@ pub struct GenerateResult {
     pub request_id: Option<String>,
     /// The model that served the request.
     pub model: String,
+    /// The parameters as they went upstream, prompt and images aside (a ratio mapped to a
+    /// size, an alias resolved, an `extra` applied), so no mapping is silent.
+    pub sent: serde_json::Map<String, serde_json::Value>,
 }
 
 impl GenerateResult {
@@ -433,7 +436,15 @@ impl GenerateResult {
             usage: None,
             request_id: None,
             model: model.into(),
+            sent: serde_json::Map::new(),
         }
+    }
+
+    /// Records the parameters as sent, leaving the prompt out: it is the caller's own, and long.
+    pub fn with_sent(mut self, mut sent: serde_json::Map<String, serde_json::Value>) -> Self {
+        sent.remove("prompt");
+        self.sent = sent;
+        self
     }
 }
 

@@ -160,6 +160,22 @@ async fn several_images_keep_their_order() {
 }
 
 #[tokio::test]
+async fn a_ratio_and_resolution_go_out_as_the_nearest_size_and_the_result_says_so() {
+    let server = MockServer::start().await;
+    mount(&server, ok_b64(&[&png(16, 9)])).await;
+    let mut req = request("gpt-image-2");
+    req.options.aspect_ratio = Some("16:9".into());
+    req.options.resolution = Some(imagegen_providers::Resolution::FourK);
+    let result = provider(settings(&server)).generate(&req).await.unwrap();
+    let wire: Value = requests(&server).await[0].body_json().unwrap();
+    assert_eq!(wire["size"], "3840x2160");
+    assert!(wire.get("aspect_ratio").is_none() && wire.get("resolution").is_none());
+    assert_eq!(result.sent["size"], "3840x2160");
+    assert_eq!(result.sent["model"], "gpt-image-2");
+    assert!(!result.sent.contains_key("prompt"));
+}
+
+#[tokio::test]
 async fn escaped_slashes_in_base64_are_read_as_plain_ones() {
     let server = MockServer::start().await;
     // Enough pixels that the base64 holds slashes, escaped as PHP's json_encode does.

@@ -493,9 +493,9 @@ impl Merged {
                 ))
             }
         };
-        let common: CommonConfig = reader.read().map_err(|e| self.de_err(e, &path))?;
         let config = ProviderConfig {
-            common,
+            common: reader.read().map_err(|e| self.de_err(e, &path))?,
+            http: reader.read().map_err(|e| self.de_err(e, &path))?,
             kind: kind_config,
         };
         let known = config.known_keys();

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{OpenAiProvider, OpenAiSettings, DEFAULT_BASE_URL, DEFAULT_MODEL};
 use crate::{
-    build::{BuildContext, CommonConfig, SettingError},
+    build::{BuildContext, CommonConfig, HttpConfig, SettingError},
     ImageProvider,
 };
 
@@ -88,11 +88,11 @@ impl Config {
     pub(crate) fn build(
         &self,
         common: &CommonConfig,
+        http: &HttpConfig,
         context: BuildContext<'_>,
     ) -> Result<Arc<dyn ImageProvider>, String> {
         let base_url = url::Url::parse(&self.base_url)
             .map_err(|e| format!("base_url is not a valid URL ({e})"))?;
-        let http = &common.http;
         let mut s = OpenAiSettings::new(base_url, None);
         s.keys = context.keys;
         s.organization = self.organization.clone();

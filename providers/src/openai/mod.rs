@@ -351,9 +351,8 @@ impl OpenAiProvider {
         body
     }
 
-    /// The multipart form of one attempt at `request`: the text fields as for a generation,
-    /// plus `input_fidelity`, one file part per image, the mask and the markup layer.
-    fn edit_form(&self, request: &EditRequest) -> Result<Form, ProviderError> {
+    /// The text fields of an edit: those of a generation, plus `input_fidelity`.
+    fn edit_fields(&self, request: &EditRequest) -> Map<String, Value> {
         let caps = self.settings.catalog.get(&request.model);
         let mut fields = self.request_fields(&request.as_generation());
         if let Some(fidelity) = request
@@ -367,6 +366,14 @@ impl OpenAiProvider {
                 .entry("input_fidelity")
                 .or_insert_with(|| fidelity.into());
         }
+        fields
+    }
+
+    /// The multipart form of one attempt at `request`: the text fields as for a generation,
+    /// plus `input_fidelity`, one file part per image, the mask and the markup layer.
+    fn edit_form(&self, request: &EditRequest) -> Result<Form, ProviderError> {
+        let caps = self.settings.catalog.get(&request.model);
+        let fields = self.edit_fields(request);
         // Models that take one image (dall-e-2) expect `image`; the others a list, `image[]`.
         let image_field = match caps.max_edit_images {
             0 | 1 => "image",
@@ -687,7 +694,8 @@ impl ImageProvider for OpenAiProvider {
             what: "image generation",
             body: CallBody::Json(self.request_body(request)),
         };
-        self.call(&call, options).await
+        let result = self.call(&call, options).await?;
+        Ok(result.with_sent(self.request_fields(request)))
     }
 
     #[tracing::instrument(skip_all, fields(model = %request.model))]
@@ -704,7 +712,8 @@ impl ImageProvider for OpenAiProvider {
             what: "image edit",
             body: CallBody::Edit(request),
         };
-        self.call(&call, options).await
+        let result = self.call(&call, options).await?;
+        Ok(result.with_sent(self.edit_fields(request)))
     }
 
     #[tracing::instrument(skip_all, fields(model = %request.model))]
