@@ -8,11 +8,15 @@ mod provider;
 
 use std::{io::Cursor, sync::Arc, time::Duration};
 
+use base64::Engine as _;
 use image::{ImageEncoder, RgbaImage};
 use imagegen_providers::{
-    http::Poller, keys::KeyPool, CallOptions, ErrorKind, Events, GenerateRequest, ImageProvider,
-    ProviderEvent,
+    http::{Poller, RetryPolicy},
+    keys::KeyPool,
+    testing::{error_rows, hostile_rows, ConformanceStub, Fault, StubTarget},
+    CallOptions, ErrorKind, Events, GenerateRequest, ImageProvider, ProviderEvent,
 };
+use imagegen_testkit::Reply;
 use provider::{PixieProvider, PixieSettings, MODEL};
 use secrecy::SecretString;
 use serde_json::json;
@@ -249,4 +253,73 @@ async fn a_job_that_never_finishes_ends_at_the_deadline_without_a_second_submiss
         "{:?}",
         started.elapsed()
     );
+}
+
+/// Pixie's wire format for the shared error and hostile rows: a job finished at once with
+/// its image inline as a `data:` URL, so every row is one request as the rows count them.
+struct PixieStub;
+
+impl ConformanceStub for PixieStub {
+    fn model(&self) -> &str {
+        MODEL
+    }
+
+    fn answer_ok(&self, _n: usize) -> Reply {
+        // Pixie makes one image per job, whatever was asked.
+        let data = base64::engine::general_purpose::STANDARD.encode(png());
+        Reply::json(&json!({
+            "id": "j1",
+            "status": "done",
+            "result_url": format!("data:image/png;base64,{data}"),
+        }))
+    }
+
+    fn answer_error(&self, status: u16, fault: Fault<'_>) -> Reply {
+        let error = match fault {
+            Fault::Field {
+                field: "code",
+                value,
+            } => json!({"code": value, "message": "failed"}),
+            Fault::Field { value, .. } => json!({"code": "error", "message": value}),
+            Fault::Refusal => json!({"code": "unsafe_prompt", "message": "refused"}),
+        };
+        Reply::error(status, &json!({ "error": error }))
+    }
+
+    fn answer_urls(&self, urls: &[String]) -> Option<Reply> {
+        let url = urls.first()?;
+        Some(Reply::json(
+            &json!({"id": "j1", "status": "done", "result_url": url}),
+        ))
+    }
+
+    fn answer_broken_stream(&self) -> Option<Reply> {
+        None
+    }
+}
+
+/// Pixie pointed at a conformance row's stub, retries off as the rows require.
+fn pixie_against(target: StubTarget) -> Box<dyn ImageProvider> {
+    let keys = KeyPool::new(
+        [(SecretString::from(target.key), "test".to_string())],
+        Duration::from_secs(600),
+    );
+    let mut s = PixieSettings::new(target.base_url, Arc::new(keys));
+    s.timeout = target.timeout;
+    s.retry = RetryPolicy {
+        max_retries: 0,
+        retry_after_cap: target.retry_after_cap,
+        ..RetryPolicy::default()
+    };
+    Box::new(PixieProvider::new(s, reqwest::Client::new()))
+}
+
+#[tokio::test]
+async fn the_example_passes_the_shared_error_rows() {
+    error_rows(&pixie_against, &PixieStub).await;
+}
+
+#[tokio::test]
+async fn the_example_withstands_the_shared_hostile_rows() {
+    hostile_rows(&pixie_against, &PixieStub).await;
 }

@@ -6,7 +6,8 @@
 //!
 //! The API:
 //! - `POST {base}/jobs` with `{"model", "prompt", "size"}` and `Authorization: Bearer KEY`
-//!   answers `202 {"id": "..."}`;
+//!   answers `202 {"id": "..."}`, or `200 {"id", "status": "done", "result_url"}` when the job
+//!   finished at once (a fast model; the result URL may be a `data:` URL);
 //! - `GET {base}/jobs/{id}` answers `{"status": "queued" | "running"}`, `{"status": "done",
 //!   "result_url": "..."}` or `{"status": "failed", "error": {"code", "message"}}`;
 //! - errors are `{"error": {"code": "...", "message": "..."}}` with a status from the table in
@@ -18,7 +19,7 @@ use async_trait::async_trait;
 use imagegen_providers::{
     http::{
         body::{read_capped, read_truncated, too_large, ReadError},
-        endpoint,
+        download, endpoint,
         executor::{Attempt, Executor, Sent},
         retry, transport_error, Downloader, PollStatus, Poller, RetryPolicy,
     },
@@ -103,10 +104,14 @@ pub struct PixieProvider {
     downloader: Downloader,
 }
 
-/// What a submission answers.
+/// What a submission answers: the job, finished already when the model was quick.
 #[derive(Debug, Deserialize)]
 struct Job {
     id: String,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    result_url: Option<String>,
 }
 
 /// What a status check answers.
@@ -335,14 +340,24 @@ impl ImageProvider for PixieProvider {
                 |attempt: Attempt| async move { self.submit(body, attempt.key()).await },
                 |sent: Sent<Job>| async move {
                     let key = sent.key.as_deref();
-                    let url = self
-                        .settings
-                        .poll
-                        .run(options, sent.deadline, "the Pixie job", |_| {
-                            self.check(&sent.value, key)
-                        })
-                        .await?;
-                    let bytes = self.downloader.fetch(1, &url).await?;
+                    let url = match (&sent.value.status, &sent.value.result_url) {
+                        (Some(done), Some(url)) if done == "done" => url.clone(),
+                        _ => {
+                            self.settings
+                                .poll
+                                .run(options, sent.deadline, "the Pixie job", |_| {
+                                    self.check(&sent.value, key)
+                                })
+                                .await?
+                        }
+                    };
+                    // An inline result needs no fetch; any other goes through the allow-list.
+                    let bytes = if download::is_data_url(&url) {
+                        download::decode_data_url(&url)
+                            .map_err(|e| bad(format!("the inline result is unusable: {e}")))?
+                    } else {
+                        self.downloader.fetch(1, &url).await?
+                    };
                     let image = GeneratedImage::from_encoded(bytes)
                         .map_err(|_| bad("the result URL served something that is not an image"))?;
                     let mut result = GenerateResult::new(vec![image], request.model.clone());
