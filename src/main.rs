@@ -656,7 +656,7 @@ fn main() -> ExitCode {
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let cores = imagegen_providers::http::available_cores();
         let arenas = libc::c_int::try_from(cores.max(2)).unwrap_or(libc::c_int::MAX);
         // SAFETY: mallopt only sets a tuning value; called before any other thread starts.
         unsafe {

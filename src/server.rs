@@ -341,9 +341,7 @@ async fn with_previews(
         return build();
     }
     static SLOTS: OnceLock<Semaphore> = OnceLock::new();
-    let slots = SLOTS.get_or_init(|| {
-        Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
-    });
+    let slots = SLOTS.get_or_init(|| Semaphore::new(imagegen_providers::http::available_cores()));
     let Ok(_slot) = slots.acquire().await else {
         return error_result(ToolError::storage("the server is shutting down"));
     };

@@ -27,9 +27,7 @@ pub enum ReadError {
 /// Answers decoded at once across the process: one per core.
 pub fn decode_slots() -> &'static tokio::sync::Semaphore {
     static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    SLOTS.get_or_init(|| {
-        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
-    })
+    SLOTS.get_or_init(|| tokio::sync::Semaphore::new(super::available_cores()))
 }
 
 /// Reads a body as a stream, giving up as soon as it exceeds `cap` bytes.

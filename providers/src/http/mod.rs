@@ -23,6 +23,12 @@ pub mod sse;
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 pub use body::{read_capped, read_truncated, ReadError};
+
+/// The cores this process may use (2 when unknown): every bound on CPU-heavy work (image
+/// decodes, previews, allocator arenas) reads this one figure.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
 pub use download::{AllowedHosts, Downloader};
 pub use error::{describe_bytes, describe_wait, redacted, transport_error};
 pub use executor::{Attempt, Executor, Sent};
