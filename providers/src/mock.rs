@@ -180,27 +180,24 @@ pub struct MockProvider {
     settings: MockSettings,
 }
 
-/// What the mock "sent": the model and the options it drew with, the ratio mapped to a size.
-fn sent_by_mock(model: &str, options: &ImageOptions) -> serde_json::Map<String, serde_json::Value> {
-    let mut sent = match serde_json::to_value(options) {
-        Ok(serde_json::Value::Object(map)) => map,
-        _ => serde_json::Map::new(),
-    };
-    sent.remove("aspect_ratio");
-    sent.remove("resolution");
-    sent.insert("model".into(), model.into());
-    sent
-}
-
 impl MockProvider {
-    /// The size the mock draws for `options`: a ratio and resolution become a size, as a
-    /// provider whose API takes sizes would send them.
-    fn size_for(
+    /// Maps a ratio and resolution in `options` to the size the mock draws, as a provider whose
+    /// API takes sizes would send it, and returns what the mock "sent": the model and the
+    /// options it draws with.
+    fn draw_size(
         &self,
         model: &str,
-        options: &ImageOptions,
-    ) -> Result<Option<String>, ProviderError> {
-        crate::options::size_for(options, &self.settings.catalog.get(model))
+        options: &mut ImageOptions,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, ProviderError> {
+        options.size = crate::options::size_for(options, &self.settings.catalog.get(model))?;
+        let mut sent = match serde_json::to_value(&*options) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        sent.remove("aspect_ratio");
+        sent.remove("resolution");
+        sent.insert("model".into(), model.into());
+        Ok(sent)
     }
 
     /// A mock provider with `settings`; their fault knobs take effect through [`provider`].
@@ -308,17 +305,9 @@ impl ImageProvider for MockProvider {
         request: &GenerateRequest,
         options: &CallOptions,
     ) -> Result<GenerateResult, ProviderError> {
-        let encoding = Encoding::new(
-            &self.settings.catalog,
-            &request.model,
-            request.options.output_format,
-            request.options.output_compression,
-            request.options.frame_count,
-            request.options.frame_duration_ms,
-        );
+        let encoding = Encoding::new(&self.settings.catalog, &request.model, &request.options);
         let mut request = request.clone();
-        request.options.size = self.size_for(&request.model, &request.options)?;
-        let sent = sent_by_mock(&request.model, &request.options);
+        let sent = self.draw_size(&request.model, &mut request.options)?;
         let request = Arc::new(request);
         let (for_preview, for_render) = (Arc::clone(&request), Arc::clone(&request));
         let result = self
@@ -337,18 +326,10 @@ impl ImageProvider for MockProvider {
         request: &EditRequest,
         options: &CallOptions,
     ) -> Result<GenerateResult, ProviderError> {
-        let encoding = Encoding::new(
-            &self.settings.catalog,
-            &request.model,
-            request.options.output_format,
-            request.options.output_compression,
-            request.options.frame_count,
-            request.options.frame_duration_ms,
-        );
+        let encoding = Encoding::new(&self.settings.catalog, &request.model, &request.options);
         // Cloning shares the image bytes; only the request's small fields are copied.
         let mut request = request.clone();
-        request.options.size = self.size_for(&request.model, &request.options)?;
-        let sent = sent_by_mock(&request.model, &request.options);
+        let sent = self.draw_size(&request.model, &mut request.options)?;
         let request = Arc::new(request);
         let (for_preview, for_render) = (Arc::clone(&request), Arc::clone(&request));
         let result = self
@@ -376,7 +357,7 @@ impl ImageProvider for MockProvider {
         );
         edit.options.size = request.size.clone();
         edit.options.n = Some(request.n);
-        let encoding = Encoding::new(catalog, &request.model, None, None, None, None);
+        let encoding = Encoding::new(catalog, &request.model, &ImageOptions::default());
         let edit = Arc::new(edit);
         let for_preview = Arc::clone(&edit);
         self.serve(
@@ -616,15 +597,13 @@ const MAX_GIF_FRAMES: u32 = 64;
 
 impl Encoding {
     /// The encoding a request asks for, with the catalog's GIF defaults for `model`.
-    fn new(
-        catalog: &Catalog,
-        model: &str,
-        format: Option<ImageFormat>,
-        compression: Option<u8>,
-        frame_count: Option<u32>,
-        frame_duration_ms: Option<u32>,
-    ) -> Self {
-        let format = format.unwrap_or(ImageFormat::Png);
+    fn new(catalog: &Catalog, model: &str, options: &ImageOptions) -> Self {
+        let format = options.format();
+        let (compression, frame_count, frame_duration_ms) = (
+            options.output_compression,
+            options.frame_count,
+            options.frame_duration_ms,
+        );
         let gif = catalog.get(model).gif.unwrap_or_default();
         let frames = match format {
             ImageFormat::Gif => frame_count
