@@ -69,7 +69,9 @@ fn parse<T: DeserializeOwned>(arguments: JsonObject) -> Result<T, ToolError> {
             .find(|(_, outcome)| *outcome == wanted)
             .map(|(key, _)| key.clone())
     });
-    let message = err.to_string();
+    // serde quotes the offending value whole; a client's megabyte string is not echoed back
+    // (or logged) in full.
+    let message = bounded(err.to_string());
     let culprit = culprit.or_else(|| {
         let rest = message.strip_prefix("missing field `")?;
         Some(rest[..rest.find('`')?].to_string())
@@ -82,6 +84,22 @@ fn parse<T: DeserializeOwned>(arguments: JsonObject) -> Result<T, ToolError> {
         ),
     })
 }
+
+/// `text` cut to at most [`MAX_ECHO`] bytes on a character boundary, marked when cut.
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_ECHO {
+        let mut end = MAX_ECHO;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("… (cut)");
+    }
+    text
+}
+
+/// The most of a parse error's text a tool result quotes.
+const MAX_ECHO: usize = 300;
 
 #[cfg(test)]
 mod tests {

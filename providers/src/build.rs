@@ -59,7 +59,7 @@ pub struct SettingError {
 }
 
 impl SettingError {
-    fn new(key: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: &'static str, message: impl Into<String>) -> Self {
         Self {
             key,
             message: message.into(),

@@ -77,7 +77,7 @@ impl Config {
         &["latency_ms", "fail_rate", "fail_with", "fail_sequence"];
 
     pub(crate) fn check(&self) -> Result<(), SettingError> {
-        let invalid = |key, message: String| Err(SettingError { key, message });
+        let invalid = |key, message: String| Err(SettingError::new(key, message));
         if self.latency_ms > 600_000 {
             return invalid("latency_ms", "must be between 0 and 600000".into());
         }

@@ -71,12 +71,7 @@ impl Config {
 
     /// Checks the base URL without quoting it: it may carry credentials (https://user:pass@host).
     pub(crate) fn check(&self) -> Result<(), SettingError> {
-        let invalid = |message: String| {
-            Err(SettingError {
-                key: "base_url",
-                message,
-            })
-        };
+        let invalid = |message: String| Err(SettingError::new("base_url", message));
         match url::Url::parse(&self.base_url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(()),
             Ok(_) => invalid("must be an http:// or https:// URL".into()),
