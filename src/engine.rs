@@ -163,6 +163,8 @@ pub struct ProviderEntry {
     pool_inputs: PoolInputs,
     /// The provider's own bound on calls in flight.
     slots: Option<Slots>,
+    /// The catalog as this provider sees it: its kind's entries and its own overrides.
+    pub catalog: Arc<Catalog>,
 }
 
 impl ProviderEntry {
@@ -307,10 +309,13 @@ fn build_provider(
     name: &str,
     cfg: &ProviderConfig,
     loaded: &LoadedConfig,
-    catalog: &Arc<Catalog>,
     previous: Option<&Engine>,
     clients: &ClientCache,
 ) -> anyhow::Result<ProviderEntry> {
+    let catalog = loaded
+        .provider_catalog(name)
+        .cloned()
+        .unwrap_or_else(|| Arc::new(cfg.kind.catalog()));
     let defaults = overlay(&loaded.config.defaults, &cfg.common.defaults);
     let previous_slots = previous
         .and_then(|e| e.providers.get(name))
@@ -335,6 +340,7 @@ fn build_provider(
         keys: cfg.kind.is_remote().then_some(pool),
         pool_inputs,
         slots,
+        catalog,
     })
 }
 
@@ -355,7 +361,7 @@ impl Engine {
         let catalog = Arc::new(loaded.catalog().clone());
         let mut providers = BTreeMap::new();
         for (name, cfg) in config.providers.iter().filter(|(_, c)| c.enabled()) {
-            let mut entry = build_provider(name, cfg, loaded, &catalog, previous, clients)?;
+            let mut entry = build_provider(name, cfg, loaded, previous, clients)?;
             entry.aliases = lifecycle::aliases(entry.provider.as_ref(), &cfg.common.aliases);
             providers.insert(name.clone(), entry);
         }
@@ -386,10 +392,20 @@ impl Engine {
         })
     }
 
-    /// The catalog with what running taught, judged as of today.
+    /// The shared catalog (built-in entries and `[models]`) with what running taught, judged
+    /// as of today.
     pub fn live_catalog(&self) -> LiveCatalog<'_> {
+        self.live(&self.catalog)
+    }
+
+    /// [`Engine::live_catalog`] as one provider sees it, with its kind's and its own entries.
+    pub fn live_catalog_of<'a>(&'a self, entry: &'a ProviderEntry) -> LiveCatalog<'a> {
+        self.live(&entry.catalog)
+    }
+
+    fn live<'a>(&'a self, catalog: &'a Catalog) -> LiveCatalog<'a> {
         LiveCatalog {
-            catalog: &self.catalog,
+            catalog,
             watch: &self.watch,
             today: Date::today(),
         }
@@ -414,9 +430,9 @@ impl Engine {
     /// Warnings for defaults and aliases that point at deprecated or shut-down models, for
     /// start-up, reloads and `config check`.
     pub fn lifecycle_warnings(&self) -> Vec<String> {
-        let live = self.live_catalog();
         let mut out = Vec::new();
         for (name, entry) in &self.providers {
+            let live = self.live_catalog_of(entry);
             let default = entry.default_model();
             let what = format!("the default model of provider `{name}`");
             out.extend(live.warning(&default, &what));
@@ -434,11 +450,11 @@ impl Engine {
         if self.on_shutdown != OnShutdown::Refuse {
             return Vec::new();
         }
-        let live = self.live_catalog();
         self.providers
             .iter()
             .filter(|(_, e)| e.provider.lifecycle_is_authoritative())
             .filter_map(|(name, entry)| {
+                let live = self.live_catalog_of(entry);
                 let model = entry.default_model();
                 (live.lifecycle(&model).state == ModelState::ShutDown).then(|| {
                     let instead = live
@@ -505,7 +521,7 @@ impl Engine {
             .clone()
             .unwrap_or_else(|| provider.default_model().to_string());
         let model = entry.resolve_alias(&asked);
-        let live = self.live_catalog();
+        let live = self.live_catalog_of(entry);
         let life = live.lifecycle(&model);
         let replacement = live.replacement(&model);
         let when = life.describe(live.today);
@@ -649,7 +665,7 @@ impl Engine {
         entry: &ProviderEntry,
         model: &str,
     ) -> ProviderError {
-        let live = self.live_catalog();
+        let live = self.live_catalog_of(entry);
         let said = err
             .provider_message
             .clone()
@@ -817,10 +833,27 @@ impl Engine {
         let mut request = VariationRequest::new(model.clone(), image);
         request.size = params.size.clone();
         request.n = params.n.unwrap_or(1);
-        let supporting = self.catalog.variation_models();
+        // This provider's models as they are, other providers' with the provider to ask.
+        let supporting: Vec<String> = entry
+            .catalog
+            .variation_models()
+            .into_iter()
+            .chain(
+                self.providers
+                    .iter()
+                    .filter(|(other, _)| other.as_str() != name)
+                    .flat_map(|(other, e)| {
+                        e.catalog
+                            .variation_models()
+                            .into_iter()
+                            .filter(|m| !entry.catalog.get(m).variations)
+                            .map(move |m| format!("{m} (provider `{other}`)"))
+                    }),
+            )
+            .collect();
         validate::check_variation(&request, &provider.capabilities(&model), &supporting)
             .map_err(fail)?;
-        let live = self.live_catalog();
+        let live = self.live_catalog_of(entry);
         let life = live.lifecycle(&model);
         // No current model makes variations, so a shut-down one has no replacement to go to.
         if life.state == ModelState::ShutDown && provider.lifecycle_is_authoritative() {

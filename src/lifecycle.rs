@@ -264,15 +264,23 @@ pub struct ModelRow {
 
 /// The catalog as rows: every entry, or (with `provider`) the models that provider offers,
 /// its default and its aliases' targets.
+///
+/// Each row's standing is the one provider's (with `provider`); else the shared catalog's,
+/// or for a model only a provider kind knows (the mock's), that provider's.
 pub fn model_rows(engine: &Engine, provider: Option<&str>) -> Vec<ModelRow> {
-    let live = engine.live_catalog();
+    let shared = engine.live_catalog();
     let entries: Vec<(&String, &ProviderEntry)> = engine
         .providers()
         .iter()
         .filter(|(name, _)| provider.is_none_or(|p| p == name.as_str()))
         .collect();
     let mut names: Vec<String> = match provider {
-        None => live.catalog.entries().map(|(n, _)| n.to_string()).collect(),
+        None => shared
+            .catalog
+            .entries()
+            .chain(entries.iter().flat_map(|(_, e)| e.catalog.entries()))
+            .map(|(n, _)| n.to_string())
+            .collect(),
         Some(_) => entries
             .iter()
             .flat_map(|(_, e)| {
@@ -284,10 +292,19 @@ pub fn model_rows(engine: &Engine, provider: Option<&str>) -> Vec<ModelRow> {
     };
     names.sort();
     names.dedup();
+    let standing = |model: &str| {
+        let own = entries.iter().find(|(_, e)| {
+            provider.is_some() || (!shared.catalog.get(model).known && e.catalog.get(model).known)
+        });
+        match own {
+            Some((_, e)) => engine.live_catalog_of(e).standing(model),
+            None => shared.standing(model),
+        }
+    };
     names
         .into_iter()
         .map(|model| ModelRow {
-            standing: live.standing(&model),
+            standing: standing(&model),
             aliases: entries
                 .iter()
                 .flat_map(|(name, e)| {
@@ -324,8 +341,13 @@ pub async fn check_upstream(
             Ok(listed) => {
                 let advertised = entry.offered_models();
                 let at = crate::clock::now_rfc3339();
-                let check =
-                    UpstreamCheck::compare(name, &listed, &advertised, &engine.live_catalog(), at);
+                let check = UpstreamCheck::compare(
+                    name,
+                    &listed,
+                    &advertised,
+                    &engine.live_catalog_of(entry),
+                    at,
+                );
                 engine.watch().record_check(check.clone());
                 checks.push(check);
             }

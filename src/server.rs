@@ -202,11 +202,11 @@ pub struct ImagegenServer {
 /// Describes every configured provider, its models and keys, and the configuration in force.
 pub fn providers_output(live: &Live) -> ProvidersOutput {
     let engine = live.engine();
-    let catalog = engine.live_catalog();
     let providers = engine
         .providers()
         .iter()
         .map(|(name, entry)| {
+            let catalog = engine.live_catalog_of(entry);
             let p = &entry.provider;
             let default_model = entry.default_model();
             let models = entry.offered_models();

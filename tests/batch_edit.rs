@@ -383,7 +383,7 @@ async fn variations_work_where_the_catalog_allows_and_name_the_models_elsewhere(
     assert_eq!(error["kind"], "unsupported", "{error}");
     let message = error["message"].as_str().unwrap();
     assert!(
-        message.contains("dall-e-2") && message.contains("mock-image-1"),
+        message.contains("dall-e-2") && message.contains("mock-image-1 (provider `mock`)"),
         "{message}"
     );
     server.stop().await;

@@ -701,6 +701,80 @@ fn model_overrides_reach_the_catalog() {
 }
 
 #[test]
+fn a_provider_s_own_model_entries_apply_to_it_alone_over_the_shared_ones() {
+    let sb = Sandbox::new();
+    let loaded = sb
+        .load_file(
+            "[models.\"gpt-image-2\"]\nshutdown_date = \"2027-04-21\"\nmax_n = 4\n\
+             [providers.openai]\napi_key = \"sk-test\"\n\
+             [providers.openai.models.\"gpt-image-2\"]\nshutdown_date = \"2027-06-30\"\n\
+             [providers.mock.models.\"house-style\"]\nlike = \"mock-image-1\"\nmax_n = 2\n",
+            &[],
+        )
+        .unwrap();
+    let openai = loaded.provider_catalog("openai").unwrap();
+    let mock = loaded.provider_catalog("mock").unwrap();
+    // The provider's date wins over `[models]`; the fields it leaves alone come from `[models]`.
+    let own = openai.get("gpt-image-2");
+    assert_eq!(
+        (own.shutdown_date.as_deref(), own.max_n),
+        (Some("2027-06-30"), 4)
+    );
+    let shared = mock.get("gpt-image-2");
+    assert_eq!(
+        (shared.shutdown_date.as_deref(), shared.max_n),
+        (Some("2027-04-21"), 4)
+    );
+    // A kind's own entries (the mock's model) and a provider's additions stay with them.
+    assert!(mock.get("house-style").known && mock.get("mock-image-1").known);
+    assert!(!openai.get("house-style").known && !openai.get("mock-image-1").known);
+    assert_eq!(
+        loaded.catalog().get("gpt-image-2").shutdown_date.as_deref(),
+        Some("2027-04-21")
+    );
+
+    let broken = err(sb.load_file(
+        "[providers.mock.models.\"x\"]\nlike = \"nothing-like-it\"\n",
+        &[],
+    ));
+    assert!(
+        broken.contains("providers.mock.models.\"x\".like names `nothing-like-it`")
+            && broken.contains("imagegen.toml"),
+        "{broken}"
+    );
+}
+
+#[test]
+fn the_old_models_list_is_read_as_offered_models_with_a_warning() {
+    let sb = Sandbox::new();
+    let loaded = sb
+        .load_file(
+            "[providers.openai]\napi_key = \"sk-test\"\nmodels = [\"gpt-image-2\"]\n",
+            &[],
+        )
+        .unwrap();
+    let common = &loaded.config.providers["openai"].common;
+    assert_eq!(common.offered_models, Some(vec!["gpt-image-2".to_string()]));
+    assert!(common.models.is_empty());
+    let notices = loaded.notices().join("\n");
+    assert!(
+        notices.contains("providers.openai.models = [...]") && notices.contains("offered_models"),
+        "{notices}"
+    );
+    let renamed = sb
+        .load_file(
+            "[providers.openai]\napi_key = \"sk-test\"\noffered_models = [\"gpt-image-2\"]\n",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        renamed.config.providers["openai"].common.offered_models,
+        Some(vec!["gpt-image-2".to_string()])
+    );
+    assert!(!renamed.notices().join("\n").contains("old spelling"));
+}
+
+#[test]
 fn syntax_errors_give_the_line() {
     let sb = Sandbox::new();
     let msg = err(sb.load_file("[output]\ndelivery = \"link\" x\n", &[]));

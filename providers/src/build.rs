@@ -12,7 +12,10 @@ use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 use secrecy::SecretString;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::{http::ClientCache, keys::KeyPool, mock, openai, Catalog, ImageOptions, ImageProvider};
+use crate::{
+    http::ClientCache, keys::KeyPool, mock, openai, Catalog, ImageOptions, ImageProvider,
+    ModelOverride,
+};
 
 /// `[providers.NAME]`: the settings every provider has, and those of its kind.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,6 +97,14 @@ impl KindConfig {
             "mock" => table.read().map(Self::Mock),
             _ => return None,
         })
+    }
+
+    /// The built-in catalog as this kind sees it: the shared entries with the kind's own over them.
+    pub fn catalog(&self) -> Catalog {
+        match self {
+            Self::Openai(_) => Catalog::builtin(),
+            Self::Mock(_) => Catalog::for_kind(mock::catalog_entries()),
+        }
     }
 
     /// The `kind` string.
@@ -275,7 +286,11 @@ pub struct CommonConfig {
     pub model: Option<String>,
     /// Models to list (default: the kind's current models).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub models: Option<Vec<String>>,
+    pub offered_models: Option<Vec<String>>,
+    /// Catalog entries for this provider alone (`[providers.NAME.models."x"]`), over the
+    /// built-in ones and `[models]`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, ModelOverride>,
     /// Model aliases (`fast = "gpt-image-2.6-flare"`), on top of the built-in `fast` and `best`.
     pub aliases: BTreeMap<String, String>,
     /// The text model that writes SVG results (`svg.model`) when a call names none.
@@ -310,7 +325,8 @@ impl Default for CommonConfig {
         Self {
             enabled: true,
             model: None,
-            models: None,
+            offered_models: None,
+            models: BTreeMap::new(),
             aliases: BTreeMap::new(),
             svg_model: None,
             defaults: ImageOptions::default(),
@@ -331,6 +347,7 @@ impl CommonConfig {
         "kind",
         "enabled",
         "model",
+        "offered_models",
         "models",
         "aliases",
         "svg_model",
@@ -456,7 +473,8 @@ mod tests {
         };
         let common = CommonConfig {
             model: Some("m".into()),
-            models: Some(vec![]),
+            offered_models: Some(vec![]),
+            models: BTreeMap::from([("x".to_string(), ModelOverride::default())]),
             svg_model: Some("s".into()),
             max_in_flight: Some(1),
             api_key_file: Some("f".into()),

@@ -723,7 +723,8 @@ fn gpt_image_2_6() -> ModelCapabilities {
 }
 
 impl Catalog {
-    /// The models this crate knows about, as of 2026-12-01.
+    /// The models every provider kind shares (the OpenAI families, which compatible servers
+    /// and Azure serve under the same names), as of 2026-12-01.
     pub fn builtin() -> Self {
         let mut models = BTreeMap::new();
         let mut add = |names: &[&str], caps: ModelCapabilities| {
@@ -816,25 +817,23 @@ impl Catalog {
                 "2026-05-12",
             ),
         );
-        let mut mock = gpt_image_2_6();
-        mock.params.push(Param::Seed);
-        add(
-            &[crate::mock::MOCK_MODEL],
-            ModelCapabilities {
-                custom_sizes: Some(SizeRule {
-                    multiple_of: 1,
-                    min_side: 16,
-                    max_side: 4096,
-                    max_ratio: 8.0,
-                    min_pixels: 256,
-                    max_pixels: 16_777_216,
-                }),
-                variations: true,
-                note: Some("offline procedural images for tests and demos".into()),
-                ..mock
-            },
-        );
         Self { models }
+    }
+
+    /// The entry of `model` as built in, for kinds whose own entries start from a shared one.
+    pub(crate) fn builtin_entry(model: &str) -> ModelCapabilities {
+        Self::builtin().get(model)
+    }
+
+    /// The built-in entries with a provider kind's own entries over them: a vendor that serves
+    /// a model under the same name may give it other limits or dates (Azure retires models on
+    /// its own calendar).
+    pub fn for_kind(own: impl IntoIterator<Item = (&'static str, ModelCapabilities)>) -> Self {
+        let mut catalog = Self::builtin();
+        catalog
+            .models
+            .extend(own.into_iter().map(|(name, caps)| (name.to_string(), caps)));
+        catalog
     }
 
     /// Applies configuration entries on top of this catalog, in name order.
@@ -1078,8 +1077,9 @@ mod tests {
         let mut catalog = Catalog::builtin();
         assert_eq!(catalog.get("gpt-image-1.5").max_edit_images, 16);
         assert_eq!(catalog.get("dall-e-2").max_edit_images, 1);
+        assert_eq!(catalog.variation_models(), vec!["dall-e-2".to_string()]);
         assert_eq!(
-            catalog.variation_models(),
+            Catalog::for_kind(crate::mock::catalog_entries()).variation_models(),
             vec!["dall-e-2".to_string(), crate::mock::MOCK_MODEL.to_string()]
         );
         let mut overrides = BTreeMap::new();

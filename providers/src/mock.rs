@@ -37,6 +37,24 @@ use crate::{
 /// The mock's own model name.
 pub const MOCK_MODEL: &str = "mock-image-1";
 
+/// The mock's catalog entry: everything the newest OpenAI model takes, plus a seed, any size
+/// within reason, and variations, so every tool path can be tried offline.
+pub fn catalog_entries() -> Vec<(&'static str, ModelCapabilities)> {
+    let mut caps = Catalog::builtin_entry("gpt-image-2.6-flare");
+    caps.params.push(crate::Param::Seed);
+    caps.custom_sizes = Some(crate::SizeRule {
+        multiple_of: 1,
+        min_side: 16,
+        max_side: 4096,
+        max_ratio: 8.0,
+        min_pixels: 256,
+        max_pixels: 16_777_216,
+    });
+    caps.variations = true;
+    caps.note = Some("offline procedural images for tests and demos".into());
+    vec![(MOCK_MODEL, caps)]
+}
+
 /// What people are told when the mock served a call because no real provider is configured.
 pub const STAND_IN_NOTICE: &str =
     "made offline by the mock provider; set OPENAI_API_KEY to use OpenAI";
@@ -167,7 +185,7 @@ impl Default for MockSettings {
             latency: Duration::ZERO,
             fail_rate: 0.0,
             fail_with: ErrorKind::UpstreamUnavailable,
-            catalog: Arc::new(Catalog::builtin()),
+            catalog: Arc::new(Catalog::for_kind(catalog_entries())),
             fail_sequence: Vec::new(),
         }
     }
@@ -987,7 +1005,10 @@ mod tests {
 
     /// The mock behind the catalog checks every caller puts in front of it.
     fn checked() -> Checked {
-        Checked::new(Arc::new(provider()), Arc::new(Catalog::builtin()))
+        Checked::new(
+            Arc::new(provider()),
+            Arc::new(Catalog::for_kind(catalog_entries())),
+        )
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 use std::{
     collections::BTreeMap,
     path::{Component, Path, PathBuf},
+    sync::Arc,
 };
 
 use figment::{
@@ -11,7 +12,7 @@ use figment::{
 };
 use imagegen_providers::{
     build::{CommonConfig, KindConfig, TableReader},
-    Catalog,
+    Catalog, ModelOverride,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
@@ -124,6 +125,7 @@ pub struct LoadedConfig {
     pub(super) sources: BTreeMap<Vec<String>, String>,
     pub(super) keys: BTreeMap<String, Vec<ResolvedKey>>,
     catalog: Catalog,
+    catalogs: BTreeMap<String, Arc<Catalog>>,
     notices: Vec<String>,
     shadowed: Vec<String>,
     inputs: Vec<Input>,
@@ -197,7 +199,7 @@ impl LoadedConfig {
         layers.extend(cli_layers(cli)?);
         let merged = Merged::new(layers);
 
-        let mut config = merged.extract()?;
+        let mut config = merged.extract(&mut notices)?;
         let ctx = Resolve {
             merged: &merged,
             file_dir: file.as_deref().and_then(Path::parent),
@@ -231,7 +233,7 @@ impl LoadedConfig {
         notices.extend(shadowed.iter().cloned());
         let default_source = resolve_default(&mut config, &merged, &env)?;
         validate(&config, &merged)?;
-        let catalog = build_catalog(&config, &merged)?;
+        let (catalog, catalogs) = build_catalogs(&config, &merged)?;
         notices.extend(advice(&config, &keys, &default_source));
 
         let mut sources = BTreeMap::new();
@@ -255,6 +257,7 @@ impl LoadedConfig {
             sources,
             keys,
             catalog,
+            catalogs,
             notices,
             shadowed,
             inputs,
@@ -297,6 +300,12 @@ impl LoadedConfig {
     /// The built-in model catalog with the `[models]` entries applied.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// The catalog of enabled provider `name`: its kind's entries with `[models]` and its own
+    /// `models` entries applied.
+    pub fn provider_catalog(&self, name: &str) -> Option<&Arc<Catalog>> {
+        self.catalogs.get(name)
     }
 
     /// The provider used when a call names none (always an enabled provider).
@@ -439,7 +448,7 @@ impl Merged {
     ///
     /// Provider tables are read one by one, because serde buffers internally tagged enums
     /// (`kind = ...`) and so loses the key path of any error inside them.
-    fn extract(&self) -> Result<Config, ConfigError> {
+    fn extract(&self, notices: &mut Vec<String>) -> Result<Config, ConfigError> {
         let mut top = self.root.as_dict().cloned().unwrap_or_default();
         let providers = top.remove("providers");
         let mut config: Config = Value::from(top)
@@ -455,16 +464,40 @@ impl Merged {
             for (name, table) in providers {
                 config
                     .providers
-                    .insert(name.clone(), self.provider(name, table)?);
+                    .insert(name.clone(), self.provider(name, table, notices)?);
             }
         }
         Ok(config)
     }
 
-    fn provider(&self, name: &str, table: &Value) -> Result<ProviderConfig, ConfigError> {
+    fn provider(
+        &self,
+        name: &str,
+        table: &Value,
+        notices: &mut Vec<String>,
+    ) -> Result<ProviderConfig, ConfigError> {
         let path = ["providers", name];
         let Some(dict) = table.as_dict() else {
             return Err(self.err(&path, "must be a table"));
+        };
+        // `models` used to be the list of models to offer; it now holds catalog entries, as
+        // `[models]` does. A list is still read as the list, with a warning.
+        let renamed;
+        let (table, dict) = match dict.get("models") {
+            Some(list @ Value::Array(..)) => {
+                notices.push(format!(
+                    "providers.{name}.models = [...] ({}) is the old spelling of `offered_models`; \
+                     read as that, but rename it: `models` now holds this provider's catalog \
+                     entries, as [providers.{name}.models.\"NAME\"] tables",
+                    self.source_at(&["providers", name, "models"])
+                ));
+                let mut dict = dict.clone();
+                dict.remove("models");
+                dict.insert("offered_models".into(), list.clone());
+                renamed = Value::from(dict);
+                (&renamed, renamed.as_dict().expect("built as a table"))
+            }
+            _ => (table, dict),
         };
         let kinds = KindConfig::KINDS.join(", ");
         let kind = match dict.get("kind") {
@@ -1152,20 +1185,48 @@ fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// The built-in catalog with `[models]` applied one entry at a time, to name the failing one.
-fn build_catalog(config: &Config, merged: &Merged) -> Result<Catalog, ConfigError> {
-    let mut catalog = Catalog::builtin();
-    for (name, entry) in &config.models {
+/// The built-in catalog with `[models]` applied, and each provider's: its kind's view with
+/// `[models]` and then `[providers.NAME.models]` applied. Entries go one at a time, to name
+/// the failing one.
+fn build_catalogs(
+    config: &Config,
+    merged: &Merged,
+) -> Result<(Catalog, BTreeMap<String, Arc<Catalog>>), ConfigError> {
+    let mut shared = Catalog::builtin();
+    apply_models(&mut shared, &config.models, &[], merged)?;
+    let mut per_provider = BTreeMap::new();
+    for (name, provider) in config.providers.iter().filter(|(_, p)| p.enabled()) {
+        let mut catalog = provider.kind.catalog();
+        apply_models(&mut catalog, &config.models, &[], merged)?;
+        apply_models(
+            &mut catalog,
+            &provider.common.models,
+            &["providers", name],
+            merged,
+        )?;
+        per_provider.insert(name.clone(), Arc::new(catalog));
+    }
+    Ok((shared, per_provider))
+}
+
+/// Applies the `models` entries found under the table at `under` to `catalog`.
+fn apply_models(
+    catalog: &mut Catalog,
+    models: &BTreeMap<String, ModelOverride>,
+    under: &[&str],
+    merged: &Merged,
+) -> Result<(), ConfigError> {
+    for (name, entry) in models {
         catalog
             .extend(std::iter::once((name, entry)))
             .map_err(|msg| {
-                ConfigError::new(format!(
-                    "{msg} (from {})",
-                    merged.source_at(&["models", name])
-                ))
+                let mut path = under.to_vec();
+                path.extend(["models", name.as_str()]);
+                let prefix: String = under.iter().map(|p| format!("{p}.")).collect();
+                ConfigError::new(format!("{prefix}{msg} (from {})", merged.source_at(&path)))
             })?;
     }
-    Ok(catalog)
+    Ok(())
 }
 
 /// Start-up notices derived from the final configuration.

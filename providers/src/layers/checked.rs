@@ -105,7 +105,7 @@ mod tests {
     fn checked() -> Checked {
         Checked::new(
             Arc::new(MockProvider::new(MockSettings::default())),
-            Arc::new(Catalog::builtin()),
+            Arc::new(Catalog::for_kind(crate::mock::catalog_entries())),
         )
     }
 

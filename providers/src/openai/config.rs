@@ -93,7 +93,7 @@ impl Config {
         s.organization = self.organization.clone();
         s.project = self.project.clone();
         s.model = common.model.clone().unwrap_or_else(|| DEFAULT_MODEL.into());
-        if let Some(models) = &common.models {
+        if let Some(models) = &common.offered_models {
             s.models = models.clone();
         }
         s.timeout = http.timeout();
