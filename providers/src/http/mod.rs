@@ -11,6 +11,7 @@
 //!   a provider hands it one attempt and writes no loop of its own.
 //! - [`poll`]: waiting on submit-then-poll APIs.
 //! - [`sse`]: server-sent events.
+//! - [`token`]: short-lived bearer tokens from a file or a command, refreshed before they expire.
 
 pub mod body;
 pub mod download;
@@ -19,6 +20,7 @@ pub mod executor;
 pub mod poll;
 pub mod retry;
 pub mod sse;
+pub mod token;
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
@@ -34,6 +36,7 @@ pub use error::{describe_bytes, describe_wait, redacted, transport_error};
 pub use executor::{Attempt, Executor, Sent};
 pub use poll::{PollStatus, Poller};
 pub use retry::{GiveUp, RetryPolicy};
+pub use token::{TokenSource, Tokens};
 
 /// The `User-Agent` every request of this crate sends.
 pub const USER_AGENT: &str = concat!("imagegen-mcp/", env!("CARGO_PKG_VERSION"));
