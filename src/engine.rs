@@ -11,6 +11,7 @@ use std::{
 use imagegen_providers::{
     build::{BuildContext, CommonConfig},
     keys::KeyPool,
+    layers::{Limit, Limited},
     validate::{self, Operation},
     Catalog, Date, EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult, GeneratedImage,
     ImageFormat, ImageOptions, ImageProvider, ImageProviderExt, InputImage, ModelState, Param,
@@ -20,7 +21,6 @@ use schemars::JsonSchema;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -162,7 +162,7 @@ pub struct ProviderEntry {
     /// What the pool was built from.
     pool_inputs: PoolInputs,
     /// The provider's own bound on calls in flight.
-    slots: Option<Slots>,
+    slots: Option<Limit>,
     /// The catalog as this provider sees it: its kind's entries and its own overrides.
     pub catalog: Arc<Catalog>,
 }
@@ -196,39 +196,6 @@ impl ProviderEntry {
 /// and the per-key request budget. Equal inputs keep the running pool across a reload.
 type PoolInputs = ([u8; 32], u64, Option<u32>);
 
-/// A bound on calls in flight: a semaphore and the limit it was made with.
-///
-/// Reloads keep the semaphore while the limit stays the same, so calls started before a
-/// reload still count against the limit after it.
-#[derive(Debug, Clone)]
-pub struct Slots {
-    semaphore: Arc<Semaphore>,
-    limit: usize,
-}
-
-impl Slots {
-    /// `previous` when it has the same limit, else a fresh bound of `limit`.
-    fn keep_or_new(previous: Option<&Slots>, limit: usize) -> Self {
-        match previous {
-            Some(p) if p.limit == limit => p.clone(),
-            _ => Self {
-                semaphore: Arc::new(Semaphore::new(limit)),
-                limit,
-            },
-        }
-    }
-
-    /// Calls holding a slot now.
-    pub fn in_flight(&self) -> usize {
-        self.limit - self.semaphore.available_permits()
-    }
-
-    /// The most calls that may hold a slot at once.
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-}
-
 /// What a call carries besides its parameters: where its progress goes and what cancels it.
 #[derive(Debug, Clone, Default)]
 pub struct CallContext {
@@ -249,7 +216,7 @@ pub struct Engine {
     output: OutputConfig,
     store: ImageStore,
     /// `[limits] max_in_flight`: upstream calls in flight across all providers.
-    slots: Slots,
+    slots: Limit,
     inputs: InputPolicy,
     max_batch_items: usize,
     on_shutdown: OnShutdown,
@@ -311,6 +278,7 @@ fn build_provider(
     loaded: &LoadedConfig,
     previous: Option<&Engine>,
     clients: &ClientCache,
+    server_slots: &Limit,
 ) -> anyhow::Result<ProviderEntry> {
     let catalog = loaded
         .provider_catalog(name)
@@ -323,7 +291,7 @@ fn build_provider(
     let slots = cfg
         .common
         .max_in_flight
-        .map(|limit| Slots::keep_or_new(previous_slots, limit));
+        .map(|limit| Limit::keep_or_new(previous_slots, limit, "the provider's"));
     let (pool, pool_inputs) = key_pool(name, loaded, &cfg.common, previous);
     let provider = cfg
         .build(BuildContext {
@@ -332,6 +300,13 @@ fn build_provider(
             clients,
         })
         .map_err(|e| anyhow::anyhow!("providers.{name}: {e}"))?;
+    // The provider's bound first: see `Limited`.
+    let limits = slots
+        .iter()
+        .cloned()
+        .chain([server_slots.clone()])
+        .collect();
+    let provider = Arc::new(Limited::new(provider, limits));
     Ok(ProviderEntry {
         aliases: BTreeMap::new(),
         svg_model: cfg.svg_model().map(String::from),
@@ -359,9 +334,14 @@ impl Engine {
     ) -> anyhow::Result<Self> {
         let config = &loaded.config;
         let catalog = Arc::new(loaded.catalog().clone());
+        let slots = Limit::keep_or_new(
+            previous.map(|e| &e.slots),
+            config.limits.max_in_flight,
+            "the server's",
+        );
         let mut providers = BTreeMap::new();
         for (name, cfg) in config.providers.iter().filter(|(_, c)| c.enabled()) {
-            let mut entry = build_provider(name, cfg, loaded, previous, clients)?;
+            let mut entry = build_provider(name, cfg, loaded, previous, clients, &slots)?;
             entry.aliases = lifecycle::aliases(entry.provider.as_ref(), &cfg.common.aliases);
             providers.insert(name.clone(), entry);
         }
@@ -385,7 +365,7 @@ impl Engine {
             catalog,
             output: config.output.clone(),
             store,
-            slots: Slots::keep_or_new(previous.map(|e| &e.slots), config.limits.max_in_flight),
+            slots,
             on_shutdown: config.catalog.on_shutdown,
             default_is_fallback: loaded.default_provider_is_fallback(),
             watch: previous.map_or_else(SharedWatch::default, |e| e.watch.clone()),
@@ -694,40 +674,6 @@ impl Engine {
         (self.slots.in_flight(), self.slots.limit())
     }
 
-    /// Waits for a slot under the global limit and the provider's own, reporting the wait.
-    async fn acquire_slots(
-        &self,
-        entry: &ProviderEntry,
-        progress: &Progress,
-    ) -> Vec<OwnedSemaphorePermit> {
-        let mut permits = Vec::with_capacity(2);
-        // The provider's bound first: a call queued for a busy provider holds no global slot
-        // that a call to an idle provider could use.
-        for (slots, whose) in [
-            (entry.slots.as_ref(), "the provider's"),
-            (Some(&self.slots), "the server's"),
-        ] {
-            let Some(slots) = slots else { continue };
-            let semaphore = slots.semaphore.clone();
-            let permit = match semaphore.clone().try_acquire_owned() {
-                Ok(permit) => permit,
-                Err(_) => {
-                    progress.phase(format!(
-                        "waiting for a slot ({whose} limit of {} calls in flight is reached)",
-                        slots.limit
-                    ));
-                    match semaphore.acquire_owned().await {
-                        Ok(permit) => permit,
-                        // Semaphores here are never closed.
-                        Err(_) => continue,
-                    }
-                }
-            };
-            permits.push(permit);
-        }
-        permits
-    }
-
     /// Generates and saves images; every failure is a structured [`ToolError`].
     ///
     /// Cancelling `call.cancel` ends the call at once with a `cancelled` error: the upstream
@@ -920,7 +866,6 @@ impl Engine {
         Fut: std::future::Future<Output = Result<GenerateResult, ProviderError>>,
     {
         let progress = &call.progress;
-        let entry = self.entry(name)?;
         let fail = |e| ToolError::from_provider(e, Some(name), Some(model));
         let cancelled = || {
             fail(ProviderError::new(
@@ -935,7 +880,6 @@ impl Engine {
             || std::mem::take(&mut *partials.lock().unwrap_or_else(|e| e.into_inner()));
 
         let work = async {
-            let _permits = self.acquire_slots(entry, progress).await;
             let (events, received) = Events::channel();
             // `events` moves into the call and drops with it, which ends the forwarding.
             let forward = forward_events(received, progress, &self.store, prompt, &partials);
@@ -1102,6 +1046,9 @@ async fn forward_events(
 ) {
     while let Some(event) = received.recv().await {
         match event {
+            ProviderEvent::Queued { reason } => {
+                progress.phase(format!("waiting for a slot ({reason})"))
+            }
             ProviderEvent::Requesting { attempt: 1 } => progress.phase("requesting"),
             ProviderEvent::Requesting { attempt } => {
                 progress.phase(format!("requesting (attempt {attempt})"))

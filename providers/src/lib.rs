@@ -226,6 +226,11 @@ impl UpstreamModel {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum ProviderEvent {
+    /// The call waits for a slot under a limit on calls in flight.
+    Queued {
+        /// Which limit is reached, for people.
+        reason: String,
+    },
     /// Attempt number `attempt` (1-based) is being sent.
     Requesting {
         /// Which attempt.
