@@ -13,8 +13,8 @@ use imagegen_providers::{
     keys::KeyPool,
     layers::{Limit, Limited},
     validate::{self, Operation},
-    Catalog, Date, EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult, GeneratedImage,
-    ImageFormat, ImageOptions, ImageProvider, ImageProviderExt, InputImage, ModelState, Param,
+    CallOptions, Catalog, Date, EditRequest, ErrorKind, Events, GenerateRequest, GenerateResult,
+    GeneratedImage, ImageFormat, ImageOptions, ImageProvider, InputImage, ModelState, Param,
     ProviderError, ProviderEvent, SvgOptions, VariationRequest,
 };
 use schemars::JsonSchema;
@@ -195,6 +195,9 @@ impl ProviderEntry {
 /// What a key pool is built from: a hash of its keys and their sources, the recheck interval
 /// and the per-key request budget. Equal inputs keep the running pool across a reload.
 type PoolInputs = ([u8; 32], u64, Option<u32>);
+
+/// How long a cancelled call's provider may take to stop its upstream job before it is dropped.
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
 /// What a call carries besides its parameters: where its progress goes and what cancels it.
 #[derive(Debug, Clone, Default)]
@@ -689,10 +692,10 @@ impl Engine {
         let entry = self.entry(&prepared.provider_name)?;
         let provider = prepared.provider.clone();
         let (request, fallback) = (&prepared.request, prepared.fallback.as_ref());
-        let upstream = |events: Events| async move {
-            match provider.generate_with_events(request, &events).await {
+        let upstream = |options: CallOptions| async move {
+            match provider.generate_opts(request, &options).await {
                 Err(e) if e.model_unavailable => match fallback {
-                    Some(f) => provider.generate_with_events(&f.request, &events).await,
+                    Some(f) => provider.generate_opts(&f.request, &options).await,
                     None => Err(self.model_missing(e, entry, &request.model)),
                 },
                 other => other,
@@ -744,10 +747,10 @@ impl Engine {
             .as_ref()
             .and_then(|f| edit_of(&f.request).ok());
         let (request, fallback) = (&request, fallback.as_ref());
-        let upstream = |events: Events| async move {
-            match provider.edit_with_events(request, &events).await {
+        let upstream = |options: CallOptions| async move {
+            match provider.edit_opts(request, &options).await {
                 Err(e) if e.model_unavailable => match fallback {
-                    Some(f) => provider.edit_with_events(f, &events).await,
+                    Some(f) => provider.edit_opts(f, &options).await,
                     None => Err(self.model_missing(e, entry, &request.model)),
                 },
                 other => other,
@@ -814,8 +817,8 @@ impl Engine {
         }
         validate::check_variation_image(&request).map_err(fail)?;
         let request = &request;
-        let upstream = |_events: Events| async move {
-            match provider.variation(request).await {
+        let upstream = |options: CallOptions| async move {
+            match provider.variation_opts(request, &options).await {
                 Err(e) if e.model_unavailable => Err(self.model_missing(e, entry, &request.model)),
                 other => other,
             }
@@ -862,7 +865,7 @@ impl Engine {
         upstream: F,
     ) -> Result<Generation, ToolError>
     where
-        F: FnOnce(Events) -> Fut,
+        F: FnOnce(CallOptions) -> Fut,
         Fut: std::future::Future<Output = Result<GenerateResult, ProviderError>>,
     {
         let progress = &call.progress;
@@ -881,13 +884,22 @@ impl Engine {
 
         let work = async {
             let (events, received) = Events::channel();
+            let options = CallOptions::new()
+                .with_events(events)
+                .with_cancel(call.cancel.child_token());
             // `events` moves into the call and drops with it, which ends the forwarding.
             let forward = forward_events(received, progress, &self.store, prompt, &partials);
-            tokio::join!(upstream(events), forward).0
+            tokio::join!(upstream(options), forward).0
         };
+        tokio::pin!(work);
         let result = tokio::select! {
-            result = work => result.map_err(fail),
-            () = call.cancel.cancelled() => Err(cancelled()),
+            result = &mut work => result.map_err(fail),
+            () = call.cancel.cancelled() => {
+                // The provider sees the cancellation too: a moment to tell its upstream to
+                // stop the job (queue APIs bill for jobs left running), then it is dropped.
+                let _ = tokio::time::timeout(CANCEL_GRACE, &mut work).await;
+                Err(cancelled())
+            }
         };
         if result.is_err() || call.cancel.is_cancelled() {
             // A failed or cancelled call leaves nothing behind: its partial images may show a
