@@ -33,9 +33,12 @@ pub struct BatchParams {
     /// With `prompt`: how many images to make.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
-    /// Shared: which configured provider to use.
+    /// Shared: which configured provider or route to use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// Shared: providers to move to when the first fails, as for `generate_image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Vec<String>>,
     /// Shared: model name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
@@ -125,6 +128,7 @@ fn with_shared(item: GenerateParams, shared: &BatchParams) -> GenerateParams {
     GenerateParams {
         prompt: item.prompt,
         provider: item.provider.or_else(|| shared.provider.clone()),
+        fallback: item.fallback.or_else(|| shared.fallback.clone()),
         model: item.model.or_else(|| shared.model.clone()),
         options,
         delivery: None,

@@ -15,6 +15,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 use imagegen_providers::{ImageOptions, ModelOverride};
 use serde::{Deserialize, Serialize};
 
+pub use crate::routing::RouteConfig;
 pub use error::ConfigError;
 /// One `[providers.NAME]` table: the common settings and those of its `kind`.
 pub use imagegen_providers::build::ProviderConfig;
@@ -74,6 +75,8 @@ pub struct Config {
     pub batch: BatchConfig,
     /// What happens to calls for models their vendor shut down, and the upstream model check.
     pub catalog: CatalogConfig,
+    /// Named lists of providers tried in order (`provider = "NAME"` in calls and config).
+    pub routes: BTreeMap<String, RouteConfig>,
 }
 
 /// `[catalog]`: model lifecycles at call time.

@@ -20,6 +20,7 @@ use resvg::{tiny_skia, usvg};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::routing::RouteStep;
 use crate::{config::Delivery, engine::Generation, error::ToolError, storage::StoredImage};
 
 /// The structured result of `generate_image` and of `generate --json`.
@@ -59,6 +60,9 @@ pub struct GenerateOutput {
     /// size, an alias resolved, so that no mapping is silent.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub sent: serde_json::Map<String, serde_json::Value>,
+    /// For a call that moved between providers: each provider asked or skipped, in order, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub route: Vec<RouteStep>,
 }
 
 impl GenerateOutput {
@@ -76,6 +80,7 @@ impl GenerateOutput {
             request_id: g.request_id.clone(),
             partial_images: g.partials.clone(),
             sent: g.sent.clone(),
+            route: g.route.clone(),
         }
     }
 
@@ -93,6 +98,7 @@ impl GenerateOutput {
             usage: None,
             partial_images: Vec::new(),
             sent: serde_json::Map::new(),
+            route: Vec::new(),
         }
     }
 }

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use crate::routing::{falls_over, RouteConfig, RouteStep, SharedHealth};
 use crate::{
     config::{Defaults, Delivery, LoadedConfig, OnShutdown, OutputConfig, ProviderConfig},
     error::ToolError,
@@ -38,9 +39,14 @@ pub struct GenerateParams {
     /// What to draw: a full description of the image (each model's longest prompt is in
     /// `list_providers`).
     pub prompt: String,
-    /// Which configured provider to use (see `list_providers`); default: the configured default.
+    /// Which configured provider or route to use (see `list_providers`); default: the
+    /// configured default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// Providers to move to, in order, when the first is down, rate limited or out of quota
+    /// (default: the provider's configured `fallback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Vec<String>>,
     /// A model the provider offers, or an alias such as `fast` or `best`; default: the
     /// provider's model. See `list_providers`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -72,9 +78,12 @@ pub struct EditParams {
     /// (circles, arrows, notes); the prompt says what each mark means. Same forms as `images`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub markup: Option<String>,
-    /// Which configured provider to use; default: the configured default.
+    /// Which configured provider or route to use; default: the configured default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// Providers to move to, in order, when the first fails, as for `generate_image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Vec<String>>,
     /// Model name or alias; default: the provider's model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
@@ -92,6 +101,7 @@ impl EditParams {
         GenerateParams {
             prompt: self.prompt.clone(),
             provider: self.provider.clone(),
+            fallback: self.fallback.clone(),
             model: self.model.clone(),
             options: self.options.clone(),
             delivery: self.delivery,
@@ -144,6 +154,8 @@ pub struct Generation {
     pub notes: Vec<String>,
     /// The parameters as they went upstream, prompt and images aside.
     pub sent: serde_json::Map<String, serde_json::Value>,
+    /// Each provider a routed call went to or skipped, in order (empty for one provider).
+    pub route: Vec<RouteStep>,
 }
 
 /// One configured provider with its effective defaults.
@@ -165,9 +177,28 @@ pub struct ProviderEntry {
     slots: Option<Limit>,
     /// The catalog as this provider sees it: its kind's entries and its own overrides.
     pub catalog: Arc<Catalog>,
+    /// The providers its calls move to when it fails, in order.
+    pub fallback: Vec<String>,
+    /// Whether a content-policy refusal moves its calls on too.
+    pub fallback_on_policy: bool,
 }
 
 impl ProviderEntry {
+    /// Whether a call naming `model` can go here: an alias of this provider, or a model its
+    /// catalog knows.
+    pub fn serves(&self, model: &str) -> bool {
+        self.aliases.contains_key(model)
+            || self.offered_models().iter().any(|m| m == model)
+            || self.catalog.get(model).known
+    }
+
+    /// Why no call can go out now, when every key of the pool is cooling down or disabled.
+    pub fn keys_resting(&self) -> Option<String> {
+        let status = self.keys.as_ref()?.status();
+        (!status.is_empty() && status.iter().all(|k| k.state != "active"))
+            .then(|| "every API key is cooling down or disabled".to_string())
+    }
+
     /// `model` with this provider's aliases resolved.
     pub fn resolve_alias(&self, model: &str) -> String {
         self.aliases
@@ -227,6 +258,10 @@ pub struct Engine {
     watch: SharedWatch,
     /// Whether `default_provider` was picked for want of a choice.
     default_is_fallback: bool,
+    /// `[routes]`.
+    routes: BTreeMap<String, RouteConfig>,
+    /// What recent calls say about each provider, shared by every engine of this process.
+    health: SharedHealth,
 }
 
 fn overlay(base: &Defaults, top: &Defaults) -> Defaults {
@@ -319,6 +354,8 @@ fn build_provider(
         pool_inputs,
         slots,
         catalog,
+        fallback: cfg.common.fallback.clone(),
+        fallback_on_policy: cfg.common.fallback_on_policy,
     })
 }
 
@@ -350,8 +387,9 @@ impl Engine {
         }
         let default_provider = loaded.default_provider().to_string();
         anyhow::ensure!(
-            providers.contains_key(&default_provider),
-            "default_provider `{default_provider}` is not an enabled provider"
+            providers.contains_key(&default_provider)
+                || config.routes.contains_key(&default_provider),
+            "default_provider `{default_provider}` is not an enabled provider or a route"
         );
         let store = ImageStore::new(loaded.output_dir());
         const MB: u64 = 1_000_000;
@@ -372,6 +410,8 @@ impl Engine {
             on_shutdown: config.catalog.on_shutdown,
             default_is_fallback: loaded.default_provider_is_fallback(),
             watch: previous.map_or_else(SharedWatch::default, |e| e.watch.clone()),
+            routes: config.routes.clone(),
+            health: previous.map_or_else(SharedHealth::default, |e| e.health.clone()),
         })
     }
 
@@ -688,7 +728,17 @@ impl Engine {
         call: &CallContext,
     ) -> Result<Generation, ToolError> {
         call.progress.phase("validating");
-        let prepared = self.prepare(params)?;
+        let plan = self.plan(params.provider.as_deref(), params.fallback.as_deref())?;
+        self.routed(&plan, RoutedCall::Generate(params), call).await
+    }
+
+    /// Runs a prepared generation on its provider and saves the results.
+    async fn generate_prepared(
+        &self,
+        prepared: Prepared,
+        params: &GenerateParams,
+        call: &CallContext,
+    ) -> Result<Generation, ToolError> {
         let entry = self.entry(&prepared.provider_name)?;
         let provider = prepared.provider.clone();
         let (request, fallback) = (&prepared.request, prepared.fallback.as_ref());
@@ -721,8 +771,47 @@ impl Engine {
         call: &CallContext,
     ) -> Result<Generation, ToolError> {
         call.progress.phase("validating");
-        let prepared = self.prepare_for(&params.as_generate(), Operation::Edit)?;
-        let entry = self.entry(&prepared.provider_name)?;
+        let plan = self.plan(params.provider.as_deref(), params.fallback.as_deref())?;
+        self.routed(&plan, RoutedCall::Edit(params, &inputs), call)
+            .await
+    }
+
+    /// One provider's attempt at `op`.
+    async fn attempt(
+        &self,
+        op: &RoutedCall<'_>,
+        name: &str,
+        call: &CallContext,
+    ) -> Result<Generation, Attempted> {
+        match op {
+            RoutedCall::Generate(params) => {
+                let mut params = (*params).clone();
+                params.provider = Some(name.to_string());
+                let prepared = self.prepare(&params).map_err(Attempted::Refused)?;
+                self.generate_prepared(prepared, &params, call)
+                    .await
+                    .map_err(Attempted::Failed)
+            }
+            RoutedCall::Edit(params, inputs) => {
+                let mut params = (*params).clone();
+                params.provider = Some(name.to_string());
+                self.edit_on(&params, inputs, call).await
+            }
+        }
+    }
+
+    /// Edits on the provider `params` names, telling refusals before any call from failures.
+    async fn edit_on(
+        &self,
+        params: &EditParams,
+        inputs: &EditInputs,
+        call: &CallContext,
+    ) -> Result<Generation, Attempted> {
+        let refused = Attempted::Refused;
+        let prepared = self
+            .prepare_for(&params.as_generate(), Operation::Edit)
+            .map_err(refused)?;
+        let entry = self.entry(&prepared.provider_name).map_err(refused)?;
         let provider = prepared.provider.clone();
         let name = prepared.provider_name.as_str();
         let edit_of = |generate: &GenerateRequest| {
@@ -741,7 +830,7 @@ impl Engine {
         };
         let model = prepared.request.model.clone();
         let request = edit_of(&prepared.request)
-            .map_err(|e| ToolError::from_provider(e, Some(name), Some(&model)))?;
+            .map_err(|e| refused(ToolError::from_provider(e, Some(name), Some(&model))))?;
         let fallback = prepared
             .fallback
             .as_ref()
@@ -758,8 +847,153 @@ impl Engine {
         };
         let generation = self
             .run(name, &model, &params.prompt, call, upstream)
-            .await?;
+            .await
+            .map_err(Attempted::Failed)?;
         Ok(prepared.finish(generation))
+    }
+
+    /// The providers a call for `named` (a provider, a route, or the default) goes to, in
+    /// order: a route's list, or the provider then its fallbacks (the call's `fallback` when
+    /// given, else the provider's configured one). Disabled providers are left out.
+    fn plan(&self, named: Option<&str>, fallback: Option<&[String]>) -> Result<Plan, ToolError> {
+        let name = named.unwrap_or(&self.default_provider);
+        let (mut listed, on_policy) = match self.routes.get(name) {
+            Some(route) => (route.providers.clone(), route.fallback_on_policy),
+            None => {
+                let entry = self.entry(name)?;
+                let mut listed = vec![name.to_string()];
+                listed.extend_from_slice(fallback.unwrap_or(&entry.fallback));
+                (listed, entry.fallback_on_policy)
+            }
+        };
+        if self.routes.contains_key(name) {
+            listed.extend_from_slice(fallback.unwrap_or_default());
+        }
+        for extra in fallback.unwrap_or_default() {
+            if !self.providers.contains_key(extra) {
+                return Err(ToolError::invalid_param(
+                    "fallback",
+                    format!(
+                        "unknown provider `{extra}`; configured: {}",
+                        self.provider_names()
+                    ),
+                ));
+            }
+        }
+        let mut providers: Vec<String> = Vec::with_capacity(listed.len());
+        for p in listed {
+            if self.providers.contains_key(&p) && !providers.contains(&p) {
+                providers.push(p);
+            }
+        }
+        if providers.is_empty() {
+            return Err(ToolError::invalid_param(
+                "provider",
+                format!("route `{name}` has no enabled provider"),
+            ));
+        }
+        Ok(Plan {
+            providers,
+            on_policy,
+        })
+    }
+
+    /// Runs `attempt` on each provider of `plan` in turn until one serves the call or fails
+    /// in a way that would fail anywhere (see [`falls_over`]).
+    ///
+    /// A concrete model name pins the fallbacks to providers that know it; an alias lets
+    /// each serve its own. A provider whose circuit is open or whose keys all rest is skipped
+    /// unless none is left after it. The result lists every provider asked or skipped.
+    async fn routed(
+        &self,
+        plan: &Plan,
+        op: RoutedCall<'_>,
+        call: &CallContext,
+    ) -> Result<Generation, ToolError> {
+        let model = match &op {
+            RoutedCall::Generate(p) => p.model.as_deref(),
+            RoutedCall::Edit(p, _) => p.model.as_deref(),
+        };
+        let mut steps: Vec<RouteStep> = Vec::new();
+        let mut last_error: Option<ToolError> = None;
+        let count = plan.providers.len();
+        for (i, name) in plan.providers.iter().enumerate() {
+            let entry = &self.providers[name];
+            let is_last = i + 1 == count;
+            if i > 0 {
+                if let Some(model) = model.filter(|m| !entry.serves(m)) {
+                    steps.push(RouteStep::skipped(
+                        name,
+                        format!("it does not serve `{model}`"),
+                    ));
+                    continue;
+                }
+            }
+            if !is_last {
+                let resting = entry.keys_resting();
+                if let Some(why) = resting.or_else(|| self.health.skip_reason(name)) {
+                    steps.push(RouteStep::skipped(name, why));
+                    continue;
+                }
+            }
+            if i > 0 {
+                call.progress.phase(format!("trying provider `{name}`"));
+            }
+            match self.attempt(&op, name, call).await {
+                Ok(mut generation) => {
+                    self.health.record(name, Ok(()));
+                    if !steps.is_empty() {
+                        generation
+                            .notes
+                            .extend(steps.iter().filter_map(RouteStep::note));
+                        steps.push(RouteStep::served(name));
+                        generation.route = steps;
+                    }
+                    return Ok(generation);
+                }
+                // What the first provider refuses is refused: the call asked it for that.
+                Err(Attempted::Refused(e)) if i == 0 => return Err(e),
+                Err(Attempted::Refused(e)) => {
+                    steps.push(RouteStep::skipped(
+                        name,
+                        format!("it cannot do what was asked ({})", e.message),
+                    ));
+                }
+                Err(Attempted::Failed(e)) => {
+                    self.health.record(name, Err(&e));
+                    if is_last || !falls_over(&e, plan.on_policy) {
+                        return Err(with_route(e, &steps));
+                    }
+                    tracing::warn!(provider = ?name, kind = e.kind.as_str(), "provider failed; moving to the next");
+                    steps.push(RouteStep::failed(name, &e));
+                    last_error = Some(e);
+                }
+            }
+        }
+        let mut error = last_error.unwrap_or_else(|| {
+            ToolError::invalid_param("provider", "no provider of the route could take the call")
+        });
+        error.message = format!("no provider could serve the call; last: {}", error.message);
+        Err(with_route(error, &steps))
+    }
+
+    /// The configured provider names, for messages.
+    fn provider_names(&self) -> String {
+        self.providers
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// What recent calls say about provider `name`.
+    pub fn health(&self, name: &str) -> crate::routing::HealthStatus {
+        self.health.status(name)
+    }
+
+    /// The configured routes.
+    pub fn routes(&self) -> &BTreeMap<String, RouteConfig> {
+        &self.routes
     }
 
     /// Makes variations of `image` and saves them; only models whose catalog entry says so.
@@ -770,7 +1004,12 @@ impl Engine {
         call: &CallContext,
     ) -> Result<Generation, ToolError> {
         call.progress.phase("validating");
-        let name = params.provider.as_deref().unwrap_or(&self.default_provider);
+        // Variations are not routed (few models make them): a route's first provider serves.
+        let named = params.provider.as_deref().unwrap_or(&self.default_provider);
+        let name = match self.routes.get(named) {
+            Some(route) => route.providers.first().map_or(named, String::as_str),
+            None => named,
+        };
         let entry = self.entry(name)?;
         let provider = entry.provider.clone();
         let asked = params
@@ -949,8 +1188,39 @@ impl Engine {
             sent: result.sent,
             requested_model: None,
             notes: Vec::new(),
+            route: Vec::new(),
         })
     }
+}
+
+/// The providers one call may go to, in order.
+#[derive(Debug, Clone)]
+struct Plan {
+    providers: Vec<String>,
+    on_policy: bool,
+}
+
+/// A call that may be routed, with what it needs.
+enum RoutedCall<'a> {
+    Generate(&'a GenerateParams),
+    Edit(&'a EditParams, &'a EditInputs),
+}
+
+/// How one provider's attempt at a routed call ended, when it did not serve it.
+enum Attempted {
+    /// Refused before anything was sent: this provider (or its model) cannot do what was asked.
+    Refused(ToolError),
+    /// The provider was called and failed.
+    Failed(ToolError),
+}
+
+/// `error` with what the providers before it did, so a failure after fallbacks says all.
+fn with_route(mut error: ToolError, steps: &[RouteStep]) -> ToolError {
+    let earlier: Vec<String> = steps.iter().filter_map(RouteStep::note).collect();
+    if !earlier.is_empty() {
+        error.message = format!("{} (before it: {})", error.message, earlier.join("; "));
+    }
+    error
 }
 
 /// A checked request and what its result should say, from [`Engine::prepare`].

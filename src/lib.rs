@@ -11,6 +11,7 @@ pub mod inputs;
 pub mod lifecycle;
 pub mod live;
 pub mod progress;
+pub mod routing;
 pub mod server;
 pub mod storage;
 pub mod transport;

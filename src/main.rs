@@ -103,9 +103,13 @@ struct EditArgs {
 /// Options shared by `generate` and `edit`.
 #[derive(Debug, Args)]
 struct CommonArgs {
-    /// Provider name (see `config show`).
+    /// Provider or route name (see `config show`).
     #[arg(long)]
     provider: Option<String>,
+    /// Providers to move to when the first fails, comma-separated (default: the provider's
+    /// configured `fallback`).
+    #[arg(long, value_delimiter = ',')]
+    fallback: Option<Vec<String>>,
     /// Model name or alias.
     #[arg(long)]
     model: Option<String>,
@@ -139,6 +143,7 @@ impl CommonArgs {
         GenerateParams {
             prompt,
             provider: self.provider.clone(),
+            fallback: self.fallback.clone(),
             model: self.model.clone(),
             options,
             delivery: None,
@@ -417,6 +422,7 @@ async fn edit(
         mask: args.mask.as_ref().map(|p| p.display().to_string()),
         markup: args.markup.as_ref().map(|p| p.display().to_string()),
         provider: base.provider,
+        fallback: base.fallback,
         model: base.model,
         options: base.options,
         delivery: None,

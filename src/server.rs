@@ -9,6 +9,8 @@ use std::{
     time::Duration,
 };
 
+use std::collections::BTreeMap;
+
 use base64::Engine as _;
 use imagegen_providers::{GeneratedImage, ModelCapabilities};
 use rmcp::{
@@ -26,6 +28,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
+use crate::routing::{HealthStatus, RouteConfig};
 use crate::{
     args::{input_schema, Args},
     batch::{self, BatchOutput, BatchParams},
@@ -78,6 +81,11 @@ pub struct ProviderStatus {
     pub default: bool,
     /// Its API keys (none for providers without keys).
     pub keys: Vec<KeyInfo>,
+    /// The providers its calls move to when it fails, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<String>,
+    /// What its recent calls say (see `list_providers`).
+    pub health: HealthStatus,
 }
 
 /// The content of `imagegen://status`.
@@ -139,6 +147,8 @@ pub fn status_output(live: &Live) -> StatusOutput {
                 kind: entry.provider.kind().into(),
                 default: name == engine.default_provider(),
                 keys: key_info(&engine, name),
+                fallback: entry.fallback.clone(),
+                health: engine.health(name),
             })
             .collect(),
         model_lifecycle: lifecycle::model_rows(&engine, None)
@@ -179,6 +189,12 @@ pub struct ProviderInfo {
     pub models: Vec<ModelInfo>,
     /// Its API keys as fingerprints, with their source and state (none for providers without keys).
     pub keys: Vec<KeyInfo>,
+    /// The providers its calls move to when it fails, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<String>,
+    /// What its recent calls say: `healthy`, `degraded`, `open` (skipped while another
+    /// provider can serve) or `half_open`.
+    pub health: HealthStatus,
 }
 
 /// The result of `list_providers`.
@@ -188,6 +204,9 @@ pub struct ProvidersOutput {
     pub default_provider: String,
     /// Every configured provider.
     pub providers: Vec<ProviderInfo>,
+    /// Named lists of providers tried in order, usable as `provider`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub routes: BTreeMap<String, RouteConfig>,
     /// The configuration in force and the reload history.
     pub config: ConfigStatus,
 }
@@ -225,12 +244,15 @@ pub fn providers_output(live: &Live) -> ProvidersOutput {
                     })
                     .collect(),
                 keys: key_info(&engine, name),
+                fallback: entry.fallback.clone(),
+                health: engine.health(name),
             }
         })
         .collect();
     ProvidersOutput {
         default_provider: engine.default_provider().into(),
         providers,
+        routes: engine.routes().clone(),
         config: live.status(),
     }
 }

@@ -318,6 +318,12 @@ pub struct CommonConfig {
     /// Requests each key may send per minute; calls beyond it wait for a key (none: no limit).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests_per_minute: Option<u32>,
+    /// Providers a call moves to, in order, when this one is down, rate limited, out of quota
+    /// or refuses its key.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<String>,
+    /// Whether a content-policy refusal here moves the call to the fallback providers too.
+    pub fallback_on_policy: bool,
 }
 
 impl Default for CommonConfig {
@@ -337,6 +343,8 @@ impl Default for CommonConfig {
             api_key_files: Vec::new(),
             key_recheck_s: 600,
             requests_per_minute: None,
+            fallback: Vec::new(),
+            fallback_on_policy: false,
         }
     }
 }
@@ -359,6 +367,8 @@ impl CommonConfig {
         "api_key_files",
         "key_recheck_s",
         "requests_per_minute",
+        "fallback",
+        "fallback_on_policy",
     ];
 
     /// The settings that hold API keys, in the order their keys join the pool.
@@ -479,6 +489,7 @@ mod tests {
             max_in_flight: Some(1),
             api_key_file: Some("f".into()),
             requests_per_minute: Some(1),
+            fallback: vec!["other".into()],
             ..CommonConfig::default()
         };
         // Keys are never serialized; `kind` comes from the enum.

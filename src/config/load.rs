@@ -26,7 +26,7 @@ use super::{
 /// The environment variable prefix of configuration keys.
 const PREFIX: &str = "IMAGEGEN_";
 /// Top-level keys: an `IMAGEGEN_*` variable starting with anything else is not configuration.
-pub(super) const TOP_KEYS: [&str; 11] = [
+pub(super) const TOP_KEYS: [&str; 12] = [
     "default_provider",
     "log_level",
     "output",
@@ -38,6 +38,7 @@ pub(super) const TOP_KEYS: [&str; 11] = [
     "providers",
     "models",
     "catalog",
+    "routes",
 ];
 /// `IMAGEGEN_*` variables that are not configuration and need no notice (`IMAGEGEN_LOG*` too).
 const NON_CONFIG_VARS: [&str; 3] = ["IMAGEGEN_CONFIG", "IMAGEGEN_LOG", "IMAGEGEN_HEARTBEAT_MS"];
@@ -231,6 +232,7 @@ impl LoadedConfig {
             &mut inputs,
         )?;
         notices.extend(shadowed.iter().cloned());
+        check_routes(&config, &merged, &mut notices)?;
         let default_source = resolve_default(&mut config, &merged, &env)?;
         validate(&config, &merged)?;
         let (catalog, catalogs) = build_catalogs(&config, &merged)?;
@@ -988,7 +990,7 @@ fn resolve_default(
         enabled.join(", ")
     };
     if let Some(name) = &config.default_provider {
-        if !enabled.contains(&name.as_str()) {
+        if !enabled.contains(&name.as_str()) && !config.routes.contains_key(name) {
             let what = if config.providers.contains_key(name) {
                 "a disabled provider"
             } else {
@@ -1032,6 +1034,73 @@ fn resolve_default(
     };
     config.default_provider = Some(name);
     Ok(source)
+}
+
+/// Routes and fallback lists name configured providers, and route names are not provider
+/// names (calls and `default_provider` name either, so the two share one namespace). A
+/// disabled provider in a list is left out at call time, with a notice here.
+fn check_routes(
+    config: &Config,
+    merged: &Merged,
+    notices: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    let configured = || {
+        config
+            .providers
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut check_list = |names: &[String], path: &[&str]| -> Result<(), ConfigError> {
+        for name in names {
+            match config.providers.get(name) {
+                None => {
+                    return Err(merged.err(
+                        path,
+                        format!(
+                            "names `{name}`, which is no configured provider; configured: {}",
+                            configured()
+                        ),
+                    ))
+                }
+                Some(p) if !p.enabled() => notices.push(format!(
+                    "{} names the disabled provider `{name}`: calls leave it out",
+                    path.join(".")
+                )),
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    };
+    for (name, route) in &config.routes {
+        if config.providers.contains_key(name) {
+            return Err(merged.err(
+                &["routes", name],
+                format!(
+                    "`{name}` is already a provider's name: calls name a provider or a route \
+                     alike, so rename one of them"
+                ),
+            ));
+        }
+        if route.providers.is_empty() {
+            return Err(merged.err(
+                &["routes", name, "providers"],
+                "is empty: list the providers to try, in order",
+            ));
+        }
+        check_list(&route.providers, &["routes", name, "providers"])?;
+    }
+    for (name, provider) in &config.providers {
+        if provider.common.fallback.contains(name) {
+            return Err(merged.err(
+                &["providers", name, "fallback"],
+                "names the provider itself",
+            ));
+        }
+        check_list(&provider.common.fallback, &["providers", name, "fallback"])?;
+    }
+    Ok(())
 }
 
 fn check_defaults(defaults: &Defaults, path: &[&str], merged: &Merged) -> Result<(), ConfigError> {
