@@ -656,6 +656,10 @@ impl Engine {
                 svg.model.get_or_insert_with(|| writer.clone());
             }
         }
+        notes.extend(imagegen_providers::options::size_as_ratio(
+            &mut request.options,
+            &caps,
+        ));
         check_or_drop(&mut request, &caps, operation, lenient, notes).map_err(fail)?;
 
         let d = &entry.defaults;

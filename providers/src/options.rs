@@ -317,6 +317,60 @@ impl ImageOptions {
     }
 }
 
+/// For a model that takes an aspect ratio but no `size`: `size` (`WxH`) turned into the
+/// `aspect_ratio` in lowest terms and the `resolution` nearest its long side, with a note
+/// saying so; `None` when there is nothing to turn (no size, or the model takes sizes).
+///
+/// The provider then maps the ratio to the nearest one its API takes and reports it in
+/// `sent`: a call failing over from a size-based provider keeps its shape.
+pub fn size_as_ratio(options: &mut ImageOptions, caps: &ModelCapabilities) -> Option<String> {
+    if caps.params.contains(&crate::Param::Size) || !caps.takes(crate::Param::AspectRatio) {
+        return None;
+    }
+    let size = options.size.as_deref()?;
+    let (w, h) = size.split_once(['x', 'X'])?;
+    let (w, h): (u32, u32) = (w.trim().parse().ok()?, h.trim().parse().ok()?);
+    if w == 0 || h == 0 {
+        return None;
+    }
+    let lowest = |w: u32, h: u32| {
+        let (mut a, mut b) = (w, h);
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        (w / a, h / a)
+    };
+    let (mut rw, mut rh) = lowest(w, h);
+    // Terms above 100 are not a ratio anyone names: keep the shape to two decimals.
+    if rw.max(rh) > 100 {
+        let scale = 100.0 / f64::from(rw.max(rh));
+        (rw, rh) = lowest(
+            ((f64::from(rw) * scale).round() as u32).max(1),
+            ((f64::from(rh) * scale).round() as u32).max(1),
+        );
+    }
+    let long = w.max(h);
+    let resolution = Resolution::ALL
+        .into_iter()
+        .min_by_key(|r| r.long_side().abs_diff(long))
+        .unwrap_or(Resolution::OneK);
+    let ratio = format!("{rw}:{rh}");
+    let note = format!(
+        "`size` {size} was sent as aspect_ratio {ratio}{}: the model takes a ratio, not a size",
+        if caps.takes(crate::Param::Resolution) {
+            format!(" at resolution {resolution}")
+        } else {
+            String::new()
+        }
+    );
+    options.size = None;
+    options.aspect_ratio = Some(ratio);
+    if caps.takes(crate::Param::Resolution) {
+        options.resolution = Some(resolution);
+    }
+    Some(note)
+}
+
 /// Parses `W:H` (or `WxH`, `W/H`) into its two positive terms.
 pub fn parse_aspect_ratio(ratio: &str) -> Option<(u32, u32)> {
     let (w, h) = ratio.trim().split_once([':', 'x', 'X', '/'])?;
@@ -424,6 +478,49 @@ fn nearest_fixed(sizes: &[String], rw: u32, rh: u32, long: u32) -> Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_size_becomes_a_ratio_and_resolution_only_for_a_model_without_sizes() {
+        let mut ratio_only = ModelCapabilities::unknown();
+        ratio_only.params = vec![crate::Param::AspectRatio, crate::Param::Resolution];
+        let turned = |size: &str, caps: &ModelCapabilities| {
+            let mut o = ImageOptions {
+                size: Some(size.into()),
+                ..ImageOptions::default()
+            };
+            let note = size_as_ratio(&mut o, caps);
+            (
+                o.size,
+                o.aspect_ratio,
+                o.resolution.map(|r| r.as_str()),
+                note.is_some(),
+            )
+        };
+        for (size, ratio, resolution) in [
+            ("1536x1024", "3:2", "1k"),
+            ("1024x1024", "1:1", "1k"),
+            ("3840x2160", "16:9", "4k"),
+            ("1000x700", "10:7", "1k"),
+            ("1999x1000", "2:1", "2k"),
+        ] {
+            assert_eq!(
+                turned(size, &ratio_only),
+                (None, Some(ratio.into()), Some(resolution), true),
+                "{size}"
+            );
+        }
+        // Not a size, or a model that takes sizes: left alone.
+        assert_eq!(
+            turned("big", &ratio_only),
+            (Some("big".into()), None, None, false)
+        );
+        let mut sized = ModelCapabilities::unknown();
+        sized.params = vec![crate::Param::Size];
+        assert_eq!(
+            turned("1536x1024", &sized),
+            (Some("1536x1024".into()), None, None, false)
+        );
+    }
 
     #[test]
     fn every_key_is_listed_and_round_trips() {
