@@ -22,6 +22,13 @@ async def run(binary: str, mode: str) -> None:
             "XDG_DATA_HOME": os.path.join(home, ".local", "share"),
             "PATH": os.environ.get("PATH", ""),
         }
+        # A provider that is always down and a route that falls over from it to the mock.
+        with open(os.path.join(home, "imagegen.toml"), "w") as f:
+            f.write(
+                'default_provider = "mock"\n'
+                '[providers.down]\nkind = "mock"\nfail_rate = 1.0\nfail_with = "upstream_unavailable"\n'
+                '[routes.any]\nproviders = ["down", "mock"]\n'
+            )
         params = StdioServerParameters(command=binary, args=["serve"], env=env, cwd=home)
         async with Client(params, mode=mode) as client:
             tools = await client.list_tools()
@@ -93,6 +100,15 @@ async def run(binary: str, mode: str) -> None:
             )
             assert not svg.is_error, svg
             assert svg.structured_content["images"][0]["mime"] == "image/svg+xml", svg.structured_content
+
+            routed = await client.call_tool(
+                "generate_image", {"prompt": "a harbour", "provider": "any", "size": "256x256"}
+            )
+            assert not routed.is_error, routed
+            route = routed.structured_content["route"]
+            assert [(s["provider"], s["outcome"]) for s in route] == [
+                ("down", "failed"), ("mock", "served")], route
+            assert routed.structured_content["provider"] == "mock"
 
             refused = await client.call_tool("generate_image", {"prompt": "x", "size": "7x7"})
             assert refused.is_error
