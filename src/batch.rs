@@ -62,6 +62,9 @@ pub struct ItemResult {
     pub images: Vec<StoredImage>,
     /// The failure, or null on success.
     pub error: Option<ToolError>,
+    /// The provider that served it (items of a routed batch may be served by different ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
     /// The model that served it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
@@ -302,6 +305,7 @@ pub async fn run(
                         prompt: prompt.clone(),
                         images,
                         error,
+                        provider: Some(generation.provider.clone()),
                         model: Some(generation.model.clone()),
                         revised_prompt: generation.revised_prompt.clone(),
                         notes: generation.notes.clone(),
@@ -316,6 +320,7 @@ pub async fn run(
                         index,
                         prompt: prompt.clone(),
                         images: Vec::new(),
+                        provider: error.provider.clone(),
                         model: error.model.clone(),
                         error: Some(error.clone()),
                         revised_prompt: None,
