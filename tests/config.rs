@@ -816,6 +816,13 @@ fn show_gives_every_value_its_source() {
         "{show}"
     );
     assert!(show.contains("fail_rate = 0.0  # default"), "{show}");
+    // The mock makes no HTTP calls: none of the HTTP settings are shown for it.
+    let mock = show.split("[providers.mock]").nth(1).unwrap();
+    let mock = mock.split("\n[").next().unwrap();
+    assert!(
+        !mock.contains("timeout_s") && !mock.contains("max_retries"),
+        "{mock}"
+    );
     assert!(
         show.contains(&format!(
             "dir = \"{}\"  # default",

@@ -46,6 +46,15 @@ impl LoadedConfig {
             .filter(|(_, v)| !matches!(v, Value::Dict(..)))
             .collect();
         leaves.sort_by_key(|(k, _)| k.as_str() != "kind");
+        // A provider's table serializes every part; show only what its kind reads (no HTTP
+        // settings for the offline mock).
+        if let [first, name] = path.as_slice() {
+            if let (true, Some(provider)) = (first == "providers", self.config.providers.get(name))
+            {
+                let known = provider.known_keys();
+                leaves.retain(|(k, _)| known.contains(&k.as_str()));
+            }
+        }
         for (key, value) in leaves {
             let Some(mut text) = inline(value) else {
                 continue;
