@@ -2,9 +2,7 @@
 //! catalog before anything is sent, sent only to models that take them, and GIF and SVG
 //! results stored, previewed and read back as they are.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rmcp::model::{
     CallToolRequestParams, ProtocolVersion, ReadResourceRequestParams, ResourceContents,
 };

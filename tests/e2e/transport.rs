@@ -1,8 +1,6 @@
 //! The stdio transport, driven by raw lines: malformed and over-long requests that carry an id
 //! are answered with a JSON-RPC error, and the server keeps serving.
 
-mod common;
-
 use std::{process::Stdio, time::Duration};
 
 use imagegen_mcp::transport::MAX_LINE_BYTES;
@@ -30,7 +28,7 @@ struct Raw {
 impl Raw {
     /// Starts `imagegen-mcp serve` and completes the MCP handshake.
     async fn start(home: &std::path::Path) -> Self {
-        let mut child = common::binary(home, &[])
+        let mut child = crate::common::binary(home, &[])
             .arg("serve")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

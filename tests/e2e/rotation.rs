@@ -14,8 +14,6 @@
 //!
 //! The tests run one at a time ([`SERIAL`]): they measure latencies, and the machine is small.
 
-mod common;
-
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -26,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ProtocolVersion, ReadResourceRequestParams,
     ResourceContents,

@@ -2,9 +2,7 @@
 //! the base URL's password. Neither may reach a tool result, the status, stdout, stderr at
 //! `trace`, or any file the server writes.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rmcp::model::{CallToolRequestParams, ProtocolVersion, ReadResourceRequestParams};
 use serde_json::json;
 use wiremock::{

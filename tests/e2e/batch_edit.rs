@@ -1,11 +1,9 @@
 //! `generate_images`, `edit_image` and `create_variation` through the real binary and rmcp's
 //! client, on mock providers (offline, deterministic).
 
-mod common;
-
 use std::{path::Path, time::Instant};
 
-use common::*;
+use crate::common::*;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ContentBlock, ProtocolVersion,
     ReadResourceRequestParams, ResourceContents,

@@ -10,8 +10,6 @@
 //! the test needs pauses inside a body, a dropped connection, to notice that the client went
 //! away, or to count requests in flight.
 
-mod common;
-
 use std::{
     io,
     path::PathBuf,
@@ -20,8 +18,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::common::{args, binary};
 use base64::Engine as _;
-use common::{args, binary};
 use imagegen_mcp::server::{HEARTBEAT, HEARTBEAT_VAR};
 use imagegen_testkit::{img, openai as testkit_openai, sse, Chunk, FakeUpstream, Reply};
 use rmcp::{

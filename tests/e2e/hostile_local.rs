@@ -3,15 +3,13 @@
 //! writes next to the config file, forged log lines, and an output directory that cannot be
 //! written. Each must end in a clear error, promptly, with no secret and no file bytes shown.
 
-mod common;
-
 use std::{
     path::{Path, PathBuf},
     process::{Output, Stdio},
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ProtocolVersion, ReadResourceRequestParams,
     ResourceContents,

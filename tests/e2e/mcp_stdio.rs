@@ -1,8 +1,6 @@
 //! The real binary, driven over stdio by rmcp's client.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rmcp::model::{
     CallToolRequestParams, ProtocolVersion, ReadResourceRequestParams, ResourceContents,
 };

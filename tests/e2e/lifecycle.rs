@@ -1,9 +1,7 @@
 //! Model lifecycles through the real binary: today's default, shut-down models replaced,
 //! refused or sent to compatible servers, retired models found upstream, and `models --check`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rmcp::model::{CallToolRequestParams, ProtocolVersion, ReadResourceRequestParams};
 use serde_json::{json, Value};
 use wiremock::{

@@ -1,8 +1,6 @@
 //! The `imagegen-mcp` command line, run as a user would.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 async fn run(home: &std::path::Path, envs: &[(&str, &str)], args: &[&str]) -> std::process::Output {

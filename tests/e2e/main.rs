@@ -1,0 +1,17 @@
+//! The end-to-end tests, in one binary: each module drives the real `imagegen-mcp` binary (or
+//! its engine) as users do. One binary links once, where one per file linked a dozen times.
+
+mod common;
+
+mod batch_edit;
+mod cli;
+mod config;
+mod gpt26;
+mod hostile_local;
+mod hostile_upstream;
+mod lifecycle;
+mod mcp_stdio;
+mod resilience;
+mod rotation;
+mod routing;
+mod transport;
