@@ -83,7 +83,8 @@ pub struct BuildContext<'a> {
 }
 
 impl KindConfig {
-    /// Every kind, as written in `kind = "..."`.
+    /// Every kind, as written in `kind = "..."`; the first whose standard key variable is set
+    /// becomes the default provider, so OpenAI's comes first.
     pub const KINDS: [&'static str; 2] = ["openai", "mock"];
 
     /// The offline stand-in's kind, configured by default as the provider of the same name so

@@ -1003,13 +1003,17 @@ fn resolve_default(
         }
         return Ok(merged.source_at(&["default_provider"]));
     }
-    // A provider named after its kind whose standard key variable is set, as the SDKs do.
-    let from_env = config.providers.iter().find_map(|(name, c)| {
+    // A provider named after its kind whose standard key variable is set, as the SDKs do;
+    // when several are, the first kind in `KINDS` order wins (OpenAI's, listed first).
+    let from_env = KindConfig::KINDS.iter().find_map(|kind| {
+        let c = config
+            .providers
+            .get(*kind)
+            .filter(|c| c.enabled() && c.kind() == *kind)?;
         let (var, _) = KindConfig::standard_env(c.kind())
             .iter()
-            .find(|(_, key)| *key == "api_key")?;
-        (c.enabled() && name == c.kind() && env.contains_key(*var))
-            .then(|| (name.clone(), format!("env {var}")))
+            .find(|(var, key)| *key == "api_key" && env.contains_key(*var))?;
+        Some((kind.to_string(), format!("env {var}")))
     });
     let stand_in = enabled
         .iter()
