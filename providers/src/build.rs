@@ -13,8 +13,8 @@ use secrecy::SecretString;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
-    http::ClientCache, keys::KeyPool, mock, openai, Catalog, ImageOptions, ImageProvider,
-    ModelOverride,
+    azure_openai, http::ClientCache, keys::KeyPool, mock, openai, openai_compatible, Catalog,
+    ImageOptions, ImageProvider, ModelOverride,
 };
 
 /// `[providers.NAME]`: the settings every provider has, and those of its kind.
@@ -41,6 +41,10 @@ pub enum KindConfig {
     Openai(openai::Config),
     /// The offline mock.
     Mock(mock::Config),
+    /// Azure OpenAI: a resource's image deployments.
+    AzureOpenai(azure_openai::Config),
+    /// A server speaking OpenAI's image routes (LiteLLM, LocalAI, OpenRouter, vLLM).
+    OpenaiCompatible(openai_compatible::Config),
 }
 
 /// Reads a configuration table as a given type, for [`KindConfig::read`]: the server's loader
@@ -84,7 +88,7 @@ pub struct BuildContext<'a> {
 
 impl KindConfig {
     /// Every kind, as written in `kind = "..."`.
-    pub const KINDS: [&'static str; 2] = ["openai", "mock"];
+    pub const KINDS: [&'static str; 4] = ["openai", "mock", "azure_openai", "openai_compatible"];
 
     /// The offline stand-in's kind, configured by default as the provider of the same name so
     /// that a fresh install makes images with no key.
@@ -95,6 +99,8 @@ impl KindConfig {
         Some(match kind {
             "openai" => table.read().map(Self::Openai),
             "mock" => table.read().map(Self::Mock),
+            "azure_openai" => table.read().map(Self::AzureOpenai),
+            "openai_compatible" => table.read().map(Self::OpenaiCompatible),
             _ => return None,
         })
     }
@@ -104,6 +110,8 @@ impl KindConfig {
         match self {
             Self::Openai(_) => Catalog::builtin(),
             Self::Mock(_) => Catalog::for_kind(mock::catalog_entries()),
+            Self::AzureOpenai(a) => a.catalog(),
+            Self::OpenaiCompatible(_) => Catalog::for_kind(openai_compatible::catalog_entries()),
         }
     }
 
@@ -112,6 +120,8 @@ impl KindConfig {
         match self {
             Self::Openai(_) => "openai",
             Self::Mock(_) => "mock",
+            Self::AzureOpenai(_) => "azure_openai",
+            Self::OpenaiCompatible(_) => "openai_compatible",
         }
     }
 
@@ -120,6 +130,8 @@ impl KindConfig {
         match self {
             Self::Openai(_) => openai::Config::KEYS,
             Self::Mock(_) => mock::Config::KEYS,
+            Self::AzureOpenai(_) => azure_openai::Config::KEYS,
+            Self::OpenaiCompatible(_) => openai_compatible::Config::KEYS,
         }
     }
 
@@ -128,6 +140,7 @@ impl KindConfig {
     pub fn standard_env(kind: &str) -> &'static [(&'static str, &'static str)] {
         match kind {
             "openai" => openai::STANDARD_ENV,
+            "azure_openai" => azure_openai::STANDARD_ENV,
             _ => &[],
         }
     }
@@ -148,6 +161,8 @@ impl KindConfig {
         match self {
             Self::Openai(_) => openai::DEFAULT_MODEL,
             Self::Mock(_) => mock::MOCK_MODEL,
+            Self::AzureOpenai(_) => azure_openai::DEFAULT_MODEL,
+            Self::OpenaiCompatible(_) => openai_compatible::DEFAULT_MODEL,
         }
     }
 
@@ -156,6 +171,7 @@ impl KindConfig {
         match self {
             Self::Openai(_) => None,
             Self::Mock(_) => Some(mock::SVG_WRITER),
+            Self::AzureOpenai(_) | Self::OpenaiCompatible(_) => None,
         }
     }
 
@@ -166,6 +182,11 @@ impl KindConfig {
             Self::Openai(o) if o.base_url() == openai::DEFAULT_BASE_URL && common.has_no_key() => {
                 Some("set OPENAI_API_KEY, or api_key or api_key_file".into())
             }
+            Self::AzureOpenai(a) if !a.has_token_source() && common.has_no_key() => Some(
+                "set AZURE_OPENAI_API_KEY, or api_key or api_key_file, or token_command or \
+                 token_file for Entra ID"
+                    .into(),
+            ),
             _ => None,
         }
     }
@@ -175,6 +196,8 @@ impl KindConfig {
         match self {
             Self::Openai(o) => o.check(),
             Self::Mock(m) => m.check(),
+            Self::AzureOpenai(a) => a.check(),
+            Self::OpenaiCompatible(c) => c.check(),
         }
     }
 }
@@ -444,6 +467,8 @@ impl ProviderConfig {
         match &self.kind {
             KindConfig::Openai(o) => o.build(&self.common, &self.http, context),
             KindConfig::Mock(m) => Ok(m.build(&self.common, context)),
+            KindConfig::AzureOpenai(a) => a.build(&self.common, &self.http, context),
+            KindConfig::OpenaiCompatible(c) => c.build(&self.common, &self.http, context),
         }
     }
 }
@@ -489,6 +514,8 @@ mod tests {
         for kind in [
             KindConfig::Openai(openai::Config::full()),
             KindConfig::Mock(mock::Config::default()),
+            KindConfig::AzureOpenai(azure_openai::Config::full()),
+            KindConfig::OpenaiCompatible(openai_compatible::Config::full()),
         ] {
             let mut keys = keys_of(&kind);
             keys.retain(|k| k != "kind");
