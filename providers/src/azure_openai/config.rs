@@ -294,7 +294,11 @@ impl Config {
             Some(models) => models.clone(),
             None => {
                 let mut models = vec![s.model.clone()];
-                models.extend(self.deployments.keys().filter(|d| **d != s.model).cloned());
+                for name in self.deployment.iter().chain(self.deployments.keys()) {
+                    if !models.contains(name) {
+                        models.push(name.clone());
+                    }
+                }
                 models
             }
         };
