@@ -1,5 +1,9 @@
 //! OpenAI Images API provider (`kind = "openai"`), also used for OpenAI-compatible servers.
 //!
+//! The same engine serves `azure_openai` and `openai_compatible`: each passes a
+//! `flavour::Flavour` (its routes, how the credential travels, extra headers, what an
+//! unknown model is sent, its own reading of error answers); OpenAI's is the default.
+//!
 //! One `POST {base_url}/images/generations` per attempt (`/images/edits` and
 //! `/images/variations` as `multipart/form-data` for edits and variations), retried per
 //! [`RetryPolicy`] within an overall deadline by the shared [`Executor`]. A form cannot be cloned, so each attempt builds
