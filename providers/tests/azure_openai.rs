@@ -273,6 +273,16 @@ async fn the_deployment_is_sent_as_model_and_its_model_s_rules_apply() {
         Some("2027-04-07")
     );
     assert!(provider.lifecycle_is_authoritative());
+    // `model` naming the deployment works as well for its rules.
+    let by_model = build(&server.uri(), Some(KEY), |c| {
+        c.common.model = Some("other-dep".into());
+        azure_config(c).deployment_model = Some("gpt-image-1-mini".into());
+    });
+    assert_eq!(by_model.default_model(), "other-dep");
+    assert_eq!(
+        by_model.capabilities("other-dep").shutdown_date.as_deref(),
+        Some("2027-04-07")
+    );
     assert!(
         provider.aliases().is_empty(),
         "OpenAI's aliases name no deployment"

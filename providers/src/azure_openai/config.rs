@@ -303,12 +303,22 @@ impl Config {
             }
         };
         s.catalog_dates_apply = Some(self.catalog_dates_apply);
+        let mut rules_of = self.deployment_models();
+        // `model = "my-dep"` with `deployment_model` and no `deployment`: the rules still
+        // apply to it (its catalog entry, for lifecycles, needs `deployment`).
+        if let (None, Some(model), Some(serves)) =
+            (&self.deployment, &common.model, &self.deployment_model)
+        {
+            if model != serves {
+                rules_of.insert(model.clone(), serves.clone());
+            }
+        }
         let flavour = Flavour {
             kind: "azure_openai",
             routes: Some(routes),
             key_header: KeyHeader::ApiKey,
             tokens,
-            rules_of: self.deployment_models(),
+            rules_of,
             refine_error: Some(super::error::refine),
             aliases: false,
             lists_models: false,
