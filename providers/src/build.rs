@@ -13,8 +13,8 @@ use secrecy::SecretString;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
-    http::ClientCache, keys::KeyPool, mock, openai, Catalog, ImageOptions, ImageProvider,
-    ModelOverride,
+    azure_openai, http::ClientCache, keys::KeyPool, mock, openai, openai_compatible, Catalog,
+    ImageOptions, ImageProvider, ModelOverride,
 };
 
 /// `[providers.NAME]`: the settings every provider has, and those of its kind.
@@ -41,6 +41,10 @@ pub enum KindConfig {
     Openai(openai::Config),
     /// The offline mock.
     Mock(mock::Config),
+    /// Azure OpenAI: a resource's image deployments.
+    AzureOpenai(azure_openai::Config),
+    /// A server speaking OpenAI's image routes (LiteLLM, LocalAI, OpenRouter, vLLM).
+    OpenaiCompatible(openai_compatible::Config),
 }
 
 /// Reads a configuration table as a given type, for [`KindConfig::read`]: the server's loader
@@ -85,7 +89,7 @@ pub struct BuildContext<'a> {
 impl KindConfig {
     /// Every kind, as written in `kind = "..."`; the first whose standard key variable is set
     /// becomes the default provider, so OpenAI's comes first.
-    pub const KINDS: [&'static str; 2] = ["openai", "mock"];
+    pub const KINDS: [&'static str; 4] = ["openai", "mock", "azure_openai", "openai_compatible"];
 
     /// The offline stand-in's kind, configured by default as the provider of the same name so
     /// that a fresh install makes images with no key.
@@ -96,6 +100,8 @@ impl KindConfig {
         Some(match kind {
             "openai" => table.read().map(Self::Openai),
             "mock" => table.read().map(Self::Mock),
+            "azure_openai" => table.read().map(Self::AzureOpenai),
+            "openai_compatible" => table.read().map(Self::OpenaiCompatible),
             _ => return None,
         })
     }
@@ -105,6 +111,8 @@ impl KindConfig {
         match self {
             Self::Openai(_) => Catalog::builtin(),
             Self::Mock(_) => Catalog::for_kind(mock::catalog_entries()),
+            Self::AzureOpenai(a) => a.catalog(),
+            Self::OpenaiCompatible(_) => Catalog::for_kind(openai_compatible::catalog_entries()),
         }
     }
 
@@ -113,6 +121,8 @@ impl KindConfig {
         match self {
             Self::Openai(_) => "openai",
             Self::Mock(_) => "mock",
+            Self::AzureOpenai(_) => "azure_openai",
+            Self::OpenaiCompatible(_) => "openai_compatible",
         }
     }
 
@@ -121,6 +131,8 @@ impl KindConfig {
         match self {
             Self::Openai(_) => openai::Config::KEYS,
             Self::Mock(_) => mock::Config::KEYS,
+            Self::AzureOpenai(_) => azure_openai::Config::KEYS,
+            Self::OpenaiCompatible(_) => openai_compatible::Config::KEYS,
         }
     }
 
@@ -129,6 +141,7 @@ impl KindConfig {
     pub fn standard_env(kind: &str) -> &'static [(&'static str, &'static str)] {
         match kind {
             "openai" => openai::STANDARD_ENV,
+            "azure_openai" => azure_openai::STANDARD_ENV,
             _ => &[],
         }
     }
@@ -149,6 +162,8 @@ impl KindConfig {
         match self {
             Self::Openai(_) => openai::DEFAULT_MODEL,
             Self::Mock(_) => mock::MOCK_MODEL,
+            Self::AzureOpenai(_) => azure_openai::DEFAULT_MODEL,
+            Self::OpenaiCompatible(_) => openai_compatible::DEFAULT_MODEL,
         }
     }
 
@@ -157,6 +172,7 @@ impl KindConfig {
         match self {
             Self::Openai(_) => None,
             Self::Mock(_) => Some(mock::SVG_WRITER),
+            Self::AzureOpenai(_) | Self::OpenaiCompatible(_) => None,
         }
     }
 
@@ -167,6 +183,11 @@ impl KindConfig {
             Self::Openai(o) if o.base_url() == openai::DEFAULT_BASE_URL && common.has_no_key() => {
                 Some("set OPENAI_API_KEY, or api_key or api_key_file".into())
             }
+            Self::AzureOpenai(a) if !a.has_token_source() && common.has_no_key() => Some(
+                "set AZURE_OPENAI_API_KEY, or api_key or api_key_file, or token_command or \
+                 token_file for Entra ID"
+                    .into(),
+            ),
             _ => None,
         }
     }
@@ -176,6 +197,8 @@ impl KindConfig {
         match self {
             Self::Openai(o) => o.check(),
             Self::Mock(m) => m.check(),
+            Self::AzureOpenai(a) => a.check(),
+            Self::OpenaiCompatible(c) => c.check(),
         }
     }
 }
@@ -455,6 +478,8 @@ impl ProviderConfig {
         match &self.kind {
             KindConfig::Openai(o) => o.build(&self.common, &self.http, context),
             KindConfig::Mock(m) => Ok(m.build(&self.common, context)),
+            KindConfig::AzureOpenai(a) => a.build(&self.common, &self.http, context),
+            KindConfig::OpenaiCompatible(c) => c.build(&self.common, &self.http, context),
         }
     }
 }
@@ -501,6 +526,8 @@ mod tests {
         for kind in [
             KindConfig::Openai(openai::Config::full()),
             KindConfig::Mock(mock::Config::default()),
+            KindConfig::AzureOpenai(azure_openai::Config::full()),
+            KindConfig::OpenaiCompatible(openai_compatible::Config::full()),
         ] {
             let mut keys = keys_of(&kind);
             keys.retain(|k| k != "kind");

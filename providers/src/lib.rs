@@ -6,6 +6,7 @@
 //! before any paid call is made.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+pub mod azure_openai;
 pub mod build;
 pub mod catalog;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod keys;
 pub mod layers;
 pub mod mock;
 pub mod openai;
+pub mod openai_compatible;
 pub mod options;
 pub mod secret;
 #[cfg(feature = "testing")]

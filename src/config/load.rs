@@ -232,6 +232,7 @@ impl LoadedConfig {
             &mut inputs,
         )?;
         notices.extend(shadowed.iter().cloned());
+        drop_unusable_env_providers(&mut config, &merged, &mut notices);
         check_routes(&config, &merged, &mut notices)?;
         let default_source = resolve_default(&mut config, &merged, &env)?;
         validate(&config, &merged)?;
@@ -1038,6 +1039,37 @@ fn resolve_default(
     };
     config.default_provider = Some(name);
     Ok(source)
+}
+
+/// Leaves out a provider that only the vendors' standard variables created and that they do not
+/// describe fully (`AZURE_OPENAI_API_KEY` without `AZURE_OPENAI_ENDPOINT`): a variable set for
+/// another tool must not stop this server from starting. A notice says what is missing.
+fn drop_unusable_env_providers(config: &mut Config, merged: &Merged, notices: &mut Vec<String>) {
+    let from_env_only = |name: &str| {
+        let Some(Value::Dict(_, table)) = merged.at(&["providers", name]) else {
+            return false;
+        };
+        table.keys().all(|key| {
+            merged
+                .layer_at(&["providers", name, key])
+                .is_some_and(|l| l.origin == Origin::StandardEnv)
+        })
+    };
+    let unusable: Vec<(String, String)> = config
+        .providers
+        .iter()
+        .filter_map(|(name, p)| {
+            let e = p.check().err()?;
+            from_env_only(name).then(|| (name.clone(), format!("{}: {}", e.key, e.message)))
+        })
+        .collect();
+    for (name, why) in unusable {
+        config.providers.remove(&name);
+        notices.push(format!(
+            "the environment sets some of provider `{name}`'s variables but not all it needs \
+             ({why}); it is left out"
+        ));
+    }
 }
 
 /// Routes and fallback lists name configured providers, and route names are not provider

@@ -975,3 +975,32 @@ fn the_example_file_loads() {
     let loaded = sb.load_cli(&cli, &[]).unwrap();
     assert_eq!(key(&loaded, "openai").0, "sk-...");
 }
+
+#[test]
+fn vendor_variables_create_their_providers_and_openai_stays_the_default() {
+    let sb = Sandbox::new();
+    // A key set for another tool, without the endpoint the provider needs, stops nothing.
+    let loaded = sb.load(&[("AZURE_OPENAI_API_KEY", SENTINEL)]).unwrap();
+    assert!(!loaded.config.providers.contains_key("azure_openai"));
+    let notices = loaded.notices().join("\n");
+    assert!(
+        notices.contains("provider `azure_openai`") && notices.contains("endpoint"),
+        "{notices}"
+    );
+    assert!(!notices.contains(SENTINEL), "{notices}");
+
+    let both = [
+        ("AZURE_OPENAI_API_KEY", SENTINEL),
+        ("AZURE_OPENAI_ENDPOINT", "https://res.openai.azure.com"),
+    ];
+    let loaded = sb.load(&both).unwrap();
+    assert_eq!(
+        loaded.config.providers["azure_openai"].kind(),
+        "azure_openai"
+    );
+    assert_eq!(loaded.default_provider(), "azure_openai");
+    let mut all = both.to_vec();
+    all.push(("OPENAI_API_KEY", "sk-other-0123456789"));
+    let loaded = sb.load(&all).unwrap();
+    assert_eq!(loaded.default_provider(), "openai");
+}

@@ -88,29 +88,42 @@ impl Config {
     ) -> Result<Arc<dyn ImageProvider>, String> {
         let base_url = url::Url::parse(&self.base_url)
             .map_err(|e| format!("base_url is not a valid URL ({e})"))?;
-        let mut s = OpenAiSettings::new(base_url, None);
-        s.keys = context.keys;
+        let mut s = settings(base_url, common, http, context.keys, context.catalog);
         s.organization = self.organization.clone();
         s.project = self.project.clone();
-        s.model = common.model.clone().unwrap_or_else(|| DEFAULT_MODEL.into());
-        if let Some(models) = &common.offered_models {
-            s.models = models.clone();
-        }
-        s.timeout = http.timeout();
-        s.max_retries = http.max_retries;
-        s.retry_base = Duration::from_millis(http.retry_base_ms);
-        s.retry_max = Duration::from_millis(http.retry_max_ms);
-        s.retry_after_cap = Duration::from_secs(http.retry_after_cap_s);
-        s.retry_on_timeout = http.retry_on_timeout;
-        s.deadline = Duration::from_secs(http.deadline_s);
-        s.download_hosts = http.download_hosts.clone();
         s.catalog_dates_apply = self.catalog_dates_apply;
-        s.max_response_bytes = http.max_response_mb.saturating_mul(1024 * 1024);
-        s.catalog = context.catalog;
         let client = context
             .clients
             .client(http.connect_timeout_s)
             .map_err(|e| format!("the HTTP client cannot be built: {e}"))?;
         Ok(Arc::new(OpenAiProvider::new(s, client)))
     }
+}
+
+/// The settings every OpenAI-shaped kind reads alike: keys, default model, offered models,
+/// the HTTP settings and the catalog.
+pub(crate) fn settings(
+    base_url: url::Url,
+    common: &CommonConfig,
+    http: &HttpConfig,
+    keys: Arc<crate::keys::KeyPool>,
+    catalog: Arc<crate::Catalog>,
+) -> OpenAiSettings {
+    let mut s = OpenAiSettings::new(base_url, None);
+    s.keys = keys;
+    s.model = common.model.clone().unwrap_or_else(|| DEFAULT_MODEL.into());
+    if let Some(models) = &common.offered_models {
+        s.models = models.clone();
+    }
+    s.timeout = http.timeout();
+    s.max_retries = http.max_retries;
+    s.retry_base = Duration::from_millis(http.retry_base_ms);
+    s.retry_max = Duration::from_millis(http.retry_max_ms);
+    s.retry_after_cap = Duration::from_secs(http.retry_after_cap_s);
+    s.retry_on_timeout = http.retry_on_timeout;
+    s.deadline = Duration::from_secs(http.deadline_s);
+    s.download_hosts = http.download_hosts.clone();
+    s.max_response_bytes = http.max_response_mb.saturating_mul(1024 * 1024);
+    s.catalog = catalog;
+    s
 }

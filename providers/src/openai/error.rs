@@ -8,9 +8,73 @@ use serde_json::Value;
 
 use crate::{http::describe_wait, keys::PoolKey, secret::Scrubber, ErrorKind, ProviderError};
 
-use super::{retry, whose, OpenAiProvider};
+use super::{flavour::ErrorContext, retry, whose, Call, OpenAiProvider};
 
 impl OpenAiProvider {
+    /// `err` as the flavour reads its own error answers (Azure's content filter and
+    /// deployments, ...); unchanged for OpenAI.
+    pub(super) fn refine(
+        &self,
+        err: ProviderError,
+        status: u16,
+        body: &[u8],
+        key: Option<&PoolKey>,
+        token: bool,
+        call: &Call<'_>,
+    ) -> ProviderError {
+        match self.flavour.refine_error {
+            Some(refine) => refine(
+                err,
+                &ErrorContext {
+                    status,
+                    body,
+                    key,
+                    token,
+                    model: Some(call.model),
+                },
+            ),
+            None => err,
+        }
+    }
+
+    /// The error a successful (200) answer holds instead of images, as Azure sends its
+    /// content filter's verdict: `{"created": ..., "error": {"code": "contentFilter", ...}}`.
+    /// `None` when the body holds no `error`.
+    pub(super) fn answer_error(&self, body: &[u8], call: &Call<'_>) -> Option<ProviderError> {
+        let json: Value = serde_json::from_slice(body).ok()?;
+        if !matches!(json.get("error"), Some(Value::Object(_) | Value::String(_))) {
+            return None;
+        }
+        let detail = ErrorDetail::from_json(&json);
+        let provider_message = detail
+            .message
+            .as_deref()
+            .map(|m| self.scrubber.excerpt(m, 300));
+        let refused = detail.is_refusal()
+            || provider_message
+                .as_deref()
+                .is_some_and(|m| m.to_ascii_lowercase().contains("safety system"));
+        let err = match refused {
+            true => ProviderError::new(
+                ErrorKind::ContentPolicy,
+                "the prompt or its result was refused by the provider's safety system; rephrase it",
+            )
+            .with_retryable(false),
+            false => ProviderError::new(
+                ErrorKind::BadResponse,
+                format!(
+                    "the provider answered HTTP 200 with an error and no images{}",
+                    provider_message
+                        .as_deref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                ),
+            ),
+        }
+        .with_provider_detail(detail.code.or(detail.error_type), provider_message);
+        Some(self.refine(err, 200, body, None, false, call))
+    }
+
     /// Classifies an `error` event, which arrives under HTTP 200 once the stream has started.
     pub(super) fn stream_error(&self, data: &Value, key: Option<&PoolKey>) -> ProviderError {
         let detail = ErrorDetail::from_json(data);

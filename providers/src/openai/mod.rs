@@ -1,5 +1,9 @@
 //! OpenAI Images API provider (`kind = "openai"`), also used for OpenAI-compatible servers.
 //!
+//! The same engine serves `azure_openai` and `openai_compatible`: each passes a
+//! `flavour::Flavour` (its routes, how the credential travels, extra headers, what an
+//! unknown model is sent, its own reading of error answers); OpenAI's is the default.
+//!
 //! One `POST {base_url}/images/generations` per attempt (`/images/edits` and
 //! `/images/variations` as `multipart/form-data` for edits and variations), retried per
 //! [`RetryPolicy`] within an overall deadline by the shared [`Executor`]. A form cannot be cloned, so each attempt builds
@@ -21,8 +25,10 @@
 //! their announced shutdown dates.
 
 mod config;
+pub(crate) use config::settings as shared_settings;
 pub use config::{Config, STANDARD_ENV};
 mod error;
+pub(crate) mod flavour;
 pub(crate) mod images_body;
 mod retry;
 mod stream;
@@ -51,6 +57,7 @@ use crate::{
         error::{redacted, transport_error},
         executor::{Attempt, Executor, Sent},
         retry::RetryPolicy,
+        token::bearer,
     },
     keys::{KeyPool, PoolKey},
     secret::Scrubber,
@@ -59,6 +66,7 @@ use crate::{
     SvgOptions, UpstreamModel, Usage, VariationRequest,
 };
 
+use flavour::{EditRoute, Flavour, KeyHeader};
 use images_body::{BodyScanner, ImagesBody};
 use stream::is_event_stream;
 use wire::{parse_models, Answer, ImagesResponse, Source};
@@ -203,6 +211,8 @@ pub struct OpenAiProvider {
     variations_url: url::Url,
     /// Cleans every string the upstream sends of the pool's keys and the base URL's password.
     scrubber: Scrubber,
+    /// What this kind does its own way (OpenAI, Azure, a compatible server).
+    flavour: Flavour,
 }
 
 impl fmt::Debug for OpenAiProvider {
@@ -211,6 +221,7 @@ impl fmt::Debug for OpenAiProvider {
         f.debug_struct("OpenAiProvider")
             .field("settings", &self.settings)
             .field("allowed_hosts", self.downloader.allowed_hosts())
+            .field("flavour", &self.flavour)
             .finish_non_exhaustive()
     }
 }
@@ -218,19 +229,43 @@ impl fmt::Debug for OpenAiProvider {
 impl OpenAiProvider {
     /// A provider using `client` (whose connection pool may be shared) with `settings`.
     pub fn new(settings: OpenAiSettings, client: reqwest::Client) -> Self {
-        let downloader = Downloader::new(
+        Self::with_flavour(settings, client, Flavour::openai())
+    }
+
+    /// A provider of another OpenAI-shaped kind (Azure, a compatible server).
+    pub(crate) fn with_flavour(
+        settings: OpenAiSettings,
+        client: reqwest::Client,
+        flavour: Flavour,
+    ) -> Self {
+        let mut downloader = Downloader::new(
             &settings.base_url,
             &settings.download_hosts,
             settings.download_timeout,
             settings.max_response_bytes,
-        )
-        .with_failure_hint("result URLs expire 60 minutes after generation");
-        let generations_url = endpoint(&settings.base_url, "images/generations");
-        let edits_url = endpoint(&settings.base_url, "images/edits");
-        let variations_url = endpoint(&settings.base_url, "images/variations");
-        let scrubber = Scrubber::new(&settings.keys, &settings.base_url);
+        );
+        if !flavour.download_hint.is_empty() {
+            downloader = downloader.with_failure_hint(flavour.download_hint);
+        }
+        let (generations_url, edits_url, variations_url) = match &flavour.routes {
+            Some(routes) => (
+                routes.generations.clone(),
+                match &routes.edits {
+                    EditRoute::Fixed(url) => url.clone(),
+                    // Built per call from the model: see `edit_url`.
+                    EditRoute::PerDeployment { base, .. } => base.clone(),
+                },
+                routes.variations.clone(),
+            ),
+            None => (
+                endpoint(&settings.base_url, "images/generations"),
+                endpoint(&settings.base_url, "images/edits"),
+                endpoint(&settings.base_url, "images/variations"),
+            ),
+        };
+        let scrubber = scrubber_for(&settings, &flavour.headers);
         let executor = Executor::new(
-            "openai",
+            flavour.kind,
             Arc::clone(&settings.keys),
             settings.retry_policy(),
             settings.deadline,
@@ -245,7 +280,50 @@ impl OpenAiProvider {
             generations_url,
             edits_url,
             variations_url,
+            flavour,
         }
+    }
+
+    /// The rules `model` is sent and checked by: its catalog entry (or that of the model an
+    /// Azure deployment serves), as the flavour applies them.
+    fn caps(&self, model: &str) -> ModelCapabilities {
+        let caps = self.settings.catalog.get(model);
+        let caps = match self.flavour.rules_of.get(model) {
+            Some(serves) if !caps.known => self.settings.catalog.get(serves),
+            _ => caps,
+        };
+        self.flavour.rules(caps)
+    }
+
+    /// Where an edit for `model` goes: one URL, or the model's deployment-scoped path.
+    fn edit_url(&self, model: &str) -> url::Url {
+        match self.flavour.routes.as_ref().map(|r| &r.edits) {
+            Some(EditRoute::PerDeployment { base, api_version }) => {
+                let mut url = base.clone();
+                if let Ok(mut segments) = url.path_segments_mut() {
+                    segments
+                        .pop_if_empty()
+                        .push(model)
+                        .push("images")
+                        .push("edits");
+                }
+                url.set_query(None);
+                if !api_version.is_empty() {
+                    url.query_pairs_mut()
+                        .append_pair("api-version", api_version);
+                }
+                url
+            }
+            _ => self.edits_url.clone(),
+        }
+    }
+
+    /// Whether the edit route names the deployment itself, so the form carries no `model`.
+    fn edit_route_names_model(&self) -> bool {
+        matches!(
+            self.flavour.routes.as_ref().map(|r| &r.edits),
+            Some(EditRoute::PerDeployment { .. })
+        )
     }
 
     /// The JSON body for `request`, holding only what the model takes.
@@ -256,7 +334,7 @@ impl OpenAiProvider {
     /// The fields of a generation (or of the part an edit shares with one) the model takes,
     /// with `extra` applied last so it can override anything but `model` and `prompt`.
     fn request_fields(&self, request: &GenerateRequest) -> Map<String, Value> {
-        let caps = self.settings.catalog.get(&request.model);
+        let caps = self.caps(&request.model);
         let gif = request.options.output_format == Some(ImageFormat::Gif);
         let svg = request.options.output_format == Some(ImageFormat::Svg);
         let mut body = Map::new();
@@ -335,6 +413,7 @@ impl OpenAiProvider {
             .options
             .partial_images
             .filter(|_| caps.takes(Param::Stream) && !gif)
+            .filter(|p| *p > 0 || self.flavour.streams_zero_partials)
         {
             body.insert("stream".into(), true.into());
             body.insert("partial_images".into(), partials.into());
@@ -353,8 +432,11 @@ impl OpenAiProvider {
 
     /// The text fields of an edit: those of a generation, plus `input_fidelity`.
     fn edit_fields(&self, request: &EditRequest) -> Map<String, Value> {
-        let caps = self.settings.catalog.get(&request.model);
+        let caps = self.caps(&request.model);
         let mut fields = self.request_fields(&request.as_generation());
+        if self.edit_route_names_model() {
+            fields.remove("model");
+        }
         if let Some(fidelity) = request
             .options
             .input_fidelity
@@ -372,7 +454,7 @@ impl OpenAiProvider {
     /// The multipart form of one attempt at `request`: the text fields as for a generation,
     /// plus `input_fidelity`, one file part per image, the mask and the markup layer.
     fn edit_form(&self, request: &EditRequest) -> Result<Form, ProviderError> {
-        let caps = self.settings.catalog.get(&request.model);
+        let caps = self.caps(&request.model);
         let fields = self.edit_fields(request);
         // Models that take one image (dall-e-2) expect `image`; the others a list, `image[]`.
         let image_field = match caps.max_edit_images {
@@ -416,10 +498,54 @@ impl OpenAiProvider {
 
     /// One attempt at a call: the response headers and answer, or the classified error (the
     /// executor scrubs it before anything logs it or rests a key over it).
+    ///
+    /// With a token source the current token is sent; a 401 for it forgets it and sends once
+    /// more with a fresh one (it may have been revoked or expired early), within the attempt.
     async fn send(
         &self,
         call: &Call<'_>,
         key: Option<&PoolKey>,
+        options: &CallOptions,
+    ) -> Result<(HeaderMap, Answer), ProviderError> {
+        let Some(tokens) = &self.flavour.tokens else {
+            return self.send_with(call, key, None, options).await;
+        };
+        let token = tokens.token().await?;
+        match self.send_with(call, key, Some(&token), options).await {
+            Err(e) if e.status == Some(401) => {
+                tracing::debug!(source = %tokens.source().describe(), "token refused; fetching a fresh one");
+                tokens.invalidate().await;
+                let fresh = tokens.token().await?;
+                // A server may echo the refused token along with the fresh one.
+                self.send_with(call, key, Some(&fresh), options)
+                    .await
+                    .map_err(|e| scrub_token(e, &token, &self.settings.base_url))
+            }
+            other => other,
+        }
+    }
+
+    /// [`Self::send`] with `token` (when set) as the credential; the token never shows in
+    /// the error, even when the upstream echoes it.
+    async fn send_with(
+        &self,
+        call: &Call<'_>,
+        key: Option<&PoolKey>,
+        token: Option<&SecretString>,
+        options: &CallOptions,
+    ) -> Result<(HeaderMap, Answer), ProviderError> {
+        let outcome = self.send_once(call, key, token, options).await;
+        match token {
+            Some(token) => outcome.map_err(|e| scrub_token(e, token, &self.settings.base_url)),
+            None => outcome,
+        }
+    }
+
+    async fn send_once(
+        &self,
+        call: &Call<'_>,
+        key: Option<&PoolKey>,
+        token: Option<&SecretString>,
         options: &CallOptions,
     ) -> Result<(HeaderMap, Answer), ProviderError> {
         let events = &options.events;
@@ -431,7 +557,7 @@ impl OpenAiProvider {
             CallBody::Variation(request) => req.multipart(self.variation_form(request)?),
         };
         let resp = self
-            .account_headers(req, key)
+            .account_headers(req, key, token)
             .send()
             .await
             .map_err(|e| transport_error(e, "the image API", s.timeout))?;
@@ -439,7 +565,8 @@ impl OpenAiProvider {
         let headers = resp.headers().clone();
         if !status.is_success() {
             let body = read_truncated(resp, ERROR_BODY_CAP.min(s.max_response_bytes)).await;
-            return Err(self.parse_error(status, &headers, &body, key, Some(call.model)));
+            let err = self.parse_error(status, &headers, &body, key, Some(call.model));
+            return Err(self.refine(err, status.as_u16(), &body, key, token.is_some(), call));
         }
         events.send(ProviderEvent::Receiving);
         // Asked to stream or not, a compatible server may answer either way: the content type decides.
@@ -465,16 +592,29 @@ impl OpenAiProvider {
         Ok((headers, answer))
     }
 
-    /// Adds the key and the organization and project headers to `req`.
+    /// Adds the credential (a token, else the key), the organization and project headers and
+    /// the flavour's extra headers to `req`.
     fn account_headers(
         &self,
         mut req: reqwest::RequestBuilder,
         key: Option<&PoolKey>,
+        token: Option<&SecretString>,
     ) -> reqwest::RequestBuilder {
+        if !self.flavour.headers.is_empty() {
+            req = req.headers(self.flavour.headers.clone());
+        }
         // Per request rather than a client default header, so keys can rotate while the
         // connection pool is shared; `bearer_auth` marks the header sensitive.
-        if let Some(key) = key {
-            req = req.bearer_auth(key.expose());
+        match (token, key, self.flavour.key_header) {
+            (Some(token), _, _) => req = req.header(reqwest::header::AUTHORIZATION, bearer(token)),
+            (None, Some(key), KeyHeader::Bearer) => req = req.bearer_auth(key.expose()),
+            (None, Some(key), KeyHeader::ApiKey) => {
+                if let Ok(mut value) = reqwest::header::HeaderValue::from_str(key.expose()) {
+                    value.set_sensitive(true);
+                    req = req.header("api-key", value);
+                }
+            }
+            (None, None, _) => {}
         }
         if let Some(org) = &self.settings.organization {
             req = req.header("OpenAI-Organization", org);
@@ -518,6 +658,14 @@ impl OpenAiProvider {
             output_format = resp.output_format.as_deref(),
             "image API answered"
         );
+        if resp.data.is_none() && self.flavour.reads_error_in_200 {
+            if let Some(err) = decoded
+                .as_ref()
+                .and_then(|body| self.answer_error(&body.skeleton, call))
+            {
+                return Err(err);
+            }
+        }
         let data = resp
             .data
             .ok_or_else(|| bad("the response has no `data` field, so it holds no images"))?;
@@ -615,7 +763,7 @@ impl OpenAiProvider {
 #[async_trait]
 impl ImageProvider for OpenAiProvider {
     fn kind(&self) -> &'static str {
-        "openai"
+        self.flavour.kind
     }
 
     fn default_model(&self) -> &str {
@@ -627,7 +775,7 @@ impl ImageProvider for OpenAiProvider {
     }
 
     fn capabilities(&self, model: &str) -> ModelCapabilities {
-        self.settings.catalog.get(model)
+        self.caps(model)
     }
 
     fn lifecycle_is_authoritative(&self) -> bool {
@@ -640,6 +788,9 @@ impl ImageProvider for OpenAiProvider {
     }
 
     fn aliases(&self) -> Vec<(String, String)> {
+        if !self.flavour.aliases {
+            return Vec::new();
+        }
         ALIASES
             .iter()
             .map(|(alias, model)| (alias.to_string(), model.to_string()))
@@ -647,6 +798,12 @@ impl ImageProvider for OpenAiProvider {
     }
 
     async fn list_models(&self) -> Result<Vec<UpstreamModel>, ProviderError> {
+        if !self.flavour.lists_models {
+            return Err(ProviderError::unsupported(format!(
+                "provider `{}` cannot list its models",
+                self.flavour.kind
+            )));
+        }
         let s = &self.settings;
         // One attempt with whichever key the pool offers: the listing is advisory, and a
         // failure here must not rest or disable a key the image calls are using.
@@ -657,7 +814,7 @@ impl ImageProvider for OpenAiProvider {
             .timeout(s.timeout);
         let what = "the model listing";
         let resp = self
-            .account_headers(req, key.as_deref())
+            .account_headers(req, key.as_deref(), None)
             .send()
             .await
             .map_err(|e| transport_error(e, what, s.timeout))?;
@@ -704,8 +861,9 @@ impl ImageProvider for OpenAiProvider {
         request: &EditRequest,
         options: &CallOptions,
     ) -> Result<GenerateResult, ProviderError> {
+        let url = self.edit_url(&request.model);
         let call = Call {
-            url: &self.edits_url,
+            url: &url,
             model: &request.model,
             n: request.n().max(1),
             partials: request.options.partial_images.map_or(0, u32::from),
@@ -847,6 +1005,31 @@ fn file_part(image: &InputImage) -> Result<Part, ProviderError> {
             ProviderError::invalid_param("images", format!("cannot send `{}`: {e}", image.name))
                 .with_retryable(false)
         })
+}
+
+/// A scrubber of the pool's keys, the base URL's password and the values of the flavour's
+/// extra headers (which may be secrets a server echoes back).
+fn scrubber_for(settings: &OpenAiSettings, headers: &HeaderMap) -> Scrubber {
+    if headers.is_empty() {
+        return Scrubber::new(&settings.keys, &settings.base_url);
+    }
+    let header_values = headers
+        .values()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| (SecretString::from(v.to_string()), "header".to_string()));
+    let secrets: Vec<(SecretString, String)> = settings
+        .keys
+        .secrets()
+        .map(|(key, _)| (SecretString::from(key.to_string()), "key".to_string()))
+        .chain(header_values)
+        .collect();
+    Scrubber::new(&KeyPool::new(secrets, Duration::ZERO), &settings.base_url)
+}
+
+/// `err` without `token` in any of its texts (an upstream may echo what it was sent).
+fn scrub_token(err: ProviderError, token: &SecretString, base_url: &url::Url) -> ProviderError {
+    let pool = KeyPool::new([(token.clone(), "token".to_string())], Duration::ZERO);
+    Scrubber::new(&pool, base_url).error(err)
 }
 
 /// Names the key in a message about the account, e.g. ` (key sk-…abcd)`.
