@@ -13,7 +13,7 @@ use secrecy::SecretString;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
-    http::ClientCache, keys::KeyPool, mock, openai, Catalog, ImageOptions, ImageProvider,
+    gemini, http::ClientCache, keys::KeyPool, mock, openai, Catalog, ImageOptions, ImageProvider,
     ModelOverride,
 };
 
@@ -41,6 +41,8 @@ pub enum KindConfig {
     Openai(openai::Config),
     /// The offline mock.
     Mock(mock::Config),
+    /// Google's image models on the Gemini API or Vertex AI.
+    Gemini(gemini::Config),
 }
 
 /// Reads a configuration table as a given type, for [`KindConfig::read`]: the server's loader
@@ -84,7 +86,7 @@ pub struct BuildContext<'a> {
 
 impl KindConfig {
     /// Every kind, as written in `kind = "..."`.
-    pub const KINDS: [&'static str; 2] = ["openai", "mock"];
+    pub const KINDS: [&'static str; 3] = ["openai", "mock", "gemini"];
 
     /// The offline stand-in's kind, configured by default as the provider of the same name so
     /// that a fresh install makes images with no key.
@@ -95,6 +97,7 @@ impl KindConfig {
         Some(match kind {
             "openai" => table.read().map(Self::Openai),
             "mock" => table.read().map(Self::Mock),
+            "gemini" => table.read().map(Self::Gemini),
             _ => return None,
         })
     }
@@ -104,6 +107,7 @@ impl KindConfig {
         match self {
             Self::Openai(_) => Catalog::builtin(),
             Self::Mock(_) => Catalog::for_kind(mock::catalog_entries()),
+            Self::Gemini(_) => Catalog::for_kind(gemini::catalog_entries()),
         }
     }
 
@@ -112,6 +116,7 @@ impl KindConfig {
         match self {
             Self::Openai(_) => "openai",
             Self::Mock(_) => "mock",
+            Self::Gemini(_) => "gemini",
         }
     }
 
@@ -120,6 +125,7 @@ impl KindConfig {
         match self {
             Self::Openai(_) => openai::Config::KEYS,
             Self::Mock(_) => mock::Config::KEYS,
+            Self::Gemini(_) => gemini::Config::KEYS,
         }
     }
 
@@ -128,6 +134,7 @@ impl KindConfig {
     pub fn standard_env(kind: &str) -> &'static [(&'static str, &'static str)] {
         match kind {
             "openai" => openai::STANDARD_ENV,
+            "gemini" => gemini::STANDARD_ENV,
             _ => &[],
         }
     }
@@ -148,6 +155,7 @@ impl KindConfig {
         match self {
             Self::Openai(_) => openai::DEFAULT_MODEL,
             Self::Mock(_) => mock::MOCK_MODEL,
+            Self::Gemini(_) => gemini::DEFAULT_MODEL,
         }
     }
 
@@ -156,6 +164,7 @@ impl KindConfig {
         match self {
             Self::Openai(_) => None,
             Self::Mock(_) => Some(mock::SVG_WRITER),
+            Self::Gemini(_) => None,
         }
     }
 
@@ -166,6 +175,11 @@ impl KindConfig {
             Self::Openai(o) if o.base_url() == openai::DEFAULT_BASE_URL && common.has_no_key() => {
                 Some("set OPENAI_API_KEY, or api_key or api_key_file".into())
             }
+            Self::Gemini(g) if !g.uses_token() && common.has_no_key() => Some(
+                "set GEMINI_API_KEY (or GOOGLE_API_KEY), or api_key or api_key_file; on Vertex AI \
+                 set token_command (such as [\"gcloud\", \"auth\", \"print-access-token\"]) or token_file"
+                    .into(),
+            ),
             _ => None,
         }
     }
@@ -175,6 +189,7 @@ impl KindConfig {
         match self {
             Self::Openai(o) => o.check(),
             Self::Mock(m) => m.check(),
+            Self::Gemini(g) => g.check(),
         }
     }
 }
@@ -444,6 +459,7 @@ impl ProviderConfig {
         match &self.kind {
             KindConfig::Openai(o) => o.build(&self.common, &self.http, context),
             KindConfig::Mock(m) => Ok(m.build(&self.common, context)),
+            KindConfig::Gemini(g) => g.build(&self.common, &self.http, context),
         }
     }
 }
@@ -489,6 +505,7 @@ mod tests {
         for kind in [
             KindConfig::Openai(openai::Config::full()),
             KindConfig::Mock(mock::Config::default()),
+            KindConfig::Gemini(gemini::Config::full()),
         ] {
             let mut keys = keys_of(&kind);
             keys.retain(|k| k != "kind");

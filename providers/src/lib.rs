@@ -9,6 +9,7 @@
 pub mod build;
 pub mod catalog;
 pub mod error;
+pub mod gemini;
 pub mod http;
 pub mod image_info;
 pub mod keys;
