@@ -13,8 +13,8 @@ use secrecy::SecretString;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
-    gemini, http::ClientCache, keys::KeyPool, mock, openai, Catalog, ImageOptions, ImageProvider,
-    ModelOverride,
+    gemini, http::ClientCache, keys::KeyPool, mock, openai, stability, Catalog, ImageOptions,
+    ImageProvider, ModelOverride,
 };
 
 /// `[providers.NAME]`: the settings every provider has, and those of its kind.
@@ -43,6 +43,8 @@ pub enum KindConfig {
     Mock(mock::Config),
     /// Google's image models on the Gemini API or Vertex AI.
     Gemini(gemini::Config),
+    /// Stability AI's Stable Image API.
+    Stability(stability::Config),
 }
 
 /// Reads a configuration table as a given type, for [`KindConfig::read`]: the server's loader
@@ -86,7 +88,7 @@ pub struct BuildContext<'a> {
 
 impl KindConfig {
     /// Every kind, as written in `kind = "..."`.
-    pub const KINDS: [&'static str; 3] = ["openai", "mock", "gemini"];
+    pub const KINDS: [&'static str; 4] = ["openai", "mock", "gemini", "stability"];
 
     /// The offline stand-in's kind, configured by default as the provider of the same name so
     /// that a fresh install makes images with no key.
@@ -98,6 +100,7 @@ impl KindConfig {
             "openai" => table.read().map(Self::Openai),
             "mock" => table.read().map(Self::Mock),
             "gemini" => table.read().map(Self::Gemini),
+            "stability" => table.read().map(Self::Stability),
             _ => return None,
         })
     }
@@ -108,6 +111,7 @@ impl KindConfig {
             Self::Openai(_) => Catalog::builtin(),
             Self::Mock(_) => Catalog::for_kind(mock::catalog_entries()),
             Self::Gemini(_) => Catalog::for_kind(gemini::catalog_entries()),
+            Self::Stability(_) => Catalog::for_kind(stability::catalog_entries()),
         }
     }
 
@@ -117,6 +121,7 @@ impl KindConfig {
             Self::Openai(_) => "openai",
             Self::Mock(_) => "mock",
             Self::Gemini(_) => "gemini",
+            Self::Stability(_) => "stability",
         }
     }
 
@@ -126,6 +131,7 @@ impl KindConfig {
             Self::Openai(_) => openai::Config::KEYS,
             Self::Mock(_) => mock::Config::KEYS,
             Self::Gemini(_) => gemini::Config::KEYS,
+            Self::Stability(_) => stability::Config::KEYS,
         }
     }
 
@@ -135,6 +141,7 @@ impl KindConfig {
         match kind {
             "openai" => openai::STANDARD_ENV,
             "gemini" => gemini::STANDARD_ENV,
+            "stability" => stability::STANDARD_ENV,
             _ => &[],
         }
     }
@@ -156,6 +163,7 @@ impl KindConfig {
             Self::Openai(_) => openai::DEFAULT_MODEL,
             Self::Mock(_) => mock::MOCK_MODEL,
             Self::Gemini(_) => gemini::DEFAULT_MODEL,
+            Self::Stability(_) => stability::DEFAULT_MODEL,
         }
     }
 
@@ -164,7 +172,7 @@ impl KindConfig {
         match self {
             Self::Openai(_) => None,
             Self::Mock(_) => Some(mock::SVG_WRITER),
-            Self::Gemini(_) => None,
+            Self::Gemini(_) | Self::Stability(_) => None,
         }
     }
 
@@ -180,6 +188,9 @@ impl KindConfig {
                  set token_command (such as [\"gcloud\", \"auth\", \"print-access-token\"]) or token_file"
                     .into(),
             ),
+            Self::Stability(_) if common.has_no_key() => {
+                Some("set STABILITY_API_KEY, or api_key or api_key_file".into())
+            }
             _ => None,
         }
     }
@@ -190,6 +201,7 @@ impl KindConfig {
             Self::Openai(o) => o.check(),
             Self::Mock(m) => m.check(),
             Self::Gemini(g) => g.check(),
+            Self::Stability(s) => s.check(),
         }
     }
 }
@@ -460,6 +472,7 @@ impl ProviderConfig {
             KindConfig::Openai(o) => o.build(&self.common, &self.http, context),
             KindConfig::Mock(m) => Ok(m.build(&self.common, context)),
             KindConfig::Gemini(g) => g.build(&self.common, &self.http, context),
+            KindConfig::Stability(s) => s.build(&self.common, &self.http, context),
         }
     }
 }
@@ -506,6 +519,7 @@ mod tests {
             KindConfig::Openai(openai::Config::full()),
             KindConfig::Mock(mock::Config::default()),
             KindConfig::Gemini(gemini::Config::full()),
+            KindConfig::Stability(stability::Config::full()),
         ] {
             let mut keys = keys_of(&kind);
             keys.retain(|k| k != "kind");

@@ -18,6 +18,7 @@ pub mod mock;
 pub mod openai;
 pub mod options;
 pub mod secret;
+pub mod stability;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod types;

@@ -596,11 +596,12 @@ fn request_body(parts: Vec<Value>, config: &Map<String, Value>) -> Value {
 /// `usageMetadata` as [`Usage`]: prompt, candidate (image) and total tokens.
 fn usage(meta: &Value) -> Usage {
     let count = |name: &str| meta.get(name).and_then(Value::as_u64);
-    let mut usage = Usage::default();
-    usage.input_tokens = count("promptTokenCount");
-    usage.output_tokens = count("candidatesTokenCount");
-    usage.total_tokens = count("totalTokenCount");
-    usage
+    Usage {
+        input_tokens: count("promptTokenCount"),
+        output_tokens: count("candidatesTokenCount"),
+        total_tokens: count("totalTokenCount"),
+        ..Usage::default()
+    }
 }
 
 /// The usage of several requests added up.
