@@ -700,3 +700,28 @@ async fn a_vertex_token_refused_twice_is_auth_and_never_shown() {
     assert!(!shown.contains("SENTINEL"), "{shown}");
     assert!(shown.contains("access token"), "{shown}");
 }
+
+#[tokio::test]
+async fn the_model_listing_keeps_the_image_models_that_generate_content() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1beta/models"))
+        .and(header("x-goog-api-key", KEY))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"models": [
+            {"name": "models/gemini-3-pro-image", "supportedGenerationMethods": ["generateContent", "countTokens"]},
+            {"name": "models/gemini-nano-banana-2.1", "supportedGenerationMethods": ["generateContent"]},
+            {"name": "models/gemini-3-pro", "supportedGenerationMethods": ["generateContent"]},
+            {"name": "models/imagen-4.0-generate-001", "supportedGenerationMethods": ["predict"]},
+            {"name": format!("models/image {KEY}"), "supportedGenerationMethods": ["generateContent"]},
+        ]})))
+        .mount(&server)
+        .await;
+    let ids: Vec<String> = gemini(&server)
+        .list_models()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(ids, ["gemini-3-pro-image", "gemini-nano-banana-2.1"]);
+}

@@ -41,7 +41,7 @@ use crate::{
     secret::Scrubber,
     CallOptions, Catalog, EditRequest, GenerateRequest, GenerateResult, GeneratedImage,
     ImageFormat, ImageOptions, ImageProvider, ModelCapabilities, ModelState, Param, ProviderError,
-    ProviderEvent, Usage,
+    ProviderEvent, UpstreamModel, Usage,
 };
 
 use wire::Answer;
@@ -76,6 +76,9 @@ pub const MAX_N: u32 = 4;
 
 /// Error bodies are only read for their message.
 const ERROR_BODY_CAP: usize = 64 * 1024;
+
+/// A model listing is a few hundred entries; far more is not one.
+const MODELS_BODY_CAP: usize = 4 * 1024 * 1024;
 
 /// The instruction sent beside a mask, which `generateContent` has no field for.
 const MASK_NOTE: &str = "The last image is a mask of the first: change only where the mask is \
@@ -562,7 +565,16 @@ impl GeminiProvider {
         config: Map<String, Value>,
         options: &CallOptions,
     ) -> Result<GenerateResult, ProviderError> {
-        let n = n.clamp(1, MAX_N);
+        if n > MAX_N {
+            // The catalog can be overridden past what this provider splits into requests.
+            return Err(ProviderError::invalid_param(
+                "n",
+                format!(
+                    "n = {n}: Gemini makes one image per request and sends at most {MAX_N} at once"
+                ),
+            ));
+        }
+        let n = n.max(1);
         let body = &body;
         let results = try_join_all((0..n).map(|_| self.one(model, body, options))).await?;
         let mut merged = GenerateResult::new(Vec::new(), model);
@@ -663,6 +675,56 @@ impl ImageProvider for GeminiProvider {
             .iter()
             .map(|(a, m)| (a.to_string(), m.to_string()))
             .collect()
+    }
+
+    async fn list_models(&self) -> Result<Vec<UpstreamModel>, ProviderError> {
+        let Endpoint::GeminiApi { base_url } = &self.settings.endpoint else {
+            return Err(ProviderError::unsupported(
+                "Vertex AI lists publisher models elsewhere; the model listing is the Gemini API's",
+            ));
+        };
+        let s = &self.settings;
+        // One request with whichever key the pool offers: the listing is advisory, and a
+        // failure here must not rest or disable a key the image calls are using.
+        let key = self.executor.next_key(&[])?;
+        let mut url = base_url.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().extend(["v1beta", "models"]);
+        }
+        url.set_query(Some("pageSize=1000"));
+        let mut req = self.client.get(url).timeout(s.timeout);
+        if let Some(key) = key.as_deref() {
+            if let Ok(mut value) = HeaderValue::from_str(key.expose()) {
+                value.set_sensitive(true);
+                req = req.header("x-goog-api-key", value);
+            }
+        }
+        let what = "the model listing";
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| transport_error(e, what, s.timeout))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        if !status.is_success() {
+            let body = read_truncated(resp, ERROR_BODY_CAP).await;
+            let err = error::parse_error(
+                status,
+                &headers,
+                &body,
+                key.as_deref(),
+                false,
+                "",
+                &self.scrubber,
+            );
+            return Err(self.scrubber.error(err.with_model_unavailable(false)));
+        }
+        let cap = MODELS_BODY_CAP.min(s.max_response_bytes);
+        let body = read_capped(resp, cap).await.map_err(|e| match e {
+            ReadError::TooLarge => too_large(what, cap),
+            ReadError::Transport(e) => transport_error(e, what, s.timeout),
+        })?;
+        wire::parse_models(&body, &self.scrubber)
     }
 
     #[tracing::instrument(skip_all, fields(model = %request.model))]

@@ -10,7 +10,7 @@ use crate::{
     options::parse_aspect_ratio,
     secret::Scrubber,
     validate::parse_size,
-    ErrorKind, ImageOptions, InputImage, ProviderError, Resolution,
+    ErrorKind, ImageOptions, InputImage, ProviderError, Resolution, UpstreamModel,
 };
 
 /// Every `aspectRatio` Google lists; a ratio asked for exactly is sent as it is.
@@ -316,6 +316,41 @@ impl Answer {
         ))
         .with_provider_detail(reasons.first().map(|(r, _)| r.clone()), None))
     }
+}
+
+/// The image models of a `GET models` listing: those that `generateContent` serves whose
+/// name says they make images (Google lists no shutdown dates there).
+pub(super) fn parse_models(
+    body: &[u8],
+    scrubber: &Scrubber,
+) -> Result<Vec<UpstreamModel>, ProviderError> {
+    let json: Value = serde_json::from_slice(body).map_err(|e| {
+        bad(format!(
+            "the model listing is not JSON ({:?} error)",
+            e.classify()
+        ))
+    })?;
+    let models = json
+        .get("models")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("the model listing has no `models` list"))?;
+    let mut out: Vec<UpstreamModel> = models
+        .iter()
+        .filter_map(|m| {
+            let name = m.get("name")?.as_str()?;
+            let id = scrubber.token(name.strip_prefix("models/").unwrap_or(name))?;
+            let generates = m
+                .get("supportedGenerationMethods")
+                .and_then(Value::as_array)
+                .is_some_and(|all| all.iter().any(|v| v == "generateContent"));
+            let lower = id.to_ascii_lowercase();
+            (generates && (lower.contains("image") || lower.contains("nano-banana")))
+                .then(|| UpstreamModel::new(id, None))
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out.dedup_by(|a, b| a.id == b.id);
+    Ok(out)
 }
 
 fn blocked(message: String, reason: &str, said: Option<String>) -> ProviderError {

@@ -554,7 +554,14 @@ impl StabilityProvider {
         n: u32,
         options: &CallOptions,
     ) -> Result<GenerateResult, ProviderError> {
-        let n = n.clamp(1, MAX_N);
+        if n > MAX_N {
+            // The catalog can be overridden past what this provider splits into requests.
+            return Err(ProviderError::invalid_param(
+                "n",
+                format!("n = {n}: Stability makes one image per request and sends at most {MAX_N} at once"),
+            ));
+        }
+        let n = n.max(1);
         let call_ref = &call;
         let images = try_join_all((0..n).map(|_| self.one(call_ref, prompt, options))).await?;
         let mut sent = call.fields.clone();
