@@ -280,4 +280,46 @@ mod tests {
         };
         assert_eq!(zero.check().unwrap_err().key, "token_refresh_s");
     }
+
+    #[test]
+    fn a_vertex_table_reads_and_builds_a_provider_that_names_no_token() {
+        use crate::build::{KindConfig, ProviderConfig};
+        let config: ProviderConfig = serde_json::from_value(serde_json::json!({
+            "kind": "gemini",
+            "vertex": {"project": "my-proj", "location": "europe-west4"},
+            "token_command": ["gcloud", "auth", "print-access-token"],
+            "token_refresh_s": 600,
+        }))
+        .unwrap();
+        let KindConfig::Gemini(gemini) = &config.kind else {
+            panic!("{:?}", config.kind);
+        };
+        assert!(gemini.uses_token());
+        assert_eq!(config.check(), Ok(()));
+        assert_eq!(config.kind.missing_key_hint(&config.common), None);
+        let clients = crate::http::ClientCache::default();
+        let provider = config
+            .build(BuildContext {
+                keys: Arc::new(crate::keys::KeyPool::empty()),
+                catalog: Arc::new(config.kind.catalog()),
+                clients: &clients,
+            })
+            .unwrap();
+        assert_eq!(provider.kind(), "gemini");
+        assert_eq!(provider.default_model(), DEFAULT_MODEL);
+        assert!(provider.capabilities("gemini-3-pro-image").known);
+        let shown = format!("{provider:?}");
+        assert!(
+            shown.contains("gcloud") && shown.contains("vertex: true"),
+            "{shown}"
+        );
+        // A plain table is the Gemini API, whose missing key is named.
+        let plain: ProviderConfig =
+            serde_json::from_value(serde_json::json!({"kind": "gemini"})).unwrap();
+        assert!(plain
+            .kind
+            .missing_key_hint(&plain.common)
+            .unwrap()
+            .contains("GEMINI_API_KEY"));
+    }
 }
