@@ -425,7 +425,7 @@ impl GeminiProvider {
                 tracing::info!("the access token was refused; sending once more with a fresh one");
                 self.send(url, model, body, Credential::Token(&fresh), options)
                     .await
-                    .map_err(|e| self.scrub_tokens(e, [&token, &fresh]).with_status_kept())
+                    .map_err(|e| refused_again(self.scrub_tokens(e, [&token, &fresh])))
             }
             other => other.map_err(|e| self.scrub_tokens(e, [&token])),
         }
@@ -633,18 +633,12 @@ fn sum_usage(usages: Vec<Usage>) -> Option<Usage> {
     }))
 }
 
-trait KeepStatus {
-    fn with_status_kept(self) -> Self;
-}
-
-impl KeepStatus for ProviderError {
-    /// A second refusal is final: the fresh token was refused too.
-    fn with_status_kept(mut self) -> Self {
-        if self.status == Some(401) {
-            self.message = format!("{} (a freshly fetched token was refused too)", self.message);
-        }
-        self
+/// `err` of a request sent with a freshly fetched token: a second refusal is final.
+fn refused_again(mut err: ProviderError) -> ProviderError {
+    if err.status == Some(401) {
+        err.message = format!("{} (a freshly fetched token was refused too)", err.message);
     }
+    err
 }
 
 #[async_trait]
