@@ -725,3 +725,34 @@ async fn the_model_listing_keeps_the_image_models_that_generate_content() {
         .collect();
     assert_eq!(ids, ["gemini-3-pro-image", "gemini-nano-banana-2.1"]);
 }
+
+#[tokio::test]
+async fn a_vertex_answer_echoing_the_token_shows_only_its_fingerprint() {
+    let server = MockServer::start().await;
+    let mut body = answer(&[png(8, 8, 1)]);
+    body["candidates"][0]["content"]["parts"][0]["text"] = "made with tok-SENTINEL-1".into();
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = Endpoint::Vertex {
+        base_url: server.uri().parse().unwrap(),
+        project: "p".into(),
+        location: "us-east5".into(),
+    };
+    let mut s = GeminiSettings::new(endpoint, Arc::new(KeyPool::empty()));
+    s.tokens = Some(Arc::new(Tokens::new(
+        TokenSource::Command(token_script(dir.path())),
+        Duration::from_secs(3600),
+    )));
+    let result = GeminiProvider::new(s, reqwest::Client::new())
+        .generate_opts(&GenerateRequest::new("x", MODEL), &CallOptions::new())
+        .await
+        .unwrap();
+    let text = result.revised_prompt.unwrap();
+    assert!(
+        text.starts_with("made with") && !text.contains("SENTINEL"),
+        "{text}"
+    );
+}

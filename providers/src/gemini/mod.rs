@@ -408,38 +408,43 @@ impl GeminiProvider {
         body: &Value,
         key: Option<&PoolKey>,
         options: &CallOptions,
-    ) -> Result<Answer, ProviderError> {
+    ) -> Result<(Answer, Scrubber), ProviderError> {
         let Some(tokens) = &self.settings.tokens else {
             return self
                 .send(url, model, body, Credential::Key(key), options)
-                .await;
+                .await
+                .map(|answer| (answer, self.scrubber.clone()));
         };
         let token = tokens.token().await?;
         let first = self
             .send(url, model, body, Credential::Token(&token), options)
             .await;
+        // The answer is read with a scrubber that knows the token: the pool's knows keys only.
         match first {
             Err(e) if e.status == Some(401) => {
                 tokens.invalidate().await;
                 let fresh = tokens.token().await?;
                 tracing::info!("the access token was refused; sending once more with a fresh one");
+                let scrubber = self.token_scrubber([&token, &fresh]);
                 self.send(url, model, body, Credential::Token(&fresh), options)
                     .await
-                    .map_err(|e| refused_again(self.scrub_tokens(e, [&token, &fresh])))
+                    .map(|answer| (answer, scrubber.clone()))
+                    .map_err(|e| refused_again(scrubber.error(e)))
             }
-            other => other.map_err(|e| self.scrub_tokens(e, [&token])),
+            other => {
+                let scrubber = self.token_scrubber([&token]);
+                other
+                    .map(|answer| (answer, scrubber.clone()))
+                    .map_err(|e| scrubber.error(e))
+            }
         }
     }
 
-    /// `err` without `tokens` in it: the pool's scrubber knows keys, not tokens.
-    fn scrub_tokens<'t>(
-        &self,
-        err: ProviderError,
-        tokens: impl IntoIterator<Item = &'t SecretString>,
-    ) -> ProviderError {
+    /// A scrubber for `tokens` (shown as their fingerprints) and the base URL's password.
+    fn token_scrubber<'t>(&self, tokens: impl IntoIterator<Item = &'t SecretString>) -> Scrubber {
         let tokens = tokens.into_iter().map(|t| (t.clone(), "token".to_string()));
         let pool = KeyPool::new(tokens, Duration::from_secs(1));
-        Scrubber::new(&pool, self.settings.endpoint.base_url()).error(err)
+        Scrubber::new(&pool, self.settings.endpoint.base_url())
     }
 
     /// Sends one request and reads its answer, or classifies its error.
@@ -524,12 +529,12 @@ impl GeminiProvider {
                     self.attempt(url, model, body, attempt.key(), options).await
                 },
                 |sent| async move {
-                    let answer = sent.value;
+                    let (answer, scrubber) = sent.value;
                     // Decoding megabytes of base64 is CPU work: a few at a time.
                     let permit = decode_slots().acquire().await;
                     let read = answer
-                        .read(1, &self.scrubber)
-                        .map_err(|e| e.with_request_sent(true))?;
+                        .read(1, &scrubber)
+                        .map_err(|e| scrubber.error(e).with_request_sent(true))?;
                     drop(permit);
                     let images = read
                         .images
@@ -549,7 +554,7 @@ impl GeminiProvider {
                         .response_id
                         .as_ref()
                         .and_then(Value::as_str)
-                        .and_then(|id| self.scrubber.token(id));
+                        .and_then(|id| scrubber.token(id));
                     Ok(result)
                 },
             )
