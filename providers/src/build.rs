@@ -13,8 +13,8 @@ use secrecy::SecretString;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
-    azure_openai, http::ClientCache, keys::KeyPool, mock, openai, openai_compatible, Catalog,
-    ImageOptions, ImageProvider, ModelOverride,
+    azure_openai, gemini, http::ClientCache, keys::KeyPool, mock, openai, openai_compatible,
+    stability, Catalog, ImageOptions, ImageProvider, ModelOverride,
 };
 
 /// `[providers.NAME]`: the settings every provider has, and those of its kind.
@@ -45,6 +45,10 @@ pub enum KindConfig {
     AzureOpenai(azure_openai::Config),
     /// A server speaking OpenAI's image routes (LiteLLM, LocalAI, OpenRouter, vLLM).
     OpenaiCompatible(openai_compatible::Config),
+    /// Google's image models on the Gemini API or Vertex AI.
+    Gemini(gemini::Config),
+    /// Stability AI's Stable Image API.
+    Stability(stability::Config),
 }
 
 /// Reads a configuration table as a given type, for [`KindConfig::read`]: the server's loader
@@ -89,7 +93,14 @@ pub struct BuildContext<'a> {
 impl KindConfig {
     /// Every kind, as written in `kind = "..."`; the first whose standard key variable is set
     /// becomes the default provider, so OpenAI's comes first.
-    pub const KINDS: [&'static str; 4] = ["openai", "mock", "azure_openai", "openai_compatible"];
+    pub const KINDS: [&'static str; 6] = [
+        "openai",
+        "mock",
+        "azure_openai",
+        "openai_compatible",
+        "gemini",
+        "stability",
+    ];
 
     /// The offline stand-in's kind, configured by default as the provider of the same name so
     /// that a fresh install makes images with no key.
@@ -102,6 +113,8 @@ impl KindConfig {
             "mock" => table.read().map(Self::Mock),
             "azure_openai" => table.read().map(Self::AzureOpenai),
             "openai_compatible" => table.read().map(Self::OpenaiCompatible),
+            "gemini" => table.read().map(Self::Gemini),
+            "stability" => table.read().map(Self::Stability),
             _ => return None,
         })
     }
@@ -113,6 +126,8 @@ impl KindConfig {
             Self::Mock(_) => Catalog::for_kind(mock::catalog_entries()),
             Self::AzureOpenai(a) => a.catalog(),
             Self::OpenaiCompatible(_) => Catalog::for_kind(openai_compatible::catalog_entries()),
+            Self::Gemini(_) => Catalog::for_kind(gemini::catalog_entries()),
+            Self::Stability(_) => Catalog::for_kind(stability::catalog_entries()),
         }
     }
 
@@ -123,6 +138,8 @@ impl KindConfig {
             Self::Mock(_) => "mock",
             Self::AzureOpenai(_) => "azure_openai",
             Self::OpenaiCompatible(_) => "openai_compatible",
+            Self::Gemini(_) => "gemini",
+            Self::Stability(_) => "stability",
         }
     }
 
@@ -133,6 +150,8 @@ impl KindConfig {
             Self::Mock(_) => mock::Config::KEYS,
             Self::AzureOpenai(_) => azure_openai::Config::KEYS,
             Self::OpenaiCompatible(_) => openai_compatible::Config::KEYS,
+            Self::Gemini(_) => gemini::Config::KEYS,
+            Self::Stability(_) => stability::Config::KEYS,
         }
     }
 
@@ -142,6 +161,8 @@ impl KindConfig {
         match kind {
             "openai" => openai::STANDARD_ENV,
             "azure_openai" => azure_openai::STANDARD_ENV,
+            "gemini" => gemini::STANDARD_ENV,
+            "stability" => stability::STANDARD_ENV,
             _ => &[],
         }
     }
@@ -164,6 +185,8 @@ impl KindConfig {
             Self::Mock(_) => mock::MOCK_MODEL,
             Self::AzureOpenai(_) => azure_openai::DEFAULT_MODEL,
             Self::OpenaiCompatible(_) => openai_compatible::DEFAULT_MODEL,
+            Self::Gemini(_) => gemini::DEFAULT_MODEL,
+            Self::Stability(_) => stability::DEFAULT_MODEL,
         }
     }
 
@@ -173,6 +196,7 @@ impl KindConfig {
             Self::Openai(_) => None,
             Self::Mock(_) => Some(mock::SVG_WRITER),
             Self::AzureOpenai(_) | Self::OpenaiCompatible(_) => None,
+            Self::Gemini(_) | Self::Stability(_) => None,
         }
     }
 
@@ -188,6 +212,14 @@ impl KindConfig {
                  token_file for Entra ID"
                     .into(),
             ),
+            Self::Gemini(g) if !g.uses_token() && common.has_no_key() => Some(
+                "set GEMINI_API_KEY (or GOOGLE_API_KEY), or api_key or api_key_file; on Vertex AI \
+                 set token_command (such as [\"gcloud\", \"auth\", \"print-access-token\"]) or token_file"
+                    .into(),
+            ),
+            Self::Stability(_) if common.has_no_key() => {
+                Some("set STABILITY_API_KEY, or api_key or api_key_file".into())
+            }
             _ => None,
         }
     }
@@ -199,6 +231,8 @@ impl KindConfig {
             Self::Mock(m) => m.check(),
             Self::AzureOpenai(a) => a.check(),
             Self::OpenaiCompatible(c) => c.check(),
+            Self::Gemini(g) => g.check(),
+            Self::Stability(s) => s.check(),
         }
     }
 }
@@ -480,6 +514,8 @@ impl ProviderConfig {
             KindConfig::Mock(m) => Ok(m.build(&self.common, context)),
             KindConfig::AzureOpenai(a) => a.build(&self.common, &self.http, context),
             KindConfig::OpenaiCompatible(c) => c.build(&self.common, &self.http, context),
+            KindConfig::Gemini(g) => g.build(&self.common, &self.http, context),
+            KindConfig::Stability(s) => s.build(&self.common, &self.http, context),
         }
     }
 }
@@ -528,6 +564,8 @@ mod tests {
             KindConfig::Mock(mock::Config::default()),
             KindConfig::AzureOpenai(azure_openai::Config::full()),
             KindConfig::OpenaiCompatible(openai_compatible::Config::full()),
+            KindConfig::Gemini(gemini::Config::full()),
+            KindConfig::Stability(stability::Config::full()),
         ] {
             let mut keys = keys_of(&kind);
             keys.retain(|k| k != "kind");

@@ -10,6 +10,7 @@ pub mod azure_openai;
 pub mod build;
 pub mod catalog;
 pub mod error;
+pub mod gemini;
 pub mod http;
 pub mod image_info;
 pub mod keys;
@@ -19,6 +20,7 @@ pub mod openai;
 pub mod openai_compatible;
 pub mod options;
 pub mod secret;
+pub mod stability;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod types;
