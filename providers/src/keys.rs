@@ -365,6 +365,13 @@ impl KeyPool {
     /// Rests `key` after a rate limit: for `retry_after` when the server said, else
     /// exponentially longer on each consecutive limit (1 s, 2 s, 4 s, ... up to 60 s).
     pub fn cool_down(&self, key: &PoolKey, retry_after: Option<Duration>) {
+        self.cool_down_at_most(key, retry_after, MAX_HINTED_COOLDOWN)
+    }
+
+    /// [`KeyPool::cool_down`], never resting the key longer than `cap` (the provider's
+    /// `retry_after_cap`): a call that would wait longer fails at once, so a longer rest would
+    /// lock the key out of calls that the cap promises to serve.
+    pub fn cool_down_at_most(&self, key: &PoolKey, retry_after: Option<Duration>, cap: Duration) {
         let now = Instant::now();
         self.with_state(|state| {
             let strikes = match state.health.get(&key.id) {
@@ -373,7 +380,8 @@ impl KeyPool {
             };
             let wait = retry_after
                 .unwrap_or_else(|| Duration::from_secs(1 << (strikes - 1).min(6)).min(MAX_COOLDOWN))
-                .min(MAX_HINTED_COOLDOWN);
+                .min(MAX_HINTED_COOLDOWN)
+                .min(cap);
             state.health.insert(
                 key.id,
                 KeyHealth::CoolingDown {

@@ -406,6 +406,8 @@ struct KeyAction {
     /// Why, for logs, events and the pool's status.
     reason: String,
     retry_after: Option<Duration>,
+    /// The longest rest a key may get (the retry cap).
+    cap: Duration,
 }
 
 impl KeyAction {
@@ -434,13 +436,14 @@ impl KeyAction {
             kind: err.kind,
             reason,
             retry_after: err.retry_after.map(|wait| wait.min(cap)),
+            cap,
         })
     }
 
     fn apply(&self, pool: &KeyPool, key: &PoolKey) {
         match self.disables {
             true => pool.disable(key, self.kind, self.reason.clone()),
-            false => pool.cool_down(key, self.retry_after),
+            false => pool.cool_down_at_most(key, self.retry_after, self.cap),
         }
     }
 }

@@ -16,7 +16,7 @@ pub const SENTINEL_KEY: &str = "sk-SENTINEL-hostile-0123456789abcdef";
 pub const SENTINEL_PASSWORD: &str = "SENTINELPASS";
 
 /// The rows' cap on `Retry-After` waits.
-const CAP: Duration = Duration::from_secs(1);
+const CAP: Duration = Duration::from_millis(250);
 /// The rows' per-request timeout.
 const TIMEOUT: Duration = Duration::from_millis(500);
 
