@@ -1,12 +1,10 @@
 //! The conformance suite every provider passes: the mock in every build, and each HTTP provider
 //! against a fake upstream.
 
-mod common;
-
 use std::{io::Cursor, sync::Arc};
 
+use crate::common::Form;
 use base64::Engine as _;
-use common::Form;
 use imagegen_providers::{
     layers::Checked,
     mock::{MockProvider, MockSettings},

@@ -3,12 +3,10 @@
 //! `b64_json` answers, missing fields, only the parameters the model declares, extra headers
 //! that are sent but never shown, and no key at all.
 
-mod common;
-
 use std::{io::Cursor, sync::Arc, time::Duration};
 
+use crate::common::Form;
 use base64::Engine as _;
-use common::Form;
 use imagegen_providers::{
     build::{BuildContext, KindConfig, ProviderConfig},
     http::ClientCache,

@@ -4,12 +4,10 @@
 //! ID tokens from a command refreshed after a 401, content-filter shapes, the deployment
 //! 404, and Azure's catalog (its retirement dates, no WEBP).
 
-mod common;
-
 use std::{collections::BTreeMap, io::Cursor, sync::Arc, time::Duration};
 
+use crate::common::Form;
 use base64::Engine as _;
-use common::Form;
 use imagegen_providers::{
     azure_openai,
     build::{BuildContext, KindConfig, ProviderConfig},

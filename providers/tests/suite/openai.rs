@@ -1,14 +1,12 @@
 //! The OpenAI provider against a fake upstream: request bodies, results, every error row of
 //! the API reference, retries, downloads and secrets; edits and variations as multipart uploads.
 
-mod common;
-
 use std::{
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
-use common::{Form, MultipartForm};
+use crate::common::{Form, MultipartForm};
 use imagegen_providers::{
     keys::KeyPool,
     openai::{OpenAiProvider, OpenAiSettings},

@@ -3,12 +3,10 @@
 //! (multipart fields, image bytes or JSON answers, `CONTENT_FILTERED`, moderation and credits,
 //! edits by inpainting or image-to-image).
 
-mod common;
-
 use std::{io::Cursor, sync::Arc, time::Duration};
 
+use crate::common::Form;
 use base64::Engine as _;
-use common::Form;
 use imagegen_providers::{
     http::RetryPolicy,
     keys::KeyPool,

@@ -2,7 +2,7 @@
 //! as one attempt, a `parse_error`, a poll and a download on the shared core, and gets key
 //! handling, retries, `Retry-After`, deadlines, progress and secret scrubbing from it.
 
-#[path = "../examples/made_up_json/provider.rs"]
+#[path = "../../examples/made_up_json/provider.rs"]
 #[allow(dead_code)]
 mod provider;
 
