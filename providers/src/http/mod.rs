@@ -2,6 +2,8 @@
 //!
 //! - [`ClientCache`]: the transport, one `reqwest::Client` per connect-timeout setting, so key
 //!   rotations and reloads reuse open connections.
+//! - [`address`]: which addresses downloads may reach (no internal ones), and the resolver
+//!   that enforces it.
 //! - [`body`]: body reads under a size cap, and the base64 every image API sends.
 //! - [`download`]: result-URL downloads kept to allowed hosts (redirects included), under a
 //!   size cap, and `data:` URLs.
@@ -12,6 +14,7 @@
 //! - [`poll`]: waiting on submit-then-poll APIs.
 //! - [`sse`]: server-sent events.
 
+pub mod address;
 pub mod body;
 pub mod download;
 pub mod error;
