@@ -70,15 +70,95 @@ fn v6_class(ip: Ipv6Addr) -> Option<&'static str> {
     })
 }
 
-/// Whether `host` (a URL's host as written) is this machine or an internal network: an
-/// internal IP literal, `localhost` or a `*.localhost` name.
-pub fn host_is_internal(host: &url::Host<&str>) -> bool {
-    match host {
-        url::Host::Ipv4(ip) => is_internal(IpAddr::V4(*ip)),
-        url::Host::Ipv6(ip) => is_internal(IpAddr::V6(*ip)),
-        url::Host::Domain(name) => {
-            let name = name.trim_end_matches('.').to_ascii_lowercase();
-            name == "localhost" || name.ends_with(".localhost")
+/// Which internal addresses one provider's downloads may still reach: those of its own base
+/// URL (a local server's own results), and any loopback address when the base URL is on this
+/// machine (a local server naming itself `127.0.0.1` or `localhost` either way). Every other
+/// internal address is refused.
+#[derive(Debug, Clone, Default)]
+pub struct AddressGuard {
+    /// The base URL's host when it is an IP literal.
+    base_ip: Option<IpAddr>,
+    /// The base URL's host when it is a name, lowercased: trusted with whatever it resolves to.
+    base_name: Option<String>,
+    /// Whether the base URL is on this machine.
+    base_is_loopback: bool,
+}
+
+impl AddressGuard {
+    /// The guard for a provider whose API is at `base_url`.
+    pub fn for_base(base_url: &url::Url) -> Self {
+        match base_url.host() {
+            Some(url::Host::Ipv4(ip)) => Self::for_ip(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Self::for_ip(IpAddr::V6(ip)),
+            Some(url::Host::Domain(name)) => {
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                Self {
+                    base_is_loopback: name == "localhost" || name.ends_with(".localhost"),
+                    base_name: Some(name),
+                    base_ip: None,
+                }
+            }
+            None => Self::default(),
+        }
+    }
+
+    fn for_ip(ip: IpAddr) -> Self {
+        Self {
+            base_ip: Some(ip),
+            base_name: None,
+            base_is_loopback: is_loopback(ip),
+        }
+    }
+
+    /// Why `ip` may not be reached, or `None` when it may.
+    pub fn refuses(&self, ip: IpAddr) -> Option<&'static str> {
+        let class = internal_class(ip)?;
+        let own = self.base_ip == Some(ip) || (self.base_is_loopback && is_loopback(ip));
+        (!own).then_some(class)
+    }
+
+    /// The refusal of an IP-literal URL, if its address may not be reached.
+    pub(crate) fn check_literal(&self, url: &url::Url) -> Result<(), AddressRefused> {
+        let ip = match url.host() {
+            Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
+            Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+            _ => return Ok(()),
+        };
+        match self.refuses(ip) {
+            Some(class) => Err(refusal(&ip.to_string(), class)),
+            None => Ok(()),
+        }
+    }
+
+    /// `addrs` resolved for `host` without those it may not reach; an error when none is left.
+    pub fn keep_allowed(
+        &self,
+        host: &str,
+        addrs: Vec<SocketAddr>,
+    ) -> Result<Vec<SocketAddr>, AddressRefused> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        if self.base_name.as_deref() == Some(host.as_str()) {
+            return Ok(addrs);
+        }
+        let first_refusal = addrs.iter().find_map(|a| self.refuses(a.ip()));
+        let kept: Vec<SocketAddr> = addrs
+            .into_iter()
+            .filter(|a| self.refuses(a.ip()).is_none())
+            .collect();
+        match (kept.is_empty(), first_refusal) {
+            (false, _) => Ok(kept),
+            (true, Some(class)) => Err(refusal(&host, &format!("a name for {class}"))),
+            (true, None) => Err(AddressRefused(format!("`{host}` has no address"))),
+        }
+    }
+}
+
+/// Loopback in any spelling (`::ffff:127.0.0.1` included).
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
         }
     }
 }
@@ -95,71 +175,36 @@ impl fmt::Display for AddressRefused {
 
 impl std::error::Error for AddressRefused {}
 
-/// The sentence after "refusing to download from X": why, and what would allow it.
-pub(crate) fn refusal(shown: &str, class: &str) -> AddressRefused {
+/// The sentence after "refusing to download from X": why, and what is allowed.
+fn refusal(shown: &str, class: &str) -> AddressRefused {
     AddressRefused(format!(
-        "`{shown}` is {class}; result URLs may only reach public addresses (internal ones \
-         only when the provider's base URL is itself internal, a local server's own results)"
+        "`{shown}` is {class}; result URLs may only reach public addresses (or the provider's \
+         own base URL host, a local server's own results)"
     ))
 }
 
-/// The refusal of an IP-literal URL, if its address is internal.
-pub(crate) fn check_literal(url: &url::Url) -> Result<(), AddressRefused> {
-    let ip = match url.host() {
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
-        _ => return Ok(()),
-    };
-    match internal_class(ip) {
-        Some(class) => Err(refusal(&ip.to_string(), class)),
-        None => Ok(()),
-    }
-}
-
-/// The download client's resolver: resolves as the system does, then drops every internal
-/// address, so a public-looking name (or a rebinding one) cannot lead to an internal address.
-/// The base URL's own host name is trusted with whatever it resolves to (the operator chose it).
+/// The download client's resolver: resolves as the system does, then drops every address the
+/// guard refuses, so a public-looking (or rebinding) name cannot lead to an internal address.
 #[derive(Debug, Clone)]
 pub struct GuardedResolver {
-    trusted: Option<String>,
+    guard: AddressGuard,
 }
 
 impl GuardedResolver {
-    /// A resolver trusting `trusted` (the base URL's host name, if it is a name).
-    pub fn new(trusted: Option<&str>) -> Self {
-        Self {
-            trusted: trusted.map(|h| h.trim_end_matches('.').to_ascii_lowercase()),
-        }
-    }
-
-    /// `addrs` resolved for `host`, internal ones dropped; an error when none is left.
-    pub fn keep_public(
-        &self,
-        host: &str,
-        addrs: Vec<SocketAddr>,
-    ) -> Result<Vec<SocketAddr>, AddressRefused> {
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        if self.trusted.as_deref() == Some(host.as_str()) {
-            return Ok(addrs);
-        }
-        let first_internal = addrs.iter().find_map(|a| internal_class(a.ip()));
-        let public: Vec<SocketAddr> = addrs.into_iter().filter(|a| !is_internal(a.ip())).collect();
-        match (public.is_empty(), first_internal) {
-            (false, _) => Ok(public),
-            (true, Some(class)) => Err(refusal(&host, &format!("a name for {class}"))),
-            (true, None) => Err(AddressRefused(format!("`{host}` has no address"))),
-        }
+    /// A resolver enforcing `guard`.
+    pub fn new(guard: AddressGuard) -> Self {
+        Self { guard }
     }
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let guard = self.clone();
+        let guard = self.guard.clone();
         let host = name.as_str().to_string();
         Box::pin(async move {
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let kept = guard.keep_public(&host, addrs)?;
+            let kept = guard.keep_allowed(&host, addrs)?;
             Ok(Box::new(kept.into_iter()) as Addrs)
         })
     }
@@ -221,34 +266,48 @@ mod tests {
     }
 
     #[test]
-    fn internal_hosts_are_literals_and_localhost_names() {
-        let host = |u: &str| {
-            let url: url::Url = u.parse().unwrap();
-            host_is_internal(&url.host().unwrap())
-        };
-        assert!(host("http://127.0.0.1:8080/v1"));
-        assert!(host("http://[::1]:8080/"));
-        assert!(host("http://localhost:7860/"));
-        assert!(host("http://gpu.localhost/"));
-        assert!(!host("https://api.bfl.ai/v1"));
-        assert!(!host("http://8.8.8.8/"));
+    fn only_the_base_urls_own_internal_address_is_exempt() {
+        let guard = |base: &str| AddressGuard::for_base(&base.parse().unwrap());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let public = guard("https://api.bfl.ai/v1");
+        assert!(public.refuses(ip("127.0.0.1")).is_some());
+        assert!(public.refuses(ip("8.8.8.8")).is_none());
+        let lan = guard("http://192.168.1.5:7860/");
+        assert!(lan.refuses(ip("192.168.1.5")).is_none());
+        assert!(lan.refuses(ip("192.168.1.6")).is_some());
+        assert!(lan.refuses(ip("127.0.0.1")).is_some());
+        for local in [
+            "http://127.0.0.1:8080/v1",
+            "http://localhost:8080/",
+            "http://[::1]:9/",
+        ] {
+            let g = guard(local);
+            assert!(g.refuses(ip("127.0.0.1")).is_none(), "{local}");
+            assert!(g.refuses(ip("::1")).is_none(), "{local}");
+            assert_eq!(
+                g.refuses(ip("10.1.2.3")),
+                Some("a private address"),
+                "{local}"
+            );
+            assert!(g.refuses(ip("169.254.169.254")).is_some(), "{local}");
+        }
     }
 
     #[test]
-    fn the_resolver_drops_internal_addresses_and_fails_when_none_is_left() {
-        let guard = GuardedResolver::new(Some("api.example.com"));
+    fn the_resolver_drops_refused_addresses_and_fails_when_none_is_left() {
+        let guard = AddressGuard::for_base(&"https://api.example.com/v1".parse().unwrap());
         let a = |s: &str| SocketAddr::new(s.parse().unwrap(), 0);
         let kept = guard
-            .keep_public("cdn.example.net", vec![a("10.0.0.1"), a("8.8.8.8")])
+            .keep_allowed("cdn.example.net", vec![a("10.0.0.1"), a("8.8.8.8")])
             .unwrap();
         assert_eq!(kept, [a("8.8.8.8")]);
         let err = guard
-            .keep_public("rebind.example.net", vec![a("169.254.169.254"), a("::1")])
+            .keep_allowed("rebind.example.net", vec![a("169.254.169.254"), a("::1")])
             .unwrap_err();
         assert!(err.0.contains("link-local"), "{err}");
         // The base URL's own host name may resolve anywhere.
         let kept = guard
-            .keep_public("API.example.com.", vec![a("10.0.0.1")])
+            .keep_allowed("API.example.com.", vec![a("10.0.0.1")])
             .unwrap();
         assert_eq!(kept, [a("10.0.0.1")]);
     }
@@ -256,8 +315,11 @@ mod tests {
     #[tokio::test]
     async fn a_name_resolving_to_loopback_is_refused_by_the_resolver() {
         // `localhost` resolves from the hosts file: no traffic leaves the machine.
-        let guard = GuardedResolver::new(None);
-        let err = match guard.resolve("localhost".parse().unwrap()).await {
+        let guard = AddressGuard::for_base(&"https://api.example.com/".parse().unwrap());
+        let err = match GuardedResolver::new(guard)
+            .resolve("localhost".parse().unwrap())
+            .await
+        {
             Ok(_) => panic!("localhost was resolved"),
             Err(e) => e,
         };

@@ -5,8 +5,8 @@
 //! addresses or other ports of its host; every body is read under a size cap.
 //!
 //! On top of the host list, no download reaches an internal address (loopback, link-local,
-//! private, CGNAT, unspecified, in any IPv6 spelling: [`super::address`]) unless the base URL
-//! is itself internal (a local server serving its own results): host names are checked after
+//! private, CGNAT, unspecified, in any IPv6 spelling: [`super::address`]) but the base URL's
+//! own (a local server serving its own results): host names are checked after
 //! resolving and before connecting by the client's resolver, IP literals before sending and on
 //! every redirect. The download client uses no proxy, so the address checked is the one
 //! connected to. A refusal is a `bad_response` error: the upstream's answer pointed somewhere
@@ -19,7 +19,7 @@ use bytes::Bytes;
 use crate::ProviderError;
 
 use super::{
-    address::{check_literal, host_is_internal, AddressRefused, GuardedResolver},
+    address::{AddressGuard, AddressRefused, GuardedResolver},
     body::{bad, decode_base64, read_capped, too_large, ReadError},
     error::{find_source, redacted, transport_error},
 };
@@ -148,13 +148,13 @@ impl fmt::Display for RedirectRefused {
 impl std::error::Error for RedirectRefused {}
 
 /// Whether a download may follow a redirect to `next` after `previous` hops: within
-/// [`MAX_REDIRECTS`], http(s), to an allowed host, and (unless `internal_allowed`) not to an
-/// internal IP literal, which no resolver sees.
+/// [`MAX_REDIRECTS`], http(s), not to an IP literal `guard` refuses (no resolver sees those),
+/// and to an allowed host.
 fn redirect_verdict(
     next: &url::Url,
     previous: usize,
     hosts: &AllowedHosts,
-    internal_allowed: bool,
+    guard: &AddressGuard,
 ) -> Result<(), RedirectRefused> {
     if previous > MAX_REDIRECTS {
         return Err(RedirectRefused(format!(
@@ -165,12 +165,10 @@ fn redirect_verdict(
         let msg = format!("a redirect to a `{}:` URL was refused", next.scheme());
         return Err(RedirectRefused(msg));
     }
-    if !internal_allowed {
-        if let Err(refused) = check_literal(next) {
-            return Err(RedirectRefused(format!(
-                "a redirect was refused: {refused}"
-            )));
-        }
+    if let Err(refused) = guard.check_literal(next) {
+        return Err(RedirectRefused(format!(
+            "a redirect was refused: {refused}"
+        )));
     }
     if !hosts.allows(next) {
         return Err(RedirectRefused(format!(
@@ -187,8 +185,8 @@ fn redirect_verdict(
 pub struct Downloader {
     base_url: url::Url,
     allowed_hosts: Arc<AllowedHosts>,
-    /// Whether internal addresses may be reached: only when the base URL is internal itself.
-    internal_allowed: bool,
+    /// The internal addresses downloads may still reach: the base URL's own.
+    guard: AddressGuard,
     /// Its redirect policy keeps to `allowed_hosts`. `None` when it could not be built, which
     /// only makes URL results fail.
     client: Option<reqwest::Client>,
@@ -209,13 +207,14 @@ impl Downloader {
     ) -> Self {
         let allowed_hosts = Arc::new(AllowedHosts::new(base_url, download_hosts));
         let policy_hosts = Arc::clone(&allowed_hosts);
-        let internal_allowed = base_url.host().is_some_and(|h| host_is_internal(&h));
+        let guard = AddressGuard::for_base(base_url);
+        let policy_guard = guard.clone();
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
             match redirect_verdict(
                 attempt.url(),
                 attempt.previous().len(),
                 &policy_hosts,
-                internal_allowed,
+                &policy_guard,
             ) {
                 Ok(()) => attempt.follow(),
                 Err(refused) => attempt.error(refused),
@@ -224,25 +223,18 @@ impl Downloader {
         // A separate client because a provider's shared one follows redirects anywhere;
         // referers are off because result URLs often carry signed query strings. No proxy:
         // the resolver must see the address actually connected to.
-        let mut builder = reqwest::Client::builder()
+        let client = reqwest::Client::builder()
             .redirect(policy)
             .referer(false)
-            .no_proxy();
-        if !internal_allowed {
-            let trusted = match base_url.host() {
-                Some(url::Host::Domain(name)) => Some(name),
-                _ => None,
-            };
-            builder = builder.dns_resolver(Arc::new(GuardedResolver::new(trusted)));
-        }
-        let client = builder
+            .no_proxy()
+            .dns_resolver(Arc::new(GuardedResolver::new(guard.clone())))
             .build()
             .map_err(|e| tracing::warn!(error = %e, "could not build the download client"))
             .ok();
         Self {
             base_url: base_url.clone(),
             allowed_hosts,
-            internal_allowed,
+            guard,
             client,
             timeout,
             max_bytes,
@@ -275,14 +267,12 @@ impl Downloader {
                 url.scheme()
             )));
         }
-        if !self.internal_allowed {
-            check_literal(&url).map_err(|refused| {
-                bad(format!(
-                    "image {index}: refusing to download from {}: {refused}",
-                    redacted(&url)
-                ))
-            })?;
-        }
+        self.guard.check_literal(&url).map_err(|refused| {
+            bad(format!(
+                "image {index}: refusing to download from {}: {refused}",
+                redacted(&url)
+            ))
+        })?;
         if !self.allowed_hosts.allows(&url) {
             return Err(bad(format!(
                 "image {index}: refusing to download from {}: only the base URL's own scheme, \
@@ -480,24 +470,39 @@ mod tests {
         assert_eq!(&bytes.unwrap()[..], b"ok");
     }
 
+    #[tokio::test]
+    async fn a_local_base_url_still_refuses_other_internal_addresses_even_when_listed() {
+        let base: url::Url = "http://127.0.0.1:9/v1".parse().unwrap();
+        let hosts = vec!["10.1.2.3".to_string(), "169.254.169.254".to_string()];
+        let downloader = Downloader::new(&base, &hosts, Duration::from_secs(30), 1024);
+        for url in ["http://10.1.2.3/x", "http://169.254.169.254/latest"] {
+            let started = std::time::Instant::now();
+            let err = downloader.fetch(1, url).await.unwrap_err();
+            assert!(started.elapsed() < Duration::from_millis(200), "{url}");
+            assert!(err.message.contains("public addresses"), "{url}: {err}");
+        }
+    }
+
     #[test]
-    fn redirects_to_internal_literals_are_refused_unless_the_base_is_internal() {
+    fn redirects_to_internal_literals_are_refused_but_to_the_base_urls_own() {
         let base: url::Url = "https://api.example.com/v1".parse().unwrap();
         let hosts = AllowedHosts::new(&base, &["169.254.169.254".into(), "10.1.2.3".into()]);
-        let verdict = |u: &str, internal_allowed| {
-            redirect_verdict(&u.parse().unwrap(), 1, &hosts, internal_allowed)
-        };
-        let err = verdict("http://169.254.169.254/latest", false).unwrap_err();
+        let public = AddressGuard::for_base(&base);
+        let local = AddressGuard::for_base(&"http://10.1.2.3/v1".parse().unwrap());
+        let verdict =
+            |u: &str, guard: &AddressGuard| redirect_verdict(&u.parse().unwrap(), 1, &hosts, guard);
+        let err = verdict("http://169.254.169.254/latest", &public).unwrap_err();
         assert!(err.0.contains("link-local"), "{err}");
-        assert!(verdict("http://10.1.2.3/x", false).is_err());
-        assert!(verdict("http://10.1.2.3/x", true).is_ok());
-        assert!(verdict("https://api.example.com/other.png", false).is_ok());
-        assert!(verdict("https://elsewhere.example.com/x", false).is_err());
+        assert!(verdict("http://10.1.2.3/x", &public).is_err());
+        assert!(verdict("http://10.1.2.3/x", &local).is_ok());
+        assert!(verdict("http://169.254.169.254/latest", &local).is_err());
+        assert!(verdict("https://api.example.com/other.png", &public).is_ok());
+        assert!(verdict("https://elsewhere.example.com/x", &public).is_err());
         assert!(redirect_verdict(
             &"https://api.example.com/x".parse().unwrap(),
             MAX_REDIRECTS + 1,
             &hosts,
-            false
+            &public
         )
         .is_err());
     }
