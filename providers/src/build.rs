@@ -13,7 +13,7 @@ use secrecy::SecretString;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
-    http::ClientCache, keys::KeyPool, mock, openai, Catalog, ImageOptions, ImageProvider,
+    bfl, http::ClientCache, keys::KeyPool, mock, openai, Catalog, ImageOptions, ImageProvider,
     ModelOverride,
 };
 
@@ -41,6 +41,8 @@ pub enum KindConfig {
     Openai(openai::Config),
     /// The offline mock.
     Mock(mock::Config),
+    /// Black Forest Labs' FLUX API.
+    Bfl(bfl::Config),
 }
 
 /// Reads a configuration table as a given type, for [`KindConfig::read`]: the server's loader
@@ -84,7 +86,7 @@ pub struct BuildContext<'a> {
 
 impl KindConfig {
     /// Every kind, as written in `kind = "..."`.
-    pub const KINDS: [&'static str; 2] = ["openai", "mock"];
+    pub const KINDS: [&'static str; 3] = ["openai", "mock", "bfl"];
 
     /// The offline stand-in's kind, configured by default as the provider of the same name so
     /// that a fresh install makes images with no key.
@@ -95,6 +97,7 @@ impl KindConfig {
         Some(match kind {
             "openai" => table.read().map(Self::Openai),
             "mock" => table.read().map(Self::Mock),
+            "bfl" => table.read().map(Self::Bfl),
             _ => return None,
         })
     }
@@ -104,6 +107,7 @@ impl KindConfig {
         match self {
             Self::Openai(_) => Catalog::builtin(),
             Self::Mock(_) => Catalog::for_kind(mock::catalog_entries()),
+            Self::Bfl(_) => Catalog::for_kind(bfl::catalog_entries()),
         }
     }
 
@@ -112,6 +116,7 @@ impl KindConfig {
         match self {
             Self::Openai(_) => "openai",
             Self::Mock(_) => "mock",
+            Self::Bfl(_) => "bfl",
         }
     }
 
@@ -120,6 +125,7 @@ impl KindConfig {
         match self {
             Self::Openai(_) => openai::Config::KEYS,
             Self::Mock(_) => mock::Config::KEYS,
+            Self::Bfl(_) => bfl::Config::KEYS,
         }
     }
 
@@ -128,6 +134,7 @@ impl KindConfig {
     pub fn standard_env(kind: &str) -> &'static [(&'static str, &'static str)] {
         match kind {
             "openai" => openai::STANDARD_ENV,
+            "bfl" => bfl::STANDARD_ENV,
             _ => &[],
         }
     }
@@ -148,13 +155,14 @@ impl KindConfig {
         match self {
             Self::Openai(_) => openai::DEFAULT_MODEL,
             Self::Mock(_) => mock::MOCK_MODEL,
+            Self::Bfl(_) => bfl::DEFAULT_MODEL,
         }
     }
 
     /// The text model that writes SVGs when neither the call nor `svg_model` names one.
     pub fn default_svg_model(&self) -> Option<&'static str> {
         match self {
-            Self::Openai(_) => None,
+            Self::Openai(_) | Self::Bfl(_) => None,
             Self::Mock(_) => Some(mock::SVG_WRITER),
         }
     }
@@ -166,6 +174,9 @@ impl KindConfig {
             Self::Openai(o) if o.base_url() == openai::DEFAULT_BASE_URL && common.has_no_key() => {
                 Some("set OPENAI_API_KEY, or api_key or api_key_file".into())
             }
+            Self::Bfl(_) if common.has_no_key() => {
+                Some("set BFL_API_KEY, or api_key or api_key_file".into())
+            }
             _ => None,
         }
     }
@@ -175,6 +186,7 @@ impl KindConfig {
         match self {
             Self::Openai(o) => o.check(),
             Self::Mock(m) => m.check(),
+            Self::Bfl(b) => b.check(),
         }
     }
 }
@@ -202,8 +214,9 @@ pub struct HttpConfig {
     pub retry_on_timeout: bool,
     /// The longest one call may take, every attempt and wait included, seconds.
     pub deadline_s: u64,
-    /// Extra origins result URLs may be downloaded from, besides the base URL's own:
-    /// `host:port`, or a bare `host` for ports 80 and 443 only.
+    /// Extra origins result URLs may be downloaded from, besides the base URL's own (and the
+    /// vendor's delivery hosts): `host:port`, or a bare `host` for ports 80 and 443 only;
+    /// `*.example.com` for its subdomains.
     pub download_hosts: Vec<String>,
     /// Cap on a response body or downloaded image, MiB.
     pub max_response_mb: usize,
@@ -444,6 +457,7 @@ impl ProviderConfig {
         match &self.kind {
             KindConfig::Openai(o) => o.build(&self.common, &self.http, context),
             KindConfig::Mock(m) => Ok(m.build(&self.common, context)),
+            KindConfig::Bfl(b) => b.build(&self.common, &self.http, context),
         }
     }
 }
@@ -489,6 +503,7 @@ mod tests {
         for kind in [
             KindConfig::Openai(openai::Config::full()),
             KindConfig::Mock(mock::Config::default()),
+            KindConfig::Bfl(bfl::Config::default()),
         ] {
             let mut keys = keys_of(&kind);
             keys.retain(|k| k != "kind");

@@ -6,6 +6,7 @@
 //! before any paid call is made.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+pub mod bfl;
 pub mod build;
 pub mod catalog;
 pub mod error;

@@ -11,6 +11,7 @@
 //! - [`retry`]: when to retry and how long to wait.
 //! - [`executor`]: the attempt loop (keys, retries, deadline, cancellation, progress events);
 //!   a provider hands it one attempt and writes no loop of its own.
+//! - [`json`]: one JSON request of a submit-then-poll API, and the texts of its error bodies.
 //! - [`poll`]: waiting on submit-then-poll APIs.
 //! - [`sse`]: server-sent events.
 
@@ -19,6 +20,7 @@ pub mod body;
 pub mod download;
 pub mod error;
 pub mod executor;
+pub mod json;
 pub mod poll;
 pub mod retry;
 pub mod sse;
