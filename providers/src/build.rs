@@ -13,8 +13,8 @@ use secrecy::SecretString;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
-    bfl, http::ClientCache, keys::KeyPool, mock, openai, Catalog, ImageOptions, ImageProvider,
-    ModelOverride,
+    bfl, http::ClientCache, keys::KeyPool, mock, openai, replicate, Catalog, ImageOptions,
+    ImageProvider, ModelOverride,
 };
 
 /// `[providers.NAME]`: the settings every provider has, and those of its kind.
@@ -43,6 +43,8 @@ pub enum KindConfig {
     Mock(mock::Config),
     /// Black Forest Labs' FLUX API.
     Bfl(bfl::Config),
+    /// Replicate's predictions.
+    Replicate(replicate::Config),
 }
 
 /// Reads a configuration table as a given type, for [`KindConfig::read`]: the server's loader
@@ -86,7 +88,7 @@ pub struct BuildContext<'a> {
 
 impl KindConfig {
     /// Every kind, as written in `kind = "..."`.
-    pub const KINDS: [&'static str; 3] = ["openai", "mock", "bfl"];
+    pub const KINDS: [&'static str; 4] = ["openai", "mock", "bfl", "replicate"];
 
     /// The offline stand-in's kind, configured by default as the provider of the same name so
     /// that a fresh install makes images with no key.
@@ -98,6 +100,7 @@ impl KindConfig {
             "openai" => table.read().map(Self::Openai),
             "mock" => table.read().map(Self::Mock),
             "bfl" => table.read().map(Self::Bfl),
+            "replicate" => table.read().map(Self::Replicate),
             _ => return None,
         })
     }
@@ -108,6 +111,7 @@ impl KindConfig {
             Self::Openai(_) => Catalog::builtin(),
             Self::Mock(_) => Catalog::for_kind(mock::catalog_entries()),
             Self::Bfl(_) => Catalog::for_kind(bfl::catalog_entries()),
+            Self::Replicate(_) => Catalog::for_kind(replicate::catalog_entries()),
         }
     }
 
@@ -117,6 +121,7 @@ impl KindConfig {
             Self::Openai(_) => "openai",
             Self::Mock(_) => "mock",
             Self::Bfl(_) => "bfl",
+            Self::Replicate(_) => "replicate",
         }
     }
 
@@ -126,6 +131,7 @@ impl KindConfig {
             Self::Openai(_) => openai::Config::KEYS,
             Self::Mock(_) => mock::Config::KEYS,
             Self::Bfl(_) => bfl::Config::KEYS,
+            Self::Replicate(_) => replicate::Config::KEYS,
         }
     }
 
@@ -135,6 +141,7 @@ impl KindConfig {
         match kind {
             "openai" => openai::STANDARD_ENV,
             "bfl" => bfl::STANDARD_ENV,
+            "replicate" => replicate::STANDARD_ENV,
             _ => &[],
         }
     }
@@ -156,13 +163,14 @@ impl KindConfig {
             Self::Openai(_) => openai::DEFAULT_MODEL,
             Self::Mock(_) => mock::MOCK_MODEL,
             Self::Bfl(_) => bfl::DEFAULT_MODEL,
+            Self::Replicate(_) => replicate::DEFAULT_MODEL,
         }
     }
 
     /// The text model that writes SVGs when neither the call nor `svg_model` names one.
     pub fn default_svg_model(&self) -> Option<&'static str> {
         match self {
-            Self::Openai(_) | Self::Bfl(_) => None,
+            Self::Openai(_) | Self::Bfl(_) | Self::Replicate(_) => None,
             Self::Mock(_) => Some(mock::SVG_WRITER),
         }
     }
@@ -177,6 +185,9 @@ impl KindConfig {
             Self::Bfl(_) if common.has_no_key() => {
                 Some("set BFL_API_KEY, or api_key or api_key_file".into())
             }
+            Self::Replicate(_) if common.has_no_key() => {
+                Some("set REPLICATE_API_TOKEN, or api_key or api_key_file".into())
+            }
             _ => None,
         }
     }
@@ -187,6 +198,7 @@ impl KindConfig {
             Self::Openai(o) => o.check(),
             Self::Mock(m) => m.check(),
             Self::Bfl(b) => b.check(),
+            Self::Replicate(r) => r.check(),
         }
     }
 }
@@ -458,6 +470,7 @@ impl ProviderConfig {
             KindConfig::Openai(o) => o.build(&self.common, &self.http, context),
             KindConfig::Mock(m) => Ok(m.build(&self.common, context)),
             KindConfig::Bfl(b) => b.build(&self.common, &self.http, context),
+            KindConfig::Replicate(r) => r.build(&self.common, &self.http, context),
         }
     }
 }
@@ -504,6 +517,7 @@ mod tests {
             KindConfig::Openai(openai::Config::full()),
             KindConfig::Mock(mock::Config::default()),
             KindConfig::Bfl(bfl::Config::default()),
+            KindConfig::Replicate(replicate::Config::default()),
         ] {
             let mut keys = keys_of(&kind);
             keys.retain(|k| k != "kind");

@@ -17,6 +17,7 @@ pub mod layers;
 pub mod mock;
 pub mod openai;
 pub mod options;
+pub mod replicate;
 pub mod secret;
 #[cfg(feature = "testing")]
 pub mod testing;

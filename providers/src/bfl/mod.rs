@@ -237,7 +237,10 @@ impl BflProvider {
             body.insert("seed".into(), seed.into());
         }
         // BFL's default is JPEG; every provider's is PNG unless asked otherwise.
-        body.insert("output_format".into(), wire_format(options.format())?.into());
+        body.insert(
+            "output_format".into(),
+            wire_format(options.format())?.into(),
+        );
         let b64 =
             |image: &InputImage| base64::engine::general_purpose::STANDARD.encode(&image.bytes);
         for (i, image) in images.iter().enumerate() {
