@@ -13,7 +13,7 @@ use secrecy::SecretString;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
-    bfl, http::ClientCache, keys::KeyPool, mock, openai, replicate, Catalog, ImageOptions,
+    bfl, fal, http::ClientCache, keys::KeyPool, mock, openai, replicate, Catalog, ImageOptions,
     ImageProvider, ModelOverride,
 };
 
@@ -45,6 +45,8 @@ pub enum KindConfig {
     Bfl(bfl::Config),
     /// Replicate's predictions.
     Replicate(replicate::Config),
+    /// fal.ai's queue.
+    Fal(fal::Config),
 }
 
 /// Reads a configuration table as a given type, for [`KindConfig::read`]: the server's loader
@@ -88,7 +90,7 @@ pub struct BuildContext<'a> {
 
 impl KindConfig {
     /// Every kind, as written in `kind = "..."`.
-    pub const KINDS: [&'static str; 4] = ["openai", "mock", "bfl", "replicate"];
+    pub const KINDS: [&'static str; 5] = ["openai", "mock", "bfl", "replicate", "fal"];
 
     /// The offline stand-in's kind, configured by default as the provider of the same name so
     /// that a fresh install makes images with no key.
@@ -101,6 +103,7 @@ impl KindConfig {
             "mock" => table.read().map(Self::Mock),
             "bfl" => table.read().map(Self::Bfl),
             "replicate" => table.read().map(Self::Replicate),
+            "fal" => table.read().map(Self::Fal),
             _ => return None,
         })
     }
@@ -112,6 +115,7 @@ impl KindConfig {
             Self::Mock(_) => Catalog::for_kind(mock::catalog_entries()),
             Self::Bfl(_) => Catalog::for_kind(bfl::catalog_entries()),
             Self::Replicate(_) => Catalog::for_kind(replicate::catalog_entries()),
+            Self::Fal(_) => Catalog::for_kind(fal::catalog_entries()),
         }
     }
 
@@ -122,6 +126,7 @@ impl KindConfig {
             Self::Mock(_) => "mock",
             Self::Bfl(_) => "bfl",
             Self::Replicate(_) => "replicate",
+            Self::Fal(_) => "fal",
         }
     }
 
@@ -132,6 +137,7 @@ impl KindConfig {
             Self::Mock(_) => mock::Config::KEYS,
             Self::Bfl(_) => bfl::Config::KEYS,
             Self::Replicate(_) => replicate::Config::KEYS,
+            Self::Fal(_) => fal::Config::KEYS,
         }
     }
 
@@ -142,6 +148,7 @@ impl KindConfig {
             "openai" => openai::STANDARD_ENV,
             "bfl" => bfl::STANDARD_ENV,
             "replicate" => replicate::STANDARD_ENV,
+            "fal" => fal::STANDARD_ENV,
             _ => &[],
         }
     }
@@ -164,13 +171,14 @@ impl KindConfig {
             Self::Mock(_) => mock::MOCK_MODEL,
             Self::Bfl(_) => bfl::DEFAULT_MODEL,
             Self::Replicate(_) => replicate::DEFAULT_MODEL,
+            Self::Fal(_) => fal::DEFAULT_MODEL,
         }
     }
 
     /// The text model that writes SVGs when neither the call nor `svg_model` names one.
     pub fn default_svg_model(&self) -> Option<&'static str> {
         match self {
-            Self::Openai(_) | Self::Bfl(_) | Self::Replicate(_) => None,
+            Self::Openai(_) | Self::Bfl(_) | Self::Replicate(_) | Self::Fal(_) => None,
             Self::Mock(_) => Some(mock::SVG_WRITER),
         }
     }
@@ -188,6 +196,9 @@ impl KindConfig {
             Self::Replicate(_) if common.has_no_key() => {
                 Some("set REPLICATE_API_TOKEN, or api_key or api_key_file".into())
             }
+            Self::Fal(_) if common.has_no_key() => {
+                Some("set FAL_KEY, or api_key or api_key_file".into())
+            }
             _ => None,
         }
     }
@@ -199,6 +210,7 @@ impl KindConfig {
             Self::Mock(m) => m.check(),
             Self::Bfl(b) => b.check(),
             Self::Replicate(r) => r.check(),
+            Self::Fal(f) => f.check(),
         }
     }
 }
@@ -471,6 +483,7 @@ impl ProviderConfig {
             KindConfig::Mock(m) => Ok(m.build(&self.common, context)),
             KindConfig::Bfl(b) => b.build(&self.common, &self.http, context),
             KindConfig::Replicate(r) => r.build(&self.common, &self.http, context),
+            KindConfig::Fal(f) => f.build(&self.common, &self.http, context),
         }
     }
 }
@@ -518,6 +531,7 @@ mod tests {
             KindConfig::Mock(mock::Config::default()),
             KindConfig::Bfl(bfl::Config::default()),
             KindConfig::Replicate(replicate::Config::default()),
+            KindConfig::Fal(fal::Config::default()),
         ] {
             let mut keys = keys_of(&kind);
             keys.retain(|k| k != "kind");

@@ -10,6 +10,7 @@ pub mod bfl;
 pub mod build;
 pub mod catalog;
 pub mod error;
+pub mod fal;
 pub mod http;
 pub mod image_info;
 pub mod keys;

@@ -5,6 +5,7 @@
 //! - [`address`]: which addresses downloads may reach (no internal ones), and the resolver
 //!   that enforces it.
 //! - [`body`]: body reads under a size cap, and the base64 every image API sends.
+//! - [`cancel`]: cancelling an upstream job a call abandons, best effort.
 //! - [`download`]: result-URL downloads kept to allowed hosts (redirects included), under a
 //!   size cap, and `data:` URLs.
 //! - [`error`]: transport failures classified once, and the texts messages are made of.
@@ -17,6 +18,7 @@
 
 pub mod address;
 pub mod body;
+pub mod cancel;
 pub mod download;
 pub mod error;
 pub mod executor;

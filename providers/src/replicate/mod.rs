@@ -21,11 +21,7 @@ mod config;
 pub use catalog::catalog_entries;
 pub use config::{Config, STANDARD_ENV};
 
-use std::{
-    fmt,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{fmt, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -35,6 +31,7 @@ use serde_json::{Map, Value};
 use crate::{
     http::{
         body::bad,
+        cancel::{auth_header, CancelOnDrop, OpenJob},
         download, endpoint,
         executor::{Attempt, Executor, Sent},
         json::{capped, error_text, send_json, str_at},
@@ -66,9 +63,6 @@ const ALIASES: [(&str, &str); 2] = [
 
 /// The longest `Prefer: wait` Replicate honours.
 const MAX_WAIT: Duration = Duration::from_secs(60);
-
-/// How long a best-effort cancellation may take.
-const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Said after a failed download: why an old output cannot be fetched again.
 const EXPIRY_HINT: &str = "Replicate deletes API predictions' outputs one hour after they are made";
@@ -173,52 +167,6 @@ enum State {
     Running(String),
     /// `succeeded`, with its output URLs.
     Done(Vec<String>),
-}
-
-/// A prediction that may need cancelling: its cancel URL and the token it was made with.
-type Open = (url::Url, Option<Arc<PoolKey>>);
-
-/// Cancels the running prediction it holds when dropped (the call's future abandoned).
-struct CancelOnDrop {
-    client: reqwest::Client,
-    open: Mutex<Option<Open>>,
-}
-
-impl CancelOnDrop {
-    fn set(&self, open: Option<Open>) {
-        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = open;
-    }
-
-    fn take(&self) -> Option<Open> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if let (Some(open), Ok(runtime)) = (self.take(), tokio::runtime::Handle::try_current()) {
-            runtime.spawn(cancel_prediction(self.client.clone(), open));
-        }
-    }
-}
-
-/// Asks Replicate to cancel a prediction, within [`CANCEL_TIMEOUT`]; failures are only logged.
-async fn cancel_prediction(client: reqwest::Client, (url, key): Open) {
-    let mut req = client.post(url.clone()).timeout(CANCEL_TIMEOUT);
-    if let Some(key) = &key {
-        req = req.bearer_auth(key.expose());
-    }
-    match tokio::time::timeout(CANCEL_TIMEOUT, req.send()).await {
-        Ok(Ok(resp)) => {
-            tracing::debug!(url = %redacted(&url), status = resp.status().as_u16(), "cancelled the prediction")
-        }
-        Ok(Err(e)) => tracing::warn!(
-            url = %redacted(&url),
-            error = %e.without_url(),
-            "could not cancel the prediction"
-        ),
-        Err(_) => tracing::warn!(url = %redacted(&url), "cancelling the prediction took too long"),
-    }
 }
 
 impl ReplicateProvider {
@@ -459,10 +407,7 @@ impl ReplicateProvider {
         create: &(url::Url, Value),
         options: &CallOptions,
     ) -> Result<(Vec<GeneratedImage>, String), ProviderError> {
-        let guard = CancelOnDrop {
-            client: self.client.clone(),
-            open: Mutex::new(None),
-        };
+        let guard = CancelOnDrop::new(self.client.clone(), reqwest::Method::POST);
         let guard = &guard;
         let outcome = self
             .executor
@@ -473,7 +418,12 @@ impl ReplicateProvider {
                 |attempt: Attempt| async move {
                     let prediction = self.create(&create.0, &create.1, attempt.key()).await?;
                     if matches!(prediction.state, State::Running(_)) {
-                        guard.set(Some((prediction.cancel.clone(), attempt.key.clone())));
+                        guard.set(Some(OpenJob {
+                            url: prediction.cancel.clone(),
+                            auth: attempt
+                                .key()
+                                .and_then(|k| auth_header("Bearer", k.expose())),
+                        }));
                     }
                     Ok(prediction)
                 },
@@ -527,9 +477,7 @@ impl ReplicateProvider {
             )
             .await;
         if outcome.is_err() {
-            if let Some(open) = guard.take() {
-                cancel_prediction(self.client.clone(), open).await;
-            }
+            guard.cancel().await;
         }
         outcome
     }
