@@ -538,6 +538,19 @@ async fn a_polling_url_on_a_foreign_host_is_never_sent_the_key() {
     assert!(err.message.contains("api.eu.bfl.ai"), "{err}");
 }
 
+#[tokio::test]
+async fn a_model_name_that_would_leave_the_endpoint_path_is_refused_unsent() {
+    let server = stub().await;
+    for model in ["../admin", "flux/../../x", ".."] {
+        let err = bfl(&server)
+            .generate_opts(&GenerateRequest::new("x", model), &CallOptions::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidRequest, "{model}: {err}");
+    }
+    assert!(server.received_requests().await.unwrap().is_empty());
+}
+
 /// BFL's wire format for the shared rows: every answer is one request, so a task that is
 /// Ready at once carries its image inline.
 struct BflStub;

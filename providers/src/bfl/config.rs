@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{BflProvider, BflSettings, DEFAULT_BASE_URL, DEFAULT_MODEL};
 use crate::{
     build::{BuildContext, CommonConfig, HttpConfig, SettingError},
-    http::{Poller, RetryPolicy},
+    http::config::{check_base_url, check_poll, poller, retry_policy},
     ImageProvider,
 };
 
@@ -75,51 +75,4 @@ impl Config {
             .map_err(|e| format!("the HTTP client cannot be built: {e}"))?;
         Ok(Arc::new(BflProvider::new(s, client)))
     }
-}
-
-/// Checks a base URL without quoting it.
-pub(crate) fn check_base_url(base_url: &str) -> Result<(), SettingError> {
-    let invalid = |message: String| Err(SettingError::new("base_url", message));
-    match url::Url::parse(base_url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(()),
-        Ok(_) => invalid("must be an http:// or https:// URL".into()),
-        Err(e) => invalid(format!("is not a valid URL ({e})")),
-    }
-}
-
-/// Checks the poll intervals: from 1 ms to a minute, the first no longer than the longest.
-pub(crate) fn check_poll(interval_ms: u64, max_ms: u64) -> Result<(), SettingError> {
-    if !(1..=60_000).contains(&interval_ms) {
-        return Err(SettingError::new(
-            "poll_interval_ms",
-            "must be between 1 and 60000",
-        ));
-    }
-    if !(interval_ms..=60_000).contains(&max_ms) {
-        return Err(SettingError::new(
-            "poll_max_interval_ms",
-            "must be between poll_interval_ms and 60000",
-        ));
-    }
-    Ok(())
-}
-
-/// The retry settings of `http` as one policy.
-pub(crate) fn retry_policy(http: &HttpConfig) -> RetryPolicy {
-    RetryPolicy {
-        max_retries: http.max_retries,
-        base: Duration::from_millis(http.retry_base_ms),
-        max: Duration::from_millis(http.retry_max_ms),
-        retry_after_cap: Duration::from_secs(http.retry_after_cap_s),
-        retry_on_timeout: http.retry_on_timeout,
-    }
-}
-
-/// Status checks from `interval_ms`, growing by half each time up to `max_ms`.
-pub(crate) fn poller(interval_ms: u64, max_ms: u64) -> Poller {
-    Poller::new(
-        Duration::from_millis(interval_ms),
-        Duration::from_millis(max_ms),
-        1.5,
-    )
 }

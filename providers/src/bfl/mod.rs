@@ -16,7 +16,7 @@
 //! [`Executor`] as the policy says.
 
 pub(crate) mod catalog;
-pub(crate) mod config;
+mod config;
 
 pub use catalog::catalog_entries;
 pub use config::{Config, STANDARD_ENV};
@@ -140,7 +140,7 @@ impl BflSettings {
             timeout: Duration::from_secs(60),
             retry: RetryPolicy::default(),
             deadline: Duration::from_secs(300),
-            poll: config::poller(500, 4_000),
+            poll: crate::http::config::poller(500, 4_000),
             download_hosts: DELIVERY_HOSTS.map(String::from).to_vec(),
             max_response_bytes: 64 * 1024 * 1024,
             catalog: Arc::new(Catalog::for_kind(catalog_entries())),
@@ -268,6 +268,18 @@ impl BflProvider {
         body: &Map<String, Value>,
         key: Option<&PoolKey>,
     ) -> Result<Task, ProviderError> {
+        // The model is the endpoint's path: nothing that could leave it.
+        let plain = !model.is_empty()
+            && !model.chars().all(|c| c == '.')
+            && model
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !plain {
+            return Err(ProviderError::invalid_param(
+                "model",
+                "a BFL model is an endpoint name such as flux-2-pro",
+            ));
+        }
         let url = endpoint(&self.settings.base_url, model);
         let req = with_key(self.client.post(url).json(body), key)?;
         let (_, json) = self.send(req, key, "the BFL API").await?;

@@ -121,7 +121,7 @@ impl FalSettings {
             timeout: Duration::from_secs(60),
             retry: RetryPolicy::default(),
             deadline: Duration::from_secs(300),
-            poll: crate::bfl::config::poller(500, 4_000),
+            poll: crate::http::config::poller(500, 4_000),
             download_hosts: DELIVERY_HOSTS.map(String::from).to_vec(),
             max_response_bytes: 64 * 1024 * 1024,
             catalog: Arc::new(Catalog::for_kind(catalog_entries())),

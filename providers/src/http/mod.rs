@@ -6,6 +6,7 @@
 //!   that enforces it.
 //! - [`body`]: body reads under a size cap, and the base64 every image API sends.
 //! - [`cancel`]: cancelling an upstream job a call abandons, best effort.
+//! - [`config`]: the shared HTTP settings as the core's types, and shared setting checks.
 //! - [`download`]: result-URL downloads kept to allowed hosts (redirects included), under a
 //!   size cap, and `data:` URLs.
 //! - [`error`]: transport failures classified once, and the texts messages are made of.
@@ -19,6 +20,7 @@
 pub mod address;
 pub mod body;
 pub mod cancel;
+pub mod config;
 pub mod download;
 pub mod error;
 pub mod executor;

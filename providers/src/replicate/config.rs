@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{ReplicateProvider, ReplicateSettings, DEFAULT_BASE_URL, DEFAULT_MODEL};
 use crate::{
-    bfl::config::{check_base_url, check_poll, poller, retry_policy},
     build::{BuildContext, CommonConfig, HttpConfig, SettingError},
+    http::config::{check_base_url, check_poll, poller, retry_policy},
     ImageProvider,
 };
 
