@@ -628,3 +628,43 @@ async fn the_provider_passes_the_shared_error_rows() {
 async fn the_provider_withstands_the_shared_hostile_rows() {
     hostile_rows(&replicate_against, &ReplicateStub).await;
 }
+
+#[tokio::test]
+async fn the_configured_kind_builds_and_serves_against_the_stub() {
+    use imagegen_providers::{
+        build::{BuildContext, KindConfig, ProviderConfig},
+        http::ClientCache,
+        replicate,
+    };
+    let server = stub().await;
+    let kind = KindConfig::Replicate(replicate::Config {
+        base_url: format!("{}/v1", server.uri()),
+        poll_interval_ms: 5,
+        poll_max_interval_ms: 20,
+        wait_s: 0,
+        ..Default::default()
+    });
+    let mut config = ProviderConfig::of(kind);
+    config.check().unwrap();
+    assert_eq!(config.model(), DEFAULT_MODEL);
+    assert!(config.kind.catalog().get(DEFAULT_MODEL).known);
+    config.http.timeout_s = 10;
+    let keys = KeyPool::new(
+        [(SecretString::from(KEY), "test".to_string())],
+        Duration::from_secs(600),
+    );
+    let clients = ClientCache::default();
+    let provider = config
+        .build(BuildContext {
+            keys: Arc::new(keys),
+            catalog: Arc::new(config.kind.catalog()),
+            clients: &clients,
+        })
+        .unwrap();
+    assert_eq!(provider.default_model(), DEFAULT_MODEL);
+    let result = provider
+        .generate(&GenerateRequest::new("x", DEFAULT_MODEL))
+        .await
+        .unwrap();
+    assert_eq!(result.images.len(), 1);
+}
