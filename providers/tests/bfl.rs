@@ -628,7 +628,6 @@ async fn the_configured_kind_builds_and_serves_against_the_stub() {
         base_url: format!("{}/v1", server.uri()),
         poll_interval_ms: 5,
         poll_max_interval_ms: 20,
-        ..Default::default()
     });
     let mut config = ProviderConfig::of(kind);
     config.check().unwrap();

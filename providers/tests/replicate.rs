@@ -642,7 +642,6 @@ async fn the_configured_kind_builds_and_serves_against_the_stub() {
         poll_interval_ms: 5,
         poll_max_interval_ms: 20,
         wait_s: 0,
-        ..Default::default()
     });
     let mut config = ProviderConfig::of(kind);
     config.check().unwrap();
