@@ -218,6 +218,28 @@ async fn a_prediction_finished_within_the_wait_is_downloaded_with_no_poll() {
 }
 
 #[tokio::test]
+async fn the_wait_asked_for_ends_before_the_calls_deadline() {
+    let server = stub().await;
+    let mut s = settings(&server.uri());
+    s.timeout = Duration::from_secs(120);
+    s.deadline = Duration::from_secs(30);
+    let provider = ReplicateProvider::new(s, reqwest::Client::new());
+    provider
+        .generate(&GenerateRequest::new("x", DEFAULT_MODEL))
+        .await
+        .unwrap();
+    let create = &requests(&server, "POST", "/predictions").await[0];
+    let wait: u64 = create.headers["prefer"]
+        .to_str()
+        .unwrap()
+        .strip_prefix("wait=")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((20..=25).contains(&wait), "{wait}");
+}
+
+#[tokio::test]
 async fn a_running_prediction_is_polled_with_its_progress() {
     let server = stub().await;
     let uri = server.uri();

@@ -298,15 +298,21 @@ impl ReplicateProvider {
         &self,
         url: &url::Url,
         body: &Value,
-        key: Option<&PoolKey>,
+        attempt: &Attempt,
     ) -> Result<Prediction, ProviderError> {
+        let key = attempt.key();
         let mut req = self.client.post(url.clone()).json(body);
-        // The wait must end before the request times out, or a slow model fails the call.
+        // The wait must end before the request times out and before the call's deadline:
+        // a creation cut off there would leave a prediction running that nobody can cancel.
+        let left = attempt
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
         let wait = self
             .settings
             .wait
             .min(MAX_WAIT)
-            .min(self.settings.timeout.saturating_sub(Duration::from_secs(5)));
+            .min(self.settings.timeout.saturating_sub(Duration::from_secs(5)))
+            .min(left.saturating_sub(Duration::from_secs(5)));
         if wait >= Duration::from_secs(1) {
             req = req.header("prefer", format!("wait={}", wait.as_secs()));
         }
@@ -416,7 +422,7 @@ impl ReplicateProvider {
                 "replicate prediction",
                 model,
                 |attempt: Attempt| async move {
-                    let prediction = self.create(&create.0, &create.1, attempt.key()).await?;
+                    let prediction = self.create(&create.0, &create.1, &attempt).await?;
                     if matches!(prediction.state, State::Running(_)) {
                         guard.set(Some(OpenJob {
                             url: prediction.cancel.clone(),
