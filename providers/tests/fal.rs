@@ -283,6 +283,23 @@ async fn an_edit_sends_its_image_as_a_data_uri_to_the_subpath_and_polls_the_app(
 }
 
 #[tokio::test]
+async fn a_status_check_failing_transiently_is_checked_again() {
+    let server = stub().await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"/status$"))
+        .respond_with(ResponseTemplate::new(429).set_body_json(json!({"detail": "slow down"})))
+        .up_to_n_times(2)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    let result = fal(&server)
+        .generate(&GenerateRequest::new("x", DEFAULT_MODEL))
+        .await
+        .unwrap();
+    assert_eq!(result.images.len(), 1);
+}
+
+#[tokio::test]
 async fn a_synchronous_answer_needs_no_polling() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))

@@ -240,6 +240,24 @@ async fn the_wait_asked_for_ends_before_the_calls_deadline() {
 }
 
 #[tokio::test]
+async fn a_status_check_failing_transiently_is_checked_again() {
+    let server = stub().await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/v1/predictions/"))
+        .respond_with(ResponseTemplate::new(503).set_body_json(json!({"detail": "busy"})))
+        .up_to_n_times(2)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    let result = replicate(&server)
+        .generate(&GenerateRequest::new("x", DEFAULT_MODEL))
+        .await
+        .unwrap();
+    assert_eq!(result.images.len(), 1);
+    assert!(requests(&server, "POST", "/cancel").await.is_empty());
+}
+
+#[tokio::test]
 async fn a_running_prediction_is_polled_with_its_progress() {
     let server = stub().await;
     let uri = server.uri();

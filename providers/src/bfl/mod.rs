@@ -11,8 +11,8 @@
 //! attempts and key), a seed counting up per task so they differ; `sent` says so (`tasks`,
 //! `seeds`). Statuses `Request Moderated` / `Content Moderated` are `content_policy`; HTTP 402
 //! (no credits) is `quota_exhausted`; 429 (too many active tasks) is `rate_limited` with
-//! `Retry-After`. A status check that fails with a retryable error is tried again (up to 3
-//! times in a row) since the task is already paid for; the submission itself is retried by the
+//! `Retry-After`. A status check that fails with a retryable error is checked again (the
+//! third such failure in a row ends the wait) since the task is already paid for; the submission itself is retried by the
 //! [`Executor`] as the policy says.
 
 pub(crate) mod catalog;
@@ -21,14 +21,7 @@ mod config;
 pub use catalog::catalog_entries;
 pub use config::{Config, STANDARD_ENV};
 
-use std::{
-    fmt,
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{fmt, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -44,7 +37,9 @@ use crate::{
         download, endpoint,
         executor::{Attempt, Executor, Sent},
         json::{capped, error_text, send_json, str_at},
-        redacted, retry, Downloader, PollStatus, Poller, RetryPolicy,
+        redacted, retry,
+        transient::{TransientChecks, GIVE_UP_AT},
+        Downloader, PollStatus, Poller, RetryPolicy,
     },
     keys::{KeyPool, PoolKey},
     options::size_for,
@@ -81,9 +76,6 @@ const ALIASES: [(&str, &str); 2] = [("fast", "flux-2-klein-4b"), ("best", "flux-
 
 /// Said after a failed download: why an old result cannot be fetched again.
 const EXPIRY_HINT: &str = "BFL result URLs expire 10 minutes after the image is made";
-
-/// Status checks that may fail in a row (retryably) before the wait is given up.
-const POLL_FAILURES: u32 = 3;
 
 /// Everything one BFL account needs.
 #[derive(Clone)]
@@ -407,35 +399,12 @@ impl BflProvider {
                     let sample = match &task.done {
                         Some(sample) => sample.clone(),
                         None => {
-                            let failures = AtomicU32::new(0);
+                            let transient = TransientChecks::new(GIVE_UP_AT);
+                            let (task, transient) = (&task, &transient);
                             self.settings
                                 .poll
-                                .run(options, sent.deadline, "the FLUX task", |_| {
-                                    let check = self.check(&task, key);
-                                    let failures = &failures;
-                                    async move {
-                                        match check.await {
-                                            Err(e)
-                                                if e.retryable
-                                                    && failures.fetch_add(1, Ordering::Relaxed)
-                                                        + 1
-                                                        < POLL_FAILURES =>
-                                            {
-                                                Ok(PollStatus::Pending {
-                                                    status: Some(format!(
-                                                        "status check failed ({}), checking again",
-                                                        e.kind.as_str()
-                                                    )),
-                                                })
-                                            }
-                                            other => {
-                                                if other.is_ok() {
-                                                    failures.store(0, Ordering::Relaxed);
-                                                }
-                                                other
-                                            }
-                                        }
-                                    }
+                                .run(options, sent.deadline, "the FLUX task", |_| async move {
+                                    transient.judge(self.check(task, key).await)
                                 })
                                 .await?
                         }

@@ -12,7 +12,9 @@
 //! When the call is cancelled, reaches its deadline or is dropped while the request waits,
 //! `PUT cancel_url` is sent (best effort, within 5 s; fal cancels only requests not yet
 //! started). `n` is the model's `num_images`. An image fal's safety checker flagged
-//! (`has_nsfw_concepts`) fails the call as `content_policy`: fal sends such images black.
+//! (`has_nsfw_concepts`) fails the call as `content_policy`: fal sends such images black. A
+//! status check failing with a retryable error is checked again (the third in a row ends the
+//! wait).
 
 pub(crate) mod catalog;
 mod config;
@@ -34,7 +36,9 @@ use crate::{
         download, endpoint,
         executor::{Attempt, Executor, Sent},
         json::{capped, error_text, send_json, str_at},
-        redacted, retry, Downloader, PollStatus, Poller, RetryPolicy,
+        redacted, retry,
+        transient::{TransientChecks, GIVE_UP_AT},
+        Downloader, PollStatus, Poller, RetryPolicy,
     },
     keys::{KeyPool, PoolKey},
     options::size_for,
@@ -494,6 +498,8 @@ impl FalProvider {
                         Some(output) => output.clone(),
                         None => {
                             let queued = &queued;
+                            let transient = TransientChecks::new(GIVE_UP_AT);
+                            let transient = &transient;
                             self.settings
                                 .poll
                                 .run(options, sent.deadline, "the fal request", |_| async move {
@@ -504,7 +510,7 @@ impl FalProvider {
                                     {
                                         guard.set(None);
                                     }
-                                    checked
+                                    transient.judge(checked)
                                 })
                                 .await?;
                             let req = self.client.get(queued.response_url.clone());

@@ -16,6 +16,7 @@
 //! - [`json`]: one JSON request of a submit-then-poll API, and the texts of its error bodies.
 //! - [`poll`]: waiting on submit-then-poll APIs.
 //! - [`sse`]: server-sent events.
+//! - [`transient`]: status checks that fail transiently are checked again.
 
 pub mod address;
 pub mod body;
@@ -28,6 +29,7 @@ pub mod json;
 pub mod poll;
 pub mod retry;
 pub mod sse;
+pub mod transient;
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 

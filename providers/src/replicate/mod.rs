@@ -13,7 +13,9 @@
 //! billing. The token goes to `urls.get` and `urls.cancel` too, so both must be on the base
 //! URL's origin. Replicate models name their inputs themselves: `n` is sent as the model's own
 //! input where the catalog knows it (`num_outputs`, `number_of_images`), else that many
-//! predictions run at once (seeds counting up), and `sent` says which (`predictions`).
+//! predictions run at once (seeds counting up), and `sent` says which (`predictions`). A
+//! status check failing with a retryable error is checked again (the third in a row ends the
+//! wait), as Replicate's own client retries its GETs.
 
 pub(crate) mod catalog;
 mod config;
@@ -35,7 +37,9 @@ use crate::{
         download, endpoint,
         executor::{Attempt, Executor, Sent},
         json::{capped, error_text, send_json, str_at},
-        redacted, retry, Downloader, PollStatus, Poller, RetryPolicy,
+        redacted, retry,
+        transient::{TransientChecks, GIVE_UP_AT},
+        Downloader, PollStatus, Poller, RetryPolicy,
     },
     keys::{KeyPool, PoolKey},
     secret::Scrubber,
@@ -440,6 +444,8 @@ impl ReplicateProvider {
                         State::Done(urls) => urls,
                         State::Running(_) => {
                             let get = &prediction.get;
+                            let transient = TransientChecks::new(GIVE_UP_AT);
+                            let transient = &transient;
                             self.settings
                                 .poll
                                 .run(
@@ -457,12 +463,12 @@ impl ReplicateProvider {
                                         if ended {
                                             guard.set(None);
                                         }
-                                        Ok(match checked?.state {
+                                        transient.judge(checked.map(|p| match p.state {
                                             State::Running(status) => PollStatus::Pending {
                                                 status: Some(status),
                                             },
                                             State::Done(urls) => PollStatus::Done(urls),
-                                        })
+                                        }))
                                     },
                                 )
                                 .await?
