@@ -13,8 +13,8 @@ use secrecy::SecretString;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
-    azure_openai, gemini, http::ClientCache, keys::KeyPool, mock, openai, openai_compatible,
-    stability, Catalog, ImageOptions, ImageProvider, ModelOverride,
+    azure_openai, bfl, fal, gemini, http::ClientCache, keys::KeyPool, mock, openai,
+    openai_compatible, replicate, stability, Catalog, ImageOptions, ImageProvider, ModelOverride,
 };
 
 /// `[providers.NAME]`: the settings every provider has, and those of its kind.
@@ -49,6 +49,12 @@ pub enum KindConfig {
     Gemini(gemini::Config),
     /// Stability AI's Stable Image API.
     Stability(stability::Config),
+    /// Black Forest Labs' FLUX API.
+    Bfl(bfl::Config),
+    /// Replicate's predictions.
+    Replicate(replicate::Config),
+    /// fal.ai's queue.
+    Fal(fal::Config),
 }
 
 /// Reads a configuration table as a given type, for [`KindConfig::read`]: the server's loader
@@ -93,13 +99,16 @@ pub struct BuildContext<'a> {
 impl KindConfig {
     /// Every kind, as written in `kind = "..."`; the first whose standard key variable is set
     /// becomes the default provider, so OpenAI's comes first.
-    pub const KINDS: [&'static str; 6] = [
+    pub const KINDS: [&'static str; 9] = [
         "openai",
         "mock",
         "azure_openai",
         "openai_compatible",
         "gemini",
         "stability",
+        "bfl",
+        "replicate",
+        "fal",
     ];
 
     /// The offline stand-in's kind, configured by default as the provider of the same name so
@@ -115,6 +124,9 @@ impl KindConfig {
             "openai_compatible" => table.read().map(Self::OpenaiCompatible),
             "gemini" => table.read().map(Self::Gemini),
             "stability" => table.read().map(Self::Stability),
+            "bfl" => table.read().map(Self::Bfl),
+            "replicate" => table.read().map(Self::Replicate),
+            "fal" => table.read().map(Self::Fal),
             _ => return None,
         })
     }
@@ -128,6 +140,9 @@ impl KindConfig {
             Self::OpenaiCompatible(_) => Catalog::for_kind(openai_compatible::catalog_entries()),
             Self::Gemini(_) => Catalog::for_kind(gemini::catalog_entries()),
             Self::Stability(_) => Catalog::for_kind(stability::catalog_entries()),
+            Self::Bfl(_) => Catalog::for_kind(bfl::catalog_entries()),
+            Self::Replicate(_) => Catalog::for_kind(replicate::catalog_entries()),
+            Self::Fal(_) => Catalog::for_kind(fal::catalog_entries()),
         }
     }
 
@@ -140,6 +155,9 @@ impl KindConfig {
             Self::OpenaiCompatible(_) => "openai_compatible",
             Self::Gemini(_) => "gemini",
             Self::Stability(_) => "stability",
+            Self::Bfl(_) => "bfl",
+            Self::Replicate(_) => "replicate",
+            Self::Fal(_) => "fal",
         }
     }
 
@@ -152,6 +170,9 @@ impl KindConfig {
             Self::OpenaiCompatible(_) => openai_compatible::Config::KEYS,
             Self::Gemini(_) => gemini::Config::KEYS,
             Self::Stability(_) => stability::Config::KEYS,
+            Self::Bfl(_) => bfl::Config::KEYS,
+            Self::Replicate(_) => replicate::Config::KEYS,
+            Self::Fal(_) => fal::Config::KEYS,
         }
     }
 
@@ -163,6 +184,9 @@ impl KindConfig {
             "azure_openai" => azure_openai::STANDARD_ENV,
             "gemini" => gemini::STANDARD_ENV,
             "stability" => stability::STANDARD_ENV,
+            "bfl" => bfl::STANDARD_ENV,
+            "replicate" => replicate::STANDARD_ENV,
+            "fal" => fal::STANDARD_ENV,
             _ => &[],
         }
     }
@@ -187,16 +211,17 @@ impl KindConfig {
             Self::OpenaiCompatible(_) => openai_compatible::DEFAULT_MODEL,
             Self::Gemini(_) => gemini::DEFAULT_MODEL,
             Self::Stability(_) => stability::DEFAULT_MODEL,
+            Self::Bfl(_) => bfl::DEFAULT_MODEL,
+            Self::Replicate(_) => replicate::DEFAULT_MODEL,
+            Self::Fal(_) => fal::DEFAULT_MODEL,
         }
     }
 
     /// The text model that writes SVGs when neither the call nor `svg_model` names one.
     pub fn default_svg_model(&self) -> Option<&'static str> {
         match self {
-            Self::Openai(_) => None,
             Self::Mock(_) => Some(mock::SVG_WRITER),
-            Self::AzureOpenai(_) | Self::OpenaiCompatible(_) => None,
-            Self::Gemini(_) | Self::Stability(_) => None,
+            _ => None,
         }
     }
 
@@ -220,6 +245,15 @@ impl KindConfig {
             Self::Stability(_) if common.has_no_key() => {
                 Some("set STABILITY_API_KEY, or api_key or api_key_file".into())
             }
+            Self::Bfl(_) if common.has_no_key() => {
+                Some("set BFL_API_KEY, or api_key or api_key_file".into())
+            }
+            Self::Replicate(_) if common.has_no_key() => {
+                Some("set REPLICATE_API_TOKEN, or api_key or api_key_file".into())
+            }
+            Self::Fal(_) if common.has_no_key() => {
+                Some("set FAL_KEY, or api_key or api_key_file".into())
+            }
             _ => None,
         }
     }
@@ -233,6 +267,9 @@ impl KindConfig {
             Self::OpenaiCompatible(c) => c.check(),
             Self::Gemini(g) => g.check(),
             Self::Stability(s) => s.check(),
+            Self::Bfl(b) => b.check(),
+            Self::Replicate(r) => r.check(),
+            Self::Fal(f) => f.check(),
         }
     }
 }
@@ -260,8 +297,9 @@ pub struct HttpConfig {
     pub retry_on_timeout: bool,
     /// The longest one call may take, every attempt and wait included, seconds.
     pub deadline_s: u64,
-    /// Extra origins result URLs may be downloaded from, besides the base URL's own:
-    /// `host:port`, or a bare `host` for ports 80 and 443 only.
+    /// Extra origins result URLs may be downloaded from, besides the base URL's own (and the
+    /// vendor's delivery hosts): `host:port`, or a bare `host` for ports 80 and 443 only;
+    /// `*.example.com` for its subdomains.
     pub download_hosts: Vec<String>,
     /// Cap on a response body or downloaded image, MiB.
     pub max_response_mb: usize,
@@ -516,6 +554,9 @@ impl ProviderConfig {
             KindConfig::OpenaiCompatible(c) => c.build(&self.common, &self.http, context),
             KindConfig::Gemini(g) => g.build(&self.common, &self.http, context),
             KindConfig::Stability(s) => s.build(&self.common, &self.http, context),
+            KindConfig::Bfl(b) => b.build(&self.common, &self.http, context),
+            KindConfig::Replicate(r) => r.build(&self.common, &self.http, context),
+            KindConfig::Fal(f) => f.build(&self.common, &self.http, context),
         }
     }
 }
@@ -566,6 +607,9 @@ mod tests {
             KindConfig::OpenaiCompatible(openai_compatible::Config::full()),
             KindConfig::Gemini(gemini::Config::full()),
             KindConfig::Stability(stability::Config::full()),
+            KindConfig::Bfl(bfl::Config::default()),
+            KindConfig::Replicate(replicate::Config::default()),
+            KindConfig::Fal(fal::Config::default()),
         ] {
             let mut keys = keys_of(&kind);
             keys.retain(|k| k != "kind");

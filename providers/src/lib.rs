@@ -7,9 +7,11 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod azure_openai;
+pub mod bfl;
 pub mod build;
 pub mod catalog;
 pub mod error;
+pub mod fal;
 pub mod gemini;
 pub mod http;
 pub mod image_info;
@@ -19,6 +21,7 @@ pub mod mock;
 pub mod openai;
 pub mod openai_compatible;
 pub mod options;
+pub mod replicate;
 pub mod secret;
 pub mod stability;
 #[cfg(feature = "testing")]

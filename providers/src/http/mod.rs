@@ -2,25 +2,36 @@
 //!
 //! - [`ClientCache`]: the transport, one `reqwest::Client` per connect-timeout setting, so key
 //!   rotations and reloads reuse open connections.
+//! - [`address`]: which addresses downloads may reach (no internal ones), and the resolver
+//!   that enforces it.
 //! - [`body`]: body reads under a size cap, and the base64 every image API sends.
+//! - [`cancel`]: cancelling an upstream job a call abandons, best effort.
+//! - [`config`]: the shared HTTP settings as the core's types, and shared setting checks.
 //! - [`download`]: result-URL downloads kept to allowed hosts (redirects included), under a
 //!   size cap, and `data:` URLs.
 //! - [`error`]: transport failures classified once, and the texts messages are made of.
 //! - [`retry`]: when to retry and how long to wait.
 //! - [`executor`]: the attempt loop (keys, retries, deadline, cancellation, progress events);
 //!   a provider hands it one attempt and writes no loop of its own.
+//! - [`json`]: one JSON request of a submit-then-poll API, and the texts of its error bodies.
 //! - [`poll`]: waiting on submit-then-poll APIs.
 //! - [`sse`]: server-sent events.
 //! - [`token`]: short-lived bearer tokens from a file or a command, refreshed before they expire.
+//! - [`transient`]: status checks that fail transiently are checked again.
 
+pub mod address;
 pub mod body;
+pub mod cancel;
+pub mod config;
 pub mod download;
 pub mod error;
 pub mod executor;
+pub mod json;
 pub mod poll;
 pub mod retry;
 pub mod sse;
 pub mod token;
+pub mod transient;
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 

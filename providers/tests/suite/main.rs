@@ -4,11 +4,14 @@
 mod common;
 
 mod azure_openai;
+mod bfl;
 mod conformance;
 mod example_provider;
+mod fal;
 mod gemini;
 mod hostile;
 mod live_upstream;
 mod openai;
 mod openai_compatible;
+mod replicate;
 mod stability;
