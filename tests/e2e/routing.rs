@@ -272,3 +272,62 @@ async fn a_size_is_sent_as_a_ratio_to_a_provider_whose_model_takes_ratios() {
         "{w}x{h} is 3:2"
     );
 }
+
+#[tokio::test]
+async fn an_openai_outage_falls_over_to_gemini_which_gets_the_size_as_its_ratio() {
+    use wiremock::{
+        matchers::{method, path},
+        Mock, MockServer, ResponseTemplate,
+    };
+    let openai = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/images/generations"))
+        .respond_with(ResponseTemplate::new(500).set_body_json(
+            json!({"error": {"message": "The server had an error", "type": "server_error"}}),
+        ))
+        .mount(&openai)
+        .await;
+    let gemini = MockServer::start().await;
+    let png = imagegen_testkit::img::png(1254, 836);
+    Mock::given(method("POST"))
+        .and(path("/v1beta/models/gemini-3-pro-image:generateContent"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "candidates": [{"content": {"parts": [{"inlineData": {
+                "mimeType": "image/png", "data": imagegen_testkit::img::b64(&png)}}]},
+                "finishReason": "STOP"}]
+        })))
+        .mount(&gemini)
+        .await;
+    let s = setup(&format!(
+        "default_provider = \"openai\"\n\
+         [providers.openai]\napi_key = \"sk-test-0123456789\"\nbase_url = \"{}/v1\"\nmax_retries = 0\n\
+         fallback = [\"gemini\"]\n\
+         [providers.gemini]\napi_key = \"AIza-test-0123456789\"\nbase_url = \"{}\"\n",
+        openai.uri(),
+        gemini.uri()
+    ));
+    let g = generate(&s, json!({"size": "1536x1024"})).await.unwrap();
+    assert_eq!(
+        steps(&g),
+        [pair("openai", "failed"), pair("gemini", "served")]
+    );
+    assert!(g.route[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .starts_with("upstream_unavailable"));
+    assert_eq!(g.model, "gemini-3-pro-image");
+    let sent = serde_json::Value::Object(g.sent.clone());
+    assert_eq!(
+        sent.pointer("/generationConfig/imageConfig/aspectRatio"),
+        Some(&json!("3:2")),
+        "{sent}"
+    );
+    assert_eq!(openai.received_requests().await.unwrap().len(), 1);
+    let asked = gemini.received_requests().await.unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&asked[0].body).unwrap();
+    assert_eq!(
+        body["generationConfig"]["imageConfig"]["aspectRatio"],
+        "3:2"
+    );
+}
