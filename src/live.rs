@@ -284,10 +284,19 @@ impl Live {
 
     /// Settings that changed but cannot take effect while the server runs, each saying why.
     ///
-    /// Everything the configuration holds today reloads live; the one exception is a
-    /// `log_level` that an environment variable overrides.
+    /// Everything the configuration holds reloads live except `server.http` (the listener) and
+    /// a `log_level` that an environment variable overrides.
     fn not_live(&self, old: &LoadedConfig, new: &LoadedConfig) -> Vec<String> {
         let mut out = Vec::new();
+        // The listener is built once, at start-up; tokens and allow_unauthenticated are read
+        // on every request, so they need no restart.
+        if old.config.server.http != new.config.server.http {
+            out.push(
+                "server.http changed but is not applied: the HTTP listener keeps its address, \
+                 body cap, allowed origins and hosts until the server restarts"
+                    .to_string(),
+            );
+        }
         if let Some(var) = &self.log.env_var {
             if old.config.log_level != new.config.log_level {
                 out.push(format!(
