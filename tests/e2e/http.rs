@@ -566,3 +566,53 @@ async fn a_client_that_goes_away_mid_call_cancels_it_and_nothing_is_saved() {
     });
     assert_eq!(saved, 0, "a cancelled call saved images");
 }
+
+#[test]
+fn token_settings_are_checked_and_tokens_never_shown() {
+    use imagegen_mcp::config::{CliOverrides, LoadedConfig};
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let load = |text: &str| {
+        let file = dir.path().join("imagegen.toml");
+        std::fs::write(&file, format!("[output]\ndir = \"out\"\n{text}")).unwrap();
+        let cli = CliOverrides {
+            config: Some(file),
+            ..CliOverrides::default()
+        };
+        LoadedConfig::load_from(&cli, [("HOME", dir.path().to_str().unwrap())], dir.path())
+    };
+    let loaded = load(&format!(
+        "[[server.auth.tokens]]\nname = \"alice\"\ntoken = \"{TOKEN}\"\n\
+         [[server.auth.tokens]]\nname = \"bob\"\ntoken = \"other-token\"\n"
+    ))
+    .unwrap();
+    let digest = |t: &str| -> [u8; 32] { Sha256::digest(t.as_bytes()).into() };
+    assert_eq!(loaded.caller_of(&digest(TOKEN)), Some("alice"));
+    assert_eq!(loaded.caller_of(&digest("other-token")), Some("bob"));
+    assert_eq!(loaded.caller_of(&digest("nobody")), None);
+    for text in [format!("{loaded:?}"), loaded.show()] {
+        assert!(!text.contains("SENTINEL"), "{text}");
+    }
+    for (config, says) in [
+        (
+            "[[server.auth.tokens]]\nname = \"a\"\ntoken = \"x\"\ntoken_file = \"t\"\n",
+            "keep one",
+        ),
+        ("[[server.auth.tokens]]\nname = \"a\"\n", "needs `token_file`"),
+        ("[[server.auth.tokens]]\ntoken = \"x\"\n", "needs a name"),
+        (
+            "[[server.auth.tokens]]\nname = \"a\"\ntoken = \"x\"\n[[server.auth.tokens]]\nname = \"a\"\ntoken = \"y\"\n",
+            "names two tokens",
+        ),
+        (
+            "[[server.auth.tokens]]\nname = \"a\"\ntoken = \"x\"\n[[server.auth.tokens]]\nname = \"b\"\ntoken = \"x\"\n",
+            "the same as token `a`",
+        ),
+        ("[server.auth]\nallow_anyone = true\n", "allow_anyone"),
+        ("[server.http]\nmax_body_mb = 0\n", "server.http.max_body_mb"),
+    ] {
+        let error = load(config).unwrap_err().to_string();
+        assert!(error.contains(says), "{config}: {error}");
+        assert!(!error.contains("SENTINEL"), "{error}");
+    }
+}
