@@ -1,5 +1,6 @@
 //! `imagegen-mcp serve --http`: rmcp's streamable HTTP service at `/mcp`, behind bearer-token
-//! authentication and a body cap, with `/healthz`, `/readyz` and a graceful shutdown.
+//! authentication and a body cap, with `/healthz`, `/readyz`, `/metrics` and a graceful
+//! shutdown.
 //!
 //! Both protocol revisions are served: 2025-11-25 clients get sessions (`initialize`,
 //! `Mcp-Session-Id`), 2026-07-28 requests are stateless and may land on any replica. Every
@@ -24,6 +25,7 @@ use axum::{
     routing::get,
     Router,
 };
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rmcp::transport::streamable_http_server::{
     session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
 };
@@ -55,6 +57,8 @@ struct Shared {
     loopback: bool,
     /// `server.http.max_body_mb` in bytes, as the listener was started with.
     max_body: usize,
+    /// Renders `GET /metrics`; `None` when another recorder was installed first.
+    metrics: Option<PrometheusHandle>,
 }
 
 /// Why the listener may not start: a non-loopback address with nobody to authenticate.
@@ -141,13 +145,21 @@ pub async fn serve(
             Arc::new(LocalSessionManager::default()),
             config,
         );
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| tracing::warn!("GET /metrics is off: {e}"))
+        .ok();
     let shared = Arc::new(Shared {
         live: live.clone(),
         shutting_down: AtomicBool::new(false),
         loopback: addr.ip().is_loopback(),
         max_body,
+        metrics,
     });
+    // `/metrics` takes the same tokens as `/mcp`: its labels name providers and callers.
     let mcp = Router::new()
+        .route("/metrics", get(metrics_text))
+        .with_state(shared.clone())
         .route_service("/mcp", service)
         .layer(middleware::from_fn_with_state(shared.clone(), guard));
     let router = Router::new()
@@ -235,6 +247,23 @@ async fn shutdown_signal() -> &'static str {
         let _ = tokio::signal::ctrl_c().await;
         "Ctrl-C"
     }
+}
+
+/// `GET /metrics`: calls by tool, provider and outcome, calls in flight and reloads, in the
+/// Prometheus text format.
+async fn metrics_text(State(shared): State<Arc<Shared>>) -> Response {
+    let Some(handle) = &shared.metrics else {
+        return plain(StatusCode::NOT_FOUND, "metrics are off\n");
+    };
+    handle.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+        .into_response()
 }
 
 /// `GET /healthz`: the process is alive and answering.
@@ -329,7 +358,7 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
     Some(token.trim_ascii()).filter(|t| !t.is_empty())
 }
 
-/// In front of `/mcp`: refuses new requests while shutting down, bodies over the cap, and
+/// In front of `/mcp` and `/metrics`: refuses new MCP requests while shutting down, bodies over the cap, and
 /// callers without a valid token; names the caller for the request and its logs.
 async fn guard(
     State(shared): State<Arc<Shared>>,
@@ -337,7 +366,8 @@ async fn guard(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if shared.shutting_down.load(Ordering::SeqCst) {
+    // Scrapes go on while calls drain; only new MCP requests are refused.
+    if shared.shutting_down.load(Ordering::SeqCst) && request.uri().path() == "/mcp" {
         let mut response = plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "Service Unavailable: shutting down\n",

@@ -249,6 +249,8 @@ impl Live {
                     generation = current.generation,
                     "configuration reload failed; keeping the running configuration: {message}"
                 );
+                metrics::counter!("imagegen_config_reloads_total", "outcome" => "failed")
+                    .increment(1);
                 let mut counters = self.counters();
                 counters.failed += 1;
                 counters.last_error = Some(ReloadError {
@@ -274,6 +276,7 @@ impl Live {
             loaded_at: OffsetDateTime::now_utc(),
             loaded,
         }));
+        metrics::counter!("imagegen_config_reloads_total", "outcome" => "published").increment(1);
         let mut counters = self.counters();
         counters.published += 1;
         counters.last_error = None;

@@ -435,6 +435,7 @@ fn caller(context: &RequestContext<RoleServer>) -> Option<String> {
 /// caller (over HTTP) and it counts as running until it ends.
 async fn with_progress<F, Fut>(
     calls: &Arc<Calls>,
+    tool: &'static str,
     context: RequestContext<RoleServer>,
     work: F,
 ) -> CallToolResult
@@ -442,12 +443,43 @@ where
     F: FnOnce(CallContext) -> Fut,
     Fut: std::future::Future<Output = CallToolResult>,
 {
-    let _running = calls.start();
+    let running = calls.start();
+    metrics::gauge!("imagegen_tool_calls_in_flight").set(calls.in_flight() as f64);
     let span = tracing::info_span!("call", caller = tracing::field::Empty);
     if let Some(caller) = caller(&context) {
         span.record("caller", caller.as_str());
     }
-    run_call(context, work).instrument(span).await
+    let result = run_call(context, work).instrument(span).await;
+    drop(running);
+    metrics::gauge!("imagegen_tool_calls_in_flight").set(calls.in_flight() as f64);
+    count_call(tool, &result);
+    result
+}
+
+/// Counts a finished call in `imagegen_tool_calls_total` by tool, provider and outcome (`ok`
+/// or the error's kind); every label comes from the configuration or a fixed set, so the
+/// series stay few.
+fn count_call(tool: &'static str, result: &CallToolResult) {
+    let structured = result.structured_content.as_ref();
+    let field = |value: Option<&serde_json::Value>| {
+        value
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("none")
+            .to_string()
+    };
+    let provider = field(structured.and_then(|s| s.get("provider")));
+    let outcome = if result.is_error == Some(true) {
+        field(structured.and_then(|s| s.pointer("/error/kind")))
+    } else {
+        "ok".to_string()
+    };
+    metrics::counter!(
+        "imagegen_tool_calls_total",
+        "tool" => tool,
+        "provider" => provider,
+        "outcome" => outcome
+    )
+    .increment(1);
 }
 
 async fn run_call<F, Fut>(context: RequestContext<RoleServer>, work: F) -> CallToolResult
@@ -702,7 +734,7 @@ impl ImagegenServer {
         };
         // The snapshot taken here serves the whole call, whatever reloads meanwhile.
         let engine = self.live.engine();
-        with_progress(&self.calls, context, |call| async move {
+        with_progress(&self.calls, "generate_image", context, |call| async move {
             let outcome = engine.generate(&params, &call).await;
             single_result(engine, outcome, params.delivery, "generate_image").await
         })
@@ -733,7 +765,7 @@ impl ImagegenServer {
             Err(e) => return failure_result(&e, &BatchOutput::failure(e.clone(), 0)),
         };
         let engine = self.live.engine();
-        with_progress(&self.calls, context, |call| async move {
+        with_progress(&self.calls, "generate_images", context, |call| async move {
             let (output, generations) = batch::run(engine.clone(), &params, &call).await;
             let mode = params.delivery.unwrap_or(engine.output().delivery);
             with_previews(mode, move || {
@@ -768,7 +800,7 @@ impl ImagegenServer {
             Err(e) => return error_result(e),
         };
         let engine = self.live.engine();
-        with_progress(&self.calls, context, |call| async move {
+        with_progress(&self.calls, "edit_image", context, |call| async move {
             call.progress.phase("reading inputs");
             let (images, mask, markup) = (
                 params.images.clone(),
@@ -808,17 +840,23 @@ impl ImagegenServer {
             Err(e) => return error_result(e),
         };
         let engine = self.live.engine();
-        with_progress(&self.calls, context, |call| async move {
-            let outcome = match read_inputs(&engine, vec![params.image.clone()], None, None).await {
-                Ok(mut inputs) => {
-                    engine
-                        .variation(&params, inputs.images.remove(0), &call)
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            single_result(engine, outcome, params.delivery, "create_variation").await
-        })
+        with_progress(
+            &self.calls,
+            "create_variation",
+            context,
+            |call| async move {
+                let outcome =
+                    match read_inputs(&engine, vec![params.image.clone()], None, None).await {
+                        Ok(mut inputs) => {
+                            engine
+                                .variation(&params, inputs.images.remove(0), &call)
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    };
+                single_result(engine, outcome, params.delivery, "create_variation").await
+            },
+        )
         .await
     }
 

@@ -328,6 +328,33 @@ async fn rmcp_client_lists_calls_with_progress_and_reads_over_http_in_both_revis
         shown.push_str(&serde_json::to_string(&failed).unwrap());
         client.cancel().await.unwrap();
     }
+    // The calls show in the metrics, which take the same token.
+    let metrics = format!("{}/metrics", server.base);
+    let refused = reqwest::get(&metrics).await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let text = reqwest::Client::new()
+        .get(&metrics)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ok = text.lines().find(|l| {
+        l.starts_with("imagegen_tool_calls_total{")
+            && l.contains("tool=\"generate_image\"")
+            && l.contains("provider=\"mock\"")
+            && l.contains("outcome=\"ok\"")
+    });
+    assert_eq!(ok.and_then(|l| l.rsplit(' ').next()), Some("2"), "{text}");
+    let failed = text.lines().any(|l| {
+        l.starts_with("imagegen_tool_calls_total{")
+            && l.contains("tool=\"generate_image\"")
+            && !l.contains("outcome=\"ok\"")
+    });
+    assert!(failed, "the failed calls are not counted: {text}");
+    assert!(text.contains("imagegen_tool_calls_in_flight 0"), "{text}");
     server.terminate().await;
     assert_eq!(server.exit_code().await, Some(0), "{}", server.output());
     let output = server.output();
@@ -391,6 +418,21 @@ async fn tokens_are_required_checked_and_rotated_with_their_file() {
         old.status(),
         401,
         "the old token still works after the rotation"
+    );
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", server.base))
+        .bearer_auth(ROTATED)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("imagegen_config_reloads_total{outcome=\"published\"}")),
+        "{metrics}"
     );
     let output = server.output();
     assert!(output.contains("configuration reloaded"), "{output}");
