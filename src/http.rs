@@ -25,6 +25,7 @@ use axum::{
     routing::get,
     Router,
 };
+use futures::StreamExt as _;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rmcp::transport::streamable_http_server::{
     session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
@@ -35,7 +36,7 @@ use tracing::Instrument as _;
 
 use crate::{
     live::Live,
-    server::{status_output, ImagegenServer},
+    server::{status_output, Calls, ImagegenServer},
 };
 
 /// The caller of one HTTP request: the name of the token it presented, or [`ANONYMOUS`]. The
@@ -59,6 +60,9 @@ struct Shared {
     max_body: usize,
     /// Renders `GET /metrics`; `None` when another recorder was installed first.
     metrics: Option<PrometheusHandle>,
+    /// `/mcp` POSTs whose answer is not yet sent: a call's result still on its way to the
+    /// client after the tool returned keeps the drain waiting.
+    posts: Arc<Calls>,
 }
 
 /// Why the listener may not start: a non-loopback address with nobody to authenticate.
@@ -155,6 +159,7 @@ pub async fn serve(
         loopback: addr.ip().is_loopback(),
         max_body,
         metrics,
+        posts: Arc::default(),
     });
     // `/metrics` takes the same tokens as `/mcp`: its labels name providers and callers.
     let mcp = Router::new()
@@ -169,6 +174,8 @@ pub async fn serve(
         .merge(mcp);
     drop(snapshot);
 
+    // Before the URL is logged: whoever starts the server may stop it as soon as it is known.
+    let stop_signal = shutdown_signal();
     let stop_accepting = CancellationToken::new();
     let serving = axum::serve(
         listener,
@@ -189,7 +196,7 @@ pub async fn serve(
                 Err(e) => Err(anyhow::anyhow!("the HTTP server failed: {e}")),
             };
         }
-        signal = shutdown_signal() => {
+        signal = stop_signal => {
             let grace = Duration::from_secs(live.snapshot().loaded.config.server.shutdown_grace_s);
             tracing::info!(
                 signal,
@@ -200,7 +207,11 @@ pub async fn serve(
             // The listener stays up while calls drain, so probes see 503 rather than a refused
             // connection and a load balancer takes the replica out of rotation.
             shared.shutting_down.store(true, Ordering::SeqCst);
-            if tokio::time::timeout(grace, calls.idle()).await.is_err() {
+            let drained = async {
+                calls.idle().await;
+                shared.posts.idle().await;
+            };
+            if tokio::time::timeout(grace, drained).await.is_err() {
                 tracing::warn!(
                     in_flight = calls.in_flight(),
                     "shutdown grace ran out; cancelling the calls still running"
@@ -222,30 +233,36 @@ pub async fn serve(
     Ok(())
 }
 
-/// Resolves with the name of the first of SIGTERM and SIGINT to arrive.
-async fn shutdown_signal() -> &'static str {
+/// Listens for SIGTERM and SIGINT from the moment it is called (a signal before that would
+/// kill the process outright), and resolves with the name of the first to arrive.
+fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
+        let signals = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            },
-            _ => {
-                tracing::warn!("cannot listen for SIGTERM; stopping on Ctrl-C only");
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
+        );
+        async move {
+            match signals {
+                (Ok(mut term), Ok(mut int)) => tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                },
+                _ => {
+                    tracing::warn!("cannot listen for SIGTERM; stopping on Ctrl-C only");
+                    let _ = tokio::signal::ctrl_c().await;
+                    "SIGINT"
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
     }
 }
 
@@ -420,13 +437,27 @@ async fn guard(
     tracing::debug!(%peer, caller, method = %request.method(), "MCP request");
     request.extensions_mut().insert(Caller(caller.clone()));
     let span = tracing::info_span!("http", caller = %caller);
+    // A POST carries a request (or a client's answer): it counts until its answer is sent or
+    // the client goes away. GET streams stay open for the session and do not count.
+    let post = (request.method() == axum::http::Method::POST).then(|| shared.posts.start());
     let response = next.run(request).instrument(span).await;
     // rmcp's own refusal of a streamed body over the cap does not name the setting.
     if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
         tracing::warn!(%peer, caller, "refused a request body over server.http.max_body_mb");
         return too_large(shared.max_body);
     }
-    response
+    match post {
+        Some(running) => {
+            let (parts, body) = response.into_parts();
+            let stream = body.into_data_stream().map(move |chunk| {
+                // The stream owns the guard: it is dropped when the body ends or is dropped.
+                let _ = &running;
+                chunk
+            });
+            Response::from_parts(parts, axum::body::Body::from_stream(stream))
+        }
+        None => response,
+    }
 }
 
 #[cfg(test)]

@@ -249,14 +249,16 @@ impl Calls {
         }
     }
 
-    fn start(self: &Arc<Self>) -> CallGuard {
+    /// Counts one more running; it ends when the guard is dropped.
+    pub fn start(self: &Arc<Self>) -> CallGuard {
         self.running.fetch_add(1, Ordering::SeqCst);
         CallGuard(self.clone())
     }
 }
 
-/// One running tool call; dropping it (the call ended, however) counts it out.
-struct CallGuard(Arc<Calls>);
+/// One running call; dropping it (the call ended, however) counts it out.
+#[derive(Debug)]
+pub struct CallGuard(Arc<Calls>);
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
