@@ -13,6 +13,7 @@ mod show;
 use std::{collections::BTreeMap, path::PathBuf};
 
 use imagegen_providers::{ImageOptions, ModelOverride};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 pub use crate::routing::RouteConfig;
@@ -20,7 +21,7 @@ pub use error::ConfigError;
 /// One `[providers.NAME]` table: the common settings and those of its `kind`.
 pub use imagegen_providers::build::ProviderConfig;
 pub use imagegen_providers::secret::fingerprint;
-pub use load::{Input, LoadedConfig, ResolvedKey};
+pub use load::{Input, LoadedConfig, ResolvedKey, ResolvedToken};
 
 /// `url` with any `user:password@` replaced by `***@`, for every place a URL is shown: a
 /// gateway's credentials in `base_url` are as secret as an API key.
@@ -77,6 +78,89 @@ pub struct Config {
     pub catalog: CatalogConfig,
     /// Named lists of providers tried in order (`provider = "NAME"` in calls and config).
     pub routes: BTreeMap<String, RouteConfig>,
+    /// `serve --http`: the listener, authentication and shutdown.
+    pub server: ServerConfig,
+}
+
+/// `[server]`: how `imagegen-mcp serve --http` listens, whom it serves and how it stops.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The listener and the requests it takes.
+    pub http: HttpConfig,
+    /// Who may call.
+    pub auth: AuthConfig,
+    /// After SIGTERM or SIGINT, how long calls in flight may run before the server exits anyway, seconds.
+    pub shutdown_grace_s: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            http: HttpConfig::default(),
+            auth: AuthConfig::default(),
+            shutdown_grace_s: 30,
+        }
+    }
+}
+
+/// The address `serve --http` listens on when neither the flag nor `server.http.bind` names one.
+pub const DEFAULT_HTTP_BIND: &str = "127.0.0.1:8787";
+
+/// `[server.http]`: the HTTP listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `HOST:PORT` to listen on; `serve --http ADDR` wins. Loopback by default.
+    pub bind: String,
+    /// The largest request body, MiB; a larger request is refused with 413 naming this setting.
+    pub max_body_mb: u64,
+    /// Browser origins allowed to call (`https://app.example.com`, `http://localhost:*`); a
+    /// request with any other `Origin` header gets 403. Requests without one (non-browser
+    /// clients) always pass.
+    pub allowed_origins: Vec<String>,
+    /// `Host` header values accepted besides the loopback names (`localhost`, `127.0.0.1`,
+    /// `::1`) and the bound address (DNS-rebinding protection): the names clients use to reach
+    /// the server, such as `images.internal` or `images.internal:8787`.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: DEFAULT_HTTP_BIND.into(),
+            max_body_mb: 64,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+/// `[server.auth]`: who may call `serve --http`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Static bearer tokens; with none, only a loopback listener (or `allow_unauthenticated`)
+    /// serves anyone who connects.
+    pub tokens: Vec<TokenConfig>,
+    /// Serve a non-loopback address with no tokens configured: anyone who can reach it may
+    /// call (and spend the providers' credit).
+    pub allow_unauthenticated: bool,
+}
+
+/// One `[[server.auth.tokens]]` entry: a caller and its bearer token.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The caller's identity in logs (never the token).
+    pub name: String,
+    /// The token itself; prefer `token_file`.
+    #[serde(skip_serializing)]
+    pub token: Option<SecretString>,
+    /// A file holding the token, re-read when it changes (relative to the config file,
+    /// absolute after loading).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[catalog]`: model lifecycles at call time.

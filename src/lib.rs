@@ -7,6 +7,7 @@ pub mod config;
 pub mod delivery;
 pub mod engine;
 pub mod error;
+pub mod http;
 pub mod inputs;
 pub mod lifecycle;
 pub mod live;

@@ -249,6 +249,8 @@ impl Live {
                     generation = current.generation,
                     "configuration reload failed; keeping the running configuration: {message}"
                 );
+                metrics::counter!("imagegen_config_reloads_total", "outcome" => "failed")
+                    .increment(1);
                 let mut counters = self.counters();
                 counters.failed += 1;
                 counters.last_error = Some(ReloadError {
@@ -274,6 +276,7 @@ impl Live {
             loaded_at: OffsetDateTime::now_utc(),
             loaded,
         }));
+        metrics::counter!("imagegen_config_reloads_total", "outcome" => "published").increment(1);
         let mut counters = self.counters();
         counters.published += 1;
         counters.last_error = None;
@@ -284,10 +287,19 @@ impl Live {
 
     /// Settings that changed but cannot take effect while the server runs, each saying why.
     ///
-    /// Everything the configuration holds today reloads live; the one exception is a
-    /// `log_level` that an environment variable overrides.
+    /// Everything the configuration holds reloads live except `server.http` (the listener) and
+    /// a `log_level` that an environment variable overrides.
     fn not_live(&self, old: &LoadedConfig, new: &LoadedConfig) -> Vec<String> {
         let mut out = Vec::new();
+        // The listener is built once, at start-up; tokens and allow_unauthenticated are read
+        // on every request, so they need no restart.
+        if old.config.server.http != new.config.server.http {
+            out.push(
+                "server.http changed but is not applied: the HTTP listener keeps its address, \
+                 body cap, allowed origins and hosts until the server restarts"
+                    .to_string(),
+            );
+        }
         if let Some(var) = &self.log.env_var {
             if old.config.log_level != new.config.log_level {
                 out.push(format!(

@@ -37,7 +37,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve MCP over stdio (what MCP clients run).
+    /// Serve MCP over stdio (what MCP clients run), or over streamable HTTP with `--http`.
     Serve {
         /// The default provider, overriding the configuration.
         #[arg(long)]
@@ -45,6 +45,10 @@ enum Command {
         /// Where to save images, overriding the configuration.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// Serve over streamable HTTP at /mcp instead of stdio, on ADDR (IP:PORT; default:
+        /// server.http.bind, else 127.0.0.1:8787).
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "")]
+        http: Option<String>,
     },
     /// Generate images from one prompt or several (a batch) and print the saved paths.
     Generate(GenerateArgs),
@@ -550,7 +554,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging("warn");
             models(args, cli.config).await
         }
-        Command::Serve { provider, out } => {
+        Command::Serve {
+            provider,
+            out,
+            http,
+        } => {
             let log = init_logging("info");
             let overrides = CliOverrides {
                 config: cli.config,
@@ -565,15 +573,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing::info!(
                 default_provider = engine.default_provider(),
                 output_dir = %engine.store().dir().display(),
-                "serving MCP over stdio"
+                transport = if http.is_some() { "streamable HTTP" } else { "stdio" },
+                "serving MCP"
             );
             drop(engine);
-            // The watchers live as long as the runtime: until the client disconnects.
+            // The watchers live as long as the runtime: until the client disconnects (stdio)
+            // or the server is stopped (HTTP).
             tokio::spawn(watch(live.clone()));
             tokio::spawn(lifecycle::watch_upstream(live.clone()));
-            let service = ImagegenServer::new(live)
-                .serve(imagegen_mcp::transport::stdio())
-                .await?;
+            let server = ImagegenServer::new(live.clone());
+            if let Some(bind) = http {
+                imagegen_mcp::http::serve(live, server, Some(bind)).await?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let service = server.serve(imagegen_mcp::transport::stdio()).await?;
             service.waiting().await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -5,7 +5,10 @@
 //! its end: a reload in the meantime changes what the next request sees, not this one.
 
 use std::{
-    sync::{Arc, OnceLock},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, OnceLock,
+    },
     time::Duration,
 };
 
@@ -26,7 +29,8 @@ use rmcp::{
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
+use tracing::Instrument as _;
 
 use crate::routing::{HealthStatus, RouteConfig};
 use crate::{
@@ -216,6 +220,52 @@ pub struct ProvidersOutput {
 pub struct ImagegenServer {
     live: Arc<Live>,
     tool_router: ToolRouter<Self>,
+    calls: Arc<Calls>,
+}
+
+/// The tool calls running now, shared by every clone of a server: a graceful shutdown waits
+/// for them to finish.
+#[derive(Debug, Default)]
+pub struct Calls {
+    running: AtomicUsize,
+    idle: Notify,
+}
+
+impl Calls {
+    /// How many tool calls are running.
+    pub fn in_flight(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once no tool call is running.
+    pub async fn idle(&self) {
+        loop {
+            // Created before the check, so a call ending in between still wakes it.
+            let ended = self.idle.notified();
+            if self.in_flight() == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+
+    /// Counts one more running; it ends when the guard is dropped.
+    pub fn start(self: &Arc<Self>) -> CallGuard {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        CallGuard(self.clone())
+    }
+}
+
+/// One running call; dropping it (the call ended, however) counts it out.
+#[derive(Debug)]
+pub struct CallGuard(Arc<Calls>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// Describes every configured provider, its models and keys, and the configuration in force.
@@ -376,9 +426,65 @@ async fn with_previews(
         })
 }
 
+/// The caller of a request that came over HTTP (the name of its token), if it did.
+fn caller(context: &RequestContext<RoleServer>) -> Option<String> {
+    let parts = context.extensions.get::<axum::http::request::Parts>()?;
+    Some(parts.extensions.get::<crate::http::Caller>()?.0.clone())
+}
+
 /// Runs one tool call with progress reporting (when the client asked for it) and the
-/// client's cancellation; progress stops before the result is returned.
-async fn with_progress<F, Fut>(context: RequestContext<RoleServer>, work: F) -> CallToolResult
+/// client's cancellation; progress stops before the result is returned. Its logs carry the
+/// caller (over HTTP) and it counts as running until it ends.
+async fn with_progress<F, Fut>(
+    calls: &Arc<Calls>,
+    tool: &'static str,
+    context: RequestContext<RoleServer>,
+    work: F,
+) -> CallToolResult
+where
+    F: FnOnce(CallContext) -> Fut,
+    Fut: std::future::Future<Output = CallToolResult>,
+{
+    let running = calls.start();
+    metrics::gauge!("imagegen_tool_calls_in_flight").set(calls.in_flight() as f64);
+    let span = tracing::info_span!("call", caller = tracing::field::Empty);
+    if let Some(caller) = caller(&context) {
+        span.record("caller", caller.as_str());
+    }
+    let result = run_call(context, work).instrument(span).await;
+    drop(running);
+    metrics::gauge!("imagegen_tool_calls_in_flight").set(calls.in_flight() as f64);
+    count_call(tool, &result);
+    result
+}
+
+/// Counts a finished call in `imagegen_tool_calls_total` by tool, provider and outcome (`ok`
+/// or the error's kind); every label comes from the configuration or a fixed set, so the
+/// series stay few.
+fn count_call(tool: &'static str, result: &CallToolResult) {
+    let structured = result.structured_content.as_ref();
+    let field = |value: Option<&serde_json::Value>| {
+        value
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("none")
+            .to_string()
+    };
+    let provider = field(structured.and_then(|s| s.get("provider")));
+    let outcome = if result.is_error == Some(true) {
+        field(structured.and_then(|s| s.pointer("/error/kind")))
+    } else {
+        "ok".to_string()
+    };
+    metrics::counter!(
+        "imagegen_tool_calls_total",
+        "tool" => tool,
+        "provider" => provider,
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
+async fn run_call<F, Fut>(context: RequestContext<RoleServer>, work: F) -> CallToolResult
 where
     F: FnOnce(CallContext) -> Fut,
     Fut: std::future::Future<Output = CallToolResult>,
@@ -593,7 +699,16 @@ impl ImagegenServer {
                 tool.output_schema = Some(Arc::new(standard_schema(output)));
             }
         }
-        Self { live, tool_router }
+        Self {
+            live,
+            tool_router,
+            calls: Arc::default(),
+        }
+    }
+
+    /// The tool calls running now, across every clone of this server.
+    pub fn calls(&self) -> Arc<Calls> {
+        self.calls.clone()
     }
 
     /// Generates images from a text prompt.
@@ -621,7 +736,7 @@ impl ImagegenServer {
         };
         // The snapshot taken here serves the whole call, whatever reloads meanwhile.
         let engine = self.live.engine();
-        with_progress(context, |call| async move {
+        with_progress(&self.calls, "generate_image", context, |call| async move {
             let outcome = engine.generate(&params, &call).await;
             single_result(engine, outcome, params.delivery, "generate_image").await
         })
@@ -652,7 +767,7 @@ impl ImagegenServer {
             Err(e) => return failure_result(&e, &BatchOutput::failure(e.clone(), 0)),
         };
         let engine = self.live.engine();
-        with_progress(context, |call| async move {
+        with_progress(&self.calls, "generate_images", context, |call| async move {
             let (output, generations) = batch::run(engine.clone(), &params, &call).await;
             let mode = params.delivery.unwrap_or(engine.output().delivery);
             with_previews(mode, move || {
@@ -687,7 +802,7 @@ impl ImagegenServer {
             Err(e) => return error_result(e),
         };
         let engine = self.live.engine();
-        with_progress(context, |call| async move {
+        with_progress(&self.calls, "edit_image", context, |call| async move {
             call.progress.phase("reading inputs");
             let (images, mask, markup) = (
                 params.images.clone(),
@@ -727,17 +842,23 @@ impl ImagegenServer {
             Err(e) => return error_result(e),
         };
         let engine = self.live.engine();
-        with_progress(context, |call| async move {
-            let outcome = match read_inputs(&engine, vec![params.image.clone()], None, None).await {
-                Ok(mut inputs) => {
-                    engine
-                        .variation(&params, inputs.images.remove(0), &call)
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            single_result(engine, outcome, params.delivery, "create_variation").await
-        })
+        with_progress(
+            &self.calls,
+            "create_variation",
+            context,
+            |call| async move {
+                let outcome =
+                    match read_inputs(&engine, vec![params.image.clone()], None, None).await {
+                        Ok(mut inputs) => {
+                            engine
+                                .variation(&params, inputs.images.remove(0), &call)
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    };
+                single_result(engine, outcome, params.delivery, "create_variation").await
+            },
+        )
         .await
     }
 

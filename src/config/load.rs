@@ -26,7 +26,7 @@ use super::{
 /// The environment variable prefix of configuration keys.
 const PREFIX: &str = "IMAGEGEN_";
 /// Top-level keys: an `IMAGEGEN_*` variable starting with anything else is not configuration.
-pub(super) const TOP_KEYS: [&str; 12] = [
+pub(super) const TOP_KEYS: [&str; 13] = [
     "default_provider",
     "log_level",
     "output",
@@ -39,12 +39,15 @@ pub(super) const TOP_KEYS: [&str; 12] = [
     "models",
     "catalog",
     "routes",
+    "server",
 ];
 /// `IMAGEGEN_*` variables that are not configuration and need no notice (`IMAGEGEN_LOG*` too).
 const NON_CONFIG_VARS: [&str; 3] = ["IMAGEGEN_CONFIG", "IMAGEGEN_LOG", "IMAGEGEN_HEARTBEAT_MS"];
 /// The variables the official OpenAI SDKs read, and the `[providers.openai]` key each sets.
 /// Keys whose environment values stay strings even when they look like numbers or booleans.
-const STRING_KEYS: [&str; 6] = [
+const STRING_KEYS: [&str; 8] = [
+    "token",
+    "bind",
     "organization",
     "project",
     "model",
@@ -97,6 +100,39 @@ pub struct ResolvedKey {
     pub source: String,
 }
 
+/// A bearer token of `[[server.auth.tokens]]`, read and checked, and whose it is.
+#[derive(Clone)]
+pub struct ResolvedToken {
+    /// The caller's identity in logs.
+    pub name: String,
+    /// The SHA-256 of the token: presented tokens are hashed and compared with this in
+    /// constant time, so neither the token's bytes nor its length shape the comparison.
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for ResolvedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolvedToken")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResolvedToken {
+    fn new(name: &str, token: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            digest: Sha256::digest(token.as_bytes()).into(),
+        }
+    }
+
+    /// Whether `presented` is this token, in time that does not depend on where they differ.
+    pub fn matches_digest(&self, presented: &[u8; 32]) -> bool {
+        use subtle::ConstantTimeEq as _;
+        self.digest.ct_eq(presented).into()
+    }
+}
+
 impl ResolvedKey {
     /// A safe hint of the key, such as `sk-…abcd`.
     pub fn fingerprint(&self) -> String {
@@ -125,6 +161,7 @@ pub struct LoadedConfig {
     /// Leaf key paths mapped to the name of the layer that set them; absent means a default.
     pub(super) sources: BTreeMap<Vec<String>, String>,
     pub(super) keys: BTreeMap<String, Vec<ResolvedKey>>,
+    tokens: Vec<ResolvedToken>,
     catalog: Catalog,
     catalogs: BTreeMap<String, Arc<Catalog>>,
     notices: Vec<String>,
@@ -232,6 +269,7 @@ impl LoadedConfig {
             &mut inputs,
         )?;
         notices.extend(shadowed.iter().cloned());
+        let tokens = ctx.tokens(&mut config, &mut inputs)?;
         drop_unusable_env_providers(&mut config, &merged, &mut notices);
         check_routes(&config, &merged, &mut notices)?;
         let default_source = resolve_default(&mut config, &merged, &env)?;
@@ -259,6 +297,7 @@ impl LoadedConfig {
             searched,
             sources,
             keys,
+            tokens,
             catalog,
             catalogs,
             notices,
@@ -276,6 +315,23 @@ impl LoadedConfig {
     /// Every resolved API key of provider `provider`, de-duplicated, in pool order.
     pub fn api_keys(&self, provider: &str) -> &[ResolvedKey] {
         self.keys.get(provider).map_or(&[], Vec::as_slice)
+    }
+
+    /// The bearer tokens of `[[server.auth.tokens]]`, in order.
+    pub fn tokens(&self) -> &[ResolvedToken] {
+        &self.tokens
+    }
+
+    /// The name of the token whose SHA-256 is `presented`, if any: every token is compared,
+    /// in constant time, so the time taken says nothing about which one matched or how close.
+    pub fn caller_of(&self, presented: &[u8; 32]) -> Option<&str> {
+        let mut found = None;
+        for token in &self.tokens {
+            if token.matches_digest(presented) && found.is_none() {
+                found = Some(token.name.as_str());
+            }
+        }
+        found
     }
 
     /// The files read (the config file, then key files), each with the hash of its content.
@@ -731,6 +787,72 @@ impl Resolve<'_> {
             keys.insert(name.clone(), found);
         }
         Ok(keys)
+    }
+
+    /// Reads every `[[server.auth.tokens]]` entry's token (inline or from its file), checks
+    /// that each has a unique name and exactly one source, and makes token files absolute.
+    fn tokens(
+        &self,
+        config: &mut Config,
+        inputs: &mut Vec<Input>,
+    ) -> Result<Vec<ResolvedToken>, ConfigError> {
+        let mut out: Vec<ResolvedToken> = Vec::new();
+        for (i, entry) in config.server.auth.tokens.iter_mut().enumerate() {
+            let index = i.to_string();
+            let key = |field: &'static str| ["server", "auth", "tokens", index.as_str(), field];
+            let name = entry.name.trim().to_string();
+            if name.is_empty() {
+                return Err(self.merged.err(
+                    &key("name"),
+                    "is missing or empty: every token needs a name, the caller's identity in logs",
+                ));
+            }
+            if out.iter().any(|t| t.name == name) {
+                return Err(self.merged.err(
+                    &key("name"),
+                    format!("`{name}` names two tokens; give each its own name"),
+                ));
+            }
+            let token = match (&entry.token, &entry.token_file) {
+                (Some(_), Some(_)) => {
+                    return Err(self.merged.err(
+                        &key("token"),
+                        format!("token `{name}` sets both `token` and `token_file`; keep one"),
+                    ))
+                }
+                (None, None) => {
+                    return Err(self.merged.err(
+                        &key("name"),
+                        format!("token `{name}` needs `token_file` (or `token`)"),
+                    ))
+                }
+                (Some(token), None) => {
+                    let token = token.expose_secret().trim();
+                    if token.is_empty() {
+                        return Err(self.merged.err(&key("token"), "is empty"));
+                    }
+                    token.to_string()
+                }
+                (None, Some(raw)) => {
+                    let path = self.path(&key("token_file"), raw)?;
+                    let token = self.read_key_file(&key("token_file"), &path, inputs)?;
+                    entry.token_file = Some(path);
+                    token
+                }
+            };
+            let resolved = ResolvedToken::new(&name, &token);
+            if let Some(twin) = out.iter().find(|t| t.matches_digest(&resolved.digest)) {
+                return Err(self.merged.err(
+                    &key("name"),
+                    format!(
+                        "token `{name}` is the same as token `{}`: one token, one caller",
+                        twin.name
+                    ),
+                ));
+            }
+            out.push(resolved);
+        }
+        Ok(out)
     }
 
     /// Reads a key file (trimmed); the error says why (missing, permissions, not UTF-8,
@@ -1267,6 +1389,18 @@ fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
         config.output.max_read_mb,
         1..=1024,
         &["output", "max_read_mb"],
+        merged,
+    )?;
+    check_range(
+        config.server.http.max_body_mb,
+        1..=4096,
+        &["server", "http", "max_body_mb"],
+        merged,
+    )?;
+    check_range(
+        config.server.shutdown_grace_s,
+        0..=DAY_S,
+        &["server", "shutdown_grace_s"],
         merged,
     )?;
     for (name, provider) in &config.providers {

@@ -9,6 +9,7 @@ mod config;
 mod gpt26;
 mod hostile_local;
 mod hostile_upstream;
+mod http;
 mod lifecycle;
 mod mcp_stdio;
 mod resilience;

@@ -1,0 +1,509 @@
+//! `imagegen-mcp serve --http`: rmcp's streamable HTTP service at `/mcp`, behind bearer-token
+//! authentication and a body cap, with `/healthz`, `/readyz`, `/metrics` and a graceful
+//! shutdown.
+//!
+//! Both protocol revisions are served: 2025-11-25 clients get sessions (`initialize`,
+//! `Mcp-Session-Id`), 2026-07-28 requests are stateless and may land on any replica. Every
+//! request reads the live configuration once, so a rotated token works (and the old one
+//! stops) as soon as the reload that read it is published.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use axum::{
+    extract::{ConnectInfo, Request, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use futures::StreamExt as _;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use rmcp::transport::streamable_http_server::{
+    session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
+};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::{
+    live::Live,
+    server::{status_output, Calls, ImagegenServer},
+};
+
+/// The caller of one HTTP request: the name of the token it presented, or [`ANONYMOUS`]. The
+/// guard puts it in the request's extensions, where tool calls find it for their logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller(pub String);
+
+/// The caller name of requests served without a token (a loopback listener with no tokens,
+/// or `server.auth.allow_unauthenticated`).
+pub const ANONYMOUS: &str = "anonymous";
+
+/// What the guard and the probes share.
+struct Shared {
+    live: Arc<Live>,
+    /// Set on SIGTERM/SIGINT: `/readyz` says 503 and `/mcp` takes no new requests.
+    shutting_down: AtomicBool,
+    /// Whether the listener is on a loopback address, where no tokens means open to local
+    /// callers only.
+    loopback: bool,
+    /// `server.http.max_body_mb` in bytes, as the listener was started with.
+    max_body: usize,
+    /// Renders `GET /metrics`; `None` when another recorder was installed first.
+    metrics: Option<PrometheusHandle>,
+    /// `/mcp` POSTs whose answer is not yet sent: a call's result still on its way to the
+    /// client after the tool returned keeps the drain waiting.
+    posts: Arc<Calls>,
+}
+
+/// Why the listener may not start: a non-loopback address with nobody to authenticate.
+pub fn check_exposure(
+    addr: SocketAddr,
+    tokens: usize,
+    allow_unauthenticated: bool,
+) -> anyhow::Result<()> {
+    if addr.ip().is_loopback() || tokens > 0 || allow_unauthenticated {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve {addr} without authentication: it is not a loopback address, so \
+         anyone who can reach it could call the tools (and spend the providers' credit). \
+         Configure [[server.auth.tokens]], or set server.auth.allow_unauthenticated = true \
+         to serve it open on purpose"
+    )
+}
+
+/// The `Host` values the DNS-rebinding guard accepts: the loopback names, the bound address
+/// (unless it is the unspecified `0.0.0.0` or `::`), and `server.http.allowed_hosts`.
+fn allowed_hosts(bound: SocketAddr, configured: &[String]) -> Vec<String> {
+    let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).into();
+    if !bound.ip().is_unspecified() {
+        hosts.push(bound.ip().to_string());
+    }
+    hosts.extend(configured.iter().cloned());
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
+/// Serves MCP over streamable HTTP on `bind` (else `server.http.bind`) until SIGTERM or
+/// SIGINT, then drains: `/readyz` says 503, `/mcp` takes no new requests, calls in flight
+/// finish within `server.shutdown_grace_s`, and the function returns.
+pub async fn serve(
+    live: Arc<Live>,
+    server: ImagegenServer,
+    bind: Option<String>,
+) -> anyhow::Result<()> {
+    let snapshot = live.snapshot();
+    let settings = snapshot.loaded.config.server.clone();
+    let bind = bind
+        .filter(|b| !b.trim().is_empty())
+        .unwrap_or_else(|| settings.http.bind.clone());
+    let addr: SocketAddr = bind.trim().parse().map_err(|_| {
+        anyhow::anyhow!(
+            "`{bind}` is not an address to listen on: use IP:PORT, such as 127.0.0.1:8787 \
+             (--http ADDR or server.http.bind)"
+        )
+    })?;
+    check_exposure(
+        addr,
+        snapshot.loaded.tokens().len(),
+        settings.auth.allow_unauthenticated,
+    )?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let max_body = usize::try_from(settings.http.max_body_mb)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(1 << 20);
+    let hosts = allowed_hosts(local, &settings.http.allowed_hosts);
+    if addr.ip().is_unspecified() && settings.http.allowed_hosts.is_empty() {
+        tracing::warn!(
+            "listening on every address, but only loopback Host names are accepted: list the \
+             names clients use in server.http.allowed_hosts"
+        );
+    }
+    let sessions_ct = CancellationToken::new();
+    let config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(hosts)
+        .with_allowed_origins(settings.http.allowed_origins.clone())
+        // With no allowed origins, a request that names any Origin is refused: browsers name
+        // one, and no browser page was allowed. Clients that are not browsers send none.
+        .enforce_origin_validation()
+        .with_max_request_body_bytes(max_body)
+        .with_cancellation_token(sessions_ct.child_token());
+    let calls = server.calls();
+    let service: StreamableHttpService<ImagegenServer, LocalSessionManager> =
+        StreamableHttpService::new(
+            move || Ok(server.clone()),
+            Arc::new(LocalSessionManager::default()),
+            config,
+        );
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| tracing::warn!("GET /metrics is off: {e}"))
+        .ok();
+    let shared = Arc::new(Shared {
+        live: live.clone(),
+        shutting_down: AtomicBool::new(false),
+        loopback: addr.ip().is_loopback(),
+        max_body,
+        metrics,
+        posts: Arc::default(),
+    });
+    // `/metrics` takes the same tokens as `/mcp`: its labels name providers and callers.
+    let mcp = Router::new()
+        .route("/metrics", get(metrics_text))
+        .with_state(shared.clone())
+        .route_service("/mcp", service)
+        .layer(middleware::from_fn_with_state(shared.clone(), guard));
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(shared.clone())
+        .merge(mcp);
+    drop(snapshot);
+
+    // Before the URL is logged: whoever starts the server may stop it as soon as it is known.
+    let stop_signal = shutdown_signal();
+    let stop_accepting = CancellationToken::new();
+    let serving = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
+    let mut serving = tokio::spawn(async move { serving.await });
+    tracing::info!(
+        url = %format!("http://{local}/mcp"),
+        tokens = live.snapshot().loaded.tokens().len(),
+        "serving MCP over streamable HTTP"
+    );
+
+    tokio::select! {
+        done = &mut serving => {
+            return match done {
+                Ok(result) => result.context("the HTTP server stopped"),
+                Err(e) => Err(anyhow::anyhow!("the HTTP server failed: {e}")),
+            };
+        }
+        signal = stop_signal => {
+            let grace = Duration::from_secs(live.snapshot().loaded.config.server.shutdown_grace_s);
+            tracing::info!(
+                signal,
+                in_flight = calls.in_flight(),
+                grace_s = grace.as_secs(),
+                "shutting down: no new requests; calls in flight may finish"
+            );
+            // The listener stays up while calls drain, so probes see 503 rather than a refused
+            // connection and a load balancer takes the replica out of rotation.
+            shared.shutting_down.store(true, Ordering::SeqCst);
+            let drained = async {
+                calls.idle().await;
+                shared.posts.idle().await;
+            };
+            if tokio::time::timeout(grace, drained).await.is_err() {
+                tracing::warn!(
+                    in_flight = calls.in_flight(),
+                    "shutdown grace ran out; cancelling the calls still running"
+                );
+            }
+        }
+    }
+    // Ends the sessions and their open streams, which would otherwise hold the connections.
+    stop_accepting.cancel();
+    sessions_ct.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), &mut serving)
+        .await
+        .is_err()
+    {
+        tracing::debug!("connections still open after the sessions ended; closing them");
+        serving.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Listens for SIGTERM and SIGINT from the moment it is called (a signal before that would
+/// kill the process outright), and resolves with the name of the first to arrive.
+fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let signals = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        );
+        async move {
+            match signals {
+                (Ok(mut term), Ok(mut int)) => tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                },
+                _ => {
+                    tracing::warn!("cannot listen for SIGTERM; stopping on Ctrl-C only");
+                    let _ = tokio::signal::ctrl_c().await;
+                    "SIGINT"
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+}
+
+/// `GET /metrics`: calls by tool, provider and outcome, calls in flight and reloads, in the
+/// Prometheus text format.
+async fn metrics_text(State(shared): State<Arc<Shared>>) -> Response {
+    let Some(handle) = &shared.metrics else {
+        return plain(StatusCode::NOT_FOUND, "metrics are off\n");
+    };
+    handle.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+        .into_response()
+}
+
+/// `GET /healthz`: the process is alive and answering.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /readyz`: 200 when the configuration is loaded and at least one provider can take a
+/// call (its circuit is not open and not all its keys are disabled); 503 otherwise, and from
+/// the moment a shutdown begins.
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.shutting_down.load(Ordering::SeqCst) {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    let status = status_output(&shared.live);
+    let usable: Vec<&str> = status
+        .providers
+        .iter()
+        .filter(|p| {
+            p.health.state != "open"
+                && (p.keys.is_empty() || p.keys.iter().any(|k| k.state != "disabled"))
+        })
+        .map(|p| p.name.as_str())
+        .collect();
+    let body = serde_json::json!({
+        "ready": !usable.is_empty(),
+        "generation": status.config.generation,
+        "usable_providers": usable,
+    });
+    let code = if usable.is_empty() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{body}\n"),
+    )
+        .into_response()
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// 401 with the challenge RFC 6750 asks for; `error` says a token was presented but is not
+/// one of ours.
+fn unauthorized(error: Option<&str>) -> Response {
+    let challenge = match error {
+        Some(error) => format!("Bearer realm=\"imagegen-mcp\", error=\"{error}\""),
+        None => "Bearer realm=\"imagegen-mcp\"".to_string(),
+    };
+    let mut response = plain(
+        StatusCode::UNAUTHORIZED,
+        "Unauthorized: send Authorization: Bearer <token> with a token from [[server.auth.tokens]]\n",
+    );
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// 413 naming the setting that would let the request through.
+fn too_large(max_body: usize) -> Response {
+    let mb = max_body >> 20;
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!(
+            "Payload Too Large: the request body is over {mb} MiB (server.http.max_body_mb = \
+             {mb}); send large images by path or imagegen:// URI, or raise the setting\n"
+        ),
+    )
+        .into_response()
+}
+
+/// The token of an `Authorization: Bearer ...` header, if there is one.
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, token) = value.split_at(value.iter().position(|b| *b == b' ')?);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    Some(token.trim_ascii()).filter(|t| !t.is_empty())
+}
+
+/// In front of `/mcp` and `/metrics`: refuses new MCP requests while shutting down, bodies over the cap, and
+/// callers without a valid token; names the caller for the request and its logs.
+async fn guard(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    // Scrapes go on while calls drain; only new MCP requests are refused.
+    if shared.shutting_down.load(Ordering::SeqCst) && request.uri().path() == "/mcp" {
+        let mut response = plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable: shutting down\n",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > shared.max_body as u64) {
+        tracing::warn!(%peer, bytes = declared, "refused a request body over server.http.max_body_mb");
+        return too_large(shared.max_body);
+    }
+    let caller = {
+        let snapshot = shared.live.snapshot();
+        let loaded = &snapshot.loaded;
+        if loaded.tokens().is_empty() {
+            // No tokens: open on loopback or when explicitly allowed; a network listener whose
+            // tokens were all removed by a reload stays closed rather than turning open.
+            if shared.loopback || loaded.config.server.auth.allow_unauthenticated {
+                ANONYMOUS.to_string()
+            } else {
+                tracing::warn!(%peer, "refused a request: no tokens are configured any more");
+                return unauthorized(None);
+            }
+        } else {
+            match bearer(request.headers()) {
+                None => {
+                    tracing::warn!(%peer, "refused a request without a bearer token");
+                    return unauthorized(None);
+                }
+                Some(token) => {
+                    let digest: [u8; 32] = Sha256::digest(token).into();
+                    match loaded.caller_of(&digest) {
+                        Some(name) => name.to_string(),
+                        None => {
+                            tracing::warn!(%peer, "refused a request with an unknown bearer token");
+                            return unauthorized(Some("invalid_token"));
+                        }
+                    }
+                }
+            }
+        }
+    };
+    tracing::debug!(%peer, caller, method = %request.method(), "MCP request");
+    request.extensions_mut().insert(Caller(caller.clone()));
+    let span = tracing::info_span!("http", caller = %caller);
+    // A POST carries a request (or a client's answer): it counts until its answer is sent or
+    // the client goes away. GET streams stay open for the session and do not count.
+    let post = (request.method() == axum::http::Method::POST).then(|| shared.posts.start());
+    let response = next.run(request).instrument(span).await;
+    // rmcp's own refusal of a streamed body over the cap does not name the setting.
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        tracing::warn!(%peer, caller, "refused a request body over server.http.max_body_mb");
+        return too_large(shared.max_body);
+    }
+    match post {
+        Some(running) => {
+            let (parts, body) = response.into_parts();
+            let stream = body.into_data_stream().map(move |chunk| {
+                // The stream owns the guard: it is dropped when the body ends or is dropped.
+                let _ = &running;
+                chunk
+            });
+            Response::from_parts(parts, axum::body::Body::from_stream(stream))
+        }
+        None => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_from_the_authorization_header_only() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(bearer(&headers), None);
+        for (value, token) in [
+            ("Bearer abc", Some(&b"abc"[..])),
+            ("bearer   abc  ", Some(b"abc")),
+            ("Basic abc", None),
+            ("Bearer", None),
+            ("Bearer    ", None),
+            ("Bearerabc", None),
+        ] {
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
+            assert_eq!(bearer(&headers), token, "{value}");
+        }
+    }
+
+    #[test]
+    fn only_loopback_listeners_may_start_without_authentication() {
+        let open = |addr: &str, tokens, allow| {
+            check_exposure(addr.parse().unwrap(), tokens, allow).is_ok()
+        };
+        assert!(open("127.0.0.1:8787", 0, false));
+        assert!(open("[::1]:8787", 0, false));
+        assert!(open("0.0.0.0:8787", 1, false));
+        assert!(open("0.0.0.0:8787", 0, true));
+        let refused = check_exposure("0.0.0.0:8787".parse().unwrap(), 0, false).unwrap_err();
+        assert!(refused
+            .to_string()
+            .contains("server.auth.allow_unauthenticated = true"));
+        assert!(!open("192.168.1.2:8787", 0, false));
+    }
+
+    #[test]
+    fn the_bound_address_and_configured_names_are_allowed_hosts() {
+        let hosts = allowed_hosts("10.0.0.5:8787".parse().unwrap(), &["img.internal".into()]);
+        for host in ["localhost", "127.0.0.1", "::1", "10.0.0.5", "img.internal"] {
+            assert!(hosts.iter().any(|h| h == host), "{host}: {hosts:?}");
+        }
+        let any = allowed_hosts("0.0.0.0:8787".parse().unwrap(), &[]);
+        assert!(!any.iter().any(|h| h == "0.0.0.0"), "{any:?}");
+    }
+}
