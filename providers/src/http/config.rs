@@ -5,7 +5,19 @@ use std::time::Duration;
 
 use crate::build::{HttpConfig, SettingError};
 
-use super::{Poller, RetryPolicy};
+use super::{ClientCache, Poller, RetryPolicy};
+
+/// The base URL a checked setting names, for building.
+pub fn parse_base_url(base_url: &str) -> Result<url::Url, String> {
+    url::Url::parse(base_url).map_err(|e| format!("base_url is not a valid URL ({e})"))
+}
+
+/// The shared client for `http`'s connect timeout.
+pub fn client(clients: &ClientCache, http: &HttpConfig) -> Result<reqwest::Client, String> {
+    clients
+        .client(http.connect_timeout_s)
+        .map_err(|e| format!("the HTTP client cannot be built: {e}"))
+}
 
 /// Checks a base URL without quoting it.
 pub fn check_base_url(base_url: &str) -> Result<(), SettingError> {
