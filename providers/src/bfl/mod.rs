@@ -39,9 +39,7 @@ use crate::{
         executor::{Attempt, Executor, Sent},
         job::{deref_to_job, fetch_image, same_origin, unusable_key, JobDefaults, JobSettings},
         json::{capped, error_text, str_at},
-        retry,
-        transient::{TransientChecks, GIVE_UP_AT},
-        Downloader, PollStatus,
+        retry, Downloader, PollStatus,
     },
     keys::{KeyPool, PoolKey},
     options::size_for,
@@ -345,12 +343,10 @@ impl BflProvider {
                     let sample = match &task.done {
                         Some(sample) => sample.clone(),
                         None => {
-                            let transient = TransientChecks::new(GIVE_UP_AT);
-                            let (task, transient) = (&task, &transient);
+                            let task = &task;
                             self.settings
-                                .poll
-                                .run(options, sent.deadline, "the FLUX task", |_| async move {
-                                    transient.judge(self.check(task, key).await)
+                                .poll_job(options, sent.deadline, "the FLUX task", None, || {
+                                    self.check(task, key)
                                 })
                                 .await?
                         }

@@ -37,9 +37,7 @@ use crate::{
         executor::{Attempt, Executor, Sent},
         job::{deref_to_job, fetch_image, same_origin, unusable_key, JobDefaults, JobSettings},
         json::{capped, error_text, str_at},
-        retry,
-        transient::{TransientChecks, GIVE_UP_AT},
-        Downloader, PollStatus,
+        retry, Downloader, PollStatus,
     },
     keys::{KeyPool, PoolKey},
     options::size_for,
@@ -421,20 +419,14 @@ impl FalProvider {
                         Some(output) => output.clone(),
                         None => {
                             let queued = &queued;
-                            let transient = TransientChecks::new(GIVE_UP_AT);
-                            let transient = &transient;
                             self.settings
-                                .poll
-                                .run(options, sent.deadline, "the fal request", |_| async move {
-                                    let checked = self.check(queued, key).await;
-                                    // Finished, failed or cancelled at fal: nothing to cancel.
-                                    if matches!(&checked, Ok(PollStatus::Done(_)))
-                                        || matches!(&checked, Err(e) if e.provider_code.is_some())
-                                    {
-                                        guard.set(None);
-                                    }
-                                    transient.judge(checked)
-                                })
+                                .poll_job(
+                                    options,
+                                    sent.deadline,
+                                    "the fal request",
+                                    Some(guard),
+                                    || self.check(queued, key),
+                                )
                                 .await?;
                             let req = self.client.get(queued.response_url.clone());
                             self.send(req, key, "the fal result")

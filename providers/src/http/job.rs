@@ -4,25 +4,29 @@
 //!
 //! A provider keeps only its own: the wire format, how a job is followed, the error table.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, future::Future, sync::Arc, time::Duration};
 
 use reqwest::{header::HeaderMap, StatusCode};
 use serde_json::Value;
+use tokio::time::Instant;
 
 use crate::{
     build::{CommonConfig, HttpConfig},
     keys::{KeyPool, PoolKey},
     secret::Scrubber,
-    Catalog, ErrorKind, GeneratedImage, ModelCapabilities, ProviderError,
+    CallOptions, Catalog, ErrorKind, GeneratedImage, ModelCapabilities, ProviderError,
 };
 
 use super::{
     body::bad,
+    cancel::CancelOnDrop,
     config::{poller, retry_policy},
     download,
     executor::Executor,
     json::send_json,
-    redacted, Downloader, Poller, RetryPolicy,
+    redacted,
+    transient::{TransientChecks, GIVE_UP_AT},
+    Downloader, PollStatus, Poller, RetryPolicy,
 };
 
 /// What differs between the kinds' defaults, the rest being the same for all.
@@ -164,6 +168,39 @@ impl JobSettings {
             parse_error,
         )
         .await
+    }
+
+    /// Polls a submitted job with `check` until it is done. A check failing with a retryable
+    /// error is checked again (the [`GIVE_UP_AT`]-th in a row ends the wait), since the job
+    /// is already paid for. Once the job ended upstream (done, or a failure the API reported,
+    /// which carries a `provider_code`), `open` is told there is nothing left to cancel.
+    pub async fn poll_job<T, C, CF>(
+        &self,
+        options: &CallOptions,
+        deadline: Instant,
+        what: &str,
+        open: Option<&CancelOnDrop>,
+        check: C,
+    ) -> Result<T, ProviderError>
+    where
+        C: Fn() -> CF,
+        CF: Future<Output = Result<PollStatus<T>, ProviderError>>,
+    {
+        let transient = TransientChecks::new(GIVE_UP_AT);
+        let (transient, check) = (&transient, &check);
+        self.poll
+            .run(options, deadline, what, |_| async move {
+                let checked = check().await;
+                let ended = match &checked {
+                    Ok(status) => matches!(status, PollStatus::Done(_)),
+                    Err(e) => e.provider_code.is_some(),
+                };
+                if let (true, Some(open)) = (ended, open) {
+                    open.set(None);
+                }
+                transient.judge(checked)
+            })
+            .await
     }
 }
 

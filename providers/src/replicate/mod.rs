@@ -39,9 +39,7 @@ use crate::{
         executor::{Attempt, Executor, Sent},
         job::{deref_to_job, fetch_image, same_origin, JobDefaults, JobSettings},
         json::{capped, error_text, str_at},
-        retry,
-        transient::{TransientChecks, GIVE_UP_AT},
-        Downloader, PollStatus,
+        retry, Downloader, PollStatus,
     },
     keys::{KeyPool, PoolKey},
     CallOptions, EditRequest, ErrorKind, GenerateRequest, GenerateResult, GeneratedImage,
@@ -390,31 +388,20 @@ impl ReplicateProvider {
                         State::Done(urls) => urls,
                         State::Running(_) => {
                             let get = &prediction.get;
-                            let transient = TransientChecks::new(GIVE_UP_AT);
-                            let transient = &transient;
                             self.settings
-                                .poll
-                                .run(
+                                .poll_job(
                                     options,
                                     sent.deadline,
                                     "the Replicate prediction",
-                                    |_| async move {
-                                        let checked = self.check(get, key).await;
-                                        // Succeeded, failed or cancelled at Replicate: nothing
-                                        // left to cancel.
-                                        let ended = match &checked {
-                                            Ok(p) => matches!(p.state, State::Done(_)),
-                                            Err(e) => e.provider_code.is_some(),
-                                        };
-                                        if ended {
-                                            guard.set(None);
-                                        }
-                                        transient.judge(checked.map(|p| match p.state {
+                                    Some(guard),
+                                    || async move {
+                                        let p = self.check(get, key).await?;
+                                        Ok(match p.state {
                                             State::Running(status) => PollStatus::Pending {
                                                 status: Some(status),
                                             },
                                             State::Done(urls) => PollStatus::Done(urls),
-                                        }))
+                                        })
                                     },
                                 )
                                 .await?
