@@ -21,8 +21,14 @@ pub fn client(clients: &ClientCache, http: &HttpConfig) -> Result<reqwest::Clien
 
 /// Checks a base URL without quoting it.
 pub fn check_base_url(base_url: &str) -> Result<(), SettingError> {
-    let invalid = |message: String| Err(SettingError::new("base_url", message));
-    match url::Url::parse(base_url) {
+    check_url("base_url", base_url)
+}
+
+/// Checks that setting `key` is an http(s) URL with a host, without quoting it (it may carry
+/// credentials).
+pub fn check_url(key: &'static str, value: &str) -> Result<(), SettingError> {
+    let invalid = |message: String| Err(SettingError::new(key, message));
+    match url::Url::parse(value) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(()),
         Ok(_) => invalid("must be an http:// or https:// URL".into()),
         Err(e) => invalid(format!("is not a valid URL ({e})")),
