@@ -560,10 +560,7 @@ impl ImageProvider for BflProvider {
     }
 
     fn aliases(&self) -> Vec<(String, String)> {
-        ALIASES
-            .iter()
-            .map(|(a, m)| (a.to_string(), m.to_string()))
-            .collect()
+        crate::catalog::alias_pairs(&ALIASES)
     }
 
     async fn generate_opts(

@@ -586,10 +586,7 @@ impl ImageProvider for FalProvider {
     }
 
     fn aliases(&self) -> Vec<(String, String)> {
-        ALIASES
-            .iter()
-            .map(|(a, m)| (a.to_string(), m.to_string()))
-            .collect()
+        crate::catalog::alias_pairs(&ALIASES)
     }
 
     async fn generate_opts(
