@@ -722,6 +722,14 @@ fn gpt_image_2_6() -> ModelCapabilities {
     }
 }
 
+/// A kind's built-in `(alias, model)` pairs as [`crate::ImageProvider::aliases`] returns them.
+pub fn alias_pairs(aliases: &[(&str, &str)]) -> Vec<(String, String)> {
+    aliases
+        .iter()
+        .map(|(a, m)| (a.to_string(), m.to_string()))
+        .collect()
+}
+
 impl Catalog {
     /// The models every provider kind shares (the OpenAI families, which compatible servers
     /// and Azure serve under the same names), as of 2026-12-01.

@@ -8,6 +8,7 @@ use super::{catalog_entries, DEFAULT_API_VERSION, DEFAULT_EDIT_API_VERSION, DEFA
 use crate::{
     build::{BuildContext, CommonConfig, HttpConfig, SettingError},
     http::{
+        config::{check_url, client},
         endpoint,
         token::{TokenSource, Tokens},
     },
@@ -126,21 +127,7 @@ impl Config {
                  (or set AZURE_OPENAI_ENDPOINT)",
             ));
         }
-        match url::Url::parse(self.endpoint.trim()) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
-            Ok(_) => {
-                return Err(SettingError::new(
-                    "endpoint",
-                    "must be an http:// or https:// URL",
-                ))
-            }
-            Err(e) => {
-                return Err(SettingError::new(
-                    "endpoint",
-                    format!("is not a valid URL ({e})"),
-                ))
-            }
-        }
+        check_url("endpoint", self.endpoint.trim())?;
         let blank = |s: &str| s.trim().is_empty();
         if self.deployment.as_deref().is_some_and(blank) {
             return Err(SettingError::new("deployment", "must not be empty"));
@@ -327,10 +314,7 @@ impl Config {
             download_hint: "",
             ..Flavour::openai()
         };
-        let client = context
-            .clients
-            .client(http.connect_timeout_s)
-            .map_err(|e| format!("the HTTP client cannot be built: {e}"))?;
+        let client = client(context.clients, http)?;
         Ok(Arc::new(OpenAiProvider::with_flavour(s, client, flavour)))
     }
 }

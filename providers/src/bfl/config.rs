@@ -1,13 +1,13 @@
 //! `kind = "bfl"`: what `[providers.NAME]` reads for Black Forest Labs' FLUX API.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{BflProvider, BflSettings, DEFAULT_BASE_URL, DEFAULT_MODEL};
+use super::{BflProvider, BflSettings, DEFAULT_BASE_URL};
 use crate::{
     build::{BuildContext, CommonConfig, HttpConfig, SettingError},
-    http::config::{check_base_url, check_poll, poller, retry_policy},
+    http::config::{check_base_url, check_poll, client, parse_base_url},
     ImageProvider,
 };
 
@@ -55,24 +55,10 @@ impl Config {
         http: &HttpConfig,
         context: BuildContext<'_>,
     ) -> Result<Arc<dyn ImageProvider>, String> {
-        let base_url = url::Url::parse(&self.base_url)
-            .map_err(|e| format!("base_url is not a valid URL ({e})"))?;
-        let mut s = BflSettings::new(base_url, context.keys);
-        s.model = common.model.clone().unwrap_or_else(|| DEFAULT_MODEL.into());
-        if let Some(models) = &common.offered_models {
-            s.models = models.clone();
-        }
-        s.timeout = http.timeout();
-        s.retry = retry_policy(http);
-        s.deadline = Duration::from_secs(http.deadline_s);
-        s.poll = poller(self.poll_interval_ms, self.poll_max_interval_ms);
-        s.download_hosts.extend(http.download_hosts.iter().cloned());
-        s.max_response_bytes = http.max_response_mb.saturating_mul(1024 * 1024);
-        s.catalog = context.catalog;
-        let client = context
-            .clients
-            .client(http.connect_timeout_s)
-            .map_err(|e| format!("the HTTP client cannot be built: {e}"))?;
+        let mut s = BflSettings::new(parse_base_url(&self.base_url)?, context.keys);
+        let poll = (self.poll_interval_ms, self.poll_max_interval_ms);
+        s.configure(common, http, context.catalog, poll);
+        let client = client(context.clients, http)?;
         Ok(Arc::new(BflProvider::new(s, client)))
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! `POST {base_url}/{model}` with the key in `x-key` answers a task `{"id", "polling_url"}`;
 //! the task is polled at that `polling_url` (BFL fails over between regional clusters, so the
-//! returned URL is always used) with the shared [`Poller`], and its `result.sample`, a signed
-//! URL that expires after 10 minutes, is downloaded at once through the shared [`Downloader`].
+//! returned URL is always used) with the shared [`Poller`](crate::http::Poller), and its
+//! `result.sample`, a signed URL that expires after 10 minutes, is downloaded at once through
+//! the shared [`Downloader`].
 //! The key goes to the polling URL too, so it must name one of BFL's documented API hosts
 //! ([`API_HOSTS`], https) or the base URL's own origin: a hostile answer cannot collect the key.
 //!
@@ -34,19 +35,16 @@ use serde_json::{Map, Value};
 use crate::{
     http::{
         body::bad,
-        download, endpoint,
+        endpoint,
         executor::{Attempt, Executor, Sent},
-        json::{capped, error_text, send_json, str_at},
-        redacted, retry,
-        transient::{TransientChecks, GIVE_UP_AT},
-        Downloader, PollStatus, Poller, RetryPolicy,
+        job::{deref_to_job, fetch_image, same_origin, unusable_key, JobDefaults, JobSettings},
+        json::{capped, error_text, str_at},
+        retry, Downloader, PollStatus,
     },
     keys::{KeyPool, PoolKey},
     options::size_for,
-    secret::Scrubber,
-    validate, CallOptions, Catalog, EditRequest, ErrorKind, GenerateRequest, GenerateResult,
-    GeneratedImage, ImageFormat, ImageProvider, InputImage, ModelCapabilities, Param,
-    ProviderError,
+    validate, CallOptions, EditRequest, ErrorKind, GenerateRequest, GenerateResult, GeneratedImage,
+    ImageFormat, ImageProvider, InputImage, ModelCapabilities, Param, ProviderError,
 };
 
 /// The kind written in configuration.
@@ -77,65 +75,29 @@ const ALIASES: [(&str, &str); 2] = [("fast", "flux-2-klein-4b"), ("best", "flux-
 /// Said after a failed download: why an old result cannot be fetched again.
 const EXPIRY_HINT: &str = "BFL result URLs expire 10 minutes after the image is made";
 
-/// Everything one BFL account needs.
-#[derive(Clone)]
+/// BFL's defaults where kinds differ.
+const DEFAULTS: JobDefaults = JobDefaults {
+    model: DEFAULT_MODEL,
+    catalog_entries,
+    delivery_hosts: &DELIVERY_HOSTS,
+    timeout: Duration::from_secs(60),
+};
+
+/// Everything one BFL account needs: the shared [`JobSettings`], read through `Deref`.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct BflSettings {
-    /// API base, e.g. `https://api.bfl.ai/v1`.
-    pub base_url: url::Url,
-    /// The API keys; their `Debug` shows fingerprints only.
-    pub keys: Arc<KeyPool>,
-    /// The model used when a request names none.
-    pub model: String,
-    /// The models to advertise in listings.
-    pub models: Vec<String>,
-    /// Per-request timeout.
-    pub timeout: Duration,
-    /// How failed submissions are retried.
-    pub retry: RetryPolicy,
-    /// The longest one call may take, polling and download included.
-    pub deadline: Duration,
-    /// How often a task's status is checked.
-    pub poll: Poller,
-    /// Hosts result URLs may be downloaded from besides the base URL's origin.
-    pub download_hosts: Vec<String>,
-    /// The largest answer or image accepted, bytes.
-    pub max_response_bytes: usize,
-    /// The model catalog requests are checked against.
-    pub catalog: Arc<Catalog>,
+    /// What every submit-then-poll account has.
+    pub job: JobSettings,
 }
 
-impl fmt::Debug for BflSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BflSettings")
-            .field("base_url", &redacted(&self.base_url))
-            .field("keys", &self.keys)
-            .field("model", &self.model)
-            .field("retry", &self.retry)
-            .field("deadline", &self.deadline)
-            .field("poll", &self.poll)
-            .finish_non_exhaustive()
-    }
-}
+deref_to_job!(BflSettings);
 
 impl BflSettings {
     /// Defaults for `base_url` with `keys`: BFL's delivery hosts allowed, polling from 500 ms.
     pub fn new(base_url: url::Url, keys: Arc<KeyPool>) -> Self {
         Self {
-            base_url,
-            keys,
-            model: DEFAULT_MODEL.into(),
-            models: catalog_entries()
-                .into_iter()
-                .map(|(m, _)| m.into())
-                .collect(),
-            timeout: Duration::from_secs(60),
-            retry: RetryPolicy::default(),
-            deadline: Duration::from_secs(300),
-            poll: crate::http::config::poller(500, 4_000),
-            download_hosts: DELIVERY_HOSTS.map(String::from).to_vec(),
-            max_response_bytes: 64 * 1024 * 1024,
-            catalog: Arc::new(Catalog::for_kind(catalog_entries())),
+            job: JobSettings::new(base_url, keys, &DEFAULTS),
         }
     }
 }
@@ -168,21 +130,8 @@ struct Task {
 impl BflProvider {
     /// A provider with `settings`, sending through `client` (shared per connect timeout).
     pub fn new(settings: BflSettings, client: reqwest::Client) -> Self {
-        let scrubber = Scrubber::new(&settings.keys, &settings.base_url);
-        let executor = Executor::new(
-            KIND,
-            Arc::clone(&settings.keys),
-            settings.retry,
-            settings.deadline,
-        )
-        .with_scrubber(scrubber);
-        let downloader = Downloader::new(
-            &settings.base_url,
-            &settings.download_hosts,
-            settings.timeout,
-            settings.max_response_bytes,
-        )
-        .with_failure_hint(EXPIRY_HINT);
+        let executor = settings.executor(KIND);
+        let downloader = settings.downloader(EXPIRY_HINT);
         Self {
             settings,
             client,
@@ -302,9 +251,7 @@ impl BflProvider {
         let url = url::Url::parse(raw)
             .map_err(|_| bad("the BFL submission answer's polling_url is not a URL"))?;
         let base = &self.settings.base_url;
-        let same_origin = url.scheme() == base.scheme()
-            && url.host_str() == base.host_str()
-            && url.port_or_known_default() == base.port_or_known_default();
+        let same_origin = same_origin(&url, base);
         let bfl_host = url.scheme() == "https"
             && url.port_or_known_default() == Some(443)
             && url
@@ -368,14 +315,11 @@ impl BflProvider {
         key: Option<&PoolKey>,
         what: &str,
     ) -> Result<(HeaderMap, Value), ProviderError> {
-        send_json(
-            req,
-            what,
-            self.settings.timeout,
-            self.settings.max_response_bytes,
-            |status, headers, body| parse_error(status, headers, body, key),
-        )
-        .await
+        self.settings
+            .send_json(req, what, |status, headers, body| {
+                parse_error(status, headers, body, key)
+            })
+            .await
     }
 
     /// One task from submission to image: the executor runs the submission, then the task is
@@ -399,12 +343,10 @@ impl BflProvider {
                     let sample = match &task.done {
                         Some(sample) => sample.clone(),
                         None => {
-                            let transient = TransientChecks::new(GIVE_UP_AT);
-                            let (task, transient) = (&task, &transient);
+                            let task = &task;
                             self.settings
-                                .poll
-                                .run(options, sent.deadline, "the FLUX task", |_| async move {
-                                    transient.judge(self.check(task, key).await)
+                                .poll_job(options, sent.deadline, "the FLUX task", None, || {
+                                    self.check(task, key)
                                 })
                                 .await?
                         }
@@ -418,17 +360,7 @@ impl BflProvider {
 
     /// Downloads (or decodes) result image `index` (1-based) from `sample`.
     async fn fetch(&self, index: usize, sample: &str) -> Result<GeneratedImage, ProviderError> {
-        let bytes = if download::is_data_url(sample) {
-            download::decode_data_url(sample)
-                .map_err(|e| bad(format!("image {index}: the inline result is unusable: {e}")))?
-        } else {
-            self.downloader.fetch(index, sample).await?
-        };
-        GeneratedImage::from_encoded(bytes).map_err(|_| {
-            bad(format!(
-                "image {index}: the result URL served something that is not an image"
-            ))
-        })
+        fetch_image(&self.downloader, index, sample, "result").await
     }
 
     /// Runs `n` tasks of `body` at once (seeds counting up), as one result.
@@ -493,17 +425,7 @@ fn with_key(
     key: Option<&PoolKey>,
 ) -> Result<reqwest::RequestBuilder, ProviderError> {
     let Some(key) = key else { return Ok(req) };
-    let mut value = HeaderValue::from_str(key.expose()).map_err(|_| {
-        ProviderError::new(
-            ErrorKind::InvalidRequest,
-            format!(
-                "the API key {} holds characters a header cannot carry",
-                key.fingerprint()
-            ),
-        )
-        .with_retryable(false)
-        .with_request_sent(false)
-    })?;
+    let mut value = HeaderValue::from_str(key.expose()).map_err(|_| unusable_key(key))?;
     value.set_sensitive(true);
     Ok(req.header("x-key", value))
 }
@@ -638,10 +560,7 @@ impl ImageProvider for BflProvider {
     }
 
     fn aliases(&self) -> Vec<(String, String)> {
-        ALIASES
-            .iter()
-            .map(|(a, m)| (a.to_string(), m.to_string()))
-            .collect()
+        crate::catalog::alias_pairs(&ALIASES)
     }
 
     async fn generate_opts(

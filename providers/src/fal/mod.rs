@@ -33,19 +33,16 @@ use crate::{
     http::{
         body::bad,
         cancel::{auth_header, CancelOnDrop, OpenJob},
-        download, endpoint,
+        endpoint,
         executor::{Attempt, Executor, Sent},
-        json::{capped, error_text, send_json, str_at},
-        redacted, retry,
-        transient::{TransientChecks, GIVE_UP_AT},
-        Downloader, PollStatus, Poller, RetryPolicy,
+        job::{deref_to_job, fetch_image, same_origin, unusable_key, JobDefaults, JobSettings},
+        json::{capped, error_text, str_at},
+        retry, Downloader, PollStatus,
     },
     keys::{KeyPool, PoolKey},
     options::size_for,
-    secret::Scrubber,
-    validate, CallOptions, Catalog, EditRequest, ErrorKind, GenerateRequest, GenerateResult,
-    GeneratedImage, ImageFormat, ImageProvider, InputImage, ModelCapabilities, Param,
-    ProviderError,
+    validate, CallOptions, EditRequest, ErrorKind, GenerateRequest, GenerateResult, GeneratedImage,
+    ImageFormat, ImageProvider, InputImage, ModelCapabilities, Param, ProviderError,
 };
 
 /// The kind written in configuration.
@@ -70,65 +67,29 @@ const ALIASES: [(&str, &str); 2] = [
 const EXPIRY_HINT: &str =
     "fal's output URLs may have expired; results are fetched at once for that reason";
 
-/// Everything one fal account needs.
-#[derive(Clone)]
+/// fal's defaults where kinds differ.
+const DEFAULTS: JobDefaults = JobDefaults {
+    model: DEFAULT_MODEL,
+    catalog_entries,
+    delivery_hosts: &DELIVERY_HOSTS,
+    timeout: Duration::from_secs(60),
+};
+
+/// Everything one fal account needs: the shared [`JobSettings`], read through `Deref`.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct FalSettings {
-    /// API base, e.g. `https://queue.fal.run`.
-    pub base_url: url::Url,
-    /// The API keys; their `Debug` shows fingerprints only.
-    pub keys: Arc<KeyPool>,
-    /// The model used when a request names none.
-    pub model: String,
-    /// The models to advertise in listings.
-    pub models: Vec<String>,
-    /// Per-request timeout.
-    pub timeout: Duration,
-    /// How failed submissions are retried.
-    pub retry: RetryPolicy,
-    /// The longest one call may take, polling and download included.
-    pub deadline: Duration,
-    /// How often a request's status is checked.
-    pub poll: Poller,
-    /// Hosts outputs may be downloaded from besides the base URL's origin.
-    pub download_hosts: Vec<String>,
-    /// The largest answer or image accepted, bytes.
-    pub max_response_bytes: usize,
-    /// The model catalog requests are checked against.
-    pub catalog: Arc<Catalog>,
+    /// What every submit-then-poll account has.
+    pub job: JobSettings,
 }
 
-impl fmt::Debug for FalSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FalSettings")
-            .field("base_url", &redacted(&self.base_url))
-            .field("keys", &self.keys)
-            .field("model", &self.model)
-            .field("retry", &self.retry)
-            .field("deadline", &self.deadline)
-            .field("poll", &self.poll)
-            .finish_non_exhaustive()
-    }
-}
+deref_to_job!(FalSettings);
 
 impl FalSettings {
     /// Defaults for `base_url` with `keys`: fal's media hosts allowed, polling from 500 ms.
     pub fn new(base_url: url::Url, keys: Arc<KeyPool>) -> Self {
         Self {
-            base_url,
-            keys,
-            model: DEFAULT_MODEL.into(),
-            models: catalog_entries()
-                .into_iter()
-                .map(|(m, _)| m.into())
-                .collect(),
-            timeout: Duration::from_secs(60),
-            retry: RetryPolicy::default(),
-            deadline: Duration::from_secs(300),
-            poll: crate::http::config::poller(500, 4_000),
-            download_hosts: DELIVERY_HOSTS.map(String::from).to_vec(),
-            max_response_bytes: 64 * 1024 * 1024,
-            catalog: Arc::new(Catalog::for_kind(catalog_entries())),
+            job: JobSettings::new(base_url, keys, &DEFAULTS),
         }
     }
 }
@@ -163,21 +124,8 @@ struct Queued {
 impl FalProvider {
     /// A provider with `settings`, sending through `client` (shared per connect timeout).
     pub fn new(settings: FalSettings, client: reqwest::Client) -> Self {
-        let scrubber = Scrubber::new(&settings.keys, &settings.base_url);
-        let executor = Executor::new(
-            KIND,
-            Arc::clone(&settings.keys),
-            settings.retry,
-            settings.deadline,
-        )
-        .with_scrubber(scrubber);
-        let downloader = Downloader::new(
-            &settings.base_url,
-            &settings.download_hosts,
-            settings.timeout,
-            settings.max_response_bytes,
-        )
-        .with_failure_hint(EXPIRY_HINT);
+        let executor = settings.executor(KIND);
+        let downloader = settings.downloader(EXPIRY_HINT);
         Self {
             settings,
             client,
@@ -310,10 +258,7 @@ impl FalProvider {
             return Ok(endpoint(base, fallback));
         };
         let url = url::Url::parse(raw).map_err(|_| bad("the fal queue's URLs are not valid"))?;
-        let same_origin = url.scheme() == base.scheme()
-            && url.host_str() == base.host_str()
-            && url.port_or_known_default() == base.port_or_known_default();
-        if !same_origin {
+        if !same_origin(&url, base) {
             return Err(bad(format!(
                 "the fal queue's URLs point to host `{}`, not the queue's; they were not used, \
                  so the key was not sent there",
@@ -381,29 +326,16 @@ impl FalProvider {
     ) -> Result<(HeaderMap, Value), ProviderError> {
         let req = match key {
             Some(key) => {
-                let auth = auth_header("Key", key.expose()).ok_or_else(|| {
-                    ProviderError::new(
-                        ErrorKind::InvalidRequest,
-                        format!(
-                            "the API key {} holds characters a header cannot carry",
-                            key.fingerprint()
-                        ),
-                    )
-                    .with_retryable(false)
-                    .with_request_sent(false)
-                })?;
+                let auth = auth_header("Key", key.expose()).ok_or_else(|| unusable_key(key))?;
                 req.header(reqwest::header::AUTHORIZATION, auth)
             }
             None => req,
         };
-        send_json(
-            req,
-            what,
-            self.settings.timeout,
-            self.settings.max_response_bytes,
-            |status, headers, body| parse_error(status, headers, body, key),
-        )
-        .await
+        self.settings
+            .send_json(req, what, |status, headers, body| {
+                parse_error(status, headers, body, key)
+            })
+            .await
     }
 
     /// The images of an output, at most `n`, downloaded at once.
@@ -447,18 +379,7 @@ impl FalProvider {
                 .get("url")
                 .and_then(Value::as_str)
                 .ok_or_else(|| bad(format!("image {index} of the fal output has no `url`")))?;
-            let bytes = if download::is_data_url(url) {
-                download::decode_data_url(url).map_err(|e| {
-                    bad(format!("image {index}: the inline output is unusable: {e}"))
-                })?
-            } else {
-                self.downloader.fetch(index, url).await?
-            };
-            images.push(GeneratedImage::from_encoded(bytes).map_err(|_| {
-                bad(format!(
-                    "image {index}: the output URL served something that is not an image"
-                ))
-            })?);
+            images.push(fetch_image(&self.downloader, index, url, "output").await?);
         }
         Ok(images)
     }
@@ -498,20 +419,14 @@ impl FalProvider {
                         Some(output) => output.clone(),
                         None => {
                             let queued = &queued;
-                            let transient = TransientChecks::new(GIVE_UP_AT);
-                            let transient = &transient;
                             self.settings
-                                .poll
-                                .run(options, sent.deadline, "the fal request", |_| async move {
-                                    let checked = self.check(queued, key).await;
-                                    // Finished, failed or cancelled at fal: nothing to cancel.
-                                    if matches!(&checked, Ok(PollStatus::Done(_)))
-                                        || matches!(&checked, Err(e) if e.provider_code.is_some())
-                                    {
-                                        guard.set(None);
-                                    }
-                                    transient.judge(checked)
-                                })
+                                .poll_job(
+                                    options,
+                                    sent.deadline,
+                                    "the fal request",
+                                    Some(guard),
+                                    || self.check(queued, key),
+                                )
                                 .await?;
                             let req = self.client.get(queued.response_url.clone());
                             self.send(req, key, "the fal result")
@@ -671,10 +586,7 @@ impl ImageProvider for FalProvider {
     }
 
     fn aliases(&self) -> Vec<(String, String)> {
-        ALIASES
-            .iter()
-            .map(|(a, m)| (a.to_string(), m.to_string()))
-            .collect()
+        crate::catalog::alias_pairs(&ALIASES)
     }
 
     async fn generate_opts(

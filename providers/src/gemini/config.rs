@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 use super::{Endpoint, GeminiProvider, GeminiSettings, DEFAULT_BASE_URL, DEFAULT_MODEL};
 use crate::{
     build::{BuildContext, CommonConfig, HttpConfig, SettingError},
-    http::{RetryPolicy, TokenSource, Tokens},
+    http::{
+        config::{check_base_url, client, parse_base_url, retry_policy},
+        TokenSource, Tokens,
+    },
     ImageProvider,
 };
 
@@ -121,21 +124,7 @@ impl Config {
     /// Checks the settings without quoting the base URL (it may carry credentials).
     pub(crate) fn check(&self) -> Result<(), SettingError> {
         if let Some(base) = &self.base_url {
-            match url::Url::parse(base) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
-                Ok(_) => {
-                    return Err(SettingError::new(
-                        "base_url",
-                        "must be an http:// or https:// URL",
-                    ))
-                }
-                Err(e) => {
-                    return Err(SettingError::new(
-                        "base_url",
-                        format!("is not a valid URL ({e})"),
-                    ))
-                }
-            }
+            check_base_url(base)?;
         }
         if let Some(v) = &self.vertex {
             if !plain(&v.project) || !plain(&v.location) {
@@ -172,9 +161,7 @@ impl Config {
 
     /// Where calls go, as configured.
     pub fn endpoint(&self) -> Result<Endpoint, String> {
-        let parse = |text: &str| {
-            url::Url::parse(text).map_err(|e| format!("base_url is not a valid URL ({e})"))
-        };
+        let parse = parse_base_url;
         Ok(match &self.vertex {
             None => Endpoint::GeminiApi {
                 base_url: parse(self.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL))?,
@@ -213,20 +200,11 @@ impl Config {
             s.models = models.clone();
         }
         s.timeout = http.timeout();
-        s.retry = RetryPolicy {
-            max_retries: http.max_retries,
-            base: Duration::from_millis(http.retry_base_ms),
-            max: Duration::from_millis(http.retry_max_ms),
-            retry_after_cap: Duration::from_secs(http.retry_after_cap_s),
-            retry_on_timeout: http.retry_on_timeout,
-        };
+        s.retry = retry_policy(http);
         s.deadline = Duration::from_secs(http.deadline_s);
         s.max_response_bytes = http.max_response_mb.saturating_mul(1024 * 1024);
         s.catalog = context.catalog;
-        let client = context
-            .clients
-            .client(http.connect_timeout_s)
-            .map_err(|e| format!("the HTTP client cannot be built: {e}"))?;
+        let client = client(context.clients, http)?;
         Ok(Arc::new(GeminiProvider::new(s, client)))
     }
 }

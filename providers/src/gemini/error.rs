@@ -8,7 +8,7 @@ use reqwest::{header::HeaderMap, StatusCode};
 use serde_json::Value;
 
 use crate::{
-    http::{describe_wait, retry},
+    http::{describe_wait, error::text_body_message, retry},
     keys::PoolKey,
     secret::Scrubber,
     ErrorKind, ProviderError,
@@ -39,15 +39,7 @@ impl GoogleError {
     /// it), or else the body as text (HTML pages are named, not quoted).
     pub(super) fn parse(status: StatusCode, body: &[u8], scrubber: &Scrubber) -> Self {
         let Ok(json) = serde_json::from_slice::<Value>(body) else {
-            let text = String::from_utf8_lossy(body);
-            let text = text.trim();
-            let message = if text.is_empty() {
-                None
-            } else if text.starts_with('<') {
-                Some(format!("HTTP {} with an HTML body", status.as_u16()))
-            } else {
-                Some(scrubber.excerpt(text, 200))
-            };
+            let message = text_body_message(status, body, scrubber);
             return Self {
                 message,
                 ..Self::default()

@@ -670,10 +670,7 @@ impl ImageProvider for GeminiProvider {
     }
 
     fn aliases(&self) -> Vec<(String, String)> {
-        ALIASES
-            .iter()
-            .map(|(a, m)| (a.to_string(), m.to_string()))
-            .collect()
+        crate::catalog::alias_pairs(ALIASES)
     }
 
     async fn list_models(&self) -> Result<Vec<UpstreamModel>, ProviderError> {

@@ -5,12 +5,30 @@ use std::time::Duration;
 
 use crate::build::{HttpConfig, SettingError};
 
-use super::{Poller, RetryPolicy};
+use super::{ClientCache, Poller, RetryPolicy};
+
+/// The base URL a checked setting names, for building.
+pub fn parse_base_url(base_url: &str) -> Result<url::Url, String> {
+    url::Url::parse(base_url).map_err(|e| format!("base_url is not a valid URL ({e})"))
+}
+
+/// The shared client for `http`'s connect timeout.
+pub fn client(clients: &ClientCache, http: &HttpConfig) -> Result<reqwest::Client, String> {
+    clients
+        .client(http.connect_timeout_s)
+        .map_err(|e| format!("the HTTP client cannot be built: {e}"))
+}
 
 /// Checks a base URL without quoting it.
 pub fn check_base_url(base_url: &str) -> Result<(), SettingError> {
-    let invalid = |message: String| Err(SettingError::new("base_url", message));
-    match url::Url::parse(base_url) {
+    check_url("base_url", base_url)
+}
+
+/// Checks that setting `key` is an http(s) URL with a host, without quoting it (it may carry
+/// credentials).
+pub fn check_url(key: &'static str, value: &str) -> Result<(), SettingError> {
+    let invalid = |message: String| Err(SettingError::new(key, message));
+    match url::Url::parse(value) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(()),
         Ok(_) => invalid("must be an http:// or https:// URL".into()),
         Err(e) => invalid(format!("is not a valid URL ({e})")),

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::{ErrorKind, ProviderError};
+use reqwest::StatusCode;
+
+use crate::{secret::Scrubber, ErrorKind, ProviderError};
 
 use super::download::RedirectRefused;
 
@@ -115,6 +117,20 @@ pub fn describe_wait(wait: Duration) -> String {
         format!("{} s", wait.as_secs())
     } else {
         format!("{secs:.1} s")
+    }
+}
+
+/// What an error body that is not JSON says: an excerpt of its text, scrubbed, or only that it
+/// was HTML (a proxy's or load balancer's page says nothing useful and may be large).
+pub fn text_body_message(status: StatusCode, body: &[u8], scrubber: &Scrubber) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        None
+    } else if text.starts_with('<') {
+        Some(format!("HTTP {} with an HTML body", status.as_u16()))
+    } else {
+        Some(scrubber.excerpt(text, 200))
     }
 }
 

@@ -13,6 +13,7 @@
 //! - [`retry`]: when to retry and how long to wait.
 //! - [`executor`]: the attempt loop (keys, retries, deadline, cancellation, progress events);
 //!   a provider hands it one attempt and writes no loop of its own.
+//! - [`job`]: what every submit-then-poll provider shares: settings, sends, result images.
 //! - [`json`]: one JSON request of a submit-then-poll API, and the texts of its error bodies.
 //! - [`poll`]: waiting on submit-then-poll APIs.
 //! - [`sse`]: server-sent events.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod download;
 pub mod error;
 pub mod executor;
+pub mod job;
 pub mod json;
 pub mod poll;
 pub mod retry;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::{
     build::{BuildContext, CommonConfig, HttpConfig, SettingError},
+    http::config::{check_base_url, client, parse_base_url},
     openai::{
         flavour::{Flavour, KeyHeader},
         shared_settings, OpenAiProvider,
@@ -85,11 +86,7 @@ impl Config {
                 "must be set to the server's API base, such as http://localhost:4000/v1".into(),
             );
         }
-        match url::Url::parse(self.base_url.trim()) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
-            Ok(_) => return invalid("must be an http:// or https:// URL".into()),
-            Err(e) => return invalid(format!("is not a valid URL ({e})")),
-        }
+        check_base_url(self.base_url.trim())?;
         self.header_map().map(|_| ())
     }
 
@@ -128,8 +125,7 @@ impl Config {
         http: &HttpConfig,
         context: BuildContext<'_>,
     ) -> Result<Arc<dyn ImageProvider>, String> {
-        let base_url = url::Url::parse(self.base_url.trim())
-            .map_err(|e| format!("base_url is not a valid URL ({e})"))?;
+        let base_url = parse_base_url(self.base_url.trim())?;
         let headers = self
             .header_map()
             .map_err(|e| format!("{}: {}", e.key, e.message))?;
@@ -154,10 +150,7 @@ impl Config {
             download_hint: "",
             ..Flavour::openai()
         };
-        let client = context
-            .clients
-            .client(http.connect_timeout_s)
-            .map_err(|e| format!("the HTTP client cannot be built: {e}"))?;
+        let client = client(context.clients, http)?;
         Ok(Arc::new(OpenAiProvider::with_flavour(s, client, flavour)))
     }
 }

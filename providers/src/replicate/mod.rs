@@ -4,8 +4,9 @@
 //! a `version` for `owner/name:version` and bare version ids) with `{"input": {...}}`, the
 //! token as a bearer and `Prefer: wait=N` (at most 60 s, and less than the request timeout):
 //! a prediction finished within it comes back with its `output`; one still `starting` or
-//! `processing` is polled at its `urls.get` with the shared [`Poller`] (progress: the status,
-//! with the percentage of the model's last progress bar when its logs show one). Output URLs
+//! `processing` is polled at its `urls.get` with the shared [`Poller`](crate::http::Poller)
+//! (progress: the status, with the percentage of the model's last progress bar when its logs
+//! show one). Output URLs
 //! (kept one hour by Replicate) are downloaded at once through the shared [`Downloader`].
 //!
 //! When the call is cancelled, reaches its deadline, or is dropped while a prediction runs,
@@ -34,16 +35,14 @@ use crate::{
     http::{
         body::bad,
         cancel::{auth_header, CancelOnDrop, OpenJob},
-        download, endpoint,
+        endpoint,
         executor::{Attempt, Executor, Sent},
-        json::{capped, error_text, send_json, str_at},
-        redacted, retry,
-        transient::{TransientChecks, GIVE_UP_AT},
-        Downloader, PollStatus, Poller, RetryPolicy,
+        job::{deref_to_job, fetch_image, same_origin, JobDefaults, JobSettings},
+        json::{capped, error_text, str_at},
+        retry, Downloader, PollStatus,
     },
     keys::{KeyPool, PoolKey},
-    secret::Scrubber,
-    CallOptions, Catalog, EditRequest, ErrorKind, GenerateRequest, GenerateResult, GeneratedImage,
+    CallOptions, EditRequest, ErrorKind, GenerateRequest, GenerateResult, GeneratedImage,
     ImageFormat, ImageProvider, InputImage, ModelCapabilities, Param, ProviderError,
 };
 
@@ -71,69 +70,33 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Said after a failed download: why an old output cannot be fetched again.
 const EXPIRY_HINT: &str = "Replicate deletes API predictions' outputs one hour after they are made";
 
-/// Everything one Replicate account needs.
-#[derive(Clone)]
+/// Replicate's defaults where kinds differ.
+const DEFAULTS: JobDefaults = JobDefaults {
+    model: DEFAULT_MODEL,
+    catalog_entries,
+    delivery_hosts: &DELIVERY_HOSTS,
+    timeout: Duration::from_secs(180),
+};
+
+/// Everything one Replicate account needs: the shared [`JobSettings`] (read through `Deref`), and
+/// how long a creation waits.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ReplicateSettings {
-    /// API base, e.g. `https://api.replicate.com/v1`.
-    pub base_url: url::Url,
-    /// The API tokens; their `Debug` shows fingerprints only.
-    pub keys: Arc<KeyPool>,
-    /// The model used when a request names none.
-    pub model: String,
-    /// The models to advertise in listings.
-    pub models: Vec<String>,
-    /// Per-request timeout.
-    pub timeout: Duration,
-    /// How failed creations are retried.
-    pub retry: RetryPolicy,
-    /// The longest one call may take, polling and download included.
-    pub deadline: Duration,
+    /// What every submit-then-poll account has.
+    pub job: JobSettings,
     /// How long the creating request asks to wait for the result (`Prefer: wait`).
     pub wait: Duration,
-    /// How often a prediction's status is checked.
-    pub poll: Poller,
-    /// Hosts outputs may be downloaded from besides the base URL's origin.
-    pub download_hosts: Vec<String>,
-    /// The largest answer or image accepted, bytes.
-    pub max_response_bytes: usize,
-    /// The model catalog requests are checked against.
-    pub catalog: Arc<Catalog>,
 }
 
-impl fmt::Debug for ReplicateSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReplicateSettings")
-            .field("base_url", &redacted(&self.base_url))
-            .field("keys", &self.keys)
-            .field("model", &self.model)
-            .field("retry", &self.retry)
-            .field("deadline", &self.deadline)
-            .field("wait", &self.wait)
-            .field("poll", &self.poll)
-            .finish_non_exhaustive()
-    }
-}
+deref_to_job!(ReplicateSettings);
 
 impl ReplicateSettings {
     /// Defaults for `base_url` with `keys`: Replicate's delivery hosts allowed, a 60 s wait.
     pub fn new(base_url: url::Url, keys: Arc<KeyPool>) -> Self {
         Self {
-            base_url,
-            keys,
-            model: DEFAULT_MODEL.into(),
-            models: catalog_entries()
-                .into_iter()
-                .map(|(m, _)| m.into())
-                .collect(),
-            timeout: Duration::from_secs(180),
-            retry: RetryPolicy::default(),
-            deadline: Duration::from_secs(300),
+            job: JobSettings::new(base_url, keys, &DEFAULTS),
             wait: MAX_WAIT,
-            poll: crate::http::config::poller(500, 4_000),
-            download_hosts: DELIVERY_HOSTS.map(String::from).to_vec(),
-            max_response_bytes: 64 * 1024 * 1024,
-            catalog: Arc::new(Catalog::for_kind(catalog_entries())),
         }
     }
 }
@@ -176,21 +139,8 @@ enum State {
 impl ReplicateProvider {
     /// A provider with `settings`, sending through `client` (shared per connect timeout).
     pub fn new(settings: ReplicateSettings, client: reqwest::Client) -> Self {
-        let scrubber = Scrubber::new(&settings.keys, &settings.base_url);
-        let executor = Executor::new(
-            KIND,
-            Arc::clone(&settings.keys),
-            settings.retry,
-            settings.deadline,
-        )
-        .with_scrubber(scrubber);
-        let downloader = Downloader::new(
-            &settings.base_url,
-            &settings.download_hosts,
-            settings.timeout,
-            settings.max_response_bytes,
-        )
-        .with_failure_hint(EXPIRY_HINT);
+        let executor = settings.executor(KIND);
+        let downloader = settings.downloader(EXPIRY_HINT);
         Self {
             settings,
             client,
@@ -350,10 +300,7 @@ impl ReplicateProvider {
             };
             let url = url::Url::parse(raw)
                 .map_err(|_| bad("the Replicate prediction's URLs are not valid"))?;
-            let same_origin = url.scheme() == base.scheme()
-                && url.host_str() == base.host_str()
-                && url.port_or_known_default() == base.port_or_known_default();
-            if !same_origin {
+            if !same_origin(&url, base) {
                 return Err(bad(format!(
                     "the Replicate prediction's URLs point to host `{}`, not the API's; they \
                      were not used, so the token was not sent there",
@@ -397,14 +344,11 @@ impl ReplicateProvider {
             Some(key) => req.bearer_auth(key.expose()),
             None => req,
         };
-        send_json(
-            req,
-            what,
-            self.settings.timeout,
-            self.settings.max_response_bytes,
-            |status, headers, body| parse_error(status, headers, body, key),
-        )
-        .await
+        self.settings
+            .send_json(req, what, |status, headers, body| {
+                parse_error(status, headers, body, key)
+            })
+            .await
     }
 
     /// One prediction from creation to images (at most `n`), cancelled at Replicate if the call
@@ -444,31 +388,20 @@ impl ReplicateProvider {
                         State::Done(urls) => urls,
                         State::Running(_) => {
                             let get = &prediction.get;
-                            let transient = TransientChecks::new(GIVE_UP_AT);
-                            let transient = &transient;
                             self.settings
-                                .poll
-                                .run(
+                                .poll_job(
                                     options,
                                     sent.deadline,
                                     "the Replicate prediction",
-                                    |_| async move {
-                                        let checked = self.check(get, key).await;
-                                        // Succeeded, failed or cancelled at Replicate: nothing
-                                        // left to cancel.
-                                        let ended = match &checked {
-                                            Ok(p) => matches!(p.state, State::Done(_)),
-                                            Err(e) => e.provider_code.is_some(),
-                                        };
-                                        if ended {
-                                            guard.set(None);
-                                        }
-                                        transient.judge(checked.map(|p| match p.state {
+                                    Some(guard),
+                                    || async move {
+                                        let p = self.check(get, key).await?;
+                                        Ok(match p.state {
                                             State::Running(status) => PollStatus::Pending {
                                                 status: Some(status),
                                             },
                                             State::Done(urls) => PollStatus::Done(urls),
-                                        }))
+                                        })
                                     },
                                 )
                                 .await?
@@ -496,17 +429,7 @@ impl ReplicateProvider {
 
     /// Downloads (or decodes) output `index` (1-based).
     async fn fetch(&self, index: usize, url: &str) -> Result<GeneratedImage, ProviderError> {
-        let bytes = if download::is_data_url(url) {
-            download::decode_data_url(url)
-                .map_err(|e| bad(format!("image {index}: the inline output is unusable: {e}")))?
-        } else {
-            self.downloader.fetch(index, url).await?
-        };
-        GeneratedImage::from_encoded(bytes).map_err(|_| {
-            bad(format!(
-                "image {index}: the output URL served something that is not an image"
-            ))
-        })
+        fetch_image(&self.downloader, index, url, "output").await
     }
 
     /// Runs `request` (with an edit's `images`): one prediction for models that take `n`,
@@ -698,10 +621,7 @@ impl ImageProvider for ReplicateProvider {
     }
 
     fn aliases(&self) -> Vec<(String, String)> {
-        ALIASES
-            .iter()
-            .map(|(a, m)| (a.to_string(), m.to_string()))
-            .collect()
+        crate::catalog::alias_pairs(&ALIASES)
     }
 
     async fn generate_opts(

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{StabilityProvider, StabilitySettings, DEFAULT_BASE_URL, DEFAULT_MODEL};
 use crate::{
     build::{BuildContext, CommonConfig, HttpConfig, SettingError},
-    http::RetryPolicy,
+    http::config::{check_base_url, client, parse_base_url, retry_policy},
     ImageProvider,
 };
 
@@ -42,17 +42,7 @@ impl Config {
 
     /// Checks the base URL without quoting it (it may carry credentials).
     pub(crate) fn check(&self) -> Result<(), SettingError> {
-        match url::Url::parse(&self.base_url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(()),
-            Ok(_) => Err(SettingError::new(
-                "base_url",
-                "must be an http:// or https:// URL",
-            )),
-            Err(e) => Err(SettingError::new(
-                "base_url",
-                format!("is not a valid URL ({e})"),
-            )),
-        }
+        check_base_url(&self.base_url)
     }
 
     /// The provider these settings and `common` describe.
@@ -62,28 +52,18 @@ impl Config {
         http: &HttpConfig,
         context: BuildContext<'_>,
     ) -> Result<Arc<dyn ImageProvider>, String> {
-        let base_url = url::Url::parse(&self.base_url)
-            .map_err(|e| format!("base_url is not a valid URL ({e})"))?;
+        let base_url = parse_base_url(&self.base_url)?;
         let mut s = StabilitySettings::new(base_url, context.keys);
         s.model = common.model.clone().unwrap_or_else(|| DEFAULT_MODEL.into());
         if let Some(models) = &common.offered_models {
             s.models = models.clone();
         }
         s.timeout = http.timeout();
-        s.retry = RetryPolicy {
-            max_retries: http.max_retries,
-            base: Duration::from_millis(http.retry_base_ms),
-            max: Duration::from_millis(http.retry_max_ms),
-            retry_after_cap: Duration::from_secs(http.retry_after_cap_s),
-            retry_on_timeout: http.retry_on_timeout,
-        };
+        s.retry = retry_policy(http);
         s.deadline = Duration::from_secs(http.deadline_s);
         s.max_response_bytes = http.max_response_mb.saturating_mul(1024 * 1024);
         s.catalog = context.catalog;
-        let client = context
-            .clients
-            .client(http.connect_timeout_s)
-            .map_err(|e| format!("the HTTP client cannot be built: {e}"))?;
+        let client = client(context.clients, http)?;
         Ok(Arc::new(StabilityProvider::new(s, client)))
     }
 }

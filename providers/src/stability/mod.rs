@@ -605,10 +605,7 @@ impl ImageProvider for StabilityProvider {
     }
 
     fn aliases(&self) -> Vec<(String, String)> {
-        ALIASES
-            .iter()
-            .map(|(a, m)| (a.to_string(), m.to_string()))
-            .collect()
+        crate::catalog::alias_pairs(ALIASES)
     }
 
     #[tracing::instrument(skip_all, fields(model = %request.model))]
