@@ -418,7 +418,7 @@ async fn a_task_never_ready_times_out_at_the_deadline_without_a_second_submissio
     submits_t1(&server).await;
     status(&server, json!({"id": "t1", "status": "Pending"})).await;
     let mut s = settings(&server.uri());
-    s.deadline = Duration::from_millis(300);
+    s.deadline = Duration::from_millis(1200);
     let started = std::time::Instant::now();
     let err = BflProvider::new(s, reqwest::Client::new())
         .generate(&GenerateRequest::new("x", DEFAULT_MODEL))

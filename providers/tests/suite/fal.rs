@@ -434,7 +434,7 @@ async fn reaching_the_deadline_cancels_the_queued_request() {
     r1_status(&server, json!({"status": "IN_QUEUE", "queue_position": 40})).await;
     cancels_r1(&server).await;
     let mut s = settings(&server.uri());
-    s.deadline = Duration::from_millis(300);
+    s.deadline = Duration::from_millis(1200);
     let err = FalProvider::new(s, reqwest::Client::new())
         .generate(&GenerateRequest::new("x", DEFAULT_MODEL))
         .await
