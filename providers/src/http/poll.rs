@@ -84,12 +84,36 @@ impl Poller {
     {
         let started = Instant::now();
         let mut checks = 0;
+        let mut last: Option<String> = None;
+        let timed_out = |checks: u32, last: &Option<String>| {
+            let said = last
+                .as_ref()
+                .map(|s| format!(" (last status: {s})"))
+                .unwrap_or_default();
+            ProviderError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "{what} was not done after {} and {checks} status check{}{said}; \
+                     the call's deadline came first",
+                    describe_wait(started.elapsed()),
+                    if checks == 1 { "" } else { "s" }
+                ),
+            )
+            .with_request_sent(true)
+            // The job was submitted: asking again would pay for it twice.
+            .with_retryable(false)
+        };
         loop {
             checks += 1;
+            // A check still in flight at the deadline ends here, with what the job last said,
+            // rather than in the caller's cruder deadline that shares this instant.
             let status = tokio::select! {
                 biased;
                 _ = options.cancel.cancelled() => return Err(cancelled(what, checks)),
-                status = check(checks) => status?,
+                status = tokio::time::timeout_at(deadline, check(checks)) => match status {
+                    Ok(status) => status?,
+                    Err(_) => return Err(timed_out(checks, &last)),
+                },
             };
             let status = match status {
                 PollStatus::Done(value) => return Ok(value),
@@ -99,23 +123,10 @@ impl Poller {
                 checks,
                 status: status.clone(),
             });
+            last = status;
             let wait = self.wait_after(checks);
             if Instant::now() + wait > deadline {
-                let said = status
-                    .map(|s| format!(" (last status: {s})"))
-                    .unwrap_or_default();
-                return Err(ProviderError::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "{what} was not done after {} and {checks} status check{}{said}; \
-                         the next check would pass the call's deadline",
-                        describe_wait(started.elapsed()),
-                        if checks == 1 { "" } else { "s" }
-                    ),
-                )
-                .with_request_sent(true)
-                // The job was submitted: asking again would pay for it twice.
-                .with_retryable(false));
+                return Err(timed_out(checks, &last));
             }
             tokio::select! {
                 biased;
@@ -193,6 +204,30 @@ mod tests {
                 (3, "running 3".to_string())
             ]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_in_flight_at_the_deadline_ends_with_the_job_s_last_status() {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(10);
+        // The outer bound at the same instant, as the executor sets it: the poller's error wins.
+        let outer = tokio::time::timeout_at(
+            deadline,
+            poller().run(&CallOptions::new(), deadline, "the job", |n| async move {
+                if n > 1 {
+                    std::future::pending::<()>().await;
+                }
+                Ok(PollStatus::<()>::Pending {
+                    status: Some("queued".into()),
+                })
+            }),
+        )
+        .await;
+        let err = outer.expect("the poller ends first").unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Timeout);
+        assert!(!err.retryable && err.request_sent);
+        assert!(err.message.contains("last status: queued"), "{err}");
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
     }
 
     #[tokio::test(start_paused = true)]
