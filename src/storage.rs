@@ -13,6 +13,8 @@ use imagegen_providers::{GeneratedImage, ImageFormat};
 
 use crate::config::files::{self, FileError};
 
+pub mod sidecar;
+
 /// `ELOOP`: what opening a symbolic link with `O_NOFOLLOW` fails with on Linux.
 const ELOOP: i32 = 40;
 use schemars::JsonSchema;
