@@ -16,11 +16,14 @@ use rmcp::{
         ProgressNotificationParam, ProgressToken, ProtocolVersion, ReadResourceRequestParams,
         ResourceContents, ServerResult,
     },
-    service::{NotificationContext, PeerRequestOptions, RequestHandle, RunningService},
+    service::{
+        ClientLifecycleMode, ClientServiceExt as _, NotificationContext, PeerRequestOptions,
+        RequestHandle, RunningService,
+    },
     transport::{
         streamable_http_client::StreamableHttpClientTransportConfig, StreamableHttpClientTransport,
     },
-    ClientHandler, RoleClient, ServiceExt,
+    ClientHandler, RoleClient,
 };
 use serde_json::{json, Value};
 use tokio::{
@@ -184,7 +187,9 @@ impl ClientHandler for Recorder {
     }
 }
 
-/// rmcp's client connected to `url` with `token`, speaking `version`.
+/// rmcp's client connected to `url` with `token`, speaking `version`: a 2025-11-25 client opens
+/// a session with `initialize`; a 2026-07-28 one asks `server/discover` and sends stateless
+/// requests, each carrying its version.
 async fn connect(
     url: &str,
     token: &str,
@@ -194,13 +199,26 @@ async fn connect(
     let transport = StreamableHttpClientTransport::from_config(
         StreamableHttpClientTransportConfig::with_uri(url).auth_header(token),
     );
+    let lifecycle = if version.has_initialize() {
+        ClientLifecycleMode::Initialize
+    } else {
+        ClientLifecycleMode::Discover {
+            preferred_versions: vec![version.clone()],
+        }
+    };
     let client = Recorder {
         notes: notes.clone(),
-        version,
+        version: version.clone(),
     }
-    .serve(transport)
+    .serve_with_lifecycle(transport, lifecycle)
     .await
     .expect("MCP over HTTP connects");
+    let negotiated = client.peer_info().map(|info| info.protocol_version.clone());
+    assert_eq!(
+        negotiated,
+        Some(version),
+        "the revision the server agreed to"
+    );
     (client, notes)
 }
 
@@ -573,8 +591,17 @@ async fn sigterm_lets_the_call_in_flight_finish_then_exits_zero() {
 
 #[tokio::test]
 async fn a_client_that_goes_away_mid_call_cancels_it_and_nothing_is_saved() {
+    // 2026-07-28: the response stream is the request, so dropping it cancels the call.
+    // 2025-11-25: a dropped stream may be resumed (the spec says it is not a cancellation),
+    // so the call ends when the leaving client closes its session (DELETE).
+    for version in [ProtocolVersion::V_2026_07_28, ProtocolVersion::V_2025_11_25] {
+        a_client_that_goes_away_mid_call(version).await;
+    }
+}
+
+async fn a_client_that_goes_away_mid_call(version: ProtocolVersion) {
     let server = HttpServer::start("[providers.mock]\nlatency_ms = 20000\n", &[]).await;
-    let (client, notes) = connect(&server.mcp(), "", ProtocolVersion::V_2026_07_28).await;
+    let (client, notes) = connect(&server.mcp(), "", version.clone()).await;
     let handle = send(
         &client,
         json!({"prompt": "never finished", "size": "256x256"}),
@@ -593,7 +620,7 @@ async fn a_client_that_goes_away_mid_call_cancels_it_and_nothing_is_saved() {
     while !server.output().contains("call cancelled") {
         assert!(
             Instant::now() < deadline,
-            "the call was not cancelled:\n{}",
+            "{version}: the call was not cancelled:\n{}",
             server.output()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -606,7 +633,7 @@ async fn a_client_that_goes_away_mid_call_cancels_it_and_nothing_is_saved() {
         })
         .count()
     });
-    assert_eq!(saved, 0, "a cancelled call saved images");
+    assert_eq!(saved, 0, "{version}: a cancelled call saved images");
 }
 
 #[test]
