@@ -287,8 +287,8 @@ impl Live {
 
     /// Settings that changed but cannot take effect while the server runs, each saying why.
     ///
-    /// Everything the configuration holds reloads live except `server.http` (the listener) and
-    /// a `log_level` that an environment variable overrides.
+    /// Everything the configuration holds reloads live except `server.http` (the listener),
+    /// `log_format`, and a `log_level` that an environment variable overrides.
     fn not_live(&self, old: &LoadedConfig, new: &LoadedConfig) -> Vec<String> {
         let mut out = Vec::new();
         // The listener is built once, at start-up; tokens and allow_unauthenticated are read
@@ -297,6 +297,13 @@ impl Live {
             out.push(
                 "server.http changed but is not applied: the HTTP listener keeps its address, \
                  body cap, allowed origins and hosts until the server restarts"
+                    .to_string(),
+            );
+        }
+        if old.config.log_format != new.config.log_format {
+            out.push(
+                "log_format changed but is not applied: the log format is chosen at start-up; \
+                 restart the server to use it"
                     .to_string(),
             );
         }
