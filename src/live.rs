@@ -249,8 +249,7 @@ impl Live {
                     generation = current.generation,
                     "configuration reload failed; keeping the running configuration: {message}"
                 );
-                metrics::counter!("imagegen_config_reloads_total", "outcome" => "failed")
-                    .increment(1);
+                metrics::counter!(crate::telemetry::RELOADS, "outcome" => "failed").increment(1);
                 let mut counters = self.counters();
                 counters.failed += 1;
                 counters.last_error = Some(ReloadError {
@@ -276,7 +275,7 @@ impl Live {
             loaded_at: OffsetDateTime::now_utc(),
             loaded,
         }));
-        metrics::counter!("imagegen_config_reloads_total", "outcome" => "published").increment(1);
+        metrics::counter!(crate::telemetry::RELOADS, "outcome" => "published").increment(1);
         let mut counters = self.counters();
         counters.published += 1;
         counters.last_error = None;

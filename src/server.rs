@@ -467,7 +467,7 @@ where
     Fut: std::future::Future<Output = CallToolResult>,
 {
     let running = calls.start();
-    metrics::gauge!("imagegen_tool_calls_in_flight").set(calls.in_flight() as f64);
+    metrics::gauge!(crate::telemetry::TOOL_CALLS_IN_FLIGHT).set(calls.in_flight() as f64);
     let span = tracing::info_span!(
         "call",
         tool,
@@ -483,7 +483,7 @@ where
     let caller = caller_name(&context);
     let result = run_call(context, work).instrument(span).await;
     drop(running);
-    metrics::gauge!("imagegen_tool_calls_in_flight").set(calls.in_flight() as f64);
+    metrics::gauge!(crate::telemetry::TOOL_CALLS_IN_FLIGHT).set(calls.in_flight() as f64);
     count_call(engine, tool, &caller, &result);
     result
 }

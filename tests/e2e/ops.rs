@@ -396,6 +396,26 @@ async fn metrics_move_with_calls_and_take_only_their_own_token_when_one_is_set()
         .is_some_and(|n| n >= 1.0),
         "{text}"
     );
+    // A reload that fails is counted too, and the running configuration (and token) stays.
+    std::fs::write(server.config_file(), "[server\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, text) = server.scrape(SCRAPER_ROTATED).await;
+        assert_eq!(code, 200, "{text}");
+        let failed = series(
+            &text,
+            "imagegen_config_reloads_total",
+            &["outcome=\"failed\""],
+        );
+        if failed.is_some_and(|n| n >= 1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed reload counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let output = server.stop().await;
     assert_no_secret("the server's stderr", &output);
     assert_no_secret("the metrics", &text);
@@ -404,8 +424,9 @@ async fn metrics_move_with_calls_and_take_only_their_own_token_when_one_is_set()
 #[tokio::test]
 async fn json_logs_carry_the_caller_and_request_id_and_no_secret() {
     let secrets = tempfile::tempdir().unwrap();
+    // The flag wins over the file.
     let config = format!(
-        "default_provider = \"mock\"\n{}[providers.mock]\nlatency_ms = 50\n",
+        "default_provider = \"mock\"\nlog_format = \"text\"\n{}[providers.mock]\nlatency_ms = 50\n",
         tokens(secrets.path(), "")
     );
     let server = HttpServer::start(&config, &[], &["--log-format", "json"]).await;
@@ -461,7 +482,7 @@ async fn json_logs_carry_the_caller_and_request_id_and_no_secret() {
     let text = std::fs::read_to_string(server.config_file()).unwrap();
     std::fs::write(
         server.config_file(),
-        format!("log_format = \"text\"\n{text}"),
+        text.replace("log_format = \"text\"", "log_format = \"json\""),
     )
     .unwrap();
     server
@@ -475,4 +496,81 @@ async fn json_logs_carry_the_caller_and_request_id_and_no_secret() {
     }
     let output = server.stop().await;
     assert_no_secret("the server's stderr", &output);
+}
+
+#[tokio::test]
+async fn the_config_files_log_format_applies_from_the_first_line() {
+    let server = HttpServer::start("log_format = \"json\"\n", &[], &[]).await;
+    let lines = server.lines();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let event: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(event["level"].is_string(), "{line}");
+    }
+    server.stop().await;
+}
+
+#[test]
+fn caller_limits_and_the_metrics_token_are_checked_when_loading() {
+    use imagegen_mcp::config::{CliOverrides, LoadedConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = token_file(dir.path(), "metrics", SCRAPER);
+    let load = |text: &str| {
+        let file = dir.path().join("imagegen.toml");
+        std::fs::write(&file, format!("[output]\ndir = \"out\"\n{text}")).unwrap();
+        let cli = CliOverrides {
+            config: Some(file),
+            ..CliOverrides::default()
+        };
+        LoadedConfig::load_from(&cli, [("HOME", dir.path().to_str().unwrap())], dir.path())
+    };
+    let loaded = load(&format!(
+        "[server.metrics]\ntoken_file = \"metrics\"\n\
+         [server.limits.per_caller]\nmax_in_flight = 2\n\
+         [[server.auth.tokens]]\nname = \"alice\"\ntoken = \"{ALICE}\"\nrequests_per_minute = 5\n"
+    ))
+    .unwrap();
+    assert!(loaded.has_metrics_token());
+    assert_eq!(
+        loaded.config.server.metrics.token_file.as_deref(),
+        Some(metrics.as_path())
+    );
+    assert!(
+        loaded.inputs().iter().any(|i| i.path == metrics),
+        "the token file is watched"
+    );
+    for text in [format!("{loaded:?}"), loaded.show()] {
+        assert_no_secret("the loaded configuration", &text);
+    }
+    for (config, says) in [
+        (
+            "[server.limits.per_caller]\nrequests_per_minute = 0\n".to_string(),
+            "server.limits.per_caller.requests_per_minute",
+        ),
+        (
+            "[[server.auth.tokens]]\nname = \"a\"\ntoken = \"x\"\nmax_in_flight = 0\n".to_string(),
+            "max_in_flight",
+        ),
+        (
+            "[server.limits.per_caller]\nburst = 3\n".to_string(),
+            "burst",
+        ),
+        (
+            format!(
+                "[server.metrics]\ntoken_file = \"metrics\"\n\
+                 [[server.auth.tokens]]\nname = \"alice\"\ntoken = \"{SCRAPER}\"\n"
+            ),
+            "the same token as [[server.auth.tokens]] `alice`",
+        ),
+        (
+            "[server.metrics]\ntoken_file = \"missing\"\n".to_string(),
+            "server.metrics.token_file",
+        ),
+        ("log_format = \"xml\"\n".to_string(), "log_format"),
+    ] {
+        let error = load(&config).unwrap_err().to_string();
+        assert!(error.contains(says), "{config}: {error}");
+        assert_no_secret("a configuration error", &error);
+    }
 }
