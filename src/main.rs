@@ -573,10 +573,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         };
         LoadedConfig::peek_log_format(&peek).unwrap_or_default()
     });
-    let init_logging = |default: &str| init_logging(default, format);
+    let logging = |default: &str| init_logging(default, format);
     match cli.command {
         Command::Models(args) => {
-            init_logging("warn");
+            logging("warn");
             models(args, cli.config).await
         }
         Command::Serve {
@@ -584,7 +584,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             http,
         } => {
-            let log = init_logging("info");
+            let log = logging("info");
             let overrides = CliOverrides {
                 config: cli.config,
                 provider,
@@ -616,15 +616,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Generate(args) => {
-            let log = init_logging("warn");
+            let log = logging("warn");
             generate(args, cli.config, log).await
         }
         Command::Edit(args) => {
-            let log = init_logging("warn");
+            let log = logging("warn");
             edit(args, cli.config, log).await
         }
         Command::Config(cmd) => {
-            init_logging("warn");
+            logging("warn");
             let overrides = CliOverrides {
                 config: cli.config,
                 ..CliOverrides::default()
