@@ -574,3 +574,61 @@ fn caller_limits_and_the_metrics_token_are_checked_when_loading() {
         assert_no_secret("a configuration error", &error);
     }
 }
+
+#[tokio::test]
+async fn calls_over_a_callers_max_in_flight_are_refused_until_one_ends() {
+    let secrets = tempfile::tempdir().unwrap();
+    let config = format!(
+        "default_provider = \"mock\"\n{}[providers.mock]\nlatency_ms = 1000\n",
+        tokens(secrets.path(), "max_in_flight = 1")
+    );
+    let server = HttpServer::start(&config, &[], &[]).await;
+    let alice = connect(&server.mcp(), ALICE, &[]).await;
+    let bob = connect(&server.mcp(), BOB, &[]).await;
+    let prompt = json!({"prompt": "x", "size": "256x256"});
+    let peer = alice.peer().clone();
+    let slow = {
+        let prompt = prompt.clone();
+        tokio::spawn(async move {
+            peer.call_tool(
+                rmcp::model::CallToolRequestParams::new("generate_image")
+                    .with_arguments(crate::common::args(prompt)),
+            )
+            .await
+            .unwrap()
+        })
+    };
+    server.wait_for_line("calling the provider").await;
+    let refused = call(
+        &alice,
+        "edit_image",
+        json!({"prompt": "x", "images": ["a.png"]}),
+    )
+    .await;
+    assert_eq!(
+        error_kind(&refused).as_deref(),
+        Some("rate_limited"),
+        "{refused:?}"
+    );
+    let message = refused.structured_content.as_ref().unwrap()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("1 image calls running at once")
+            && message.contains("max_in_flight of [[server.auth.tokens]] `alice`"),
+        "{message}"
+    );
+    // Bob's calls are not alice's.
+    let other = call(&bob, "generate_image", prompt.clone()).await;
+    assert_ne!(other.is_error, Some(true), "{other:?}");
+    let first = slow.await.unwrap();
+    assert_ne!(first.is_error, Some(true), "{first:?}");
+    let after = call(&alice, "generate_image", prompt).await;
+    assert_ne!(
+        after.is_error,
+        Some(true),
+        "the slot was not freed: {after:?}"
+    );
+    server.stop().await;
+}
