@@ -188,6 +188,7 @@ fn init_logging(default: &str, format: LogFormat) -> LogControl {
             .json()
             .with_current_span(true)
             .with_span_list(true)
+            .with_ansi(false)
             .with_writer(std::io::stderr)
     });
     tracing_subscriber::registry()
