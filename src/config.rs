@@ -66,6 +66,10 @@ pub struct Config {
     /// The server's log filter (`info`, `debug`, `imagegen_mcp=debug,warn`, ...); `RUST_LOG`
     /// wins when set. Default: `info` for `serve`, `warn` for the other commands.
     pub log_level: Option<String>,
+    /// How log lines are written to stderr: `text` (the default) or `json` (one object per
+    /// line, for log collectors); `--log-format` and `IMAGEGEN_LOG_FORMAT` win. Read at
+    /// start-up only: a change needs a restart.
+    pub log_format: Option<LogFormat>,
     /// How the running server notices configuration changes.
     pub reload: ReloadConfig,
     /// Bounds on upstream calls in flight.
@@ -82,6 +86,17 @@ pub struct Config {
     pub server: ServerConfig,
 }
 
+/// How log lines are written (`log_format`, `--log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, with the span fields (caller, request id) of each event.
+    Json,
+}
+
 /// `[server]`: how `imagegen-mcp serve --http` listens, whom it serves and how it stops.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -90,6 +105,10 @@ pub struct ServerConfig {
     pub http: HttpConfig,
     /// Who may call.
     pub auth: AuthConfig,
+    /// Bounds on what each caller may run.
+    pub limits: ServerLimits,
+    /// `GET /metrics`.
+    pub metrics: MetricsConfig,
     /// After SIGTERM or SIGINT, how long calls in flight may run before the server exits anyway, seconds.
     pub shutdown_grace_s: u64,
 }
@@ -99,9 +118,43 @@ impl Default for ServerConfig {
         Self {
             http: HttpConfig::default(),
             auth: AuthConfig::default(),
+            limits: ServerLimits::default(),
+            metrics: MetricsConfig::default(),
             shutdown_grace_s: 30,
         }
     }
+}
+
+/// `[server.limits]`: bounds per caller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerLimits {
+    /// The limits every caller gets, unless its `[[server.auth.tokens]]` entry sets its own.
+    pub per_caller: CallerLimitConfig,
+}
+
+/// `[server.limits.per_caller]`, and the same keys on a `[[server.auth.tokens]]` entry: what
+/// one caller may run, checked before any provider is chosen. Unset: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallerLimitConfig {
+    /// Image tool calls (generate, edit, variation, batch) one caller may have running at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// Image tool calls one caller may start per minute (a token bucket: a full minute's
+    /// allowance may come at once, then one every 60/N s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+}
+
+/// `[server.metrics]`: `GET /metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A file holding the bearer token `GET /metrics` requires instead of the `/mcp` tokens
+    /// (re-read when it changes; relative to the config file, absolute after loading).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// The address `serve --http` listens on when neither the flag nor `server.http.bind` names one.
@@ -161,6 +214,12 @@ pub struct TokenConfig {
     /// absolute after loading).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// This caller's own `max_in_flight`, winning over `[server.limits.per_caller]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// This caller's own `requests_per_minute`, winning over `[server.limits.per_caller]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
 }
 
 /// `[catalog]`: model lifecycles at call time.

@@ -716,6 +716,20 @@ impl Engine {
         err
     }
 
+    /// `model` as a metric label for provider `provider`: itself when the provider or the
+    /// catalog knows it, else `other`, so a caller's made-up names cannot grow the series.
+    pub fn metric_model(&self, provider: &str, model: &str) -> String {
+        let known = self
+            .providers
+            .get(provider)
+            .is_some_and(|e| e.serves(model))
+            || self.catalog.get(model).known;
+        match known {
+            true => model.to_string(),
+            false => "other".to_string(),
+        }
+    }
+
     /// Upstream calls in flight now, all providers together, and the limit.
     pub fn in_flight(&self) -> (usize, usize) {
         (self.slots.in_flight(), self.slots.limit())
@@ -1125,14 +1139,30 @@ impl Engine {
         let take_partials =
             || std::mem::take(&mut *partials.lock().unwrap_or_else(|e| e.into_inner()));
 
+        let model_label = self.metric_model(name, model);
         let work = async {
             let (events, received) = Events::channel();
             let options = CallOptions::new()
                 .with_events(events)
                 .with_cancel(call.cancel.child_token());
             // `events` moves into the call and drops with it, which ends the forwarding.
-            let forward = forward_events(received, progress, &self.store, prompt, &partials);
-            tokio::join!(upstream(options), forward).0
+            let forward = forward_events(received, progress, &self.store, prompt, &partials, name);
+            let upstream = async {
+                let result = upstream(options).await;
+                let outcome = match &result {
+                    Ok(_) => "ok",
+                    Err(e) => e.kind.as_str(),
+                };
+                metrics::histogram!(
+                    crate::telemetry::UPSTREAM_SECONDS,
+                    "provider" => name.to_string(),
+                    "model" => model_label.clone(),
+                    "outcome" => outcome
+                )
+                .record(started.elapsed().as_secs_f64());
+                result
+            };
+            tokio::join!(upstream, forward).0
         };
         tokio::pin!(work);
         let result = tokio::select! {
@@ -1181,6 +1211,12 @@ impl Engine {
                 self.store.dir().display()
             ))
         })?;
+        metrics::counter!(
+            crate::telemetry::IMAGE_BYTES,
+            "provider" => name.to_string(),
+            "model" => model_label.clone()
+        )
+        .increment(saved.iter().map(|(stored, _)| stored.bytes).sum());
         Ok(Generation {
             provider: name.to_string(),
             model: result.model,
@@ -1321,16 +1357,18 @@ fn check_or_drop(
     validate::check_for(request, caps, operation)
 }
 
-/// Turns provider events into progress phases until the provider is done; partial images are
-/// saved as they come, so the progress message can link to each.
+/// Turns provider events into progress phases (and metrics) until the provider is done;
+/// partial images are saved as they come, so the progress message can link to each.
 async fn forward_events(
     mut received: tokio::sync::mpsc::UnboundedReceiver<ProviderEvent>,
     progress: &Progress,
     store: &ImageStore,
     prompt: &str,
     partials: &Mutex<Vec<StoredImage>>,
+    provider: &str,
 ) {
     while let Some(event) = received.recv().await {
+        crate::telemetry::count_event(provider, &event);
         match event {
             ProviderEvent::Queued { reason } => {
                 progress.phase(format!("waiting for a slot ({reason})"))

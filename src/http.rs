@@ -26,7 +26,7 @@ use axum::{
     Router,
 };
 use futures::StreamExt as _;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use rmcp::transport::streamable_http_server::{
     session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
 };
@@ -43,6 +43,18 @@ use crate::{
 /// guard puts it in the request's extensions, where tool calls find it for their logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller(pub String);
+
+/// The id of one HTTP request: the client's `X-Request-Id` when it is sane, else one made
+/// here. It is in the request's logs (and those of the tool call it carries) and echoed in
+/// the response's `X-Request-Id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+/// The header a request id comes in and goes back out in.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The longest client request id kept; a longer one is replaced.
+pub const MAX_REQUEST_ID: usize = 128;
 
 /// The caller name of requests served without a token (a loopback listener with no tokens,
 /// or `server.auth.allow_unauthenticated`).
@@ -63,6 +75,8 @@ struct Shared {
     /// `/mcp` POSTs whose answer is not yet sent: a call's result still on its way to the
     /// client after the tool returned keeps the drain waiting.
     posts: Arc<Calls>,
+    /// The tool calls running, for the gauge a scrape reads.
+    calls: Arc<Calls>,
 }
 
 /// Why the listener may not start: a non-loopback address with nobody to authenticate.
@@ -149,10 +163,7 @@ pub async fn serve(
             Arc::new(LocalSessionManager::default()),
             config,
         );
-    let metrics = PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|e| tracing::warn!("GET /metrics is off: {e}"))
-        .ok();
+    let metrics = crate::telemetry::install();
     let shared = Arc::new(Shared {
         live: live.clone(),
         shutting_down: AtomicBool::new(false),
@@ -160,18 +171,27 @@ pub async fn serve(
         max_body,
         metrics,
         posts: Arc::default(),
+        calls: calls.clone(),
     });
-    // `/metrics` takes the same tokens as `/mcp`: its labels name providers and callers.
-    let mcp = Router::new()
+    // `/metrics` takes the same tokens as `/mcp` (its labels name providers and callers), or
+    // only `server.metrics.token_file`'s when that is set.
+    let scrape = Router::new()
         .route("/metrics", get(metrics_text))
         .with_state(shared.clone())
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            metrics_guard,
+        ));
+    let mcp = Router::new()
         .route_service("/mcp", service)
         .layer(middleware::from_fn_with_state(shared.clone(), guard));
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(shared.clone())
-        .merge(mcp);
+        .merge(scrape)
+        .merge(mcp)
+        .layer(middleware::from_fn(request_context));
     drop(snapshot);
 
     // Before the URL is logged: whoever starts the server may stop it as soon as it is known.
@@ -266,12 +286,12 @@ fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
     }
 }
 
-/// `GET /metrics`: calls by tool, provider and outcome, calls in flight and reloads, in the
-/// Prometheus text format.
+/// `GET /metrics`: the metrics of [`crate::telemetry`] in the Prometheus text format.
 async fn metrics_text(State(shared): State<Arc<Shared>>) -> Response {
     let Some(handle) = &shared.metrics else {
         return plain(StatusCode::NOT_FOUND, "metrics are off\n");
     };
+    crate::telemetry::refresh(&shared.live, shared.calls.in_flight());
     handle.run_upkeep();
     (
         [(
@@ -434,13 +454,14 @@ async fn guard(
             }
         }
     };
+    // The request's span (see `request_context`) names the caller from here on.
+    tracing::Span::current().record("caller", tracing::field::display(&caller));
     tracing::debug!(%peer, caller, method = %request.method(), "MCP request");
     request.extensions_mut().insert(Caller(caller.clone()));
-    let span = tracing::info_span!("http", caller = %caller);
     // A POST carries a request (or a client's answer): it counts until its answer is sent or
     // the client goes away. GET streams stay open for the session and do not count.
     let post = (request.method() == axum::http::Method::POST).then(|| shared.posts.start());
-    let response = next.run(request).instrument(span).await;
+    let response = next.run(request).await;
     // rmcp's own refusal of a streamed body over the cap does not name the setting.
     if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
         tracing::warn!(%peer, caller, "refused a request body over server.http.max_body_mb");
@@ -460,9 +481,97 @@ async fn guard(
     }
 }
 
+/// The client's request id when it is sane (1 to [`MAX_REQUEST_ID`] visible ASCII
+/// characters, nothing a log line could be confused by), else a new random one.
+fn request_id_of(headers: &HeaderMap) -> RequestId {
+    let given = headers
+        .get(REQUEST_ID_HEADER)
+        .map(HeaderValue::as_bytes)
+        .filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID)
+        .filter(|id| {
+            id.iter()
+                .all(|b| b.is_ascii_graphic() && !b"\"\\".contains(b))
+        })
+        .and_then(|id| std::str::from_utf8(id).ok());
+    RequestId(match given {
+        Some(id) => id.to_string(),
+        None => uuid::Uuid::new_v4().simple().to_string(),
+    })
+}
+
+/// Around every request: gives it a request id (in its extensions, its span and the
+/// response's `X-Request-Id`) and a span the guard adds the caller to.
+async fn request_context(mut request: Request, next: Next) -> Response {
+    let id = request_id_of(request.headers());
+    let span = tracing::info_span!(
+        "http",
+        request_id = %id.0,
+        caller = tracing::field::Empty
+    );
+    let echoed = HeaderValue::from_str(&id.0).ok();
+    request.extensions_mut().insert(id);
+    let mut response = next.run(request).instrument(span).await;
+    if let Some(value) = echoed {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+/// In front of `/metrics`: with `server.metrics.token_file` set, only that token may scrape
+/// (the `/mcp` tokens are refused); without it, the same checks as `/mcp`.
+async fn metrics_guard(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let allowed = {
+        let snapshot = shared.live.snapshot();
+        let loaded = &snapshot.loaded;
+        if !loaded.has_metrics_token() {
+            None
+        } else {
+            let presented = bearer(request.headers()).map(|t| Sha256::digest(t).into());
+            Some(presented.map(|digest: [u8; 32]| loaded.is_metrics_token(&digest)))
+        }
+    };
+    match allowed {
+        None => guard(State(shared), ConnectInfo(peer), request, next).await,
+        Some(Some(true)) => {
+            tracing::Span::current().record("caller", "metrics");
+            next.run(request).await
+        }
+        Some(presented) => {
+            tracing::warn!(%peer, "refused a scrape without the metrics token");
+            unauthorized(presented.map(|_| "invalid_token"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sane_request_ids_are_kept_and_others_replaced() {
+        let mut headers = HeaderMap::new();
+        let made = request_id_of(&headers).0;
+        assert_eq!(made.len(), 32, "{made}");
+        assert_ne!(made, request_id_of(&headers).0, "ids are not reused");
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("req-42.a_b:c"));
+        assert_eq!(request_id_of(&headers).0, "req-42.a_b:c");
+        let long = "x".repeat(MAX_REQUEST_ID + 1);
+        for hostile in ["has space", "quote\"", "", long.as_str(), "back\\slash"] {
+            headers.insert(REQUEST_ID_HEADER, HeaderValue::from_str(hostile).unwrap());
+            let id = request_id_of(&headers).0;
+            assert!(id != hostile && id.len() == 32, "{hostile:?} -> {id}");
+        }
+        headers.insert(
+            REQUEST_ID_HEADER,
+            HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        );
+        assert_eq!(request_id_of(&headers).0.len(), 32);
+    }
 
     #[test]
     fn bearer_tokens_are_read_from_the_authorization_header_only() {

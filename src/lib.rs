@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod batch;
+pub mod caller_limits;
 pub mod clock;
 pub mod config;
 pub mod delivery;
@@ -15,4 +16,5 @@ pub mod progress;
 pub mod routing;
 pub mod server;
 pub mod storage;
+pub mod telemetry;
 pub mod transport;

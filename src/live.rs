@@ -249,8 +249,7 @@ impl Live {
                     generation = current.generation,
                     "configuration reload failed; keeping the running configuration: {message}"
                 );
-                metrics::counter!("imagegen_config_reloads_total", "outcome" => "failed")
-                    .increment(1);
+                metrics::counter!(crate::telemetry::RELOADS, "outcome" => "failed").increment(1);
                 let mut counters = self.counters();
                 counters.failed += 1;
                 counters.last_error = Some(ReloadError {
@@ -276,7 +275,7 @@ impl Live {
             loaded_at: OffsetDateTime::now_utc(),
             loaded,
         }));
-        metrics::counter!("imagegen_config_reloads_total", "outcome" => "published").increment(1);
+        metrics::counter!(crate::telemetry::RELOADS, "outcome" => "published").increment(1);
         let mut counters = self.counters();
         counters.published += 1;
         counters.last_error = None;
@@ -287,8 +286,8 @@ impl Live {
 
     /// Settings that changed but cannot take effect while the server runs, each saying why.
     ///
-    /// Everything the configuration holds reloads live except `server.http` (the listener) and
-    /// a `log_level` that an environment variable overrides.
+    /// Everything the configuration holds reloads live except `server.http` (the listener),
+    /// `log_format`, and a `log_level` that an environment variable overrides.
     fn not_live(&self, old: &LoadedConfig, new: &LoadedConfig) -> Vec<String> {
         let mut out = Vec::new();
         // The listener is built once, at start-up; tokens and allow_unauthenticated are read
@@ -297,6 +296,13 @@ impl Live {
             out.push(
                 "server.http changed but is not applied: the HTTP listener keeps its address, \
                  body cap, allowed origins and hosts until the server restarts"
+                    .to_string(),
+            );
+        }
+        if old.config.log_format != new.config.log_format {
+            out.push(
+                "log_format changed but is not applied: the log format is chosen at start-up; \
+                 restart the server to use it"
                     .to_string(),
             );
         }

@@ -11,7 +11,7 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 use imagegen_mcp::{
     batch::{self, BatchParams},
-    config::{CliOverrides, LoadedConfig},
+    config::{CliOverrides, LoadedConfig, LogFormat},
     delivery::GenerateOutput,
     engine::{CallContext, EditInputs, EditParams, Engine, GenerateParams, Generation},
     error::ToolError,
@@ -31,6 +31,10 @@ struct Cli {
     /// Config file (default: $IMAGEGEN_CONFIG, ./imagegen.toml, then ~/.config/imagegen-mcp/config.toml).
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// How log lines on stderr are written: text, or json (one object per line); default:
+    /// $IMAGEGEN_LOG_FORMAT, else the config file's log_format, else text.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -163,22 +167,34 @@ enum ConfigCommand {
     Show,
 }
 
-/// Logs to stderr with `RUST_LOG` if set, else `default`; the returned control lets the
-/// configuration's `log_level` replace the filter (unless `RUST_LOG` is set, which wins).
-fn init_logging(default: &str) -> LogControl {
+/// Logs to stderr in `format` with `RUST_LOG` if set, else `default`; the returned control
+/// lets the configuration's `log_level` replace the filter (unless `RUST_LOG` is set, which
+/// wins).
+fn init_logging(default: &str, format: LogFormat) -> LogControl {
     use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _, EnvFilter};
     let from_env = std::env::var("RUST_LOG").is_ok_and(|v| !v.trim().is_empty());
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(quiet_watcher(default)));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     // stdout belongs to the MCP protocol (and to `generate`'s output): logs go to stderr only.
+    let text = (format == LogFormat::Text).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+    });
+    // Each line carries the fields of every span it is in (the request's id, the caller).
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+    });
     tracing_subscriber::registry()
         .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal()),
-        )
+        .with(text)
+        .with(json)
         .init();
     LogControl::new(
         move |level| {
@@ -549,9 +565,19 @@ async fn models(args: ModelsArgs, config: Option<PathBuf>) -> anyhow::Result<Exi
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Logging starts before the configuration loads (its errors are logged): the format is
+    // peeked at cheaply, the flag first.
+    let format = cli.log_format.unwrap_or_else(|| {
+        let peek = CliOverrides {
+            config: cli.config.clone(),
+            ..CliOverrides::default()
+        };
+        LoadedConfig::peek_log_format(&peek).unwrap_or_default()
+    });
+    let logging = |default: &str| init_logging(default, format);
     match cli.command {
         Command::Models(args) => {
-            init_logging("warn");
+            logging("warn");
             models(args, cli.config).await
         }
         Command::Serve {
@@ -559,7 +585,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             http,
         } => {
-            let log = init_logging("info");
+            let log = logging("info");
             let overrides = CliOverrides {
                 config: cli.config,
                 provider,
@@ -591,15 +617,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Generate(args) => {
-            let log = init_logging("warn");
+            let log = logging("warn");
             generate(args, cli.config, log).await
         }
         Command::Edit(args) => {
-            let log = init_logging("warn");
+            let log = logging("warn");
             edit(args, cli.config, log).await
         }
         Command::Config(cmd) => {
-            init_logging("warn");
+            logging("warn");
             let overrides = CliOverrides {
                 config: cli.config,
                 ..CliOverrides::default()

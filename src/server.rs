@@ -36,6 +36,7 @@ use crate::routing::{HealthStatus, RouteConfig};
 use crate::{
     args::{input_schema, Args},
     batch::{self, BatchOutput, BatchParams},
+    caller_limits::{CallerLimiter, EffectiveLimits},
     config::Delivery,
     delivery::InlinePlan,
     delivery::{describe, plan_inline, GenerateOutput},
@@ -221,6 +222,8 @@ pub struct ImagegenServer {
     live: Arc<Live>,
     tool_router: ToolRouter<Self>,
     calls: Arc<Calls>,
+    /// Each caller's calls and allowance under `[server.limits.per_caller]`; kept across reloads.
+    limiter: Arc<CallerLimiter>,
 }
 
 /// The tool calls running now, shared by every clone of a server: a graceful shutdown waits
@@ -309,6 +312,11 @@ pub fn providers_output(live: &Live) -> ProvidersOutput {
 
 fn error_result(error: ToolError) -> CallToolResult {
     failure_result(&error, &GenerateOutput::failure(error.clone()))
+}
+
+/// A batch refused as a whole, before any item ran.
+fn batch_refused(error: ToolError) -> CallToolResult {
+    failure_result(&error, &BatchOutput::failure(error.clone(), 0))
 }
 
 /// The one way a failed call is answered: the error for people first, and `structured` (the
@@ -432,11 +440,24 @@ fn caller(context: &RequestContext<RoleServer>) -> Option<String> {
     Some(parts.extensions.get::<crate::http::Caller>()?.0.clone())
 }
 
+/// Who a call is for limits and metrics: the HTTP caller, else (stdio, or HTTP without
+/// tokens) the single local user, [`crate::http::ANONYMOUS`].
+fn caller_name(context: &RequestContext<RoleServer>) -> String {
+    caller(context).unwrap_or_else(|| crate::http::ANONYMOUS.to_string())
+}
+
+/// The id of the HTTP request that carried a call, if it came over HTTP.
+fn request_id(context: &RequestContext<RoleServer>) -> Option<String> {
+    let parts = context.extensions.get::<axum::http::request::Parts>()?;
+    Some(parts.extensions.get::<crate::http::RequestId>()?.0.clone())
+}
+
 /// Runs one tool call with progress reporting (when the client asked for it) and the
 /// client's cancellation; progress stops before the result is returned. Its logs carry the
 /// caller (over HTTP) and it counts as running until it ends.
 async fn with_progress<F, Fut>(
     calls: &Arc<Calls>,
+    engine: &Engine,
     tool: &'static str,
     context: RequestContext<RoleServer>,
     work: F,
@@ -446,22 +467,45 @@ where
     Fut: std::future::Future<Output = CallToolResult>,
 {
     let running = calls.start();
-    metrics::gauge!("imagegen_tool_calls_in_flight").set(calls.in_flight() as f64);
-    let span = tracing::info_span!("call", caller = tracing::field::Empty);
+    metrics::gauge!(crate::telemetry::TOOL_CALLS_IN_FLIGHT).set(calls.in_flight() as f64);
+    let span = tracing::info_span!(
+        "call",
+        tool,
+        caller = tracing::field::Empty,
+        request_id = tracing::field::Empty
+    );
     if let Some(caller) = caller(&context) {
-        span.record("caller", caller.as_str());
+        span.record("caller", tracing::field::display(&caller));
     }
+    if let Some(id) = request_id(&context) {
+        span.record("request_id", tracing::field::display(&id));
+    }
+    let caller = caller_name(&context);
     let result = run_call(context, work).instrument(span).await;
     drop(running);
-    metrics::gauge!("imagegen_tool_calls_in_flight").set(calls.in_flight() as f64);
-    count_call(tool, &result);
+    metrics::gauge!(crate::telemetry::TOOL_CALLS_IN_FLIGHT).set(calls.in_flight() as f64);
+    count_call(engine, tool, &caller, &result);
     result
 }
 
-/// Counts a finished call in `imagegen_tool_calls_total` by tool, provider and outcome (`ok`
-/// or the error's kind); every label comes from the configuration or a fixed set, so the
-/// series stay few.
-fn count_call(tool: &'static str, result: &CallToolResult) {
+/// The bytes of a tool result's content as sent (text and base64 data), for
+/// `imagegen_tool_result_bytes_total`.
+fn result_bytes(result: &CallToolResult) -> usize {
+    result
+        .content
+        .iter()
+        .map(|block| match block {
+            ContentBlock::Text(t) => t.text.len(),
+            ContentBlock::Image(i) => i.data.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Counts a finished call in `imagegen_tool_calls_total` by tool, provider, model, outcome
+/// (`ok` or the error's kind) and caller, and the bytes it returned; every label comes from
+/// the configuration or a fixed set, so the series stay few.
+fn count_call(engine: &Engine, tool: &'static str, caller: &str, result: &CallToolResult) {
     let structured = result.structured_content.as_ref();
     let field = |value: Option<&serde_json::Value>| {
         value
@@ -470,18 +514,26 @@ fn count_call(tool: &'static str, result: &CallToolResult) {
             .to_string()
     };
     let provider = field(structured.and_then(|s| s.get("provider")));
+    let model = structured
+        .and_then(|s| s.get("model").or_else(|| s.pointer("/error/model")))
+        .and_then(serde_json::Value::as_str)
+        .map_or_else(|| "none".to_string(), |m| engine.metric_model(&provider, m));
     let outcome = if result.is_error == Some(true) {
         field(structured.and_then(|s| s.pointer("/error/kind")))
     } else {
         "ok".to_string()
     };
     metrics::counter!(
-        "imagegen_tool_calls_total",
+        crate::telemetry::TOOL_CALLS,
         "tool" => tool,
         "provider" => provider,
-        "outcome" => outcome
+        "model" => model,
+        "outcome" => outcome,
+        "caller" => caller.to_string()
     )
     .increment(1);
+    metrics::counter!(crate::telemetry::TOOL_RESULT_BYTES, "tool" => tool)
+        .increment(result_bytes(result) as u64);
 }
 
 async fn run_call<F, Fut>(context: RequestContext<RoleServer>, work: F) -> CallToolResult
@@ -703,12 +755,51 @@ impl ImagegenServer {
             live,
             tool_router,
             calls: Arc::default(),
+            limiter: Arc::default(),
         }
     }
 
     /// The tool calls running now, across every clone of this server.
     pub fn calls(&self) -> Arc<Calls> {
         self.calls.clone()
+    }
+
+    /// Runs an image call of `tool` under its caller's own limits, then as [`with_progress`]
+    /// does. A call over a limit is answered at once (shaped by `refused`) and never reaches
+    /// the engine: no provider is chosen, no key cools down, no fallback is tried.
+    async fn limited<F, Fut>(
+        &self,
+        tool: &'static str,
+        context: RequestContext<RoleServer>,
+        refused: fn(ToolError) -> CallToolResult,
+        work: F,
+    ) -> CallToolResult
+    where
+        F: FnOnce(CallContext) -> Fut,
+        Fut: std::future::Future<Output = CallToolResult>,
+    {
+        let caller = caller_name(&context);
+        let snapshot = self.live.snapshot();
+        let limits = EffectiveLimits::for_caller(&snapshot.loaded.config, &caller);
+        let admitted = match self.limiter.admit(&caller, limits) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                tracing::warn!(
+                    caller,
+                    tool,
+                    limit = refusal.limit,
+                    "refused a call over the caller's own limit"
+                );
+                let result = refused(refusal.into_tool_error());
+                count_call(&snapshot.engine, tool, &caller, &result);
+                return result;
+            }
+        };
+        let engine = snapshot.engine.clone();
+        drop(snapshot);
+        let result = with_progress(&self.calls, &engine, tool, context, work).await;
+        drop(admitted);
+        result
     }
 
     /// Generates images from a text prompt.
@@ -736,7 +827,7 @@ impl ImagegenServer {
         };
         // The snapshot taken here serves the whole call, whatever reloads meanwhile.
         let engine = self.live.engine();
-        with_progress(&self.calls, "generate_image", context, |call| async move {
+        self.limited("generate_image", context, error_result, |call| async move {
             let outcome = engine.generate(&params, &call).await;
             single_result(engine, outcome, params.delivery, "generate_image").await
         })
@@ -767,14 +858,19 @@ impl ImagegenServer {
             Err(e) => return failure_result(&e, &BatchOutput::failure(e.clone(), 0)),
         };
         let engine = self.live.engine();
-        with_progress(&self.calls, "generate_images", context, |call| async move {
-            let (output, generations) = batch::run(engine.clone(), &params, &call).await;
-            let mode = params.delivery.unwrap_or(engine.output().delivery);
-            with_previews(mode, move || {
-                batch_result(&engine, &output, &generations, mode)
-            })
-            .await
-        })
+        self.limited(
+            "generate_images",
+            context,
+            batch_refused,
+            |call| async move {
+                let (output, generations) = batch::run(engine.clone(), &params, &call).await;
+                let mode = params.delivery.unwrap_or(engine.output().delivery);
+                with_previews(mode, move || {
+                    batch_result(&engine, &output, &generations, mode)
+                })
+                .await
+            },
+        )
         .await
     }
 
@@ -802,7 +898,7 @@ impl ImagegenServer {
             Err(e) => return error_result(e),
         };
         let engine = self.live.engine();
-        with_progress(&self.calls, "edit_image", context, |call| async move {
+        self.limited("edit_image", context, error_result, |call| async move {
             call.progress.phase("reading inputs");
             let (images, mask, markup) = (
                 params.images.clone(),
@@ -842,10 +938,10 @@ impl ImagegenServer {
             Err(e) => return error_result(e),
         };
         let engine = self.live.engine();
-        with_progress(
-            &self.calls,
+        self.limited(
             "create_variation",
             context,
+            error_result,
             |call| async move {
                 let outcome =
                     match read_inputs(&engine, vec![params.image.clone()], None, None).await {

@@ -259,6 +259,16 @@ pub enum ProviderEvent {
         /// Why, for people.
         reason: String,
     },
+    /// A key of the pool was taken out of rotation by this call's failure: resting (rate
+    /// limited) or disabled (rejected, no quota), for metrics and logs.
+    KeyRested {
+        /// The fingerprint of the key.
+        fingerprint: String,
+        /// Disabled until a recheck or a reload, rather than resting for a while.
+        disabled: bool,
+        /// The failure's kind.
+        kind: ErrorKind,
+    },
     /// The response has started to arrive.
     Receiving,
     /// A submitted job is not done yet (submit-then-poll APIs).

@@ -15,7 +15,7 @@ use imagegen_providers::{
     Catalog, ModelOverride,
 };
 use secrecy::{ExposeSecret, SecretString};
-use serde::de::DeserializeOwned;
+use serde::{de::DeserializeOwned, Deserialize as _};
 use sha2::{Digest, Sha256};
 
 use super::{
@@ -26,9 +26,10 @@ use super::{
 /// The environment variable prefix of configuration keys.
 const PREFIX: &str = "IMAGEGEN_";
 /// Top-level keys: an `IMAGEGEN_*` variable starting with anything else is not configuration.
-pub(super) const TOP_KEYS: [&str; 13] = [
+pub(super) const TOP_KEYS: [&str; 14] = [
     "default_provider",
     "log_level",
+    "log_format",
     "output",
     "defaults",
     "reload",
@@ -162,6 +163,7 @@ pub struct LoadedConfig {
     pub(super) sources: BTreeMap<Vec<String>, String>,
     pub(super) keys: BTreeMap<String, Vec<ResolvedKey>>,
     tokens: Vec<ResolvedToken>,
+    metrics_token: Option<ResolvedToken>,
     catalog: Catalog,
     catalogs: BTreeMap<String, Arc<Catalog>>,
     notices: Vec<String>,
@@ -186,6 +188,39 @@ impl LoadedConfig {
             }
         }
         Self::load_from(cli, env, &cwd)
+    }
+
+    /// The log format to start with, read cheaply before logging exists (and so before the
+    /// configuration is loaded): `IMAGEGEN_LOG_FORMAT`, else the config file's `log_format`.
+    /// Anything unreadable gives `None`; the full load reports it properly.
+    pub fn peek_log_format(cli: &CliOverrides) -> Option<super::LogFormat> {
+        let parse = |v: &str| {
+            super::LogFormat::deserialize(serde::de::value::StrDeserializer::<
+                serde::de::value::Error,
+            >::new(v.trim()))
+            .ok()
+        };
+        if let Some(value) = std::env::var("IMAGEGEN_LOG_FORMAT")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            return parse(&value);
+        }
+        let cwd = std::env::current_dir().ok()?;
+        let env: BTreeMap<String, String> = ["IMAGEGEN_CONFIG", "XDG_CONFIG_HOME", "HOME"]
+            .into_iter()
+            .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        let home = env
+            .get("HOME")
+            .map(PathBuf::from)
+            .or_else(dirs::home_dir)
+            .filter(|h| h.is_absolute());
+        let (file, _) = find_file(cli, &env, &cwd, home.as_deref()).ok()?;
+        let text = files::read_text(&file?, CONFIG_FILE_CAP).ok()?;
+        let table: toml::Table = toml::from_str(&text).ok()?;
+        parse(table.get("log_format")?.as_str()?)
     }
 
     /// Loads the configuration with `env` as the whole environment and `cwd` as the working
@@ -270,6 +305,7 @@ impl LoadedConfig {
         )?;
         notices.extend(shadowed.iter().cloned());
         let tokens = ctx.tokens(&mut config, &mut inputs)?;
+        let metrics_token = ctx.metrics_token(&mut config, &tokens, &mut inputs)?;
         drop_unusable_env_providers(&mut config, &merged, &mut notices);
         check_routes(&config, &merged, &mut notices)?;
         let default_source = resolve_default(&mut config, &merged, &env)?;
@@ -298,6 +334,7 @@ impl LoadedConfig {
             sources,
             keys,
             tokens,
+            metrics_token,
             catalog,
             catalogs,
             notices,
@@ -320,6 +357,19 @@ impl LoadedConfig {
     /// The bearer tokens of `[[server.auth.tokens]]`, in order.
     pub fn tokens(&self) -> &[ResolvedToken] {
         &self.tokens
+    }
+
+    /// Whether `server.metrics.token_file` is set: `GET /metrics` then takes that token only.
+    pub fn has_metrics_token(&self) -> bool {
+        self.metrics_token.is_some()
+    }
+
+    /// Whether the SHA-256 `presented` is the token of `server.metrics.token_file`, compared
+    /// in constant time.
+    pub fn is_metrics_token(&self, presented: &[u8; 32]) -> bool {
+        self.metrics_token
+            .as_ref()
+            .is_some_and(|t| t.matches_digest(presented))
     }
 
     /// The name of the token whose SHA-256 is `presented`, if any: every token is compared,
@@ -855,6 +905,35 @@ impl Resolve<'_> {
         Ok(out)
     }
 
+    /// Reads `server.metrics.token_file` (made absolute), refusing a token that is also an
+    /// `/mcp` caller's: scrapes and calls are told apart by the token alone.
+    fn metrics_token(
+        &self,
+        config: &mut Config,
+        tokens: &[ResolvedToken],
+        inputs: &mut Vec<Input>,
+    ) -> Result<Option<ResolvedToken>, ConfigError> {
+        let key = ["server", "metrics", "token_file"];
+        let Some(raw) = config.server.metrics.token_file.take() else {
+            return Ok(None);
+        };
+        let path = self.path(&key, &raw)?;
+        let token = self.read_key_file(&key, &path, inputs)?;
+        config.server.metrics.token_file = Some(path);
+        let resolved = ResolvedToken::new("metrics", &token);
+        if let Some(twin) = tokens.iter().find(|t| t.matches_digest(&resolved.digest)) {
+            return Err(self.merged.err(
+                &key,
+                format!(
+                    "holds the same token as [[server.auth.tokens]] `{}`: the metrics token \
+                     must be a token of its own",
+                    twin.name
+                ),
+            ));
+        }
+        Ok(Some(resolved))
+    }
+
     /// Reads a key file (trimmed); the error says why (missing, permissions, not UTF-8,
     /// empty), never what is inside.
     fn read_key_file(
@@ -1321,6 +1400,9 @@ const DAY_S: u64 = 86_400;
 /// The most calls in flight at once, overall or per provider.
 const MAX_IN_FLIGHT: u64 = 65_536;
 
+/// The largest per-caller limit (calls in flight, or requests per minute).
+const MAX_CALLER_LIMIT: u64 = 1_000_000;
+
 /// Checks what serde cannot: ranges and URLs.
 fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
     check_defaults(&config.defaults, &["defaults"], merged)?;
@@ -1397,6 +1479,41 @@ fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
         &["server", "http", "max_body_mb"],
         merged,
     )?;
+    let per_caller = &config.server.limits.per_caller;
+    let mut caller_limits = vec![
+        (
+            per_caller.max_in_flight,
+            vec!["server", "limits", "per_caller", "max_in_flight"],
+        ),
+        (
+            per_caller.requests_per_minute,
+            vec!["server", "limits", "per_caller", "requests_per_minute"],
+        ),
+    ];
+    let indices: Vec<String> = (0..config.server.auth.tokens.len())
+        .map(|i| i.to_string())
+        .collect();
+    for (token, i) in config.server.auth.tokens.iter().zip(&indices) {
+        caller_limits.push((
+            token.max_in_flight,
+            vec!["server", "auth", "tokens", i.as_str(), "max_in_flight"],
+        ));
+        caller_limits.push((
+            token.requests_per_minute,
+            vec![
+                "server",
+                "auth",
+                "tokens",
+                i.as_str(),
+                "requests_per_minute",
+            ],
+        ));
+    }
+    for (limit, key) in caller_limits {
+        if let Some(limit) = limit {
+            check_range(u64::from(limit), 1..=MAX_CALLER_LIMIT, &key, merged)?;
+        }
+    }
     check_range(
         config.server.shutdown_grace_s,
         0..=DAY_S,

@@ -268,6 +268,11 @@ impl Executor {
                 .filter(|_| err.kind != ErrorKind::Permission || pool.len() > 1);
             if let (Some(used), Some(action)) = (key.clone(), action) {
                 action.apply(pool, &used);
+                events.send(ProviderEvent::KeyRested {
+                    fingerprint: used.fingerprint().to_string(),
+                    disabled: action.disables,
+                    kind: action.kind,
+                });
                 left.push(used.clone());
                 match self.next_key(&left) {
                     Ok(next) => {
@@ -580,6 +585,14 @@ mod tests {
                 ProviderEvent::Requesting { attempt } => format!("requesting {attempt}"),
                 ProviderEvent::Retrying { delay, .. } => format!("retrying in {delay:?}"),
                 ProviderEvent::SwitchingKey { from, .. } => format!("switching from {from}"),
+                ProviderEvent::KeyRested {
+                    fingerprint,
+                    disabled,
+                    ..
+                } => format!(
+                    "{} {fingerprint}",
+                    if disabled { "disabling" } else { "resting" }
+                ),
                 other => format!("{other:?}"),
             });
         }
@@ -622,7 +635,12 @@ mod tests {
         );
         assert_eq!(
             drain(&mut rx),
-            ["requesting 1", "switching from sk-…1111", "requesting 2"]
+            [
+                "requesting 1",
+                "resting sk-…1111",
+                "switching from sk-…1111",
+                "requesting 2"
+            ]
         );
         assert_eq!(ex.keys().status()[0].state, "cooling_down");
     }

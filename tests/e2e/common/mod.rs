@@ -1,6 +1,8 @@
 //! Shared helpers for tests that drive the real `imagegen-mcp` binary.
 #![allow(dead_code)]
 
+pub mod http_server;
+
 use std::{path::Path, process::Stdio};
 
 use imagegen_providers::{
