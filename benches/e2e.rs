@@ -1191,8 +1191,20 @@ struct HttpTarget {
     home: tempfile::TempDir,
 }
 
-/// The MCP client of the HTTP runs: rmcp's, 2025-11-25 (the peer serves no later revision).
-type HttpClient = RunningService<RoleClient, Client>;
+/// The MCP client of the HTTP runs: rmcp's, speaking the revision it holds.
+#[derive(Debug, Clone)]
+struct VersionedClient(ProtocolVersion);
+
+impl ClientHandler for VersionedClient {
+    fn get_info(&self) -> ClientConfig {
+        let mut info = ClientConfig::default();
+        info.protocol_version = self.0.clone();
+        info
+    }
+}
+
+/// A client connection of the HTTP runs.
+type HttpClient = RunningService<RoleClient, VersionedClient>;
 
 impl HttpTarget {
     /// `imagegen-mcp serve --http 127.0.0.1:0` on `provider` in `link` mode; waits for the
@@ -1316,14 +1328,15 @@ impl HttpTarget {
         })
     }
 
-    /// A new client connection (its own reqwest client and session).
-    async fn connect(&self) -> Result<HttpClient, String> {
+    /// A new client connection speaking `version` (its own reqwest client; a session with
+    /// 2025-11-25).
+    async fn connect(&self, version: ProtocolVersion) -> Result<HttpClient, String> {
         let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
             rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
                 self.url.as_str(),
             ),
         );
-        Client
+        VersionedClient(version)
             .serve(transport)
             .await
             .map_err(|e| format!("{}: MCP over HTTP does not connect: {e}", self.kind.name()))
@@ -1445,56 +1458,98 @@ async fn http_run(
     Ok((start.elapsed(), sorted(times)))
 }
 
+/// One throughput run over HTTP.
+struct HttpRun {
+    clients: usize,
+    /// The upstream's spread around its mean delay, percent (0: lockstep).
+    jitter: u64,
+    /// Calls per second.
+    rate: f64,
+    /// Each call's time, ms, sorted.
+    times: Vec<f64>,
+    /// The server's CPU time per call, ms.
+    cpu: f64,
+}
+
 /// What one server showed over HTTP.
 struct HttpFigures {
-    /// Sequential calls, ms, sorted.
+    /// Sequential calls, 2025-11-25 session, ms, sorted.
     latency: Vec<f64>,
-    /// Per throughput run: clients, calls per second, call times (ms, sorted), server CPU
-    /// per call (ms).
-    runs: Vec<(usize, f64, Vec<f64>, f64)>,
+    /// Sequential calls, 2026-07-28 stateless requests, ms, sorted (this server only: the
+    /// peer serves 2025-11-25 alone).
+    stateless: Option<Vec<f64>>,
+    runs: Vec<HttpRun>,
     /// VmHWM after every run, MiB.
     peak_rss: f64,
 }
 
-/// The latency and throughput runs against `target`, at the upstream delays the caller sets
-/// between them.
+/// The latency and throughput runs against `target`.
 async fn http_figures(
     up: &Upstream,
     png: &[u8],
     target: &HttpTarget,
 ) -> Result<HttpFigures, String> {
     let kind = target.kind;
+    let name = kind.name();
     up.answer(LATENCY_DELAY, png);
-    let client = Arc::new(target.connect().await?);
+    let client = Arc::new(target.connect(ProtocolVersion::V_2025_11_25).await?);
     // The first calls open connections and (for the peer) finish its imports.
     for i in 0..3 {
         http_call(&client, kind, &format!("warm-up {i}")).await?;
     }
     phase(&format!(
-        "http: {HTTP_LATENCY_CALLS} sequential calls, {}",
-        kind.name()
+        "http: {HTTP_LATENCY_CALLS} sequential calls, {name}"
     ));
     let (_, latency) = http_run(std::slice::from_ref(&client), kind, HTTP_LATENCY_CALLS).await?;
-    up.answer(THROUGHPUT_DELAY, png);
+    let stateless = match kind {
+        HttpKind::Peer => None,
+        HttpKind::Ours => {
+            phase(&format!(
+                "http: {HTTP_LATENCY_CALLS} sequential calls, {name}, 2026-07-28"
+            ));
+            let stateless = Arc::new(target.connect(ProtocolVersion::V_2026_07_28).await?);
+            http_run(std::slice::from_ref(&stateless), kind, 3).await?;
+            let (_, times) =
+                http_run(std::slice::from_ref(&stateless), kind, HTTP_LATENCY_CALLS).await?;
+            Some(times)
+        }
+    };
+    // Upstream times that vary, as a real model's do; and for this server also lockstep
+    // (every answer of a round in the same millisecond), the worst case.
+    let mut runs: Vec<(usize, usize, u64)> = HTTP_THROUGHPUT_RUNS
+        .iter()
+        .map(|&(k, n)| (k, n, JITTER_PCT))
+        .collect();
+    if kind == HttpKind::Ours {
+        runs.push((64, 768, 0));
+    }
     let mut clients = vec![client];
-    let mut runs = Vec::new();
-    for (k, n) in HTTP_THROUGHPUT_RUNS {
+    let mut measured = Vec::new();
+    for (k, n, jitter) in runs {
         phase(&format!(
-            "http: {n} calls from {k} clients, {}",
-            kind.name()
+            "http: {n} calls from {k} clients, upstream ±{jitter}%, {name}"
         ));
+        up.answer(THROUGHPUT_DELAY, png);
+        up.jitter(jitter);
         while clients.len() < k {
-            clients.push(Arc::new(target.connect().await?));
+            clients.push(Arc::new(
+                target.connect(ProtocolVersion::V_2025_11_25).await?,
+            ));
         }
         let active = &clients[..k];
         // One round first: every client's connection is open, as in a long session.
         http_run(active, kind, k).await?;
         let cpu = target.cpu_ms();
-        up.take_peak();
         let (took, times) = http_run(active, kind, n).await?;
-        let cpu = (target.cpu_ms() - cpu) / n as f64;
-        runs.push((k, n as f64 / took.as_secs_f64(), times, cpu));
+        measured.push(HttpRun {
+            clients: k,
+            jitter,
+            rate: n as f64 / took.as_secs_f64(),
+            times,
+            cpu: (target.cpu_ms() - cpu) / n as f64,
+        });
     }
+    up.jitter(0);
     let peak_rss = target.peak_rss();
     for client in clients {
         if let Ok(client) = Arc::try_unwrap(client) {
@@ -1503,7 +1558,8 @@ async fn http_figures(
     }
     Ok(HttpFigures {
         latency,
-        runs,
+        stateless,
+        runs: measured,
         peak_rss,
     })
 }
@@ -2019,27 +2075,61 @@ impl Bench {
                 )
                 .note(format!("MCP p99 {} ms − direct p99", num(p99))),
             );
-            for (clients, rate, times, cpu) in &f.runs {
-                let ideal = *clients as f64 / THROUGHPUT_DELAY.as_secs_f64();
-                let target = match (ours, *clients) {
-                    (true, 64) => Target::AtLeast(0.9 * ideal),
+            for run in &f.runs {
+                let ideal = run.clients as f64 / THROUGHPUT_DELAY.as_secs_f64();
+                let (how, calls) = match run.jitter {
+                    // In lockstep every upstream answer takes the same time: the rest is added.
+                    0 => {
+                        let base = direct_at(THROUGHPUT_DELAY);
+                        (
+                            "lockstep".to_string(),
+                            format!(
+                                "added latency p50 {} ms, p99 {} ms",
+                                num(pct(&run.times, 0.5) - base),
+                                num(pct(&run.times, 0.99) - base)
+                            ),
+                        )
+                    }
+                    spread => (
+                        format!("upstream ±{spread}%"),
+                        format!(
+                            "call p50 {} ms, p99 {} ms (upstream {}–{} ms)",
+                            num(pct(&run.times, 0.5)),
+                            num(pct(&run.times, 0.99)),
+                            ms(THROUGHPUT_DELAY) as u64 * (100 - spread) / 100,
+                            ms(THROUGHPUT_DELAY) as u64 * (100 + spread) / 100
+                        ),
+                    ),
+                };
+                let target = match (ours, run.clients, run.jitter) {
+                    (true, 64, j) if j > 0 => Target::AtLeast(0.9 * ideal),
                     _ => Target::None,
                 };
-                let base = direct_at(THROUGHPUT_DELAY);
                 self.figures.push(
                     Figure::new(
-                        format!("HTTP throughput, {clients} clients ({name})"),
-                        *rate,
+                        format!("HTTP throughput, {} clients, {how} ({name})", run.clients),
+                        run.rate,
                         "calls/s",
                         target,
                     )
                     .note(format!(
-                        "ideal {ideal:.0} calls/s ({:.0}%); added latency p50 {} ms, p99 {} ms; \
-                         server CPU {:.1} ms per call",
-                        100.0 * rate / ideal,
-                        num(pct(times, 0.5) - base),
-                        num(pct(times, 0.99) - base),
-                        cpu
+                        "ideal {ideal:.0} calls/s ({:.0}%); {calls}; server CPU {:.1} ms per call",
+                        100.0 * run.rate / ideal,
+                        run.cpu
+                    )),
+                );
+            }
+            if let Some(stateless) = &f.stateless {
+                self.figures.push(
+                    Figure::new(
+                        format!("HTTP added latency p50, 2026-07-28 stateless ({name})"),
+                        pct(stateless, 0.5) - direct50,
+                        "ms",
+                        Target::None,
+                    )
+                    .note(format!(
+                        "the same {HTTP_LATENCY_CALLS} calls without a session; p99 {} ms",
+                        num(pct(stateless, 0.99) - pct(&direct, 0.99))
                     )),
                 );
             }
@@ -2058,9 +2148,10 @@ impl Bench {
             );
             self.raw.insert(
                 format!("http_{}", if ours { "ours" } else { "peer" }),
-                json!({"latency_ms": f.latency,
-                    "runs": f.runs.iter().map(|(k, rate, times, cpu)| json!({"clients": k,
-                        "calls_per_s": rate, "call_ms": times, "server_cpu_ms_per_call": cpu}))
+                json!({"latency_ms": f.latency, "stateless_latency_ms": f.stateless,
+                    "runs": f.runs.iter().map(|r| json!({"clients": r.clients,
+                        "upstream_jitter_pct": r.jitter, "calls_per_s": r.rate,
+                        "call_ms": r.times, "server_cpu_ms_per_call": r.cpu}))
                         .collect::<Vec<_>>(),
                     "peak_rss_mib": f.peak_rss}),
             );
@@ -2208,7 +2299,9 @@ async fn main() {
         "settings": {"latency_delay_ms": ms(LATENCY_DELAY),
             "throughput_delay_ms": ms(THROUGHPUT_DELAY), "latency_calls": LATENCY_CALLS,
             "baseline_calls": BASELINE_CALLS, "throughput_runs": THROUGHPUT_RUNS,
-            "starts": STARTS, "reloads": RELOADS, "mock_calls": MOCK_CALLS},
+            "starts": STARTS, "reloads": RELOADS, "mock_calls": MOCK_CALLS,
+            "http_latency_calls": HTTP_LATENCY_CALLS, "http_throughput_runs": HTTP_THROUGHPUT_RUNS,
+            "http_peer": format!("{PEER_PACKAGE}=={PEER_VERSION}")},
         "figures": figures.iter().map(Figure::json).collect::<Vec<_>>(),
         "raw": bench.raw,
         "upstream_requests": requests,
