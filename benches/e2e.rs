@@ -8,6 +8,12 @@
 //! the mock provider, prints a table with each figure against its target, and writes the
 //! same as JSON to `target/bench-e2e.json`. See `docs/benchmarks.md`.
 //!
+//! The `http` phase runs `serve --http` and, side by side on the same fake and with the same
+//! client (rmcp's, over streamable HTTP), the peer `gpt-image-mcp` 0.1.1 from PyPI, which it
+//! installs into `target/bench-peer-venv` and runs with `fastmcp run ... --transport http`.
+//! Without Python or PyPI the phase measures this server alone and says why the peer is
+//! missing.
+//!
 //! `cargo bench --bench e2e -- latency reload` runs only the phases named (see [`PHASES`]).
 
 use std::{
@@ -67,7 +73,7 @@ const RELOAD_DELAY: Duration = Duration::from_millis(5);
 /// Images drawn by the mock provider, per run.
 const MOCK_CALLS: usize = 60;
 /// The fake refuses every request after this many: a runaway loop cannot hammer it forever.
-const MAX_UPSTREAM_REQUESTS: usize = 8_000;
+const MAX_UPSTREAM_REQUESTS: usize = 12_000;
 /// The side of the generated images.
 const SIDE: u32 = 1024;
 
@@ -1110,6 +1116,519 @@ async fn per_call_breakdown(png: &[u8], key: &str) -> Vec<(Reader, Vec<Segments>
 }
 
 // ---------------------------------------------------------------------------------------
+// Over streamable HTTP, side by side with a peer
+// ---------------------------------------------------------------------------------------
+
+/// Sequential calls per server in the HTTP latency runs.
+const HTTP_LATENCY_CALLS: usize = 100;
+/// `(clients, calls measured)` of the HTTP throughput runs; each client has its own
+/// connection (and session), as separate agents sharing one server would.
+const HTTP_THROUGHPUT_RUNS: [(usize, usize); 3] = [(1, 12), (8, 96), (64, 768)];
+/// The peer, from PyPI: a Python (FastMCP) server run by FastMCP's CLI over HTTP.
+const PEER_PACKAGE: &str = "gpt-image-mcp";
+const PEER_VERSION: &str = "0.1.1";
+/// The peer's added latency per call measured with the official Python client (the issue's
+/// figure), ms: the target's basis when the peer cannot be run here.
+const PEER_ADDED_MS_REPORTED: f64 = 82.0;
+/// How long the peer may take to import and listen (about 15 s on a busy 2-core machine).
+const PEER_START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Which server an [`HttpTarget`] is: they take different arguments and answer differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HttpKind {
+    /// `imagegen-mcp serve --http`, `link` delivery.
+    Ours,
+    /// `fastmcp run gpt_image_mcp/server.py:mcp --transport http`.
+    Peer,
+}
+
+impl HttpKind {
+    fn name(self) -> &'static str {
+        match self {
+            HttpKind::Ours => "imagegen-mcp",
+            HttpKind::Peer => "gpt-image-mcp 0.1.1",
+        }
+    }
+
+    /// `generate_image` arguments for a 1024x1024 picture (the peer sends gpt-image-1 no
+    /// size: it asks for the model's default, 1024x1024).
+    fn arguments(self, prompt: &str) -> serde_json::Map<String, Value> {
+        let arguments = match self {
+            HttpKind::Ours => json!({"prompt": prompt, "size": format!("{SIDE}x{SIDE}")}),
+            HttpKind::Peer => json!({"prompt": prompt}),
+        };
+        arguments.as_object().unwrap().clone()
+    }
+
+    /// Why `result` is not a saved image, if it is not. The peer reports failures in its
+    /// text (`"success": false`), not with `isError`.
+    fn failure(self, result: &rmcp::model::CallToolResult) -> Option<String> {
+        if result.is_error == Some(true) {
+            return Some(format!("{:?}", result.content));
+        }
+        let ok = match self {
+            HttpKind::Ours => result
+                .structured_content
+                .as_ref()
+                .is_some_and(|s| s["images"][0]["path"].is_string()),
+            HttpKind::Peer => result.content.iter().any(|c| {
+                c.as_text()
+                    .is_some_and(|t| t.text.contains("\"success\": true"))
+            }),
+        };
+        (!ok).then(|| format!("{:?}", result.content))
+    }
+}
+
+/// A server under test over streamable HTTP, as a child process.
+struct HttpTarget {
+    kind: HttpKind,
+    child: Child,
+    pid: u32,
+    /// `http://127.0.0.1:PORT/mcp`.
+    url: String,
+    /// Config, images and the server's log.
+    home: tempfile::TempDir,
+}
+
+/// The MCP client of the HTTP runs: rmcp's, speaking the revision it holds.
+#[derive(Debug, Clone)]
+struct VersionedClient(ProtocolVersion);
+
+impl ClientHandler for VersionedClient {
+    fn get_info(&self) -> ClientConfig {
+        let mut info = ClientConfig::default();
+        info.protocol_version = self.0.clone();
+        info
+    }
+}
+
+/// A client connection of the HTTP runs.
+type HttpClient = RunningService<RoleClient, VersionedClient>;
+
+impl HttpTarget {
+    /// `imagegen-mcp serve --http 127.0.0.1:0` on `provider` in `link` mode; waits for the
+    /// URL it logs.
+    async fn ours(provider: &Provider) -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let config_dir = home.path().join("config");
+        std::fs::create_dir(&config_dir).unwrap();
+        let config = config_dir.join("imagegen.toml");
+        let out = home.path().join("images");
+        std::fs::write(&config, config_toml(provider, "link", &out)).unwrap();
+        let log_path = home.path().join("server.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_imagegen-mcp"))
+            .env_clear()
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join(".config"))
+            .env("XDG_DATA_HOME", home.path().join(".local/share"))
+            .current_dir(home.path())
+            .arg("--config")
+            .arg(&config)
+            .args(["serve", "--http", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn imagegen-mcp");
+        let pid = child.id().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let url = loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(at) = text.find("url=http://") {
+                let url = text[at + 4..].split_whitespace().next().unwrap_or("");
+                break url.to_string();
+            }
+            if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+                panic!("serve --http did not report its URL:\n{text}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        Self {
+            kind: HttpKind::Ours,
+            child,
+            pid,
+            url,
+            home,
+        }
+    }
+
+    /// The peer on a free loopback port, pointed at the fake upstream; waits until it
+    /// answers `initialize`. `Err` says why it cannot run.
+    async fn peer(
+        fastmcp: &Path,
+        server_py: &Path,
+        up: &Upstream,
+        key: &str,
+    ) -> Result<Self, String> {
+        let home = tempfile::tempdir().unwrap();
+        // A port the kernel just handed out and took back: free unless something grabs it
+        // in the next instant.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let log_path = home.path().join("server.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(fastmcp)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", home.path())
+            // Its images go to $TMPDIR/gpt-image-mcp: inside the run's directory.
+            .env("TMPDIR", home.path())
+            .env("OPENAI_BASE_URL", &up.base_url)
+            .env("OPENAI_API_KEY", key)
+            // It shapes requests by model name; the fake answers any, as a compatible server
+            // serving gpt-image-1 would.
+            .env("IMAGE_MODEL", "gpt-image-1")
+            .current_dir(home.path())
+            .arg("run")
+            .arg(format!("{}:mcp", server_py.display()))
+            .args(["--transport", "http", "--host", "127.0.0.1", "--no-banner"])
+            .args(["--port", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", fastmcp.display()))?;
+        let pid = child.id().unwrap_or(0);
+        let url = format!("http://127.0.0.1:{port}/mcp");
+        let deadline = Instant::now() + PEER_START_TIMEOUT;
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "the peer exited ({status}) before listening:\n{}",
+                    log()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the peer did not listen within {PEER_START_TIMEOUT:?}:\n{}",
+                    log()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self {
+            kind: HttpKind::Peer,
+            child,
+            pid,
+            url,
+            home,
+        })
+    }
+
+    /// A new client connection speaking `version` (its own reqwest client; a session with
+    /// 2025-11-25).
+    async fn connect(&self, version: ProtocolVersion) -> Result<HttpClient, String> {
+        let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
+            rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+                self.url.as_str(),
+            ),
+        );
+        VersionedClient(version)
+            .serve(transport)
+            .await
+            .map_err(|e| format!("{}: MCP over HTTP does not connect: {e}", self.kind.name()))
+    }
+
+    /// The server's log so far.
+    fn log(&self) -> String {
+        server_log(self.home.path())
+    }
+
+    /// Peak RSS (VmHWM) of the server and every process it started, MiB.
+    fn peak_rss(&self) -> f64 {
+        process_tree(self.pid)
+            .iter()
+            .map(|pid| {
+                let status =
+                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                    .map_or(0.0, |kb| kb / 1024.0)
+            })
+            .sum()
+    }
+
+    /// CPU time of the server and every process it started, ms.
+    fn cpu_ms(&self) -> f64 {
+        process_tree(self.pid)
+            .iter()
+            .map(|pid| cpu_ms(&format!("/proc/{pid}/stat")))
+            .filter(|v| v.is_finite())
+            .sum()
+    }
+
+    /// Stops the server: SIGTERM for ours (it drains and exits 0), a kill for the peer.
+    async fn stop(mut self) {
+        if self.kind == HttpKind::Ours {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &self.pid.to_string()])
+                .status();
+            let wait = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+            if matches!(wait, Ok(Ok(status)) if status.success()) {
+                return;
+            }
+            eprintln!("warning: serve --http did not exit 0 after SIGTERM; killing it");
+        }
+        let _ = self.child.kill().await;
+    }
+}
+
+/// `pid` and its descendants, from `/proc/PID/task/*/children`.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", all[i]));
+        for task in tasks.into_iter().flatten().flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            all.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+        i += 1;
+    }
+    all
+}
+
+/// One `generate_image` call over `client`; its time, or why it failed.
+async fn http_call(client: &HttpClient, kind: HttpKind, prompt: &str) -> Result<Duration, String> {
+    let params =
+        CallToolRequestParams::new("generate_image").with_arguments(kind.arguments(prompt));
+    let start = Instant::now();
+    let result = client
+        .call_tool(params)
+        .await
+        .map_err(|e| format!("{}: tools/call: {e}", kind.name()))?;
+    let took = start.elapsed();
+    match kind.failure(&result) {
+        Some(why) => Err(format!("{}: generate_image failed: {why}", kind.name())),
+        None => Ok(took),
+    }
+}
+
+/// `total` calls spread over `clients`, each client making one call at a time; the wall
+/// time and each call's time in ms, sorted.
+async fn http_run(
+    clients: &[Arc<HttpClient>],
+    kind: HttpKind,
+    total: usize,
+) -> Result<(Duration, Vec<f64>), String> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let workers: Vec<_> = clients
+        .iter()
+        .map(|client| {
+            let (client, next) = (client.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut times = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= total {
+                        return Ok::<_, String>(times);
+                    }
+                    let took =
+                        http_call(&client, kind, &format!("a lighthouse at dusk {i}")).await?;
+                    times.push(ms(took));
+                }
+            })
+        })
+        .collect();
+    let mut times = Vec::with_capacity(total);
+    for worker in workers {
+        times.extend(worker.await.map_err(|e| format!("call task: {e}"))??);
+    }
+    Ok((start.elapsed(), sorted(times)))
+}
+
+/// One throughput run over HTTP.
+struct HttpRun {
+    clients: usize,
+    /// The upstream's spread around its mean delay, percent (0: lockstep).
+    jitter: u64,
+    /// Calls per second.
+    rate: f64,
+    /// Each call's time, ms, sorted.
+    times: Vec<f64>,
+    /// The server's CPU time per call, ms.
+    cpu: f64,
+}
+
+/// What one server showed over HTTP.
+struct HttpFigures {
+    /// Sequential calls, 2025-11-25 session, ms, sorted.
+    latency: Vec<f64>,
+    /// Sequential calls, 2026-07-28 stateless requests, ms, sorted (this server only: the
+    /// peer serves 2025-11-25 alone).
+    stateless: Option<Vec<f64>>,
+    runs: Vec<HttpRun>,
+    /// VmHWM after every run, MiB.
+    peak_rss: f64,
+}
+
+/// The latency and throughput runs against `target`.
+async fn http_figures(
+    up: &Upstream,
+    png: &[u8],
+    target: &HttpTarget,
+) -> Result<HttpFigures, String> {
+    let kind = target.kind;
+    let name = kind.name();
+    up.answer(LATENCY_DELAY, png);
+    let client = Arc::new(target.connect(ProtocolVersion::V_2025_11_25).await?);
+    // The first calls open connections and (for the peer) finish its imports.
+    for i in 0..3 {
+        http_call(&client, kind, &format!("warm-up {i}")).await?;
+    }
+    phase(&format!(
+        "http: {HTTP_LATENCY_CALLS} sequential calls, {name}"
+    ));
+    let (_, latency) = http_run(std::slice::from_ref(&client), kind, HTTP_LATENCY_CALLS).await?;
+    let stateless = match kind {
+        HttpKind::Peer => None,
+        HttpKind::Ours => {
+            phase(&format!(
+                "http: {HTTP_LATENCY_CALLS} sequential calls, {name}, 2026-07-28"
+            ));
+            let stateless = Arc::new(target.connect(ProtocolVersion::V_2026_07_28).await?);
+            http_run(std::slice::from_ref(&stateless), kind, 3).await?;
+            let (_, times) =
+                http_run(std::slice::from_ref(&stateless), kind, HTTP_LATENCY_CALLS).await?;
+            Some(times)
+        }
+    };
+    // Upstream times that vary, as a real model's do; and for this server also lockstep
+    // (every answer of a round in the same millisecond), the worst case.
+    let mut runs: Vec<(usize, usize, u64)> = HTTP_THROUGHPUT_RUNS
+        .iter()
+        .map(|&(k, n)| (k, n, JITTER_PCT))
+        .collect();
+    if kind == HttpKind::Ours {
+        runs.push((64, 768, 0));
+    }
+    let mut clients = vec![client];
+    let mut measured = Vec::new();
+    for (k, n, jitter) in runs {
+        phase(&format!(
+            "http: {n} calls from {k} clients, upstream ±{jitter}%, {name}"
+        ));
+        up.answer(THROUGHPUT_DELAY, png);
+        up.jitter(jitter);
+        while clients.len() < k {
+            clients.push(Arc::new(
+                target.connect(ProtocolVersion::V_2025_11_25).await?,
+            ));
+        }
+        let active = &clients[..k];
+        // One round first: every client's connection is open, as in a long session.
+        http_run(active, kind, k).await?;
+        let cpu = target.cpu_ms();
+        let (took, times) = http_run(active, kind, n).await?;
+        measured.push(HttpRun {
+            clients: k,
+            jitter,
+            rate: n as f64 / took.as_secs_f64(),
+            times,
+            cpu: (target.cpu_ms() - cpu) / n as f64,
+        });
+    }
+    up.jitter(0);
+    let peak_rss = target.peak_rss();
+    for client in clients {
+        if let Ok(client) = Arc::try_unwrap(client) {
+            let _ = client.cancel().await;
+        }
+    }
+    Ok(HttpFigures {
+        latency,
+        stateless,
+        runs: measured,
+        peak_rss,
+    })
+}
+
+/// The peer installed into a virtualenv in the target directory (once; later runs reuse
+/// it): the paths of its `fastmcp` command and its `server.py`, or why it cannot be had.
+fn install_peer() -> Result<(PathBuf, PathBuf), String> {
+    let venv = target_dir().join("bench-peer-venv");
+    let python = venv.join("bin/python");
+    let run = |cmd: &mut std::process::Command| -> Result<String, String> {
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{cmd:?}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{cmd:?}: {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    if !python.exists() {
+        run(std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv))?;
+    }
+    let version = run(std::process::Command::new(&python).args([
+        "-c",
+        &format!("import importlib.metadata as m; print(m.version({PEER_PACKAGE:?}))"),
+    ]));
+    if version.as_deref() != Ok(PEER_VERSION) {
+        phase(&format!(
+            "http: installing {PEER_PACKAGE}=={PEER_VERSION} into {}",
+            venv.display()
+        ));
+        run(std::process::Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            &format!("{PEER_PACKAGE}=={PEER_VERSION}"),
+        ]))?;
+    }
+    // The package's directory, found without importing it (its import reads settings).
+    let package = run(std::process::Command::new(&python).args([
+        "-c",
+        "import importlib.util as u; print(u.find_spec('gpt_image_mcp').submodule_search_locations[0])",
+    ]))?;
+    let server_py = Path::new(&package).join("server.py");
+    let fastmcp = venv.join("bin/fastmcp");
+    for path in [&server_py, &fastmcp] {
+        if !path.exists() {
+            return Err(format!("{} is missing after the install", path.display()));
+        }
+    }
+    Ok((fastmcp, server_py))
+}
+
+/// The last `max` bytes of `text` (on a character boundary), for error messages.
+fn tail(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+// ---------------------------------------------------------------------------------------
 // Phases, as table rows
 // ---------------------------------------------------------------------------------------
 
@@ -1458,6 +1977,187 @@ impl Bench {
             .insert("per_call_breakdown".into(), Value::Object(raw));
     }
 
+    /// Over streamable HTTP: added latency, throughput with 1, 8 and 64 clients and peak
+    /// memory, for this server and the peer side by side, with one client (rmcp's) for both.
+    async fn http(&mut self) {
+        self.up.answer(LATENCY_DELAY, &self.png);
+        phase(&format!(
+            "http: baseline, {BASELINE_CALLS} direct HTTP calls"
+        ));
+        let direct = baseline_ms(&self.up, &self.key).await;
+        let direct50 = pct(&direct, 0.5);
+        // The fake's delay is exact (from the request's arrival), so a direct call at another
+        // delay takes that much longer and no more.
+        let direct_at = |delay: Duration| direct50 + ms(delay) - ms(LATENCY_DELAY);
+        self.raw.insert("http_direct_ms".into(), json!(direct));
+
+        let peer = tokio::task::spawn_blocking(install_peer)
+            .await
+            .unwrap_or_else(|e| Err(format!("install task: {e}")));
+        let mut measured = Vec::new();
+        let ours = HttpTarget::ours(&self.openai).await;
+        let figures = http_figures(&self.up, &self.png, &ours).await;
+        if let Err(e) = &figures {
+            panic!("{e}\n{}", ours.log());
+        }
+        ours.stop().await;
+        measured.push((HttpKind::Ours, figures.unwrap()));
+        let missing = match peer {
+            Err(why) => Some(format!("not installed: {why}")),
+            Ok((fastmcp, server_py)) => {
+                phase(&format!("http: starting {}", HttpKind::Peer.name()));
+                match HttpTarget::peer(&fastmcp, &server_py, &self.up, &self.key).await {
+                    Err(why) => Some(why),
+                    Ok(target) => {
+                        let figures = http_figures(&self.up, &self.png, &target).await;
+                        let log = target.log();
+                        target.stop().await;
+                        match figures {
+                            Ok(figures) => {
+                                measured.push((HttpKind::Peer, figures));
+                                None
+                            }
+                            Err(why) => Some(format!("{why}\n{}", tail(&log, 2000))),
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(why) = &missing {
+            eprintln!("[e2e] http: the peer is missing from this run: {why}");
+            self.raw.insert("http_peer_missing".into(), json!(why));
+        }
+
+        let added50 = |f: &HttpFigures| pct(&f.latency, 0.5) - direct50;
+        let peer_added = measured
+            .iter()
+            .find(|(k, _)| *k == HttpKind::Peer)
+            .map(|(_, f)| added50(f));
+        let (basis, basis_note) = match peer_added {
+            Some(v) => (v, format!("the peer's {} ms in this run", num(v))),
+            None => (
+                PEER_ADDED_MS_REPORTED,
+                format!(
+                    "the peer's {PEER_ADDED_MS_REPORTED} ms reported in the issue (peer not run)"
+                ),
+            ),
+        };
+        for (kind, f) in &measured {
+            let name = kind.name();
+            let ours = *kind == HttpKind::Ours;
+            let (p50, p99) = (pct(&f.latency, 0.5), pct(&f.latency, 0.99));
+            self.figures.push(
+                Figure::new(
+                    format!("HTTP added latency p50 ({name})"),
+                    p50 - direct50,
+                    "ms",
+                    if ours { Target::AtMost(basis / 30.0) } else { Target::None },
+                )
+                .note(match ours {
+                    true => format!(
+                        "MCP call over HTTP p50 {} ms − direct p50 {} ms; target: 1/30 of {basis_note}",
+                        num(p50),
+                        num(direct50)
+                    ),
+                    false => format!(
+                        "MCP call over HTTP p50 {} ms − direct p50 {} ms; {HTTP_LATENCY_CALLS} sequential calls",
+                        num(p50),
+                        num(direct50)
+                    ),
+                }),
+            );
+            self.figures.push(
+                Figure::new(
+                    format!("HTTP added latency p99 ({name})"),
+                    p99 - pct(&direct, 0.99),
+                    "ms",
+                    Target::None,
+                )
+                .note(format!("MCP p99 {} ms − direct p99", num(p99))),
+            );
+            for run in &f.runs {
+                let ideal = run.clients as f64 / THROUGHPUT_DELAY.as_secs_f64();
+                let (how, calls) = match run.jitter {
+                    // In lockstep every upstream answer takes the same time: the rest is added.
+                    0 => {
+                        let base = direct_at(THROUGHPUT_DELAY);
+                        (
+                            "lockstep".to_string(),
+                            format!(
+                                "added latency p50 {} ms, p99 {} ms",
+                                num(pct(&run.times, 0.5) - base),
+                                num(pct(&run.times, 0.99) - base)
+                            ),
+                        )
+                    }
+                    spread => (
+                        format!("upstream ±{spread}%"),
+                        format!(
+                            "call p50 {} ms, p99 {} ms (upstream {}–{} ms)",
+                            num(pct(&run.times, 0.5)),
+                            num(pct(&run.times, 0.99)),
+                            ms(THROUGHPUT_DELAY) as u64 * (100 - spread) / 100,
+                            ms(THROUGHPUT_DELAY) as u64 * (100 + spread) / 100
+                        ),
+                    ),
+                };
+                let target = match (ours, run.clients, run.jitter) {
+                    (true, 64, j) if j > 0 => Target::AtLeast(0.9 * ideal),
+                    _ => Target::None,
+                };
+                self.figures.push(
+                    Figure::new(
+                        format!("HTTP throughput, {} clients, {how} ({name})", run.clients),
+                        run.rate,
+                        "calls/s",
+                        target,
+                    )
+                    .note(format!(
+                        "ideal {ideal:.0} calls/s ({:.0}%); {calls}; server CPU {:.1} ms per call",
+                        100.0 * run.rate / ideal,
+                        run.cpu
+                    )),
+                );
+            }
+            if let Some(stateless) = &f.stateless {
+                self.figures.push(
+                    Figure::new(
+                        format!("HTTP added latency p50, 2026-07-28 stateless ({name})"),
+                        pct(stateless, 0.5) - direct50,
+                        "ms",
+                        Target::None,
+                    )
+                    .note(format!(
+                        "the same {HTTP_LATENCY_CALLS} calls without a session; p99 {} ms",
+                        num(pct(stateless, 0.99) - pct(&direct, 0.99))
+                    )),
+                );
+            }
+            self.figures.push(
+                Figure::new(
+                    format!("HTTP peak RSS ({name})"),
+                    f.peak_rss,
+                    "MiB",
+                    if ours {
+                        Target::AtMost(200.0)
+                    } else {
+                        Target::None
+                    },
+                )
+                .note("VmHWM of the server process (and its children) after every HTTP run"),
+            );
+            self.raw.insert(
+                format!("http_{}", if ours { "ours" } else { "peer" }),
+                json!({"latency_ms": f.latency, "stateless_latency_ms": f.stateless,
+                    "runs": f.runs.iter().map(|r| json!({"clients": r.clients,
+                        "upstream_jitter_pct": r.jitter, "calls_per_s": r.rate,
+                        "call_ms": r.times, "server_cpu_ms_per_call": r.cpu}))
+                        .collect::<Vec<_>>(),
+                    "peak_rss_mib": f.peak_rss}),
+            );
+        }
+    }
+
     /// The mock provider, through the binary and in process.
     async fn mock(&mut self) {
         phase(&format!(
@@ -1494,10 +2194,11 @@ impl Bench {
 // ---------------------------------------------------------------------------------------
 
 /// The phases, in the order they run; `cargo bench --bench e2e -- NAME...` runs only those.
-const PHASES: [&str; 6] = [
+const PHASES: [&str; 7] = [
     "latency",
     "breakdown",
     "throughput",
+    "http",
     "startup",
     "reload",
     "mock",
@@ -1555,6 +2256,7 @@ async fn main() {
             "startup" => bench.startup().await,
             "reload" => bench.reload().await,
             "breakdown" => bench.breakdown().await,
+            "http" => bench.http().await,
             _ => bench.mock().await,
         }
     }
@@ -1597,7 +2299,9 @@ async fn main() {
         "settings": {"latency_delay_ms": ms(LATENCY_DELAY),
             "throughput_delay_ms": ms(THROUGHPUT_DELAY), "latency_calls": LATENCY_CALLS,
             "baseline_calls": BASELINE_CALLS, "throughput_runs": THROUGHPUT_RUNS,
-            "starts": STARTS, "reloads": RELOADS, "mock_calls": MOCK_CALLS},
+            "starts": STARTS, "reloads": RELOADS, "mock_calls": MOCK_CALLS,
+            "http_latency_calls": HTTP_LATENCY_CALLS, "http_throughput_runs": HTTP_THROUGHPUT_RUNS,
+            "http_peer": format!("{PEER_PACKAGE}=={PEER_VERSION}")},
         "figures": figures.iter().map(Figure::json).collect::<Vec<_>>(),
         "raw": bench.raw,
         "upstream_requests": requests,

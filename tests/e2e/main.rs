@@ -10,6 +10,7 @@ mod gpt26;
 mod hostile_local;
 mod hostile_upstream;
 mod http;
+mod http_load;
 mod lifecycle;
 mod mcp_stdio;
 mod ops;
