@@ -12,6 +12,7 @@ mod hostile_upstream;
 mod http;
 mod lifecycle;
 mod mcp_stdio;
+mod oauth;
 mod resilience;
 mod rotation;
 mod routing;
