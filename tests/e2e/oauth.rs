@@ -11,7 +11,7 @@ use std::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
     },
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use axum::{
@@ -428,6 +428,24 @@ async fn a_rotated_key_is_fetched_when_a_token_names_it() {
     );
     // The old key went with the fetch that brought the new one.
     assert_eq!(try_token(&server, &old.sign(&idp.claims())).await.0, 401);
+
+    // A reload that leaves [server.auth.oauth] as it was keeps the keys: no fetch.
+    let file = server.home.path().join("imagegen.toml");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str("[batch]\nmax_items = 8\n");
+    std::fs::write(&file, text).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.output().contains("configuration reloaded") {
+        assert!(Instant::now() < deadline, "no reload:\n{}", server.output());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fetches = idp.jwks_fetches();
+    assert_eq!(try_token(&server, &new.sign(&idp.claims())).await.0, 200);
+    assert_eq!(
+        idp.jwks_fetches(),
+        fetches,
+        "the keys were fetched again after a reload"
+    );
     let output = server.output();
     assert!(
         output.contains("fetched the authorization server's signing keys"),
@@ -491,6 +509,58 @@ fn oauth_settings_are_checked_at_load() {
     assert!(
         load("[server.auth.oauth]\nissuer = \"http://127.0.0.1:9\"\naudience = \"a\"\n").is_ok()
     );
+    // The example file's commented OAuth settings load as they are once uncommented.
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/imagegen.example.toml"
+    ))
+    .unwrap();
+    let uncommented: String = example
+        .lines()
+        .map(|line| {
+            let oauth = [
+                "[server.auth.oauth]",
+                "issuer =",
+                "audience =",
+                "required_scopes =",
+                "jwks_url =",
+                "leeway_s =",
+                "jwks_refresh_min_s =",
+                "public_url =",
+            ];
+            match line.strip_prefix("# ") {
+                Some(rest) if oauth.iter().any(|p| rest.starts_with(p)) => rest,
+                _ => line,
+            }
+        })
+        .flat_map(|line| [line, "\n"])
+        .collect();
+    assert!(
+        uncommented.contains("\n[server.auth.oauth]"),
+        "{uncommented}"
+    );
+    let file = dir.path().join("example.toml");
+    std::fs::write(&file, uncommented).unwrap();
+    let cli = CliOverrides {
+        config: Some(file),
+        ..CliOverrides::default()
+    };
+    let example = LoadedConfig::load_from(
+        &cli,
+        [
+            ("HOME", dir.path().to_str().unwrap()),
+            ("OPENAI_API_KEY", "sk-dummy-0000abcd"),
+        ],
+        dir.path(),
+    )
+    .unwrap();
+    let oauth = example.config.server.auth.oauth.unwrap();
+    assert_eq!(oauth.required_scopes, ["images:generate"]);
+    assert_eq!(
+        example.config.server.http.public_url.as_deref(),
+        Some("https://img.example.com")
+    );
+
     for (config, says) in [
         ("[server.auth.oauth]\naudience = \"a\"\n", "`server.auth.oauth.issuer`"),
         (
