@@ -364,8 +364,9 @@ const PRM_PATH: &str = "/.well-known/oauth-protected-resource";
 
 /// The base URL clients reach the server at: `server.http.public_url`, else the bound address.
 fn public_url(configured: Option<&str>, bound: SocketAddr) -> String {
-    match configured {
-        Some(url) => url.trim().trim_end_matches('/').to_string(),
+    // Serialized by `url`, the URL is ASCII with quotes escaped: safe inside a header value.
+    match configured.and_then(|url| url::Url::parse(url.trim()).ok()) {
+        Some(url) => url.as_str().trim_end_matches('/').to_string(),
         None => format!("http://{bound}"),
     }
 }
@@ -660,6 +661,20 @@ async fn guard(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_public_url_is_normalized_and_defaults_to_the_bound_address() {
+        let bound: SocketAddr = "127.0.0.1:8787".parse().unwrap();
+        assert_eq!(public_url(None, bound), "http://127.0.0.1:8787");
+        assert_eq!(
+            public_url(Some(" https://IMG.example.com/ "), bound),
+            "https://img.example.com"
+        );
+        assert_eq!(
+            public_url(Some("https://img.example.com/a \"b\"/ü"), bound),
+            "https://img.example.com/a%20%22b%22/%C3%BC"
+        );
+    }
 
     #[test]
     fn bearer_tokens_are_read_from_the_authorization_header_only() {

@@ -315,8 +315,14 @@ impl Verifier {
                     continue;
                 }
             };
-            if document.get("issuer").and_then(|i| i.as_str()) != Some(issuer) {
-                reasons.push(format!("{url} names another issuer"));
+            let named = document.get("issuer").and_then(|i| i.as_str());
+            if named != Some(issuer) {
+                // RFC 8414 §3.3: metadata for another issuer is not this issuer's. Its name is
+                // public; showing it helps fix a trailing-slash mismatch.
+                let named: String = named.unwrap_or("none").chars().take(200).collect();
+                reasons.push(format!(
+                    "{url} names the issuer {named:?}; server.auth.oauth.issuer must be exactly that"
+                ));
                 continue;
             }
             let Some(jwks) = document.get("jwks_uri").and_then(|j| j.as_str()) else {
