@@ -58,7 +58,7 @@ struct Shared {
     /// callers only.
     loopback: bool,
     /// Checks OAuth access tokens and keeps the authorization server's keys.
-    verifier: Verifier,
+    verifier: Arc<Verifier>,
     /// `server.http.public_url` (else `http://<bound address>`), without a trailing `/`: the
     /// base of the resource and metadata URLs OAuth clients are given.
     public_url: String,
@@ -175,7 +175,7 @@ pub async fn serve(
         live: live.clone(),
         shutting_down: AtomicBool::new(false),
         loopback: addr.ip().is_loopback(),
-        verifier: Verifier::new().context("cannot set up the OAuth key fetcher")?,
+        verifier: Arc::new(Verifier::new().context("cannot set up the OAuth key fetcher")?),
         public_url,
         max_body,
         metrics,

@@ -85,7 +85,7 @@ pub struct Verifier {
     http: reqwest::Client,
     cache: Mutex<Cache>,
     /// Held while the keys are fetched: requests that need new keys wait for one fetch.
-    fetching: tokio::sync::Mutex<()>,
+    fetching: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -201,7 +201,7 @@ impl Verifier {
         Ok(Self {
             http,
             cache: Mutex::default(),
-            fetching: tokio::sync::Mutex::new(()),
+            fetching: Arc::default(),
         })
     }
 
@@ -237,7 +237,32 @@ impl Verifier {
     /// Fetches the keys again unless another request did since `seen` (the generation the
     /// caller looked at) or the last attempt was too recent; a failure keeps the old keys.
     async fn refresh(&self, config: &OAuthConfig, seen: u64) {
-        let _one_fetch = self.fetching.lock().await;
+        let one_fetch = self.fetching.lock().await;
+        self.refresh_locked(config, seen, one_fetch).await;
+    }
+
+    /// [`Self::refresh`] in the background, for keys that are old but still hold the token's
+    /// key: requests go on with them meanwhile, and none waits for a fetch already running.
+    fn refresh_behind(self: &Arc<Self>, config: &OAuthConfig, seen: u64) {
+        {
+            let cache = self.cache();
+            let min = Duration::from_secs(config.jwks_refresh_min_s);
+            if cache.attempted_at.is_some_and(|at| at.elapsed() < min) {
+                return;
+            }
+        }
+        let Ok(one_fetch) = self.fetching.clone().try_lock_owned() else {
+            return;
+        };
+        let verifier = self.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            let guard = one_fetch;
+            verifier.refresh_locked(&config, seen, guard).await;
+        });
+    }
+
+    async fn refresh_locked<G>(&self, config: &OAuthConfig, seen: u64, _one_fetch: G) {
         {
             let mut cache = self.cache();
             if cache.config.as_ref() != Some(config) || cache.generation != seen {
@@ -380,7 +405,11 @@ impl Verifier {
     /// Checks `token` against `config`: signature by a key of the issuer's JWKS with an
     /// algorithm that key allows, `iss`, `aud`, `exp` and `nbf` (with `leeway_s`), then the
     /// required scopes.
-    pub async fn verify(&self, config: &OAuthConfig, token: &str) -> Result<Verified, Rejection> {
+    pub async fn verify(
+        self: &Arc<Self>,
+        config: &OAuthConfig,
+        token: &str,
+    ) -> Result<Verified, Rejection> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Rejection::Invalid("the token is too long"));
         }
@@ -393,9 +422,11 @@ impl Verifier {
         }
         let kid = header.kid.as_deref();
         let (mut keys, generation, stale) = self.keys(config);
-        if stale || candidates(&keys, kid, header.alg).next().is_none() {
+        if candidates(&keys, kid, header.alg).next().is_none() {
             self.refresh(config, generation).await;
             keys = self.keys(config).0;
+        } else if stale {
+            self.refresh_behind(config, generation);
         }
         if keys.is_empty() {
             return Err(Rejection::Unavailable);
@@ -558,6 +589,106 @@ fn without_url(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A JWKS server on loopback that counts its fetches and can be told to fail.
+    async fn jwks_server(
+        jwk: serde_json::Value,
+    ) -> (
+        String,
+        Arc<std::sync::atomic::AtomicUsize>,
+        Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let failing = Arc::new(AtomicBool::new(false));
+        let (count, fail) = (fetches.clone(), failing.clone());
+        let router = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                let (count, fail) = (count.clone(), fail.clone());
+                let body = serde_json::json!({ "keys": [jwk.clone()] }).to_string();
+                async move {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    if fail.load(Ordering::SeqCst) {
+                        Err(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+                    } else {
+                        Ok(body)
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        (base, fetches, failing)
+    }
+
+    #[tokio::test]
+    async fn old_keys_are_refreshed_behind_the_requests_and_kept_when_the_fetch_fails() {
+        use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
+        use std::sync::atomic::Ordering;
+        let b64 = |b: &[u8]| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+        };
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        let point = pair.public_key().as_ref();
+        let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "k1",
+            "x": b64(&point[1..33]), "y": b64(&point[33..65])});
+        let (base, fetches, failing) = jwks_server(jwk).await;
+        let config = OAuthConfig {
+            issuer: base.clone(),
+            audience: "aud".into(),
+            jwks_url: Some(format!("{base}/jwks")),
+            ..OAuthConfig::default()
+        };
+        let sign = |kid: &str| {
+            let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+            header.kid = Some(kid.into());
+            let exp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 600;
+            let claims = serde_json::json!({"iss": base, "aud": "aud", "sub": "s", "exp": exp});
+            jsonwebtoken::encode(
+                &header,
+                &claims,
+                &jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()),
+            )
+            .unwrap()
+        };
+        let verifier = Arc::new(Verifier::new().unwrap());
+        let ok = Ok(Verified { caller: "s".into() });
+        assert_eq!(verifier.verify(&config, &sign("k1")).await, ok);
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+        // An hour later the keys are old: the request is served with them at once, and a
+        // fetch runs behind it; it fails, and the keys stay.
+        failing.store(true, Ordering::SeqCst);
+        {
+            let mut cache = verifier.cache();
+            cache.fetched_at = Instant::now().checked_sub(MAX_KEY_AGE + Duration::from_secs(1));
+            cache.attempted_at = cache.fetched_at;
+        }
+        assert_eq!(verifier.verify(&config, &sign("k1")).await, ok);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fetches.load(Ordering::SeqCst) < 2 || verifier.fetching.try_lock().is_err() {
+            assert!(Instant::now() < deadline, "no refresh behind the request");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(verifier.verify(&config, &sign("k1")).await, ok);
+        // Within jwks_refresh_min_s of that attempt, an unknown key id fetches nothing.
+        let before = fetches.load(Ordering::SeqCst);
+        assert!(matches!(
+            verifier.verify(&config, &sign("k2")).await,
+            Err(Rejection::Invalid(_))
+        ));
+        assert_eq!(fetches.load(Ordering::SeqCst), before);
+    }
 
     #[test]
     fn metadata_is_looked_for_where_rfc_8414_and_oidc_put_it() {
