@@ -176,6 +176,11 @@ pub struct HttpConfig {
     /// `::1`) and the bound address (DNS-rebinding protection): the names clients use to reach
     /// the server, such as `images.internal` or `images.internal:8787`.
     pub allowed_hosts: Vec<String>,
+    /// The URL clients reach this server at (`https://img.example.com`, without `/mcp`),
+    /// as a proxy in front of it publishes it: OAuth's resource URL and metadata URL are
+    /// built from it, never from a request's `Host`. Default: `http://<bound address>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -185,6 +190,7 @@ impl Default for HttpConfig {
             max_body_mb: 64,
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
+            public_url: None,
         }
     }
 }
@@ -199,6 +205,48 @@ pub struct AuthConfig {
     /// Serve a non-loopback address with no tokens configured: anyone who can reach it may
     /// call (and spend the providers' credit).
     pub allow_unauthenticated: bool,
+    /// Accept OAuth 2.1 access tokens (JWTs) from an authorization server, besides or instead
+    /// of `tokens`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<OAuthConfig>,
+}
+
+/// `[server.auth.oauth]`: serve as an OAuth 2.1 resource server (the MCP authorization spec):
+/// JWT access tokens signed by `issuer`'s keys, for `audience`, with `required_scopes`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OAuthConfig {
+    /// The authorization server, exactly as its tokens' `iss` claim names it (an `https` URL;
+    /// `http` only on a loopback host, for development).
+    pub issuer: String,
+    /// The `aud` a token must carry to be accepted here, usually this server's resource URL
+    /// (`<server.http.public_url>/mcp`). Required: there is no default.
+    pub audience: String,
+    /// Where the signing keys are (a JWKS); default: the `jwks_uri` of the issuer's metadata
+    /// (RFC 8414 `/.well-known/oauth-authorization-server`, then OpenID Connect discovery).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// Scopes every token must hold (from its `scope` or `scp` claim); 403 otherwise.
+    pub required_scopes: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`, seconds.
+    pub leeway_s: u64,
+    /// The shortest time between two fetches of the keys, seconds: a token naming an unknown
+    /// key (`kid`) fetches them again at most this often, so junk tokens cannot flood the
+    /// authorization server.
+    pub jwks_refresh_min_s: u64,
+}
+
+impl Default for OAuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks_url: None,
+            required_scopes: Vec::new(),
+            leeway_s: 60,
+            jwks_refresh_min_s: 10,
+        }
+    }
 }
 
 /// One `[[server.auth.tokens]]` entry: a caller and its bearer token.

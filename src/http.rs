@@ -36,6 +36,7 @@ use tracing::Instrument as _;
 
 use crate::{
     live::Live,
+    oauth::{Rejection, Verifier},
     server::{status_output, Calls, ImagegenServer},
 };
 
@@ -68,6 +69,11 @@ struct Shared {
     /// Whether the listener is on a loopback address, where no tokens means open to local
     /// callers only.
     loopback: bool,
+    /// Checks OAuth access tokens and keeps the authorization server's keys.
+    verifier: Arc<Verifier>,
+    /// `server.http.public_url` (else `http://<bound address>`), without a trailing `/`: the
+    /// base of the resource and metadata URLs OAuth clients are given.
+    public_url: String,
     /// `server.http.max_body_mb` in bytes, as the listener was started with.
     max_body: usize,
     /// Renders `GET /metrics`; `None` when another recorder was installed first.
@@ -79,20 +85,22 @@ struct Shared {
     calls: Arc<Calls>,
 }
 
-/// Why the listener may not start: a non-loopback address with nobody to authenticate.
+/// Why the listener may not start: a non-loopback address with nobody to authenticate
+/// (no static tokens and no `[server.auth.oauth]`).
 pub fn check_exposure(
     addr: SocketAddr,
     tokens: usize,
+    oauth: bool,
     allow_unauthenticated: bool,
 ) -> anyhow::Result<()> {
-    if addr.ip().is_loopback() || tokens > 0 || allow_unauthenticated {
+    if addr.ip().is_loopback() || tokens > 0 || oauth || allow_unauthenticated {
         return Ok(());
     }
     anyhow::bail!(
         "refusing to serve {addr} without authentication: it is not a loopback address, so \
          anyone who can reach it could call the tools (and spend the providers' credit). \
-         Configure [[server.auth.tokens]], or set server.auth.allow_unauthenticated = true \
-         to serve it open on purpose"
+         Configure [[server.auth.tokens]] or [server.auth.oauth], or set \
+         server.auth.allow_unauthenticated = true to serve it open on purpose"
     )
 }
 
@@ -131,6 +139,7 @@ pub async fn serve(
     check_exposure(
         addr,
         snapshot.loaded.tokens().len(),
+        settings.auth.oauth.is_some(),
         settings.auth.allow_unauthenticated,
     )?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -164,10 +173,21 @@ pub async fn serve(
             config,
         );
     let metrics = crate::telemetry::install();
+    let public_url = public_url(settings.http.public_url.as_deref(), local);
+    if let Some(oauth) = &settings.auth.oauth {
+        check_oauth_urls(
+            oauth,
+            &public_url,
+            settings.http.public_url.is_some(),
+            local,
+        );
+    }
     let shared = Arc::new(Shared {
         live: live.clone(),
         shutting_down: AtomicBool::new(false),
         loopback: addr.ip().is_loopback(),
+        verifier: Arc::new(Verifier::new().context("cannot set up the OAuth key fetcher")?),
+        public_url,
         max_body,
         metrics,
         posts: Arc::default(),
@@ -188,11 +208,18 @@ pub async fn serve(
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        // RFC 9728: at the root, and with the resource's path (`/mcp`) appended.
+        .route(PRM_PATH, get(protected_resource))
+        .route(&format!("{PRM_PATH}/mcp"), get(protected_resource))
         .with_state(shared.clone())
         .merge(scrape)
         .merge(mcp)
         .layer(middleware::from_fn(request_context));
     drop(snapshot);
+    if let Some(oauth) = settings.auth.oauth.clone() {
+        let shared = shared.clone();
+        tokio::spawn(async move { shared.verifier.prefetch(&oauth).await });
+    }
 
     // Before the URL is logged: whoever starts the server may stop it as soon as it is known.
     let stop_signal = shutdown_signal();
@@ -352,23 +379,219 @@ fn plain(status: StatusCode, body: &'static str) -> Response {
         .into_response()
 }
 
-/// 401 with the challenge RFC 6750 asks for; `error` says a token was presented but is not
-/// one of ours.
-fn unauthorized(error: Option<&str>) -> Response {
-    let challenge = match error {
-        Some(error) => format!("Bearer realm=\"imagegen-mcp\", error=\"{error}\""),
-        None => "Bearer realm=\"imagegen-mcp\"".to_string(),
-    };
-    let mut response = plain(
-        StatusCode::UNAUTHORIZED,
-        "Unauthorized: send Authorization: Bearer <token> with a token from [[server.auth.tokens]]\n",
-    );
-    if let Ok(value) = HeaderValue::from_str(&challenge) {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, value);
+/// Where OAuth clients learn how to get a token for this server (RFC 9728).
+const PRM_PATH: &str = "/.well-known/oauth-protected-resource";
+
+/// The base URL clients reach the server at: `server.http.public_url`, else the bound address.
+fn public_url(configured: Option<&str>, bound: SocketAddr) -> String {
+    // Serialized by `url`, the URL is ASCII with quotes escaped: safe inside a header value.
+    match configured.and_then(|url| url::Url::parse(url.trim()).ok()) {
+        Some(url) => url.as_str().trim_end_matches('/').to_string(),
+        None => format!("http://{bound}"),
     }
-    response
+}
+
+/// Start-up warnings for OAuth settings that would make every client fail in ways that are
+/// hard to trace from the client side.
+fn check_oauth_urls(
+    oauth: &crate::config::OAuthConfig,
+    public_url: &str,
+    configured: bool,
+    bound: SocketAddr,
+) {
+    let resource = format!("{public_url}/mcp");
+    if !configured && bound.ip().is_unspecified() {
+        tracing::warn!(
+            "server.auth.oauth is set but server.http.public_url is not: clients are pointed at \
+             {resource}, which they cannot reach; set it to the URL clients use"
+        );
+    }
+    if oauth.audience.trim() != resource {
+        tracing::info!(
+            audience = %oauth.audience.trim(),
+            resource,
+            "server.auth.oauth.audience is not this server's resource URL: MCP clients ask for \
+             tokens for the resource URL (RFC 8707), so the authorization server must put the \
+             audience in them"
+        );
+    }
+}
+
+/// `GET /.well-known/oauth-protected-resource[/mcp]`: the Protected Resource Metadata (RFC
+/// 9728) naming the authorization server; 404 when OAuth is not configured.
+async fn protected_resource(State(shared): State<Arc<Shared>>) -> Response {
+    let snapshot = shared.live.snapshot();
+    let Some(oauth) = &snapshot.loaded.config.server.auth.oauth else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "Not Found: OAuth is not configured ([server.auth.oauth])\n",
+        );
+    };
+    let mut document = serde_json::json!({
+        "resource": format!("{}/mcp", shared.public_url),
+        "authorization_servers": [oauth.issuer.trim()],
+        "bearer_methods_supported": ["header"],
+    });
+    if !oauth.required_scopes.is_empty() {
+        document["scopes_supported"] = serde_json::json!(oauth.required_scopes);
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            // Public metadata, fetched by browser-based clients from their own origin.
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        format!("{document}\n"),
+    )
+        .into_response()
+}
+
+/// What a refusal tells the client about authenticating: RFC 6750's challenge, with the
+/// metadata URL and scopes of RFC 9728 when OAuth is configured.
+struct Challenge {
+    /// `<public_url>/.well-known/oauth-protected-resource/mcp`, when OAuth is configured.
+    resource_metadata: Option<String>,
+    /// The scopes a token needs, space-separated (empty: none).
+    scope: String,
+}
+
+impl Challenge {
+    fn new(shared: &Shared, oauth: Option<&crate::config::OAuthConfig>) -> Self {
+        Self {
+            resource_metadata: oauth.map(|_| format!("{}{PRM_PATH}/mcp", shared.public_url)),
+            scope: oauth.map_or_else(String::new, |o| o.required_scopes.join(" ")),
+        }
+    }
+
+    /// The `WWW-Authenticate` value; `error` and `description` are fixed texts of ours (no
+    /// quotes, no part of any token).
+    fn header(&self, error: Option<&str>, description: Option<&str>) -> Option<HeaderValue> {
+        let mut params = vec!["realm=\"imagegen-mcp\"".to_string()];
+        if let Some(error) = error {
+            params.push(format!("error=\"{error}\""));
+        }
+        if let Some(description) = description {
+            params.push(format!("error_description=\"{description}\""));
+        }
+        if !self.scope.is_empty() {
+            params.push(format!("scope=\"{}\"", self.scope));
+        }
+        if let Some(url) = &self.resource_metadata {
+            params.push(format!("resource_metadata=\"{url}\""));
+        }
+        HeaderValue::from_str(&format!("Bearer {}", params.join(", "))).ok()
+    }
+
+    /// 401; `error` says a token was presented but is not one we accept, `description` why.
+    fn unauthorized(&self, error: Option<&str>, description: Option<&str>) -> Response {
+        let body = if self.resource_metadata.is_some() {
+            "Unauthorized: send Authorization: Bearer <token>, an OAuth access token (see \
+             WWW-Authenticate: resource_metadata) or a token from [[server.auth.tokens]]\n"
+        } else {
+            "Unauthorized: send Authorization: Bearer <token> with a token from [[server.auth.tokens]]\n"
+        };
+        let mut response = plain(StatusCode::UNAUTHORIZED, body);
+        if let Some(value) = self.header(error, description) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
+        response
+    }
+
+    /// 403 `insufficient_scope`, naming the scopes a token needs.
+    fn forbidden(&self) -> Response {
+        let mut response = plain(
+            StatusCode::FORBIDDEN,
+            "Forbidden: the access token lacks a scope this server requires (see \
+             WWW-Authenticate: scope)\n",
+        );
+        if let Some(value) = self.header(
+            Some("insufficient_scope"),
+            Some("the token lacks a required scope"),
+        ) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
+        response
+    }
+}
+
+/// The caller of a request, from its bearer token (a static token, or an OAuth access token
+/// when the token is a JWT and OAuth is configured), or the refusal to send.
+async fn authenticate(
+    shared: &Shared,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<String, Response> {
+    let snapshot = shared.live.snapshot();
+    let loaded = &snapshot.loaded;
+    let oauth = loaded.config.server.auth.oauth.clone();
+    let challenge = Challenge::new(shared, oauth.as_ref());
+    if loaded.tokens().is_empty() && oauth.is_none() {
+        // No tokens: open on loopback or when explicitly allowed; a network listener whose
+        // tokens were all removed by a reload stays closed rather than turning open.
+        if shared.loopback || loaded.config.server.auth.allow_unauthenticated {
+            return Ok(ANONYMOUS.to_string());
+        }
+        tracing::warn!(%peer, "refused a request: no tokens are configured any more");
+        return Err(challenge.unauthorized(None, None));
+    }
+    let Some(token) = bearer(headers) else {
+        tracing::warn!(%peer, "refused a request without a bearer token");
+        return Err(challenge.unauthorized(None, None));
+    };
+    match oauth {
+        Some(oauth) if crate::oauth::looks_like_jwt(token) => {
+            drop(snapshot);
+            let Ok(token) = std::str::from_utf8(token) else {
+                return Err(challenge.unauthorized(
+                    Some("invalid_token"),
+                    Some("the token is not a well-formed JWT"),
+                ));
+            };
+            match shared.verifier.verify(&oauth, token).await {
+                Ok(verified) => Ok(verified.caller),
+                Err(Rejection::Invalid(reason)) => {
+                    tracing::warn!(%peer, reason, "refused an OAuth access token");
+                    Err(challenge.unauthorized(Some("invalid_token"), Some(reason)))
+                }
+                Err(Rejection::InsufficientScope) => {
+                    tracing::warn!(%peer, "refused an OAuth access token without a required scope");
+                    Err(challenge.forbidden())
+                }
+                Err(Rejection::Unavailable) => {
+                    tracing::warn!(
+                        %peer,
+                        "refused an OAuth access token: the authorization server's keys cannot be fetched"
+                    );
+                    let mut response = plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Service Unavailable: the authorization server's signing keys cannot be \
+                         fetched, so no access token can be checked; try again shortly\n",
+                    );
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+                    Err(response)
+                }
+            }
+        }
+        _ => {
+            let digest: [u8; 32] = Sha256::digest(token).into();
+            match loaded.caller_of(&digest) {
+                Some(name) => Ok(name.to_string()),
+                None => {
+                    tracing::warn!(%peer, "refused a request with an unknown bearer token");
+                    Err(challenge.unauthorized(
+                        Some("invalid_token"),
+                        Some("the token is not one this server accepts"),
+                    ))
+                }
+            }
+        }
+    }
 }
 
 /// 413 naming the setting that would let the request through.
@@ -424,34 +647,9 @@ async fn guard(
         return too_large(shared.max_body);
     }
     let caller = {
-        let snapshot = shared.live.snapshot();
-        let loaded = &snapshot.loaded;
-        if loaded.tokens().is_empty() {
-            // No tokens: open on loopback or when explicitly allowed; a network listener whose
-            // tokens were all removed by a reload stays closed rather than turning open.
-            if shared.loopback || loaded.config.server.auth.allow_unauthenticated {
-                ANONYMOUS.to_string()
-            } else {
-                tracing::warn!(%peer, "refused a request: no tokens are configured any more");
-                return unauthorized(None);
-            }
-        } else {
-            match bearer(request.headers()) {
-                None => {
-                    tracing::warn!(%peer, "refused a request without a bearer token");
-                    return unauthorized(None);
-                }
-                Some(token) => {
-                    let digest: [u8; 32] = Sha256::digest(token).into();
-                    match loaded.caller_of(&digest) {
-                        Some(name) => name.to_string(),
-                        None => {
-                            tracing::warn!(%peer, "refused a request with an unknown bearer token");
-                            return unauthorized(Some("invalid_token"));
-                        }
-                    }
-                }
-            }
+        match authenticate(&shared, peer, request.headers()).await {
+            Ok(caller) => caller,
+            Err(refusal) => return refusal,
         }
     };
     // The request's span (see `request_context`) names the caller from here on.
@@ -543,7 +741,8 @@ async fn metrics_guard(
         }
         Some(presented) => {
             tracing::warn!(%peer, "refused a scrape without the metrics token");
-            unauthorized(presented.map(|_| "invalid_token"))
+            // The metrics token is a static one: no OAuth metadata in its challenge.
+            Challenge::new(&shared, None).unauthorized(presented.map(|_| "invalid_token"), None)
         }
     }
 }
@@ -574,6 +773,20 @@ mod tests {
     }
 
     #[test]
+    fn the_public_url_is_normalized_and_defaults_to_the_bound_address() {
+        let bound: SocketAddr = "127.0.0.1:8787".parse().unwrap();
+        assert_eq!(public_url(None, bound), "http://127.0.0.1:8787");
+        assert_eq!(
+            public_url(Some(" https://IMG.example.com/ "), bound),
+            "https://img.example.com"
+        );
+        assert_eq!(
+            public_url(Some("https://img.example.com/a \"b\"/ü"), bound),
+            "https://img.example.com/a%20%22b%22/%C3%BC"
+        );
+    }
+
+    #[test]
     fn bearer_tokens_are_read_from_the_authorization_header_only() {
         let mut headers = HeaderMap::new();
         assert_eq!(bearer(&headers), None);
@@ -593,13 +806,14 @@ mod tests {
     #[test]
     fn only_loopback_listeners_may_start_without_authentication() {
         let open = |addr: &str, tokens, allow| {
-            check_exposure(addr.parse().unwrap(), tokens, allow).is_ok()
+            check_exposure(addr.parse().unwrap(), tokens, false, allow).is_ok()
         };
         assert!(open("127.0.0.1:8787", 0, false));
         assert!(open("[::1]:8787", 0, false));
         assert!(open("0.0.0.0:8787", 1, false));
         assert!(open("0.0.0.0:8787", 0, true));
-        let refused = check_exposure("0.0.0.0:8787".parse().unwrap(), 0, false).unwrap_err();
+        assert!(check_exposure("0.0.0.0:8787".parse().unwrap(), 0, true, false).is_ok());
+        let refused = check_exposure("0.0.0.0:8787".parse().unwrap(), 0, false, false).unwrap_err();
         assert!(refused
             .to_string()
             .contains("server.auth.allow_unauthenticated = true"));

@@ -12,6 +12,7 @@ pub mod http;
 pub mod inputs;
 pub mod lifecycle;
 pub mod live;
+pub mod oauth;
 pub mod progress;
 pub mod routing;
 pub mod server;

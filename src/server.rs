@@ -529,7 +529,7 @@ fn count_call(engine: &Engine, tool: &'static str, caller: &str, result: &CallTo
         "provider" => provider,
         "model" => model,
         "outcome" => outcome,
-        "caller" => caller.to_string()
+        "caller" => crate::telemetry::caller_label(caller)
     )
     .increment(1);
     metrics::counter!(crate::telemetry::TOOL_RESULT_BYTES, "tool" => tool)

@@ -3,7 +3,8 @@
 //!
 //! Label values come from the configuration (provider, caller and route names), from fixed
 //! sets (tools, outcomes, states), or are folded to `other` (models nobody configured), so a
-//! caller cannot grow the number of series. Caller values are token names, never tokens.
+//! caller cannot grow the number of series. Caller values are token names or OAuth subjects (at
+//! most [`MAX_CALLER_LABELS`] of them), never tokens.
 
 use std::{collections::BTreeSet, sync::Mutex};
 
@@ -135,6 +136,23 @@ pub fn count_event(provider: &str, event: &ProviderEvent) {
             .increment(1);
         }
         _ => {}
+    }
+}
+
+/// Distinct caller labels kept before further callers are counted as `other`: token names are
+/// bounded by the config, but OAuth subjects are whatever the authorization server issues.
+const MAX_CALLER_LABELS: usize = 200;
+
+/// The `caller` label for `caller`: itself while fewer than [`MAX_CALLER_LABELS`] callers have
+/// been seen, else `other`, so a stream of new OAuth subjects cannot grow the series without end.
+pub fn caller_label(caller: &str) -> String {
+    static SEEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.contains(caller) || seen.len() < MAX_CALLER_LABELS {
+        seen.insert(caller.to_string());
+        caller.to_string()
+    } else {
+        "other".to_string()
     }
 }
 

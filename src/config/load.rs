@@ -1395,6 +1395,93 @@ fn check_size(
     check_range(u64::try_from(value).unwrap_or(u64::MAX), range, key, merged)
 }
 
+/// `server.http.public_url` and `[server.auth.oauth]`: URLs that parse, with a scheme safe
+/// for what they carry, and the settings a resource server cannot do without.
+fn check_oauth(server: &super::ServerConfig, merged: &Merged) -> Result<(), ConfigError> {
+    if let Some(public) = &server.http.public_url {
+        let key = ["server", "http", "public_url"];
+        let url = url::Url::parse(public.trim()).map_err(|_| {
+            merged.err(&key, "is not a URL; use the address clients reach this server at, such as https://img.example.com")
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(merged.err(&key, "must be an http:// or https:// URL with a host"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(merged.err(&key, "must not have a query or fragment"));
+        }
+    }
+    let Some(oauth) = &server.auth.oauth else {
+        return Ok(());
+    };
+    let key = |field: &'static str| ["server", "auth", "oauth", field];
+    let idp_url =
+        |field: &'static str, value: &str| -> Result<(), ConfigError> {
+            let url = url::Url::parse(value.trim()).map_err(|_| {
+                merged.err(
+                    &key(field),
+                    "is not a URL, such as https://auth.example.com",
+                )
+            })?;
+            let loopback = match url.host() {
+                Some(url::Host::Domain(host)) => host.eq_ignore_ascii_case("localhost"),
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            match url.scheme() {
+                "https" if url.host().is_some() => {}
+                "http" if loopback => {}
+                _ => return Err(merged.err(
+                    &key(field),
+                    "must be an https:// URL (http:// only on a loopback host, for development): \
+                     tokens and keys from it decide who may call",
+                )),
+            }
+            if url.query().is_some() && field == "issuer" || url.fragment().is_some() {
+                return Err(merged.err(&key(field), "must not have a query or fragment"));
+            }
+            Ok(())
+        };
+    if oauth.issuer.trim().is_empty() {
+        return Err(merged.err(
+            &key("issuer"),
+            "is missing: name the authorization server exactly as its tokens' `iss` claim does",
+        ));
+    }
+    idp_url("issuer", &oauth.issuer)?;
+    if oauth.audience.trim().is_empty() {
+        return Err(merged.err(
+            &key("audience"),
+            "is missing, and has no default: set it to the `aud` your authorization server puts \
+             in tokens for this server, usually its resource URL (server.http.public_url + \"/mcp\")",
+        ));
+    }
+    if let Some(jwks) = &oauth.jwks_url {
+        idp_url("jwks_url", jwks)?;
+    }
+    for scope in &oauth.required_scopes {
+        // A scope travels in a `WWW-Authenticate` header: RFC 6749's scope-token characters only.
+        let valid = !scope.is_empty()
+            && scope
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
+        if !valid {
+            return Err(merged.err(
+                &key("required_scopes"),
+                "holds a scope that is empty or has spaces, quotes, backslashes or non-ASCII \
+                 characters; list each scope as its own string",
+            ));
+        }
+    }
+    check_range(oauth.leeway_s, 0..=600, &key("leeway_s"), merged)?;
+    check_range(
+        oauth.jwks_refresh_min_s,
+        0..=3600,
+        &key("jwks_refresh_min_s"),
+        merged,
+    )
+}
+
 /// One day, in seconds: the longest any single wait or call may be set to take.
 const DAY_S: u64 = 86_400;
 /// The most calls in flight at once, overall or per provider.
@@ -1520,6 +1607,7 @@ fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
         &["server", "shutdown_grace_s"],
         merged,
     )?;
+    check_oauth(&config.server, merged)?;
     for (name, provider) in &config.providers {
         check_defaults(
             &provider.common.defaults,

@@ -37,19 +37,19 @@ const TOKEN: &str = "imagegen-SENTINEL-token-7d41c0ffee9b";
 const ROTATED: &str = "imagegen-rotated-token-52aa81e0";
 
 /// An `initialize` request body: a valid first message for any session-mode server.
-const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#;
+pub(crate) const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#;
 
 /// Lines a child wrote, shared with the task reading them.
 type Lines = Arc<Mutex<String>>;
 
 /// A running `imagegen-mcp serve --http` and everything it has written so far.
-struct HttpServer {
+pub(crate) struct HttpServer {
     child: Child,
     /// `http://127.0.0.1:PORT`.
-    base: String,
+    pub(crate) base: String,
     stderr: Lines,
     stdout: Lines,
-    home: tempfile::TempDir,
+    pub(crate) home: tempfile::TempDir,
 }
 
 /// Copies every line of `stream` into `into`; sends the listener's URL on `url` once logged.
@@ -78,7 +78,7 @@ fn collect(
 impl HttpServer {
     /// Starts the server on an ephemeral loopback port with `config` in its config file (the
     /// mock is the default provider; no polling, a short debounce) and waits for its URL.
-    async fn start(config: &str, envs: &[(&str, &str)]) -> Self {
+    pub(crate) async fn start(config: &str, envs: &[(&str, &str)]) -> Self {
         let home = tempfile::tempdir().unwrap();
         let file = home.path().join("imagegen.toml");
         std::fs::write(
@@ -122,12 +122,12 @@ impl HttpServer {
         }
     }
 
-    fn mcp(&self) -> String {
+    pub(crate) fn mcp(&self) -> String {
         format!("{}/mcp", self.base)
     }
 
     /// Everything written to stderr and stdout so far.
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         format!(
             "{}{}",
             self.stderr.lock().unwrap(),
@@ -136,7 +136,7 @@ impl HttpServer {
     }
 
     /// Sends SIGTERM.
-    async fn terminate(&self) {
+    pub(crate) async fn terminate(&self) {
         let pid = self.child.id().expect("running").to_string();
         let status = tokio::process::Command::new("kill")
             .args(["-TERM", &pid])
@@ -147,7 +147,7 @@ impl HttpServer {
     }
 
     /// Waits for the process to exit and returns its exit code.
-    async fn exit_code(&mut self) -> Option<i32> {
+    pub(crate) async fn exit_code(&mut self) -> Option<i32> {
         let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("the server exits")
@@ -158,13 +158,13 @@ impl HttpServer {
 
 /// One progress notification as the client received it.
 #[derive(Debug, Clone)]
-struct Note {
+pub(crate) struct Note {
     token: ProgressToken,
 }
 
 /// A client speaking `version` that records the progress notifications it receives.
 #[derive(Debug, Clone)]
-struct Recorder {
+pub(crate) struct Recorder {
     notes: Arc<Mutex<Vec<Note>>>,
     version: ProtocolVersion,
 }
@@ -190,7 +190,7 @@ impl ClientHandler for Recorder {
 /// rmcp's client connected to `url` with `token`, speaking `version`: a 2025-11-25 client opens
 /// a session with `initialize`; a 2026-07-28 one asks `server/discover` and sends stateless
 /// requests, each carrying its version.
-async fn connect(
+pub(crate) async fn connect(
     url: &str,
     token: &str,
     version: ProtocolVersion,
@@ -223,7 +223,7 @@ async fn connect(
 }
 
 /// Sends a `generate_image` call; the handle knows its progress token.
-async fn send(
+pub(crate) async fn send(
     client: &RunningService<RoleClient, Recorder>,
     arguments: Value,
 ) -> RequestHandle<RoleClient> {
@@ -238,7 +238,7 @@ async fn send(
         .expect("request sent")
 }
 
-async fn answer(handle: RequestHandle<RoleClient>) -> CallToolResult {
+pub(crate) async fn answer(handle: RequestHandle<RoleClient>) -> CallToolResult {
     match handle.await_response().await.expect("a response") {
         ServerResult::CallToolResult(result) => result,
         other => panic!("not a tool result: {other:?}"),
@@ -246,7 +246,7 @@ async fn answer(handle: RequestHandle<RoleClient>) -> CallToolResult {
 }
 
 /// A raw POST of `body` to `/mcp` with `headers`, as a client that speaks MCP would send it.
-async fn post(
+pub(crate) async fn post(
     url: &str,
     body: impl Into<reqwest::Body>,
     headers: &[(&str, &str)],

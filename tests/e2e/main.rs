@@ -13,6 +13,7 @@ mod http;
 mod http_load;
 mod lifecycle;
 mod mcp_stdio;
+mod oauth;
 mod ops;
 mod resilience;
 mod rotation;
