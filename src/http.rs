@@ -83,6 +83,64 @@ struct Shared {
     posts: Arc<Calls>,
     /// The tool calls running, for the gauge a scrape reads.
     calls: Arc<Calls>,
+    /// Which caller opened each 2025-11-25 session, so no other caller can use its id.
+    sessions: SessionOwners,
+}
+
+/// The header naming a 2025-11-25 session.
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Session ids bound to their callers; the spec asks servers to tie a session to the user
+/// who opened it, and rmcp's session manager knows nothing of callers.
+#[derive(Default)]
+struct SessionOwners(std::sync::Mutex<SessionTable>);
+
+/// The newest [`SessionOwners::MAX`] bindings, oldest first in `order`.
+#[derive(Default)]
+struct SessionTable {
+    owners: std::collections::HashMap<String, String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl SessionOwners {
+    /// Bindings kept: a session older than the newest this many still needs its unguessable
+    /// id, but is no longer tied to its caller.
+    const MAX: usize = 10_000;
+
+    fn table(&self) -> std::sync::MutexGuard<'_, SessionTable> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `caller` may use session `id`: it opened it, or nobody is known to have.
+    fn may_use(&self, id: &str, caller: &str) -> bool {
+        self.table()
+            .owners
+            .get(id)
+            .is_none_or(|owner| owner == caller)
+    }
+
+    fn bind(&self, id: &str, caller: &str) {
+        let mut table = self.table();
+        if table
+            .owners
+            .insert(id.to_string(), caller.to_string())
+            .is_none()
+        {
+            table.order.push_back(id.to_string());
+        }
+        while table.order.len() > Self::MAX {
+            if let Some(old) = table.order.pop_front() {
+                table.owners.remove(&old);
+            }
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        let mut table = self.table();
+        if table.owners.remove(id).is_some() {
+            table.order.retain(|kept| kept != id);
+        }
+    }
 }
 
 /// Why the listener may not start: a non-loopback address with nobody to authenticate
@@ -191,6 +249,7 @@ pub async fn serve(
         max_body,
         metrics,
         posts: Arc::default(),
+        sessions: SessionOwners::default(),
         calls: calls.clone(),
     });
     // `/metrics` takes the same tokens as `/mcp` (its labels name providers and callers), or
@@ -655,11 +714,33 @@ async fn guard(
     // The request's span (see `request_context`) names the caller from here on.
     tracing::Span::current().record("caller", tracing::field::display(&caller));
     tracing::debug!(%peer, caller, method = %request.method(), "MCP request");
+    let session = request
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(id) = &session {
+        if !shared.sessions.may_use(id, &caller) {
+            // As for a session that does not exist: another caller's id is not confirmed.
+            tracing::warn!(%peer, caller, "refused a request naming another caller's session");
+            return plain(StatusCode::NOT_FOUND, "Not Found: no such session\n");
+        }
+    }
+    let method = request.method().clone();
     request.extensions_mut().insert(Caller(caller.clone()));
     // A POST carries a request (or a client's answer): it counts until its answer is sent or
     // the client goes away. GET streams stay open for the session and do not count.
     let post = (request.method() == axum::http::Method::POST).then(|| shared.posts.start());
     let response = next.run(request).await;
+    match (&session, response.headers().get(SESSION_HEADER)) {
+        (None, Some(opened)) if response.status().is_success() => {
+            if let Ok(id) = opened.to_str() {
+                shared.sessions.bind(id, &caller);
+            }
+        }
+        (Some(id), _) if method == axum::http::Method::DELETE => shared.sessions.forget(id),
+        _ => {}
+    }
     // rmcp's own refusal of a streamed body over the cap does not name the setting.
     if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
         tracing::warn!(%peer, caller, "refused a request body over server.http.max_body_mb");
@@ -783,6 +864,30 @@ mod tests {
         assert_eq!(
             public_url(Some("https://img.example.com/a \"b\"/ü"), bound),
             "https://img.example.com/a%20%22b%22/%C3%BC"
+        );
+    }
+
+    #[test]
+    fn a_session_is_its_opener_s_and_the_table_stays_bounded() {
+        let owners = SessionOwners::default();
+        assert!(
+            owners.may_use("s1", "bob"),
+            "unknown sessions are rmcp's to refuse"
+        );
+        owners.bind("s1", "alice");
+        assert!(owners.may_use("s1", "alice"));
+        assert!(!owners.may_use("s1", "bob"));
+        owners.forget("s1");
+        assert!(owners.may_use("s1", "bob"));
+        for n in 0..=SessionOwners::MAX {
+            owners.bind(&format!("s{n}"), "alice");
+        }
+        let table = owners.table();
+        assert_eq!(table.owners.len(), SessionOwners::MAX);
+        assert_eq!(table.order.len(), SessionOwners::MAX);
+        assert!(
+            !table.owners.contains_key("s0"),
+            "the oldest binding goes first"
         );
     }
 

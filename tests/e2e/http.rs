@@ -383,6 +383,46 @@ async fn rmcp_client_lists_calls_with_progress_and_reads_over_http_in_both_revis
 }
 
 #[tokio::test]
+async fn a_session_answers_only_the_caller_that_opened_it() {
+    let secrets = tempfile::tempdir().unwrap();
+    let alice = token_file(secrets.path(), TOKEN);
+    let bob = secrets.path().join("bob");
+    std::fs::write(&bob, format!("{ROTATED}\n")).unwrap();
+    let config = format!(
+        "{}[[server.auth.tokens]]\nname = \"bob\"\ntoken_file = {:?}\n",
+        token_config(&alice),
+        bob.to_str().unwrap()
+    );
+    let server = HttpServer::start(&config, &[]).await;
+    let url = server.mcp();
+    let opened = post(&url, INITIALIZE, &[("authorization", &bearer(TOKEN))]).await;
+    assert_eq!(opened.status(), 200);
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    let send_as = |token: &'static str| {
+        let (url, session) = (url.clone(), session.clone());
+        async move {
+            let headers = [
+                ("authorization", bearer(token)),
+                ("mcp-session-id", session),
+                ("mcp-protocol-version", "2025-11-25".to_string()),
+            ];
+            let headers: Vec<_> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            post(&url, list, &headers).await.status()
+        }
+    };
+    assert_eq!(send_as(ROTATED).await, 404, "bob used alice's session");
+    assert!(
+        send_as(TOKEN).await.is_success(),
+        "alice lost her own session"
+    );
+    assert!(server.output().contains("another caller's session"));
+}
+
+#[tokio::test]
 async fn tokens_are_required_checked_and_rotated_with_their_file() {
     let secrets = tempfile::tempdir().unwrap();
     let file = token_file(secrets.path(), TOKEN);
