@@ -289,8 +289,20 @@ pub async fn serve(
     )
     .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
     let mut serving = tokio::spawn(async move { serving.await });
+    // On every address, the URL to show is one that works from here: loopback, which the
+    // Host check always accepts.
+    let reachable = match local.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, local.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, local.port()))
+        }
+        _ => local,
+    };
     tracing::info!(
-        url = %format!("http://{local}/mcp"),
+        url = %format!("http://{reachable}/mcp"),
+        listening = %local,
         tokens = live.snapshot().loaded.tokens().len(),
         "serving MCP over streamable HTTP"
     );
@@ -731,7 +743,12 @@ async fn guard(
     // A POST carries a request (or a client's answer): it counts until its answer is sent or
     // the client goes away. GET streams stay open for the session and do not count.
     let post = (request.method() == axum::http::Method::POST).then(|| shared.posts.start());
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    if method == axum::http::Method::DELETE && response.status() == StatusCode::ACCEPTED {
+        // rmcp answers a closed session 202; the Python SDK reads anything but 200 or 204
+        // as "session termination failed".
+        *response.status_mut() = StatusCode::NO_CONTENT;
+    }
     match (&session, response.headers().get(SESSION_HEADER)) {
         (None, Some(opened)) if response.status().is_success() => {
             if let Ok(id) = opened.to_str() {

@@ -1,5 +1,6 @@
 """Smoke test with the official Python MCP SDK over streamable HTTP: run `imagegen-mcp serve
---http` on a loopback port with a bearer token, and drive it in both the 2026-07-28 (discover)
+--http` on every address (0.0.0.0, as a service would; the client connects over loopback)
+with a bearer token, and drive it in both the 2026-07-28 (discover)
 and the legacy (initialize) modes: list tools, generate with progress, read the resource.
 
 Usage: python tests/python/smoke_http.py path/to/imagegen-mcp
@@ -41,7 +42,7 @@ def start(binary: str, home: str) -> tuple[subprocess.Popen, str, list[str]]:
         "IMAGEGEN_CATALOG__CHECK_UPSTREAM": "false",
     }
     proc = subprocess.Popen(
-        [binary, "serve", "--http", "127.0.0.1:0"],
+        [binary, "serve", "--http", "0.0.0.0:0"],
         cwd=home,
         env=env,
         stdin=subprocess.DEVNULL,
