@@ -1309,6 +1309,54 @@ fn find_in(conn: &Connection, q: &FindQuery) -> rusqlite::Result<FindPage> {
     })
 }
 
+/// `images` as a table for a terminal: time, model, size, name and the prompt's start.
+pub fn table(images: &[FoundImage]) -> String {
+    if images.is_empty() {
+        return "no stored image matches\n".into();
+    }
+    let width = |f: fn(&FoundImage) -> usize, title: &str| {
+        images.iter().map(f).max().unwrap_or(0).max(title.len())
+    };
+    let model = |i: &FoundImage| i.model.as_deref().unwrap_or("-").to_string();
+    let model_w = width(|i| i.model.as_deref().map_or(1, str::len), "MODEL");
+    let size_w = width(|i| i.size.len(), "SIZE");
+    let name_w = width(|i| i.name.len(), "NAME");
+    let mut out = format!(
+        "{:20}  {:model_w$}  {:size_w$}  {:name_w$}  PROMPT\n",
+        "CREATED", "MODEL", "SIZE", "NAME"
+    );
+    for image in images {
+        let created = OffsetDateTime::parse(&image.created, &Rfc3339)
+            .ok()
+            .and_then(|t| {
+                t.to_offset(time::UtcOffset::UTC)
+                    .format(time::macros::format_description!(
+                        "[year]-[month]-[day] [hour]:[minute]:[second]"
+                    ))
+                    .ok()
+            })
+            .unwrap_or_else(|| image.created.clone());
+        // One line per image, whatever the prompt holds.
+        let prompt: String = if !image.has_sidecar && image.prompt.is_empty() {
+            "(no sidecar)".into()
+        } else {
+            image
+                .prompt
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .take(60)
+                .collect()
+        };
+        out.push_str(&format!(
+            "{created:20}  {:model_w$}  {:size_w$}  {:name_w$}  {prompt}\n",
+            model(image),
+            image.size,
+            image.name,
+        ));
+    }
+    out
+}
+
 /// The index of the store at `location`, opened once per process and shared by every call:
 /// the file at `path` (or memory, when `None` or when the file cannot be used).
 pub fn shared(path: Option<&Path>, location: &str) -> Result<Arc<Index>, IndexError> {
