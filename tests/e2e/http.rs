@@ -40,7 +40,7 @@ const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","param
 type Lines = Arc<Mutex<String>>;
 
 /// A running `imagegen-mcp serve --http` and everything it has written so far.
-struct HttpServer {
+pub(crate) struct HttpServer {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     base: String,
@@ -75,7 +75,7 @@ fn collect(
 impl HttpServer {
     /// Starts the server on an ephemeral loopback port with `config` in its config file (the
     /// mock is the default provider; no polling, a short debounce) and waits for its URL.
-    async fn start(config: &str, envs: &[(&str, &str)]) -> Self {
+    pub(crate) async fn start(config: &str, envs: &[(&str, &str)]) -> Self {
         let home = tempfile::tempdir().unwrap();
         let file = home.path().join("imagegen.toml");
         std::fs::write(
@@ -119,7 +119,7 @@ impl HttpServer {
         }
     }
 
-    fn mcp(&self) -> String {
+    pub(crate) fn mcp(&self) -> String {
         format!("{}/mcp", self.base)
     }
 
@@ -155,13 +155,13 @@ impl HttpServer {
 
 /// One progress notification as the client received it.
 #[derive(Debug, Clone)]
-struct Note {
+pub(crate) struct Note {
     token: ProgressToken,
 }
 
 /// A client speaking `version` that records the progress notifications it receives.
 #[derive(Debug, Clone)]
-struct Recorder {
+pub(crate) struct Recorder {
     notes: Arc<Mutex<Vec<Note>>>,
     version: ProtocolVersion,
 }
@@ -185,7 +185,7 @@ impl ClientHandler for Recorder {
 }
 
 /// rmcp's client connected to `url` with `token`, speaking `version`.
-async fn connect(
+pub(crate) async fn connect(
     url: &str,
     token: &str,
     version: ProtocolVersion,
