@@ -51,7 +51,7 @@ pub const MAX_LIMIT: u32 = 100;
 pub const CATCH_UP_EVERY: Duration = Duration::from_secs(1);
 
 /// The layout of the index file; any other version is dropped and rebuilt.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// The longest `query` taken, in bytes.
 const MAX_QUERY_BYTES: usize = 1000;
 /// The most words one `query` may hold.
@@ -344,30 +344,29 @@ pub struct FindQuery {
 /// A place in the newest-first order, as an opaque `cursor` string.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
-    created_ns: i64,
-    name: String,
+    /// The order key ([`order_base`]) of the last image of the previous page.
+    id: i64,
 }
 
-/// The prefix of this version's cursors, so a later layout can tell its own from these.
-const CURSOR_PREFIX: &str = "c1.";
+/// The prefix of this layout's cursors, so a later one can tell its own from these.
+const CURSOR_PREFIX: &str = "c2.";
 
 impl Cursor {
     /// The cursor text a client passes back.
     pub fn encode(&self) -> String {
-        let raw = format!("{}:{}", self.created_ns, self.name);
         format!(
             "{CURSOR_PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.id.to_string())
         )
     }
 
     /// Reads a cursor this server gave out.
     pub fn decode(text: &str) -> Result<Self, String> {
         let bad = || "not a cursor this server gave out: pass `next_cursor` as it came".to_string();
-        if text.len() > MAX_FIELD_BYTES * 2 {
+        if text.len() > MAX_FIELD_BYTES {
             return Err(bad());
         }
-        let raw = text
+        let id = text
             .strip_prefix(CURSOR_PREFIX)
             .and_then(|b| {
                 base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -375,17 +374,26 @@ impl Cursor {
                     .ok()
             })
             .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|digits| digits.parse().ok())
             .ok_or_else(bad)?;
-        let (ns, name) = raw.split_once(':').ok_or_else(bad)?;
-        let created_ns = ns.parse().map_err(|_| bad())?;
-        if !is_valid_name(name) {
-            return Err(bad());
-        }
-        Ok(Self {
-            created_ns,
-            name: name.to_string(),
-        })
+        Ok(Self { id })
     }
+}
+
+/// Images made in the same microsecond that keep distinct order keys.
+const TIE_SLOTS: i64 = 512;
+
+/// The smallest order key of an image made at `t`: microseconds since the epoch times
+/// [`TIE_SLOTS`]. The order key is the row id of both tables, so the full-text table walks
+/// its matches newest first and a page stops after `limit` rows, however many match.
+fn order_base(t: OffsetDateTime) -> i64 {
+    let micros = (unix_ns(t) / 1000).clamp(i64::MIN / TIE_SLOTS + 1, i64::MAX / TIE_SLOTS - 1);
+    micros * TIE_SLOTS
+}
+
+/// The time of order key `id`.
+fn order_time(id: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(id.div_euclid(TIE_SLOTS)) * 1000).ok()
 }
 
 /// One image found, with the facts its sidecar records.
@@ -638,6 +646,7 @@ fn name_words(name: &str) -> String {
 const SCHEMA: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE images (
+    -- The order key (order_base): newest first is id descending.
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
     origin TEXT NOT NULL,
@@ -654,10 +663,9 @@ CREATE TABLE images (
     height INTEGER NOT NULL,
     sha256 TEXT NOT NULL
 );
-CREATE INDEX images_newest ON images (created_ns, name);
-CREATE INDEX images_by_model ON images (model, created_ns, name);
-CREATE INDEX images_by_provider ON images (provider, created_ns, name);
-CREATE INDEX images_by_caller ON images (caller, created_ns, name);
+CREATE INDEX images_by_model ON images (model);
+CREATE INDEX images_by_provider ON images (provider);
+CREATE INDEX images_by_caller ON images (caller);
 CREATE VIRTUAL TABLE images_fts USING fts5(
     prompt, revised_prompt, name_words,
     tokenize = 'porter unicode61 remove_diacritics 2'
@@ -952,7 +960,9 @@ impl Index {
     pub fn reindex(&self, source: &dyn SidecarSource) -> Result<ReindexReport, IndexError> {
         let started = Instant::now();
         let revision = source.revision();
-        let listing = source.list(None)?;
+        let mut listing = source.list(None)?;
+        // Images of one microsecond get their order keys in name order, in any rebuild.
+        listing.images.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         let mut report = ReindexReport::default();
         let images = listing.images.iter().filter_map(|listed| {
             let (sidecar, origin) = load(source, listed)?;
@@ -989,12 +999,12 @@ impl Index {
         if !due {
             return Ok(0);
         }
-        let newest: Option<i64> =
-            inner
-                .conn
-                .query_row("SELECT MAX(created_ns) FROM images", [], |r| r.get(0))?;
-        let after = newest.and_then(|ns| OffsetDateTime::from_unix_timestamp_nanos(ns.into()).ok());
-        let listing = source.list(after)?;
+        let newest: Option<i64> = inner
+            .conn
+            .query_row("SELECT MAX(id) FROM images", [], |r| r.get(0))?;
+        let after = newest.and_then(order_time);
+        let mut listing = source.list(after)?;
+        listing.images.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         let mut indexed: HashMap<String, Origin> = HashMap::new();
         {
             let mut statement = inner
@@ -1167,13 +1177,26 @@ fn insert(conn: &Connection, sidecar: &Sidecar, origin: Origin) -> rusqlite::Res
 
 /// Inserts an image known not to be indexed.
 fn insert_fresh(conn: &Connection, s: &Sidecar, origin: Origin) -> rusqlite::Result<()> {
-    let created_ns = OffsetDateTime::parse(&s.created, &Rfc3339).map_or(0, unix_ns);
+    let created = OffsetDateTime::parse(&s.created, &Rfc3339).ok();
+    let created_ns = created.map_or(0, unix_ns);
+    let base = order_base(created.unwrap_or(OffsetDateTime::UNIX_EPOCH));
+    let taken: Option<i64> = conn
+        .prepare_cached("SELECT MAX(id) FROM images WHERE id >= ?1 AND id < ?2")?
+        .query_row([base, base + TIE_SLOTS], |r| r.get(0))?;
+    // The next free slot of that microsecond; should all be taken, SQLite picks a key (the
+    // image then sorts as the newest).
+    let id = match taken {
+        None => Some(base),
+        Some(last) if last + 1 < base + TIE_SLOTS => Some(last + 1),
+        Some(_) => None,
+    };
     conn.prepare_cached(
-        "INSERT INTO images (name, origin, created, created_ns, provider, model, caller, prompt,
-            revised_prompt, mime, bytes, width, height, sha256)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        "INSERT INTO images (id, name, origin, created, created_ns, provider, model, caller,
+            prompt, revised_prompt, mime, bytes, width, height, sha256)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
+        id,
         s.name,
         origin.as_str(),
         s.created,
@@ -1202,10 +1225,21 @@ fn insert_fresh(conn: &Connection, s: &Sidecar, origin: Origin) -> rusqlite::Res
 }
 
 fn find_in(conn: &Connection, q: &FindQuery) -> rusqlite::Result<FindPage> {
-    let mut sql = String::from(
-        "SELECT name, created, prompt, revised_prompt, provider, model, caller, mime, bytes,
-                width, height, sha256, origin, created_ns
-         FROM images WHERE 1",
+    // With words, the full-text table drives: it walks its matches by row id (the order key)
+    // from the newest, and the facts are joined row by row, so a page of a word in half the
+    // prompts stops after a page's worth instead of collecting every match first.
+    let (from, key) = if q.words.is_empty() {
+        ("images i", "i.id")
+    } else {
+        (
+            "images_fts JOIN images i ON i.id = images_fts.rowid",
+            "images_fts.rowid",
+        )
+    };
+    let mut sql = format!(
+        "SELECT i.name, i.created, i.prompt, i.revised_prompt, i.provider, i.model, i.caller,
+                i.mime, i.bytes, i.width, i.height, i.sha256, i.origin, i.id
+         FROM {from} WHERE 1"
     );
     let mut args: Vec<Value> = Vec::new();
     // Each clause has one `?`, numbered here as its value is bound.
@@ -1217,47 +1251,44 @@ fn find_in(conn: &Connection, q: &FindQuery) -> rusqlite::Result<FindPage> {
         arg(
             &mut sql,
             &mut args,
-            " AND id IN (SELECT rowid FROM images_fts WHERE images_fts MATCH ?)",
+            " AND images_fts MATCH ?",
             Value::Text(fts_query(&q.words)),
         );
     }
     for (clause, value) in [
-        (" AND provider = ?", &q.provider),
-        (" AND model = ?", &q.model),
-        (" AND caller = ?", &q.caller),
+        (" AND i.provider = ?", &q.provider),
+        (" AND i.model = ?", &q.model),
+        (" AND i.caller = ?", &q.caller),
     ] {
         if let Some(value) = value {
             arg(&mut sql, &mut args, clause, Value::Text(value.clone()));
         }
     }
+    // Dates and the cursor are ranges of the order key, which both tables seek to.
     if let Some(since) = q.since {
+        let clause = format!(" AND {key} >= ?");
         arg(
             &mut sql,
             &mut args,
-            " AND created_ns >= ?",
-            Value::Integer(unix_ns(since)),
+            &clause,
+            Value::Integer(order_base(since)),
         );
     }
     if let Some(until) = q.until {
-        arg(
-            &mut sql,
-            &mut args,
-            " AND created_ns <= ?",
-            Value::Integer(unix_ns(until)),
-        );
+        let clause = format!(" AND {key} < ?");
+        let end = order_base(until).saturating_add(TIE_SLOTS);
+        arg(&mut sql, &mut args, &clause, Value::Integer(end));
     }
     if let Some(after) = &q.after {
-        // A row value: the index on (created_ns, name) starts right after the cursor.
-        args.push(Value::Integer(after.created_ns));
-        args.push(Value::Text(after.name.clone()));
-        let n = args.len();
-        sql.push_str(&format!(" AND (created_ns, name) < (?{}, ?{n})", n - 1));
+        let clause = format!(" AND {key} < ?");
+        arg(&mut sql, &mut args, &clause, Value::Integer(after.id));
     }
     let limit = q.limit.clamp(1, MAX_LIMIT);
+    let clause = format!(" ORDER BY {key} DESC LIMIT ?");
     arg(
         &mut sql,
         &mut args,
-        " ORDER BY created_ns DESC, name DESC LIMIT ?",
+        &clause,
         Value::Integer(i64::from(limit) + 1),
     );
     let mut statement = conn.prepare_cached(&sql)?;
@@ -1290,17 +1321,14 @@ fn find_in(conn: &Connection, q: &FindQuery) -> rusqlite::Result<FindPage> {
     let mut images = Vec::with_capacity(limit as usize + 1);
     let mut last = None;
     for row in rows {
-        let (image, created_ns) = row?;
+        let (image, id) = row?;
         if images.len() == limit as usize {
             return Ok(FindPage {
                 next_cursor: last.map(|c: Cursor| c.encode()),
                 images,
             });
         }
-        last = Some(Cursor {
-            created_ns,
-            name: image.name.clone(),
-        });
+        last = Some(Cursor { id });
         images.push(image);
     }
     Ok(FindPage {
