@@ -949,6 +949,9 @@ impl Index {
             insert_fresh(&tx, &sidecar, origin)?;
             count += 1;
         }
+        // One segment for the whole word index: left as the bulk insert made it, the next
+        // small write would pay for merging its many segments.
+        tx.execute_batch("INSERT INTO images_fts (images_fts) VALUES ('optimize')")?;
         tx.commit()?;
         // Statistics for the planner, so that word queries walk the time order.
         inner.conn.execute_batch("PRAGMA optimize")?;
