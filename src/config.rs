@@ -84,6 +84,22 @@ pub struct Config {
     pub routes: BTreeMap<String, RouteConfig>,
     /// `serve --http`: the listener, authentication and shutdown.
     pub server: ServerConfig,
+    /// The image store: who sees which images, and the history index.
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: the image store.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Over HTTP, every caller sees every image (in `find_images`); otherwise each sees only
+    /// their own. Over stdio there is one user and everything is theirs.
+    pub shared: bool,
+    /// This replica's history index file (SQLite; rebuilt from the store whenever lost).
+    /// Default: `imagegen-mcp/index/<hash of the store's location>.sqlite3` under the
+    /// platform data directory. Relative to the config file; absolute after loading.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index_path: Option<PathBuf>,
 }
 
 /// How log lines are written (`log_format`, `--log-format`).

@@ -18,7 +18,8 @@ use imagegen_mcp::{
     lifecycle,
     live::{watch, Live, LogControl},
     progress::{ProgressReporter, ProgressSink},
-    server::ImagegenServer,
+    server::{FindImagesOutput, ImagegenServer},
+    storage::index::{self, DirSource, FindParams, Index, SidecarSource as _},
 };
 use imagegen_providers::{ErrorKind, ImageOptions, InputImage, SvgOptions, SvgReasoning};
 use rmcp::ServiceExt;
@@ -64,6 +65,58 @@ enum Command {
     /// List the model catalog: each model's state, shutdown date, replacement and aliases;
     /// `--check` compares it with the models the provider serves now.
     Models(ModelsArgs),
+    /// The stored images: search their history, rebuild its index.
+    #[command(subcommand)]
+    Images(ImagesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ImagesCommand {
+    /// Search the stored images by prompt words, provider, model and date, newest first.
+    Find(FindArgs),
+    /// Rebuild the history index from the sidecars (and from the image files that have none).
+    Reindex(ReindexArgs),
+}
+
+#[derive(Debug, Args)]
+struct FindArgs {
+    /// Words that must all be in the prompt (any order; "foxes" also finds "fox").
+    #[arg(value_name = "WORDS")]
+    words: Vec<String>,
+    /// Only images made with this configured provider.
+    #[arg(long)]
+    provider: Option<String>,
+    /// Only images made with this model.
+    #[arg(long)]
+    model: Option<String>,
+    /// Only images made on or after this day (YYYY-MM-DD, UTC) or time (RFC 3339).
+    #[arg(long, value_name = "DATE")]
+    since: Option<String>,
+    /// Only images made on or before this day (the whole day) or time.
+    #[arg(long, value_name = "DATE")]
+    until: Option<String>,
+    /// Results per page (at most 100).
+    #[arg(long, default_value_t = index::DEFAULT_LIMIT)]
+    limit: u32,
+    /// The next page: the cursor the previous page printed.
+    #[arg(long)]
+    cursor: Option<String>,
+    /// The store's directory (default: output.dir).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print JSON (the same as the find_images tool's structuredContent).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ReindexArgs {
+    /// The store's directory (default: output.dir).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print the counts as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -564,6 +617,93 @@ async fn models(args: ModelsArgs, config: Option<PathBuf>) -> anyhow::Result<Exi
     })
 }
 
+/// `imagegen-mcp images find`: the history as a table (or JSON); exits 1 on a bad argument.
+async fn images_find(args: FindArgs, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let loaded = load(&CliOverrides {
+        config,
+        output_dir: absolute(args.out.clone())?,
+        ..CliOverrides::default()
+    })?;
+    let params = FindParams {
+        query: (!args.words.is_empty()).then(|| args.words.join(" ")),
+        provider: args.provider,
+        model: args.model,
+        since: args.since,
+        until: args.until,
+        limit: Some(args.limit),
+        cursor: args.cursor,
+    };
+    // The command line is the store's own user: every image is theirs.
+    let outcome = match params.to_query(None) {
+        Ok(query) => {
+            let path = loaded.config.storage.index_path.clone();
+            index::search_local(path, loaded.output_dir().to_path_buf(), query).await
+        }
+        Err(e) => Err(e),
+    };
+    let mut out = std::io::stdout().lock();
+    let output = match outcome {
+        Ok(page) => FindImagesOutput::from(page),
+        Err(error) => {
+            if args.json {
+                let output = FindImagesOutput {
+                    error: Some(error),
+                    ..FindImagesOutput::default()
+                };
+                writeln!(out, "{}", serde_json::to_string_pretty(&output)?)?;
+            } else {
+                eprintln!("{}", error.human());
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&output)?)?;
+    } else {
+        write!(out, "{}", index::table(&output.images))?;
+        if let Some(cursor) = &output.next_cursor {
+            eprintln!("more: add --cursor {cursor}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `imagegen-mcp images reindex`: rebuilds the index file from the store, printing counts.
+async fn images_reindex(args: ReindexArgs, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let loaded = load(&CliOverrides {
+        config,
+        output_dir: absolute(args.out.clone())?,
+        ..CliOverrides::default()
+    })?;
+    let Some(path) = loaded.config.storage.index_path.clone() else {
+        anyhow::bail!("no place for the index file: set storage.index_path (or XDG_DATA_HOME)");
+    };
+    let dir = loaded.output_dir().to_path_buf();
+    let shown = path.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let source = DirSource::new(dir);
+        Index::open(&path, &source.location())?.reindex(&source)
+    })
+    .await??;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let json = serde_json::json!({ "index": shown, "report": report });
+        writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
+    } else {
+        writeln!(
+            out,
+            "indexed {} images ({} from sidecars, {} from the image file alone) in {:.2} s; {} could not be read",
+            report.from_sidecars + report.from_files,
+            report.from_sidecars,
+            report.from_files,
+            report.elapsed_ms as f64 / 1000.0,
+            report.skipped
+        )?;
+        writeln!(out, "index: {}", shown.display())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Logging starts before the configuration loads (its errors are logged): the format is
     // peeked at cheaply, the flag first.
@@ -576,6 +716,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     });
     let logging = |default: &str| init_logging(default, format);
     match cli.command {
+        Command::Images(command) => {
+            logging("warn");
+            match command {
+                ImagesCommand::Find(args) => images_find(args, cli.config).await,
+                ImagesCommand::Reindex(args) => images_reindex(args, cli.config).await,
+            }
+        }
         Command::Models(args) => {
             logging("warn");
             models(args, cli.config).await

@@ -48,6 +48,7 @@ use crate::{
     lifecycle::{self, ModelRow, ModelStanding, UpstreamCheck},
     live::{ConfigStatus, Live},
     progress::{ProgressReporter, ProgressSink},
+    storage::index::{self, FindPage, FindParams, FoundImage},
     storage::ImageStore,
     storage::StoredImage,
 };
@@ -214,6 +215,81 @@ pub struct ProvidersOutput {
     pub routes: BTreeMap<String, RouteConfig>,
     /// The configuration in force and the reload history.
     pub config: ConfigStatus,
+}
+
+/// The result of `find_images`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct FindImagesOutput {
+    /// The images found, newest first, with what their sidecars record.
+    pub images: Vec<FoundImage>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    /// Why the search failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ToolError>,
+}
+
+impl From<FindPage> for FindImagesOutput {
+    fn from(page: FindPage) -> Self {
+        Self {
+            images: page.images,
+            next_cursor: page.next_cursor,
+            error: None,
+        }
+    }
+}
+
+/// Whose images a request may see: over HTTP the caller's own, unless `storage.shared`;
+/// over stdio (one user) everyone's.
+fn owner_filter(context: &RequestContext<RoleServer>, shared: bool) -> Option<String> {
+    if shared {
+        return None;
+    }
+    caller(context)
+}
+
+/// The tool result of `find_images`: a line for people, a resource link per image, and the
+/// facts as structured content.
+fn find_result(outcome: Result<FindPage, ToolError>) -> CallToolResult {
+    let output = match outcome {
+        Ok(page) => FindImagesOutput::from(page),
+        Err(error) => {
+            let output = FindImagesOutput {
+                error: Some(error.clone()),
+                ..FindImagesOutput::default()
+            };
+            return failure_result(&error, &output);
+        }
+    };
+    let mut summary = match output.images.len() {
+        0 => "No stored image matches.".to_string(),
+        1 => "Found 1 image.".to_string(),
+        n => format!("Found {n} images, newest first."),
+    };
+    if output.next_cursor.is_some() {
+        summary.push_str(" More match: call again with `cursor` set to `next_cursor`.");
+    }
+    let mut content = vec![ContentBlock::text(summary)];
+    for image in &output.images {
+        let made_with = image.model.as_deref().unwrap_or("unknown model");
+        let mut about = format!("{} image, {made_with}, {}", image.size, image.created);
+        if !image.prompt.is_empty() {
+            let prompt: String = image.prompt.chars().take(200).collect();
+            about.push_str(&format!(": {prompt}"));
+        }
+        content.push(ContentBlock::resource_link(
+            Resource::new(image.uri.clone(), image.name.clone())
+                .with_mime_type(image.mime.clone())
+                .with_size(image.bytes)
+                .with_description(about),
+        ));
+    }
+    let structured = serde_json::to_value(&output).unwrap_or_default();
+    content.push(ContentBlock::text(structured.to_string()));
+    let mut result = CallToolResult::success(content);
+    result.structured_content = Some(structured);
+    result
 }
 
 /// The MCP server over the live configuration.
@@ -953,6 +1029,47 @@ impl ImagegenServer {
                         Err(e) => Err(e),
                     };
                 single_result(engine, outcome, params.delivery, "create_variation").await
+            },
+        )
+        .await
+    }
+
+    /// Searches the images made before.
+    #[tool(
+        name = "find_images",
+        input_schema = input_schema::<FindParams>(),
+        description = "Search the images made before, newest first: `query` (words that must all be in the prompt), `provider`, `model`, and a date range `since`/`until` (YYYY-MM-DD or RFC 3339). Each result is a resource link (imagegen://images/..., readable with resources/read, usable as an edit_image input) with the image's prompt, model, provider, created time, size and sha256. `limit` is 20 by default (at most 100); pass `next_cursor` as `cursor` for the next page. Over HTTP each caller sees only their own images unless the server shares them.",
+        output_schema = schema_for_output::<FindImagesOutput>(),
+        annotations(
+            title = "Find images",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn find_images(
+        &self,
+        Args(params): Args<FindParams>,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let snapshot = self.live.snapshot();
+        let storage = &snapshot.loaded.config.storage;
+        let owner = owner_filter(&context, storage.shared);
+        let index_path = storage.index_path.clone();
+        let dir = snapshot.engine.store().dir().to_path_buf();
+        let engine = snapshot.engine.clone();
+        with_progress(
+            &self.calls,
+            &engine,
+            "find_images",
+            context,
+            |_| async move {
+                let outcome = match params.and_then(|p| p.to_query(owner)) {
+                    Ok(query) => index::search_local(index_path, dir, query).await,
+                    Err(e) => Err(e),
+                };
+                find_result(outcome)
             },
         )
         .await

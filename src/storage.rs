@@ -13,6 +13,7 @@ use imagegen_providers::{GeneratedImage, ImageFormat};
 
 use crate::config::files::{self, FileError};
 
+pub mod index;
 pub mod sidecar;
 
 /// `ELOOP`: what opening a symbolic link with `O_NOFOLLOW` fails with on Linux.

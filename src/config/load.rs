@@ -290,6 +290,14 @@ impl LoadedConfig {
                 })?
                 .join("imagegen-mcp/images"),
         });
+        config.storage.index_path = match config.storage.index_path.take() {
+            Some(path) => Some(ctx.path(&["storage", "index_path"], &path)?),
+            // Without a data directory the index lives in memory, rebuilt at each start.
+            None => data_dir(&env).map(|data| {
+                let store = config.output.dir.as_deref().unwrap_or(Path::new(""));
+                crate::storage::index::default_path(&data, &store.display().to_string())
+            }),
+        };
         let allowed = std::mem::take(&mut config.input.allowed_dirs);
         config.input.allowed_dirs = allowed
             .iter()

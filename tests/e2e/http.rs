@@ -304,6 +304,7 @@ async fn rmcp_client_lists_calls_with_progress_and_reads_over_http_in_both_revis
             [
                 "create_variation",
                 "edit_image",
+                "find_images",
                 "generate_image",
                 "generate_images",
                 "list_providers"

@@ -7,6 +7,7 @@ mod batch_edit;
 mod cli;
 mod config;
 mod gpt26;
+mod history;
 mod hostile_local;
 mod hostile_upstream;
 mod http;

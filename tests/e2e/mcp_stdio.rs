@@ -53,6 +53,7 @@ async fn both_protocol_revisions_list_the_tools_with_schemas() {
             [
                 "create_variation",
                 "edit_image",
+                "find_images",
                 "generate_image",
                 "generate_images",
                 "list_providers"

@@ -36,6 +36,7 @@ async def run(binary: str, mode: str) -> None:
             assert names == [
                 "create_variation",
                 "edit_image",
+                "find_images",
                 "generate_image",
                 "generate_images",
                 "list_providers",
