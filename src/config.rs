@@ -80,6 +80,22 @@ pub struct Config {
     pub routes: BTreeMap<String, RouteConfig>,
     /// `serve --http`: the listener, authentication and shutdown.
     pub server: ServerConfig,
+    /// `[storage]`: where images are stored when not in `output.dir`, and who sees them.
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: the image store.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// An object store (`s3://bucket/prefix`, `memory://`); unset: the local `output.dir`.
+    pub url: Option<String>,
+    /// Settings for the object store's builder (`endpoint`, `region`, `allow_http`, ...);
+    /// credentials come from the environment (`AWS_ACCESS_KEY_ID`, ...) as object_store reads them.
+    #[serde(skip_serializing)]
+    pub options: BTreeMap<String, String>,
+    /// Every HTTP caller sees every image, not only their own.
+    pub shared: bool,
 }
 
 /// `[server]`: how `imagegen-mcp serve --http` listens, whom it serves and how it stops.
@@ -161,6 +177,8 @@ pub struct TokenConfig {
     /// absolute after loading).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// The caller sees and may delete every caller's images.
+    pub admin: bool,
 }
 
 /// `[catalog]`: model lifecycles at call time.

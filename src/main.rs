@@ -60,6 +60,51 @@ enum Command {
     /// List the model catalog: each model's state, shutdown date, replacement and aliases;
     /// `--check` compares it with the models the provider serves now.
     Models(ModelsArgs),
+    /// Manage the stored images.
+    #[command(subcommand)]
+    Images(ImagesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ImagesCommand {
+    /// Delete stored images (names or imagegen://images/... URIs) and their metadata.
+    Rm {
+        /// The images to delete.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+        /// The output directory, when the store is the local one.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `images rm`: deletes each image named, whoever made it; exits 1 if any was not deleted.
+async fn images_rm(
+    names: Vec<String>,
+    out: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let overrides = CliOverrides {
+        config,
+        output_dir: absolute(out)?,
+        ..CliOverrides::default()
+    };
+    let loaded = load(&overrides)?;
+    let store =
+        imagegen_mcp::storage::Store::from_config(loaded.output_dir(), &loaded.config.storage)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut code = ExitCode::SUCCESS;
+    for spec in &names {
+        let name = imagegen_mcp::storage::Store::name_from_uri(spec).unwrap_or(spec);
+        match store.remove(name).await {
+            Ok(()) => println!("deleted {name}"),
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                code = ExitCode::FAILURE;
+            }
+        }
+    }
+    Ok(code)
 }
 
 #[derive(Debug, Args)]
@@ -261,6 +306,10 @@ where
     let call = CallContext {
         progress: reporter.handle(),
         cancel: CancellationToken::new(),
+        origin: imagegen_mcp::engine::Origin {
+            caller: None,
+            tool: Some("cli".into()),
+        },
     };
     call.progress.phase(label);
     // Ctrl-C ends the call cleanly: the upstream request is dropped and nothing is saved.
@@ -309,7 +358,11 @@ fn print_single(outcome: Result<Generation, ToolError>, json: bool) -> anyhow::R
         writeln!(stdout, "{}", serde_json::to_string_pretty(&output)?)?;
     } else {
         for image in &output.images {
-            writeln!(stdout, "{}", image.path.display())?;
+            // A path for the local store, else the URI: what the image can be found by.
+            match &image.path {
+                Some(path) => writeln!(stdout, "{}", path.display())?,
+                None => writeln!(stdout, "{}", image.uri)?,
+            }
         }
     }
     match &output.error {
@@ -379,7 +432,11 @@ async fn generate(
             continue;
         }
         for image in &item.images {
-            writeln!(stdout, "{}", image.path.display())?;
+            // A path for the local store, else the URI: what the image can be found by.
+            match &image.path {
+                Some(path) => writeln!(stdout, "{}", path.display())?,
+                None => writeln!(stdout, "{}", image.uri)?,
+            }
         }
         if let Some(error) = &item.error {
             eprintln!(
@@ -572,7 +629,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let engine = live.engine();
             tracing::info!(
                 default_provider = engine.default_provider(),
-                output_dir = %engine.store().dir().display(),
+                store = %engine.store(),
                 transport = if http.is_some() { "streamable HTTP" } else { "stdio" },
                 "serving MCP"
             );
@@ -589,6 +646,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let service = server.serve(imagegen_mcp::transport::stdio()).await?;
             service.waiting().await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Images(ImagesCommand::Rm { names, out }) => {
+            init_logging("warn");
+            images_rm(names, out, cli.config).await
         }
         Command::Generate(args) => {
             let log = init_logging("warn");
