@@ -15,4 +15,5 @@ mod mcp_stdio;
 mod resilience;
 mod rotation;
 mod routing;
+mod store;
 mod transport;
