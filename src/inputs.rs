@@ -111,6 +111,30 @@ impl InputPolicy {
         } else {
             self.decode(spec, role)?
         };
+        self.finish(bytes, spec, role, from_file)
+    }
+
+    /// An input the caller named by its `imagegen://` URI, already read from an object store.
+    pub fn resolve_stored(
+        &self,
+        bytes: Vec<u8>,
+        spec: &str,
+        role: InputRole,
+    ) -> Result<InputImage, ToolError> {
+        if bytes.len() as u64 > self.limit(role) {
+            return Err(self.too_large(role, bytes.len() as u64));
+        }
+        self.finish(bytes, spec.trim(), role, true)
+    }
+
+    fn finish(
+        &self,
+        bytes: Vec<u8>,
+        spec: &str,
+        role: InputRole,
+        from_file: bool,
+    ) -> Result<InputImage, ToolError> {
+        let param = role.param();
         let ext = imagegen_providers::image_info::sniff(&bytes).map_or("bin", |f| f.extension());
         InputImage::sniffed(bytes, role.file_name(ext)).map_err(|mut e| {
             if from_file {

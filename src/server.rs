@@ -537,26 +537,62 @@ async fn single_result(
     }
 }
 
-/// Reads edit inputs off the async workers (they are files).
+/// Reads edit inputs off the async workers (they are files). With an object store, images
+/// named by their `imagegen://` URI come from the store, as the caller may see them.
 async fn read_inputs(
     engine: &Arc<Engine>,
+    viewer: &Viewer,
     images: Vec<String>,
     mask: Option<String>,
     markup: Option<String>,
 ) -> Result<EditInputs, ToolError> {
     let policy = engine.inputs().clone();
+    let store = engine.store();
+    let mut stored: Vec<Option<Vec<u8>>> = Vec::new();
+    let specs: Vec<&String> = images.iter().chain(&mask).chain(&markup).collect();
+    for spec in &specs {
+        let name = (!store.is_local())
+            .then(|| ImageStore::name_from_uri(spec.trim()))
+            .flatten();
+        stored.push(match name {
+            Some(name) => Some(
+                store
+                    .read(name, u64::MAX, viewer)
+                    .await
+                    .map_err(|e| match e.kind {
+                        StoreErrorKind::Failed => ToolError::storage(e.message),
+                        _ => ToolError::new(
+                            imagegen_providers::ErrorKind::NotFound,
+                            format!("no stored image `{name}`"),
+                        ),
+                    })?
+                    .0
+                    .to_vec(),
+            ),
+            None => None,
+        });
+    }
     tokio::task::spawn_blocking(move || {
+        let mut stored = stored.into_iter();
+        let mut resolve = |spec: &str, role| match stored.next().flatten() {
+            Some(bytes) => policy.resolve_stored(bytes, spec, role),
+            None => policy.resolve(spec, role),
+        };
         let images = images
             .iter()
             .enumerate()
-            .map(|(i, spec)| policy.resolve(spec, InputRole::Image(i)))
+            .map(|(i, spec)| resolve(spec, InputRole::Image(i)))
             .collect::<Result<Vec<_>, _>>()?;
-        let layer =
-            |spec: Option<String>, role| spec.map(|spec| policy.resolve(&spec, role)).transpose();
+        let mask = mask
+            .map(|spec| resolve(&spec, InputRole::Mask))
+            .transpose()?;
+        let markup = markup
+            .map(|spec| resolve(&spec, InputRole::Markup))
+            .transpose()?;
         Ok(EditInputs {
             images,
-            mask: layer(mask, InputRole::Mask)?,
-            markup: layer(markup, InputRole::Markup)?,
+            mask,
+            markup,
         })
     })
     .await
@@ -865,6 +901,7 @@ impl ImagegenServer {
             Err(e) => return error_result(e),
         };
         let engine = self.live.engine();
+        let viewer = viewer(&self.live, caller(&context));
         with_progress(&self.calls, "edit_image", context, |call| async move {
             call.progress.phase("reading inputs");
             let (images, mask, markup) = (
@@ -872,7 +909,7 @@ impl ImagegenServer {
                 params.mask.clone(),
                 params.markup.clone(),
             );
-            let outcome = match read_inputs(&engine, images, mask, markup).await {
+            let outcome = match read_inputs(&engine, &viewer, images, mask, markup).await {
                 Ok(inputs) => engine.edit(&params, inputs, &call).await,
                 Err(e) => Err(e),
             };
@@ -905,13 +942,16 @@ impl ImagegenServer {
             Err(e) => return error_result(e),
         };
         let engine = self.live.engine();
+        let viewer = viewer(&self.live, caller(&context));
         with_progress(
             &self.calls,
             "create_variation",
             context,
             |call| async move {
                 let outcome =
-                    match read_inputs(&engine, vec![params.image.clone()], None, None).await {
+                    match read_inputs(&engine, &viewer, vec![params.image.clone()], None, None)
+                        .await
+                    {
                         Ok(mut inputs) => {
                             engine
                                 .variation(&params, inputs.images.remove(0), &call)

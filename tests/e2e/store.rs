@@ -446,6 +446,19 @@ options = {{ endpoint = "{endpoint}", region = "us-east-1", allow_http = "true",
     let meta = read_meta(&b, &from_a).await.expect("b reads a's sidecar");
     assert_eq!(meta["prompt"], "from a");
     assert_eq!(meta["sha256"], hex_sha256(&by_a_or(&a, &from_a).await));
+    // An image another replica stored is an edit input by its URI, and its sidecar says so.
+    let edited = call(
+        &b,
+        "edit_image",
+        json!({"prompt": "the same, at night", "images": [from_a], "delivery": "link"}),
+    )
+    .await;
+    assert_ne!(edited.is_error, Some(true), "{edited:?}");
+    let meta = read_meta(&a, &uris(&edited)[0])
+        .await
+        .expect("a reads the edit's sidecar");
+    assert_eq!(meta["inputs"], json!([from_a]));
+    assert_eq!(meta["tool"], "edit_image");
     // Nothing landed on either machine's disk.
     for home in [&home_a, &home_b] {
         let dir = home.path().join(".local/share/imagegen-mcp/images");
