@@ -521,11 +521,18 @@ impl Store {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
-        for attempt in 0u32..1000 {
+        let first = first_attempt(&base);
+        for attempt in first..first + 1000 {
             let name = match attempt {
                 0 => format!("{base}.{ext}"),
                 n => format!("{base}-{n}.{ext}"),
             };
+            if let Backend::Local { dir, .. } = &self.inner.backend {
+                // A taken name costs a stat here, not a whole write of the image.
+                if fs::symlink_metadata(dir.join(&name)).is_ok() {
+                    continue;
+                }
+            }
             let key = self.key(&name);
             match writer
                 .put_opts(&key, PutPayload::from(image.bytes.clone()), create())
@@ -864,6 +871,24 @@ impl Store {
         }
         Ok(page)
     }
+}
+
+/// The first suffix to try for `base`: the images of one call are often identical (one
+/// second, one prompt, one hash), and a create-only write only fails after sending the whole
+/// image, so this process hands each save of the same base its own suffix up front.
+fn first_attempt(base: &str) -> u32 {
+    static CLAIMED: std::sync::Mutex<Option<std::collections::HashMap<String, u32>>> =
+        std::sync::Mutex::new(None);
+    let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
+    let claimed = claimed.get_or_insert_with(Default::default);
+    // Bases carry the second they were made in: old ones are never asked for again.
+    if claimed.len() > 1024 {
+        claimed.clear();
+    }
+    let next = claimed.entry(base.to_string()).or_insert(0);
+    let first = *next;
+    *next += 1;
+    first
 }
 
 fn listed(entry: &Entry) -> ListedImage {
