@@ -668,8 +668,9 @@ impl Store {
         let meta = tokio::task::spawn_blocking(move || fs::symlink_metadata(path))
             .await
             .map_err(|e| self.failed("reading an image", e))?;
+        // Whatever sits there (a link, a FIFO) counts: the reader refuses it with the reason.
         Ok(match meta {
-            Ok(meta) => meta.is_file() && meta.modified().is_ok_and(|m| m < process_start()),
+            Ok(meta) => meta.modified().is_ok_and(|m| m < process_start()),
             Err(_) => false,
         })
     }

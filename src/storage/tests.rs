@@ -538,3 +538,26 @@ async fn gifs_and_svgs_keep_their_extension_mime_bytes_and_frame_count() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_images_saved_at_once_get_distinct_names_and_all_survive() {
+    let (_dir, stores) = backends().await;
+    for store in stores {
+        let img = png(9);
+        let how = made_by(None, "ten of the same");
+        let saves = (0..10).map(|_| store.save(&img, &how));
+        let saved: Vec<_> = futures::future::join_all(saves)
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut names: Vec<_> = saved.iter().map(|s| s.name.clone()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 10, "{store}: {names:?}");
+        for name in &names {
+            let (bytes, _) = store.read(name, u64::MAX, &Viewer::Everyone).await.unwrap();
+            assert_eq!(bytes, img.bytes);
+        }
+    }
+}
