@@ -38,7 +38,7 @@ use axum::{
     Router,
 };
 use base64::Engine as _;
-use imagegen_mcp::storage::ImageStore;
+use imagegen_mcp::storage::{ImageStore, Provenance};
 use imagegen_providers::{
     mock::{MockProvider, MockSettings, MOCK_MODEL},
     openai::{OpenAiProvider, OpenAiSettings},
@@ -1848,6 +1848,11 @@ impl Bench {
         let url = format!("{}/images/generations", self.up.base_url);
         let dir = tempfile::tempdir().unwrap();
         let store = ImageStore::new(dir.path());
+        let provenance = Provenance {
+            prompt: "a lighthouse at dusk".into(),
+            tool: Some("generate_image".into()),
+            ..Provenance::default()
+        };
         let (mut direct, mut call, mut save, mut preview) = (vec![], vec![], vec![], vec![]);
         let mut shown = String::new();
         for i in 0..N + 2 {
@@ -1860,7 +1865,7 @@ impl Bench {
             let t_call = ms(start.elapsed());
             let image = &result.images[0];
             let start = Instant::now();
-            store.save(image, "a lighthouse at dusk").unwrap();
+            store.save(image, &provenance).await.unwrap();
             let t_save = ms(start.elapsed());
             let start = Instant::now();
             let inline = imagegen_mcp::delivery::preview(image, 80_000).unwrap();
@@ -1890,7 +1895,7 @@ impl Bench {
             (
                 "save",
                 p50(save),
-                "ImageStore::save: write (sha256 came with the image; fdatasync runs in the background)",
+                "Store::save: the image, then its JSON sidecar, through object_store's LocalFileSystem (sha256 came with the image; fdatasync runs in the background)",
             ),
             (
                 "preview",

@@ -266,6 +266,7 @@ pub async fn run(
             let item_call = CallContext {
                 progress: Progress::none(),
                 cancel: call.cancel.clone(),
+                origin: call.origin.clone(),
             };
             async move {
                 let outcome = engine.generate(&group.params, &item_call).await;

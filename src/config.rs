@@ -84,7 +84,8 @@ pub struct Config {
     pub routes: BTreeMap<String, RouteConfig>,
     /// `serve --http`: the listener, authentication and shutdown.
     pub server: ServerConfig,
-    /// The image store: who sees which images, and the history index.
+    /// `[storage]`: where images are stored (an object store, else `output.dir`), who sees
+    /// them, and the history index.
     pub storage: StorageConfig,
 }
 
@@ -92,8 +93,14 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Over HTTP, every caller sees every image (in `find_images`); otherwise each sees only
-    /// their own. Over stdio there is one user and everything is theirs.
+    /// An object store (`s3://bucket/prefix`, `memory://`); unset: the local `output.dir`.
+    pub url: Option<String>,
+    /// Settings for the object store's builder (`endpoint`, `region`, `allow_http`, ...);
+    /// credentials come from the environment (`AWS_ACCESS_KEY_ID`, ...) as object_store reads them.
+    #[serde(skip_serializing)]
+    pub options: BTreeMap<String, String>,
+    /// Over HTTP, every caller sees every image (resources, `find_images`, delete); otherwise
+    /// each sees only their own. Over stdio there is one user and everything is theirs.
     pub shared: bool,
     /// This replica's history index file (SQLite; rebuilt from the store whenever lost).
     /// Default: `imagegen-mcp/index/<hash of the store's location>.sqlite3` under the
@@ -284,6 +291,8 @@ pub struct TokenConfig {
     /// This caller's own `requests_per_minute`, winning over `[server.limits.per_caller]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests_per_minute: Option<u32>,
+    /// The caller sees and may delete every caller's images.
+    pub admin: bool,
 }
 
 /// `[catalog]`: model lifecycles at call time.

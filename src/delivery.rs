@@ -408,14 +408,18 @@ pub fn describe(index: usize, count: usize, stored: &StoredImage, plan: &InlineP
         None if stored.mime == ImageFormat::Svg.mime() => " vector image".into(),
         None => String::new(),
     };
+    // Only the local store has a path worth telling; an object store's key is no path.
+    let place = match &stored.path {
+        Some(path) => format!("saved to {}", path.display()),
+        None => "stored".to_string(),
+    };
     let mut text = format!(
-        "Image {} of {count}: {}x{} {}{kind} ({} bytes) saved to {}. Full image: {} (read it with resources/read).",
+        "Image {} of {count}: {}x{} {}{kind} ({} bytes) {place}. Full image: {} (read it with resources/read).",
         index + 1,
         stored.width,
         stored.height,
         stored.mime,
         stored.bytes,
-        stored.path.display(),
         stored.uri,
     );
     match &plan.inline {
@@ -645,7 +649,7 @@ mod tests {
         );
         let stored = StoredImage {
             name: "x.gif".into(),
-            path: "/tmp/x.gif".into(),
+            path: Some("/tmp/x.gif".into()),
             uri: "imagegen://images/x.gif".into(),
             mime: "image/gif".into(),
             width: 768,

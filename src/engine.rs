@@ -30,7 +30,7 @@ use crate::{
     inputs::InputPolicy,
     lifecycle::{self, LiveCatalog, ModelWatch, SharedWatch},
     progress::Progress,
-    storage::{ImageStore, StoredImage},
+    storage::{ImageStore, Provenance, StoredImage},
 };
 
 /// The parameters of `generate_image` (and of `imagegen-mcp generate`).
@@ -237,6 +237,45 @@ pub struct CallContext {
     pub progress: Progress,
     /// Cancelled when the client gives up: the upstream request and any wait end at once.
     pub cancel: CancellationToken,
+    /// Who made the call and how: recorded in each image's sidecar.
+    pub origin: Origin,
+}
+
+/// Who made a call and through which tool or command.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// The HTTP caller (token name or OAuth subject); `None` over stdio and the CLI.
+    pub caller: Option<String>,
+    /// The tool or command (`generate_image`, `edit_image`, `generate_images`, ...).
+    pub tool: Option<String>,
+}
+
+/// What a call's images are saved with, beside what the provider answered.
+struct Saving<'a> {
+    /// The prompt as the caller gave it.
+    prompt: &'a str,
+    /// The prompt as it went upstream.
+    prompt_sent: Option<&'a str>,
+    /// What the names' slugs are made from when not the prompt.
+    name_hint: Option<&'a str>,
+    /// The input images of an edit, as the sidecar records them.
+    inputs: Vec<String>,
+}
+
+/// How an edit input appears in a sidecar: a stored image's URI, a file's name, never data.
+fn input_record(spec: &str) -> String {
+    let spec = spec.trim();
+    if spec.starts_with(crate::storage::IMAGE_URI_PREFIX) {
+        return spec.chars().take(300).collect();
+    }
+    if spec.starts_with("data:") || !crate::inputs::looks_like_path(spec) {
+        return "inline image data".into();
+    }
+    let name = std::path::Path::new(spec)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("file");
+    format!("file {}", name.chars().take(200).collect::<String>())
 }
 
 pub use imagegen_providers::http::ClientCache;
@@ -391,11 +430,12 @@ impl Engine {
                 || config.routes.contains_key(&default_provider),
             "default_provider `{default_provider}` is not an enabled provider or a route"
         );
-        let store = ImageStore::new(loaded.output_dir());
+        let store = ImageStore::from_config(loaded.output_dir(), &config.storage)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         const MB: u64 = 1_000_000;
         Ok(Self {
             inputs: InputPolicy::new(
-                &store,
+                loaded.output_dir(),
                 &config.input.allowed_dirs,
                 config.input.max_image_mb.saturating_mul(MB),
                 config.input.max_mask_mb.saturating_mul(MB),
@@ -769,11 +809,17 @@ impl Engine {
                 other => other,
             }
         };
+        let saving = Saving {
+            prompt: &params.prompt,
+            prompt_sent: Some(&request.prompt),
+            name_hint: None,
+            inputs: Vec::new(),
+        };
         let generation = self
             .run(
                 &prepared.provider_name,
                 &request.model,
-                &params.prompt,
+                saving,
                 call,
                 upstream,
             )
@@ -863,8 +909,14 @@ impl Engine {
                 other => other,
             }
         };
+        let saving = Saving {
+            prompt: &params.prompt,
+            prompt_sent: Some(&request.prompt),
+            name_hint: None,
+            inputs: params.images.iter().map(|s| input_record(s)).collect(),
+        };
         let generation = self
-            .run(name, &model, &params.prompt, call, upstream)
+            .run(name, &model, saving, call, upstream)
             .await
             .map_err(Attempted::Failed)?;
         Ok(prepared.finish(generation))
@@ -1080,7 +1132,13 @@ impl Engine {
                 other => other,
             }
         };
-        let mut generation = self.run(name, &model, "variation", call, upstream).await?;
+        let saving = Saving {
+            prompt: "",
+            prompt_sent: None,
+            name_hint: Some("variation"),
+            inputs: vec![input_record(&params.image)],
+        };
+        let mut generation = self.run(name, &model, saving, call, upstream).await?;
         if generation.model != asked {
             generation.requested_model = Some(asked);
         }
@@ -1117,7 +1175,7 @@ impl Engine {
         &self,
         name: &str,
         model: &str,
-        prompt: &str,
+        saving: Saving<'_>,
         call: &CallContext,
         upstream: F,
     ) -> Result<Generation, ToolError>
@@ -1146,7 +1204,8 @@ impl Engine {
                 .with_events(events)
                 .with_cancel(call.cancel.child_token());
             // `events` moves into the call and drops with it, which ends the forwarding.
-            let forward = forward_events(received, progress, &self.store, prompt, &partials, name);
+            let forward =
+                forward_events(received, call, &self.store, saving.prompt, &partials, name);
             let upstream = async {
                 let result = upstream(options).await;
                 let outcome = match &result {
@@ -1178,7 +1237,7 @@ impl Engine {
             // A failed or cancelled call leaves nothing behind: its partial images may show a
             // prompt that was then refused.
             for partial in take_partials() {
-                let _ = self.store.remove(&partial.name);
+                let _ = self.store.remove(&partial.name).await;
             }
         }
         if call.cancel.is_cancelled() {
@@ -1194,23 +1253,44 @@ impl Engine {
             "provider answered"
         );
         progress.phase("saving");
-        let store = self.store.clone();
-        let label = prompt.to_string();
-        let images = result.images;
-        let saved = tokio::task::spawn_blocking(move || {
-            images
-                .into_iter()
-                .map(|img| store.save(&img, &label).map(|s| (s, img)))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .map_err(|e| ToolError::storage(format!("saving failed: {e}")))?
-        .map_err(|e| {
-            ToolError::storage(format!(
-                "the image was generated but could not be saved in {}: {e}",
-                self.store.dir().display()
-            ))
-        })?;
+        let how = Provenance {
+            caller: call.origin.caller.clone(),
+            tool: call.origin.tool.clone(),
+            prompt: saving.prompt.to_string(),
+            name_hint: saving.name_hint.map(str::to_string),
+            prompt_sent: saving.prompt_sent.map(str::to_string),
+            revised_prompt: result.revised_prompt.clone(),
+            provider: Some(name.to_string()),
+            model: Some(result.model.clone()),
+            params: result.sent.clone(),
+            usage: result.usage.clone(),
+            request_id: result.request_id.clone(),
+            inputs: saving.inputs,
+            notes: Vec::new(),
+        };
+        // All at once: each save waits on the disk or the network, not on the others.
+        let saves = result.images.iter().map(|img| self.store.save(img, &how));
+        let outcomes = futures::future::join_all(saves).await;
+        let mut saved = Vec::with_capacity(outcomes.len());
+        let mut failure = None;
+        for (outcome, img) in outcomes.into_iter().zip(result.images) {
+            match outcome {
+                Ok(stored) => saved.push((stored, img)),
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        if let Some(e) = failure {
+            // All or nothing: the call fails, so none of its images stays behind.
+            for (stored, _) in &saved {
+                let _ = self.store.remove(&stored.name).await;
+            }
+            for partial in take_partials() {
+                let _ = self.store.remove(&partial.name).await;
+            }
+            return Err(ToolError::storage(format!(
+                "the image was generated but could not be saved: {e}"
+            )));
+        }
         metrics::counter!(
             crate::telemetry::IMAGE_BYTES,
             "provider" => name.to_string(),
@@ -1361,12 +1441,13 @@ fn check_or_drop(
 /// partial images are saved as they come, so the progress message can link to each.
 async fn forward_events(
     mut received: tokio::sync::mpsc::UnboundedReceiver<ProviderEvent>,
-    progress: &Progress,
+    call: &CallContext,
     store: &ImageStore,
     prompt: &str,
     partials: &Mutex<Vec<StoredImage>>,
     provider: &str,
 ) {
+    let progress = &call.progress;
     while let Some(event) = received.recv().await {
         crate::telemetry::count_event(provider, &event);
         match event {
@@ -1390,11 +1471,16 @@ async fn forward_events(
             )),
             ProviderEvent::Receiving => progress.phase("receiving"),
             ProviderEvent::PartialImage { index, image } => {
-                let store = store.clone();
-                let label = format!("partial {} {prompt}", index + 1);
-                let saved = tokio::task::spawn_blocking(move || store.save(&image, &label)).await;
-                match saved {
-                    Ok(Ok(stored)) => {
+                let how = Provenance {
+                    caller: call.origin.caller.clone(),
+                    tool: call.origin.tool.clone(),
+                    prompt: prompt.to_string(),
+                    name_hint: Some(format!("partial {} {prompt}", index + 1)),
+                    notes: vec![format!("partial image {} of a streamed call", index + 1)],
+                    ..Provenance::default()
+                };
+                match store.save(&image, &how).await {
+                    Ok(stored) => {
                         progress.phase(format!(
                             "partial image {} received: {}",
                             index + 1,
@@ -1406,7 +1492,6 @@ async fn forward_events(
                             .push(stored);
                     }
                     // A partial is a courtesy: failing to keep one never fails the call.
-                    Ok(Err(e)) => tracing::warn!("cannot save a partial image: {e}"),
                     Err(e) => tracing::warn!("cannot save a partial image: {e}"),
                 }
             }

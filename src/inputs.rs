@@ -14,7 +14,6 @@ use imagegen_providers::{ErrorKind, InputImage};
 use crate::{
     config::files::{self, FileError},
     error::ToolError,
-    storage::ImageStore,
 };
 
 /// Where inputs may be read from, and how large they may be.
@@ -62,14 +61,10 @@ impl InputRole {
 }
 
 impl InputPolicy {
-    /// Inputs from `store`'s directory and `extra` directories (missing ones are skipped).
-    pub fn new(
-        store: &ImageStore,
-        extra: &[PathBuf],
-        max_image_bytes: u64,
-        max_mask_bytes: u64,
-    ) -> Self {
-        let base = store.dir().to_path_buf();
+    /// Inputs from the output directory `base` and `extra` directories (missing ones are
+    /// skipped).
+    pub fn new(base: &Path, extra: &[PathBuf], max_image_bytes: u64, max_mask_bytes: u64) -> Self {
+        let base = base.to_path_buf();
         // The output directory may not exist before the first save: keep its plain path then.
         let allowed = std::iter::once(&base)
             .chain(extra)
@@ -116,6 +111,30 @@ impl InputPolicy {
         } else {
             self.decode(spec, role)?
         };
+        self.finish(bytes, spec, role, from_file)
+    }
+
+    /// An input the caller named by its `imagegen://` URI, already read from an object store.
+    pub fn resolve_stored(
+        &self,
+        bytes: Vec<u8>,
+        spec: &str,
+        role: InputRole,
+    ) -> Result<InputImage, ToolError> {
+        if bytes.len() as u64 > self.limit(role) {
+            return Err(self.too_large(role, bytes.len() as u64));
+        }
+        self.finish(bytes, spec.trim(), role, true)
+    }
+
+    fn finish(
+        &self,
+        bytes: Vec<u8>,
+        spec: &str,
+        role: InputRole,
+        from_file: bool,
+    ) -> Result<InputImage, ToolError> {
+        let param = role.param();
         let ext = imagegen_providers::image_info::sniff(&bytes).map_or("bin", |f| f.extension());
         InputImage::sniffed(bytes, role.file_name(ext)).map_err(|mut e| {
             if from_file {
@@ -258,7 +277,7 @@ fn is_link_refusal(e: &std::io::Error) -> bool {
 }
 
 /// Whether `spec` names a file rather than carrying base64 (which may contain `/` too).
-fn looks_like_path(spec: &str) -> bool {
+pub(crate) fn looks_like_path(spec: &str) -> bool {
     let lower = spec.to_ascii_lowercase();
     spec.starts_with(['/', '.', '~', '\\'])
         || spec.contains('\\')
@@ -314,7 +333,7 @@ mod tests {
         std::fs::write(outside.join("secret.png"), &png).unwrap();
         std::fs::write(out.join("notes.png"), b"%PDF-1.7 not an image").unwrap();
         std::os::unix::fs::symlink(outside.join("secret.png"), out.join("link.png")).unwrap();
-        let policy = InputPolicy::new(&ImageStore::new(&out), &[], 1_000_000, 100_000);
+        let policy = InputPolicy::new(&out, &[], 1_000_000, 100_000);
         Fixture {
             _root: root,
             out,
@@ -443,12 +462,7 @@ mod tests {
             .status()
             .unwrap()
             .success());
-        let policy = InputPolicy::new(
-            &ImageStore::new(&fx.out),
-            &[PathBuf::from("/dev")],
-            1_000_000,
-            100_000,
-        );
+        let policy = InputPolicy::new(&fx.out, &[PathBuf::from("/dev")], 1_000_000, 100_000);
         for spec in ["pipe.png", "/dev/zero"] {
             let err = policy.resolve(spec, InputRole::Image(0)).unwrap_err();
             assert!(

@@ -65,7 +65,7 @@ enum Command {
     /// List the model catalog: each model's state, shutdown date, replacement and aliases;
     /// `--check` compares it with the models the provider serves now.
     Models(ModelsArgs),
-    /// The stored images: search their history, rebuild its index.
+    /// The stored images: search their history, rebuild its index, delete them.
     #[command(subcommand)]
     Images(ImagesCommand),
 }
@@ -76,6 +76,15 @@ enum ImagesCommand {
     Find(FindArgs),
     /// Rebuild the history index from the sidecars (and from the image files that have none).
     Reindex(ReindexArgs),
+    /// Delete stored images (names or imagegen://images/... URIs) and their metadata.
+    Rm {
+        /// The images to delete.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+        /// The output directory, when the store is the local one.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +126,35 @@ struct ReindexArgs {
     /// Print the counts as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// `images rm`: deletes each image named, whoever made it; exits 1 if any was not deleted.
+async fn images_rm(
+    names: Vec<String>,
+    out: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let overrides = CliOverrides {
+        config,
+        output_dir: absolute(out)?,
+        ..CliOverrides::default()
+    };
+    let loaded = load(&overrides)?;
+    let store =
+        imagegen_mcp::storage::Store::from_config(loaded.output_dir(), &loaded.config.storage)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut code = ExitCode::SUCCESS;
+    for spec in &names {
+        let name = imagegen_mcp::storage::Store::name_from_uri(spec).unwrap_or(spec);
+        match store.remove(name).await {
+            Ok(()) => println!("deleted {name}"),
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                code = ExitCode::FAILURE;
+            }
+        }
+    }
+    Ok(code)
 }
 
 #[derive(Debug, Args)]
@@ -330,6 +368,10 @@ where
     let call = CallContext {
         progress: reporter.handle(),
         cancel: CancellationToken::new(),
+        origin: imagegen_mcp::engine::Origin {
+            caller: None,
+            tool: Some("cli".into()),
+        },
     };
     call.progress.phase(label);
     // Ctrl-C ends the call cleanly: the upstream request is dropped and nothing is saved.
@@ -378,7 +420,11 @@ fn print_single(outcome: Result<Generation, ToolError>, json: bool) -> anyhow::R
         writeln!(stdout, "{}", serde_json::to_string_pretty(&output)?)?;
     } else {
         for image in &output.images {
-            writeln!(stdout, "{}", image.path.display())?;
+            // A path for the local store, else the URI: what the image can be found by.
+            match &image.path {
+                Some(path) => writeln!(stdout, "{}", path.display())?,
+                None => writeln!(stdout, "{}", image.uri)?,
+            }
         }
     }
     match &output.error {
@@ -448,7 +494,11 @@ async fn generate(
             continue;
         }
         for image in &item.images {
-            writeln!(stdout, "{}", image.path.display())?;
+            // A path for the local store, else the URI: what the image can be found by.
+            match &image.path {
+                Some(path) => writeln!(stdout, "{}", path.display())?,
+                None => writeln!(stdout, "{}", image.uri)?,
+            }
         }
         if let Some(error) = &item.error {
             eprintln!(
@@ -721,6 +771,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match command {
                 ImagesCommand::Find(args) => images_find(args, cli.config).await,
                 ImagesCommand::Reindex(args) => images_reindex(args, cli.config).await,
+                ImagesCommand::Rm { names, out } => images_rm(names, out, cli.config).await,
             }
         }
         Command::Models(args) => {
@@ -745,7 +796,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let engine = live.engine();
             tracing::info!(
                 default_provider = engine.default_provider(),
-                output_dir = %engine.store().dir().display(),
+                store = %engine.store(),
                 transport = if http.is_some() { "streamable HTTP" } else { "stdio" },
                 "serving MCP"
             );

@@ -19,12 +19,12 @@ use imagegen_providers::{GeneratedImage, ModelCapabilities};
 use rmcp::{
     handler::server::{router::tool::ToolRouter, tool::schema_for_output},
     model::{
-        CallToolResult, ContentBlock, Implementation, JsonObject, ListResourcesResult,
-        PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
+        CallToolResult, ContentBlock, Implementation, JsonObject, ListResourceTemplatesResult,
+        ListResourcesResult, PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
         ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
-        ResourceContents, ServerCapabilities, ServerConfig,
+        ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig, SubscriptionFilter,
     },
-    service::RequestContext,
+    service::{NotificationContext, RequestContext, SubscriptionContext},
     tool, tool_handler, tool_router, ErrorData as McpError, Json, Peer, RoleServer, ServerHandler,
 };
 use schemars::JsonSchema;
@@ -41,7 +41,8 @@ use crate::{
     delivery::InlinePlan,
     delivery::{describe, plan_inline, GenerateOutput},
     engine::{
-        CallContext, EditInputs, EditParams, Engine, GenerateParams, Generation, VariationParams,
+        CallContext, EditInputs, EditParams, Engine, GenerateParams, Generation, Origin,
+        VariationParams,
     },
     error::ToolError,
     inputs::InputRole,
@@ -49,8 +50,7 @@ use crate::{
     live::{ConfigStatus, Live},
     progress::{ProgressReporter, ProgressSink},
     storage::index::{self, FindPage, FindParams, FoundImage},
-    storage::ImageStore,
-    storage::StoredImage,
+    storage::{self, ImageStore, StoreError, StoreErrorKind, StoredImage, Viewer},
 };
 
 /// The URI of the live status resource.
@@ -557,7 +557,7 @@ where
         span.record("request_id", tracing::field::display(&id));
     }
     let caller = caller_name(&context);
-    let result = run_call(context, work).instrument(span).await;
+    let result = run_call(context, tool, work).instrument(span).await;
     drop(running);
     metrics::gauge!(crate::telemetry::TOOL_CALLS_IN_FLIGHT).set(calls.in_flight() as f64);
     count_call(engine, tool, &caller, &result);
@@ -612,7 +612,11 @@ fn count_call(engine: &Engine, tool: &'static str, caller: &str, result: &CallTo
         .increment(result_bytes(result) as u64);
 }
 
-async fn run_call<F, Fut>(context: RequestContext<RoleServer>, work: F) -> CallToolResult
+async fn run_call<F, Fut>(
+    context: RequestContext<RoleServer>,
+    tool: &'static str,
+    work: F,
+) -> CallToolResult
 where
     F: FnOnce(CallContext) -> Fut,
     Fut: std::future::Future<Output = CallToolResult>,
@@ -622,6 +626,10 @@ where
     let call = CallContext {
         progress: reporter.handle(),
         cancel: context.ct.clone(),
+        origin: Origin {
+            caller: caller(&context),
+            tool: Some(tool.to_string()),
+        },
     };
     // A bug must not leave the client waiting forever: a panicking call still gets an answer.
     // The payload is not quoted back, since it may hold values from the call.
@@ -657,26 +665,62 @@ async fn single_result(
     }
 }
 
-/// Reads edit inputs off the async workers (they are files).
+/// Reads edit inputs off the async workers (they are files). With an object store, images
+/// named by their `imagegen://` URI come from the store, as the caller may see them.
 async fn read_inputs(
     engine: &Arc<Engine>,
+    viewer: &Viewer,
     images: Vec<String>,
     mask: Option<String>,
     markup: Option<String>,
 ) -> Result<EditInputs, ToolError> {
     let policy = engine.inputs().clone();
+    let store = engine.store();
+    let mut stored: Vec<Option<Vec<u8>>> = Vec::new();
+    let specs: Vec<&String> = images.iter().chain(&mask).chain(&markup).collect();
+    for spec in &specs {
+        let name = (!store.is_local())
+            .then(|| ImageStore::name_from_uri(spec.trim()))
+            .flatten();
+        stored.push(match name {
+            Some(name) => Some(
+                store
+                    .read(name, u64::MAX, viewer)
+                    .await
+                    .map_err(|e| match e.kind {
+                        StoreErrorKind::Failed => ToolError::storage(e.message),
+                        _ => ToolError::new(
+                            imagegen_providers::ErrorKind::NotFound,
+                            format!("no stored image `{name}`"),
+                        ),
+                    })?
+                    .0
+                    .to_vec(),
+            ),
+            None => None,
+        });
+    }
     tokio::task::spawn_blocking(move || {
+        let mut stored = stored.into_iter();
+        let mut resolve = |spec: &str, role| match stored.next().flatten() {
+            Some(bytes) => policy.resolve_stored(bytes, spec, role),
+            None => policy.resolve(spec, role),
+        };
         let images = images
             .iter()
             .enumerate()
-            .map(|(i, spec)| policy.resolve(spec, InputRole::Image(i)))
+            .map(|(i, spec)| resolve(spec, InputRole::Image(i)))
             .collect::<Result<Vec<_>, _>>()?;
-        let layer =
-            |spec: Option<String>, role| spec.map(|spec| policy.resolve(&spec, role)).transpose();
+        let mask = mask
+            .map(|spec| resolve(&spec, InputRole::Mask))
+            .transpose()?;
+        let markup = markup
+            .map(|spec| resolve(&spec, InputRole::Markup))
+            .transpose()?;
         Ok(EditInputs {
             images,
-            mask: layer(mask, InputRole::Mask)?,
-            markup: layer(markup, InputRole::Markup)?,
+            mask,
+            markup,
         })
     })
     .await
@@ -813,6 +857,61 @@ pub fn standard_schema(schema: &JsonObject) -> JsonObject {
         serde_json::Value::Object(map) => map,
         _ => schema.clone(),
     }
+}
+
+/// How often a 2025-11-25 session's notification task checks that its session still exists.
+const SESSION_CHECK: Duration = Duration::from_secs(30);
+
+/// Whose images a request may see: over HTTP its caller's own, unless `storage.shared` or the
+/// caller's token is `admin`; over stdio (no caller) everything.
+fn viewer(live: &Live, caller: Option<String>) -> Viewer {
+    let Some(caller) = caller else {
+        return Viewer::Everyone;
+    };
+    let snapshot = live.snapshot();
+    let config = &snapshot.loaded.config;
+    let admin = config
+        .server
+        .auth
+        .tokens
+        .iter()
+        .any(|t| t.admin && t.name == caller);
+    if config.storage.shared || admin {
+        Viewer::Everyone
+    } else {
+        Viewer::Caller(caller)
+    }
+}
+
+/// A store failure as an MCP error about `what`.
+fn store_error(error: StoreError, what: &str) -> McpError {
+    match error.kind {
+        StoreErrorKind::NotFound => {
+            McpError::resource_not_found(format!("no such resource: {what}"), None)
+        }
+        StoreErrorKind::Refused => {
+            McpError::invalid_params(format!("cannot serve {what}: {}", error.message), None)
+        }
+        StoreErrorKind::Failed => McpError::internal_error(error.message, None),
+    }
+}
+
+/// The parameters of `delete_image`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct DeleteParams {
+    /// The image to delete: its `imagegen://images/...` URI or its name.
+    pub image: String,
+}
+
+/// What `delete_image` returns.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct DeleteOutput {
+    /// The name of the deleted image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<String>,
+    /// Why nothing was deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ToolError>,
 }
 
 #[tool_router]
@@ -974,6 +1073,7 @@ impl ImagegenServer {
             Err(e) => return error_result(e),
         };
         let engine = self.live.engine();
+        let viewer = viewer(&self.live, caller(&context));
         self.limited("edit_image", context, error_result, |call| async move {
             call.progress.phase("reading inputs");
             let (images, mask, markup) = (
@@ -981,7 +1081,7 @@ impl ImagegenServer {
                 params.mask.clone(),
                 params.markup.clone(),
             );
-            let outcome = match read_inputs(&engine, images, mask, markup).await {
+            let outcome = match read_inputs(&engine, &viewer, images, mask, markup).await {
                 Ok(inputs) => engine.edit(&params, inputs, &call).await,
                 Err(e) => Err(e),
             };
@@ -1014,13 +1114,16 @@ impl ImagegenServer {
             Err(e) => return error_result(e),
         };
         let engine = self.live.engine();
+        let viewer = viewer(&self.live, caller(&context));
         self.limited(
             "create_variation",
             context,
             error_result,
             |call| async move {
                 let outcome =
-                    match read_inputs(&engine, vec![params.image.clone()], None, None).await {
+                    match read_inputs(&engine, &viewer, vec![params.image.clone()], None, None)
+                        .await
+                    {
                         Ok(mut inputs) => {
                             engine
                                 .variation(&params, inputs.images.remove(0), &call)
@@ -1057,7 +1160,7 @@ impl ImagegenServer {
         let storage = &snapshot.loaded.config.storage;
         let owner = owner_filter(&context, storage.shared);
         let index_path = storage.index_path.clone();
-        let dir = snapshot.engine.store().dir().to_path_buf();
+        let store = snapshot.engine.store().clone();
         let engine = snapshot.engine.clone();
         with_progress(
             &self.calls,
@@ -1066,13 +1169,72 @@ impl ImagegenServer {
             context,
             |_| async move {
                 let outcome = match params.and_then(|p| p.to_query(owner)) {
-                    Ok(query) => index::search_local(index_path, dir, query).await,
+                    Ok(query) => index::search_store(index_path, store, query).await,
                     Err(e) => Err(e),
                 };
                 find_result(outcome)
             },
         )
         .await
+    }
+
+    /// Deletes one stored image and its metadata.
+    #[tool(
+        name = "delete_image",
+        input_schema = input_schema::<DeleteParams>(),
+        description = "Delete a stored image (its imagegen://images/... URI or name) and its metadata, for good. Over HTTP a caller deletes only their own images.",
+        output_schema = schema_for_output::<DeleteOutput>(),
+        annotations(
+            title = "Delete image",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn delete_image(
+        &self,
+        Args(params): Args<DeleteParams>,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let failed = |error: ToolError| {
+            let output = DeleteOutput {
+                deleted: None,
+                error: Some(error.clone()),
+            };
+            failure_result(&error, &output)
+        };
+        let params = match params {
+            Ok(params) => params,
+            Err(e) => return failed(e),
+        };
+        let spec = params.image.trim();
+        let name = ImageStore::name_from_uri(spec).unwrap_or(spec);
+        let viewer = viewer(&self.live, caller(&context));
+        let store = self.live.engine().store().clone();
+        match store.delete(name, &viewer).await {
+            Ok(()) => {
+                tracing::info!(image = %name, "image deleted");
+                let output = DeleteOutput {
+                    deleted: Some(name.to_string()),
+                    error: None,
+                };
+                let structured = serde_json::to_value(&output).unwrap_or_default();
+                let mut result = CallToolResult::success(vec![ContentBlock::text(format!(
+                    "Deleted {name} and its metadata."
+                ))]);
+                result.structured_content = Some(structured);
+                result
+            }
+            Err(e) => failed(match e.kind {
+                StoreErrorKind::NotFound => ToolError::new(
+                    imagegen_providers::ErrorKind::NotFound,
+                    format!("no stored image `{name}` (of yours)"),
+                ),
+                StoreErrorKind::Refused => ToolError::invalid_param("image", e.message),
+                StoreErrorKind::Failed => ToolError::storage(e.message),
+            }),
+        }
     }
 
     /// Lists providers, models and what each model accepts.
@@ -1097,6 +1259,7 @@ impl ServerHandler for ImagegenServer {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_resources()
+                .enable_resources_list_changed()
                 .build(),
         )
         .with_server_info(Implementation::new(
@@ -1108,39 +1271,118 @@ impl ServerHandler for ImagegenServer {
         )
     }
 
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        // A 2025-11-25 session hears of stored and deleted images for as long as it lasts.
+        let peer = context.peer;
+        let mut changes = storage::subscribe_changes();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                tokio::select! {
+                    change = changes.recv() => {
+                        if matches!(change, Err(RecvError::Closed)) {
+                            break;
+                        }
+                        if peer.notify_resource_list_changed().await.is_err() {
+                            break;
+                        }
+                    }
+                    // A session that ended while nothing changed is noticed here.
+                    () = tokio::time::sleep(SESSION_CHECK) => {
+                        if peer.is_transport_closed() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        _requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(
+            SubscriptionFilter::builder()
+                .resources_list_changed()
+                .build(),
+        )
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
+        // A 2026-07-28 client's `subscriptions/listen`: the listing's changes until it ends.
+        let mut changes = storage::subscribe_changes();
+        loop {
+            tokio::select! {
+                () = context.cancelled() => return Ok(()),
+                change = changes.recv() => {
+                    if matches!(change, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                        return Ok(());
+                    }
+                    if let Err(e) = context.sink().notify_resource_list_changed().await {
+                        tracing::debug!("list-changed notification not sent: {e}");
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
     async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let cursor = request.and_then(|r| r.cursor);
+        let store = self.live.engine().store().clone();
+        let viewer = viewer(&self.live, caller(&context));
+        let page = store
+            .list(&viewer, cursor.as_deref(), storage::MAX_PAGE)
+            .await
+            .map_err(|e| store_error(e, "the image listing"))?;
+        let mut resources = Vec::with_capacity(page.images.len() + 1);
+        if cursor.is_none() {
+            resources.push(
+                Resource::new(STATUS_URI, "status")
+                    .with_mime_type("application/json")
+                    .with_description(
+                        "Live server status: configuration generation, load time, reload errors, and each provider's API keys (fingerprints only) with their state",
+                    ),
+            );
+        }
+        resources.extend(page.images.into_iter().map(|e| {
+            Resource::new(format!("{}{}", storage::IMAGE_URI_PREFIX, e.name), e.name)
+                .with_mime_type(e.mime)
+                .with_size(e.bytes)
+        }));
+        let mut result = ListResourcesResult::with_all_items(resources);
+        result.next_cursor = page.next_cursor;
+        Ok(result)
+    }
+
+    async fn list_resource_templates(
         &self,
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
-    ) -> Result<ListResourcesResult, McpError> {
-        let store = self.live.engine().store().clone();
-        let entries = tokio::task::spawn_blocking(move || store.list())
-            .await
-            .map_err(|e| McpError::internal_error(e.to_string(), None))?
-            .map_err(|e| McpError::internal_error(format!("cannot list images: {e}"), None))?;
-        let status = Resource::new(STATUS_URI, "status")
-            .with_mime_type("application/json")
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        Ok(ListResourceTemplatesResult::with_all_items(vec![
+            ResourceTemplate::new(format!("{}{{name}}", storage::IMAGE_URI_PREFIX), "image")
+                .with_description("A stored image, exactly as the provider made it"),
+            ResourceTemplate::new(
+                format!("{}{{name}}{}", storage::IMAGE_URI_PREFIX, storage::META_URI_SUFFIX),
+                "image-metadata",
+            )
             .with_description(
-                "Live server status: configuration generation, load time, reload errors, and each provider's API keys (fingerprints only) with their state",
-            );
-        Ok(ListResourcesResult::with_all_items(
-            std::iter::once(status)
-                .chain(entries.into_iter().map(|e| {
-                    Resource::new(
-                        format!("{}{}", crate::storage::IMAGE_URI_PREFIX, e.name),
-                        e.name,
-                    )
-                    .with_mime_type(e.mime)
-                    .with_size(e.bytes)
-                }))
-                .collect(),
-        ))
+                "How a stored image was made: prompt as given and as sent, revised prompt, provider, model, parameters, usage, request id, sha256, size",
+            )
+            .with_mime_type("application/json"),
+        ]))
     }
 
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         let uri = request.uri;
         if uri == STATUS_URI {
@@ -1151,26 +1393,29 @@ impl ServerHandler for ImagegenServer {
             ])
             .into());
         }
-        let name = ImageStore::name_from_uri(&uri)
-            .ok_or_else(|| McpError::resource_not_found(format!("no such resource: {uri}"), None))?
-            .to_owned();
         let engine = self.live.engine();
-        let (store, cap) = (
-            engine.store().clone(),
-            engine.output().max_read_mb.saturating_mul(1_000_000),
-        );
-        let read = tokio::task::spawn_blocking(move || store.read(&name, cap))
-            .await
-            .map_err(|e| McpError::internal_error(e.to_string(), None))?;
-        let (bytes, mime) = read.map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                McpError::resource_not_found(format!("no such resource: {uri}"), None)
-            }
-            std::io::ErrorKind::InvalidData => {
-                McpError::invalid_params(format!("cannot serve {uri}: {e}"), None)
-            }
-            _ => McpError::internal_error(format!("cannot read {uri}: {e}"), None),
+        let store = engine.store();
+        let viewer = viewer(&self.live, caller(&context));
+        if let Some(name) = ImageStore::name_from_meta_uri(&uri) {
+            let sidecar = store
+                .sidecar(name, &viewer)
+                .await
+                .map_err(|e| store_error(e, &uri))?;
+            let json = serde_json::to_string_pretty(&sidecar)
+                .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+            return Ok(ReadResourceResult::new(vec![
+                ResourceContents::text(json, uri).with_mime_type("application/json")
+            ])
+            .into());
+        }
+        let name = ImageStore::name_from_uri(&uri).ok_or_else(|| {
+            McpError::resource_not_found(format!("no such resource: {uri}"), None)
         })?;
+        let cap = engine.output().max_read_mb.saturating_mul(1_000_000);
+        let (bytes, mime) = store
+            .read(name, cap, &viewer)
+            .await
+            .map_err(|e| store_error(e, &uri))?;
         let blob = base64::engine::general_purpose::STANDARD.encode(bytes);
         Ok(
             ReadResourceResult::new(vec![ResourceContents::blob(blob, uri).with_mime_type(mime)])

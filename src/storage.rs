@@ -1,37 +1,70 @@
-//! Saving generated images under `output.dir` and serving them back as `imagegen://images/<name>`.
+//! The image store: generated images and their JSON sidecars, in the local `output.dir` or in
+//! an object store (`storage.url`), served back as `imagegen://images/<name>`.
 //!
 //! Names are chosen here, never by the caller or the model: a timestamp, a slug of the prompt
-//! and a content hash, claimed with `create_new` so nothing is ever overwritten.
+//! and a content hash, claimed with `PutMode::Create` so nothing is ever overwritten. The
+//! image is written first, then its sidecar; an image is visible (listed, readable) only once
+//! its sidecar exists, and a save that fails deletes what it wrote.
+//!
+//! Every write goes through object_store; the engine never knows which backend it has. The
+//! local store keeps its files flat in `output.dir` (so paths and `imagegen://` inputs stay as
+//! they were) and reads them itself, refusing links and special files; an object store keys
+//! them under a date prefix (`PREFIX/images/2026/12/01/NAME`) so a day's listing stays cheap.
 
 use std::{
-    fs,
-    io::{self, Write},
+    collections::HashSet,
+    fs, io,
     path::{Path, PathBuf},
+    sync::{Arc, OnceLock},
+    time::SystemTime,
 };
 
-use imagegen_providers::{GeneratedImage, ImageFormat};
-
-use crate::config::files::{self, FileError};
-
-pub mod index;
-pub mod sidecar;
-
-/// `ELOOP`: what opening a symbolic link with `O_NOFOLLOW` fails with on Linux.
-const ELOOP: i32 = 40;
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::{StreamExt as _, TryStreamExt as _};
+use imagegen_providers::{GeneratedImage, ImageFormat, Usage};
+use object_store::{
+    local::LocalFileSystem, path::Path as ObjectPath, ObjectStore, ObjectStoreExt as _, PutMode,
+    PutOptions, PutPayload,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::config::{
+    files::{self, FileError},
+    StorageConfig,
+};
+
+pub mod index;
+mod open;
+pub mod sidecar;
+
+use sidecar::{sidecar_name, Sidecar, SIDECAR_SUFFIX, SIDECAR_VERSION};
+
+/// `ELOOP`: what opening a symbolic link with `O_NOFOLLOW` fails with on Linux.
+const ELOOP: i32 = 40;
+
 /// The URI prefix of stored images.
 pub const IMAGE_URI_PREFIX: &str = "imagegen://images/";
 
-/// An image saved on disk, as reported in tool results.
+/// The suffix of a sidecar's URI (`imagegen://images/{name}/meta`).
+pub const META_URI_SUFFIX: &str = "/meta";
+
+/// The largest sidecar read back: far above any the server writes.
+const MAX_SIDECAR_BYTES: u64 = 1_000_000;
+
+/// The most images one listing page holds, whatever the caller asks.
+pub const MAX_PAGE: usize = 100;
+
+/// An image saved in the store, as reported in tool results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StoredImage {
-    /// The file name under the output directory.
+    /// The image's name in the store.
     pub name: String,
-    /// Absolute path of the saved file.
-    pub path: PathBuf,
+    /// Absolute path of the saved file; only for the local store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
     /// `imagegen://images/<name>`, readable with `resources/read`.
     pub uri: String,
     /// MIME type of the saved file.
@@ -49,26 +82,201 @@ pub struct StoredImage {
     pub frames: Option<u32>,
 }
 
-/// One entry of the stored-image listing.
+/// How an image was made: everything its sidecar records beside the image's own facts.
+#[derive(Debug, Clone, Default)]
+pub struct Provenance {
+    /// The HTTP caller (token name or OAuth subject); `None` over stdio and the CLI.
+    pub caller: Option<String>,
+    /// The tool or command that made it.
+    pub tool: Option<String>,
+    /// The prompt as the caller gave it.
+    pub prompt: String,
+    /// What the name's slug is made from when not the prompt (`partial 1 ...`, `variation`).
+    pub name_hint: Option<String>,
+    /// The prompt as sent upstream.
+    pub prompt_sent: Option<String>,
+    /// The prompt as the provider rewrote it.
+    pub revised_prompt: Option<String>,
+    /// The provider's configured name.
+    pub provider: Option<String>,
+    /// The model that served the request.
+    pub model: Option<String>,
+    /// The parameters as sent upstream.
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Token usage.
+    pub usage: Option<Usage>,
+    /// The provider's request id.
+    pub request_id: Option<String>,
+    /// The input images of an edit, as URIs or file names.
+    pub inputs: Vec<String>,
+    /// What a reader of the sidecar should know.
+    pub notes: Vec<String>,
+}
+
+/// Whose images a request may see: over HTTP a caller sees their own, unless the store is
+/// shared or the caller is an admin; over stdio there is one user and everything is theirs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Viewer {
+    /// Sees every image.
+    Everyone,
+    /// Sees only the images whose sidecar names this caller.
+    Caller(String),
+}
+
+impl Viewer {
+    /// Whether an image with `sidecar` (none: an image saved before sidecars) is visible.
+    fn sees(&self, sidecar: Option<&Sidecar>) -> bool {
+        match self {
+            Self::Everyone => true,
+            Self::Caller(me) => sidecar.and_then(|s| s.caller.as_deref()) == Some(me.as_str()),
+        }
+    }
+
+    /// Whether seeing needs the sidecar's contents, not only its existence.
+    fn filters(&self) -> bool {
+        matches!(self, Self::Caller(_))
+    }
+}
+
+/// Why a store operation failed; every message names the store, never its credentials.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    /// What happened.
+    pub kind: StoreErrorKind,
+    /// For people: what, where, and what to do.
+    pub message: String,
+}
+
+/// The kinds of [`StoreError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// No such image (or not one this viewer may see).
+    NotFound,
+    /// The request itself is wrong: a bad name or cursor, a file the store never makes, too large.
+    Refused,
+    /// The store failed: unreachable, full, denied.
+    Failed,
+}
+
+impl StoreError {
+    fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    fn not_found(name: &str) -> Self {
+        Self::new(
+            StoreErrorKind::NotFound,
+            format!("no stored image `{name}`"),
+        )
+    }
+
+    fn refused(message: impl Into<String>) -> Self {
+        Self::new(StoreErrorKind::Refused, message)
+    }
+}
+
+/// One visible image of a listing.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StoredEntry {
-    /// The file name.
+pub struct ListedImage {
+    /// The image's name.
     pub name: String,
     /// MIME type from the extension.
     pub mime: &'static str,
     /// Size in bytes.
     pub bytes: u64,
-    /// Last modification time.
-    pub modified: std::time::SystemTime,
+    /// When it was stored.
+    pub modified: SystemTime,
 }
 
-/// The directory images are saved in.
+/// One page of a listing, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// The images of this page.
+    pub images: Vec<ListedImage>,
+    /// The opaque cursor of the next page, when there is one.
+    pub next_cursor: Option<String>,
+}
+
+/// A file or object under the store's root, before visibility is decided.
 #[derive(Debug, Clone)]
-pub struct ImageStore {
-    dir: PathBuf,
-    /// `dir` resolved once it exists: resolving it for every save cost a `readlink` per path
-    /// component on the call's critical path, and the name inside it is never a link.
-    resolved: std::sync::Arc<std::sync::OnceLock<PathBuf>>,
+struct Entry {
+    name: String,
+    bytes: u64,
+    modified: SystemTime,
+}
+
+/// Where the store keeps its images.
+enum Backend {
+    /// Files flat in a directory; written through object_store's `LocalFileSystem`.
+    Local {
+        dir: PathBuf,
+        /// `dir` resolved once it exists: resolving it for every save cost a `readlink` per
+        /// path component on the call's critical path, and the name inside it is never a link.
+        resolved: OnceLock<PathBuf>,
+        /// The writer, made on first save: `LocalFileSystem` needs the directory to exist,
+        /// and the directory is made only when there is something to put in it.
+        writer: OnceLock<Arc<dyn ObjectStore>>,
+    },
+    /// An object store, with images under `root/YYYY/MM/DD/`.
+    Object {
+        store: Arc<dyn ObjectStore>,
+        root: ObjectPath,
+    },
+}
+
+struct Inner {
+    backend: Backend,
+    /// The directory or `scheme://bucket/prefix`: what errors show.
+    shown: String,
+}
+
+/// The image store; cheap to clone (clones share one backend).
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+/// The name the code base used before the store had backends.
+pub type ImageStore = Store;
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the backend's own Debug: it holds the client's configuration.
+        f.debug_tuple("Store").field(&self.inner.shown).finish()
+    }
+}
+
+impl std::fmt::Display for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.inner.shown)
+    }
+}
+
+/// When this process first made a store: a local image without a sidecar that is older was
+/// saved before sidecars existed and stays visible; a newer one is a save still in progress.
+fn process_start() -> SystemTime {
+    static START: OnceLock<SystemTime> = OnceLock::new();
+    *START.get_or_init(SystemTime::now)
+}
+
+/// Tells every listener that the listing changed (an image stored or deleted).
+fn changes_sender() -> &'static tokio::sync::broadcast::Sender<()> {
+    static CHANGES: OnceLock<tokio::sync::broadcast::Sender<()>> = OnceLock::new();
+    CHANGES.get_or_init(|| tokio::sync::broadcast::channel(16).0)
+}
+
+/// A receiver that hears of every change to the listing made by this process.
+pub fn subscribe_changes() -> tokio::sync::broadcast::Receiver<()> {
+    changes_sender().subscribe()
+}
+
+fn announce_change() {
+    // No listener is fine.
+    let _ = changes_sender().send(());
 }
 
 /// Turns a prompt into a short, filesystem-safe slug.
@@ -107,98 +315,308 @@ pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
         && !name.starts_with('.')
-        && !name.contains(['/', '\\', '\0'])
+        && !name.contains(['/', '\\', '\0', '#'])
         && !name.contains("..")
         && mime_for_name(name).is_some()
 }
 
-impl ImageStore {
-    /// A store saving into `dir` (created on first save).
+/// The image name of a sidecar's name, when it is one.
+fn image_of_sidecar(name: &str) -> Option<&str> {
+    name.strip_suffix(SIDECAR_SUFFIX)
+        .filter(|n| is_valid_name(n))
+}
+
+/// The `YYYY/MM/DD` a name made by [`Store::save`] starts with (`20261201-...`).
+fn date_parts(name: &str) -> Option<[&str; 3]> {
+    let stamp = name.get(..8)?;
+    stamp
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| [&stamp[..4], &stamp[4..6], &stamp[6..8]])
+}
+
+/// A cursor: where the previous page ended, in listing order.
+fn encode_cursor(entry: &Entry) -> String {
+    let nanos = entry
+        .modified
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{nanos}:{}", entry.name))
+}
+
+fn decode_cursor(cursor: &str) -> Option<(u128, String)> {
+    if cursor.len() > 1024 {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor.as_bytes())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (nanos, name) = text.split_once(':')?;
+    Some((nanos.parse().ok()?, name.to_string()))
+}
+
+fn nanos(time: SystemTime) -> u128 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+impl Store {
+    /// The local store saving into `dir` (created on first save).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
+        let shown = dir.display().to_string();
+        Self::build(
+            Backend::Local {
+                dir,
+                resolved: OnceLock::new(),
+                writer: OnceLock::new(),
+            },
+            shown,
+        )
+    }
+
+    /// A store in process memory (tests).
+    pub fn memory() -> Self {
+        Self::over(Arc::new(object_store::memory::InMemory::new()), "memory://")
+    }
+
+    /// A store over any object store (tests wrap one to inject failures); `shown` is what
+    /// errors name it.
+    pub fn over(store: Arc<dyn ObjectStore>, shown: &str) -> Self {
+        Self::build(
+            Backend::Object {
+                store,
+                root: ObjectPath::from("images"),
+            },
+            shown.to_string(),
+        )
+    }
+
+    /// The local store in `dir`, writing through `writer` (tests wrap one to inject failures).
+    pub fn local_over(dir: impl Into<PathBuf>, writer: Arc<dyn ObjectStore>) -> Self {
+        let store = Self::new(dir);
+        if let Backend::Local { writer: slot, .. } = &store.inner.backend {
+            let _ = slot.set(writer);
+        }
+        store
+    }
+
+    /// The store `[storage]` names: `storage.url`'s object store, else `output_dir`.
+    pub fn from_config(output_dir: &Path, config: &StorageConfig) -> Result<Self, StoreError> {
+        let Some(url) = config.url.as_deref().filter(|u| !u.trim().is_empty()) else {
+            return Ok(Self::new(output_dir));
+        };
+        let opened = open::open(url.trim(), &config.options)
+            .map_err(|e| StoreError::new(StoreErrorKind::Refused, e))?;
+        let root = if opened.prefix.as_ref().is_empty() {
+            ObjectPath::from("images")
+        } else {
+            opened.prefix.clone().join("images")
+        };
+        Ok(Self::build(
+            Backend::Object {
+                store: opened.store,
+                root,
+            },
+            opened.shown,
+        ))
+    }
+
+    fn build(backend: Backend, shown: String) -> Self {
+        process_start();
         Self {
-            dir: dir.into(),
-            resolved: Default::default(),
+            inner: Arc::new(Inner { backend, shown }),
         }
     }
 
-    /// The output directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The directory of the local store; `None` for an object store.
+    pub fn local_dir(&self) -> Option<&Path> {
+        match &self.inner.backend {
+            Backend::Local { dir, .. } => Some(dir),
+            Backend::Object { .. } => None,
+        }
     }
 
-    /// Saves `image` under a fresh name derived from `prompt`; never overwrites a file.
-    pub fn save(&self, image: &GeneratedImage, prompt: &str) -> io::Result<StoredImage> {
-        fs::create_dir_all(&self.dir)?;
+    /// Whether images are files on this machine (results then carry their paths).
+    pub fn is_local(&self) -> bool {
+        self.local_dir().is_some()
+    }
+
+    fn failed(&self, doing: &str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::new(
+            StoreErrorKind::Failed,
+            format!("the image store {} failed {doing}: {e}", self.inner.shown),
+        )
+    }
+
+    /// The writer and the key of `name` in it.
+    fn writer(&self) -> Result<Arc<dyn ObjectStore>, StoreError> {
+        match &self.inner.backend {
+            Backend::Object { store, .. } => Ok(store.clone()),
+            Backend::Local { dir, writer, .. } => {
+                if let Some(w) = writer.get() {
+                    return Ok(w.clone());
+                }
+                fs::create_dir_all(dir).map_err(|e| self.failed("creating the directory", e))?;
+                let made = LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| self.failed("opening the directory", e))?;
+                Ok(writer.get_or_init(|| Arc::new(made)).clone())
+            }
+        }
+    }
+
+    /// The key of image (or sidecar) `name`: flat in the local directory, under the date
+    /// the name starts with in an object store.
+    fn key(&self, name: &str) -> ObjectPath {
+        match &self.inner.backend {
+            Backend::Local { .. } => ObjectPath::from(name),
+            Backend::Object { root, .. } => match date_parts(name) {
+                Some([y, m, d]) => root.clone().join(y).join(m).join(d).join(name),
+                None => root.clone().join(name),
+            },
+        }
+    }
+
+    /// The absolute path of `name` in the local directory, symbolic links resolved.
+    fn resolved_path(&self, name: &str) -> Option<PathBuf> {
+        let Backend::Local { dir, resolved, .. } = &self.inner.backend else {
+            return None;
+        };
+        if let Some(dir) = resolved.get() {
+            return Some(dir.join(name));
+        }
+        match dir.canonicalize() {
+            Ok(real) => Some(resolved.get_or_init(|| real).join(name)),
+            Err(_) => Some(dir.join(name)),
+        }
+    }
+
+    /// Saves `image` under a fresh name derived from `how.prompt`, then its sidecar; never
+    /// overwrites anything, and leaves nothing behind when it fails.
+    pub async fn save(
+        &self,
+        image: &GeneratedImage,
+        how: &Provenance,
+    ) -> Result<StoredImage, StoreError> {
+        let writer = self.writer()?;
         let sha256 = hex(&image
             .sha256
             .unwrap_or_else(|| Sha256::digest(&image.bytes).into()));
-        let stamp = time::OffsetDateTime::now_utc()
+        let now = time::OffsetDateTime::now_utc();
+        let stamp = now
             .format(time::macros::format_description!(
                 "[year][month][day]-[hour][minute][second]"
             ))
-            .map_err(io::Error::other)?;
-        let base = format!("{stamp}-{}-{}", slug(prompt, 40), &sha256[..8]);
+            .map_err(|e| self.failed("naming the image", e))?;
+        let created = now
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|e| self.failed("naming the image", e))?;
+        let base = format!(
+            "{stamp}-{}-{}",
+            slug(how.name_hint.as_deref().unwrap_or(&how.prompt), 40),
+            &sha256[..8]
+        );
         let ext = image.format.extension();
-        for attempt in 0u32..1000 {
+        let create = || PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        let first = first_attempt(&base);
+        for attempt in first..first + 1000 {
             let name = match attempt {
                 0 => format!("{base}.{ext}"),
                 n => format!("{base}-{n}.{ext}"),
             };
-            let path = self.dir.join(&name);
-            let mut file = match fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
-            };
-            if let Err(e) = file.write_all(&image.bytes) {
-                // A half-written image must not be served later as if it were whole.
-                let _ = fs::remove_file(&path);
-                return Err(e);
+            if let Backend::Local { dir, .. } = &self.inner.backend {
+                // A taken name costs a stat here, not a whole write of the image.
+                if fs::symlink_metadata(dir.join(&name)).is_ok() {
+                    continue;
+                }
             }
-            // Written is readable by every process at once; on disk follows off the caller's
-            // path, because an fdatasync was a third of the time a call spent in the server.
-            sync_later(file, &path);
-            return Ok(StoredImage {
+            let key = self.key(&name);
+            match writer
+                .put_opts(&key, PutPayload::from(image.bytes.clone()), create())
+                .await
+            {
+                Ok(_) => {}
+                Err(object_store::Error::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(self.failed("saving an image", e)),
+            }
+            let stored = StoredImage {
                 uri: format!("{IMAGE_URI_PREFIX}{name}"),
-                path: self.resolved_path(&name).unwrap_or(path),
-                name,
+                path: self.resolved_path(&name),
                 mime: image.mime().into(),
                 width: image.width,
                 height: image.height,
                 bytes: image.bytes.len() as u64,
-                sha256,
+                sha256: sha256.clone(),
                 frames: (image.frames > 1).then_some(image.frames),
-            });
+                name,
+            };
+            let sidecar = sidecar_of(&stored, how, created.clone());
+            let sidecar_key = self.key(&sidecar_name(&stored.name));
+            let written = match serde_json::to_vec_pretty(&sidecar) {
+                Ok(json) => writer
+                    .put_opts(&sidecar_key, PutPayload::from(json), create())
+                    .await
+                    .map_err(|e| self.failed("saving an image's sidecar", e)),
+                Err(e) => Err(self.failed("writing an image's sidecar", e)),
+            };
+            if let Err(e) = written {
+                // Without its sidecar the image would never be visible: an orphan.
+                if let Err(cleanup) = writer.delete(&key).await {
+                    tracing::warn!(name = %stored.name, "cannot remove an image whose sidecar failed: {cleanup}");
+                }
+                return Err(e);
+            }
+            if let Some(path) = &stored.path {
+                // Written is readable by every process at once; on disk follows off the
+                // caller's path, because an fdatasync was a third of a call's server time.
+                sync_later(path.clone());
+                sync_later(path.with_file_name(sidecar_name(&stored.name)));
+            }
+            announce_change();
+            return Ok(stored);
         }
-        Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("no free file name for {base}.{ext}"),
-        ))
+        Err(self.failed("saving an image", format!("no free name for {base}.{ext}")))
     }
 
-    /// The absolute path of `name` in the directory, symbolic links resolved (`None` if the
-    /// directory cannot be resolved).
-    fn resolved_path(&self, name: &str) -> Option<PathBuf> {
-        if let Some(dir) = self.resolved.get() {
-            return Some(dir.join(name));
-        }
-        let dir = self.dir.canonicalize().ok()?;
-        Some(self.resolved.get_or_init(|| dir).join(name))
-    }
-
-    /// Deletes the stored image `name` (a partial image of a cancelled call).
-    pub fn remove(&self, name: &str) -> io::Result<()> {
+    /// Deletes image `name` and its sidecar, whoever made it (a partial image of a failed
+    /// call, `images rm`).
+    pub async fn remove(&self, name: &str) -> Result<(), StoreError> {
         if !is_valid_name(name) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not an image name",
-            ));
+            return Err(StoreError::refused(format!(
+                "`{name}` is not an image name"
+            )));
         }
-        fs::remove_file(self.dir.join(name))
+        let writer = self.writer()?;
+        // The sidecar first: without it the image is invisible at once, even if the rest fails.
+        let sidecar = writer.delete(&self.key(&sidecar_name(name))).await;
+        let image = writer.delete(&self.key(name)).await;
+        match (sidecar, image) {
+            (
+                Err(object_store::Error::NotFound { .. }),
+                Err(object_store::Error::NotFound { .. }),
+            ) => Err(StoreError::not_found(name)),
+            (_, Err(e)) if !matches!(e, object_store::Error::NotFound { .. }) => {
+                Err(self.failed("deleting an image", e))
+            }
+            (Err(e), _) if !matches!(e, object_store::Error::NotFound { .. }) => {
+                Err(self.failed("deleting an image's sidecar", e))
+            }
+            _ => {
+                announce_change();
+                Ok(())
+            }
+        }
+    }
+
+    /// Deletes image `name` and its sidecar if `viewer` may see it (a caller deletes only
+    /// their own; an image they may not see is "not found").
+    pub async fn delete(&self, name: &str, viewer: &Viewer) -> Result<(), StoreError> {
+        self.visible_sidecar(name, viewer).await?;
+        self.remove(name).await
     }
 
     /// The name in an `imagegen://images/<name>` URI, if the URI is one of ours and well formed.
@@ -207,92 +625,384 @@ impl ImageStore {
             .filter(|name| is_valid_name(name))
     }
 
-    /// Reads a stored image by name, with its MIME type.
-    ///
-    /// Only a regular file that sits in the directory itself is served: a symbolic link (to
-    /// `/proc/self/environ`, say), a FIFO or a device under an image name is refused, and so is
-    /// a file over `cap` bytes. The file is opened once and checked through its handle.
-    pub fn read(&self, name: &str, cap: u64) -> io::Result<(Vec<u8>, &'static str)> {
-        let mime = mime_for_name(name)
-            .filter(|_| is_valid_name(name))
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an image name"))?;
-        let refused = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
-        let (file, len) =
-            files::open_regular(&self.dir.join(name), false).map_err(|e| match e {
-                FileError::Io(e) if e.raw_os_error() == Some(ELOOP) => {
-                    refused("it is a symbolic link, which the store never makes".into())
-                }
-                FileError::Io(e) => e,
-                FileError::NotRegular => refused("it is not a regular file".into()),
-                FileError::TooLarge(n) => refused(format!("it is too large ({n} bytes)")),
-            })?;
-        if len > cap {
-            return Err(refused(format!(
-                "it is {len} bytes, more than output.max_read_mb allows ({cap} bytes); read the file at its path instead"
+    /// The image name in an `imagegen://images/<name>/meta` URI.
+    pub fn name_from_meta_uri(uri: &str) -> Option<&str> {
+        uri.strip_prefix(IMAGE_URI_PREFIX)?
+            .strip_suffix(META_URI_SUFFIX)
+            .filter(|name| is_valid_name(name))
+    }
+
+    /// The sidecar of `name` if it is visible to `viewer`; `Ok(None)` for a local image saved
+    /// before sidecars (visible to [`Viewer::Everyone`] only).
+    async fn visible_sidecar(
+        &self,
+        name: &str,
+        viewer: &Viewer,
+    ) -> Result<Option<Sidecar>, StoreError> {
+        if !is_valid_name(name) {
+            return Err(StoreError::refused(format!(
+                "`{name}` is not an image name"
             )));
         }
-        let bytes = files::read_capped(file, cap).map_err(|e| match e {
-            FileError::Io(e) => e,
-            other => refused(format!("it {other}")),
-        })?;
+        let sidecar = match self.read_sidecar_bytes(name).await {
+            Ok(bytes) => Some(serde_json::from_slice::<Sidecar>(&bytes).map_err(|e| {
+                self.failed("reading a sidecar", format!("{}: {e}", sidecar_name(name)))
+            })?),
+            Err(e) if e.kind == StoreErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        if sidecar.is_none() && !self.is_legacy(name).await? {
+            return Err(StoreError::not_found(name));
+        }
+        if !viewer.sees(sidecar.as_ref()) {
+            return Err(StoreError::not_found(name));
+        }
+        Ok(sidecar)
+    }
+
+    /// Whether `name` is a local image saved before sidecars (before this process started).
+    async fn is_legacy(&self, name: &str) -> Result<bool, StoreError> {
+        let Backend::Local { dir, .. } = &self.inner.backend else {
+            return Ok(false);
+        };
+        let path = dir.join(name);
+        let meta = tokio::task::spawn_blocking(move || fs::symlink_metadata(path))
+            .await
+            .map_err(|e| self.failed("reading an image", e))?;
+        // Whatever sits there (a link, a FIFO) counts: the reader refuses it with the reason.
+        Ok(match meta {
+            Ok(meta) => meta.modified().is_ok_and(|m| m < process_start()),
+            Err(_) => false,
+        })
+    }
+
+    async fn read_sidecar_bytes(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        let sidecar = sidecar_name(name);
+        match &self.inner.backend {
+            Backend::Local { dir, .. } => {
+                let path = dir.join(&sidecar);
+                self.read_local(path, sidecar, MAX_SIDECAR_BYTES).await
+            }
+            Backend::Object { store, .. } => self
+                .read_object(store, &self.key(&sidecar), &sidecar, MAX_SIDECAR_BYTES)
+                .await
+                .map(|b| b.to_vec()),
+        }
+    }
+
+    /// The sidecar of image `name`, if `viewer` may see the image.
+    pub async fn sidecar(&self, name: &str, viewer: &Viewer) -> Result<Sidecar, StoreError> {
+        self.visible_sidecar(name, viewer).await?.ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::NotFound,
+                format!("`{name}` was saved before images had sidecars"),
+            )
+        })
+    }
+
+    /// Reads stored image `name` (at most `cap` bytes) with its MIME type, if `viewer` may
+    /// see it.
+    ///
+    /// The local store serves only a regular file that sits in the directory itself: a
+    /// symbolic link (to `/proc/self/environ`, say), a FIFO or a device under an image name is
+    /// refused. The file is opened once and checked through its handle.
+    pub async fn read(
+        &self,
+        name: &str,
+        cap: u64,
+        viewer: &Viewer,
+    ) -> Result<(Bytes, &'static str), StoreError> {
+        let mime = mime_for_name(name)
+            .filter(|_| is_valid_name(name))
+            .ok_or_else(|| StoreError::refused(format!("`{name}` is not an image name")))?;
+        self.visible_sidecar(name, viewer).await?;
+        let bytes = match &self.inner.backend {
+            Backend::Local { dir, .. } => self
+                .read_local(dir.join(name), name.to_string(), cap)
+                .await
+                .map(Bytes::from)?,
+            Backend::Object { store, .. } => {
+                self.read_object(store, &self.key(name), name, cap).await?
+            }
+        };
         Ok((bytes, mime))
     }
 
-    /// Every stored image, newest first. A missing directory is an empty listing.
-    pub fn list(&self) -> io::Result<Vec<StoredEntry>> {
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry?;
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            let meta = entry.metadata()?;
-            if !meta.is_file() || !is_valid_name(&name) {
-                continue;
+    async fn read_local(
+        &self,
+        path: PathBuf,
+        name: String,
+        cap: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        let read = tokio::task::spawn_blocking(move || read_regular(&path, cap))
+            .await
+            .map_err(|e| self.failed("reading an image", e))?;
+        read.map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::not_found(&name),
+            io::ErrorKind::InvalidData => {
+                StoreError::refused(format!("cannot serve `{name}`: {e}"))
             }
-            out.push(StoredEntry {
-                mime: mime_for_name(&name).unwrap_or("application/octet-stream"),
-                bytes: meta.len(),
-                modified: meta.modified()?,
-                name,
-            });
+            _ => self.failed(&format!("reading `{name}`"), e),
+        })
+    }
+
+    async fn read_object(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        key: &ObjectPath,
+        name: &str,
+        cap: u64,
+    ) -> Result<Bytes, StoreError> {
+        let found = store.get(key).await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => StoreError::not_found(name),
+            e => self.failed(&format!("reading `{name}`"), e),
+        })?;
+        if found.meta.size > cap {
+            return Err(StoreError::refused(format!(
+                "`{name}` is {} bytes, more than output.max_read_mb allows ({cap} bytes)",
+                found.meta.size
+            )));
         }
-        out.sort_by(|a, b| {
+        found
+            .bytes()
+            .await
+            .map_err(|e| self.failed(&format!("reading `{name}`"), e))
+    }
+
+    /// Every file or object under the root whose name is an image's or a sidecar's.
+    async fn entries(&self) -> Result<Vec<Entry>, StoreError> {
+        match &self.inner.backend {
+            Backend::Local { dir, .. } => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || local_entries(&dir))
+                    .await
+                    .map_err(|e| self.failed("listing images", e))?
+                    .map_err(|e| self.failed("listing images", e))
+            }
+            Backend::Object { store, root } => store
+                .list(Some(root))
+                .try_filter_map(|meta| async move {
+                    let name = meta.location.filename().unwrap_or_default().to_string();
+                    let wanted = is_valid_name(&name) || image_of_sidecar(&name).is_some();
+                    Ok(wanted.then(|| Entry {
+                        name,
+                        bytes: meta.size,
+                        modified: SystemTime::from(meta.last_modified),
+                    }))
+                })
+                .try_collect()
+                .await
+                .map_err(|e| self.failed("listing images", e)),
+        }
+    }
+
+    /// One page of the images `viewer` may see, newest first: at most `limit` (and never more
+    /// than [`MAX_PAGE`]), after `cursor` (from the previous page).
+    pub async fn list(
+        &self,
+        viewer: &Viewer,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let after = match cursor {
+            Some(c) => Some(
+                decode_cursor(c)
+                    .ok_or_else(|| StoreError::refused("the cursor is not one this server gave"))?,
+            ),
+            None => None,
+        };
+        let entries = self.entries().await?;
+        let sidecars: HashSet<&str> = entries
+            .iter()
+            .filter_map(|e| image_of_sidecar(&e.name))
+            .collect();
+        let legacy_ok = self.is_local();
+        let start = process_start();
+        let mut images: Vec<Entry> = entries
+            .iter()
+            .filter(|e| is_valid_name(&e.name))
+            .filter(|e| sidecars.contains(e.name.as_str()) || (legacy_ok && e.modified < start))
+            .filter(|e| match &after {
+                None => true,
+                Some((at, name)) => {
+                    let n = nanos(e.modified);
+                    n < *at || (n == *at && e.name.as_str() > name.as_str())
+                }
+            })
+            .cloned()
+            .collect();
+        images.sort_by(|a, b| {
             b.modified
                 .cmp(&a.modified)
                 .then_with(|| a.name.cmp(&b.name))
         });
-        Ok(out)
+        let limit = limit.clamp(1, MAX_PAGE);
+        let mut page = Page::default();
+        if !viewer.filters() {
+            let more = images.len() > limit;
+            images.truncate(limit);
+            page.next_cursor = more.then(|| images.last().map(encode_cursor)).flatten();
+            page.images = images.iter().map(listed).collect();
+            return Ok(page);
+        }
+        // Whose each image is lives in its sidecar: read them a few at a time, in order,
+        // until the page is full and one more visible image says there is a next page.
+        let mut checked = futures::stream::iter(images)
+            .map(|entry| {
+                let (store, viewer) = (self.clone(), viewer.clone());
+                async move {
+                    let seen = matches!(
+                        store.visible_sidecar(&entry.name, &viewer).await,
+                        Ok(Some(_))
+                    );
+                    (entry, seen)
+                }
+            })
+            .buffered(16);
+        let mut last: Option<Entry> = None;
+        while let Some((entry, seen)) = checked.next().await {
+            if !seen {
+                continue;
+            }
+            if page.images.len() == limit {
+                page.next_cursor = last.as_ref().map(encode_cursor);
+                break;
+            }
+            page.images.push(listed(&entry));
+            last = Some(entry);
+        }
+        Ok(page)
     }
 }
 
-/// Work for the thread that puts saved images on disk.
+/// The first suffix to try for `base`: the images of one call are often identical (one
+/// second, one prompt, one hash), and a create-only write only fails after sending the whole
+/// image, so this process hands each save of the same base its own suffix up front.
+fn first_attempt(base: &str) -> u32 {
+    static CLAIMED: std::sync::Mutex<Option<std::collections::HashMap<String, u32>>> =
+        std::sync::Mutex::new(None);
+    let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
+    let claimed = claimed.get_or_insert_with(Default::default);
+    // Bases carry the second they were made in: old ones are never asked for again.
+    if claimed.len() > 1024 {
+        claimed.clear();
+    }
+    let next = claimed.entry(base.to_string()).or_insert(0);
+    let first = *next;
+    *next += 1;
+    first
+}
+
+fn listed(entry: &Entry) -> ListedImage {
+    ListedImage {
+        mime: mime_for_name(&entry.name).unwrap_or("application/octet-stream"),
+        name: entry.name.clone(),
+        bytes: entry.bytes,
+        modified: entry.modified,
+    }
+}
+
+fn sidecar_of(stored: &StoredImage, how: &Provenance, created: String) -> Sidecar {
+    Sidecar {
+        version: SIDECAR_VERSION,
+        name: stored.name.clone(),
+        mime: stored.mime.clone(),
+        bytes: stored.bytes,
+        sha256: stored.sha256.clone(),
+        width: stored.width,
+        height: stored.height,
+        frames: stored.frames,
+        created,
+        caller: how.caller.clone(),
+        tool: how.tool.clone(),
+        prompt: how.prompt.clone(),
+        prompt_sent: how.prompt_sent.clone().filter(|p| *p != how.prompt),
+        revised_prompt: how.revised_prompt.clone(),
+        provider: how.provider.clone(),
+        model: how.model.clone(),
+        params: how.params.clone(),
+        usage: how.usage.clone(),
+        request_id: how.request_id.clone(),
+        inputs: how.inputs.clone(),
+        notes: how.notes.clone(),
+    }
+}
+
+/// The image and sidecar files directly in `dir` (a missing directory has none).
+fn local_entries(dir: &Path) -> io::Result<Vec<Entry>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if !is_valid_name(&name) && image_of_sidecar(&name).is_none() {
+            continue;
+        }
+        let meta = entry.metadata()?;
+        if !meta.is_file() {
+            continue;
+        }
+        out.push(Entry {
+            bytes: meta.len(),
+            modified: meta.modified()?,
+            name,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads `path`, a regular file directly in the directory and at most `cap` bytes.
+fn read_regular(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+    let refused = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+    let (file, len) = files::open_regular(path, false).map_err(|e| match e {
+        FileError::Io(e) if e.raw_os_error() == Some(ELOOP) => {
+            refused("it is a symbolic link, which the store never makes".into())
+        }
+        FileError::Io(e) => e,
+        FileError::NotRegular => refused("it is not a regular file".into()),
+        FileError::TooLarge(n) => refused(format!("it is too large ({n} bytes)")),
+    })?;
+    if len > cap {
+        return Err(refused(format!(
+            "it is {len} bytes, more than output.max_read_mb allows ({cap} bytes); read the file at its path instead"
+        )));
+    }
+    files::read_capped(file, cap).map_err(|e| match e {
+        FileError::Io(e) => e,
+        other => refused(format!("it {other}")),
+    })
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Work for the thread that puts saved files on disk.
 enum SyncJob {
     /// Flush this file's data.
-    File(fs::File, PathBuf),
+    File(PathBuf),
     /// Answer once every earlier file is flushed.
     Flush(std::sync::mpsc::Sender<()>),
 }
 
 /// The queue of the thread that puts saved files on disk, one at a time, in saving order.
-static SYNCER: std::sync::OnceLock<std::sync::mpsc::SyncSender<SyncJob>> =
-    std::sync::OnceLock::new();
+static SYNCER: OnceLock<std::sync::mpsc::SyncSender<SyncJob>> = OnceLock::new();
 
 fn syncer() -> &'static std::sync::mpsc::SyncSender<SyncJob> {
     SYNCER.get_or_init(|| {
-        // Bounded, so a disk that cannot keep up slows saving instead of piling up open files.
+        // Bounded, so a disk that cannot keep up slows saving instead of piling up work.
         let (tx, rx) = std::sync::mpsc::sync_channel::<SyncJob>(256);
         let spawned = std::thread::Builder::new()
             .name("imagegen-sync".into())
             .spawn(move || {
                 for job in rx {
                     match job {
-                        SyncJob::File(file, path) => sync_now(&file, &path),
+                        SyncJob::File(path) => sync_now(&path),
                         SyncJob::Flush(done) => drop(done.send(())),
                     }
                 }
@@ -305,17 +1015,19 @@ fn syncer() -> &'static std::sync::mpsc::SyncSender<SyncJob> {
     })
 }
 
-fn sync_now(file: &fs::File, path: &Path) {
-    if let Err(e) = file.sync_data() {
-        tracing::warn!(path = %path.display(), "cannot flush a saved image to disk: {e}");
+fn sync_now(path: &Path) {
+    // A file deleted meanwhile has nothing left to flush.
+    if let Ok(file) = fs::File::open(path) {
+        if let Err(e) = file.sync_data() {
+            tracing::warn!(path = %path.display(), "cannot flush a saved file to disk: {e}");
+        }
     }
 }
 
-fn sync_later(file: fs::File, path: &Path) {
-    if let Err(std::sync::mpsc::SendError(SyncJob::File(file, path))) =
-        syncer().send(SyncJob::File(file, path.to_path_buf()))
+fn sync_later(path: PathBuf) {
+    if let Err(std::sync::mpsc::SendError(SyncJob::File(path))) = syncer().send(SyncJob::File(path))
     {
-        sync_now(&file, &path);
+        sync_now(&path);
     }
 }
 
@@ -332,117 +1044,11 @@ pub fn flush_saved() {
 
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-
-    fn png() -> GeneratedImage {
-        let img = image::RgbaImage::from_pixel(4, 3, image::Rgba([1, 2, 3, 255]));
-        let mut buf = std::io::Cursor::new(Vec::new());
-        img.write_to(&mut buf, image::ImageFormat::Png).unwrap();
-        GeneratedImage::from_encoded(Bytes::from(buf.into_inner())).unwrap()
-    }
-
-    #[test]
-    fn saves_never_overwrite_and_read_back_identically() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ImageStore::new(dir.path().join("nested"));
-        let img = png();
-        let a = store.save(&img, "A lighthouse, at dusk!").unwrap();
-        let b = store.save(&img, "A lighthouse, at dusk!").unwrap();
-        assert_ne!(a.name, b.name);
-        assert!(a.name.contains("a-lighthouse-at-dusk"), "{}", a.name);
-        assert_eq!((a.width, a.height, a.mime.as_str()), (4, 3, "image/png"));
-        let (bytes, mime) = store.read(&a.name, u64::MAX).unwrap();
-        assert_eq!((bytes.as_slice(), mime), (&img.bytes[..], "image/png"));
-        assert_eq!(store.list().unwrap().len(), 2);
-        assert_eq!(ImageStore::name_from_uri(&a.uri), Some(a.name.as_str()));
-    }
-
-    #[test]
-    fn names_that_could_escape_the_directory_are_refused() {
-        for bad in [
-            "../x.png",
-            "a/b.png",
-            ".hidden.png",
-            "x.txt",
-            "..png",
-            "a\\b.png",
-            "",
-        ] {
-            assert!(!is_valid_name(bad), "{bad}");
-        }
-        assert!(ImageStore::name_from_uri("imagegen://images/../../etc/passwd").is_none());
-        let store = ImageStore::new("/tmp");
-        assert!(store.read("../etc/passwd", u64::MAX).is_err());
-    }
-
-    #[test]
-    fn saved_images_are_flushed_before_exit() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ImageStore::new(dir.path());
-        let saved: Vec<_> = (0..20).map(|_| store.save(&png(), "x").unwrap()).collect();
-        flush_saved();
-        for image in saved {
-            assert_eq!(
-                store.read(&image.name, u64::MAX).unwrap().0.len() as u64,
-                image.bytes
-            );
-        }
-    }
-
-    #[test]
-    fn slugs_are_short_and_safe() {
-        assert_eq!(slug("   ", 40), "image");
-        assert_eq!(slug("Ünïcode & ../../etc", 40), "n-code-etc");
-        assert!(slug(&"word ".repeat(50), 40).len() <= 41);
-    }
-
-    #[test]
-    fn gifs_and_svgs_keep_their_extension_mime_bytes_and_frame_count() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ImageStore::new(dir.path());
-        let mut gif = Vec::new();
-        {
-            let mut encoder = image::codecs::gif::GifEncoder::new(&mut gif);
-            for shade in [0u8, 200] {
-                let frame = image::RgbaImage::from_pixel(6, 4, image::Rgba([shade, 0, 0, 255]));
-                encoder.encode_frame(image::Frame::new(frame)).unwrap();
-            }
-        }
-        let gif = GeneratedImage::from_encoded(Bytes::from(gif)).unwrap();
-        let svg = GeneratedImage::from_encoded(Bytes::from_static(
-            b"<svg xmlns='http://www.w3.org/2000/svg' width='30' height='20'><rect width='30' height='20'/></svg>",
-        ))
-        .unwrap();
-        for (image, ext, mime, frames) in [
-            (&gif, ".gif", "image/gif", Some(2)),
-            (&svg, ".svg", "image/svg+xml", None),
-            (&png(), ".png", "image/png", None),
-        ] {
-            let saved = store.save(image, "moving picture").unwrap();
-            assert!(saved.name.ends_with(ext), "{}", saved.name);
-            assert_eq!((saved.mime.as_str(), saved.frames), (mime, frames));
-            assert_eq!((saved.width, saved.height), (image.width, image.height));
-            let (bytes, read_mime) = store.read(&saved.name, u64::MAX).unwrap();
-            assert_eq!((bytes.as_slice(), read_mime), (&image.bytes[..], mime));
-            let listed = store.list().unwrap();
-            let entry = listed.iter().find(|e| e.name == saved.name).unwrap();
-            assert_eq!(entry.mime, mime);
-            let json = serde_json::to_value(&saved).unwrap();
-            assert_eq!(
-                json.get("frames").and_then(|f| f.as_u64()),
-                frames.map(u64::from)
-            );
-            assert_eq!(
-                json.get("frames").is_some(),
-                frames.is_some(),
-                "absent when still"
-            );
-        }
-    }
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
 }

@@ -294,8 +294,18 @@ impl LoadedConfig {
             Some(path) => Some(ctx.path(&["storage", "index_path"], &path)?),
             // Without a data directory the index lives in memory, rebuilt at each start.
             None => data_dir(&env).map(|data| {
-                let store = config.output.dir.as_deref().unwrap_or(Path::new(""));
-                crate::storage::index::default_path(&data, &store.display().to_string())
+                // One index per store: the object store's URL, else the local directory.
+                let location = match &config.storage.url {
+                    Some(url) => url.clone(),
+                    None => config
+                        .output
+                        .dir
+                        .as_deref()
+                        .unwrap_or(Path::new(""))
+                        .display()
+                        .to_string(),
+                };
+                crate::storage::index::default_path(&data, &location)
             }),
         };
         let allowed = std::mem::take(&mut config.input.allowed_dirs);

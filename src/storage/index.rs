@@ -1423,5 +1423,82 @@ pub async fn search_local(
     .map_err(|e| ToolError::storage(format!("cannot search the history: {e}")))
 }
 
+/// An object store's images, for the index: every image there has its sidecar (the store
+/// shows none without), so nothing is probed. The index is blocking code on a blocking
+/// thread; each look-up waits on the store's async call through `runtime`.
+struct ObjectSource {
+    store: super::Store,
+    runtime: tokio::runtime::Handle,
+}
+
+impl SidecarSource for ObjectSource {
+    fn location(&self) -> String {
+        self.store.to_string()
+    }
+
+    fn list(&self, _after: Option<OffsetDateTime>) -> io::Result<Listing> {
+        let mut images = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self
+                .runtime
+                .block_on(self.store.list(
+                    &super::Viewer::Everyone,
+                    cursor.as_deref(),
+                    super::MAX_PAGE,
+                ))
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            images.extend(page.images.into_iter().map(|image| Listed {
+                name: image.name,
+                has_sidecar: true,
+            }));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        Ok(Listing {
+            images,
+            complete: true,
+        })
+    }
+
+    fn sidecar(&self, name: &str) -> io::Result<Sidecar> {
+        self.runtime
+            .block_on(self.store.sidecar(name, &super::Viewer::Everyone))
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    fn probe(&self, name: &str) -> io::Result<Sidecar> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{name} has no sidecar in the object store"),
+        ))
+    }
+}
+
+/// Answers `query` from the index of `store` (its file at `index_path`), caught up from the
+/// store first, off the async workers: what `find_images` calls, whatever the backend.
+pub async fn search_store(
+    index_path: Option<PathBuf>,
+    store: super::Store,
+    query: FindQuery,
+) -> Result<FindPage, ToolError> {
+    if let Some(dir) = store.local_dir() {
+        return search_local(index_path, dir.to_path_buf(), query).await;
+    }
+    let source = ObjectSource {
+        store,
+        runtime: tokio::runtime::Handle::current(),
+    };
+    tokio::task::spawn_blocking(move || {
+        let index = shared(index_path.as_deref(), &source.location())?;
+        index.search(&source, &query)
+    })
+    .await
+    .map_err(|e| ToolError::internal(format!("the history search failed: {e}")))?
+    .map_err(|e| ToolError::storage(format!("cannot search the history: {e}")))
+}
+
 #[cfg(test)]
 mod tests;

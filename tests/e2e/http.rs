@@ -303,6 +303,7 @@ async fn rmcp_client_lists_calls_with_progress_and_reads_over_http_in_both_revis
             names,
             [
                 "create_variation",
+                "delete_image",
                 "edit_image",
                 "find_images",
                 "generate_image",

@@ -19,4 +19,5 @@ mod ops;
 mod resilience;
 mod rotation;
 mod routing;
+mod store;
 mod transport;

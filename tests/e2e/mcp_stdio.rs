@@ -52,6 +52,7 @@ async fn both_protocol_revisions_list_the_tools_with_schemas() {
             names,
             [
                 "create_variation",
+                "delete_image",
                 "edit_image",
                 "find_images",
                 "generate_image",

@@ -219,7 +219,11 @@ impl Harness {
     /// The files in the output directory (none when it was never created).
     fn saved_files(&self) -> Vec<PathBuf> {
         match std::fs::read_dir(&self.out) {
-            Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+            // The images, not their sidecars (`NAME.json`).
+            Ok(entries) => entries
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_none_or(|x| x != "json"))
+                .collect(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => panic!("cannot list {}: {e}", self.out.display()),
         }

@@ -35,6 +35,7 @@ async def run(binary: str, mode: str) -> None:
             names = sorted(t.name for t in tools.tools)
             assert names == [
                 "create_variation",
+                "delete_image",
                 "edit_image",
                 "find_images",
                 "generate_image",

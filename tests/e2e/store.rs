@@ -1,0 +1,497 @@
+//! The image store through the real binary: whose images a caller sees over HTTP, the
+//! provider's bytes kept unchanged with a sidecar that says how they were made, list-changed
+//! notifications, `images rm`, and two servers sharing one S3 bucket (when
+//! `IMAGEGEN_TEST_S3_ENDPOINT` names an S3-compatible server on loopback; CI starts one).
+
+use std::{
+    process::Stdio,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use crate::common::{args, binary, VersionedClient};
+use imagegen_testkit::{fake::poll_until, img, openai as testkit_openai, FakeUpstream, Reply};
+use rmcp::{
+    model::{
+        CallToolRequestParams, CallToolResult, ClientConfig, ProtocolVersion,
+        ReadResourceRequestParams, ResourceContents,
+    },
+    service::{NotificationContext, RunningService},
+    transport::ConfigureCommandExt as _,
+    transport::{
+        streamable_http_client::StreamableHttpClientTransportConfig, StreamableHttpClientTransport,
+    },
+    ClientHandler, RoleClient, ServiceExt,
+};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Alice's bearer token; must never appear in any output.
+const ALICE: &str = "imagegen-SENTINEL-alice-0c4f5e6a";
+const BOB: &str = "imagegen-bob-token-4d1f9a77";
+const ADMIN: &str = "imagegen-admin-token-9e2b31d0";
+
+/// `imagegen-mcp serve --http` on an ephemeral loopback port, with its stderr kept.
+struct HttpServer {
+    _child: tokio::process::Child,
+    url: String,
+    stderr: Arc<Mutex<String>>,
+    home: tempfile::TempDir,
+}
+
+impl HttpServer {
+    async fn start(config: &str) -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let file = home.path().join("imagegen.toml");
+        std::fs::write(&file, config).unwrap();
+        let mut child = binary(home.path(), &[("RUST_LOG", "info")])
+            .arg("--config")
+            .arg(&file)
+            .args(["serve", "--http", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn imagegen-mcp");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let kept = stderr.clone();
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(at) = line.find("url=http://") {
+                    let url = line[at + 4..].split_whitespace().next().unwrap_or("");
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(url.to_string());
+                    }
+                }
+                let mut all = kept.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        let url = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .expect("the server reports its URL")
+            .unwrap();
+        Self {
+            _child: child,
+            url,
+            stderr,
+            home,
+        }
+    }
+
+    async fn connect(&self, token: &str) -> RunningService<RoleClient, VersionedClient> {
+        let transport = StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(self.url.as_str()).auth_header(token),
+        );
+        VersionedClient(ProtocolVersion::V_2025_11_25)
+            .serve(transport)
+            .await
+            .expect("MCP over HTTP connects")
+    }
+}
+
+async fn call<C: rmcp::service::Service<RoleClient>>(
+    client: &RunningService<RoleClient, C>,
+    tool: &'static str,
+    arguments: Value,
+) -> CallToolResult {
+    client
+        .call_tool(CallToolRequestParams::new(tool).with_arguments(args(arguments)))
+        .await
+        .expect("a tool result")
+}
+
+/// The URIs of the images a result links to.
+fn uris(result: &CallToolResult) -> Vec<String> {
+    let structured = result.structured_content.as_ref().expect("structured");
+    structured["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .map(|i| i["uri"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn listed<C: rmcp::service::Service<RoleClient>>(
+    client: &RunningService<RoleClient, C>,
+) -> Vec<String> {
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let params =
+            cursor.map(|c| rmcp::model::PaginatedRequestParams::default().with_cursor(Some(c)));
+        let page = client.list_resources(params).await.expect("a listing");
+        all.extend(
+            page.resources
+                .iter()
+                .map(|r| r.uri.clone())
+                .filter(|u| u.starts_with("imagegen://images/")),
+        );
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return all,
+        }
+    }
+}
+
+async fn read_bytes<C: rmcp::service::Service<RoleClient>>(
+    client: &RunningService<RoleClient, C>,
+    uri: &str,
+) -> Option<Vec<u8>> {
+    let read = client
+        .read_resource(ReadResourceRequestParams::new(uri))
+        .await
+        .ok()?;
+    match read.contents.into_iter().next()? {
+        ResourceContents::BlobResourceContents { blob, .. } => Some(img::unb64(&blob)),
+        _ => None,
+    }
+}
+
+async fn read_meta<C: rmcp::service::Service<RoleClient>>(
+    client: &RunningService<RoleClient, C>,
+    uri: &str,
+) -> Option<Value> {
+    let read = client
+        .read_resource(ReadResourceRequestParams::new(format!("{uri}/meta")))
+        .await
+        .ok()?;
+    match read.contents.into_iter().next()? {
+        ResourceContents::TextResourceContents { text, .. } => serde_json::from_str(&text).ok(),
+        _ => None,
+    }
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn http_callers_see_read_and_delete_only_their_own_images_with_the_providers_bytes() {
+    let png = img::png(96, 64);
+    let fake = FakeUpstream::start(vec![
+        Reply::json(&testkit_openai::b64_body(std::slice::from_ref(&png))),
+        Reply::json(&testkit_openai::b64_body(std::slice::from_ref(&png))),
+    ])
+    .await;
+    let config = format!(
+        r#"default_provider = "openai"
+[providers.openai]
+kind = "openai"
+base_url = "{}"
+api_key = "sk-store-test-0123456789"
+[[server.auth.tokens]]
+name = "alice"
+token = "{ALICE}"
+[[server.auth.tokens]]
+name = "bob"
+token = "{BOB}"
+[[server.auth.tokens]]
+name = "root"
+token = "{ADMIN}"
+admin = true
+"#,
+        fake.base()
+    );
+    let server = HttpServer::start(&config).await;
+    let (alice, bob, admin) = (
+        server.connect(ALICE).await,
+        server.connect(BOB).await,
+        server.connect(ADMIN).await,
+    );
+    let made = call(
+        &alice,
+        "generate_image",
+        json!({"prompt": "a red fox", "size": "1024x1024", "delivery": "link"}),
+    )
+    .await;
+    assert_ne!(made.is_error, Some(true), "{made:?}");
+    let alices = uris(&made)[0].clone();
+    let made = call(
+        &bob,
+        "generate_image",
+        json!({"prompt": "a blue whale", "delivery": "link"}),
+    )
+    .await;
+    let bobs = uris(&made)[0].clone();
+
+    // The stored bytes are exactly what the upstream sent.
+    let stored = read_bytes(&alice, &alices)
+        .await
+        .expect("alice reads her image");
+    assert_eq!(hex_sha256(&stored), hex_sha256(&png));
+    let meta = read_meta(&alice, &alices)
+        .await
+        .expect("alice reads its sidecar");
+    assert_eq!(meta["sha256"], hex_sha256(&png));
+    assert_eq!(meta["caller"], "alice");
+    assert_eq!(meta["tool"], "generate_image");
+    assert_eq!(meta["prompt"], "a red fox");
+    assert_eq!(meta["provider"], "openai");
+    assert_eq!(
+        (meta["width"].as_u64(), meta["height"].as_u64()),
+        (Some(96), Some(64))
+    );
+    assert_eq!(meta["params"]["size"], "1024x1024", "{meta}");
+    assert!(meta["model"].as_str().is_some_and(|m| !m.is_empty()));
+
+    assert_eq!(listed(&alice).await, vec![alices.clone()]);
+    assert_eq!(listed(&bob).await, vec![bobs.clone()]);
+    let everything = listed(&admin).await;
+    assert!(
+        everything.contains(&alices) && everything.contains(&bobs),
+        "{everything:?}"
+    );
+    assert!(
+        read_bytes(&bob, &alices).await.is_none(),
+        "bob cannot read alice's image"
+    );
+    assert!(read_meta(&bob, &alices).await.is_none());
+
+    let refused = call(&bob, "delete_image", json!({"image": alices})).await;
+    assert_eq!(refused.is_error, Some(true));
+    assert!(read_bytes(&alice, &alices).await.is_some(), "still there");
+    let deleted = call(&alice, "delete_image", json!({"image": alices})).await;
+    assert_ne!(deleted.is_error, Some(true), "{deleted:?}");
+    assert!(listed(&admin).await == vec![bobs.clone()]);
+    let name = alices.trim_start_matches("imagegen://images/");
+    let dir = server.home.path().join(".local/share/imagegen-mcp/images");
+    assert!(!dir.join(name).exists() && !dir.join(format!("{name}.json")).exists());
+    assert!(dir
+        .join(format!(
+            "{}.json",
+            bobs.trim_start_matches("imagegen://images/")
+        ))
+        .exists());
+    assert!(!server.stderr.lock().unwrap().contains("SENTINEL"));
+}
+
+/// A 2025-11-25 client that counts `notifications/resources/list_changed`.
+#[derive(Debug, Clone, Default)]
+struct Counting(Arc<AtomicUsize>);
+
+impl ClientHandler for Counting {
+    fn get_info(&self) -> ClientConfig {
+        let mut info = ClientConfig::default();
+        info.protocol_version = ProtocolVersion::V_2025_11_25;
+        info
+    }
+
+    async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// `imagegen-mcp serve` over stdio with `config`, a client of `handler`'s kind attached.
+async fn stdio<C: ClientHandler>(
+    home: &std::path::Path,
+    config: &str,
+    handler: C,
+) -> RunningService<RoleClient, C> {
+    let file = home.join("imagegen.toml");
+    std::fs::write(&file, config).unwrap();
+    let cmd = binary(home, &[]).configure(|c| {
+        c.arg("--config").arg(&file).arg("serve");
+    });
+    let transport = rmcp::transport::TokioChildProcess::builder(cmd)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn imagegen-mcp")
+        .0;
+    handler.serve(transport).await.expect("MCP handshake")
+}
+
+#[tokio::test]
+async fn storing_an_image_tells_the_session_the_listing_changed() {
+    let home = tempfile::tempdir().unwrap();
+    let counter = Counting::default();
+    let client = stdio(
+        home.path(),
+        "default_provider = \"mock\"\n",
+        counter.clone(),
+    )
+    .await;
+    let made = call(
+        &client,
+        "generate_image",
+        json!({"prompt": "a note", "delivery": "link"}),
+    )
+    .await;
+    assert_ne!(made.is_error, Some(true), "{made:?}");
+    let heard = poll_until(Duration::from_secs(5), || {
+        (counter.0.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    assert!(heard.is_some(), "no list_changed notification arrived");
+    let _ = client.cancel().await;
+}
+
+#[tokio::test]
+async fn images_rm_deletes_the_image_and_its_sidecar_and_nothing_else() {
+    let home = tempfile::tempdir().unwrap();
+    let out = home.path().join("out");
+    let client = stdio(
+        home.path(),
+        &format!(
+            "default_provider = \"mock\"\n[output]\ndir = {:?}\n",
+            out.to_str().unwrap()
+        ),
+        VersionedClient(ProtocolVersion::V_2025_11_25),
+    )
+    .await;
+    let made = call(
+        &client,
+        "generate_image",
+        json!({"prompt": "to go", "delivery": "link"}),
+    )
+    .await;
+    let uri = uris(&made)[0].clone();
+    let _ = client.cancel().await;
+    std::fs::write(out.join("notes.txt"), "keep me").unwrap();
+    let name = uri.trim_start_matches("imagegen://images/");
+    let status = binary(home.path(), &[])
+        .arg("--config")
+        .arg(home.path().join("imagegen.toml"))
+        .args(["images", "rm", &uri])
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    assert!(!out.join(name).exists() && !out.join(format!("{name}.json")).exists());
+    assert!(out.join("notes.txt").exists());
+    let again = binary(home.path(), &[])
+        .arg("--config")
+        .arg(home.path().join("imagegen.toml"))
+        .args(["images", "rm", name])
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(!again.success(), "a second rm finds nothing");
+}
+
+#[tokio::test]
+async fn two_servers_sharing_a_bucket_see_each_others_images() {
+    let Ok(endpoint) = std::env::var("IMAGEGEN_TEST_S3_ENDPOINT") else {
+        eprintln!("IMAGEGEN_TEST_S3_ENDPOINT is unset: the shared-bucket test was skipped");
+        return;
+    };
+    let bucket = format!("imagegen-e2e-{}", std::process::id());
+    let created = reqwest::Client::new()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .expect("the test S3 server answers");
+    assert!(created.status().is_success(), "{}", created.status());
+    let config = format!(
+        r#"default_provider = "mock"
+[storage]
+url = "s3://{bucket}/shared"
+options = {{ endpoint = "{endpoint}", region = "us-east-1", allow_http = "true", access_key_id = "testing", secret_access_key = "SENTINEL-s3-secret" }}
+"#
+    );
+    let (home_a, home_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = stdio(
+        home_a.path(),
+        &config,
+        VersionedClient(ProtocolVersion::V_2025_11_25),
+    )
+    .await;
+    let b = stdio(
+        home_b.path(),
+        &config,
+        VersionedClient(ProtocolVersion::V_2025_11_25),
+    )
+    .await;
+    let made = call(
+        &a,
+        "generate_image",
+        json!({"prompt": "from a", "delivery": "link"}),
+    )
+    .await;
+    assert_ne!(made.is_error, Some(true), "{made:?}");
+    let from_a = uris(&made)[0].clone();
+    assert!(made.structured_content.as_ref().unwrap()["images"][0]
+        .get("path")
+        .is_none());
+    let made = call(
+        &b,
+        "generate_image",
+        json!({"prompt": "from b", "delivery": "link"}),
+    )
+    .await;
+    let from_b = uris(&made)[0].clone();
+    for client in [&a, &b] {
+        let seen = listed(client).await;
+        assert!(seen.contains(&from_a) && seen.contains(&from_b), "{seen:?}");
+    }
+    // History search on b finds what a made: b's index catches up from the bucket's listing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let found = call(&b, "find_images", json!({"query": "from a"})).await;
+        assert_ne!(found.is_error, Some(true), "{found:?}");
+        let names: Vec<String> = found.structured_content.as_ref().unwrap()["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["uri"].as_str().unwrap().to_string())
+            .collect();
+        if names == [from_a.clone()] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b never found a's image: {names:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let by_a = read_bytes(&a, &from_b).await.expect("a reads b's image");
+    let by_b = read_bytes(&b, &from_b)
+        .await
+        .expect("b reads its own image");
+    assert_eq!(by_a, by_b);
+    let meta = read_meta(&b, &from_a).await.expect("b reads a's sidecar");
+    assert_eq!(meta["prompt"], "from a");
+    assert_eq!(meta["sha256"], hex_sha256(&by_a_or(&a, &from_a).await));
+    // An image another replica stored is an edit input by its URI, and its sidecar says so.
+    let edited = call(
+        &b,
+        "edit_image",
+        json!({"prompt": "the same, at night", "images": [from_a], "delivery": "link"}),
+    )
+    .await;
+    assert_ne!(edited.is_error, Some(true), "{edited:?}");
+    let meta = read_meta(&a, &uris(&edited)[0])
+        .await
+        .expect("a reads the edit's sidecar");
+    assert_eq!(meta["inputs"], json!([from_a]));
+    assert_eq!(meta["tool"], "edit_image");
+    // Nothing landed on either machine's disk.
+    for home in [&home_a, &home_b] {
+        let dir = home.path().join(".local/share/imagegen-mcp/images");
+        let files = std::fs::read_dir(dir).map_or(0, |d| d.count());
+        assert_eq!(files, 0, "no image on the local disk");
+    }
+    let _ = a.cancel().await;
+    let _ = b.cancel().await;
+}
+
+async fn by_a_or<C: rmcp::service::Service<RoleClient>>(
+    client: &RunningService<RoleClient, C>,
+    uri: &str,
+) -> Vec<u8> {
+    read_bytes(client, uri).await.expect("readable")
+}
