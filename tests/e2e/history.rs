@@ -194,7 +194,7 @@ async fn over_http_a_caller_finds_only_their_own_images_unless_the_store_is_shar
              [[server.auth.tokens]]\nname = \"bob\"\ntoken = \"bob-token-0123456789\"\n",
             out.path()
         );
-        let server = HttpServer::start(&config, &[]).await;
+        let server = HttpServer::start_mock(&config, &[]).await;
         let (alice, _) = connect(
             &server.mcp(),
             "alice-token-0123456789",

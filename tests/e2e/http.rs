@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub(crate) use crate::common::http_server::HttpServer;
 use crate::common::{args, binary};
 use rmcp::{
     model::{
@@ -26,10 +27,6 @@ use rmcp::{
     ClientHandler, RoleClient,
 };
 use serde_json::{json, Value};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, BufReader},
-    process::Child,
-};
 
 /// A bearer token that must never appear in any output.
 const TOKEN: &str = "imagegen-SENTINEL-token-7d41c0ffee9b";
@@ -38,123 +35,6 @@ const ROTATED: &str = "imagegen-rotated-token-52aa81e0";
 
 /// An `initialize` request body: a valid first message for any session-mode server.
 pub(crate) const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#;
-
-/// Lines a child wrote, shared with the task reading them.
-type Lines = Arc<Mutex<String>>;
-
-/// A running `imagegen-mcp serve --http` and everything it has written so far.
-pub(crate) struct HttpServer {
-    child: Child,
-    /// `http://127.0.0.1:PORT`.
-    pub(crate) base: String,
-    stderr: Lines,
-    stdout: Lines,
-    pub(crate) home: tempfile::TempDir,
-}
-
-/// Copies every line of `stream` into `into`; sends the listener's URL on `url` once logged.
-fn collect(
-    stream: impl AsyncRead + Unpin + Send + 'static,
-    into: Lines,
-    url: Option<tokio::sync::oneshot::Sender<String>>,
-) {
-    tokio::spawn(async move {
-        let mut url = url;
-        let mut lines = BufReader::new(stream).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(at) = line.find("url=http://") {
-                let found = line[at + 4..].split_whitespace().next().unwrap_or("");
-                if let Some(tx) = url.take() {
-                    let _ = tx.send(found.trim_end_matches("/mcp").to_string());
-                }
-            }
-            let mut all = into.lock().unwrap();
-            all.push_str(&line);
-            all.push('\n');
-        }
-    });
-}
-
-impl HttpServer {
-    /// Starts the server on an ephemeral loopback port with `config` in its config file (the
-    /// mock is the default provider; no polling, a short debounce) and waits for its URL.
-    pub(crate) async fn start(config: &str, envs: &[(&str, &str)]) -> Self {
-        let home = tempfile::tempdir().unwrap();
-        let file = home.path().join("imagegen.toml");
-        std::fs::write(
-            &file,
-            format!(
-                "default_provider = \"mock\"\n{config}\n[reload]\npoll_s = 0\ndebounce_ms = 50\n"
-            ),
-        )
-        .unwrap();
-        let mut envs = envs.to_vec();
-        envs.push(("IMAGEGEN_HEARTBEAT_MS", "50"));
-        if !envs.iter().any(|(k, _)| *k == "RUST_LOG") {
-            envs.push(("RUST_LOG", "info"));
-        }
-        let mut cmd = binary(home.path(), &envs);
-        cmd.arg("--config")
-            .arg(&file)
-            .args(["serve", "--http", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("spawn imagegen-mcp");
-        let (stderr, stdout) = (Lines::default(), Lines::default());
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        collect(child.stderr.take().unwrap(), stderr.clone(), Some(tx));
-        collect(child.stdout.take().unwrap(), stdout.clone(), None);
-        let base = match tokio::time::timeout(Duration::from_secs(30), rx).await {
-            Ok(Ok(base)) => base,
-            _ => panic!(
-                "the server did not report its URL; stderr:\n{}",
-                stderr.lock().unwrap()
-            ),
-        };
-        Self {
-            child,
-            base,
-            stderr,
-            stdout,
-            home,
-        }
-    }
-
-    pub(crate) fn mcp(&self) -> String {
-        format!("{}/mcp", self.base)
-    }
-
-    /// Everything written to stderr and stdout so far.
-    pub(crate) fn output(&self) -> String {
-        format!(
-            "{}{}",
-            self.stderr.lock().unwrap(),
-            self.stdout.lock().unwrap()
-        )
-    }
-
-    /// Sends SIGTERM.
-    pub(crate) async fn terminate(&self) {
-        let pid = self.child.id().expect("running").to_string();
-        let status = tokio::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit and returns its exit code.
-    pub(crate) async fn exit_code(&mut self) -> Option<i32> {
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("the server exits")
-            .unwrap();
-        status.code()
-    }
-}
 
 /// One progress notification as the client received it.
 #[derive(Debug, Clone)]
@@ -285,7 +165,7 @@ fn token_file(dir: &Path, token: &str) -> PathBuf {
 async fn rmcp_client_lists_calls_with_progress_and_reads_over_http_in_both_revisions() {
     let secrets = tempfile::tempdir().unwrap();
     let file = token_file(secrets.path(), TOKEN);
-    let mut server = HttpServer::start(
+    let mut server = HttpServer::start_mock(
         &format!(
             "{}[providers.mock]\nlatency_ms = 300\n[output]\ndelivery = \"preview\"\n",
             token_config(&file)
@@ -395,7 +275,7 @@ async fn a_session_answers_only_the_caller_that_opened_it() {
         token_config(&alice),
         bob.to_str().unwrap()
     );
-    let server = HttpServer::start(&config, &[]).await;
+    let server = HttpServer::start_mock(&config, &[]).await;
     let url = server.mcp();
     let opened = post(&url, INITIALIZE, &[("authorization", &bearer(TOKEN))]).await;
     assert_eq!(opened.status(), 200);
@@ -428,7 +308,7 @@ async fn a_session_answers_only_the_caller_that_opened_it() {
 async fn tokens_are_required_checked_and_rotated_with_their_file() {
     let secrets = tempfile::tempdir().unwrap();
     let file = token_file(secrets.path(), TOKEN);
-    let server = HttpServer::start(&token_config(&file), &[]).await;
+    let server = HttpServer::start_mock(&token_config(&file), &[]).await;
     let url = server.mcp();
 
     let missing = post(&url, INITIALIZE, &[]).await;
@@ -506,7 +386,7 @@ async fn tokens_are_required_checked_and_rotated_with_their_file() {
 async fn foreign_origins_and_oversized_bodies_are_refused() {
     let secrets = tempfile::tempdir().unwrap();
     let file = token_file(secrets.path(), TOKEN);
-    let server = HttpServer::start(
+    let server = HttpServer::start_mock(
         &format!(
             "{}[server.http]\nmax_body_mb = 1\nallowed_origins = [\"http://app.example:*\"]\n",
             token_config(&file)
@@ -580,14 +460,15 @@ async fn a_network_address_without_authentication_refuses_to_start() {
         "{stderr}"
     );
     // Set on purpose, it starts (and stops on SIGTERM).
-    let mut server = HttpServer::start("[server.auth]\nallow_unauthenticated = true\n", &[]).await;
+    let mut server =
+        HttpServer::start_mock("[server.auth]\nallow_unauthenticated = true\n", &[]).await;
     server.terminate().await;
     assert_eq!(server.exit_code().await, Some(0));
 }
 
 #[tokio::test]
 async fn sigterm_lets_the_call_in_flight_finish_then_exits_zero() {
-    let mut server = HttpServer::start(
+    let mut server = HttpServer::start_mock(
         "[providers.mock]\nlatency_ms = 2000\n[server]\nshutdown_grace_s = 20\n",
         &[],
     )
@@ -642,7 +523,7 @@ async fn a_client_that_goes_away_mid_call_cancels_it_and_nothing_is_saved() {
 }
 
 async fn a_client_that_goes_away_mid_call(version: ProtocolVersion) {
-    let server = HttpServer::start("[providers.mock]\nlatency_ms = 20000\n", &[]).await;
+    let server = HttpServer::start_mock("[providers.mock]\nlatency_ms = 20000\n", &[]).await;
     let (client, notes) = connect(&server.mcp(), "", version.clone()).await;
     let handle = send(
         &client,

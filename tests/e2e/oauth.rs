@@ -213,7 +213,7 @@ async fn oauth_tokens_are_checked_for_key_issuer_audience_time_and_scope() {
     let rsa = TestKey::rsa("rsa-1");
     let ec = TestKey::ec("ec-1");
     let idp = Idp::start(&[&rsa, &ec]).await;
-    let server = HttpServer::start(
+    let server = HttpServer::start_mock(
         &format!(
             "[providers.mock]\nlatency_ms = 50\n[[server.auth.tokens]]\nname = \"ci\"\n\
              token = \"{STATIC_TOKEN}\"\n{}",
@@ -406,7 +406,7 @@ async fn a_rotated_key_is_fetched_when_a_token_names_it() {
     let idp = Idp::start(&[&old]).await;
     // Only OpenID Connect discovery: the RFC 8414 document is missing.
     idp.state.oidc_only.store(true, Ordering::SeqCst);
-    let server = HttpServer::start(&oauth_config(&idp, "jwks_refresh_min_s = 0"), &[]).await;
+    let server = HttpServer::start_mock(&oauth_config(&idp, "jwks_refresh_min_s = 0"), &[]).await;
 
     assert_eq!(try_token(&server, &old.sign(&idp.claims())).await.0, 200);
     let (status, challenge) = try_token(&server, &new.sign(&idp.claims())).await;
@@ -459,7 +459,7 @@ async fn an_unreachable_authorization_server_gives_503_not_an_open_door() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let issuer = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let server = HttpServer::start(
+    let server = HttpServer::start_mock(
         &format!(
             "[server.auth.oauth]\nissuer = \"{issuer}\"\naudience = \"{AUDIENCE}\"\n\
              jwks_refresh_min_s = 0\n"

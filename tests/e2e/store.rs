@@ -7,12 +7,12 @@ use std::{
     process::Stdio,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     time::Duration,
 };
 
-use crate::common::{args, binary, VersionedClient};
+use crate::common::{args, binary, http_server::HttpServer, VersionedClient};
 use imagegen_testkit::{fake::poll_until, img, openai as testkit_openai, FakeUpstream, Reply};
 use rmcp::{
     model::{
@@ -28,75 +28,21 @@ use rmcp::{
 };
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Alice's bearer token; must never appear in any output.
 const ALICE: &str = "imagegen-SENTINEL-alice-0c4f5e6a";
 const BOB: &str = "imagegen-bob-token-4d1f9a77";
 const ADMIN: &str = "imagegen-admin-token-9e2b31d0";
 
-/// `imagegen-mcp serve --http` on an ephemeral loopback port, with its stderr kept.
-struct HttpServer {
-    _child: tokio::process::Child,
-    url: String,
-    stderr: Arc<Mutex<String>>,
-    home: tempfile::TempDir,
-}
-
-impl HttpServer {
-    async fn start(config: &str) -> Self {
-        let home = tempfile::tempdir().unwrap();
-        let file = home.path().join("imagegen.toml");
-        std::fs::write(&file, config).unwrap();
-        let mut child = binary(home.path(), &[("RUST_LOG", "info")])
-            .arg("--config")
-            .arg(&file)
-            .args(["serve", "--http", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn imagegen-mcp");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let kept = stderr.clone();
-        tokio::spawn(async move {
-            let mut tx = Some(tx);
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(at) = line.find("url=http://") {
-                    let url = line[at + 4..].split_whitespace().next().unwrap_or("");
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(url.to_string());
-                    }
-                }
-                let mut all = kept.lock().unwrap();
-                all.push_str(&line);
-                all.push('\n');
-            }
-        });
-        let url = tokio::time::timeout(Duration::from_secs(30), rx)
-            .await
-            .expect("the server reports its URL")
-            .unwrap();
-        Self {
-            _child: child,
-            url,
-            stderr,
-            home,
-        }
-    }
-
-    async fn connect(&self, token: &str) -> RunningService<RoleClient, VersionedClient> {
-        let transport = StreamableHttpClientTransport::from_config(
-            StreamableHttpClientTransportConfig::with_uri(self.url.as_str()).auth_header(token),
-        );
-        VersionedClient(ProtocolVersion::V_2025_11_25)
-            .serve(transport)
-            .await
-            .expect("MCP over HTTP connects")
-    }
+/// rmcp's client on `server` with `token`, in a 2025-11-25 session.
+async fn connect(server: &HttpServer, token: &str) -> RunningService<RoleClient, VersionedClient> {
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(server.mcp()).auth_header(token),
+    );
+    VersionedClient(ProtocolVersion::V_2025_11_25)
+        .serve(transport)
+        .await
+        .expect("MCP over HTTP connects")
 }
 
 async fn call<C: rmcp::service::Service<RoleClient>>(
@@ -205,11 +151,11 @@ admin = true
 "#,
         fake.base()
     );
-    let server = HttpServer::start(&config).await;
+    let server = HttpServer::start(&config, &[], &[]).await;
     let (alice, bob, admin) = (
-        server.connect(ALICE).await,
-        server.connect(BOB).await,
-        server.connect(ADMIN).await,
+        connect(&server, ALICE).await,
+        connect(&server, BOB).await,
+        connect(&server, ADMIN).await,
     );
     let made = call(
         &alice,
@@ -275,7 +221,7 @@ admin = true
             bobs.trim_start_matches("imagegen://images/")
         ))
         .exists());
-    assert!(!server.stderr.lock().unwrap().contains("SENTINEL"));
+    assert!(!server.output().contains("SENTINEL"));
 }
 
 /// A 2025-11-25 client that counts `notifications/resources/list_changed`.

@@ -10,11 +10,11 @@ use std::{
 
 use rmcp::{
     model::{CallToolRequestParams, CallToolResult, ProtocolVersion},
-    service::RunningService,
+    service::{ClientLifecycleMode, ClientServiceExt as _, RunningService},
     transport::{
         streamable_http_client::StreamableHttpClientTransportConfig, StreamableHttpClientTransport,
     },
-    RoleClient, ServiceExt,
+    RoleClient,
 };
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -29,11 +29,18 @@ pub struct HttpServer {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// What it wrote to stdout: nothing is expected there over HTTP, and no secret may be.
+    stdout: Arc<Mutex<Vec<String>>>,
     /// Its home directory (config file, images).
     pub home: tempfile::TempDir,
 }
 
 impl HttpServer {
+    /// [`HttpServer::start`] with the mock as the default provider.
+    pub async fn start_mock(config: &str, envs: &[(&str, &str)]) -> Self {
+        Self::start(&format!("default_provider = \"mock\"\n{config}"), envs, &[]).await
+    }
+
     /// Starts the server with `config` as its config file (plus a watcher that notices changes
     /// within a moment) and `args` before `serve`, and waits for it to log its URL.
     pub async fn start(config: &str, envs: &[(&str, &str)], args: &[&str]) -> Self {
@@ -55,10 +62,18 @@ impl HttpServer {
             .args(args)
             .args(["serve", "--http", "127.0.0.1:0"])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().expect("spawn imagegen-mcp");
+        let stdout: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (kept, stream) = (stdout.clone(), child.stdout.take().unwrap());
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                kept.lock().unwrap().push(line);
+            }
+        });
         let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let lines = stderr.clone();
@@ -90,6 +105,7 @@ impl HttpServer {
             child,
             base,
             stderr,
+            stdout,
             home,
         }
     }
@@ -109,9 +125,31 @@ impl HttpServer {
         self.stderr.lock().unwrap().clone()
     }
 
-    /// Everything written to stderr so far.
+    /// Everything written to stderr, then stdout, so far.
     pub fn output(&self) -> String {
-        self.lines().join("\n")
+        let mut all = self.lines();
+        all.extend(self.stdout.lock().unwrap().iter().cloned());
+        all.join("\n")
+    }
+
+    /// Sends SIGTERM.
+    pub async fn terminate(&self) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn exit_code(&mut self) -> Option<i32> {
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the server exits")
+            .unwrap();
+        status.code()
     }
 
     /// Waits up to 20 s for a stderr line containing `needle`.
@@ -166,8 +204,14 @@ pub async fn connect(
             reqwest::header::HeaderValue::from_str(value).unwrap(),
         );
     }
+    let stateless = ClientLifecycleMode::Discover {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+    };
     VersionedClient(ProtocolVersion::V_2026_07_28)
-        .serve(StreamableHttpClientTransport::from_config(config))
+        .serve_with_lifecycle(
+            StreamableHttpClientTransport::from_config(config),
+            stateless,
+        )
         .await
         .expect("MCP over HTTP connects")
 }
