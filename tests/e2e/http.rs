@@ -561,18 +561,9 @@ async fn a_client_that_goes_away_mid_call(version: ProtocolVersion) {
 
 #[test]
 fn token_settings_are_checked_and_tokens_never_shown() {
-    use imagegen_mcp::config::{CliOverrides, LoadedConfig};
     use sha2::{Digest, Sha256};
     let dir = tempfile::tempdir().unwrap();
-    let load = |text: &str| {
-        let file = dir.path().join("imagegen.toml");
-        std::fs::write(&file, format!("[output]\ndir = \"out\"\n{text}")).unwrap();
-        let cli = CliOverrides {
-            config: Some(file),
-            ..CliOverrides::default()
-        };
-        LoadedConfig::load_from(&cli, [("HOME", dir.path().to_str().unwrap())], dir.path())
-    };
+    let load = |text: &str| crate::common::load_config_in(dir.path(), text);
     let loaded = load(&format!(
         "[[server.auth.tokens]]\nname = \"alice\"\ntoken = \"{TOKEN}\"\n\
          [[server.auth.tokens]]\nname = \"bob\"\ntoken = \"other-token\"\n"

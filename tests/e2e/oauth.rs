@@ -490,15 +490,7 @@ async fn an_unreachable_authorization_server_gives_503_not_an_open_door() {
 fn oauth_settings_are_checked_at_load() {
     use imagegen_mcp::config::{CliOverrides, LoadedConfig};
     let dir = tempfile::tempdir().unwrap();
-    let load = |text: &str| {
-        let file = dir.path().join("imagegen.toml");
-        std::fs::write(&file, format!("[output]\ndir = \"out\"\n{text}")).unwrap();
-        let cli = CliOverrides {
-            config: Some(file),
-            ..CliOverrides::default()
-        };
-        LoadedConfig::load_from(&cli, [("HOME", dir.path().to_str().unwrap())], dir.path())
-    };
+    let load = |text: &str| crate::common::load_config_in(dir.path(), text);
     let ok = load(
         "[server.http]\npublic_url = \"https://img.example.com/\"\n\
          [server.auth.oauth]\nissuer = \"https://auth.example.com\"\naudience = \"https://img.example.com/mcp\"\n",

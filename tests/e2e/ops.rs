@@ -513,18 +513,9 @@ async fn the_config_files_log_format_applies_from_the_first_line() {
 
 #[test]
 fn caller_limits_and_the_metrics_token_are_checked_when_loading() {
-    use imagegen_mcp::config::{CliOverrides, LoadedConfig};
     let dir = tempfile::tempdir().unwrap();
     let metrics = token_file(dir.path(), "metrics", SCRAPER);
-    let load = |text: &str| {
-        let file = dir.path().join("imagegen.toml");
-        std::fs::write(&file, format!("[output]\ndir = \"out\"\n{text}")).unwrap();
-        let cli = CliOverrides {
-            config: Some(file),
-            ..CliOverrides::default()
-        };
-        LoadedConfig::load_from(&cli, [("HOME", dir.path().to_str().unwrap())], dir.path())
-    };
+    let load = |text: &str| crate::common::load_config_in(dir.path(), text);
     let loaded = load(&format!(
         "[server.metrics]\ntoken_file = \"metrics\"\n\
          [server.limits.per_caller]\nmax_in_flight = 2\n\

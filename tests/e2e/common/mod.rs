@@ -125,3 +125,18 @@ pub use imagegen_testkit::img::{b64, unb64};
 pub fn args(value: serde_json::Value) -> rmcp::model::JsonObject {
     value.as_object().expect("an object").clone()
 }
+
+/// Loads `text` as the config file in `dir` (after an `[output] dir`, with `dir` as home and
+/// working directory), as the binary would: for tests of what loading accepts and refuses.
+pub fn load_config_in(
+    dir: &Path,
+    text: &str,
+) -> Result<imagegen_mcp::config::LoadedConfig, imagegen_mcp::config::ConfigError> {
+    let file = dir.join("imagegen.toml");
+    std::fs::write(&file, format!("[output]\ndir = \"out\"\n{text}")).unwrap();
+    let cli = imagegen_mcp::config::CliOverrides {
+        config: Some(file),
+        ..Default::default()
+    };
+    imagegen_mcp::config::LoadedConfig::load_from(&cli, [("HOME", dir.to_str().unwrap())], dir)
+}
