@@ -19,7 +19,7 @@ use imagegen_mcp::{
     live::{watch, Live, LogControl},
     progress::{ProgressReporter, ProgressSink},
     server::{FindImagesOutput, ImagegenServer},
-    storage::index::{self, DirSource, FindParams, Index, SidecarSource as _},
+    storage::index::{self, FindParams},
 };
 use imagegen_providers::{ErrorKind, ImageOptions, InputImage, SvgOptions, SvgReasoning};
 use rmcp::ServiceExt;
@@ -140,9 +140,7 @@ async fn images_rm(
         ..CliOverrides::default()
     };
     let loaded = load(&overrides)?;
-    let store =
-        imagegen_mcp::storage::Store::from_config(loaded.output_dir(), &loaded.config.storage)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = open_store(&loaded)?;
     let mut code = ExitCode::SUCCESS;
     for spec in &names {
         let name = imagegen_mcp::storage::Store::name_from_uri(spec).unwrap_or(spec);
@@ -687,7 +685,7 @@ async fn images_find(args: FindArgs, config: Option<PathBuf>) -> anyhow::Result<
     let outcome = match params.to_query(None) {
         Ok(query) => {
             let path = loaded.config.storage.index_path.clone();
-            index::search_local(path, loaded.output_dir().to_path_buf(), query).await
+            index::search_store(path, open_store(&loaded)?, query).await
         }
         Err(e) => Err(e),
     };
@@ -719,6 +717,12 @@ async fn images_find(args: FindArgs, config: Option<PathBuf>) -> anyhow::Result<
 }
 
 /// `imagegen-mcp images reindex`: rebuilds the index file from the store, printing counts.
+/// The configured image store: the local `output.dir` or the object store of `storage.url`.
+fn open_store(loaded: &LoadedConfig) -> anyhow::Result<imagegen_mcp::storage::Store> {
+    imagegen_mcp::storage::Store::from_config(loaded.output_dir(), &loaded.config.storage)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 async fn images_reindex(args: ReindexArgs, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let loaded = load(&CliOverrides {
         config,
@@ -728,13 +732,8 @@ async fn images_reindex(args: ReindexArgs, config: Option<PathBuf>) -> anyhow::R
     let Some(path) = loaded.config.storage.index_path.clone() else {
         anyhow::bail!("no place for the index file: set storage.index_path (or XDG_DATA_HOME)");
     };
-    let dir = loaded.output_dir().to_path_buf();
     let shown = path.clone();
-    let report = tokio::task::spawn_blocking(move || {
-        let source = DirSource::new(dir);
-        Index::open(&path, &source.location())?.reindex(&source)
-    })
-    .await??;
+    let report = index::reindex_store(path, open_store(&loaded)?).await?;
     let mut out = std::io::stdout().lock();
     if args.json {
         let json = serde_json::json!({ "index": shown, "report": report });

@@ -1406,23 +1406,6 @@ pub fn shared(path: Option<&Path>, location: &str) -> Result<Arc<Index>, IndexEr
     Ok(index)
 }
 
-/// Answers `query` from the index of the local store in `dir` (its file at `index_path`),
-/// off the async workers: what `find_images` and `images find` call.
-pub async fn search_local(
-    index_path: Option<PathBuf>,
-    dir: PathBuf,
-    query: FindQuery,
-) -> Result<FindPage, ToolError> {
-    tokio::task::spawn_blocking(move || {
-        let source = DirSource::new(dir);
-        let index = shared(index_path.as_deref(), &source.location())?;
-        index.search(&source, &query)
-    })
-    .await
-    .map_err(|e| ToolError::internal(format!("the history search failed: {e}")))?
-    .map_err(|e| ToolError::storage(format!("cannot search the history: {e}")))
-}
-
 /// An object store's images, for the index: every image there has its sidecar (the store
 /// shows none without), so nothing is probed. The index is blocking code on a blocking
 /// thread; each look-up waits on the store's async call through `runtime`.
@@ -1477,27 +1460,46 @@ impl SidecarSource for ObjectSource {
     }
 }
 
+/// Where the index of `store` learns what it holds: its directory, or its object listing.
+fn source_of(store: super::Store) -> Box<dyn SidecarSource> {
+    match store.local_dir() {
+        Some(dir) => Box::new(DirSource::new(dir)),
+        None => Box::new(ObjectSource {
+            store,
+            runtime: tokio::runtime::Handle::current(),
+        }),
+    }
+}
+
 /// Answers `query` from the index of `store` (its file at `index_path`), caught up from the
-/// store first, off the async workers: what `find_images` calls, whatever the backend.
+/// store first, off the async workers: what `find_images` and `images find` call, whatever
+/// the backend.
 pub async fn search_store(
     index_path: Option<PathBuf>,
     store: super::Store,
     query: FindQuery,
 ) -> Result<FindPage, ToolError> {
-    if let Some(dir) = store.local_dir() {
-        return search_local(index_path, dir.to_path_buf(), query).await;
-    }
-    let source = ObjectSource {
-        store,
-        runtime: tokio::runtime::Handle::current(),
-    };
+    let source = source_of(store);
     tokio::task::spawn_blocking(move || {
         let index = shared(index_path.as_deref(), &source.location())?;
-        index.search(&source, &query)
+        index.search(source.as_ref(), &query)
     })
     .await
     .map_err(|e| ToolError::internal(format!("the history search failed: {e}")))?
     .map_err(|e| ToolError::storage(format!("cannot search the history: {e}")))
+}
+
+/// Rebuilds the index file at `index_path` from everything `store` holds: `images reindex`.
+pub async fn reindex_store(
+    index_path: PathBuf,
+    store: super::Store,
+) -> Result<ReindexReport, IndexError> {
+    let source = source_of(store);
+    tokio::task::spawn_blocking(move || {
+        Index::open(&index_path, &source.location())?.reindex(source.as_ref())
+    })
+    .await
+    .map_err(|e| io::Error::other(e.to_string()))?
 }
 
 #[cfg(test)]

@@ -404,6 +404,26 @@ options = {{ endpoint = "{endpoint}", region = "us-east-1", allow_http = "true",
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    // The command line searches the bucket too: a rebuilt index on a's machine has b's image.
+    let cli = |args: &'static [&'static str]| {
+        let home = home_a.path().to_path_buf();
+        async move {
+            let output = binary(&home, &[])
+                .arg("--config")
+                .arg(home.join("imagegen.toml"))
+                .args(args)
+                .output()
+                .await
+                .unwrap();
+            assert!(output.status.success(), "{args:?}: {output:?}");
+            String::from_utf8(output.stdout).unwrap()
+        }
+    };
+    let reindexed = cli(&["images", "reindex", "--json"]).await;
+    assert!(reindexed.contains("\"from_sidecars\": 2"), "{reindexed}");
+    let found: Value =
+        serde_json::from_str(&cli(&["images", "find", "from", "b", "--json"]).await).unwrap();
+    assert_eq!(found["images"][0]["uri"], json!(from_b), "{found}");
     let by_a = read_bytes(&a, &from_b).await.expect("a reads b's image");
     let by_b = read_bytes(&b, &from_b)
         .await
