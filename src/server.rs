@@ -1276,11 +1276,10 @@ impl ServerHandler for ImagegenServer {
         let peer = context.peer;
         let mut changes = storage::subscribe_changes();
         tokio::spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
             loop {
                 tokio::select! {
-                    change = changes.recv() => {
-                        if matches!(change, Err(RecvError::Closed)) {
+                    changed = storage::next_change(&mut changes) => {
+                        if !changed {
                             break;
                         }
                         if peer.notify_resource_list_changed().await.is_err() {
@@ -1315,8 +1314,8 @@ impl ServerHandler for ImagegenServer {
         loop {
             tokio::select! {
                 () = context.cancelled() => return Ok(()),
-                change = changes.recv() => {
-                    if matches!(change, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                changed = storage::next_change(&mut changes) => {
+                    if !changed {
                         return Ok(());
                     }
                     if let Err(e) = context.sink().notify_resource_list_changed().await {

@@ -274,6 +274,27 @@ pub fn subscribe_changes() -> tokio::sync::broadcast::Receiver<()> {
     changes_sender().subscribe()
 }
 
+/// How long after a change further ones are gathered into the same notification: a burst of
+/// images (a batch, 64 clients at once) is one list change to each session, not one per image
+/// per session.
+const CHANGE_WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Waits for the next change to the listing and the rest of its burst ([`CHANGE_WINDOW`]);
+/// `false` once no change can come any more.
+pub async fn next_change(changes: &mut tokio::sync::broadcast::Receiver<()>) -> bool {
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    if matches!(changes.recv().await, Err(RecvError::Closed)) {
+        return false;
+    }
+    tokio::time::sleep(CHANGE_WINDOW).await;
+    // A receiver that fell behind has missed changes, which is still just "changed".
+    while !matches!(
+        changes.try_recv(),
+        Err(TryRecvError::Empty | TryRecvError::Closed)
+    ) {}
+    true
+}
+
 fn announce_change() {
     // No listener is fine.
     let _ = changes_sender().send(());

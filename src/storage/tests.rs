@@ -562,3 +562,22 @@ async fn identical_images_saved_at_once_get_distinct_names_and_all_survive() {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_changes_is_one_change_and_a_later_one_another() {
+    let (tx, mut changes) = tokio::sync::broadcast::channel(4);
+    for _ in 0..10 {
+        let _ = tx.send(());
+    }
+    // Ten changes, more than the channel holds: one notice, the lag swallowed.
+    assert!(super::next_change(&mut changes).await);
+    let waiting = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        super::next_change(&mut changes),
+    );
+    assert!(waiting.await.is_err(), "nothing more changed");
+    let _ = tx.send(());
+    assert!(super::next_change(&mut changes).await);
+    drop(tx);
+    assert!(!super::next_change(&mut changes).await, "no sender left");
+}
