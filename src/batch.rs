@@ -49,6 +49,9 @@ pub struct BatchParams {
     /// `preview` (default), `link` or `full`; inline previews of the whole batch share one budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
+    /// Shared: serve items identical to earlier requests from the store, as for `generate_image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
 }
 
 /// One item's outcome, at its input position.
@@ -74,6 +77,9 @@ pub struct ItemResult {
     /// What the caller should know: a replacement model, a deprecation, parameters dropped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The images came from the cache: an identical earlier request made them, at this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached: Option<String>,
 }
 
 /// Counts for the whole batch.
@@ -135,6 +141,7 @@ fn with_shared(item: GenerateParams, shared: &BatchParams) -> GenerateParams {
         model: item.model.or_else(|| shared.model.clone()),
         options,
         delivery: None,
+        cache: item.cache.or(shared.cache),
     }
 }
 
@@ -310,6 +317,7 @@ pub async fn run(
                         model: Some(generation.model.clone()),
                         revised_prompt: generation.revised_prompt.clone(),
                         notes: generation.notes.clone(),
+                        cached: generation.cached.clone(),
                     });
                 }
                 generations.push((group.indices[0], generation));
@@ -326,6 +334,7 @@ pub async fn run(
                         error: Some(error.clone()),
                         revised_prompt: None,
                         notes: Vec::new(),
+                        cached: None,
                     });
                 }
             }

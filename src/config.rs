@@ -87,6 +87,29 @@ pub struct Config {
     /// `[storage]`: where images are stored (an object store, else `output.dir`), who sees
     /// them, and the history index.
     pub storage: StorageConfig,
+    /// `[cache]`: identical requests served from the store instead of the provider.
+    pub cache: CacheConfig,
+}
+
+/// `[cache]`: an identical request (same provider kind, model, parameters as sent, prompt
+/// and input images) returns the image already stored for it, without calling the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Calls use the cache unless they say `cache: false`; off, only calls that say
+    /// `cache: true` do.
+    pub enabled: bool,
+    /// How long a stored answer serves identical requests, seconds.
+    pub ttl_s: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            ttl_s: 7 * 24 * 3600,
+        }
+    }
 }
 
 /// `[storage]`: the image store.

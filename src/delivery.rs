@@ -63,6 +63,13 @@ pub struct GenerateOutput {
     /// For a call that moved between providers: each provider asked or skipped, in order, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub route: Vec<RouteStep>,
+    /// True when the images came from the cache: no provider was called and nothing was
+    /// billed; `request_id` and `original_created` are then the original call's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
+    /// For a cache hit: when the original call stored the images (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_created: Option<String>,
 }
 
 impl GenerateOutput {
@@ -81,6 +88,8 @@ impl GenerateOutput {
             partial_images: g.partials.clone(),
             sent: g.sent.clone(),
             route: g.route.clone(),
+            cached: g.cached.is_some(),
+            original_created: g.cached.clone(),
         }
     }
 
@@ -99,6 +108,8 @@ impl GenerateOutput {
             partial_images: Vec::new(),
             sent: serde_json::Map::new(),
             route: Vec::new(),
+            cached: false,
+            original_created: None,
         }
     }
 }

@@ -25,12 +25,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::routing::{falls_over, RouteConfig, RouteStep, SharedHealth};
 use crate::{
-    config::{Defaults, Delivery, LoadedConfig, OnShutdown, OutputConfig, ProviderConfig},
+    cache,
+    config::{
+        CacheConfig, Defaults, Delivery, LoadedConfig, OnShutdown, OutputConfig, ProviderConfig,
+    },
     error::ToolError,
     inputs::InputPolicy,
     lifecycle::{self, LiveCatalog, ModelWatch, SharedWatch},
     progress::Progress,
-    storage::{ImageStore, Provenance, StoredImage},
+    storage::{ImageStore, Provenance, StoredImage, Viewer},
 };
 
 /// The parameters of `generate_image` (and of `imagegen-mcp generate`).
@@ -58,6 +61,10 @@ pub struct GenerateParams {
     /// default), `link` (no inline image), or `full` (the original inline when it fits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
+    /// `true`: an identical earlier request's stored images come back (`cached: true`) instead
+    /// of a new, paid generation; `false`: always generate. Default: the server's `[cache]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
 }
 
 /// The parameters of `edit_image` (and of `imagegen-mcp edit`).
@@ -93,6 +100,9 @@ pub struct EditParams {
     /// `preview` (default), `link` or `full`, as for `generate_image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
+    /// Serve an identical earlier request from the store, as for `generate_image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
 }
 
 impl EditParams {
@@ -105,6 +115,7 @@ impl EditParams {
             model: self.model.clone(),
             options: self.options.clone(),
             delivery: self.delivery,
+            cache: self.cache,
         }
     }
 }
@@ -129,6 +140,9 @@ pub struct VariationParams {
     /// `preview` (default), `link` or `full`, as for `generate_image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
+    /// Serve an identical earlier request from the store, as for `generate_image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
 }
 
 /// A successful generation: saved images and what the provider said about them.
@@ -156,6 +170,8 @@ pub struct Generation {
     pub sent: serde_json::Map<String, serde_json::Value>,
     /// Each provider a routed call went to or skipped, in order (empty for one provider).
     pub route: Vec<RouteStep>,
+    /// Set when the images came from the cache: when the original call stored them.
+    pub cached: Option<String>,
 }
 
 /// One configured provider with its effective defaults.
@@ -248,6 +264,8 @@ pub struct Origin {
     pub caller: Option<String>,
     /// The tool or command (`generate_image`, `edit_image`, `generate_images`, ...).
     pub tool: Option<String>,
+    /// Whose stored images the call may be answered with from the cache.
+    pub viewer: Viewer,
 }
 
 /// What a call's images are saved with, beside what the provider answered.
@@ -260,6 +278,8 @@ struct Saving<'a> {
     name_hint: Option<&'a str>,
     /// The input images of an edit, as the sidecar records them.
     inputs: Vec<String>,
+    /// The request's cache key, when the call uses the cache.
+    cache_key: Option<String>,
 }
 
 /// How an edit input appears in a sidecar: a stored image's URI, a file's name, never data.
@@ -288,6 +308,7 @@ pub struct Engine {
     catalog: Arc<Catalog>,
     output: OutputConfig,
     store: ImageStore,
+    cache: CacheConfig,
     /// `[limits] max_in_flight`: upstream calls in flight across all providers.
     slots: Limit,
     inputs: InputPolicy,
@@ -446,6 +467,7 @@ impl Engine {
             catalog,
             output: config.output.clone(),
             store,
+            cache: config.cache,
             slots,
             on_shutdown: config.catalog.on_shutdown,
             default_is_fallback: loaded.default_provider_is_fallback(),
@@ -799,6 +821,7 @@ impl Engine {
     ) -> Result<Generation, ToolError> {
         let entry = self.entry(&prepared.provider_name)?;
         let provider = prepared.provider.clone();
+        let kind = provider.kind();
         let (request, fallback) = (&prepared.request, prepared.fallback.as_ref());
         let upstream = |options: CallOptions| async move {
             match provider.generate_opts(request, &options).await {
@@ -814,6 +837,14 @@ impl Engine {
             prompt_sent: Some(&request.prompt),
             name_hint: None,
             inputs: Vec::new(),
+            cache_key: self.cache_key(params.cache, call, || cache::Request {
+                kind,
+                operation: "generate",
+                model: &request.model,
+                prompt: &request.prompt,
+                options: &request.options,
+                inputs: Vec::new(),
+            }),
         };
         let generation = self
             .run(
@@ -877,6 +908,7 @@ impl Engine {
             .map_err(refused)?;
         let entry = self.entry(&prepared.provider_name).map_err(refused)?;
         let provider = prepared.provider.clone();
+        let kind = provider.kind();
         let name = prepared.provider_name.as_str();
         let edit_of = |generate: &GenerateRequest| {
             let mut request = EditRequest::new(
@@ -914,6 +946,17 @@ impl Engine {
             prompt_sent: Some(&request.prompt),
             name_hint: None,
             inputs: params.images.iter().map(|s| input_record(s)).collect(),
+            cache_key: self.cache_key(params.cache, call, || cache::Request {
+                kind,
+                operation: "edit",
+                model: &request.model,
+                prompt: &request.prompt,
+                options: &request.options,
+                inputs: (request.images.iter().map(|i| ("image", i)))
+                    .chain(request.mask.iter().map(|i| ("mask", i)))
+                    .chain(request.markup.iter().map(|i| ("markup", i)))
+                    .collect(),
+            }),
         };
         let generation = self
             .run(name, &model, saving, call, upstream)
@@ -1011,7 +1054,10 @@ impl Engine {
             }
             match self.attempt(&op, name, call).await {
                 Ok(mut generation) => {
-                    self.health.record(name, Ok(()));
+                    // A cache hit says nothing of the provider's health: it was not called.
+                    if generation.cached.is_none() {
+                        self.health.record(name, Ok(()));
+                    }
                     if !steps.is_empty() {
                         generation
                             .notes
@@ -1125,6 +1171,17 @@ impl Engine {
             )));
         }
         validate::check_variation_image(&request).map_err(fail)?;
+        let mut asked_options = ImageOptions::default();
+        asked_options.size = request.size.clone();
+        asked_options.n = Some(request.n);
+        let cache_key = self.cache_key(params.cache, call, || cache::Request {
+            kind: provider.kind(),
+            operation: "variation",
+            model: &request.model,
+            prompt: "",
+            options: &asked_options,
+            inputs: vec![("image", &request.image)],
+        });
         let request = &request;
         let upstream = |options: CallOptions| async move {
             match provider.variation_opts(request, &options).await {
@@ -1137,12 +1194,64 @@ impl Engine {
             prompt_sent: None,
             name_hint: Some("variation"),
             inputs: vec![input_record(&params.image)],
+            cache_key,
         };
         let mut generation = self.run(name, &model, saving, call, upstream).await?;
         if generation.model != asked {
             generation.requested_model = Some(asked);
         }
         Ok(generation)
+    }
+
+    /// The cache key of `request` when this call uses the cache (`asked`, else `[cache]`).
+    fn cache_key<'r>(
+        &self,
+        asked: Option<bool>,
+        call: &CallContext,
+        request: impl FnOnce() -> cache::Request<'r>,
+    ) -> Option<String> {
+        asked
+            .unwrap_or(self.cache.enabled)
+            .then(|| cache::key(&request(), &call.origin.viewer))
+    }
+
+    /// The images of cache entry `key`, when it is current and each image is still stored and
+    /// visible to `viewer`; `None` is a miss, whatever the reason.
+    async fn cached(&self, key: &str, viewer: &Viewer, provider: &str) -> Option<Generation> {
+        let json = match self.store.cache_entry(key, cache::MAX_ENTRY_BYTES).await {
+            Ok(json) => json?,
+            Err(e) => {
+                tracing::warn!("cannot read the cache, calling the provider: {e}");
+                return None;
+            }
+        };
+        let entry = cache::Entry::parse(&json, self.cache.ttl_s, time::OffsetDateTime::now_utc())?;
+        let cap = self.output.max_read_mb.saturating_mul(1_000_000);
+        let mut images = Vec::with_capacity(entry.images.len());
+        for name in &entry.images {
+            let sidecar = self.store.sidecar(name, viewer).await.ok()?;
+            let (bytes, _) = self.store.read(name, cap, viewer).await.ok()?;
+            let image = GeneratedImage::from_encoded(bytes).ok()?;
+            images.push((self.store.stored_of(&sidecar), image));
+        }
+        tracing::info!(provider = ?provider, model = ?entry.model, images = images.len(), original = ?entry.created, "served from the cache");
+        Some(Generation {
+            provider: provider.to_string(),
+            model: entry.model,
+            images,
+            partials: Vec::new(),
+            revised_prompt: entry.revised_prompt,
+            usage: None,
+            request_id: entry.request_id,
+            requested_model: None,
+            notes: vec![format!(
+                "served from the cache: an identical request made these images at {}; the provider was not called, so nothing was billed",
+                entry.created
+            )],
+            sent: entry.sent,
+            route: Vec::new(),
+            cached: Some(entry.created),
+        })
     }
 
     /// The provider named `name`, or an error listing the configured ones.
@@ -1191,6 +1300,18 @@ impl Engine {
                 "the call was cancelled by the client; nothing was saved",
             ))
         };
+        if let Some(key) = &saving.cache_key {
+            let hit = self.cached(key, &call.origin.viewer, name).await;
+            metrics::counter!(
+                crate::telemetry::CACHE_LOOKUPS,
+                "provider" => name.to_string(),
+                "outcome" => if hit.is_some() { "hit" } else { "miss" }
+            )
+            .increment(1);
+            if let Some(hit) = hit {
+                return Ok(hit);
+            }
+        }
         tracing::info!(provider = ?name, model = ?model, "calling the provider");
         let started = std::time::Instant::now();
         let partials = Mutex::new(Vec::<StoredImage>::new());
@@ -1297,6 +1418,21 @@ impl Engine {
             "model" => model_label.clone()
         )
         .increment(saved.iter().map(|(stored, _)| stored.bytes).sum());
+        if let Some(key) = &saving.cache_key {
+            let entry = cache::Entry::new(
+                saved.iter().map(|(s, _)| s.name.clone()).collect(),
+                result.model.clone(),
+                result.request_id.clone(),
+                result.revised_prompt.clone(),
+                result.sent.clone(),
+            );
+            // The images are saved and the call has succeeded: a cache that cannot be written
+            // costs a later hit, never this result.
+            let json = serde_json::to_vec(&entry).unwrap_or_default();
+            if let Err(e) = self.store.put_cache_entry(key, json).await {
+                tracing::warn!("cannot record the call in the cache: {e}");
+            }
+        }
         Ok(Generation {
             provider: name.to_string(),
             model: result.model,
@@ -1309,6 +1445,7 @@ impl Engine {
             requested_model: None,
             notes: Vec::new(),
             route: Vec::new(),
+            cached: None,
         })
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod batch;
+pub mod cache;
 pub mod caller_limits;
 pub mod clock;
 pub mod config;

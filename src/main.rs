@@ -224,6 +224,10 @@ struct CommonArgs {
     /// Print the structured result as JSON (the same as the MCP tool's structuredContent).
     #[arg(long)]
     json: bool,
+    /// Answer from the store when an identical request was made before (`--cache=false`:
+    /// always generate); default: the config's `[cache] enabled`.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    cache: Option<bool>,
 }
 
 impl CommonArgs {
@@ -244,6 +248,7 @@ impl CommonArgs {
             model: self.model.clone(),
             options,
             delivery: None,
+            cache: self.cache,
         }
     }
 }
@@ -369,6 +374,7 @@ where
         origin: imagegen_mcp::engine::Origin {
             caller: None,
             tool: Some("cli".into()),
+            viewer: Default::default(),
         },
     };
     call.progress.phase(label);
@@ -547,6 +553,7 @@ async fn edit(
         model: base.model,
         options: base.options,
         delivery: None,
+        cache: base.cache,
     };
     let inputs = args
         .images

@@ -629,6 +629,7 @@ where
         origin: Origin {
             caller: caller(&context),
             tool: Some(tool.to_string()),
+            viewer: Viewer::Everyone,
         },
     };
     // A bug must not leave the client waiting forever: a panicking call still gets an answer.
@@ -953,6 +954,8 @@ impl ImagegenServer {
         F: FnOnce(CallContext) -> Fut,
         Fut: std::future::Future<Output = CallToolResult>,
     {
+        // A cache hit may only answer with images this caller may see.
+        let sees = viewer(&self.live, caller(&context));
         let caller = caller_name(&context);
         let snapshot = self.live.snapshot();
         let limits = EffectiveLimits::for_caller(&snapshot.loaded.config, &caller);
@@ -972,6 +975,10 @@ impl ImagegenServer {
         };
         let engine = snapshot.engine.clone();
         drop(snapshot);
+        let work = move |mut call: CallContext| {
+            call.origin.viewer = sees;
+            work(call)
+        };
         let result = with_progress(&self.calls, &engine, tool, context, work).await;
         drop(admitted);
         result

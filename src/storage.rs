@@ -115,9 +115,10 @@ pub struct Provenance {
 
 /// Whose images a request may see: over HTTP a caller sees their own, unless the store is
 /// shared or the caller is an admin; over stdio there is one user and everything is theirs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Viewer {
     /// Sees every image.
+    #[default]
     Everyone,
     /// Sees only the images whose sidecar names this caller.
     Caller(String),
@@ -221,10 +222,11 @@ enum Backend {
         /// and the directory is made only when there is something to put in it.
         writer: OnceLock<Arc<dyn ObjectStore>>,
     },
-    /// An object store, with images under `root/YYYY/MM/DD/`.
+    /// An object store, with images under `root/YYYY/MM/DD/` and cache entries under `cache`.
     Object {
         store: Arc<dyn ObjectStore>,
         root: ObjectPath,
+        cache: ObjectPath,
     },
 }
 
@@ -409,6 +411,7 @@ impl Store {
             Backend::Object {
                 store,
                 root: ObjectPath::from("images"),
+                cache: ObjectPath::from("cache"),
             },
             shown.to_string(),
         )
@@ -430,15 +433,15 @@ impl Store {
         };
         let opened = open::open(url.trim(), &config.options)
             .map_err(|e| StoreError::new(StoreErrorKind::Refused, e))?;
-        let root = if opened.prefix.as_ref().is_empty() {
-            ObjectPath::from("images")
-        } else {
-            opened.prefix.clone().join("images")
+        let under = |dir: &str| match opened.prefix.as_ref().is_empty() {
+            true => ObjectPath::from(dir),
+            false => opened.prefix.clone().join(dir),
         };
         Ok(Self::build(
             Backend::Object {
-                store: opened.store,
-                root,
+                store: opened.store.clone(),
+                root: under("images"),
+                cache: under("cache"),
             },
             opened.shown,
         ))
@@ -601,6 +604,53 @@ impl Store {
             return Ok(stored);
         }
         Err(self.failed("saving an image", format!("no free name for {base}.{ext}")))
+    }
+
+    /// The tool-result facts of the image `sidecar` describes.
+    pub fn stored_of(&self, sidecar: &Sidecar) -> StoredImage {
+        StoredImage {
+            uri: format!("{IMAGE_URI_PREFIX}{}", sidecar.name),
+            path: self.resolved_path(&sidecar.name),
+            mime: sidecar.mime.clone(),
+            width: sidecar.width,
+            height: sidecar.height,
+            bytes: sidecar.bytes,
+            sha256: sidecar.sha256.clone(),
+            frames: sidecar.frames,
+            name: sidecar.name.clone(),
+        }
+    }
+
+    /// Where cache entry `key` lives: `cache/KEY.json` beside the images (in the local
+    /// directory, or beside `images/` in the bucket), so every replica sharing the store finds it.
+    fn cache_key(&self, key: &str) -> ObjectPath {
+        let file = format!("{key}.json");
+        match &self.inner.backend {
+            Backend::Local { .. } => ObjectPath::from("cache").join(file.as_str()),
+            Backend::Object { cache, .. } => cache.clone().join(file.as_str()),
+        }
+    }
+
+    /// The cache entry stored under `key` (at most `cap` bytes), or `None` when there is none.
+    pub async fn cache_entry(&self, key: &str, cap: u64) -> Result<Option<Bytes>, StoreError> {
+        let store = self.writer()?;
+        match self
+            .read_object(&store, &self.cache_key(key), key, cap)
+            .await
+        {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind == StoreErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stores (or replaces) the cache entry `key`.
+    pub async fn put_cache_entry(&self, key: &str, json: Vec<u8>) -> Result<(), StoreError> {
+        self.writer()?
+            .put(&self.cache_key(key), PutPayload::from(json))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.failed("saving a cache entry", e))
     }
 
     /// Deletes image `name` and its sidecar, whoever made it (a partial image of a failed
@@ -800,7 +850,7 @@ impl Store {
                     .map_err(|e| self.failed("listing images", e))?
                     .map_err(|e| self.failed("listing images", e))
             }
-            Backend::Object { store, root } => store
+            Backend::Object { store, root, .. } => store
                 .list(Some(root))
                 .try_filter_map(|meta| async move {
                     let name = meta.location.filename().unwrap_or_default().to_string();

@@ -37,6 +37,8 @@ pub const PROVIDER_HEALTH: &str = "imagegen_provider_health";
 pub const UPSTREAM_IN_FLIGHT: &str = "imagegen_upstream_in_flight";
 /// Counter: bytes of images generated and saved, by `provider` and `model`.
 pub const IMAGE_BYTES: &str = "imagegen_image_bytes_total";
+/// Counter: cache lookups of calls that use the cache, by `provider` and `outcome` (`hit`, `miss`).
+pub const CACHE_LOOKUPS: &str = "imagegen_cache_lookups_total";
 /// Counter: configuration reloads, by `outcome` (`published`, `failed`).
 pub const RELOADS: &str = "imagegen_config_reloads_total";
 

@@ -445,6 +445,13 @@ options = {{ endpoint = "{endpoint}", region = "us-east-1", allow_http = "true",
         .expect("a reads the edit's sidecar");
     assert_eq!(meta["inputs"], json!([from_a]));
     assert_eq!(meta["tool"], "edit_image");
+    // A request b makes after a made it is a hit on a's images: the entry is in the bucket.
+    let ask = json!({"prompt": "a shared fox", "cache": true, "delivery": "link"});
+    let by_a = call(&a, "generate_image", ask.clone()).await;
+    assert_ne!(by_a.is_error, Some(true), "{by_a:?}");
+    let by_b = call(&b, "generate_image", ask).await;
+    assert_eq!(structured(&by_b)["cached"], true, "{by_b:?}");
+    assert_eq!(uris(&by_b), uris(&by_a));
     // Nothing landed on either machine's disk.
     for home in [&home_a, &home_b] {
         let dir = home.path().join(".local/share/imagegen-mcp/images");
@@ -460,4 +467,148 @@ async fn by_a_or<C: rmcp::service::Service<RoleClient>>(
     uri: &str,
 ) -> Vec<u8> {
     read_bytes(client, uri).await.expect("readable")
+}
+
+/// The structured content of a tool result.
+fn structured(result: &CallToolResult) -> &Value {
+    result.structured_content.as_ref().expect("structured")
+}
+
+#[tokio::test]
+async fn an_identical_request_is_served_from_the_cache_without_calling_the_provider() {
+    let (one, two, three) = (img::png(40, 40), img::png(48, 32), img::png(32, 48));
+    let fake = FakeUpstream::start(vec![
+        Reply::json(&testkit_openai::b64_body(&[one.clone(), two.clone()])),
+        Reply::json(&testkit_openai::b64_body(std::slice::from_ref(&three))),
+        Reply::json(&testkit_openai::b64_body(std::slice::from_ref(&three))),
+        Reply::json(&testkit_openai::b64_body(std::slice::from_ref(&three))),
+    ])
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"default_provider = "openai"
+[providers.openai]
+kind = "openai"
+base_url = "{}"
+api_key = "sk-cache-test-0123456789"
+[cache]
+enabled = true
+"#,
+        fake.base()
+    );
+    let client = stdio(
+        home.path(),
+        &config,
+        VersionedClient(ProtocolVersion::V_2025_11_25),
+    )
+    .await;
+    let ask = json!({"prompt": "two foxes", "n": 2, "size": "1024x1024", "delivery": "link"});
+    let first = call(&client, "generate_image", ask.clone()).await;
+    assert_ne!(first.is_error, Some(true), "{first:?}");
+    assert_eq!(structured(&first).get("cached"), None);
+    assert_eq!(fake.count(), 1);
+
+    let again = call(&client, "generate_image", ask.clone()).await;
+    assert_ne!(again.is_error, Some(true), "{again:?}");
+    assert_eq!(fake.count(), 1, "a hit never reaches the provider");
+    let hit = structured(&again);
+    assert_eq!(hit["cached"], true, "{hit}");
+    let original = &structured(&first)["request_id"];
+    assert!(original.is_string(), "{first:?}");
+    assert_eq!(
+        &hit["request_id"], original,
+        "the original call's request id"
+    );
+    assert!(hit["original_created"]
+        .as_str()
+        .is_some_and(|c| c.starts_with("20")));
+    assert_eq!(
+        uris(&again),
+        uris(&first),
+        "the same stored images, in order"
+    );
+    assert_eq!(hit["images"][1]["sha256"], hex_sha256(&two));
+    assert!(hit.get("usage").is_none(), "a hit costs nothing: {hit}");
+    assert_eq!(
+        read_bytes(&client, &uris(&again)[0]).await.unwrap(),
+        one,
+        "the provider's bytes"
+    );
+
+    // `cache: false` asks the provider; so does any change to what would be sent.
+    let mut fresh = ask.clone();
+    fresh["cache"] = json!(false);
+    assert_eq!(
+        structured(&call(&client, "generate_image", fresh).await).get("cached"),
+        None
+    );
+    assert_eq!(fake.count(), 2);
+    let mut other = ask.clone();
+    other["size"] = json!("1024x1536");
+    assert_eq!(
+        structured(&call(&client, "generate_image", other).await).get("cached"),
+        None
+    );
+    assert_eq!(fake.count(), 3);
+
+    // A cached image that was deleted is a miss, never a broken result.
+    let deleted = call(&client, "delete_image", json!({"image": uris(&first)[0]})).await;
+    assert_ne!(deleted.is_error, Some(true), "{deleted:?}");
+    let after = call(&client, "generate_image", ask).await;
+    assert_ne!(after.is_error, Some(true), "{after:?}");
+    assert_eq!(structured(&after).get("cached"), None);
+    assert_eq!(fake.count(), 4);
+    let _ = client.cancel().await;
+}
+
+#[tokio::test]
+async fn the_cache_never_answers_one_caller_with_anothers_image() {
+    let png = img::png(40, 40);
+    let fake = FakeUpstream::start(vec![
+        Reply::json(&testkit_openai::b64_body(std::slice::from_ref(&png))),
+        Reply::json(&testkit_openai::b64_body(std::slice::from_ref(&png))),
+    ])
+    .await;
+    let config = format!(
+        r#"default_provider = "openai"
+[providers.openai]
+kind = "openai"
+base_url = "{}"
+api_key = "sk-cache-test-0123456789"
+[[server.auth.tokens]]
+name = "alice"
+token = "{ALICE}"
+[[server.auth.tokens]]
+name = "bob"
+token = "{BOB}"
+"#,
+        fake.base()
+    );
+    let server = HttpServer::start(&config, &[], &[]).await;
+    let (alice, bob) = (connect(&server, ALICE).await, connect(&server, BOB).await);
+    let ask = json!({"prompt": "a secret plan", "cache": true, "delivery": "link"});
+    let made = call(&alice, "generate_image", ask.clone()).await;
+    assert_ne!(made.is_error, Some(true), "{made:?}");
+    let bobs = call(&bob, "generate_image", ask.clone()).await;
+    assert_eq!(structured(&bobs).get("cached"), None, "bob's own call");
+    assert_ne!(uris(&bobs), uris(&made));
+    assert_eq!(fake.count(), 2);
+    let alices_again = call(&alice, "generate_image", ask).await;
+    assert_eq!(structured(&alices_again)["cached"], true);
+    assert_eq!(uris(&alices_again), uris(&made));
+    assert_eq!(fake.count(), 2);
+    let (status, metrics) = server.scrape(ALICE).await;
+    assert_eq!(status, 200);
+    let lookups = |outcome: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("imagegen_cache_lookups_total")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_string)
+    };
+    assert_eq!(lookups("hit").as_deref(), Some("1"), "{metrics}");
+    assert_eq!(lookups("miss").as_deref(), Some("2"), "{metrics}");
 }
