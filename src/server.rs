@@ -677,12 +677,29 @@ async fn read_inputs(
 ) -> Result<EditInputs, ToolError> {
     let policy = engine.inputs().clone();
     let store = engine.store();
+    // A caller who sees only their own images reads stored images through the store, which
+    // checks whose they are, and names no file on the server: the output directory holds
+    // every caller's images.
+    let restricted = matches!(viewer, Viewer::Caller(_));
     let mut stored: Vec<Option<Vec<u8>>> = Vec::new();
     let specs: Vec<&String> = images.iter().chain(&mask).chain(&markup).collect();
     for spec in &specs {
-        let name = (!store.is_local())
-            .then(|| ImageStore::name_from_uri(spec.trim()))
+        let spec = spec.trim();
+        let name = (!store.is_local() || restricted)
+            .then(|| ImageStore::name_from_uri(spec))
             .flatten();
+        if restricted
+            && name.is_none()
+            && !spec.starts_with("data:")
+            && crate::inputs::looks_like_path(spec)
+        {
+            return Err(ToolError::new(
+                imagegen_providers::ErrorKind::Permission,
+                "over HTTP an input is the imagegen:// URI of one of your images, a data: URL or \
+                 base64; file paths on the server are only for its local user (or with \
+                 storage.shared = true)",
+            ));
+        }
         stored.push(match name {
             Some(name) => Some(
                 store

@@ -130,6 +130,7 @@ async fn http_callers_see_read_and_delete_only_their_own_images_with_the_provide
     let fake = FakeUpstream::start(vec![
         Reply::json(&testkit_openai::b64_body(std::slice::from_ref(&png))),
         Reply::json(&testkit_openai::b64_body(std::slice::from_ref(&png))),
+        Reply::json(&testkit_openai::b64_body(std::slice::from_ref(&png))),
     ])
     .await;
     let config = format!(
@@ -206,14 +207,43 @@ admin = true
     );
     assert!(read_meta(&bob, &alices).await.is_none());
 
+    // Nor edit it: not by its URI, nor by its path in the shared output directory.
+    let dir = server.home.path().join(".local/share/imagegen-mcp/images");
+    let alices_path = dir.join(alices.trim_start_matches("imagegen://images/"));
+    for input in [json!(alices), json!(alices_path.display().to_string())] {
+        let refused = call(
+            &bob,
+            "edit_image",
+            json!({"prompt": "mine now", "images": [input], "delivery": "link"}),
+        )
+        .await;
+        assert_eq!(refused.is_error, Some(true), "{refused:?}");
+        let kind = &structured(&refused)["error"]["kind"];
+        assert!(kind == "not_found" || kind == "permission", "{refused:?}");
+    }
+    let own = call(
+        &alice,
+        "edit_image",
+        json!({"prompt": "at night", "images": [alices], "delivery": "link"}),
+    )
+    .await;
+    assert_ne!(
+        own.is_error,
+        Some(true),
+        "alice edits her own image: {own:?}"
+    );
+    let edit_of = uris(&own)[0].clone();
     let refused = call(&bob, "delete_image", json!({"image": alices})).await;
     assert_eq!(refused.is_error, Some(true));
     assert!(read_bytes(&alice, &alices).await.is_some(), "still there");
     let deleted = call(&alice, "delete_image", json!({"image": alices})).await;
     assert_ne!(deleted.is_error, Some(true), "{deleted:?}");
-    assert!(listed(&admin).await == vec![bobs.clone()]);
+    let left = listed(&admin).await;
+    assert!(
+        !left.contains(&alices) && left.contains(&bobs) && left.contains(&edit_of),
+        "{left:?}"
+    );
     let name = alices.trim_start_matches("imagegen://images/");
-    let dir = server.home.path().join(".local/share/imagegen-mcp/images");
     assert!(!dir.join(name).exists() && !dir.join(format!("{name}.json")).exists());
     assert!(dir
         .join(format!(
