@@ -642,3 +642,49 @@ token = "{BOB}"
     assert_eq!(lookups("hit").as_deref(), Some("1"), "{metrics}");
     assert_eq!(lookups("miss").as_deref(), Some("2"), "{metrics}");
 }
+
+#[tokio::test]
+async fn a_stateless_client_listening_hears_that_the_listing_changed() {
+    use crate::common::http_server;
+    use rmcp::model::{ServerNotification, SubscriptionFilter};
+    let server = HttpServer::start_mock(
+        &format!("[[server.auth.tokens]]\nname = \"alice\"\ntoken = \"{ALICE}\"\n"),
+        &[],
+    )
+    .await;
+    let listener = http_server::connect(&server.mcp(), ALICE, &[]).await;
+    let mut subscription = listener
+        .peer()
+        .listen(
+            SubscriptionFilter::builder()
+                .resources_list_changed()
+                .build(),
+        )
+        .await
+        .expect("subscriptions/listen is acknowledged");
+    assert_eq!(
+        subscription.acknowledged(),
+        &SubscriptionFilter::builder()
+            .resources_list_changed()
+            .build()
+    );
+    let maker = http_server::connect(&server.mcp(), ALICE, &[]).await;
+    let made = http_server::call(
+        &maker,
+        "generate_image",
+        json!({"prompt": "a heard fox", "delivery": "link"}),
+    )
+    .await;
+    assert_ne!(made.is_error, Some(true), "{made:?}");
+    let heard = tokio::time::timeout(Duration::from_secs(5), subscription.next())
+        .await
+        .expect("a notification within 5 s")
+        .expect("the stream is open");
+    assert!(
+        matches!(
+            heard,
+            Some(ServerNotification::ResourceListChangedNotification(_))
+        ),
+        "{heard:?}"
+    );
+}
