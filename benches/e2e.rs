@@ -44,6 +44,7 @@ use imagegen_providers::{
     openai::{OpenAiProvider, OpenAiSettings},
     GenerateRequest, ImageProviderExt,
 };
+use imagegen_testkit::img;
 use rmcp::{
     model::{CallToolRequestParams, ClientConfig, ProtocolVersion},
     service::RunningService,
@@ -198,32 +199,6 @@ fn images_response(png: &[u8]) -> Bytes {
         "input_tokens_details": {"text_tokens": 12, "image_tokens": 0}});
     let body = json!({"created": 1, "data": [{"b64_json": b64}], "usage": usage});
     Bytes::from(serde_json::to_vec(&body).unwrap())
-}
-
-/// A PNG of `side`x`side` RGB that compresses about as badly as a generated picture: smooth
-/// colour fields plus `noise_bits` of pseudo-random noise per channel.
-fn photo_like_png(side: u32, noise_bits: u32) -> Vec<u8> {
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-    let mask = (1u8 << noise_bits) - 1;
-    let img = image::RgbImage::from_fn(side, side, |x, y| {
-        // xorshift64: cheap, deterministic, and incompressible enough.
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let n = state.to_le_bytes();
-        let (fx, fy) = (x as f32 / side as f32, y as f32 / side as f32);
-        let base = [
-            (fx * 180.0 + 40.0 * (fy * 9.0).sin()) as u8,
-            (fy * 160.0 + 50.0 * (fx * 7.0).cos()) as u8,
-            ((fx + fy) * 90.0) as u8,
-        ];
-        image::Rgb(std::array::from_fn(|c| base[c].wrapping_add(n[c] & mask)))
-    });
-    let mut out = Vec::new();
-    image::DynamicImage::ImageRgb8(img)
-        .write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
-        .unwrap();
-    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2240,8 +2215,8 @@ async fn main() {
         },
         key,
         up,
-        png: photo_like_png(SIDE, 3),
-        small_png: photo_like_png(64, 3),
+        png: img::photo_like_png(SIDE, SIDE, 3),
+        small_png: img::photo_like_png(64, 64, 3),
         figures: Vec::new(),
         raw: serde_json::Map::new(),
     };

@@ -21,6 +21,29 @@ pub fn png(width: u32, height: u32) -> Vec<u8> {
     png_rgba(width, height, [30, 90, 200, 255])
 }
 
+/// A PNG `width`x`height` of RGB that compresses about as badly as a generated picture: smooth
+/// colour fields plus `noise_bits` (1 to 8) of pseudo-random noise per channel; 3 bits make
+/// a 1024x1024 image of about 1.6 MB.
+pub fn photo_like_png(width: u32, height: u32, noise_bits: u32) -> Vec<u8> {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mask = ((1u16 << noise_bits.clamp(1, 8)) - 1) as u8;
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        // xorshift64: cheap, deterministic, and incompressible enough.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let n = state.to_le_bytes();
+        let (fx, fy) = (x as f32 / width as f32, y as f32 / height as f32);
+        let base = [
+            (fx * 180.0 + 40.0 * (fy * 9.0).sin()) as u8,
+            (fy * 160.0 + 50.0 * (fx * 7.0).cos()) as u8,
+            ((fx + fy) * 90.0) as u8,
+        ];
+        image::Rgb(std::array::from_fn(|c| base[c].wrapping_add(n[c] & mask)))
+    });
+    encode(image::DynamicImage::ImageRgb8(img), image::ImageFormat::Png)
+}
+
 /// A JPEG `width`x`height` of an opaque blue (JPEG has no alpha).
 pub fn jpeg(width: u32, height: u32) -> Vec<u8> {
     encode(

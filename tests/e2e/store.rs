@@ -688,3 +688,58 @@ async fn a_stateless_client_listening_hears_that_the_listing_changed() {
         "{heard:?}"
     );
 }
+
+#[tokio::test]
+async fn ten_large_images_are_stored_with_sidecars_and_their_previews_fit_the_budget() {
+    let photo = img::photo_like_png(1536, 1024, 3);
+    assert!(photo.len() > 1_400_000, "a realistic size: {}", photo.len());
+    let fake = FakeUpstream::start(vec![Reply::json(&testkit_openai::b64_body(&vec![
+        photo
+            .clone(
+            );
+        10
+    ]))])
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    let config = format!(
+        "default_provider = \"openai\"\n[providers.openai]\nkind = \"openai\"\nbase_url = \"{}\"\napi_key = \"sk-budget-test-0123456789\"\n",
+        fake.base()
+    );
+    let client = stdio(
+        home.path(),
+        &config,
+        VersionedClient(ProtocolVersion::V_2025_11_25),
+    )
+    .await;
+    let made = call(
+        &client,
+        "generate_image",
+        json!({"prompt": "ten valleys", "n": 10, "size": "1536x1024"}),
+    )
+    .await;
+    assert_ne!(made.is_error, Some(true), "{made:?}");
+    let inline: usize = made
+        .content
+        .iter()
+        .filter_map(|c| c.as_image())
+        .map(|i| i.data.len())
+        .sum();
+    assert!(inline > 0, "previews are inline");
+    assert!(inline <= 80_000, "{inline} base64 bytes inline");
+    let images = uris(&made);
+    assert_eq!(images.len(), 10);
+    let mut names: Vec<&String> = images.iter().collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 10, "ten names");
+    for uri in &images {
+        let meta = read_meta(&client, uri).await.expect("a sidecar");
+        assert_eq!(meta["sha256"], hex_sha256(&photo));
+        assert_eq!(
+            (meta["width"].as_u64(), meta["height"].as_u64()),
+            (Some(1536), Some(1024))
+        );
+    }
+    assert_eq!(read_bytes(&client, &images[9]).await.unwrap(), photo);
+    let _ = client.cancel().await;
+}
