@@ -19,7 +19,6 @@
 use std::{
     collections::HashMap,
     fmt::Write as _,
-    io::Cursor,
     path::{Path, PathBuf},
     process::Stdio,
     sync::{
