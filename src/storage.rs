@@ -379,11 +379,6 @@ fn decode_cursor(cursor: &str) -> Option<(u128, String)> {
     Some((nanos.parse().ok()?, name.to_string()))
 }
 
-fn nanos(time: SystemTime) -> u128 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
-}
-
 impl Store {
     /// The local store saving into `dir` (created on first save).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -840,31 +835,112 @@ impl Store {
             .map_err(|e| self.failed(&format!("reading `{name}`"), e))
     }
 
-    /// Every file or object under the root whose name is an image's or a sidecar's.
-    async fn entries(&self) -> Result<Vec<Entry>, StoreError> {
+    /// The days of the store's listing, newest first, from `from` (a `YYYYMMDD`) back: the
+    /// local directory is one chunk; an object store is walked a day prefix at a time, so a
+    /// page of the newest images lists only the days it needs.
+    async fn days(&self, from: Option<Day>) -> Result<Vec<DayChunk>, StoreError> {
         match &self.inner.backend {
             Backend::Local { dir, .. } => {
                 let dir = dir.clone();
-                tokio::task::spawn_blocking(move || local_entries(&dir))
+                let entries = tokio::task::spawn_blocking(move || local_entries(&dir))
                     .await
                     .map_err(|e| self.failed("listing images", e))?
-                    .map_err(|e| self.failed("listing images", e))
+                    .map_err(|e| self.failed("listing images", e))?;
+                Ok(vec![DayChunk {
+                    day: Day::MAX,
+                    prefix: None,
+                    loose: entries,
+                }])
             }
-            Backend::Object { store, root, .. } => store
-                .list(Some(root))
-                .try_filter_map(|meta| async move {
-                    let name = meta.location.filename().unwrap_or_default().to_string();
-                    let wanted = is_valid_name(&name) || image_of_sidecar(&name).is_some();
-                    Ok(wanted.then(|| Entry {
-                        name,
-                        bytes: meta.size,
-                        modified: SystemTime::from(meta.last_modified),
-                    }))
-                })
-                .try_collect()
-                .await
-                .map_err(|e| self.failed("listing images", e)),
+            Backend::Object { store, root, .. } => {
+                let top = store
+                    .list_with_delimiter(Some(root))
+                    .await
+                    .map_err(|e| self.failed("listing images", e))?;
+                let mut days: Vec<DayChunk> = Vec::new();
+                // Names without a date (none this server makes today) sit at the root, each
+                // listed under the day it was written.
+                for meta in &top.objects {
+                    let Some(entry) = object_entry(meta) else {
+                        continue;
+                    };
+                    let day = day_of_time(entry.modified);
+                    match days.iter_mut().find(|d| d.day == day) {
+                        Some(chunk) => chunk.loose.push(entry),
+                        None => days.push(DayChunk {
+                            day,
+                            prefix: None,
+                            loose: vec![entry],
+                        }),
+                    }
+                }
+                for year in digits(&top.common_prefixes, 4) {
+                    let months = store
+                        .list_with_delimiter(Some(&year.1))
+                        .await
+                        .map_err(|e| self.failed("listing images", e))?;
+                    for month in digits(&months.common_prefixes, 2) {
+                        let in_month = store
+                            .list_with_delimiter(Some(&month.1))
+                            .await
+                            .map_err(|e| self.failed("listing images", e))?;
+                        for (day, prefix) in digits(&in_month.common_prefixes, 2) {
+                            let day = year.0 * 10_000 + month.0 * 100 + day;
+                            match days.iter_mut().find(|d| d.day == day) {
+                                Some(chunk) => chunk.prefix = Some(prefix),
+                                None => days.push(DayChunk {
+                                    day,
+                                    prefix: Some(prefix),
+                                    loose: Vec::new(),
+                                }),
+                            }
+                        }
+                    }
+                }
+                days.retain(|d| from.is_none_or(|from| d.day <= from));
+                days.sort_by(|a, b| b.day.cmp(&a.day));
+                Ok(days)
+            }
         }
+    }
+
+    /// Every file or object of `chunk` whose name is an image's or a sidecar's.
+    async fn day_entries(&self, chunk: DayChunk) -> Result<Vec<Entry>, StoreError> {
+        let (Backend::Object { store, .. }, Some(prefix)) = (&self.inner.backend, &chunk.prefix)
+        else {
+            return Ok(chunk.loose);
+        };
+        let mut entries: Vec<Entry> = store
+            .list(Some(prefix))
+            .try_filter_map(|meta| async move { Ok(object_entry(&meta)) })
+            .try_collect()
+            .await
+            .map_err(|e| self.failed("listing images", e))?;
+        entries.extend(chunk.loose);
+        Ok(entries)
+    }
+
+    /// The names of the images with sidecars stored on `since` (a `YYYYMMDD`) or later, or
+    /// all of them: what the history index catches up from.
+    pub async fn names_since(&self, since: Option<Day>) -> Result<Vec<String>, StoreError> {
+        let mut names = Vec::new();
+        for chunk in self.days(None).await? {
+            if since.is_some_and(|since| chunk.day < since) {
+                break;
+            }
+            let entries = self.day_entries(chunk).await?;
+            let sidecars: HashSet<&str> = entries
+                .iter()
+                .filter_map(|e| image_of_sidecar(&e.name))
+                .collect();
+            names.extend(
+                entries
+                    .iter()
+                    .filter(|e| is_valid_name(&e.name) && sidecars.contains(e.name.as_str()))
+                    .map(|e| e.name.clone()),
+            );
+        }
+        Ok(names)
     }
 
     /// One page of the images `viewer` may see, newest first: at most `limit` (and never more
@@ -882,68 +958,119 @@ impl Store {
             ),
             None => None,
         };
-        let entries = self.entries().await?;
-        let sidecars: HashSet<&str> = entries
-            .iter()
-            .filter_map(|e| image_of_sidecar(&e.name))
-            .collect();
-        let legacy_ok = self.is_local();
-        let start = process_start();
-        let mut images: Vec<Entry> = entries
-            .iter()
-            .filter(|e| is_valid_name(&e.name))
-            .filter(|e| sidecars.contains(e.name.as_str()) || (legacy_ok && e.modified < start))
-            .filter(|e| match &after {
-                None => true,
-                Some((at, name)) => {
-                    let n = nanos(e.modified);
-                    n < *at || (n == *at && e.name.as_str() > name.as_str())
-                }
-            })
-            .cloned()
-            .collect();
-        images.sort_by(|a, b| {
-            b.modified
-                .cmp(&a.modified)
-                .then_with(|| a.name.cmp(&b.name))
+        let after = after.map(|(at, name)| Entry {
+            modified: SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_nanos(u64::try_from(at).unwrap_or(u64::MAX)),
+            name,
+            bytes: 0,
         });
         let limit = limit.clamp(1, MAX_PAGE);
+        let legacy_ok = self.is_local();
+        let start = process_start();
         let mut page = Page::default();
-        if !viewer.filters() {
-            let more = images.len() > limit;
-            images.truncate(limit);
-            page.next_cursor = more.then(|| images.last().map(encode_cursor)).flatten();
-            page.images = images.iter().map(listed).collect();
-            return Ok(page);
-        }
-        // Whose each image is lives in its sidecar: read them a few at a time, in order,
-        // until the page is full and one more visible image says there is a next page.
-        let mut checked = futures::stream::iter(images)
-            .map(|entry| {
-                let (store, viewer) = (self.clone(), viewer.clone());
-                async move {
-                    let seen = matches!(
-                        store.visible_sidecar(&entry.name, &viewer).await,
-                        Ok(Some(_))
-                    );
-                    (entry, seen)
-                }
-            })
-            .buffered(16);
         let mut last: Option<Entry> = None;
-        while let Some((entry, seen)) = checked.next().await {
-            if !seen {
-                continue;
+        for chunk in self.days(after.as_ref().map(entry_day)).await? {
+            let entries = self.day_entries(chunk).await?;
+            let sidecars: HashSet<&str> = entries
+                .iter()
+                .filter_map(|e| image_of_sidecar(&e.name))
+                .collect();
+            let mut images: Vec<Entry> = entries
+                .iter()
+                .filter(|e| is_valid_name(&e.name))
+                .filter(|e| sidecars.contains(e.name.as_str()) || (legacy_ok && e.modified < start))
+                .filter(|e| {
+                    after
+                        .as_ref()
+                        .is_none_or(|a| listing_order(a, e) == std::cmp::Ordering::Less)
+                })
+                .cloned()
+                .collect();
+            images.sort_by(listing_order);
+            // Whose each image is lives in its sidecar: read them a few at a time, in order,
+            // until the page is full and one more visible image says there is a next page.
+            let mut checked = futures::stream::iter(images)
+                .map(|entry| {
+                    let (store, viewer) = (self.clone(), viewer.clone());
+                    async move {
+                        let seen = !viewer.filters()
+                            || matches!(
+                                store.visible_sidecar(&entry.name, &viewer).await,
+                                Ok(Some(_))
+                            );
+                        (entry, seen)
+                    }
+                })
+                .buffered(16);
+            while let Some((entry, seen)) = checked.next().await {
+                if !seen {
+                    continue;
+                }
+                if page.images.len() == limit {
+                    page.next_cursor = last.as_ref().map(encode_cursor);
+                    return Ok(page);
+                }
+                page.images.push(listed(&entry));
+                last = Some(entry);
             }
-            if page.images.len() == limit {
-                page.next_cursor = last.as_ref().map(encode_cursor);
-                break;
-            }
-            page.images.push(listed(&entry));
-            last = Some(entry);
         }
         Ok(page)
     }
+}
+
+/// A day as `YYYYMMDD`.
+pub type Day = u32;
+
+/// One day of a listing: the objects under its date prefix, and those kept outside any.
+struct DayChunk {
+    day: Day,
+    prefix: Option<ObjectPath>,
+    loose: Vec<Entry>,
+}
+
+/// The prefixes among `prefixes` whose last part is `width` digits, with their value.
+fn digits(prefixes: &[ObjectPath], width: usize) -> Vec<(Day, ObjectPath)> {
+    prefixes
+        .iter()
+        .filter_map(|p| {
+            let part = p.filename()?;
+            (part.len() == width && part.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| Some((part.parse().ok()?, p.clone())))
+                .flatten()
+        })
+        .collect()
+}
+
+/// The entry of an object whose name is an image's or a sidecar's.
+fn object_entry(meta: &object_store::ObjectMeta) -> Option<Entry> {
+    let name = meta.location.filename()?.to_string();
+    (is_valid_name(&name) || image_of_sidecar(&name).is_some()).then(|| Entry {
+        name,
+        bytes: meta.size,
+        modified: SystemTime::from(meta.last_modified),
+    })
+}
+
+/// The UTC day of `time`.
+pub(crate) fn day_of_time(time: SystemTime) -> Day {
+    let date = time::OffsetDateTime::from(time).date();
+    date.year().max(0) as Day * 10_000 + u8::from(date.month()) as Day * 100 + date.day() as Day
+}
+
+/// The day an entry is listed under: the date its name starts with, else the day it was written.
+fn entry_day(entry: &Entry) -> Day {
+    date_parts(&entry.name)
+        .and_then(|[y, m, d]| format!("{y}{m}{d}").parse().ok())
+        .unwrap_or_else(|| day_of_time(entry.modified))
+}
+
+/// Listing order: newest day first, then newest first, then by name. Days lead because an
+/// object store is listed a day prefix at a time; within a day it is the time written.
+fn listing_order(a: &Entry, b: &Entry) -> std::cmp::Ordering {
+    entry_day(b)
+        .cmp(&entry_day(a))
+        .then_with(|| b.modified.cmp(&a.modified))
+        .then_with(|| a.name.cmp(&b.name))
 }
 
 /// The first suffix to try for `base`: the images of one call are often identical (one

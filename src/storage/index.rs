@@ -50,6 +50,10 @@ pub const MAX_LIMIT: u32 = 100;
 /// How often a store without a cheap change stamp is listed again, at most.
 pub const CATCH_UP_EVERY: Duration = Duration::from_secs(1);
 
+/// How often the catch-up lists a whole object store (which is how it learns of images
+/// another replica deleted); in between it lists only the newest days.
+pub const FULL_LISTING_EVERY: Duration = Duration::from_secs(60);
+
 /// The layout of the index file; any other version is dropped and rebuilt.
 const SCHEMA_VERSION: i64 = 2;
 /// The longest `query` taken, in bytes.
@@ -1419,30 +1423,38 @@ impl SidecarSource for ObjectSource {
         self.store.to_string()
     }
 
-    fn list(&self, _after: Option<OffsetDateTime>) -> io::Result<Listing> {
-        let mut images = Vec::new();
-        let mut cursor = None;
-        loop {
-            let page = self
-                .runtime
-                .block_on(self.store.list(
-                    &super::Viewer::Everyone,
-                    cursor.as_deref(),
-                    super::MAX_PAGE,
-                ))
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            images.extend(page.images.into_iter().map(|image| Listed {
-                name: image.name,
-                has_sidecar: true,
-            }));
-            match page.next_cursor {
-                Some(next) => cursor = Some(next),
-                None => break,
+    fn list(&self, after: Option<OffsetDateTime>) -> io::Result<Listing> {
+        // Between full listings (which also tell what was deleted) only the days since the
+        // newest indexed image are listed, a day early for replicas' clock skew.
+        static FULL: Mutex<Option<HashMap<String, Instant>>> = Mutex::new(None);
+        let location = self.location();
+        let since = {
+            let mut full = FULL.lock().unwrap_or_else(|e| e.into_inner());
+            let full = full.get_or_insert_with(HashMap::new);
+            let recent = full
+                .get(&location)
+                .is_some_and(|at| at.elapsed() < FULL_LISTING_EVERY);
+            match after.filter(|_| recent) {
+                Some(after) => Some(super::day_of_time((after - time::Duration::DAY).into())),
+                None => {
+                    full.insert(location, Instant::now());
+                    None
+                }
             }
-        }
+        };
+        let names = self
+            .runtime
+            .block_on(self.store.names_since(since))
+            .map_err(|e| io::Error::other(e.to_string()))?;
         Ok(Listing {
-            images,
-            complete: true,
+            images: names
+                .into_iter()
+                .map(|name| Listed {
+                    name,
+                    has_sidecar: true,
+                })
+                .collect(),
+            complete: since.is_none(),
         })
     }
 

@@ -247,63 +247,79 @@ async fn listings_page_newest_first_with_cursors_and_never_repeat() {
     }
 }
 
-/// An object store that fails every sidecar write: how a store that fills up mid-save looks.
+/// An object store around another that counts full listings and, with `fail_sidecars`, fails
+/// every sidecar write: how a store that fills up mid-save looks.
 #[derive(Debug)]
-struct FailingSidecars(Arc<dyn ObjectStore>);
+struct Instrumented {
+    inner: Arc<dyn ObjectStore>,
+    fail_sidecars: bool,
+    lists: Arc<std::sync::atomic::AtomicUsize>,
+}
 
-impl std::fmt::Display for FailingSidecars {
+/// `inner`, failing every sidecar write.
+fn failing_sidecars(inner: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
+    Arc::new(Instrumented {
+        inner,
+        fail_sidecars: true,
+        lists: Arc::default(),
+    })
+}
+
+impl std::fmt::Display for Instrumented {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FailingSidecars({})", self.0)
+        write!(f, "Instrumented({})", self.inner)
     }
 }
 
 #[async_trait]
-impl ObjectStore for FailingSidecars {
+impl ObjectStore for Instrumented {
     async fn put_opts(
         &self,
         location: &ObjectPath,
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        if location.as_ref().ends_with(SIDECAR_SUFFIX) {
+        if self.fail_sidecars && location.as_ref().ends_with(SIDECAR_SUFFIX) {
             return Err(object_store::Error::Generic {
                 store: "test",
                 source: "no space left on the test store".into(),
             });
         }
-        self.0.put_opts(location, payload, opts).await
+        self.inner.put_opts(location, payload, opts).await
     }
     async fn put_multipart_opts(
         &self,
         location: &ObjectPath,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.0.put_multipart_opts(location, opts).await
+        self.inner.put_multipart_opts(location, opts).await
     }
     async fn get_opts(
         &self,
         location: &ObjectPath,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
-        self.0.get_opts(location, options).await
+        self.inner.get_opts(location, options).await
     }
     fn delete_stream(
         &self,
         locations: BoxStream<'static, object_store::Result<ObjectPath>>,
     ) -> BoxStream<'static, object_store::Result<ObjectPath>> {
-        self.0.delete_stream(locations)
+        self.inner.delete_stream(locations)
     }
     fn list(
         &self,
         prefix: Option<&ObjectPath>,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.0.list(prefix)
+        self.lists
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.list(prefix)
     }
     async fn list_with_delimiter(
         &self,
         prefix: Option<&ObjectPath>,
     ) -> object_store::Result<ListResult> {
-        self.0.list_with_delimiter(prefix).await
+        self.inner.list_with_delimiter(prefix).await
     }
     async fn copy_opts(
         &self,
@@ -311,7 +327,7 @@ impl ObjectStore for FailingSidecars {
         to: &ObjectPath,
         options: CopyOptions,
     ) -> object_store::Result<()> {
-        self.0.copy_opts(from, to, options).await
+        self.inner.copy_opts(from, to, options).await
     }
 }
 
@@ -322,12 +338,9 @@ async fn a_failed_sidecar_leaves_no_orphan_image() {
     let local = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
     let memory: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
     let stores = [
+        (Store::local_over(dir.path(), failing_sidecars(local)), None),
         (
-            Store::local_over(dir.path(), Arc::new(FailingSidecars(local))),
-            None,
-        ),
-        (
-            Store::over(Arc::new(FailingSidecars(memory.clone())), "memory://"),
+            Store::over(failing_sidecars(memory.clone()), "memory://"),
             Some(memory),
         ),
     ];
@@ -580,4 +593,68 @@ async fn a_burst_of_changes_is_one_change_and_a_later_one_another() {
     assert!(super::next_change(&mut changes).await);
     drop(tx);
     assert!(!super::next_change(&mut changes).await, "no sender left");
+}
+
+#[tokio::test]
+async fn an_object_store_is_listed_a_day_at_a_time_newest_day_first() {
+    let memory: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let lists = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let store = Store::over(
+        Arc::new(Instrumented {
+            inner: memory.clone(),
+            fail_sidecars: false,
+            lists: lists.clone(),
+        }),
+        "memory://",
+    );
+    // Three images saved today, then each copied under two earlier days, as another replica
+    // on those days would have stored them.
+    let mut today = Vec::new();
+    for i in 0..3 {
+        today.push(store.save(&png(i), &made_by(None, "p")).await.unwrap());
+    }
+    let mut all: Vec<String> = today.iter().map(|s| s.name.clone()).collect();
+    for day in ["20261129", "20261130"] {
+        for saved in &today {
+            let name = format!("{day}{}", &saved.name[8..]);
+            let bytes = memory.get(&store.key(&saved.name)).await.unwrap();
+            let bytes = bytes.bytes().await.unwrap();
+            memory.put(&store.key(&name), bytes.into()).await.unwrap();
+            let mut sidecar = store.sidecar(&saved.name, &Viewer::Everyone).await.unwrap();
+            sidecar.name = name.clone();
+            let json = serde_json::to_vec(&sidecar).unwrap();
+            memory
+                .put(&store.key(&sidecar_name(&name)), json.into())
+                .await
+                .unwrap();
+            all.push(name);
+        }
+    }
+    let listed_before = lists.load(std::sync::atomic::Ordering::Relaxed);
+    let first = store.list(&Viewer::Everyone, None, 2).await.unwrap();
+    assert_eq!(
+        lists.load(std::sync::atomic::Ordering::Relaxed) - listed_before,
+        1,
+        "the first page lists only today"
+    );
+    let mut seen: Vec<String> = first.images.iter().map(|i| i.name.clone()).collect();
+    let mut cursor = first.next_cursor;
+    while let Some(c) = cursor {
+        let page = store.list(&Viewer::Everyone, Some(&c), 2).await.unwrap();
+        seen.extend(page.images.iter().map(|i| i.name.clone()));
+        cursor = page.next_cursor;
+    }
+    let days: Vec<&str> = seen.iter().map(|n| &n[..8]).collect();
+    let mut newest_first = days.clone();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    assert_eq!(days, newest_first, "newest day first: {seen:?}");
+    let mut expected = all.clone();
+    expected.sort();
+    seen.sort();
+    assert_eq!(seen, expected, "every image once");
+    let mut recent = store.names_since(Some(20261130)).await.unwrap();
+    recent.sort();
+    assert_eq!(recent.len(), 6, "{recent:?}");
+    assert!(recent.iter().all(|n| !n.starts_with("20261129")));
+    assert_eq!(store.names_since(None).await.unwrap().len(), 9);
 }
