@@ -898,7 +898,7 @@ impl Store {
                     }
                 }
                 days.retain(|d| from.is_none_or(|from| d.day <= from));
-                days.sort_by(|a, b| b.day.cmp(&a.day));
+                days.sort_by_key(|d| std::cmp::Reverse(d.day));
                 Ok(days)
             }
         }
