@@ -279,14 +279,19 @@ impl Server {
         std::fs::write(&config, config_toml(provider, delivery, &out)).unwrap();
         let log = std::fs::File::create(home.path().join("server.log")).unwrap();
 
+        // `E2E_BIN` in `E2E_AB` runs another build as the second server (an A/B of two commits).
+        let binary = env
+            .iter()
+            .find(|(k, _)| k == "E2E_BIN")
+            .map_or(env!("CARGO_BIN_EXE_imagegen-mcp"), |(_, v)| v.as_str());
         let start = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_imagegen-mcp"))
+        let mut child = Command::new(binary)
             .env_clear()
             .env("HOME", home.path())
             .env("XDG_CONFIG_HOME", home.path().join(".config"))
             .env("XDG_DATA_HOME", home.path().join(".local/share"))
             .current_dir(home.path())
-            .envs(env.iter().cloned())
+            .envs(env.iter().filter(|(k, _)| k != "E2E_BIN").cloned())
             .arg("--config")
             .arg(&config)
             .arg("serve")
