@@ -372,7 +372,7 @@ fn truncated_corrupted_and_garbage_files_never_panic_and_truncations_are_refused
     for seed in 0..200 {
         let noise = garbage(seed, (seed as usize * 37) % 3000);
         for (prefix, format) in [
-            (&PNG_SIGNATURE[..], ImageFormat::Png),
+            (PNG_SIGNATURE, ImageFormat::Png),
             (&[0xFF, 0xD8][..], ImageFormat::Jpeg),
             (&b"RIFF\0\0\0\0WEBP"[..], ImageFormat::Webp),
         ] {
