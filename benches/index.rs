@@ -99,6 +99,7 @@ fn write_store(dir: &Path) {
             mime: "image/png".into(),
             bytes: 1_500_000,
             sha256: format!("{:064x}", i),
+            upstream_sha256: None,
             width: 1024,
             height: 1024,
             frames: None,

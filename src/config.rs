@@ -454,6 +454,9 @@ pub struct OutputConfig {
     /// The largest stored file `resources/read` returns, MB; a larger one is refused with a
     /// clear error (it would not fit any client's message limit as base64).
     pub max_read_mb: u64,
+    /// Write the prompt into each stored PNG, JPEG or WebP (iTXt / XMP); never into a file
+    /// with a C2PA manifest. Off: the stored bytes are exactly the provider's.
+    pub embed_metadata: bool,
 }
 
 impl Default for OutputConfig {
@@ -463,6 +466,7 @@ impl Default for OutputConfig {
             delivery: Delivery::Preview,
             preview_budget_bytes: 80_000,
             max_read_mb: 64,
+            embed_metadata: false,
         }
     }
 }

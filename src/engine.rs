@@ -1388,6 +1388,7 @@ impl Engine {
             request_id: result.request_id.clone(),
             inputs: saving.inputs,
             notes: Vec::new(),
+            embed_metadata: self.output().embed_metadata,
         };
         // All at once: each save waits on the disk or the network, not on the others.
         let saves = result.images.iter().map(|img| self.store.save(img, &how));

@@ -36,6 +36,7 @@ use crate::config::{
     StorageConfig,
 };
 
+pub mod embed;
 pub mod index;
 mod open;
 pub mod sidecar;
@@ -75,7 +76,8 @@ pub struct StoredImage {
     pub height: u32,
     /// Size of the file in bytes.
     pub bytes: u64,
-    /// Hex SHA-256 of the file's contents.
+    /// Hex SHA-256 of the stored file's contents (the provider's bytes unless
+    /// `output.embed_metadata` wrote into them).
     pub sha256: String,
     /// Frames of an animated image (a GIF); absent for a still image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,6 +113,8 @@ pub struct Provenance {
     pub inputs: Vec<String>,
     /// What a reader of the sidecar should know.
     pub notes: Vec<String>,
+    /// Write the prompt into the file itself (`output.embed_metadata`; see [`embed`]).
+    pub embed_metadata: bool,
 }
 
 /// Whose images a request may see: over HTTP a caller sees their own, unless the store is
@@ -553,9 +557,24 @@ impl Store {
                     continue;
                 }
             }
+            let uri = format!("{IMAGE_URI_PREFIX}{name}");
+            // Off by default, and then the provider's bytes go out untouched and unparsed.
+            let embedding = how
+                .embed_metadata
+                .then(|| embed_into(image, how, &created, &uri));
+            let (bytes, stored_sha256, note) = match embedding {
+                None => (image.bytes.clone(), sha256.clone(), None),
+                Some(Ok(embedded)) => {
+                    let note = embedded.note();
+                    let bytes = Bytes::from(embedded.bytes);
+                    let stored_sha256 = hex(&Sha256::digest(&bytes));
+                    (bytes, stored_sha256, Some(note))
+                }
+                Some(Err(skipped)) => (image.bytes.clone(), sha256.clone(), Some(skipped.note())),
+            };
             let key = self.key(&name);
             match writer
-                .put_opts(&key, PutPayload::from(image.bytes.clone()), create())
+                .put_opts(&key, PutPayload::from(bytes.clone()), create())
                 .await
             {
                 Ok(_) => {}
@@ -563,17 +582,21 @@ impl Store {
                 Err(e) => return Err(self.failed("saving an image", e)),
             }
             let stored = StoredImage {
-                uri: format!("{IMAGE_URI_PREFIX}{name}"),
+                uri,
                 path: self.resolved_path(&name),
                 mime: image.mime().into(),
                 width: image.width,
                 height: image.height,
-                bytes: image.bytes.len() as u64,
-                sha256: sha256.clone(),
+                bytes: bytes.len() as u64,
+                sha256: stored_sha256,
                 frames: (image.frames > 1).then_some(image.frames),
                 name,
             };
-            let sidecar = sidecar_of(&stored, how, created.clone());
+            let mut sidecar = sidecar_of(&stored, how, created.clone());
+            if stored.sha256 != sha256 {
+                sidecar.upstream_sha256 = Some(sha256.clone());
+            }
+            sidecar.notes.extend(note);
             let sidecar_key = self.key(&sidecar_name(&stored.name));
             let written = match serde_json::to_vec_pretty(&sidecar) {
                 Ok(json) => writer
@@ -1123,7 +1146,26 @@ fn sidecar_of(stored: &StoredImage, how: &Provenance, created: String) -> Sideca
         request_id: how.request_id.clone(),
         inputs: how.inputs.clone(),
         notes: how.notes.clone(),
+        upstream_sha256: None,
     }
+}
+
+/// `image` with the prompt and its facts written into it, or why not.
+fn embed_into(
+    image: &GeneratedImage,
+    how: &Provenance,
+    created: &str,
+    uri: &str,
+) -> Result<embed::Embedded, embed::Skipped> {
+    let meta = embed::Metadata {
+        prompt: &how.prompt,
+        revised_prompt: how.revised_prompt.as_deref(),
+        provider: how.provider.as_deref(),
+        model: how.model.as_deref(),
+        created,
+        uri,
+    };
+    embed::embed(&image.bytes, image.format, &meta)
 }
 
 /// The image and sidecar files directly in `dir` (a missing directory has none).

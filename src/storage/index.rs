@@ -282,6 +282,7 @@ impl SidecarSource for DirSource {
             mime: image.mime().into(),
             bytes: size,
             sha256,
+            upstream_sha256: None,
             width: image.width,
             height: image.height,
             frames: (image.frames > 1).then_some(image.frames),

@@ -21,8 +21,12 @@ pub struct Sidecar {
     pub mime: String,
     /// Size of the image in bytes.
     pub bytes: u64,
-    /// Hex SHA-256 of the image: the provider's bytes, unchanged.
+    /// Hex SHA-256 of the stored image: the provider's bytes, unchanged, unless
+    /// `output.embed_metadata` wrote into them (then `upstream_sha256` is the provider's).
     pub sha256: String,
+    /// Hex SHA-256 of the provider's bytes, only when the stored file differs from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_sha256: Option<String>,
     /// Width in pixels.
     pub width: u32,
     /// Height in pixels.
@@ -87,7 +91,14 @@ mod tests {
         assert_eq!(sidecar.prompt, "");
         assert_eq!(sidecar_name(&sidecar.name), "a.png.json");
         let written = serde_json::to_string(&sidecar).unwrap();
-        for absent in ["caller", "usage", "inputs", "params", "frames"] {
+        for absent in [
+            "caller",
+            "usage",
+            "inputs",
+            "params",
+            "frames",
+            "upstream_sha256",
+        ] {
             assert!(!written.contains(absent), "{absent} in {written}");
         }
     }

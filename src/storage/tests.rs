@@ -658,3 +658,99 @@ async fn an_object_store_is_listed_a_day_at_a_time_newest_day_first() {
     assert!(recent.iter().all(|n| !n.starts_with("20261129")));
     assert_eq!(store.names_since(None).await.unwrap().len(), 9);
 }
+
+#[tokio::test]
+async fn embedding_writes_the_prompt_into_the_stored_file_and_records_both_hashes() {
+    let (_dir, stores) = backends().await;
+    for store in stores {
+        let img = png(5);
+        let upstream = hex(&Sha256::digest(&img.bytes));
+        let mut how = made_by(None, "a fox in the snow");
+        how.embed_metadata = true;
+        let saved = store.save(&img, &how).await.unwrap();
+        let (stored, _) = store
+            .read(&saved.name, u64::MAX, &Viewer::Everyone)
+            .await
+            .unwrap();
+        assert_ne!(stored, img.bytes);
+        assert_eq!(saved.sha256, hex(&Sha256::digest(&stored)));
+        assert_eq!(saved.bytes, stored.len() as u64);
+        let texts = png::Decoder::new(std::io::Cursor::new(&stored[..]))
+            .read_info()
+            .unwrap()
+            .info()
+            .utf8_text
+            .iter()
+            .map(|c| c.get_text().unwrap())
+            .collect::<Vec<_>>();
+        assert!(texts.iter().any(|t| t == "a fox in the snow"), "{texts:?}");
+        assert!(texts.iter().any(|t| t.contains(&saved.uri)), "{texts:?}");
+        let sidecar = store.sidecar(&saved.name, &Viewer::Everyone).await.unwrap();
+        assert_eq!(sidecar.sha256, saved.sha256);
+        assert_eq!(sidecar.upstream_sha256.as_deref(), Some(upstream.as_str()));
+        assert_eq!(sidecar.bytes, stored.len() as u64);
+        assert!(
+            sidecar
+                .notes
+                .iter()
+                .any(|n| n.contains("metadata embedded")),
+            "{:?}",
+            sidecar.notes
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_file_with_a_c2pa_manifest_is_stored_as_sent_with_a_note() {
+    let (_dir, stores) = backends().await;
+    // A PNG with a caBX chunk (the C2PA manifest store's chunk) before its image data.
+    let plain = png(6);
+    let mut marked = plain.bytes[..33].to_vec();
+    let jumbf = b"\0\0\0\x10jumb\0\0\0\x08jumdc2pa";
+    marked.extend_from_slice(&(jumbf.len() as u32).to_be_bytes());
+    let start = marked.len();
+    marked.extend_from_slice(b"caBX");
+    marked.extend_from_slice(jumbf);
+    let crc = crc32fast::hash(&marked[start..]);
+    marked.extend_from_slice(&crc.to_be_bytes());
+    marked.extend_from_slice(&plain.bytes[33..]);
+    let img = GeneratedImage::from_encoded(Bytes::from(marked)).unwrap();
+    for store in stores {
+        let mut how = made_by(None, "signed");
+        how.embed_metadata = true;
+        let saved = store.save(&img, &how).await.unwrap();
+        let (stored, _) = store
+            .read(&saved.name, u64::MAX, &Viewer::Everyone)
+            .await
+            .unwrap();
+        assert_eq!(stored, img.bytes);
+        assert_eq!(saved.sha256, hex(&Sha256::digest(&img.bytes)));
+        let sidecar = store.sidecar(&saved.name, &Viewer::Everyone).await.unwrap();
+        assert_eq!(sidecar.upstream_sha256, None);
+        assert!(
+            sidecar
+                .notes
+                .iter()
+                .any(|n| n.starts_with("metadata not embedded") && n.contains("C2PA")),
+            "{:?}",
+            sidecar.notes
+        );
+    }
+}
+
+#[tokio::test]
+async fn with_embedding_off_the_stored_file_is_the_providers_and_the_sidecar_says_nothing_of_it() {
+    let (_dir, stores) = backends().await;
+    for store in stores {
+        let img = png(8);
+        let saved = store.save(&img, &made_by(None, "plain")).await.unwrap();
+        let (stored, _) = store
+            .read(&saved.name, u64::MAX, &Viewer::Everyone)
+            .await
+            .unwrap();
+        assert_eq!(stored, img.bytes);
+        let sidecar = store.sidecar(&saved.name, &Viewer::Everyone).await.unwrap();
+        assert_eq!(sidecar.upstream_sha256, None);
+        assert!(sidecar.notes.is_empty(), "{:?}", sidecar.notes);
+    }
+}

@@ -6,6 +6,7 @@ mod common;
 mod batch_edit;
 mod cli;
 mod config;
+mod embed;
 mod gpt26;
 mod history;
 mod hostile_local;

@@ -23,6 +23,7 @@ fn sidecar(name: &str, prompt: &str, model: &str, created: &str) -> Sidecar {
         mime: "image/png".into(),
         bytes: 100,
         sha256: "ab".repeat(32),
+        upstream_sha256: None,
         width: 1024,
         height: 1024,
         frames: None,
