@@ -135,6 +135,7 @@ fn with_shared(item: GenerateParams, shared: &BatchParams) -> GenerateParams {
         model: item.model.or_else(|| shared.model.clone()),
         options,
         delivery: None,
+        filename: item.filename,
     }
 }
 

@@ -58,6 +58,12 @@ pub struct GenerateParams {
     /// default), `link` (no inline image), or `full` (the original inline when it fits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
+    /// The file name to save the image under (`cat`, `cat.png`), kept inside the image store:
+    /// odd characters become `-`, the extension is always the image's real format, and a
+    /// name already taken gets `-2`, `-3`, ...; the result says which name was used. Default:
+    /// a name made from the time, the prompt and a content hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
 }
 
 /// The parameters of `edit_image` (and of `imagegen-mcp edit`).
@@ -93,6 +99,9 @@ pub struct EditParams {
     /// `preview` (default), `link` or `full`, as for `generate_image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
+    /// The file name to save the result under, as for `generate_image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
 }
 
 impl EditParams {
@@ -105,6 +114,7 @@ impl EditParams {
             model: self.model.clone(),
             options: self.options.clone(),
             delivery: self.delivery,
+            filename: self.filename.clone(),
         }
     }
 }
@@ -129,6 +139,9 @@ pub struct VariationParams {
     /// `preview` (default), `link` or `full`, as for `generate_image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
+    /// The file name to save the result under, as for `generate_image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
 }
 
 /// A successful generation: saved images and what the provider said about them.
@@ -260,6 +273,8 @@ struct Saving<'a> {
     name_hint: Option<&'a str>,
     /// The input images of an edit, as the sidecar records them.
     inputs: Vec<String>,
+    /// The file name the caller asked for.
+    filename: Option<&'a str>,
 }
 
 /// How an edit input appears in a sidecar: a stored image's URI, a file's name, never data.
@@ -814,6 +829,7 @@ impl Engine {
             prompt_sent: Some(&request.prompt),
             name_hint: None,
             inputs: Vec::new(),
+            filename: params.filename.as_deref(),
         };
         let generation = self
             .run(
@@ -914,6 +930,7 @@ impl Engine {
             prompt_sent: Some(&request.prompt),
             name_hint: None,
             inputs: params.images.iter().map(|s| input_record(s)).collect(),
+            filename: params.filename.as_deref(),
         };
         let generation = self
             .run(name, &model, saving, call, upstream)
@@ -1137,6 +1154,7 @@ impl Engine {
             prompt_sent: None,
             name_hint: Some("variation"),
             inputs: vec![input_record(&params.image)],
+            filename: params.filename.as_deref(),
         };
         let mut generation = self.run(name, &model, saving, call, upstream).await?;
         if generation.model != asked {
@@ -1267,6 +1285,7 @@ impl Engine {
             request_id: result.request_id.clone(),
             inputs: saving.inputs,
             notes: Vec::new(),
+            filename: saving.filename.map(str::to_string),
         };
         // All at once: each save waits on the disk or the network, not on the others.
         let saves = result.images.iter().map(|img| self.store.save(img, &how));
@@ -1297,6 +1316,17 @@ impl Engine {
             "model" => model_label.clone()
         )
         .increment(saved.iter().map(|(stored, _)| stored.bytes).sum());
+        let notes = saving
+            .filename
+            .map(|asked| {
+                saved
+                    .iter()
+                    .filter_map(|(stored, _)| {
+                        crate::storage::filename::rename_note(asked, &stored.name)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Generation {
             provider: name.to_string(),
             model: result.model,
@@ -1307,7 +1337,7 @@ impl Engine {
             request_id: result.request_id,
             sent: result.sent,
             requested_model: None,
-            notes: Vec::new(),
+            notes,
             route: Vec::new(),
         })
     }
@@ -1384,6 +1414,8 @@ impl Prepared {
         for note in &notes {
             tracing::info!(model = ?generation.model, note = ?note, "result note");
         }
+        // The saving's own notes (a file name not used as asked) come after the model's.
+        notes.append(&mut generation.notes);
         generation.notes = notes;
         generation
     }
