@@ -140,6 +140,9 @@ enum Ownership {
     Own(Own),
     /// Not the server's, or not decidable now (unreadable, or too young to tell): left alone.
     NotOwn,
+    /// An image without a sidecar that this policy would keep even if it were ours: its
+    /// content is not hashed (a whole read per image per pass), and it counts for nothing.
+    Unchecked,
 }
 
 /// The hash8s a name made by [`Store::save`] may carry: `...-hash8.ext` or `...-hash8-N.ext`
@@ -218,6 +221,7 @@ impl Store {
         entry: Entry,
         sidecar_bytes: Option<u64>,
         now: SystemTime,
+        policy: &Policy,
     ) -> Ownership {
         let young = |time: SystemTime| now.duration_since(time).map_or(true, |age| age < GRACE);
         if let Some(sidecar_bytes) = sidecar_bytes {
@@ -247,6 +251,10 @@ impl Store {
         if young(entry.modified) {
             // Possibly a save still writing its sidecar: what it is becomes clear later.
             return Ownership::NotOwn;
+        }
+        let age = now.duration_since(entry.modified).unwrap_or_default();
+        if policy.max_total_bytes.is_none() && policy.max_age.is_some_and(|max| age <= max) {
+            return Ownership::Unchecked;
         }
         let read = match &self.inner.backend {
             Backend::Local { dir, .. } => self
@@ -301,7 +309,7 @@ impl Store {
             .map(|e| (e.clone(), sidecars.get(e.name.as_str()).copied()))
             .collect();
         let checked: Vec<Ownership> = futures::stream::iter(images)
-            .map(|(entry, sidecar_bytes)| self.ownership(entry, sidecar_bytes, now))
+            .map(|(entry, sidecar_bytes)| self.ownership(entry, sidecar_bytes, now, policy))
             .buffered(16)
             .collect()
             .await;
@@ -310,6 +318,7 @@ impl Store {
             match ownership {
                 Ownership::Own(o) => own.push(o),
                 Ownership::NotOwn => report.not_own += 1,
+                Ownership::Unchecked => {}
             }
         }
         own.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)));
