@@ -123,6 +123,7 @@ fn write_store(dir: &Path) {
             request_id: Some(format!("req_{i:x}")),
             inputs: Vec::new(),
             notes: Vec::new(),
+            filename_requested: None,
         };
         fs::write(dir.join(&name), b"").unwrap();
         fs::write(

@@ -142,6 +142,7 @@ fn with_shared(item: GenerateParams, shared: &BatchParams) -> GenerateParams {
         options,
         delivery: None,
         cache: item.cache.or(shared.cache),
+        filename: item.filename,
     }
 }
 

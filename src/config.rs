@@ -130,6 +130,18 @@ pub struct StorageConfig {
     /// platform data directory. Relative to the config file; absolute after loading.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub index_path: Option<PathBuf>,
+    /// Retention: the server's own images older than this many days are deleted; unset:
+    /// kept whatever their age.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age_days: Option<u64>,
+    /// Retention: the oldest of the server's own images are deleted until the rest (with
+    /// their sidecars) take at most this many megabytes (10^6 bytes); unset: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_total_mb: Option<u64>,
+    /// How often a running server applies retention, in minutes (and once at start-up);
+    /// unset: 60.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune_interval_min: Option<u64>,
 }
 
 /// How log lines are written (`log_format`, `--log-format`).

@@ -65,6 +65,12 @@ pub struct GenerateParams {
     /// of a new, paid generation; `false`: always generate. Default: the server's `[cache]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<bool>,
+    /// The file name to save the image under (`cat`, `cat.png`), kept inside the image store:
+    /// odd characters become `-`, the extension is always the image's real format, and a
+    /// name already taken gets `-2`, `-3`, ...; the result says which name was used. Default:
+    /// a name made from the time, the prompt and a content hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
 }
 
 /// The parameters of `edit_image` (and of `imagegen-mcp edit`).
@@ -103,6 +109,9 @@ pub struct EditParams {
     /// Serve an identical earlier request from the store, as for `generate_image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<bool>,
+    /// The file name to save the result under, as for `generate_image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
 }
 
 impl EditParams {
@@ -116,6 +125,7 @@ impl EditParams {
             options: self.options.clone(),
             delivery: self.delivery,
             cache: self.cache,
+            filename: self.filename.clone(),
         }
     }
 }
@@ -143,6 +153,9 @@ pub struct VariationParams {
     /// Serve an identical earlier request from the store, as for `generate_image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<bool>,
+    /// The file name to save the result under, as for `generate_image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
 }
 
 /// A successful generation: saved images and what the provider said about them.
@@ -280,6 +293,8 @@ struct Saving<'a> {
     inputs: Vec<String>,
     /// The request's cache key, when the call uses the cache.
     cache_key: Option<String>,
+    /// The file name the caller asked for.
+    filename: Option<&'a str>,
 }
 
 /// How an edit input appears in a sidecar: a stored image's URI, a file's name, never data.
@@ -845,6 +860,7 @@ impl Engine {
                 options: &request.options,
                 inputs: Vec::new(),
             }),
+            filename: params.filename.as_deref(),
         };
         let generation = self
             .run(
@@ -957,6 +973,7 @@ impl Engine {
                     .chain(request.markup.iter().map(|i| ("markup", i)))
                     .collect(),
             }),
+            filename: params.filename.as_deref(),
         };
         let generation = self
             .run(name, &model, saving, call, upstream)
@@ -1195,6 +1212,7 @@ impl Engine {
             name_hint: Some("variation"),
             inputs: vec![input_record(&params.image)],
             cache_key,
+            filename: params.filename.as_deref(),
         };
         let mut generation = self.run(name, &model, saving, call, upstream).await?;
         if generation.model != asked {
@@ -1389,6 +1407,7 @@ impl Engine {
             inputs: saving.inputs,
             notes: Vec::new(),
             embed_metadata: self.output().embed_metadata,
+            filename: saving.filename.map(str::to_string),
         };
         // All at once: each save waits on the disk or the network, not on the others.
         let saves = result.images.iter().map(|img| self.store.save(img, &how));
@@ -1434,6 +1453,17 @@ impl Engine {
                 tracing::warn!("cannot record the call in the cache: {e}");
             }
         }
+        let notes = saving
+            .filename
+            .map(|asked| {
+                saved
+                    .iter()
+                    .filter_map(|(stored, _)| {
+                        crate::storage::filename::rename_note(asked, &stored.name)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Generation {
             provider: name.to_string(),
             model: result.model,
@@ -1444,7 +1474,7 @@ impl Engine {
             request_id: result.request_id,
             sent: result.sent,
             requested_model: None,
-            notes: Vec::new(),
+            notes,
             route: Vec::new(),
             cached: None,
         })
@@ -1522,6 +1552,8 @@ impl Prepared {
         for note in &notes {
             tracing::info!(model = ?generation.model, note = ?note, "result note");
         }
+        // The saving's own notes (a file name not used as asked) come after the model's.
+        notes.append(&mut generation.notes);
         generation.notes = notes;
         generation
     }

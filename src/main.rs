@@ -76,6 +76,9 @@ enum ImagesCommand {
     Find(FindArgs),
     /// Rebuild the history index from the sidecars (and from the image files that have none).
     Reindex(ReindexArgs),
+    /// Apply the retention settings (storage.max_age_days, storage.max_total_mb) to the
+    /// server's own images: print each that goes and a summary.
+    Prune(PruneArgs),
     /// Delete stored images (names or imagegen://images/... URIs) and their metadata.
     Rm {
         /// The images to delete.
@@ -114,6 +117,26 @@ struct FindArgs {
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Print JSON (the same as the find_images tool's structuredContent).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct PruneArgs {
+    /// Delete nothing: print what would go.
+    #[arg(long)]
+    dry_run: bool,
+    /// Delete own images older than this many days (instead of storage.max_age_days).
+    #[arg(long, value_name = "DAYS")]
+    max_age_days: Option<u64>,
+    /// Delete the oldest own images until the rest take at most this many megabytes
+    /// (instead of storage.max_total_mb).
+    #[arg(long, value_name = "MB")]
+    max_total_mb: Option<u64>,
+    /// The store's directory (default: output.dir).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print the report as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -221,6 +244,10 @@ struct CommonArgs {
     /// Where to save images.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// The file name to save under (sanitised, the image's real extension, `-2`, `-3`, ...
+    /// when taken).
+    #[arg(long, value_name = "NAME")]
+    filename: Option<String>,
     /// Print the structured result as JSON (the same as the MCP tool's structuredContent).
     #[arg(long)]
     json: bool,
@@ -249,6 +276,7 @@ impl CommonArgs {
             options,
             delivery: None,
             cache: self.cache,
+            filename: self.filename.clone(),
         }
     }
 }
@@ -554,6 +582,7 @@ async fn edit(
         options: base.options,
         delivery: None,
         cache: base.cache,
+        filename: base.filename,
     };
     let inputs = args
         .images
@@ -760,6 +789,67 @@ async fn images_reindex(args: ReindexArgs, config: Option<PathBuf>) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
+/// `imagegen-mcp images prune`: applies retention once; exits 1 if an image could not be
+/// deleted.
+async fn images_prune(args: PruneArgs, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    use imagegen_mcp::storage::retention::{self, Policy};
+    let loaded = load(&CliOverrides {
+        config,
+        output_dir: absolute(args.out.clone())?,
+        ..CliOverrides::default()
+    })?;
+    let storage = &loaded.config.storage;
+    let policy = Policy::of(
+        args.max_age_days.or(storage.max_age_days),
+        args.max_total_mb.or(storage.max_total_mb),
+    );
+    if policy.is_off() {
+        eprintln!(
+            "retention is off: set storage.max_age_days or storage.max_total_mb, or pass \
+             --max-age-days or --max-total-mb; nothing deleted"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = open_store(&loaded)?;
+    let report = retention::apply(&store, storage.index_path.clone(), &policy, args.dry_run)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        let verb = if args.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        for image in &report.pruned {
+            writeln!(
+                out,
+                "{verb} {} ({} bytes, created {}): {}",
+                image.name, image.bytes, image.created, image.reason
+            )?;
+        }
+        writeln!(
+            out,
+            "{verb} {} images ({} bytes); kept {} own images ({} bytes); {} other files left alone",
+            report.pruned.len(),
+            report.pruned_bytes,
+            report.kept,
+            report.kept_bytes,
+            report.not_own
+        )?;
+    }
+    for failure in &report.failed {
+        eprintln!("cannot delete {failure}");
+    }
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Logging starts before the configuration loads (its errors are logged): the format is
     // peeked at cheaply, the flag first.
@@ -777,6 +867,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match command {
                 ImagesCommand::Find(args) => images_find(args, cli.config).await,
                 ImagesCommand::Reindex(args) => images_reindex(args, cli.config).await,
+                ImagesCommand::Prune(args) => images_prune(args, cli.config).await,
                 ImagesCommand::Rm { names, out } => images_rm(names, out, cli.config).await,
             }
         }
@@ -811,6 +902,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // or the server is stopped (HTTP).
             tokio::spawn(watch(live.clone()));
             tokio::spawn(lifecycle::watch_upstream(live.clone()));
+            let pruned = live.clone();
+            tokio::spawn(imagegen_mcp::storage::retention::run_periodically(
+                move || {
+                    let snapshot = pruned.snapshot();
+                    let storage = snapshot.loaded.config.storage.clone();
+                    (snapshot.engine.store().clone(), storage)
+                },
+            ));
             let server = ImagegenServer::new(live.clone());
             if let Some(bind) = http {
                 imagegen_mcp::http::serve(live, server, Some(bind)).await?;

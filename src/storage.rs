@@ -1,8 +1,9 @@
 //! The image store: generated images and their JSON sidecars, in the local `output.dir` or in
 //! an object store (`storage.url`), served back as `imagegen://images/<name>`.
 //!
-//! Names are chosen here, never by the caller or the model: a timestamp, a slug of the prompt
-//! and a content hash, claimed with `PutMode::Create` so nothing is ever overwritten. The
+//! Names are chosen here: a timestamp, a slug of the prompt and a content hash, or the
+//! sanitised `filename` a caller asked for ([`filename`]); either is claimed with
+//! `PutMode::Create` so nothing is ever overwritten. The
 //! image is written first, then its sidecar; an image is visible (listed, readable) only once
 //! its sidecar exists, and a save that fails deletes what it wrote.
 //!
@@ -37,8 +38,10 @@ use crate::config::{
 };
 
 pub mod embed;
+pub mod filename;
 pub mod index;
 mod open;
+pub mod retention;
 pub mod sidecar;
 
 use sidecar::{sidecar_name, Sidecar, SIDECAR_SUFFIX, SIDECAR_VERSION};
@@ -115,6 +118,8 @@ pub struct Provenance {
     pub notes: Vec<String>,
     /// Write the prompt into the file itself (`output.embed_metadata`; see [`embed`]).
     pub embed_metadata: bool,
+    /// The file name the caller asked for (`filename`), honoured inside the store only.
+    pub filename: Option<String>,
 }
 
 /// Whose images a request may see: over HTTP a caller sees their own, unless the store is
@@ -353,13 +358,16 @@ fn image_of_sidecar(name: &str) -> Option<&str> {
         .filter(|n| is_valid_name(n))
 }
 
-/// The `YYYY/MM/DD` a name made by [`Store::save`] starts with (`20261201-...`).
+/// The `YYYY/MM/DD` a name made by [`Store::save`] starts with (`20261201-101500-...`).
+///
+/// Only the whole stamp counts, so a name a caller chose (`filename`) that merely starts with
+/// digits (`12345678.png`) is keyed flat under the root: either way the key follows from the
+/// name alone.
 fn date_parts(name: &str) -> Option<[&str; 3]> {
-    let stamp = name.get(..8)?;
-    stamp
-        .bytes()
-        .all(|b| b.is_ascii_digit())
-        .then(|| [&stamp[..4], &stamp[4..6], &stamp[6..8]])
+    let stamp = name.get(..16)?.as_bytes();
+    let digits = |range: std::ops::Range<usize>| stamp[range].iter().all(u8::is_ascii_digit);
+    (digits(0..8) && stamp[8] == b'-' && digits(9..15) && stamp[15] == b'-')
+        .then(|| [&name[..4], &name[4..6], &name[6..8]])
 }
 
 /// A cursor: where the previous page ended, in listing order.
@@ -535,22 +543,15 @@ impl Store {
         let created = now
             .format(&time::format_description::well_known::Rfc3339)
             .map_err(|e| self.failed("naming the image", e))?;
-        let base = format!(
-            "{stamp}-{}-{}",
-            slug(how.name_hint.as_deref().unwrap_or(&how.prompt), 40),
-            &sha256[..8]
-        );
         let ext = image.format.extension();
+        let naming = Naming::of(how, &stamp, &sha256);
+        let base = &naming.base;
         let create = || PutOptions {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
-        let first = first_attempt(&base);
-        for attempt in first..first + 1000 {
-            let name = match attempt {
-                0 => format!("{base}.{ext}"),
-                n => format!("{base}-{n}.{ext}"),
-            };
+        for attempt in naming.first..naming.first + 1000 {
+            let name = naming.candidate(attempt, ext);
             if let Backend::Local { dir, .. } = &self.inner.backend {
                 // A taken name costs a stat here, not a whole write of the image.
                 if fs::symlink_metadata(dir.join(&name)).is_ok() {
@@ -1096,6 +1097,47 @@ fn listing_order(a: &Entry, b: &Entry) -> std::cmp::Ordering {
         .then_with(|| a.name.cmp(&b.name))
 }
 
+/// How [`Store::save`] names an image: the caller's `filename` when it leaves something
+/// usable, else the server's `YYYYMMDD-HHMMSS-slug-hash8`; each try's name from [`Self::candidate`].
+struct Naming {
+    /// The name without suffix or extension.
+    base: String,
+    /// The first try: 0 for a caller's name (it may well be free), else [`first_attempt`].
+    first: u32,
+    /// Whether `base` is the caller's (suffixes `-2`, `-3`, ... rather than `-1`, `-2`, ...).
+    chosen: bool,
+}
+
+impl Naming {
+    fn of(how: &Provenance, stamp: &str, sha256: &str) -> Self {
+        if let Some(stem) = how.filename.as_deref().and_then(filename::sanitize_stem) {
+            return Self {
+                base: stem,
+                first: 0,
+                chosen: true,
+            };
+        }
+        let base = format!(
+            "{stamp}-{}-{}",
+            slug(how.name_hint.as_deref().unwrap_or(&how.prompt), 40),
+            &sha256[..8]
+        );
+        Self {
+            first: first_attempt(&base),
+            base,
+            chosen: false,
+        }
+    }
+
+    fn candidate(&self, attempt: u32, ext: &str) -> String {
+        match (self.chosen, attempt) {
+            (true, n) => filename::candidate(&self.base, n, ext),
+            (false, 0) => format!("{}.{ext}", self.base),
+            (false, n) => format!("{}-{n}.{ext}", self.base),
+        }
+    }
+}
+
 /// The first suffix to try for `base`: the images of one call are often identical (one
 /// second, one prompt, one hash), and a create-only write only fails after sending the whole
 /// image, so this process hands each save of the same base its own suffix up front.
@@ -1147,6 +1189,7 @@ fn sidecar_of(stored: &StoredImage, how: &Provenance, created: String) -> Sideca
         inputs: how.inputs.clone(),
         notes: how.notes.clone(),
         upstream_sha256: None,
+        filename_requested: how.filename.as_deref().map(filename::echoed),
     }
 }
 

@@ -299,6 +299,7 @@ impl SidecarSource for DirSource {
             request_id: None,
             inputs: Vec::new(),
             notes: vec!["taken in from the image file: it has no sidecar".into()],
+            filename_requested: None,
         })
     }
 }
@@ -1500,6 +1501,28 @@ pub async fn search_store(
     .await
     .map_err(|e| ToolError::internal(format!("the history search failed: {e}")))?
     .map_err(|e| ToolError::storage(format!("cannot search the history: {e}")))
+}
+
+/// Forgets `names` (deleted by retention) in the index of `store` at `index_path`, when that
+/// file exists (a missing one is built from the store when first searched).
+pub async fn forget_in_store(
+    index_path: Option<PathBuf>,
+    store: super::Store,
+    names: Vec<String>,
+) -> Result<(), IndexError> {
+    let source = source_of(store);
+    tokio::task::spawn_blocking(move || {
+        if index_path.as_deref().is_some_and(|p| !p.exists()) {
+            return Ok(());
+        }
+        let index = shared(index_path.as_deref(), &source.location())?;
+        for name in &names {
+            index.remove(name)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| io::Error::other(e.to_string()))?
 }
 
 /// Rebuilds the index file at `index_path` from everything `store` holds: `images reindex`.

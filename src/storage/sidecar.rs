@@ -72,6 +72,9 @@ pub struct Sidecar {
     /// What the server did or skipped that a reader should know (metadata not embedded, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The `filename` the caller asked for (at most 200 characters of it), when it asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename_requested: Option<String>,
 }
 
 /// The name of the sidecar of image `name`.

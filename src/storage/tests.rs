@@ -13,14 +13,14 @@ use object_store::{
 /// The variable naming the S3-compatible server the tests may use.
 pub const S3_ENDPOINT_VAR: &str = "IMAGEGEN_TEST_S3_ENDPOINT";
 
-fn png(shade: u8) -> GeneratedImage {
+pub(super) fn png(shade: u8) -> GeneratedImage {
     let img = image::RgbaImage::from_pixel(4, 3, image::Rgba([shade, 2, 3, 255]));
     let mut buf = std::io::Cursor::new(Vec::new());
     img.write_to(&mut buf, image::ImageFormat::Png).unwrap();
     GeneratedImage::from_encoded(Bytes::from(buf.into_inner())).unwrap()
 }
 
-fn made_by(caller: Option<&str>, prompt: &str) -> Provenance {
+pub(super) fn made_by(caller: Option<&str>, prompt: &str) -> Provenance {
     Provenance {
         caller: caller.map(str::to_string),
         tool: Some("generate_image".into()),
@@ -72,11 +72,12 @@ pub fn s3_config(endpoint: &str, bucket: &str) -> StorageConfig {
             .collect(),
         shared: false,
         index_path: None,
+        ..StorageConfig::default()
     }
 }
 
 /// Every backend a store test runs against; the temporary directory lives as long as they do.
-async fn backends() -> (tempfile::TempDir, Vec<Store>) {
+pub(super) async fn backends() -> (tempfile::TempDir, Vec<Store>) {
     let dir = tempfile::tempdir().unwrap();
     let mut stores = vec![Store::new(dir.path().join("nested")), Store::memory()];
     stores.extend(s3_store().await);

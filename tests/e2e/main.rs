@@ -18,6 +18,7 @@ mod mcp_stdio;
 mod oauth;
 mod ops;
 mod resilience;
+mod retention;
 mod rotation;
 mod routing;
 mod store;

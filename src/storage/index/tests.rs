@@ -40,6 +40,7 @@ fn sidecar(name: &str, prompt: &str, model: &str, created: &str) -> Sidecar {
         request_id: None,
         inputs: Vec::new(),
         notes: Vec::new(),
+        filename_requested: None,
     }
 }
 
