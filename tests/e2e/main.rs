@@ -23,3 +23,4 @@ mod rotation;
 mod routing;
 mod store;
 mod transport;
+mod usage;
