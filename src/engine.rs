@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use crate::moderation::{Cleared, ModerationCheck};
 use crate::routing::{falls_over, RouteConfig, RouteStep, SharedHealth};
 use crate::{
     cache,
@@ -337,6 +338,8 @@ pub struct Engine {
     routes: BTreeMap<String, RouteConfig>,
     /// What recent calls say about each provider, shared by every engine of this process.
     health: SharedHealth,
+    /// `[moderation_check]`, when enabled.
+    moderation: Option<ModerationCheck>,
 }
 
 fn overlay(base: &Defaults, top: &Defaults) -> Defaults {
@@ -466,6 +469,8 @@ impl Engine {
                 || config.routes.contains_key(&default_provider),
             "default_provider `{default_provider}` is not an enabled provider or a route"
         );
+        let moderation =
+            ModerationCheck::from_config(&config.moderation_check, &providers, &default_provider)?;
         let store = ImageStore::from_config(loaded.output_dir(), &config.storage)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         const MB: u64 = 1_000_000;
@@ -489,6 +494,7 @@ impl Engine {
             watch: previous.map_or_else(SharedWatch::default, |e| e.watch.clone()),
             routes: config.routes.clone(),
             health: previous.map_or_else(SharedHealth::default, |e| e.health.clone()),
+            moderation,
         })
     }
 
@@ -824,7 +830,28 @@ impl Engine {
     ) -> Result<Generation, ToolError> {
         call.progress.phase("validating");
         let plan = self.plan(params.provider.as_deref(), params.fallback.as_deref())?;
-        self.routed(&plan, RoutedCall::Generate(params), call).await
+        let cleared = self.moderate(&params.prompt, &[], call).await?;
+        let generation = self.routed(&plan, RoutedCall::Generate(params), call).await;
+        generation.map(|g| cleared.noted(g))
+    }
+
+    /// The moderation pre-check of a call about to be routed: once, whichever provider then
+    /// serves it (or the cache), so a flagged prompt costs nothing anywhere.
+    async fn moderate(
+        &self,
+        prompt: &str,
+        images: &[InputImage],
+        call: &CallContext,
+    ) -> Result<Cleared, ToolError> {
+        match &self.moderation {
+            Some(check) => check.check(prompt, images, call).await,
+            None => Ok(Cleared::Clean),
+        }
+    }
+
+    /// The moderation pre-check in force, if any.
+    pub fn moderation(&self) -> Option<&ModerationCheck> {
+        self.moderation.as_ref()
     }
 
     /// Runs a prepared generation on its provider and saves the results.
@@ -883,8 +910,11 @@ impl Engine {
     ) -> Result<Generation, ToolError> {
         call.progress.phase("validating");
         let plan = self.plan(params.provider.as_deref(), params.fallback.as_deref())?;
-        self.routed(&plan, RoutedCall::Edit(params, &inputs), call)
-            .await
+        let cleared = self.moderate(&params.prompt, &inputs.images, call).await?;
+        let generation = self
+            .routed(&plan, RoutedCall::Edit(params, &inputs), call)
+            .await;
+        generation.map(|g| cleared.noted(g))
     }
 
     /// One provider's attempt at `op`.

@@ -13,6 +13,7 @@ pub mod http;
 pub mod inputs;
 pub mod lifecycle;
 pub mod live;
+pub mod moderation;
 pub mod oauth;
 pub mod progress;
 pub mod routing;

@@ -39,6 +39,8 @@ pub const UPSTREAM_IN_FLIGHT: &str = "imagegen_upstream_in_flight";
 pub const IMAGE_BYTES: &str = "imagegen_image_bytes_total";
 /// Counter: cache lookups of calls that use the cache, by `provider` and `outcome` (`hit`, `miss`).
 pub const CACHE_LOOKUPS: &str = "imagegen_cache_lookups_total";
+/// Counter: moderation pre-checks (`[moderation_check]`), by `outcome` (`clean`, `flagged`, `error`).
+pub const MODERATION_CHECKS: &str = "imagegen_moderation_checks_total";
 /// Counter: configuration reloads, by `outcome` (`published`, `failed`).
 pub const RELOADS: &str = "imagegen_config_reloads_total";
 
@@ -106,6 +108,10 @@ fn describe() {
         IMAGE_BYTES,
         Unit::Bytes,
         "Bytes of images generated and saved, by provider and model"
+    );
+    describe_counter!(
+        MODERATION_CHECKS,
+        "Moderation pre-checks by outcome (clean, flagged, error)"
     );
     describe_counter!(
         RELOADS,
