@@ -512,3 +512,53 @@ async fn a_flagged_prompt_moves_to_no_fallback_and_leaves_the_keys_active() {
     );
     server.stop().await;
 }
+
+#[test]
+fn the_check_asks_the_named_provider_else_the_default_else_the_first_that_moderates() {
+    let home = tempfile::tempdir().unwrap();
+    let engine = |text: &str| {
+        let file = home.path().join("choice.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "{text}\n[output]\ndir = \"out\"\n\
+                 [providers.zed]\nkind = \"openai\"\napi_key = \"sk-zed-0123456789\"\n\
+                 [providers.alpha]\nkind = \"openai\"\napi_key = \"sk-alpha-0123456789\"\n\
+                 [providers.offline]\nkind = \"mock\"\n"
+            ),
+        )
+        .unwrap();
+        let cli = imagegen_mcp::config::CliOverrides {
+            config: Some(file),
+            ..Default::default()
+        };
+        let env = [("HOME", home.path().to_str().unwrap())];
+        let loaded = imagegen_mcp::config::LoadedConfig::load_from(&cli, env, home.path()).unwrap();
+        imagegen_mcp::engine::Engine::from_config(&loaded).unwrap()
+    };
+    let chosen = |text: &str| {
+        engine(text)
+            .moderation()
+            .map(|m| m.provider_name().to_string())
+    };
+    let on = "[moderation_check]\nenabled = true";
+    assert_eq!(
+        chosen(&format!("default_provider = \"zed\"\n{on}")).as_deref(),
+        Some("zed"),
+        "the default provider, when it moderates"
+    );
+    assert_eq!(
+        chosen(&format!("default_provider = \"offline\"\n{on}")).as_deref(),
+        Some("alpha"),
+        "else the first by name that does"
+    );
+    assert_eq!(
+        chosen(&format!(
+            "default_provider = \"zed\"\n{on}\nprovider = \"alpha\""
+        ))
+        .as_deref(),
+        Some("alpha"),
+        "the one named wins"
+    );
+    assert_eq!(chosen("default_provider = \"zed\""), None, "off by default");
+}
