@@ -89,6 +89,53 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[cache]`: identical requests served from the store instead of the provider.
     pub cache: CacheConfig,
+    /// `[moderation_check]`: prompts checked by a moderation endpoint before any paid call.
+    pub moderation_check: ModerationCheckConfig,
+}
+
+/// `[moderation_check]`: before a generation, an edit or a batch item is routed (and before
+/// the cache is asked), its prompt, and an edit's input images, go to a provider's moderation
+/// endpoint; a flagged prompt is refused as `content_policy` and nothing is generated. The
+/// tools' `moderation` parameter is a different thing: OpenAI's own strictness setting.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModerationCheckConfig {
+    /// Check every call; off by default.
+    pub enabled: bool,
+    /// The configured provider whose moderation endpoint (key, base URL) is used; default:
+    /// the default provider when it has one, else the first configured provider that does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The moderation model.
+    pub model: String,
+    /// What a call does when the check itself fails (network, 5xx, a rejected key, an
+    /// unreadable answer): `refuse` fails it, `allow` generates anyway and says so.
+    pub on_error: OnModerationError,
+    /// Send an edit's input images along with its prompt.
+    pub images: bool,
+}
+
+impl Default for ModerationCheckConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            provider: None,
+            model: imagegen_providers::DEFAULT_MODERATION_MODEL.into(),
+            on_error: OnModerationError::Refuse,
+            images: true,
+        }
+    }
+}
+
+/// `[moderation_check] on_error`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnModerationError {
+    /// Fail the call, saying the check failed and why: nothing unchecked is generated.
+    #[default]
+    Refuse,
+    /// Generate without the check, with a note in the result saying it failed.
+    Allow,
 }
 
 /// `[cache]`: an identical request (same provider kind, model, parameters as sent, prompt

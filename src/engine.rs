@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use crate::moderation::{Cleared, ModerationCheck};
 use crate::routing::{falls_over, RouteConfig, RouteStep, SharedHealth};
 use crate::{
     cache,
@@ -361,6 +362,8 @@ pub struct Engine {
     costs: Arc<Costs>,
     /// The usage ledger, shared by every engine with the same ledger directory.
     ledger: Arc<Ledger>,
+    /// `[moderation_check]`, when enabled.
+    moderation: Option<ModerationCheck>,
 }
 
 fn overlay(base: &Defaults, top: &Defaults) -> Defaults {
@@ -490,6 +493,8 @@ impl Engine {
                 || config.routes.contains_key(&default_provider),
             "default_provider `{default_provider}` is not an enabled provider or a route"
         );
+        let moderation =
+            ModerationCheck::from_config(&config.moderation_check, &providers, &default_provider)?;
         let store = ImageStore::from_config(loaded.output_dir(), &config.storage)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let ledger_dir = ledger::dir_of(loaded);
@@ -526,6 +531,7 @@ impl Engine {
             health: previous.map_or_else(SharedHealth::default, |e| e.health.clone()),
             costs,
             ledger,
+            moderation,
         })
     }
 
@@ -861,7 +867,28 @@ impl Engine {
     ) -> Result<Generation, ToolError> {
         call.progress.phase("validating");
         let plan = self.plan(params.provider.as_deref(), params.fallback.as_deref())?;
-        self.routed(&plan, RoutedCall::Generate(params), call).await
+        let cleared = self.moderate(&params.prompt, &[], call).await?;
+        let generation = self.routed(&plan, RoutedCall::Generate(params), call).await;
+        generation.map(|g| cleared.noted(g))
+    }
+
+    /// The moderation pre-check of a call about to be routed: once, whichever provider then
+    /// serves it (or the cache), so a flagged prompt costs nothing anywhere.
+    async fn moderate(
+        &self,
+        prompt: &str,
+        images: &[InputImage],
+        call: &CallContext,
+    ) -> Result<Cleared, ToolError> {
+        match &self.moderation {
+            Some(check) => check.check(prompt, images, call).await,
+            None => Ok(Cleared::Clean),
+        }
+    }
+
+    /// The moderation pre-check in force, if any.
+    pub fn moderation(&self) -> Option<&ModerationCheck> {
+        self.moderation.as_ref()
     }
 
     /// Runs a prepared generation on its provider and saves the results.
@@ -922,8 +949,11 @@ impl Engine {
     ) -> Result<Generation, ToolError> {
         call.progress.phase("validating");
         let plan = self.plan(params.provider.as_deref(), params.fallback.as_deref())?;
-        self.routed(&plan, RoutedCall::Edit(params, &inputs), call)
-            .await
+        let cleared = self.moderate(&params.prompt, &inputs.images, call).await?;
+        let generation = self
+            .routed(&plan, RoutedCall::Edit(params, &inputs), call)
+            .await;
+        generation.map(|g| cleared.noted(g))
     }
 
     /// One provider's attempt at `op`.

@@ -40,6 +40,10 @@ pub struct ToolError {
     /// How many upstream requests the call made, retries included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
+    /// The categories the moderation pre-check (`[moderation_check]`) flagged, for its
+    /// `content_policy` refusals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub categories: Option<Vec<String>>,
     /// When the call failed (RFC 3339, UTC), to match it with the server's and provider's logs.
     pub at: String,
 }
@@ -175,6 +179,7 @@ impl ToolError {
             provider_code: err.provider_code,
             request_id: err.request_id,
             attempts: (err.attempts > 0).then_some(err.attempts),
+            categories: None,
             at: crate::clock::now_rfc3339(),
         }
     }

@@ -15,6 +15,7 @@ pub mod inputs;
 pub mod ledger;
 pub mod lifecycle;
 pub mod live;
+pub mod moderation;
 pub mod oauth;
 pub mod progress;
 pub mod routing;

@@ -42,6 +42,8 @@ pub const CACHE_LOOKUPS: &str = "imagegen_cache_lookups_total";
 /// Counter: what calls cost, in millionths of a US dollar, by `provider`, `model` and `basis`
 /// (`usage`, `estimate`); unpriced calls are not counted.
 pub const COST_MICRODOLLARS: &str = "imagegen_cost_microdollars_total";
+/// Counter: moderation pre-checks (`[moderation_check]`), by `outcome` (`clean`, `flagged`, `error`).
+pub const MODERATION_CHECKS: &str = "imagegen_moderation_checks_total";
 /// Counter: configuration reloads, by `outcome` (`published`, `failed`).
 pub const RELOADS: &str = "imagegen_config_reloads_total";
 
@@ -109,6 +111,10 @@ fn describe() {
         IMAGE_BYTES,
         Unit::Bytes,
         "Bytes of images generated and saved, by provider and model"
+    );
+    describe_counter!(
+        MODERATION_CHECKS,
+        "Moderation pre-checks by outcome (clean, flagged, error)"
     );
     describe_counter!(
         RELOADS,

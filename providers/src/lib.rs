@@ -19,6 +19,7 @@ pub mod image_info;
 pub mod keys;
 pub mod layers;
 pub mod mock;
+pub mod moderation;
 pub mod openai;
 pub mod openai_compatible;
 pub mod options;
@@ -40,6 +41,7 @@ pub use catalog::{
     SizeRule,
 };
 pub use error::{ErrorKind, ProviderError, RetryStatus};
+pub use moderation::{ModerationInput, ModerationVerdict, DEFAULT_MODERATION_MODEL};
 pub use options::{ImageOptions, Resolution, SvgOptions, SvgReasoning};
 pub use secret::fingerprint;
 pub use types::{
@@ -87,6 +89,26 @@ pub trait ImageProvider: Send + Sync + Debug {
     async fn list_models(&self) -> Result<Vec<UpstreamModel>, ProviderError> {
         Err(ProviderError::unsupported(format!(
             "provider `{}` cannot list its models",
+            self.kind()
+        )))
+    }
+
+    /// Whether [`ImageProvider::moderate`] works here: the provider has a moderation endpoint
+    /// (OpenAI's), so it can check prompts before a paid call to any provider.
+    fn moderates(&self) -> bool {
+        false
+    }
+
+    /// Classifies `input` with the provider's moderation endpoint; nothing is generated or
+    /// billed. Providers without one keep this default, which refuses.
+    async fn moderate(
+        &self,
+        input: &ModerationInput,
+        options: &CallOptions,
+    ) -> Result<ModerationVerdict, ProviderError> {
+        let _ = (input, options);
+        Err(ProviderError::unsupported(format!(
+            "provider `{}` has no moderation endpoint",
             self.kind()
         )))
     }

@@ -1640,6 +1640,7 @@ fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
         merged,
     )?;
     check_oauth(&config.server, merged)?;
+    check_moderation(config, merged)?;
     for (name, provider) in &config.providers {
         check_defaults(
             &provider.common.defaults,
@@ -1657,6 +1658,41 @@ fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
         if let Err(e) = provider.check() {
             return Err(merged.err(&["providers", name, e.key], e.message));
         }
+    }
+    Ok(())
+}
+
+/// `[moderation_check]`, when enabled: a named provider must be an enabled one, and the
+/// model a name. Whether the provider has a moderation endpoint is known once it is built
+/// (the engine says).
+fn check_moderation(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
+    let check = &config.moderation_check;
+    if !check.enabled {
+        return Ok(());
+    }
+    if check.model.trim().is_empty() {
+        return Err(merged.err(
+            &["moderation_check", "model"],
+            "is empty; name a moderation model such as omni-moderation-latest",
+        ));
+    }
+    let Some(name) = &check.provider else {
+        return Ok(());
+    };
+    if !config.providers.get(name).is_some_and(|p| p.enabled()) {
+        let enabled: Vec<&str> = config
+            .providers
+            .iter()
+            .filter(|(_, p)| p.enabled())
+            .map(|(n, _)| n.as_str())
+            .collect();
+        return Err(merged.err(
+            &["moderation_check", "provider"],
+            format!(
+                "names `{name}`, which is not an enabled provider; enabled: {}",
+                enabled.join(", ")
+            ),
+        ));
     }
     Ok(())
 }

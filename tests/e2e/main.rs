@@ -15,6 +15,7 @@ mod http;
 mod http_load;
 mod lifecycle;
 mod mcp_stdio;
+mod moderation;
 mod oauth;
 mod ops;
 mod resilience;

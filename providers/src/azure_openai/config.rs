@@ -309,6 +309,8 @@ impl Config {
             refine_error: Some(super::error::refine),
             aliases: false,
             lists_models: false,
+            // Azure filters content in the deployment itself and has no moderation route.
+            moderates: false,
             streams_zero_partials: false,
             reads_error_in_200: true,
             download_hint: "",

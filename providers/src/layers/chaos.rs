@@ -12,7 +12,8 @@ use async_trait::async_trait;
 
 use crate::{
     CallOptions, EditRequest, ErrorKind, GenerateRequest, GenerateResult, ImageProvider,
-    ModelCapabilities, ProviderError, ProviderEvent, UpstreamModel, VariationRequest,
+    ModelCapabilities, ModerationInput, ModerationVerdict, ProviderError, ProviderEvent,
+    UpstreamModel, VariationRequest,
 };
 
 /// Which calls fail, how, and how slowly.
@@ -191,6 +192,20 @@ impl ImageProvider for Chaos {
 
     async fn list_models(&self) -> Result<Vec<UpstreamModel>, ProviderError> {
         self.inner.list_models().await
+    }
+
+    fn moderates(&self) -> bool {
+        self.inner.moderates()
+    }
+
+    async fn moderate(
+        &self,
+        input: &ModerationInput,
+        options: &CallOptions,
+    ) -> Result<ModerationVerdict, ProviderError> {
+        // No injected fault: the scripted sequences count image calls, and a pre-check
+        // taking one of their places would shift every script.
+        self.inner.moderate(input, options).await
     }
 
     async fn generate_opts(

@@ -6,7 +6,8 @@ use async_trait::async_trait;
 
 use crate::{
     validate, CallOptions, Catalog, EditRequest, GenerateRequest, GenerateResult, ImageProvider,
-    ModelCapabilities, ProviderError, UpstreamModel, VariationRequest,
+    ModelCapabilities, ModerationInput, ModerationVerdict, ProviderError, UpstreamModel,
+    VariationRequest,
 };
 
 /// Checks every request against what its model can do (per the inner provider's
@@ -61,6 +62,19 @@ impl ImageProvider for Checked {
 
     async fn list_models(&self) -> Result<Vec<UpstreamModel>, ProviderError> {
         self.inner.list_models().await
+    }
+
+    fn moderates(&self) -> bool {
+        self.inner.moderates()
+    }
+
+    async fn moderate(
+        &self,
+        input: &ModerationInput,
+        options: &CallOptions,
+    ) -> Result<ModerationVerdict, ProviderError> {
+        // Nothing to check against the catalog: the input is a prompt and images.
+        self.inner.moderate(input, options).await
     }
 
     async fn generate_opts(

@@ -7,7 +7,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
     CallOptions, EditRequest, GenerateRequest, GenerateResult, ImageProvider, ModelCapabilities,
-    ProviderError, ProviderEvent, UpstreamModel, VariationRequest,
+    ModerationInput, ModerationVerdict, ProviderError, ProviderEvent, UpstreamModel,
+    VariationRequest,
 };
 
 /// A bound on calls in flight: a semaphore, the limit it was made with, and whose it is.
@@ -124,6 +125,20 @@ impl ImageProvider for Limited {
 
     async fn list_models(&self) -> Result<Vec<UpstreamModel>, ProviderError> {
         self.inner.list_models().await
+    }
+
+    fn moderates(&self) -> bool {
+        self.inner.moderates()
+    }
+
+    async fn moderate(
+        &self,
+        input: &ModerationInput,
+        options: &CallOptions,
+    ) -> Result<ModerationVerdict, ProviderError> {
+        // No slot: the limits bound image calls, and a free check that waited behind them
+        // would only delay the call it guards, which takes its slots itself.
+        self.inner.moderate(input, options).await
     }
 
     async fn generate_opts(

@@ -88,6 +88,8 @@ pub(crate) struct Flavour {
     pub(crate) aliases: bool,
     /// Whether `GET {base_url}/models` lists the image models.
     pub(crate) lists_models: bool,
+    /// Whether `POST {base_url}/moderations` is OpenAI's moderation endpoint.
+    pub(crate) moderates: bool,
     /// Whether `partial_images = 0` still streams (Azure takes 1-3 only: 0 is sent as no stream).
     pub(crate) streams_zero_partials: bool,
     /// Whether a 200 answer holding an `error` object and no images is read as that error.
@@ -125,6 +127,7 @@ impl Flavour {
             refine_error: None,
             aliases: true,
             lists_models: true,
+            moderates: true,
             streams_zero_partials: true,
             reads_error_in_200: false,
             download_hint: "result URLs expire 60 minutes after generation",

@@ -30,6 +30,7 @@ pub use config::{Config, STANDARD_ENV};
 mod error;
 pub(crate) mod flavour;
 pub(crate) mod images_body;
+mod moderation;
 mod retry;
 mod stream;
 mod wire;
@@ -62,8 +63,8 @@ use crate::{
     keys::{KeyPool, PoolKey},
     secret::Scrubber,
     validate, CallOptions, Catalog, EditRequest, GenerateRequest, GenerateResult, GeneratedImage,
-    ImageFormat, ImageProvider, InputImage, ModelCapabilities, Param, ProviderError, ProviderEvent,
-    SvgOptions, UpstreamModel, Usage, VariationRequest,
+    ImageFormat, ImageProvider, InputImage, ModelCapabilities, ModerationInput, ModerationVerdict,
+    Param, ProviderError, ProviderEvent, SvgOptions, UpstreamModel, Usage, VariationRequest,
 };
 
 use flavour::{EditRoute, Flavour, KeyHeader};
@@ -206,9 +207,12 @@ pub struct OpenAiProvider {
     downloader: Downloader,
     /// Runs the attempts of each call: keys, retries, deadline, cancellation.
     executor: Executor,
+    /// The same for moderation checks, which are quick and free: see `moderation`.
+    moderation_executor: Executor,
     generations_url: url::Url,
     edits_url: url::Url,
     variations_url: url::Url,
+    moderations_url: url::Url,
     /// Cleans every string the upstream sends of the pool's keys and the base URL's password.
     scrubber: Scrubber,
     /// What this kind does its own way (OpenAI, Azure, a compatible server).
@@ -271,7 +275,10 @@ impl OpenAiProvider {
             settings.deadline,
         )
         .with_scrubber(scrubber.clone());
+        let moderation_executor = moderation::executor(flavour.kind, &executor);
         Self {
+            moderation_executor,
+            moderations_url: endpoint(&settings.base_url, "moderations"),
             scrubber,
             settings,
             client,
@@ -835,6 +842,25 @@ impl ImageProvider for OpenAiProvider {
                 self.scrubber
                     .error(e.with_request_id(self.request_id(&headers)))
             })
+    }
+
+    fn moderates(&self) -> bool {
+        self.flavour.moderates
+    }
+
+    #[tracing::instrument(skip_all, fields(model = %input.model()))]
+    async fn moderate(
+        &self,
+        input: &ModerationInput,
+        options: &CallOptions,
+    ) -> Result<ModerationVerdict, ProviderError> {
+        if !self.flavour.moderates {
+            return Err(ProviderError::unsupported(format!(
+                "provider `{}` has no moderation endpoint",
+                self.flavour.kind
+            )));
+        }
+        self.moderate_input(input, options).await
     }
 
     #[tracing::instrument(skip_all, fields(model = %request.model))]

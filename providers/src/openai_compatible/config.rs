@@ -146,6 +146,9 @@ impl Config {
             basic_unknown: true,
             refine_error: Some(super::refine),
             aliases: false,
+            // Few such servers have OpenAI's classifier behind `/moderations`; a pre-check
+            // that cannot run would refuse every call, so none is offered.
+            moderates: false,
             reads_error_in_200: true,
             download_hint: "",
             ..Flavour::openai()

@@ -11,6 +11,7 @@ mod fal;
 mod gemini;
 mod hostile;
 mod live_upstream;
+mod moderation;
 mod openai;
 mod openai_compatible;
 mod replicate;
