@@ -14,6 +14,7 @@ pub mod inputs;
 pub mod lifecycle;
 pub mod live;
 pub mod oauth;
+pub mod presets;
 pub mod progress;
 pub mod routing;
 pub mod server;

@@ -17,6 +17,7 @@ mod lifecycle;
 mod mcp_stdio;
 mod oauth;
 mod ops;
+mod presets;
 mod resilience;
 mod retention;
 mod rotation;
