@@ -178,6 +178,23 @@ mod tests {
     }
 
     #[test]
+    fn a_preset_can_come_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("imagegen.toml"), "[providers.mock]\n").unwrap();
+        let home = dir.path().to_str().unwrap();
+        let env = [
+            ("HOME", home),
+            ("XDG_DATA_HOME", home),
+            ("IMAGEGEN_PRESETS__WC__TEMPLATE", "{prompt}"),
+            ("IMAGEGEN_PRESETS__WC__QUALITY", "high"),
+        ];
+        let loaded = LoadedConfig::load_from(&CliOverrides::default(), env, dir.path()).unwrap();
+        let preset = &loaded.config.presets["wc"];
+        assert_eq!(preset.template, "{prompt}", "a string, not an inline table");
+        assert_eq!(preset.options.quality.as_deref(), Some("high"));
+    }
+
+    #[test]
     fn a_template_without_the_placeholder_is_refused_naming_the_preset() {
         for toml in [
             "[presets.oil]\ntemplate = \"oil painting\"\n",

@@ -47,7 +47,7 @@ pub(super) const TOP_KEYS: [&str; 15] = [
 const NON_CONFIG_VARS: [&str; 3] = ["IMAGEGEN_CONFIG", "IMAGEGEN_LOG", "IMAGEGEN_HEARTBEAT_MS"];
 /// The variables the official OpenAI SDKs read, and the `[providers.openai]` key each sets.
 /// Keys whose environment values stay strings even when they look like numbers or booleans.
-const STRING_KEYS: [&str; 8] = [
+const STRING_KEYS: [&str; 10] = [
     "token",
     "bind",
     "organization",
@@ -56,6 +56,9 @@ const STRING_KEYS: [&str; 8] = [
     "svg_model",
     "default_provider",
     "log_level",
+    // A preset's `{prompt}` would otherwise read as an inline table.
+    "template",
+    "description",
 ];
 /// The settings a provider's keys come from, in the order they join its pool.
 const KEY_FIELDS: [&str; 4] = CommonConfig::KEY_FIELDS;

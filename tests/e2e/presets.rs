@@ -99,6 +99,7 @@ kind = "mock"
 [presets.watercolor]
 template = "{{prompt}}, watercolor, soft light"
 description = "loose watercolor"
+provider = "openai"
 model = "gpt-image-2"
 quality = "high"
 style = "vivid"
