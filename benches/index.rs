@@ -108,6 +108,7 @@ fn write_store(dir: &Path) {
             tool: Some("generate_image".into()),
             prompt: words.join(" "),
             prompt_sent: None,
+            preset: None,
             revised_prompt: (rng.below(4) == 0).then(|| format!("{} in detail", words.join(" "))),
             provider: Some(
                 if model.starts_with("mock") {

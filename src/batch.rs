@@ -43,6 +43,9 @@ pub struct BatchParams {
     /// Shared: model name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Shared: a prompt preset (see `list_providers`), for every item that names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
     /// Shared by every item that does not set its own: size, shape, quality, format and the
     /// other image options, as for `generate_image` (streaming `partial_images` excepted).
     #[serde(flatten)]
@@ -60,8 +63,15 @@ pub struct BatchParams {
 pub struct ItemResult {
     /// The item's position in the input (0-based).
     pub index: usize,
-    /// Its prompt.
+    /// Its prompt, as given.
     pub prompt: String,
+    /// The prompt as it went upstream, after the preset's template (absent when the item
+    /// failed before anything was sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_sent: Option<String>,
+    /// The prompt preset the item used (its own, else the shared one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
     /// The saved images (empty on failure).
     pub images: Vec<StoredImage>,
     /// The failure, or null on success.
@@ -147,6 +157,7 @@ fn with_shared(item: GenerateParams, shared: &BatchParams) -> GenerateParams {
         provider: item.provider.or_else(|| shared.provider.clone()),
         fallback: item.fallback.or_else(|| shared.fallback.clone()),
         model: item.model.or_else(|| shared.model.clone()),
+        preset: item.preset.or_else(|| shared.preset.clone()),
         options,
         delivery: None,
         cache: item.cache.or(shared.cache),
@@ -332,6 +343,8 @@ pub async fn run(
                     results[index] = Some(ItemResult {
                         index,
                         prompt: prompt.clone(),
+                        prompt_sent: generation.prompt_sent.clone(),
+                        preset: generation.preset.clone(),
                         images,
                         error,
                         provider: Some(generation.provider.clone()),
@@ -350,6 +363,8 @@ pub async fn run(
                     results[index] = Some(ItemResult {
                         index,
                         prompt: prompt.clone(),
+                        prompt_sent: None,
+                        preset: group.params.preset.clone(),
                         images: Vec::new(),
                         provider: error.provider.clone(),
                         model: error.model.clone(),

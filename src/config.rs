@@ -16,6 +16,7 @@ use imagegen_providers::{ImageOptions, ModelOverride};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+pub use crate::presets::PresetConfig;
 pub use crate::routing::RouteConfig;
 pub use error::ConfigError;
 /// One `[providers.NAME]` table: the common settings and those of its `kind`.
@@ -82,6 +83,8 @@ pub struct Config {
     pub catalog: CatalogConfig,
     /// Named lists of providers tried in order (`provider = "NAME"` in calls and config).
     pub routes: BTreeMap<String, RouteConfig>,
+    /// `[presets.NAME]`: prompt templates with options, chosen per call with `preset`.
+    pub presets: BTreeMap<String, PresetConfig>,
     /// `serve --http`: the listener, authentication and shutdown.
     pub server: ServerConfig,
     /// `[storage]`: where images are stored (an object store, else `output.dir`), who sees

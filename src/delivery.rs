@@ -45,9 +45,19 @@ pub struct GenerateOutput {
     /// What the caller should know: a replacement model, a deprecation, parameters dropped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The prompt as the call gave it (absent for a variation, which has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The prompt exactly as it went upstream, after the preset's template: equal to
+    /// `prompt` when the server changed nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_sent: Option<String>,
     /// The prompt as the provider rewrote it, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revised_prompt: Option<String>,
+    /// The prompt preset the call named; `notes` says what it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
     /// Token usage as the provider reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<serde_json::Value>,
@@ -87,7 +97,10 @@ impl GenerateOutput {
             model: Some(g.model.clone()),
             requested_model: g.requested_model.clone(),
             notes: g.notes.clone(),
+            prompt: g.prompt_sent.as_ref().map(|_| g.prompt.clone()),
+            prompt_sent: g.prompt_sent.clone(),
             revised_prompt: g.revised_prompt.clone(),
+            preset: g.preset.clone(),
             usage: g.usage.clone(),
             request_id: g.request_id.clone(),
             partial_images: g.partials.clone(),
@@ -109,7 +122,10 @@ impl GenerateOutput {
             error: Some(error),
             requested_model: None,
             notes: Vec::new(),
+            prompt: None,
+            prompt_sent: None,
             revised_prompt: None,
+            preset: None,
             usage: None,
             partial_images: Vec::new(),
             sent: serde_json::Map::new(),

@@ -29,11 +29,13 @@ use crate::routing::{falls_over, RouteConfig, RouteStep, SharedHealth};
 use crate::{
     cache,
     config::{
-        CacheConfig, Defaults, Delivery, LoadedConfig, OnShutdown, OutputConfig, ProviderConfig,
+        CacheConfig, Defaults, Delivery, LoadedConfig, OnShutdown, OutputConfig, PresetConfig,
+        ProviderConfig,
     },
     error::ToolError,
     inputs::InputPolicy,
     lifecycle::{self, LiveCatalog, ModelWatch, SharedWatch},
+    presets,
     progress::Progress,
     storage::{ImageStore, Provenance, StoredImage, Viewer},
 };
@@ -60,6 +62,11 @@ pub struct GenerateParams {
     /// provider's model. See `list_providers`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// A prompt preset configured on the server (`list_providers` lists them): the prompt
+    /// goes into its template and its options apply where the call sets none; the result
+    /// shows the prompt as given and as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
     /// Size, shape, quality, format and the other options of the image.
     #[serde(flatten)]
     pub options: ImageOptions,
@@ -106,6 +113,9 @@ pub struct EditParams {
     /// Model name or alias; default: the provider's model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// A prompt preset, as for `generate_image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
     /// Size, shape, quality, format and the other options of the results.
     #[serde(flatten)]
     pub options: ImageOptions,
@@ -128,6 +138,7 @@ impl EditParams {
             provider: self.provider.clone(),
             fallback: self.fallback.clone(),
             model: self.model.clone(),
+            preset: self.preset.clone(),
             options: self.options.clone(),
             delivery: self.delivery,
             cache: self.cache,
@@ -175,6 +186,12 @@ pub struct Generation {
     pub images: Vec<(StoredImage, GeneratedImage)>,
     /// Partial images streamed before the final one, as saved.
     pub partials: Vec<StoredImage>,
+    /// The prompt as the caller gave it (empty for a variation).
+    pub prompt: String,
+    /// The prompt as it went upstream, after the preset's template (none for a variation).
+    pub prompt_sent: Option<String>,
+    /// The preset the call named.
+    pub preset: Option<String>,
     /// The prompt as the provider rewrote it.
     pub revised_prompt: Option<String>,
     /// Token usage, when reported.
@@ -295,6 +312,8 @@ struct Saving<'a> {
     prompt: &'a str,
     /// The prompt as it went upstream.
     prompt_sent: Option<&'a str>,
+    /// The preset the call named.
+    preset: Option<&'a str>,
     /// What the names' slugs are made from when not the prompt.
     name_hint: Option<&'a str>,
     /// The input images of an edit, as the sidecar records them.
@@ -364,6 +383,8 @@ pub struct Engine {
     ledger: Arc<Ledger>,
     /// `[moderation_check]`, when enabled.
     moderation: Option<ModerationCheck>,
+    /// `[presets]`.
+    presets: BTreeMap<String, PresetConfig>,
 }
 
 fn overlay(base: &Defaults, top: &Defaults) -> Defaults {
@@ -532,6 +553,7 @@ impl Engine {
             costs,
             ledger,
             moderation,
+            presets: config.presets.clone(),
         })
     }
 
@@ -638,6 +660,75 @@ impl Engine {
         &self.store
     }
 
+    /// The configured prompt presets, by name.
+    pub fn presets(&self) -> &BTreeMap<String, PresetConfig> {
+        &self.presets
+    }
+
+    /// The prompt as it will be sent: through the named preset's template, if any.
+    fn prompt_to_send(&self, prompt: &str, preset: Option<&str>) -> Result<String, ToolError> {
+        Ok(match self.preset(preset)? {
+            Some((_, preset)) => preset.expand(prompt),
+            None => prompt.to_string(),
+        })
+    }
+
+    /// The preset a call names, or an error listing the configured ones.
+    fn preset<'a>(
+        &'a self,
+        name: Option<&'a str>,
+    ) -> Result<Option<(&'a str, &'a PresetConfig)>, ToolError> {
+        let Some(name) = name else {
+            return Ok(None);
+        };
+        match self.presets.get(name) {
+            Some(preset) => Ok(Some((name, preset))),
+            None if self.presets.is_empty() => Err(ToolError::invalid_param(
+                "preset",
+                format!("unknown preset `{name}`: no presets are configured ([presets.NAME] in the configuration)"),
+            )),
+            None => Err(ToolError::invalid_param(
+                "preset",
+                format!(
+                    "unknown preset `{name}`; configured: {}",
+                    self.presets.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// `provider` and `model` with the named preset's where the call names none (see
+    /// [`presets::preset_target`]); an unknown preset is refused here, before anything else.
+    fn aim(
+        &self,
+        preset: Option<&str>,
+        provider: &mut Option<String>,
+        model: &mut Option<String>,
+    ) -> Result<(), ToolError> {
+        if let Some((_, preset)) = self.preset(preset)? {
+            (*provider, *model) =
+                presets::preset_target(provider.as_deref(), model.as_deref(), preset);
+        }
+        Ok(())
+    }
+
+    /// `params` aimed by its preset (see [`Engine::aim`]), cloned only when it names one.
+    fn aimed<'p>(
+        &self,
+        params: &'p GenerateParams,
+    ) -> Result<std::borrow::Cow<'p, GenerateParams>, ToolError> {
+        if params.preset.is_none() {
+            return Ok(std::borrow::Cow::Borrowed(params));
+        }
+        let mut params = params.clone();
+        self.aim(
+            params.preset.as_deref(),
+            &mut params.provider,
+            &mut params.model,
+        )?;
+        Ok(std::borrow::Cow::Owned(params))
+    }
+
     /// Resolves the provider, the model (aliases, lifecycle) and builds a checked request; no
     /// money is spent here.
     ///
@@ -656,6 +747,9 @@ impl Engine {
         params: &GenerateParams,
         operation: Operation,
     ) -> Result<Prepared, ToolError> {
+        let aimed = self.aimed(params)?;
+        let params = &*aimed;
+        let preset = self.preset(params.preset.as_deref())?;
         let name = params.provider.as_deref().unwrap_or(&self.default_provider);
         let entry = self.entry(name)?;
         let provider = entry.provider.clone();
@@ -720,14 +814,20 @@ impl Engine {
             ModelState::Active => {}
         }
         let replaced = target != model;
-        let request = self.build_request(
-            name, entry, params, operation, &target, replaced, &mut notes,
+        let (request, filled) = self.build_request(
+            name, entry, params, preset, operation, &target, replaced, &mut notes,
         )?;
+        if let Some((preset_name, preset)) = preset {
+            // First: it says what became of the prompt, which everything else is about.
+            let note = preset.note(preset_name, &params.prompt, &request.prompt, &filled);
+            tracing::info!(preset = ?preset_name, "preset applied");
+            notes.insert(0, note);
+        }
         // A fallback that cannot be built (the replacement refuses what was asked) is no fallback.
         let fallback = fallback_model.and_then(|r| {
             let mut dropped = Vec::new();
-            let request = self
-                .build_request(name, entry, params, operation, &r, true, &mut dropped)
+            let (request, _) = self
+                .build_request(name, entry, params, preset, operation, &r, true, &mut dropped)
                 .ok()?;
             let mut note = format!(
                 "the provider no longer serves `{model}` (the catalog says it was {when}); the call went to its replacement `{r}`"
@@ -748,24 +848,38 @@ impl Engine {
         })
     }
 
-    /// The checked request for `model`; with `lenient`, parameters the model does not take
-    /// (or values it refuses) are dropped with a note instead of failing the call.
+    /// The checked request for `model`, with the options the call left unset filled from
+    /// the preset, then the configured defaults (see [`presets::fill_layers`]), and the
+    /// options the preset filled; with `lenient`, parameters the model does not take (or
+    /// values it refuses) are dropped with a note instead of failing the call.
     #[allow(clippy::too_many_arguments)]
     fn build_request(
         &self,
         name: &str,
         entry: &ProviderEntry,
         params: &GenerateParams,
+        preset: Option<(&str, &PresetConfig)>,
         operation: Operation,
         model: &str,
         lenient: bool,
         notes: &mut Vec<String>,
-    ) -> Result<GenerateRequest, ToolError> {
+    ) -> Result<(GenerateRequest, Vec<Param>), ToolError> {
         let provider = &entry.provider;
         let caps = provider.capabilities(model);
         let fail = |e| ToolError::from_provider(e, Some(name), Some(model));
 
-        let mut request = GenerateRequest::new(params.prompt.clone(), model);
+        let prompt = match preset {
+            // A template alone is no prompt: the call's own must say what to draw.
+            Some(_) if params.prompt.trim().is_empty() => {
+                return Err(fail(ProviderError::invalid_param(
+                    "prompt",
+                    "prompt must not be empty",
+                )))
+            }
+            Some((_, preset)) => preset.expand(&params.prompt),
+            None => params.prompt.clone(),
+        };
+        let mut request = GenerateRequest::new(prompt, model);
         request.options = params.options.clone();
         // Zero partial images is the same as none: nothing streams.
         request.options.partial_images = params.options.partial_images.filter(|&n| n > 0);
@@ -780,27 +894,55 @@ impl Engine {
             &mut request.options,
             &caps,
         ));
-        check_or_drop(&mut request, &caps, operation, lenient, notes).map_err(fail)?;
-
-        let d = &entry.defaults;
-        // Streaming makes one still image: a default never turns a call for several, or for an
-        // animation, into an error; and an explicit `partial_images = 0` keeps it off.
-        let streams_one = request.n() == 1
-            && request.options.format() != ImageFormat::Gif
-            && params.options.partial_images.is_none()
-            && d.partial_images.is_some_and(|n| n > 0);
-        let filled = request.options.fill_from(d, |param| {
-            caps.takes(param) && operation.allows(param) && (param != Param::Stream || streams_one)
-        });
-        if filled.is_empty() {
-            return Ok(request);
-        }
-        validate::check_for(&request, &caps, operation).map_err(|mut e| {
-            e.message
-                .push_str(" (the value comes from the configured [defaults])");
+        check_or_drop(&mut request, &caps, operation, lenient, notes).map_err(|mut e| {
+            if let (Some((preset_name, _)), Some("prompt")) = (preset, e.param.as_deref()) {
+                e.message
+                    .push_str(&format!(" (as sent, in preset `{preset_name}`'s template)"));
+            }
             fail(e)
         })?;
-        Ok(request)
+
+        let takes = |param| caps.takes(param) && operation.allows(param);
+        // A call that set `partial_images` itself, even to 0, keeps its choice.
+        let asked_stream = params.options.partial_images.is_some();
+        let filled = presets::fill_layers(
+            &mut request.options,
+            preset.map(|(_, p)| &p.options),
+            &entry.defaults,
+            |param| takes(param) && (param != Param::Stream || !asked_stream),
+        );
+        if let Some((preset_name, preset)) = preset {
+            for param in preset.options.params_set() {
+                if !takes(param) && !params.options.is_set(param) {
+                    notes.push(format!(
+                        "preset `{preset_name}`'s `{}` was not sent: `{model}` does not take it here",
+                        presets::key(param)
+                    ));
+                }
+            }
+        }
+        if filled.preset.is_empty() && filled.defaults.is_empty() {
+            return Ok((request, filled.preset));
+        }
+        validate::check_for(&request, &caps, operation).map_err(|mut e| {
+            let is = |p: &Param| {
+                Some(p.as_str()) == e.param.as_deref()
+                    || Some(presets::key(*p)) == e.param.as_deref()
+            };
+            let from = match preset {
+                Some((preset_name, _)) if filled.preset.iter().any(is) => {
+                    format!("preset `{preset_name}`")
+                }
+                Some((preset_name, _)) if !filled.defaults.iter().any(is) => {
+                    format!("the options of preset `{preset_name}` or the configured [defaults]")
+                }
+                _ => "the configured [defaults]".to_string(),
+            };
+            e.message
+                .push_str(&format!(" (the value comes from {from})"));
+            fail(e)
+        })?;
+        Ok((request, filled.preset))
     }
 
     /// The error for `model` when the provider said it does not exist: for a model the
@@ -866,8 +1008,11 @@ impl Engine {
         call: &CallContext,
     ) -> Result<Generation, ToolError> {
         call.progress.phase("validating");
+        let aimed = self.aimed(params)?;
+        let params = &*aimed;
         let plan = self.plan(params.provider.as_deref(), params.fallback.as_deref())?;
-        let cleared = self.moderate(&params.prompt, &[], call).await?;
+        let sent = self.prompt_to_send(&params.prompt, params.preset.as_deref())?;
+        let cleared = self.moderate(&sent, &[], call).await?;
         let generation = self.routed(&plan, RoutedCall::Generate(params), call).await;
         generation.map(|g| cleared.noted(g))
     }
@@ -915,6 +1060,7 @@ impl Engine {
         let saving = Saving {
             prompt: &params.prompt,
             prompt_sent: Some(&request.prompt),
+            preset: params.preset.as_deref(),
             name_hint: None,
             inputs: Vec::new(),
             cache_key: self.cache_key(params.cache, call, || cache::Request {
@@ -948,8 +1094,17 @@ impl Engine {
         call: &CallContext,
     ) -> Result<Generation, ToolError> {
         call.progress.phase("validating");
+        let mut aimed = None;
+        if params.preset.is_some() {
+            // Cloned only with a preset: an edit's inline images can be megabytes.
+            let mut p = params.clone();
+            self.aim(p.preset.as_deref(), &mut p.provider, &mut p.model)?;
+            aimed = Some(p);
+        }
+        let params = aimed.as_ref().unwrap_or(params);
         let plan = self.plan(params.provider.as_deref(), params.fallback.as_deref())?;
-        let cleared = self.moderate(&params.prompt, &inputs.images, call).await?;
+        let sent = self.prompt_to_send(&params.prompt, params.preset.as_deref())?;
+        let cleared = self.moderate(&sent, &inputs.images, call).await?;
         let generation = self
             .routed(&plan, RoutedCall::Edit(params, &inputs), call)
             .await;
@@ -1030,6 +1185,7 @@ impl Engine {
         let saving = Saving {
             prompt: &params.prompt,
             prompt_sent: Some(&request.prompt),
+            preset: params.preset.as_deref(),
             name_hint: None,
             inputs: params.images.iter().map(|s| input_record(s)).collect(),
             cache_key: self.cache_key(params.cache, call, || cache::Request {
@@ -1286,6 +1442,7 @@ impl Engine {
         let saving = Saving {
             prompt: "",
             prompt_sent: None,
+            preset: None,
             name_hint: Some("variation"),
             inputs: vec![input_record(&params.image)],
             cache_key,
@@ -1336,6 +1493,10 @@ impl Engine {
             model: entry.model,
             images,
             partials: Vec::new(),
+            // The call's own, set by `run`: the key holds the prompt as sent, not these.
+            prompt: String::new(),
+            prompt_sent: None,
+            preset: None,
             revised_prompt: entry.revised_prompt,
             usage: None,
             request_id: entry.request_id,
@@ -1419,6 +1580,9 @@ impl Engine {
                     true,
                 )
                 .await;
+                hit.prompt = saving.prompt.to_string();
+                hit.prompt_sent = saving.prompt_sent.map(str::to_string);
+                hit.preset = saving.preset.map(str::to_string);
                 return Ok(hit);
             }
         }
@@ -1670,6 +1834,7 @@ impl Engine {
             prompt: saving.prompt.to_string(),
             name_hint: saving.name_hint.map(str::to_string),
             prompt_sent: saving.prompt_sent.map(str::to_string),
+            preset: saving.preset.map(str::to_string),
             revised_prompt: result.revised_prompt.clone(),
             provider: Some(name.to_string()),
             model: Some(result.model.clone()),
@@ -1741,6 +1906,9 @@ impl Engine {
             model: result.model,
             images: saved,
             partials,
+            prompt: saving.prompt.to_string(),
+            prompt_sent: saving.prompt_sent.map(str::to_string),
+            preset: saving.preset.map(str::to_string),
             revised_prompt: result.revised_prompt,
             usage: result.usage.and_then(|u| serde_json::to_value(u).ok()),
             request_id: result.request_id,

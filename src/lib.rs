@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod live;
 pub mod moderation;
 pub mod oauth;
+pub mod presets;
 pub mod progress;
 pub mod routing;
 pub mod server;

@@ -255,6 +255,9 @@ struct CommonArgs {
     /// Model name or alias.
     #[arg(long)]
     model: Option<String>,
+    /// A prompt preset of the configuration (`[presets.NAME]`): its template and options.
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
     #[command(flatten)]
     options: ImageOptions,
     /// The text model that writes an SVG (--format svg); default: the provider's svg_model.
@@ -295,6 +298,7 @@ impl CommonArgs {
             provider: self.provider.clone(),
             fallback: self.fallback.clone(),
             model: self.model.clone(),
+            preset: self.preset.clone(),
             options,
             delivery: None,
             cache: self.cache,
@@ -520,6 +524,7 @@ async fn generate(
         prompts: Some(args.prompts.clone()),
         provider: shared.provider,
         model: shared.model,
+        preset: shared.preset,
         options: shared.options,
         ..BatchParams::default()
     };
@@ -601,6 +606,7 @@ async fn edit(
         provider: base.provider,
         fallback: base.fallback,
         model: base.model,
+        preset: base.preset,
         options: base.options,
         delivery: None,
         cache: base.cache,

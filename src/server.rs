@@ -37,7 +37,7 @@ use crate::{
     args::{input_schema, Args},
     batch::{self, BatchOutput, BatchParams},
     caller_limits::{CallerLimiter, EffectiveLimits},
-    config::Delivery,
+    config::{Delivery, PresetConfig},
     delivery::InlinePlan,
     delivery::{describe, plan_inline, GenerateOutput},
     engine::{
@@ -215,6 +215,10 @@ pub struct ProvidersOutput {
     /// Named lists of providers tried in order, usable as `provider`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub routes: BTreeMap<String, RouteConfig>,
+    /// Prompt presets, usable as `preset`: each one's template (`{prompt}` is the call's
+    /// prompt), description, provider, model and options.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub presets: BTreeMap<String, PresetConfig>,
     /// The configuration in force and the reload history.
     pub config: ConfigStatus,
 }
@@ -384,6 +388,7 @@ pub fn providers_output(live: &Live) -> ProvidersOutput {
         default_provider: engine.default_provider().into(),
         providers,
         routes: engine.routes().clone(),
+        presets: engine.presets().clone(),
         config: live.status(),
     }
 }
@@ -417,6 +422,11 @@ fn success_result(engine: &Engine, generation: &Generation, mode: Delivery) -> C
         generation.provider,
         generation.model
     );
+    if let Some(preset) = &generation.preset {
+        summary.push_str(&format!(
+            " Preset `{preset}` shaped the prompt (see the notes)."
+        ));
+    }
     for note in &generation.notes {
         summary.push_str(&format!(" Note: {note}."));
     }
@@ -791,8 +801,13 @@ fn batch_result(
                     let Some(&(i, plan)) = by_uri.get(stored.uri.as_str()) else {
                         continue;
                     };
+                    let preset = item
+                        .preset
+                        .as_ref()
+                        .map(|p| format!(" (preset `{p}`)"))
+                        .unwrap_or_default();
                     content.push(ContentBlock::text(format!(
-                        "Item {}: {}",
+                        "Item {}{preset}: {}",
                         item.index + 1,
                         describe(i, all.len(), stored, plan)
                     )));
@@ -1266,7 +1281,7 @@ impl ImagegenServer {
     /// Lists providers, models and what each model accepts.
     #[tool(
         name = "list_providers",
-        description = "List the configured image providers, which one is the default, their models and aliases (`fast`, `best`), each model's lifecycle (state active/deprecated/shut_down, shutdown_date, replacement) and what it accepts (sizes, qualities, formats including gif/svg, complexities, GIF rules, n, prompt length, parameters), each provider's API keys as fingerprints with their state, and the configuration's reload status.",
+        description = "List the configured image providers, which one is the default, their models and aliases (`fast`, `best`), each model's lifecycle (state active/deprecated/shut_down, shutdown_date, replacement) and what it accepts (sizes, qualities, formats including gif/svg, complexities, GIF rules, n, prompt length, parameters), each provider's API keys as fingerprints with their state, the prompt presets usable as `preset` (template, description, provider, model, options), and the configuration's reload status.",
         annotations(
             title = "List providers",
             read_only_hint = true,

@@ -100,6 +100,8 @@ pub struct Provenance {
     pub name_hint: Option<String>,
     /// The prompt as sent upstream.
     pub prompt_sent: Option<String>,
+    /// The prompt preset the call named (`[presets.NAME]`).
+    pub preset: Option<String>,
     /// The prompt as the provider rewrote it.
     pub revised_prompt: Option<String>,
     /// The provider's configured name.
@@ -1238,6 +1240,7 @@ fn sidecar_of(stored: &StoredImage, how: &Provenance, created: String) -> Sideca
         tool: how.tool.clone(),
         prompt: how.prompt.clone(),
         prompt_sent: how.prompt_sent.clone().filter(|p| *p != how.prompt),
+        preset: how.preset.clone(),
         revised_prompt: how.revised_prompt.clone(),
         provider: how.provider.clone(),
         model: how.model.clone(),

@@ -26,7 +26,7 @@ use super::{
 /// The environment variable prefix of configuration keys.
 const PREFIX: &str = "IMAGEGEN_";
 /// Top-level keys: an `IMAGEGEN_*` variable starting with anything else is not configuration.
-pub(super) const TOP_KEYS: [&str; 14] = [
+pub(super) const TOP_KEYS: [&str; 15] = [
     "default_provider",
     "log_level",
     "log_format",
@@ -40,13 +40,14 @@ pub(super) const TOP_KEYS: [&str; 14] = [
     "models",
     "catalog",
     "routes",
+    "presets",
     "server",
 ];
 /// `IMAGEGEN_*` variables that are not configuration and need no notice (`IMAGEGEN_LOG*` too).
 const NON_CONFIG_VARS: [&str; 3] = ["IMAGEGEN_CONFIG", "IMAGEGEN_LOG", "IMAGEGEN_HEARTBEAT_MS"];
 /// The variables the official OpenAI SDKs read, and the `[providers.openai]` key each sets.
 /// Keys whose environment values stay strings even when they look like numbers or booleans.
-const STRING_KEYS: [&str; 8] = [
+const STRING_KEYS: [&str; 10] = [
     "token",
     "bind",
     "organization",
@@ -55,6 +56,9 @@ const STRING_KEYS: [&str; 8] = [
     "svg_model",
     "default_provider",
     "log_level",
+    // A preset's `{prompt}` would otherwise read as an inline table.
+    "template",
+    "description",
 ];
 /// The settings a provider's keys come from, in the order they join its pool.
 const KEY_FIELDS: [&str; 4] = CommonConfig::KEY_FIELDS;
@@ -340,6 +344,7 @@ impl LoadedConfig {
         let metrics_token = ctx.metrics_token(&mut config, &tokens, &mut inputs)?;
         drop_unusable_env_providers(&mut config, &merged, &mut notices);
         check_routes(&config, &merged, &mut notices)?;
+        check_presets(&config, &merged, &mut notices)?;
         let default_source = resolve_default(&mut config, &merged, &env)?;
         validate(&config, &merged)?;
         let (catalog, catalogs) = build_catalogs(&config, &merged)?;
@@ -1372,16 +1377,85 @@ fn check_routes(
     Ok(())
 }
 
-fn check_defaults(defaults: &Defaults, path: &[&str], merged: &Merged) -> Result<(), ConfigError> {
+/// `[presets.NAME]`: a named template holding `{prompt}`, known keys, options as `[defaults]`
+/// takes them, and a provider that is a configured provider or route.
+fn check_presets(
+    config: &Config,
+    merged: &Merged,
+    notices: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    use crate::presets::{KEYS, PLACEHOLDER};
+    for (name, preset) in &config.presets {
+        let path = ["presets", name.as_str()];
+        let at = |key: &'static str| ["presets", name.as_str(), key];
+        if name.trim().is_empty() {
+            return Err(merged.err(&path, "needs a name: calls choose a preset by it"));
+        }
+        if merged.at(&at("template")).is_none() {
+            return Err(merged.err(
+                &path,
+                format!("missing key `template`: the prompt to send, with {PLACEHOLDER} where the call's prompt goes"),
+            ));
+        }
+        if !preset.template.contains(PLACEHOLDER) {
+            return Err(merged.err(
+                &at("template"),
+                format!(
+                    "must contain {PLACEHOLDER}, where the call's prompt goes (such as \
+                     \"{PLACEHOLDER}, watercolor, soft light\")"
+                ),
+            ));
+        }
+        check_defaults(&preset.options, &path, &KEYS, merged)?;
+        if let Some(provider) = &preset.provider {
+            match config.providers.get(provider) {
+                Some(p) if !p.enabled() => notices.push(format!(
+                    "presets.{name}.provider names the disabled provider `{provider}`: calls \
+                     with this preset that name no provider fail"
+                )),
+                Some(_) => {}
+                None if config.routes.contains_key(provider) => {}
+                None => {
+                    let known: Vec<&str> = config
+                        .providers
+                        .keys()
+                        .chain(config.routes.keys())
+                        .map(String::as_str)
+                        .collect();
+                    return Err(merged.err(
+                        &at("provider"),
+                        format!(
+                            "names `{provider}`, which is no configured provider or route; \
+                             configured: {}",
+                            known.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The image options at `path` (`[defaults]`, a provider's or a preset's): known keys (the
+/// options' and `extra`, the table's own), values in range.
+fn check_defaults(
+    defaults: &Defaults,
+    path: &[&str],
+    extra: &[&str],
+    merged: &Merged,
+) -> Result<(), ConfigError> {
     if let Some(table) = merged.at(path).and_then(Value::as_dict) {
-        if let Some(unknown) = table.keys().find(|k| !Defaults::KEYS.contains(&k.as_str())) {
+        let known = |k: &str| Defaults::KEYS.contains(&k) || extra.contains(&k);
+        if let Some(unknown) = table.keys().find(|k| !known(k)) {
             let mut key = path.to_vec();
             key.push(unknown);
+            let expected: Vec<&str> = extra.iter().chain(&Defaults::KEYS).copied().collect();
             return Err(merged.err(
                 &key,
                 format!(
                     "unknown field `{unknown}`, expected one of: {}",
-                    Defaults::KEYS.join(", ")
+                    expected.join(", ")
                 ),
             ));
         }
@@ -1524,7 +1598,7 @@ const MAX_CALLER_LIMIT: u64 = 1_000_000;
 
 /// Checks what serde cannot: ranges and URLs.
 fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
-    check_defaults(&config.defaults, &["defaults"], merged)?;
+    check_defaults(&config.defaults, &["defaults"], &[], merged)?;
     if let Some(level) = &config.log_level {
         // The parser's message quotes the directive; the key and its source are enough.
         if tracing_subscriber::EnvFilter::builder()
@@ -1645,6 +1719,7 @@ fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
         check_defaults(
             &provider.common.defaults,
             &["providers", name, "defaults"],
+            &[],
             merged,
         )?;
         if let Some(limit) = provider.common.max_in_flight {

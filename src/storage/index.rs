@@ -291,6 +291,7 @@ impl SidecarSource for DirSource {
             tool: None,
             prompt: String::new(),
             prompt_sent: None,
+            preset: None,
             revised_prompt: None,
             provider: None,
             model: None,

@@ -48,6 +48,9 @@ pub struct Sidecar {
     /// The prompt as sent upstream, when it differs from `prompt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_sent: Option<String>,
+    /// The prompt preset the call named, whose template made `prompt_sent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
     /// The prompt as the provider rewrote it, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revised_prompt: Option<String>,

@@ -18,6 +18,7 @@ mod mcp_stdio;
 mod moderation;
 mod oauth;
 mod ops;
+mod presets;
 mod resilience;
 mod retention;
 mod rotation;

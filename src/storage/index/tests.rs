@@ -32,6 +32,7 @@ fn sidecar(name: &str, prompt: &str, model: &str, created: &str) -> Sidecar {
         tool: Some("generate_image".into()),
         prompt: prompt.into(),
         prompt_sent: None,
+        preset: None,
         revised_prompt: None,
         provider: Some("mock".into()),
         model: Some(model.into()),
