@@ -89,6 +89,10 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[cache]`: identical requests served from the store instead of the provider.
     pub cache: CacheConfig,
+    /// `[budget]`: spending limits per UTC day and month, in all, per provider and per caller.
+    pub budget: crate::budget::BudgetConfig,
+    /// `[cluster]`: the Redis the replicas share budgets through.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// `[cache]`: an identical request (same provider kind, model, parameters as sent, prompt

@@ -25,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::routing::{falls_over, RouteConfig, RouteStep, SharedHealth};
 use crate::{
+    budget::Budgets,
     cache,
+    cluster::Cluster,
     config::{
         CacheConfig, Defaults, Delivery, LoadedConfig, OnShutdown, OutputConfig, ProviderConfig,
     },
@@ -337,6 +339,8 @@ pub struct Engine {
     routes: BTreeMap<String, RouteConfig>,
     /// What recent calls say about each provider, shared by every engine of this process.
     health: SharedHealth,
+    /// `[budget]` and its counts (kept across reloads, shared through `[cluster]`).
+    budgets: Budgets,
 }
 
 fn overlay(base: &Defaults, top: &Defaults) -> Defaults {
@@ -382,6 +386,25 @@ fn key_pool(
         pool.carry_over(old_pool, old_inputs.0 != inputs.0);
     }
     (Arc::new(pool), inputs)
+}
+
+/// `[budget]` over the counts of `previous` (spend survives a reload), on the cluster of
+/// `[cluster]` (its connection kept while its URL and prefix stay).
+fn budgets(loaded: &LoadedConfig, previous: Option<&Engine>) -> anyhow::Result<Budgets> {
+    let config = &loaded.config;
+    let old = previous.map(|e| &e.budgets);
+    let cluster = Cluster::keep_or_open(old.and_then(Budgets::cluster), &config.cluster)?;
+    let (limits, fail_open) = (config.budget.clone(), config.cluster.fail_open);
+    let deadlines = config
+        .providers
+        .iter()
+        .map(|(name, p)| (name.clone(), Duration::from_secs(p.http.deadline_s)))
+        .collect();
+    let budgets = match old {
+        Some(old) => old.reconfigured(limits, fail_open, cluster),
+        None => Budgets::new(limits, fail_open, cluster),
+    };
+    Ok(budgets.with_deadlines(deadlines))
 }
 
 /// Builds the provider named `name` from its configuration.
@@ -489,6 +512,7 @@ impl Engine {
             watch: previous.map_or_else(SharedWatch::default, |e| e.watch.clone()),
             routes: config.routes.clone(),
             health: previous.map_or_else(SharedHealth::default, |e| e.health.clone()),
+            budgets: budgets(loaded, previous)?,
         })
     }
 
@@ -1127,6 +1151,11 @@ impl Engine {
     /// The configured routes.
     pub fn routes(&self) -> &BTreeMap<String, RouteConfig> {
         &self.routes
+    }
+
+    /// `[budget]` and its counts: the ledger seeds them at start-up.
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
     }
 
     /// Makes variations of `image` and saves them; only models whose catalog entry says so.
