@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::routing::{falls_over, RouteConfig, RouteStep, SharedHealth};
 use crate::{
-    budget::Budgets,
+    budget::{Budgets, Charge, Settlement},
     cache,
     cluster::Cluster,
     config::{
@@ -297,6 +297,8 @@ struct Saving<'a> {
     cache_key: Option<String>,
     /// The file name the caller asked for.
     filename: Option<&'a str>,
+    /// The call's estimated cost, USD, which its budgets reserve (`None`: unpriced).
+    estimate_usd: Option<f64>,
 }
 
 /// How an edit input appears in a sidecar: a stored image's URI, a file's name, never data.
@@ -885,6 +887,7 @@ impl Engine {
                 inputs: Vec::new(),
             }),
             filename: params.filename.as_deref(),
+            estimate_usd: self.estimate_usd(),
         };
         let generation = self
             .run(
@@ -998,6 +1001,7 @@ impl Engine {
                     .collect(),
             }),
             filename: params.filename.as_deref(),
+            estimate_usd: self.estimate_usd(),
         };
         let generation = self
             .run(name, &model, saving, call, upstream)
@@ -1158,6 +1162,12 @@ impl Engine {
         &self.budgets
     }
 
+    /// A call's estimated cost, USD, for its budgets: `None` (unpriced) until the catalog
+    /// carries prices (`src/cost.rs` replaces this with its estimate).
+    fn estimate_usd(&self) -> Option<f64> {
+        None
+    }
+
     /// Makes variations of `image` and saves them; only models whose catalog entry says so.
     pub async fn variation(
         &self,
@@ -1242,6 +1252,7 @@ impl Engine {
             inputs: vec![input_record(&params.image)],
             cache_key,
             filename: params.filename.as_deref(),
+            estimate_usd: self.estimate_usd(),
         };
         let mut generation = self.run(name, &model, saving, call, upstream).await?;
         if generation.model != asked {
@@ -1359,6 +1370,20 @@ impl Engine {
                 return Ok(hit);
             }
         }
+        // Before anything is sent: a call that would pass a budget ends here.
+        let hold = self
+            .budgets
+            .reserve(&Charge {
+                provider: name,
+                caller: Some(
+                    call.origin
+                        .caller
+                        .as_deref()
+                        .unwrap_or(crate::http::ANONYMOUS),
+                ),
+                estimate_usd: saving.estimate_usd,
+            })
+            .await?;
         tracing::info!(provider = ?name, model = ?model, "calling the provider");
         let started = std::time::Instant::now();
         let partials = Mutex::new(Vec::<StoredImage>::new());
@@ -1392,8 +1417,16 @@ impl Engine {
             tokio::join!(upstream, forward).0
         };
         tokio::pin!(work);
+        // Sent, then no answer (a timeout, a dropped connection): the provider may bill it.
+        let mut unanswered = false;
         let result = tokio::select! {
-            result = &mut work => result.map_err(fail),
+            result = &mut work => {
+                if let Err(e) = &result {
+                    unanswered = e.request_sent
+                        && matches!(e.kind, ErrorKind::Timeout | ErrorKind::Network);
+                }
+                result.map_err(fail)
+            }
             () = call.cancel.cancelled() => {
                 // The provider sees the cancellation too: a moment to tell its upstream to
                 // stop the job (queue APIs bill for jobs left running), then it is dropped.
@@ -1410,8 +1443,13 @@ impl Engine {
         }
         if call.cancel.is_cancelled() {
             tracing::info!(provider = ?name, elapsed_ms = started.elapsed().as_millis() as u64, "call cancelled");
+            // The upstream may have started the job: its estimate stays as possibly billed.
+            hold.settle(Settlement::PossiblyBilled).await;
             return Err(cancelled());
         }
+        let budget_note = hold.note().map(str::to_string);
+        hold.settle(settlement(&result, unanswered, saving.estimate_usd))
+            .await;
         let result = result?;
         tracing::info!(
             provider = ?name,
@@ -1482,7 +1520,7 @@ impl Engine {
                 tracing::warn!("cannot record the call in the cache: {e}");
             }
         }
-        let notes = saving
+        let mut notes: Vec<String> = saving
             .filename
             .map(|asked| {
                 saved
@@ -1493,6 +1531,7 @@ impl Engine {
                     .collect()
             })
             .unwrap_or_default();
+        notes.extend(budget_note);
         Ok(Generation {
             provider: name.to_string(),
             model: result.model,
@@ -1507,6 +1546,21 @@ impl Engine {
             route: Vec::new(),
             cached: None,
         })
+    }
+}
+
+/// What a call's outcome settles its budget hold with: an answer is billed (its estimate,
+/// until the cost of the answer is known), a request sent and never answered possibly
+/// billed, any other failure (the provider said no) not billed.
+fn settlement(
+    result: &Result<GenerateResult, ToolError>,
+    unanswered: bool,
+    estimate_usd: Option<f64>,
+) -> Settlement {
+    match result {
+        Ok(_) => Settlement::Billed(estimate_usd.unwrap_or(0.0)),
+        Err(_) if unanswered => Settlement::PossiblyBilled,
+        Err(_) => Settlement::NotBilled,
     }
 }
 
