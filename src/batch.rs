@@ -8,6 +8,7 @@ use imagegen_providers::ImageOptions;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::cost::CallCost;
 use crate::{
     config::Delivery,
     engine::{CallContext, Engine, GenerateParams, Generation},
@@ -80,10 +81,13 @@ pub struct ItemResult {
     /// The images came from the cache: an identical earlier request made them, at this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached: Option<String>,
+    /// What the item cost (its share, when items shared one request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CallCost>,
 }
 
 /// Counts for the whole batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BatchSummary {
     /// Items asked for.
     pub requested: usize,
@@ -93,6 +97,9 @@ pub struct BatchSummary {
     pub failed: usize,
     /// Wall time of the whole batch, milliseconds.
     pub elapsed_ms: u64,
+    /// What the batch cost, USD, over the items whose cost is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
 }
 
 /// The structured result of `generate_images`.
@@ -116,6 +123,7 @@ impl BatchOutput {
                 succeeded: 0,
                 failed: 0,
                 elapsed_ms,
+                cost_usd: None,
             },
             error: Some(error),
         }
@@ -286,6 +294,7 @@ pub async fn run(
     let mut results: Vec<Option<ItemResult>> = vec![None; count];
     let mut generations = Vec::new();
     let (mut done, mut failed) = (0, 0);
+    let mut total_cost: Option<f64> = None;
     while let Some((group, outcome)) = running.next().await {
         let prompt = group.params.prompt.clone();
         match outcome {
@@ -301,6 +310,17 @@ pub async fn run(
                     each.resize(group.indices.len(), Vec::new());
                     each
                 };
+                let share = group.indices.len() as f64;
+                let cost = generation.cost.clone().map(|mut cost| {
+                    if share > 1.0 {
+                        cost.usd = cost.usd.map(|usd| usd / share);
+                        cost.estimate_usd = cost.estimate_usd.map(|usd| usd / share);
+                    }
+                    cost
+                });
+                if let Some(usd) = generation.cost.as_ref().and_then(|c| c.usd) {
+                    *total_cost.get_or_insert(0.0) += usd;
+                }
                 for (&index, images) in group.indices.iter().zip(shares) {
                     let error = images.is_empty().then(|| {
                         ToolError::new(
@@ -319,6 +339,7 @@ pub async fn run(
                         revised_prompt: generation.revised_prompt.clone(),
                         notes: generation.notes.clone(),
                         cached: generation.cached.clone(),
+                        cost: cost.clone(),
                     });
                 }
                 generations.push((group.indices[0], generation));
@@ -336,6 +357,7 @@ pub async fn run(
                         revised_prompt: None,
                         notes: Vec::new(),
                         cached: None,
+                        cost: None,
                     });
                 }
             }
@@ -353,6 +375,7 @@ pub async fn run(
             succeeded: count - failed,
             failed,
             elapsed_ms: started.elapsed().as_millis() as u64,
+            cost_usd: total_cost,
         },
         results,
         error: None,

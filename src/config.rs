@@ -146,6 +146,12 @@ pub struct StorageConfig {
     /// unset: 60.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prune_interval_min: Option<u64>,
+    /// This replica's usage ledger (daily JSON Lines files). Default: `output.dir/usage` for
+    /// the local store; with an object store, `imagegen-mcp/usage/<hash of the store's
+    /// location>` under the platform data directory (uploaded to `PREFIX/usage/`). Relative
+    /// to the config file; absolute after loading.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger_dir: Option<PathBuf>,
 }
 
 /// How log lines are written (`log_format`, `--log-format`).

@@ -20,6 +20,7 @@ use resvg::{tiny_skia, usvg};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::cost::CallCost;
 use crate::routing::RouteStep;
 use crate::{config::Delivery, engine::Generation, error::ToolError, storage::StoredImage};
 
@@ -70,6 +71,10 @@ pub struct GenerateOutput {
     /// For a cache hit: when the original call stored the images (RFC 3339, UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_created: Option<String>,
+    /// What the call cost: `usd` (`null` when the model has no known price), `basis`
+    /// (`usage` or `estimate`), `note`, and `estimate_usd`, the estimate made before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CallCost>,
 }
 
 impl GenerateOutput {
@@ -90,6 +95,7 @@ impl GenerateOutput {
             route: g.route.clone(),
             cached: g.cached.is_some(),
             original_created: g.cached.clone(),
+            cost: g.cost.clone(),
         }
     }
 
@@ -110,6 +116,7 @@ impl GenerateOutput {
             route: Vec::new(),
             cached: false,
             original_created: None,
+            cost: None,
         }
     }
 }

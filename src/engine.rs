@@ -10,6 +10,7 @@ use std::{
 
 use imagegen_providers::{
     build::{BuildContext, CommonConfig},
+    cost::{Cost, CostBasis},
     keys::KeyPool,
     layers::{Limit, Limited},
     validate::{self, Operation},
@@ -25,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::routing::{falls_over, RouteConfig, RouteStep, SharedHealth};
 use crate::{
-    budget::{Budgets, Charge, Settlement},
+    budget::{self, Budgets, Settlement},
     cache,
     cluster::Cluster,
     config::{
@@ -36,6 +37,10 @@ use crate::{
     lifecycle::{self, LiveCatalog, ModelWatch, SharedWatch},
     progress::Progress,
     storage::{ImageStore, Provenance, StoredImage, Viewer},
+};
+use crate::{
+    cost::{Billing, CallCost, Charge, Costs, Priced},
+    ledger::{self, Ledger},
 };
 
 /// The parameters of `generate_image` (and of `imagegen-mcp generate`).
@@ -187,6 +192,8 @@ pub struct Generation {
     pub route: Vec<RouteStep>,
     /// Set when the images came from the cache: when the original call stored them.
     pub cached: Option<String>,
+    /// What the call cost (zero for a cache hit), and the estimate made before it.
+    pub cost: Option<CallCost>,
 }
 
 /// One configured provider with its effective defaults.
@@ -297,8 +304,19 @@ struct Saving<'a> {
     cache_key: Option<String>,
     /// The file name the caller asked for.
     filename: Option<&'a str>,
-    /// The call's estimated cost, USD, which its budgets reserve (`None`: unpriced).
-    estimate_usd: Option<f64>,
+    /// What the call's price depends on.
+    priced: Priced,
+}
+
+/// What the provider's events told of a call while it ran.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Partial images, saved as they came.
+    partials: Vec<StoredImage>,
+    /// The fingerprint of the key the last attempt used.
+    key: Option<String>,
+    /// Whether any request was sent.
+    requested: bool,
 }
 
 /// How an edit input appears in a sidecar: a stored image's URI, a file's name, never data.
@@ -343,6 +361,10 @@ pub struct Engine {
     health: SharedHealth,
     /// `[budget]` and its counts (kept across reloads, shared through `[cluster]`).
     budgets: Budgets,
+    /// Estimates and observed costs, shared by every engine with the same ledger.
+    costs: Arc<Costs>,
+    /// The usage ledger, shared by every engine with the same ledger directory.
+    ledger: Arc<Ledger>,
 }
 
 fn overlay(base: &Defaults, top: &Defaults) -> Defaults {
@@ -493,6 +515,17 @@ impl Engine {
         );
         let store = ImageStore::from_config(loaded.output_dir(), &config.storage)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ledger_dir = ledger::dir_of(loaded);
+        // A reload that keeps the ledger's place keeps its uploads and averages.
+        let (ledger, costs) = match previous.filter(|p| p.ledger.dir() == ledger_dir) {
+            Some(p) => (p.ledger.clone(), p.costs.clone()),
+            None => {
+                let ledger = Arc::new(Ledger::new(ledger_dir.clone(), &store));
+                ledger.spawn_uploads();
+                let costs = Arc::new(Costs::persisted(ledger_dir.join("observed-costs.json")));
+                (ledger, costs)
+            }
+        };
         const MB: u64 = 1_000_000;
         Ok(Self {
             inputs: InputPolicy::new(
@@ -515,6 +548,8 @@ impl Engine {
             routes: config.routes.clone(),
             health: previous.map_or_else(SharedHealth::default, |e| e.health.clone()),
             budgets: budgets(loaded, previous)?,
+            costs,
+            ledger,
         })
     }
 
@@ -864,6 +899,7 @@ impl Engine {
         let provider = prepared.provider.clone();
         let kind = provider.kind();
         let (request, fallback) = (&prepared.request, prepared.fallback.as_ref());
+        let priced = Priced::of(&provider.capabilities(&request.model), &request.options);
         let upstream = |options: CallOptions| async move {
             match provider.generate_opts(request, &options).await {
                 Err(e) if e.model_unavailable => match fallback {
@@ -887,7 +923,7 @@ impl Engine {
                 inputs: Vec::new(),
             }),
             filename: params.filename.as_deref(),
-            estimate_usd: self.estimate_usd(),
+            priced,
         };
         let generation = self
             .run(
@@ -975,6 +1011,7 @@ impl Engine {
             .as_ref()
             .and_then(|f| edit_of(&f.request).ok());
         let (request, fallback) = (&request, fallback.as_ref());
+        let priced = Priced::of(&provider.capabilities(&request.model), &request.options);
         let upstream = |options: CallOptions| async move {
             match provider.edit_opts(request, &options).await {
                 Err(e) if e.model_unavailable => match fallback {
@@ -1001,7 +1038,7 @@ impl Engine {
                     .collect(),
             }),
             filename: params.filename.as_deref(),
-            estimate_usd: self.estimate_usd(),
+            priced,
         };
         let generation = self
             .run(name, &model, saving, call, upstream)
@@ -1138,6 +1175,11 @@ impl Engine {
         Err(with_route(error, &steps))
     }
 
+    /// The usage ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
     /// The configured provider names, for messages.
     fn provider_names(&self) -> String {
         self.providers
@@ -1160,12 +1202,6 @@ impl Engine {
     /// `[budget]` and its counts: the ledger seeds them at start-up.
     pub fn budgets(&self) -> &Budgets {
         &self.budgets
-    }
-
-    /// A call's estimated cost, USD, for its budgets: `None` (unpriced) until the catalog
-    /// carries prices (`src/cost.rs` replaces this with its estimate).
-    fn estimate_usd(&self) -> Option<f64> {
-        None
     }
 
     /// Makes variations of `image` and saves them; only models whose catalog entry says so.
@@ -1239,6 +1275,7 @@ impl Engine {
             inputs: vec![("image", &request.image)],
         });
         let request = &request;
+        let priced = Priced::of(&provider.capabilities(&model), &asked_options);
         let upstream = |options: CallOptions| async move {
             match provider.variation_opts(request, &options).await {
                 Err(e) if e.model_unavailable => Err(self.model_missing(e, entry, &request.model)),
@@ -1252,7 +1289,7 @@ impl Engine {
             inputs: vec![input_record(&params.image)],
             cache_key,
             filename: params.filename.as_deref(),
-            estimate_usd: self.estimate_usd(),
+            priced,
         };
         let mut generation = self.run(name, &model, saving, call, upstream).await?;
         if generation.model != asked {
@@ -1309,6 +1346,7 @@ impl Engine {
             sent: entry.sent,
             route: Vec::new(),
             cached: Some(entry.created),
+            cost: None,
         })
     }
 
@@ -1337,7 +1375,8 @@ impl Engine {
     }
 
     /// Runs one upstream call under the in-flight limits, forwarding its events as progress,
-    /// ending it at once on cancellation, and saving what it returns.
+    /// ending it at once on cancellation, and saving what it returns; every call (and cache
+    /// hit) is costed and written to the usage ledger.
     async fn run<F, Fut>(
         &self,
         name: &str,
@@ -1350,14 +1389,6 @@ impl Engine {
         F: FnOnce(CallOptions) -> Fut,
         Fut: std::future::Future<Output = Result<GenerateResult, ProviderError>>,
     {
-        let progress = &call.progress;
-        let fail = |e| ToolError::from_provider(e, Some(name), Some(model));
-        let cancelled = || {
-            fail(ProviderError::new(
-                ErrorKind::Cancelled,
-                "the call was cancelled by the client; nothing was saved",
-            ))
-        };
         if let Some(key) = &saving.cache_key {
             let hit = self.cached(key, &call.origin.viewer, name).await;
             metrics::counter!(
@@ -1366,14 +1397,37 @@ impl Engine {
                 "outcome" => if hit.is_some() { "hit" } else { "miss" }
             )
             .increment(1);
-            if let Some(hit) = hit {
+            if let Some(mut hit) = hit {
+                let free = Cost::known(0.0, CostBasis::Usage).noted("served from the cache");
+                hit.cost = Some(CallCost::new(free.clone(), None));
+                let charge = Charge {
+                    cost: free,
+                    billing: Billing::NotBilled,
+                };
+                self.record(
+                    name,
+                    &hit.model,
+                    call,
+                    hit.images.len(),
+                    &charge,
+                    None,
+                    "ok",
+                    &Seen::default(),
+                    hit.request_id.clone(),
+                    None,
+                    true,
+                )
+                .await;
                 return Ok(hit);
             }
         }
+        let estimate =
+            self.costs
+                .estimate(saving.priced.prices.as_ref(), model, &saving.priced.order());
         // Before anything is sent: a call that would pass a budget ends here.
         let hold = self
             .budgets
-            .reserve(&Charge {
+            .reserve(&budget::Charge {
                 provider: name,
                 caller: Some(
                     call.origin
@@ -1381,15 +1435,181 @@ impl Engine {
                         .as_deref()
                         .unwrap_or(crate::http::ANONYMOUS),
                 ),
-                estimate_usd: saving.estimate_usd,
+                estimate_usd: estimate.usd,
             })
             .await?;
+        let budget_note = hold.note().map(str::to_string);
+        let seen = Mutex::new(Seen::default());
+        let outcome = self
+            .call_upstream(name, model, &saving, call, &seen, upstream)
+            .await;
+        let seen = seen.into_inner().unwrap_or_else(|e| e.into_inner());
+        let priced = &saving.priced;
+        let result = match outcome {
+            Ok(result) => result,
+            Err((error, provider_error)) => {
+                let charge = match &provider_error {
+                    Some(e) => self.costs.failed(
+                        priced.prices.as_ref(),
+                        model,
+                        &priced.order(),
+                        e,
+                        seen.requested,
+                        seen.partials.len(),
+                    ),
+                    None => Charge {
+                        cost: Cost::known(0.0, CostBasis::Usage),
+                        billing: Billing::NotBilled,
+                    },
+                };
+                hold.settle(settlement(&charge, estimate.usd)).await;
+                let key = seen.key.clone().or_else(|| {
+                    provider_error
+                        .as_ref()
+                        .and_then(|e| e.key_fingerprint.clone())
+                });
+                let seen = Seen { key, ..seen };
+                self.record(
+                    name,
+                    model,
+                    call,
+                    0,
+                    &charge,
+                    estimate.usd,
+                    error.kind.as_str(),
+                    &seen,
+                    error.request_id.clone(),
+                    None,
+                    false,
+                )
+                .await;
+                return Err(error);
+            }
+        };
+        let sizes: Vec<(u32, u32)> = result.images.iter().map(|i| (i.width, i.height)).collect();
+        let cost = self.costs.succeeded(
+            priced.prices.as_ref(),
+            &result.model,
+            &priced.order(),
+            result.usage.as_ref(),
+            &sizes,
+        );
+        let charge = Charge {
+            cost,
+            billing: Billing::Billed,
+        };
+        hold.settle(settlement(&charge, estimate.usd)).await;
+        tracing::info!(
+            provider = ?name,
+            model = ?result.model,
+            cost_usd = ?charge.cost.usd,
+            basis = ?charge.cost.basis,
+            "call costed"
+        );
+        let tokens = result.usage.as_ref().and_then(ledger::Tokens::of);
+        let request_id = result.request_id.clone();
+        let served = result.model.clone();
+        let saved = self
+            .save(name, saving, call, result, seen.partials.clone())
+            .await;
+        let (outcome, images) = match &saved {
+            Ok(g) => ("ok", g.images.len()),
+            Err(e) => (e.kind.as_str(), 0),
+        };
+        self.record(
+            name,
+            &served,
+            call,
+            images,
+            &charge,
+            estimate.usd,
+            outcome,
+            &seen,
+            request_id,
+            tokens,
+            false,
+        )
+        .await;
+        let mut generation = saved?;
+        generation.notes.extend(budget_note);
+        generation.cost = Some(CallCost::new(charge.cost, estimate.usd));
+        Ok(generation)
+    }
+
+    /// Writes one call to the usage ledger and counts its cost in the metrics.
+    #[allow(clippy::too_many_arguments)]
+    async fn record(
+        &self,
+        provider: &str,
+        model: &str,
+        call: &CallContext,
+        images: usize,
+        charge: &Charge,
+        estimate_usd: Option<f64>,
+        outcome: &str,
+        seen: &Seen,
+        request_id: Option<String>,
+        tokens: Option<ledger::Tokens>,
+        cached: bool,
+    ) {
+        if let Some(usd) = charge.cost.usd.filter(|usd| *usd > 0.0) {
+            metrics::counter!(
+                crate::telemetry::COST_MICRODOLLARS,
+                "provider" => provider.to_string(),
+                "model" => self.metric_model(provider, model),
+                "basis" => match charge.cost.basis {
+                    CostBasis::Usage => "usage",
+                    CostBasis::Estimate => "estimate",
+                }
+            )
+            .increment((usd * 1e6).round() as u64);
+        }
+        let line = ledger::Line {
+            time: crate::clock::now_rfc3339(),
+            provider: provider.to_string(),
+            model: model.to_string(),
+            key: seen.key.clone(),
+            caller: call.origin.caller.clone(),
+            tool: call.origin.tool.clone(),
+            images: u32::try_from(images).unwrap_or(u32::MAX),
+            tokens,
+            cost_usd: charge.cost.usd,
+            basis: charge.cost.basis,
+            estimate_usd,
+            billing: charge.billing,
+            outcome: outcome.to_string(),
+            request_id,
+            cached,
+        };
+        self.ledger.append(&line).await;
+    }
+
+    /// The upstream call itself, under the in-flight limits, with its events forwarded; a
+    /// failure comes with the provider's error when there was one (a cancellation has none).
+    async fn call_upstream<F, Fut>(
+        &self,
+        name: &str,
+        model: &str,
+        saving: &Saving<'_>,
+        call: &CallContext,
+        seen: &Mutex<Seen>,
+        upstream: F,
+    ) -> Result<GenerateResult, (ToolError, Option<ProviderError>)>
+    where
+        F: FnOnce(CallOptions) -> Fut,
+        Fut: std::future::Future<Output = Result<GenerateResult, ProviderError>>,
+    {
+        let fail = |e| ToolError::from_provider(e, Some(name), Some(model));
+        let cancelled = || {
+            ProviderError::new(
+                ErrorKind::Cancelled,
+                "the call was cancelled by the client; nothing was saved",
+            )
+        };
+        let take_partials =
+            || std::mem::take(&mut seen.lock().unwrap_or_else(|e| e.into_inner()).partials);
         tracing::info!(provider = ?name, model = ?model, "calling the provider");
         let started = std::time::Instant::now();
-        let partials = Mutex::new(Vec::<StoredImage>::new());
-        let take_partials =
-            || std::mem::take(&mut *partials.lock().unwrap_or_else(|e| e.into_inner()));
-
         let model_label = self.metric_model(name, model);
         let work = async {
             let (events, received) = Events::channel();
@@ -1397,8 +1617,7 @@ impl Engine {
                 .with_events(events)
                 .with_cancel(call.cancel.child_token());
             // `events` moves into the call and drops with it, which ends the forwarding.
-            let forward =
-                forward_events(received, call, &self.store, saving.prompt, &partials, name);
+            let forward = forward_events(received, call, &self.store, saving.prompt, seen, name);
             let upstream = async {
                 let result = upstream(options).await;
                 let outcome = match &result {
@@ -1417,16 +1636,8 @@ impl Engine {
             tokio::join!(upstream, forward).0
         };
         tokio::pin!(work);
-        // Sent, then no answer (a timeout, a dropped connection): the provider may bill it.
-        let mut unanswered = false;
         let result = tokio::select! {
-            result = &mut work => {
-                if let Err(e) = &result {
-                    unanswered = e.request_sent
-                        && matches!(e.kind, ErrorKind::Timeout | ErrorKind::Network);
-                }
-                result.map_err(fail)
-            }
+            result = &mut work => result,
             () = call.cancel.cancelled() => {
                 // The provider sees the cancellation too: a moment to tell its upstream to
                 // stop the job (queue APIs bill for jobs left running), then it is dropped.
@@ -1436,21 +1647,19 @@ impl Engine {
         };
         if result.is_err() || call.cancel.is_cancelled() {
             // A failed or cancelled call leaves nothing behind: its partial images may show a
-            // prompt that was then refused.
-            for partial in take_partials() {
+            // prompt that was then refused. They are counted before they go.
+            let partials = take_partials();
+            for partial in &partials {
                 let _ = self.store.remove(&partial.name).await;
             }
+            seen.lock().unwrap_or_else(|e| e.into_inner()).partials = partials;
         }
         if call.cancel.is_cancelled() {
             tracing::info!(provider = ?name, elapsed_ms = started.elapsed().as_millis() as u64, "call cancelled");
-            // The upstream may have started the job: its estimate stays as possibly billed.
-            hold.settle(Settlement::PossiblyBilled).await;
-            return Err(cancelled());
+            let e = cancelled();
+            return Err((fail(e.clone()), Some(e)));
         }
-        let budget_note = hold.note().map(str::to_string);
-        hold.settle(settlement(&result, unanswered, saving.estimate_usd))
-            .await;
-        let result = result?;
+        let result = result.map_err(|e| (fail(e.clone()), Some(e)))?;
         tracing::info!(
             provider = ?name,
             model = ?result.model,
@@ -1458,7 +1667,20 @@ impl Engine {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "provider answered"
         );
-        progress.phase("saving");
+        Ok(result)
+    }
+
+    /// Saves what a provider returned, all or nothing, and records it in the cache.
+    async fn save(
+        &self,
+        name: &str,
+        saving: Saving<'_>,
+        call: &CallContext,
+        result: GenerateResult,
+        partials: Vec<StoredImage>,
+    ) -> Result<Generation, ToolError> {
+        call.progress.phase("saving");
+        let model_label = self.metric_model(name, &result.model);
         let how = Provenance {
             caller: call.origin.caller.clone(),
             tool: call.origin.tool.clone(),
@@ -1492,7 +1714,7 @@ impl Engine {
             for (stored, _) in &saved {
                 let _ = self.store.remove(&stored.name).await;
             }
-            for partial in take_partials() {
+            for partial in &partials {
                 let _ = self.store.remove(&partial.name).await;
             }
             return Err(ToolError::storage(format!(
@@ -1502,7 +1724,7 @@ impl Engine {
         metrics::counter!(
             crate::telemetry::IMAGE_BYTES,
             "provider" => name.to_string(),
-            "model" => model_label.clone()
+            "model" => model_label
         )
         .increment(saved.iter().map(|(stored, _)| stored.bytes).sum());
         if let Some(key) = &saving.cache_key {
@@ -1520,7 +1742,7 @@ impl Engine {
                 tracing::warn!("cannot record the call in the cache: {e}");
             }
         }
-        let mut notes: Vec<String> = saving
+        let notes = saving
             .filename
             .map(|asked| {
                 saved
@@ -1531,12 +1753,11 @@ impl Engine {
                     .collect()
             })
             .unwrap_or_default();
-        notes.extend(budget_note);
         Ok(Generation {
             provider: name.to_string(),
             model: result.model,
             images: saved,
-            partials: take_partials(),
+            partials,
             revised_prompt: result.revised_prompt,
             usage: result.usage.and_then(|u| serde_json::to_value(u).ok()),
             request_id: result.request_id,
@@ -1545,22 +1766,18 @@ impl Engine {
             notes,
             route: Vec::new(),
             cached: None,
+            cost: None,
         })
     }
 }
 
-/// What a call's outcome settles its budget hold with: an answer is billed (its estimate,
-/// until the cost of the answer is known), a request sent and never answered possibly
-/// billed, any other failure (the provider said no) not billed.
-fn settlement(
-    result: &Result<GenerateResult, ToolError>,
-    unanswered: bool,
-    estimate_usd: Option<f64>,
-) -> Settlement {
-    match result {
-        Ok(_) => Settlement::Billed(estimate_usd.unwrap_or(0.0)),
-        Err(_) if unanswered => Settlement::PossiblyBilled,
-        Err(_) => Settlement::NotBilled,
+/// What a finished call settles its budget hold with: what it cost when billed (the estimate
+/// when the cost is unknown), possibly billed when sent and never answered, else nothing.
+fn settlement(charge: &Charge, estimate_usd: Option<f64>) -> Settlement {
+    match charge.billing {
+        Billing::Billed => Settlement::Billed(charge.cost.usd.or(estimate_usd).unwrap_or(0.0)),
+        Billing::NotBilled => Settlement::NotBilled,
+        Billing::PossiblyBilled => Settlement::PossiblyBilled,
     }
 }
 
@@ -1697,7 +1914,7 @@ async fn forward_events(
     call: &CallContext,
     store: &ImageStore,
     prompt: &str,
-    partials: &Mutex<Vec<StoredImage>>,
+    seen: &Mutex<Seen>,
     provider: &str,
 ) {
     let progress = &call.progress;
@@ -1707,9 +1924,16 @@ async fn forward_events(
             ProviderEvent::Queued { reason } => {
                 progress.phase(format!("waiting for a slot ({reason})"))
             }
-            ProviderEvent::Requesting { attempt: 1 } => progress.phase("requesting"),
-            ProviderEvent::Requesting { attempt } => {
-                progress.phase(format!("requesting (attempt {attempt})"))
+            ProviderEvent::Requesting { attempt, key } => {
+                {
+                    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                    seen.requested = true;
+                    seen.key = key.or(seen.key.take());
+                }
+                match attempt {
+                    1 => progress.phase("requesting"),
+                    n => progress.phase(format!("requesting (attempt {n})")),
+                }
             }
             ProviderEvent::Retrying {
                 attempt,
@@ -1739,9 +1963,9 @@ async fn forward_events(
                             index + 1,
                             stored.uri
                         ));
-                        partials
-                            .lock()
+                        seen.lock()
                             .unwrap_or_else(|e| e.into_inner())
+                            .partials
                             .push(stored);
                     }
                     // A partial is a courtesy: failing to keep one never fails the call.

@@ -15,7 +15,7 @@ use imagegen_mcp::{
     delivery::GenerateOutput,
     engine::{CallContext, EditInputs, EditParams, Engine, GenerateParams, Generation},
     error::ToolError,
-    lifecycle,
+    ledger, lifecycle,
     live::{watch, Live, LogControl},
     progress::{ProgressReporter, ProgressSink},
     server::{FindImagesOutput, ImagegenServer},
@@ -68,6 +68,28 @@ enum Command {
     /// The stored images: search their history, rebuild its index, delete them.
     #[command(subcommand)]
     Images(ImagesCommand),
+    /// Summarise the usage ledger: calls, images and cost by provider, model, key, caller,
+    /// day or tool (default: this month so far, by provider).
+    Usage(UsageArgs),
+}
+
+#[derive(Debug, Args)]
+struct UsageArgs {
+    /// The first day (YYYY-MM-DD, UTC); default: the first of this month.
+    #[arg(long, value_name = "DATE")]
+    since: Option<String>,
+    /// The last day (YYYY-MM-DD, UTC); default: today.
+    #[arg(long, value_name = "DATE")]
+    until: Option<String>,
+    /// How to group the calls.
+    #[arg(long, value_enum, default_value = "provider")]
+    by: ledger::GroupBy,
+    /// The store's directory (default: output.dir).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -850,6 +872,46 @@ async fn images_prune(args: PruneArgs, config: Option<PathBuf>) -> anyhow::Resul
     })
 }
 
+/// `imagegen-mcp usage`: the ledger's totals over a range of days.
+async fn usage(args: UsageArgs, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let loaded = load(&CliOverrides {
+        config,
+        output_dir: absolute(args.out.clone())?,
+        ..CliOverrides::default()
+    })?;
+    let day = |flag: &str, text: &Option<String>| -> anyhow::Result<Option<time::Date>> {
+        text.as_deref()
+            .map(|t| {
+                ledger::parse_day(t)
+                    .ok_or_else(|| anyhow::anyhow!("--{flag} `{t}` is not a day (YYYY-MM-DD)"))
+            })
+            .transpose()
+    };
+    let today = time::OffsetDateTime::now_utc().date();
+    let until = day("until", &args.until)?.unwrap_or(today);
+    let since = day("since", &args.since)?.unwrap_or_else(|| ledger::month_start(until));
+    anyhow::ensure!(since <= until, "--since is after --until");
+    let store = open_store(&loaded)?;
+    let ledger = ledger::Ledger::new(ledger::dir_of(&loaded), &store);
+    let read = ledger
+        .read(since, until)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let report = ledger::Report::of(&read, since, until, args.by, None);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        writeln!(out, "usage {} to {}", report.since, report.until)?;
+        write!(
+            out,
+            "{}",
+            ledger::table(&report.groups, args.by, report.skipped)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Logging starts before the configuration loads (its errors are logged): the format is
     // peeked at cheaply, the flag first.
@@ -874,6 +936,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Models(args) => {
             logging("warn");
             models(args, cli.config).await
+        }
+        Command::Usage(args) => {
+            logging("warn");
+            usage(args, cli.config).await
         }
         Command::Serve {
             provider,

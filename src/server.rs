@@ -55,6 +55,8 @@ use crate::{
 
 /// The URI of the live status resource.
 pub const STATUS_URI: &str = "imagegen://status";
+/// The resource with today's and this month's spend.
+pub const USAGE_URI: &str = "imagegen://usage";
 
 /// One API key as status views show it: never the key itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -1382,6 +1384,13 @@ impl ServerHandler for ImagegenServer {
                         "Live server status: configuration generation, load time, reload errors, and each provider's API keys (fingerprints only) with their state",
                     ),
             );
+            resources.push(
+                Resource::new(USAGE_URI, "usage")
+                    .with_mime_type("application/json")
+                    .with_description(
+                        "What image calls cost today and this month (UTC), by provider and by caller, from the usage ledger; over HTTP a caller sees only their own calls unless the store is shared",
+                    ),
+            );
         }
         resources.extend(page.images.into_iter().map(|e| {
             Resource::new(format!("{}{}", storage::IMAGE_URI_PREFIX, e.name), e.name)
@@ -1429,6 +1438,23 @@ impl ServerHandler for ImagegenServer {
         let engine = self.live.engine();
         let store = engine.store();
         let viewer = viewer(&self.live, caller(&context));
+        if uri == USAGE_URI {
+            let only = match &viewer {
+                Viewer::Caller(me) => Some(me.as_str()),
+                Viewer::Everyone => None,
+            };
+            let overview = crate::ledger::Overview::now(engine.ledger(), only)
+                .await
+                .map_err(|e| {
+                    McpError::internal_error(format!("cannot read the usage ledger: {e}"), None)
+                })?;
+            let json = serde_json::to_string_pretty(&overview)
+                .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+            return Ok(ReadResourceResult::new(vec![
+                ResourceContents::text(json, uri).with_mime_type("application/json")
+            ])
+            .into());
+        }
         if let Some(name) = ImageStore::name_from_meta_uri(&uri) {
             let sidecar = store
                 .sidecar(name, &viewer)

@@ -236,6 +236,8 @@ enum Backend {
         store: Arc<dyn ObjectStore>,
         root: ObjectPath,
         cache: ObjectPath,
+        /// The replicas' usage ledgers, `usage/YYYY-MM-DD/REPLICA.jsonl`.
+        usage: ObjectPath,
     },
 }
 
@@ -419,6 +421,7 @@ impl Store {
                 store,
                 root: ObjectPath::from("images"),
                 cache: ObjectPath::from("cache"),
+                usage: ObjectPath::from("usage"),
             },
             shown.to_string(),
         )
@@ -449,6 +452,7 @@ impl Store {
                 store: opened.store.clone(),
                 root: under("images"),
                 cache: under("cache"),
+                usage: under("usage"),
             },
             opened.shown,
         ))
@@ -670,6 +674,60 @@ impl Store {
             .await
             .map(|_| ())
             .map_err(|e| self.failed("saving a cache entry", e))
+    }
+
+    /// Stores (or replaces) `replica`'s usage ledger of `day` (`YYYY-MM-DD`) in the object
+    /// store; the local store keeps its ledger as files and has nothing to upload.
+    pub async fn put_usage(
+        &self,
+        day: &str,
+        replica: &str,
+        jsonl: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let Backend::Object { store, usage, .. } = &self.inner.backend else {
+            return Ok(());
+        };
+        let key = usage
+            .clone()
+            .join(day)
+            .join(format!("{replica}.jsonl").as_str());
+        store
+            .put(&key, PutPayload::from(jsonl))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.failed("uploading the usage ledger", e))
+    }
+
+    /// Every replica's usage ledger of `days` (`YYYY-MM-DD`), as `(replica, lines)`; each at
+    /// most `cap` bytes. One listing per day. Empty for the local store.
+    pub async fn usage_objects(
+        &self,
+        days: &[String],
+        cap: u64,
+    ) -> Result<Vec<(String, Bytes)>, StoreError> {
+        let Backend::Object { store, usage, .. } = &self.inner.backend else {
+            return Ok(Vec::new());
+        };
+        let mut found = Vec::new();
+        for day in days {
+            let prefix = usage.clone().join(day.as_str());
+            let listed: Vec<object_store::ObjectMeta> = store
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(|e| self.failed("listing the usage ledgers", e))?;
+            for meta in listed {
+                let Some(file) = meta.location.filename().map(str::to_string) else {
+                    continue;
+                };
+                let Some(replica) = file.strip_suffix(".jsonl") else {
+                    continue;
+                };
+                let bytes = self.read_object(store, &meta.location, &file, cap).await?;
+                found.push((replica.to_string(), bytes));
+            }
+        }
+        Ok(found)
     }
 
     /// Deletes image `name` and its sidecar, whoever made it (a partial image of a failed

@@ -39,6 +39,9 @@ pub const UPSTREAM_IN_FLIGHT: &str = "imagegen_upstream_in_flight";
 pub const IMAGE_BYTES: &str = "imagegen_image_bytes_total";
 /// Counter: cache lookups of calls that use the cache, by `provider` and `outcome` (`hit`, `miss`).
 pub const CACHE_LOOKUPS: &str = "imagegen_cache_lookups_total";
+/// Counter: what calls cost, in millionths of a US dollar, by `provider`, `model` and `basis`
+/// (`usage`, `estimate`); unpriced calls are not counted.
+pub const COST_MICRODOLLARS: &str = "imagegen_cost_microdollars_total";
 /// Counter: configuration reloads, by `outcome` (`published`, `failed`).
 pub const RELOADS: &str = "imagegen_config_reloads_total";
 
@@ -110,6 +113,10 @@ fn describe() {
     describe_counter!(
         RELOADS,
         "Configuration reloads by outcome (published, failed)"
+    );
+    describe_counter!(
+        COST_MICRODOLLARS,
+        "What calls cost, in millionths of a US dollar, by provider, model and basis (usage, estimate)"
     );
 }
 

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cost::Prices;
 use crate::ImageFormat;
 
 /// A request parameter a model may or may not take.
@@ -469,6 +470,9 @@ pub struct ModelCapabilities {
     /// The provider-specific parameters `extra` may carry for this model.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_params: Vec<String>,
+    /// What the model costs; `None`: not known (its calls' cost is reported as unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prices: Option<Prices>,
 }
 
 impl ModelCapabilities {
@@ -506,6 +510,7 @@ impl ModelCapabilities {
             known: false,
             note: Some("not in the model catalog: only basic checks apply".into()),
             extra_params: Vec::new(),
+            prices: None,
         }
     }
 
@@ -557,6 +562,10 @@ impl ModelCapabilities {
             )*};
         }
         set_optional!(custom_sizes, note, gif, shutdown_date, replacement);
+        if let Some(top) = &o.prices {
+            let base = self.prices.take().unwrap_or_default();
+            self.prices = Some(base.overlay(top));
+        }
         self.known = true;
     }
 }
@@ -604,6 +613,8 @@ pub struct ModelOverride {
     pub note: Option<String>,
     /// See [`ModelCapabilities::extra_params`].
     pub extra_params: Option<Vec<String>>,
+    /// Prices over the built-in ones (each figure set replaces that figure only).
+    pub prices: Option<Prices>,
 }
 
 /// Model names mapped to their capabilities.
@@ -666,6 +677,7 @@ fn gpt_image_1() -> ModelCapabilities {
         known: true,
         note: None,
         extra_params: Vec::new(),
+        prices: None,
     }
 }
 
@@ -737,7 +749,14 @@ impl Catalog {
         let mut models = BTreeMap::new();
         let mut add = |names: &[&str], caps: ModelCapabilities| {
             for name in names {
-                models.insert(name.to_string(), caps.clone());
+                let prices = crate::cost::builtin(name);
+                models.insert(
+                    name.to_string(),
+                    ModelCapabilities {
+                        prices,
+                        ..caps.clone()
+                    },
+                );
             }
         };
         // Exact names, plus `-*` for the dated snapshots each family will get.
@@ -840,7 +859,16 @@ impl Catalog {
         let mut catalog = Self::builtin();
         catalog
             .models
-            .extend(own.into_iter().map(|(name, caps)| (name.to_string(), caps)));
+            .extend(own.into_iter().map(|(name, mut caps)| {
+                // An entry of the kind's own is priced by its own name, else keeps what it
+                // started from: a kind that serves an OpenAI model under its name bills alike.
+                if let Some(prices) =
+                    crate::cost::builtin_for(name).or_else(|| crate::cost::builtin(name))
+                {
+                    caps.prices = Some(prices);
+                }
+                (name.to_string(), caps)
+            }));
         catalog
     }
 
@@ -855,6 +883,9 @@ impl Catalog {
         for (name, o) in overrides {
             if let Some(date) = &o.shutdown_date {
                 Date::parse(date).map_err(|e| format!("models.\"{name}\".shutdown_date: {e}"))?;
+            }
+            if let Some(why) = o.prices.as_ref().and_then(Prices::invalid) {
+                return Err(format!("models.\"{name}\".prices: {why}"));
             }
             let mut caps = match &o.like {
                 Some(base) => self.lookup(base).cloned().ok_or_else(|| {

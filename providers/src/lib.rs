@@ -10,6 +10,7 @@ pub mod azure_openai;
 pub mod bfl;
 pub mod build;
 pub mod catalog;
+pub mod cost;
 pub mod error;
 pub mod fal;
 pub mod gemini;
@@ -242,6 +243,8 @@ pub enum ProviderEvent {
     Requesting {
         /// Which attempt.
         attempt: u32,
+        /// The fingerprint of the API key it uses (never the key), for the usage ledger.
+        key: Option<String>,
     },
     /// A retryable failure: the next attempt starts after `delay`.
     Retrying {

@@ -257,7 +257,10 @@ impl MockProvider {
         P: Fn() -> Result<GeneratedImage, ProviderError> + Clone + Send + 'static,
         R: FnOnce() -> Result<Vec<GeneratedImage>, ProviderError> + Send + 'static,
     {
-        events.send(ProviderEvent::Requesting { attempt: 1 });
+        events.send(ProviderEvent::Requesting {
+            attempt: 1,
+            key: None,
+        });
         let latency = self.settings.latency;
         // A slow stream: each partial after its share of the latency, the final after the rest.
         let partials = u32::from(partials.unwrap_or(0));

@@ -310,6 +310,20 @@ impl LoadedConfig {
                 crate::storage::index::default_path(&data, &location)
             }),
         };
+        config.storage.ledger_dir = match config.storage.ledger_dir.take() {
+            Some(path) => Some(ctx.path(&["storage", "ledger_dir"], &path)?),
+            None => {
+                let output = config.output.dir.clone().unwrap_or_default();
+                Some(match (&config.storage.url, data_dir(&env)) {
+                    // A replica's own directory: replicas may share `output.dir`'s volume.
+                    (Some(url), Some(data)) => {
+                        let key = crate::storage::hex(&Sha256::digest(url.as_bytes()));
+                        data.join("imagegen-mcp/usage").join(&key[..16])
+                    }
+                    _ => output.join("usage"),
+                })
+            }
+        };
         let allowed = std::mem::take(&mut config.input.allowed_dirs);
         config.input.allowed_dirs = allowed
             .iter()

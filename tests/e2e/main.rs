@@ -24,3 +24,4 @@ mod rotation;
 mod routing;
 mod store;
 mod transport;
+mod usage;

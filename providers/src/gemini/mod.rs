@@ -241,6 +241,7 @@ fn google_image(image_size: bool, max_edit_images: u32) -> ModelCapabilities {
                 .into(),
         ),
         extra_params: vec!["personGeneration".into()],
+        prices: None,
     }
 }
 

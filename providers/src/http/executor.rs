@@ -233,6 +233,7 @@ impl Executor {
             state.last_key = key.as_ref().map(|k| k.fingerprint().to_string());
             events.send(ProviderEvent::Requesting {
                 attempt: state.attempts,
+                key: state.last_key.clone(),
             });
             let sent = attempt(Attempt {
                 number: state.attempts,
@@ -582,7 +583,7 @@ mod tests {
         let mut out = Vec::new();
         while let Ok(event) = rx.try_recv() {
             out.push(match event {
-                ProviderEvent::Requesting { attempt } => format!("requesting {attempt}"),
+                ProviderEvent::Requesting { attempt, .. } => format!("requesting {attempt}"),
                 ProviderEvent::Retrying { delay, .. } => format!("retrying in {delay:?}"),
                 ProviderEvent::SwitchingKey { from, .. } => format!("switching from {from}"),
                 ProviderEvent::KeyRested {

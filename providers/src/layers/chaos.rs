@@ -100,9 +100,10 @@ impl Chaos {
         let (failure, wait) = match self.injected_failure(call) {
             Some(err) => {
                 // The event a real attempt reports before its answer arrives.
-                options
-                    .events
-                    .send(ProviderEvent::Requesting { attempt: 1 });
+                options.events.send(ProviderEvent::Requesting {
+                    attempt: 1,
+                    key: None,
+                });
                 (Some(err), s.latency)
             }
             None => (None, s.delay),
@@ -279,7 +280,10 @@ mod tests {
         assert!(err.message.contains("openai provider: injected"), "{err}");
         assert!(matches!(
             rx.try_recv(),
-            Ok(ProviderEvent::Requesting { attempt: 1 })
+            Ok(ProviderEvent::Requesting {
+                attempt: 1,
+                key: None,
+            })
         ));
         assert!(server.received_requests().await.unwrap().is_empty());
 

@@ -175,6 +175,7 @@ fn stable_image(formats: &[ImageFormat], extras: &[&str], note: &str) -> ModelCa
              9:16, 9:21); n above 1 is sent as concurrent requests"
         )),
         extra_params: extras.iter().map(|e| e.to_string()).collect(),
+        prices: None,
     }
 }
 

@@ -1562,7 +1562,7 @@ async fn events_report_each_attempt_and_the_answer() {
     let seen: Vec<String> = drain(&mut rx)
         .iter()
         .map(|e| match e {
-            ProviderEvent::Requesting { attempt } => format!("requesting {attempt}"),
+            ProviderEvent::Requesting { attempt, .. } => format!("requesting {attempt}"),
             ProviderEvent::Retrying { attempt, .. } => format!("retrying after {attempt}"),
             ProviderEvent::Receiving => "receiving".into(),
             other => format!("{other:?}"),
