@@ -6,6 +6,8 @@
 //!   fails closed refuses paid calls (`cluster_unavailable`, nothing sent) and the one with
 //!   `fail_open` serves them with a note; both come back when Redis does.
 
+use std::time::Duration;
+
 use crate::common::http_server::{call, connect, HttpServer};
 use imagegen_testkit::{openai::ok_body, RedisServer};
 use rmcp::model::CallToolResult;
@@ -25,6 +27,93 @@ async fn upstream(calls: u64) -> MockServer {
         .mount(&server)
         .await;
     server
+}
+
+/// An upstream that takes `delay` over each answer (so calls overlap), expecting no count.
+async fn slow_upstream(delay: Duration) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/images/generations"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(ok_body(1, 16))
+                .set_delay(delay),
+        )
+        .mount(&server)
+        .await;
+    server
+}
+
+/// `calls` generations at once, spread over `servers`: the cost of each one served (USD) and
+/// how many were refused with `budget_exceeded` (any other outcome fails the test).
+async fn storm(servers: &[&HttpServer], calls: usize) -> (Vec<f64>, usize) {
+    let mut clients = Vec::new();
+    for server in servers {
+        clients.push(connect(&server.mcp(), "", &[]).await);
+    }
+    let results = futures::future::join_all((0..calls).map(|i| {
+        let client = &clients[i % clients.len()];
+        call(
+            client,
+            "generate_image",
+            json!({"prompt": format!("lighthouse {i}")}),
+        )
+    }))
+    .await;
+    let (mut costs, mut refused) = (Vec::new(), 0);
+    for result in results {
+        if result.is_error == Some(true) {
+            let error = error_of(&result);
+            assert_eq!(error["kind"], "budget_exceeded", "{error}");
+            refused += 1;
+        } else {
+            let cost = &result.structured_content.as_ref().unwrap()["cost"];
+            costs.push(cost["usd"].as_f64().expect("a priced model's cost"));
+        }
+    }
+    for client in clients {
+        let _ = client.cancel().await;
+    }
+    (costs, refused)
+}
+
+/// The estimate of one default call, from a call made before any budget is set.
+async fn one_estimate(server: &HttpServer) -> f64 {
+    let result = generate(server).await;
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    let cost = &result.structured_content.unwrap()["cost"];
+    cost["estimate_usd"]
+        .as_f64()
+        .expect("the default model is priced")
+}
+
+/// Rewrites `server`'s config to `text` and waits for the reload.
+async fn reconfigure(server: &HttpServer, text: &str) {
+    let before = server
+        .lines()
+        .iter()
+        .filter(|l| l.contains("configuration reloaded"))
+        .count();
+    std::fs::write(
+        server.config_file(),
+        format!("{text}\n[reload]\npoll_s = 0\ndebounce_ms = 50\n"),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server
+        .lines()
+        .iter()
+        .filter(|l| l.contains("configuration reloaded"))
+        .count()
+        == before
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload: {}",
+            server.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A config whose default provider is `openai` on `upstream`, with `extra` after it.
@@ -77,15 +166,15 @@ async fn a_budget_refusal_sends_nothing_upstream() {
         .contains("Nothing was sent"));
 
     // Without allow_unpriced, a model without a known price is refused under a budget.
-    std::fs::write(
-        server.config_file(),
-        config(
+    reconfigure(
+        &server,
+        &config(
             &openai,
-            "[budget]\nmonthly_usd = 50.0\n[reload]\npoll_s = 0\ndebounce_ms = 50\n",
+            "model = \"house-model\"\n[models.\"house-model\"]\nmax_n = 1\n\
+             [budget]\nmonthly_usd = 50.0\n",
         ),
     )
-    .unwrap();
-    server.wait_for_line("configuration reloaded").await;
+    .await;
     let error = error_of(&generate(&server).await);
     assert_eq!(
         (error["kind"].as_str(), error["param"].as_str()),
@@ -170,5 +259,75 @@ async fn replicas_share_one_redis_and_fail_closed_or_open_when_it_dies() {
             output.contains("the cluster's Redis is unreachable"),
             "{output}"
         );
+    }
+}
+
+#[tokio::test]
+async fn sixty_four_calls_at_once_spend_at_most_a_budget_that_fits_ten() {
+    let openai = slow_upstream(Duration::from_millis(300)).await;
+    let server = HttpServer::start(&config(&openai, ""), &[], &[]).await;
+    let estimate = one_estimate(&server).await;
+    // Room for ten estimates, not eleven.
+    let budget = estimate * 10.5;
+    reconfigure(
+        &server,
+        &config(&openai, &format!("[budget]\ndaily_usd = {budget}\n")),
+    )
+    .await;
+    let (costs, refused) = storm(&[&server], 64).await;
+    let spent: f64 = costs.iter().sum();
+    assert!(
+        costs.len() >= 10,
+        "{} served, {refused} refused",
+        costs.len()
+    );
+    assert!(spent <= budget + estimate, "spent {spent} of {budget}");
+    assert_eq!(costs.len() + refused, 64);
+    // Every call the upstream saw was one that was served, and the one before the budget.
+    let sent = openai.received_requests().await.unwrap().len();
+    assert_eq!(sent, costs.len() + 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn two_replicas_on_one_redis_share_one_budget() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let openai = slow_upstream(Duration::from_millis(300)).await;
+    let plain = config(&openai, "");
+    let a = HttpServer::start(&plain, &[], &[]).await;
+    let b = HttpServer::start(&plain, &[], &[]).await;
+    let estimate = one_estimate(&a).await;
+    let budget = estimate * 10.5;
+    let shared = config(
+        &openai,
+        &format!(
+            "[budget]\ndaily_usd = {budget}\n[cluster]\nredis_url = \"{}\"\nkey_prefix = \"share\"\n",
+            redis.url()
+        ),
+    );
+    for server in [&a, &b] {
+        reconfigure(server, &shared).await;
+    }
+    let (costs, refused) = storm(&[&a, &b], 64).await;
+    let spent: f64 = costs.iter().sum();
+    // Each replica alone would have let ten through: together they still spend one budget.
+    assert!(
+        spent <= budget + estimate,
+        "spent {spent} of {budget} ({} served)",
+        costs.len()
+    );
+    assert!(
+        costs.len() >= 10 && refused > 0,
+        "{} served, {refused} refused",
+        costs.len()
+    );
+    assert_eq!(
+        openai.received_requests().await.unwrap().len(),
+        costs.len() + 1
+    );
+    for server in [a, b] {
+        server.stop().await;
     }
 }
