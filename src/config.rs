@@ -94,6 +94,10 @@ pub struct Config {
     pub cache: CacheConfig,
     /// `[moderation_check]`: prompts checked by a moderation endpoint before any paid call.
     pub moderation_check: ModerationCheckConfig,
+    /// `[budget]`: spending limits per UTC day and month, in all, per provider and per caller.
+    pub budget: crate::budget::BudgetConfig,
+    /// `[cluster]`: the Redis the replicas share budgets through.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// `[moderation_check]`: before a generation, an edit or a batch item is routed (and before

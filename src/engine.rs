@@ -27,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 use crate::moderation::{Cleared, ModerationCheck};
 use crate::routing::{falls_over, RouteConfig, RouteStep, SharedHealth};
 use crate::{
+    budget::{self, Budgets, Settlement},
     cache,
+    cluster::Cluster,
     config::{
         CacheConfig, Defaults, Delivery, LoadedConfig, OnShutdown, OutputConfig, PresetConfig,
         ProviderConfig,
@@ -377,10 +379,14 @@ pub struct Engine {
     routes: BTreeMap<String, RouteConfig>,
     /// What recent calls say about each provider, shared by every engine of this process.
     health: SharedHealth,
+    /// `[budget]` and its counts (kept across reloads, shared through `[cluster]`).
+    budgets: Budgets,
     /// Estimates and observed costs, shared by every engine with the same ledger.
     costs: Arc<Costs>,
     /// The usage ledger, shared by every engine with the same ledger directory.
     ledger: Arc<Ledger>,
+    /// Set once the budgets hold the ledger's spend of this month (see `seed_budgets`).
+    seeded: Arc<tokio::sync::OnceCell<()>>,
     /// `[moderation_check]`, when enabled.
     moderation: Option<ModerationCheck>,
     /// `[presets]`.
@@ -430,6 +436,25 @@ fn key_pool(
         pool.carry_over(old_pool, old_inputs.0 != inputs.0);
     }
     (Arc::new(pool), inputs)
+}
+
+/// `[budget]` over the counts of `previous` (spend survives a reload), on the cluster of
+/// `[cluster]` (its connection kept while its URL and prefix stay).
+fn budgets(loaded: &LoadedConfig, previous: Option<&Engine>) -> anyhow::Result<Budgets> {
+    let config = &loaded.config;
+    let old = previous.map(|e| &e.budgets);
+    let cluster = Cluster::keep_or_open(old.and_then(Budgets::cluster), &config.cluster)?;
+    let (limits, fail_open) = (config.budget.clone(), config.cluster.fail_open);
+    let deadlines = config
+        .providers
+        .iter()
+        .map(|(name, p)| (name.clone(), Duration::from_secs(p.http.deadline_s)))
+        .collect();
+    let budgets = match old {
+        Some(old) => old.reconfigured(limits, fail_open, cluster),
+        None => Budgets::new(limits, fail_open, cluster),
+    };
+    Ok(budgets.with_deadlines(deadlines))
 }
 
 /// Builds the provider named `name` from its configuration.
@@ -520,13 +545,13 @@ impl Engine {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let ledger_dir = ledger::dir_of(loaded);
         // A reload that keeps the ledger's place keeps its uploads and averages.
-        let (ledger, costs) = match previous.filter(|p| p.ledger.dir() == ledger_dir) {
-            Some(p) => (p.ledger.clone(), p.costs.clone()),
+        let (ledger, costs, seeded) = match previous.filter(|p| p.ledger.dir() == ledger_dir) {
+            Some(p) => (p.ledger.clone(), p.costs.clone(), p.seeded.clone()),
             None => {
                 let ledger = Arc::new(Ledger::new(ledger_dir.clone(), &store));
                 ledger.spawn_uploads();
                 let costs = Arc::new(Costs::persisted(ledger_dir.join("observed-costs.json")));
-                (ledger, costs)
+                (ledger, costs, Arc::default())
             }
         };
         const MB: u64 = 1_000_000;
@@ -550,8 +575,10 @@ impl Engine {
             watch: previous.map_or_else(SharedWatch::default, |e| e.watch.clone()),
             routes: config.routes.clone(),
             health: previous.map_or_else(SharedHealth::default, |e| e.health.clone()),
+            budgets: budgets(loaded, previous)?,
             costs,
             ledger,
+            seeded,
             moderation,
             presets: config.presets.clone(),
         })
@@ -1361,6 +1388,11 @@ impl Engine {
         &self.routes
     }
 
+    /// `[budget]` and its counts: the ledger seeds them at start-up.
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
+    }
+
     /// Makes variations of `image` and saves them; only models whose catalog entry says so.
     pub async fn variation(
         &self,
@@ -1589,6 +1621,22 @@ impl Engine {
         let estimate =
             self.costs
                 .estimate(saving.priced.prices.as_ref(), model, &saving.priced.order());
+        self.seed_budgets().await;
+        // Before anything is sent: a call that would pass a budget ends here.
+        let hold = self
+            .budgets
+            .reserve(&budget::Charge {
+                provider: name,
+                caller: Some(
+                    call.origin
+                        .caller
+                        .as_deref()
+                        .unwrap_or(crate::http::ANONYMOUS),
+                ),
+                estimate_usd: estimate.usd,
+            })
+            .await?;
+        let budget_note = hold.note().map(str::to_string);
         let seen = Mutex::new(Seen::default());
         let outcome = self
             .call_upstream(name, model, &saving, call, &seen, upstream)
@@ -1612,6 +1660,7 @@ impl Engine {
                         billing: Billing::NotBilled,
                     },
                 };
+                hold.settle(settlement(&charge, estimate.usd)).await;
                 let key = seen.key.clone().or_else(|| {
                     provider_error
                         .as_ref()
@@ -1647,6 +1696,7 @@ impl Engine {
             cost,
             billing: Billing::Billed,
         };
+        hold.settle(settlement(&charge, estimate.usd)).await;
         tracing::info!(
             provider = ?name,
             model = ?result.model,
@@ -1679,8 +1729,65 @@ impl Engine {
         )
         .await;
         let mut generation = saved?;
+        generation.notes.extend(budget_note);
         generation.cost = Some(CallCost::new(charge.cost, estimate.usd));
         Ok(generation)
+    }
+
+    /// Once per process, before the first call that a budget limits: this month's spend so far
+    /// from the usage ledger, so that a restart does not reset the budgets.
+    async fn seed_budgets(&self) {
+        if !self.budgets.config().any() {
+            return;
+        }
+        self.seeded
+            .get_or_init(|| async {
+                let today = time::OffsetDateTime::now_utc().date();
+                let read = match self.ledger.read(ledger::month_start(today), today).await {
+                    Ok(read) => read,
+                    Err(e) => {
+                        tracing::warn!("cannot read the usage ledger to seed the budgets: {e}");
+                        return;
+                    }
+                };
+                let today = ledger::day_name(today);
+                let mut spent: BTreeMap<(budget::Scope, budget::Period), f64> = BTreeMap::new();
+                for line in &read.lines {
+                    let Some(usd) = line.cost_usd.filter(|usd| *usd > 0.0) else {
+                        continue;
+                    };
+                    let caller = line.caller.as_deref().unwrap_or(crate::http::ANONYMOUS);
+                    let scopes = [
+                        budget::Scope::Global,
+                        budget::Scope::Provider(line.provider.clone()),
+                        budget::Scope::Caller(caller.to_string()),
+                    ];
+                    let periods: &[budget::Period] = if line.time.starts_with(&today) {
+                        &budget::Period::ALL
+                    } else {
+                        &[budget::Period::Month]
+                    };
+                    for scope in scopes {
+                        for period in periods {
+                            *spent.entry((scope.clone(), *period)).or_default() += usd;
+                        }
+                    }
+                }
+                let seeds = spent.len();
+                self.budgets
+                    .seed(
+                        spent
+                            .into_iter()
+                            .map(|((scope, period), usd)| (scope, period, usd)),
+                    )
+                    .await;
+                tracing::info!(
+                    lines = read.lines.len(),
+                    seeds,
+                    "budgets seeded from the usage ledger"
+                );
+            })
+            .await;
     }
 
     /// Writes one call to the usage ledger and counts its cost in the metrics.
@@ -1919,6 +2026,16 @@ impl Engine {
             cached: None,
             cost: None,
         })
+    }
+}
+
+/// What a finished call settles its budget hold with: what it cost when billed (the estimate
+/// when the cost is unknown), possibly billed when sent and never answered, else nothing.
+fn settlement(charge: &Charge, estimate_usd: Option<f64>) -> Settlement {
+    match charge.billing {
+        Billing::Billed => Settlement::Billed(charge.cost.usd.or(estimate_usd).unwrap_or(0.0)),
+        Billing::NotBilled => Settlement::NotBilled,
+        Billing::PossiblyBilled => Settlement::PossiblyBilled,
     }
 }
 

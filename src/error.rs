@@ -46,6 +46,29 @@ pub struct ToolError {
     pub categories: Option<Vec<String>>,
     /// When the call failed (RFC 3339, UTC), to match it with the server's and provider's logs.
     pub at: String,
+    /// For `budget_exceeded`: which budget, what it has spent, this call's estimate and when
+    /// it resets.
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetDetails>,
+}
+
+/// What a `budget_exceeded` error says about the budget the call would have passed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BudgetDetails {
+    /// The budget, as its setting: `budget.daily_usd`, `budget.providers.openai.monthly_usd`,
+    /// `budget.per_caller.daily_usd (caller alice)`, ...
+    pub budget: String,
+    /// Its limit, USD.
+    pub limit_usd: f64,
+    /// Spent in the current period, USD: billed, plus calls possibly billed (sent, then timed
+    /// out or lost) whose cost is not known.
+    pub spent_usd: f64,
+    /// Held by calls running now, USD.
+    pub reserved_usd: f64,
+    /// What this call was estimated to cost, USD.
+    pub estimate_usd: f64,
+    /// When the period ends and the budget starts afresh (RFC 3339, UTC).
+    pub resets_at: String,
 }
 
 /// What went wrong in a tool call: a provider error kind, or a failure of this server.
@@ -57,6 +80,11 @@ pub enum ToolErrorKind {
     Storage,
     /// The server failed in a way it should not have (a bug).
     Internal,
+    /// The call's estimated cost would pass a budget (`[budget]`); nothing was sent. Not a
+    /// provider's doing: no key cools down and no fallback is tried.
+    BudgetExceeded,
+    /// The shared state of the replicas (`[cluster]`) is unreachable and budgets fail closed.
+    ClusterUnavailable,
 }
 
 impl ToolErrorKind {
@@ -65,7 +93,12 @@ impl ToolErrorKind {
         ErrorKind::ALL
             .iter()
             .map(|k| k.as_str())
-            .chain(["storage", "internal"])
+            .chain([
+                "storage",
+                "internal",
+                "budget_exceeded",
+                "cluster_unavailable",
+            ])
             .collect()
     }
 
@@ -75,6 +108,8 @@ impl ToolErrorKind {
             Self::Provider(kind) => kind.as_str(),
             Self::Storage => "storage",
             Self::Internal => "internal",
+            Self::BudgetExceeded => "budget_exceeded",
+            Self::ClusterUnavailable => "cluster_unavailable",
         }
     }
 }
@@ -109,6 +144,8 @@ impl<'de> Deserialize<'de> for ToolErrorKind {
         match name.as_str() {
             "storage" => Ok(Self::Storage),
             "internal" => Ok(Self::Internal),
+            "budget_exceeded" => Ok(Self::BudgetExceeded),
+            "cluster_unavailable" => Ok(Self::ClusterUnavailable),
             other => other
                 .parse::<ErrorKind>()
                 .map(Self::Provider)
@@ -126,7 +163,7 @@ impl JsonSchema for ToolErrorKind {
         schemars::json_schema!({
             "type": "string",
             "enum": Self::names(),
-            "description": "What went wrong: a provider error kind, `storage` (the image could not be saved) or `internal` (a bug)."
+            "description": "What went wrong: a provider error kind, `storage` (the image could not be saved), `internal` (a bug), `budget_exceeded` (the call would pass a budget; nothing was sent) or `cluster_unavailable` (the replicas' shared budget state is unreachable)."
         })
     }
 }
@@ -181,6 +218,7 @@ impl ToolError {
             attempts: (err.attempts > 0).then_some(err.attempts),
             categories: None,
             at: crate::clock::now_rfc3339(),
+            budget: None,
         }
     }
 

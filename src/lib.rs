@@ -2,9 +2,11 @@
 
 pub mod args;
 pub mod batch;
+pub mod budget;
 pub mod cache;
 pub mod caller_limits;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod cost;
 pub mod delivery;

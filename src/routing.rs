@@ -220,8 +220,14 @@ impl Health {
             Ok(()) => false,
             Err(e) => match e.kind {
                 ToolErrorKind::Provider(kind) if counts_against(kind) => true,
-                // A refusal of this request says nothing about the provider.
-                _ => return,
+                // A refusal of this request says nothing about the provider; a probe that was
+                // refused (a budget, say) never reached it, so the next call probes instead.
+                _ => {
+                    if let Some(record) = self.records().get_mut(provider) {
+                        record.probing = false;
+                    }
+                    return;
+                }
             },
         };
         let s = self.settings;

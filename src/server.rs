@@ -115,6 +115,10 @@ pub struct StatusOutput {
     pub model_lifecycle: Vec<ModelRow>,
     /// The last comparison of each provider's model listing with the catalog.
     pub upstream_checks: Vec<UpstreamCheck>,
+    /// `[budget]` and `[cluster]`: where the counts live, the local spend of each limit, and
+    /// the shared Redis's state; absent without budgets or a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budgets: Option<crate::budget::BudgetStatus>,
 }
 
 /// The keys of `engine`'s provider `name` and what is known about each.
@@ -164,6 +168,7 @@ pub fn status_output(live: &Live) -> StatusOutput {
             .filter(|row| row.standing.state != "active" || row.standing.upstream_missing.is_some())
             .collect(),
         upstream_checks: engine.watch().checks(),
+        budgets: engine.budgets().status(),
     }
 }
 
@@ -221,6 +226,10 @@ pub struct ProvidersOutput {
     pub presets: BTreeMap<String, PresetConfig>,
     /// The configuration in force and the reload history.
     pub config: ConfigStatus,
+    /// The Redis the replicas share budgets through (`connected`, or `down` since when) and
+    /// what paid calls do while it is down; absent without `[cluster]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterStatus>,
 }
 
 /// The result of `find_images`.
@@ -390,6 +399,7 @@ pub fn providers_output(live: &Live) -> ProvidersOutput {
         routes: engine.routes().clone(),
         presets: engine.presets().clone(),
         config: live.status(),
+        cluster: engine.budgets().cluster_status(),
     }
 }
 

@@ -26,7 +26,7 @@ use super::{
 /// The environment variable prefix of configuration keys.
 const PREFIX: &str = "IMAGEGEN_";
 /// Top-level keys: an `IMAGEGEN_*` variable starting with anything else is not configuration.
-pub(super) const TOP_KEYS: [&str; 15] = [
+pub(super) const TOP_KEYS: [&str; 17] = [
     "default_provider",
     "log_level",
     "log_format",
@@ -42,6 +42,8 @@ pub(super) const TOP_KEYS: [&str; 15] = [
     "routes",
     "presets",
     "server",
+    "budget",
+    "cluster",
 ];
 /// `IMAGEGEN_*` variables that are not configuration and need no notice (`IMAGEGEN_LOG*` too).
 const NON_CONFIG_VARS: [&str; 3] = ["IMAGEGEN_CONFIG", "IMAGEGEN_LOG", "IMAGEGEN_HEARTBEAT_MS"];
@@ -1599,6 +1601,20 @@ const MAX_CALLER_LIMIT: u64 = 1_000_000;
 /// Checks what serde cannot: ranges and URLs.
 fn validate(config: &Config, merged: &Merged) -> Result<(), ConfigError> {
     check_defaults(&config.defaults, &["defaults"], &[], merged)?;
+    if let Some((path, problem)) = config.budget.problem() {
+        return Err(merged.err(&path, problem));
+    }
+    if let Some(name) =
+        (config.budget.providers.keys()).find(|n| !config.providers.contains_key(*n))
+    {
+        return Err(merged.err(
+            &["budget", "providers", name.as_str()],
+            "is not a configured provider",
+        ));
+    }
+    if let Some(problem) = config.cluster.url_problem() {
+        return Err(merged.err(&["cluster", "redis_url"], problem));
+    }
     if let Some(level) = &config.log_level {
         // The parser's message quotes the directive; the key and its source are enough.
         if tracing_subscriber::EnvFilter::builder()

@@ -59,7 +59,9 @@ impl LoadedConfig {
             let Some(mut text) = inline(value) else {
                 continue;
             };
-            if let (true, Value::String(_, url)) = (key.as_str() == "base_url", value) {
+            if let (true, Value::String(_, url)) =
+                (matches!(key.as_str(), "base_url" | "redis_url"), value)
+            {
                 text = toml::Value::String(super::redacted_url(url)).to_string();
             }
             path.push(key.clone());

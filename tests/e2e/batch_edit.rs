@@ -43,10 +43,12 @@ async fn call(server: &Server, tool: &'static str, arguments: Value) -> CallTool
 }
 
 fn saved_files(dir: &Path) -> Vec<String> {
-    // The images, not their sidecars (`NAME.json`).
+    // The images, not their sidecars (`NAME.json`) nor the usage ledger (`usage/`).
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            d.map(|e| e.unwrap())
+                .filter(|e| e.path().is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|name| !name.ends_with(".json"))
                 .collect()
         })

@@ -550,9 +550,11 @@ async fn a_client_that_goes_away_mid_call(version: ProtocolVersion) {
     }
     let images = server.home.path().join(".local/share/imagegen-mcp/images");
     let saved = std::fs::read_dir(&images).map_or(0, |d| {
+        // Files only: the usage ledger (`usage/`) records the cancelled call.
         d.filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            e.as_ref().is_ok_and(|e| {
+                e.path().is_file() && !e.file_name().to_string_lossy().starts_with('.')
+            })
         })
         .count()
     });

@@ -4,6 +4,7 @@
 mod common;
 
 mod batch_edit;
+mod budget;
 mod cli;
 mod config;
 mod embed;

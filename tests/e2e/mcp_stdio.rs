@@ -193,8 +193,12 @@ async fn mock_generation_saves_links_previews_and_reads_back_identically() {
     }
     let listed = server.client.list_all_resources().await.unwrap();
     let uris: Vec<&str> = listed.iter().map(|r| r.uri.as_str()).collect();
-    assert_eq!(uris.len(), 3, "the status and both images: {uris:?}");
-    assert_eq!(uris[0], "imagegen://status");
+    assert_eq!(
+        uris.len(),
+        4,
+        "the status, the usage and both images: {uris:?}"
+    );
+    assert_eq!(uris[..2], ["imagegen://status", "imagegen://usage"]);
 
     let missing = server
         .client

@@ -219,10 +219,10 @@ impl Harness {
     /// The files in the output directory (none when it was never created).
     fn saved_files(&self) -> Vec<PathBuf> {
         match std::fs::read_dir(&self.out) {
-            // The images, not their sidecars (`NAME.json`).
+            // The images, not their sidecars (`NAME.json`) nor the usage ledger (`usage/`).
             Ok(entries) => entries
                 .map(|e| e.unwrap().path())
-                .filter(|p| p.extension().is_none_or(|x| x != "json"))
+                .filter(|p| p.is_file() && p.extension().is_none_or(|x| x != "json"))
                 .collect(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => panic!("cannot list {}: {e}", self.out.display()),

@@ -252,3 +252,47 @@ async fn ledger_lines_survive_64_concurrent_calls_and_a_killed_process() {
     assert!(lines.len() <= 128);
     let _ = server.stderr.await;
 }
+
+#[tokio::test]
+async fn a_restarted_server_counts_the_ledger_against_its_budget() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(
+        home.path().join("imagegen.toml"),
+        "default_provider = \"mock\"\n[providers.mock]\nkind = \"mock\"\n\
+         [models.\"mock-image-1\".prices]\nper_image = 0.04\n[budget]\ndaily_usd = 1.0\n",
+    )
+    .unwrap();
+    // What an earlier process spent today, as its ledger recorded it.
+    let dir = ledger_dir(home.path());
+    std::fs::create_dir_all(&dir).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let day = format!(
+        "{:04}-{:02}-{:02}",
+        now.year(),
+        u8::from(now.month()),
+        now.day()
+    );
+    let line = json!({
+        "time": format!("{day}T00:00:01Z"), "provider": "mock", "model": "mock-image-1",
+        "images": 1, "cost_usd": 0.98, "basis": "usage", "billing": "billed", "outcome": "ok"
+    });
+    std::fs::write(dir.join(format!("{day}.jsonl")), format!("{line}\n")).unwrap();
+    let server = Server::start(home.path(), &[], ProtocolVersion::V_2025_11_25).await;
+    let result = server
+        .client
+        .call_tool(
+            CallToolRequestParams::new("generate_image").with_arguments(args(json!({
+                "prompt": "one more", "size": "64x64"
+            }))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(result.is_error, Some(true), "{result:?}");
+    let error = &structured(&result)["error"];
+    assert_eq!(error["kind"], "budget_exceeded", "{error}");
+    assert!(
+        (error["spent_usd"].as_f64().unwrap() - 0.98).abs() < 1e-6,
+        "{error}"
+    );
+    server.stop().await;
+}
