@@ -56,6 +56,9 @@ pub struct BatchParams {
     /// Shared: serve items identical to earlier requests from the store, as for `generate_image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<bool>,
+    /// The user agreed to the whole batch's estimated cost, as for `generate_image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_cost: Option<bool>,
 }
 
 /// One item's outcome, at its input position.
@@ -162,6 +165,7 @@ fn with_shared(item: GenerateParams, shared: &BatchParams) -> GenerateParams {
         delivery: None,
         cache: item.cache.or(shared.cache),
         filename: item.filename,
+        confirm_cost: None,
     }
 }
 
@@ -266,6 +270,17 @@ fn plan(params: &BatchParams, engine: &Engine) -> Result<(usize, Vec<Group>), To
         })
         .collect();
     Ok((count, groups))
+}
+
+/// What the whole batch would cost by the estimate table, before anything is sent: every
+/// item's estimate together, or `None` when any item's price is unknown (or the batch would
+/// be refused anyway).
+pub fn estimate_usd(params: &BatchParams, engine: &Engine) -> Option<f64> {
+    let (_, groups) = plan(params, engine).ok()?;
+    groups
+        .iter()
+        .map(|group| engine.estimate_usd(&group.params, false))
+        .sum()
 }
 
 /// Runs a batch and returns every item's outcome, in input order, plus each item's images

@@ -81,6 +81,10 @@ pub struct BudgetConfig {
     /// With a budget in force, a call for a model without a known price is refused unless
     /// this is set; then it reserves nothing and counts what the provider reports.
     pub allow_unpriced: bool,
+    /// A call estimated above this (USD; a batch's items together) goes ahead only once the
+    /// user confirms: through the client's elicitation, or by the call's `confirm_cost: true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirm_above_usd: Option<f64>,
     /// `[budget.providers.NAME]`: one provider's calls.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub providers: BTreeMap<String, BudgetLimits>,
@@ -137,6 +141,10 @@ impl BudgetConfig {
             (
                 vec!["budget".into(), "monthly_usd".into()],
                 self.monthly_usd,
+            ),
+            (
+                vec!["budget".into(), "confirm_above_usd".into()],
+                self.confirm_above_usd,
             ),
         ];
         let mut table = |path: Vec<String>, limits: &BudgetLimits| {

@@ -98,6 +98,8 @@ pub struct Config {
     pub budget: crate::budget::BudgetConfig,
     /// `[cluster]`: the Redis the replicas share budgets through.
     pub cluster: crate::cluster::ClusterConfig,
+    /// `[tasks]`: long calls answered with MCP tasks, for clients that declare them.
+    pub tasks: crate::tasks::TasksConfig,
 }
 
 /// `[moderation_check]`: before a generation, an edit or a batch item is routed (and before

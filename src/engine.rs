@@ -86,6 +86,10 @@ pub struct GenerateParams {
     /// a name made from the time, the prompt and a content hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filename: Option<String>,
+    /// `true` once the user agreed to this call's estimated cost: needed only above the
+    /// server's `budget.confirm_above_usd`, when the client cannot ask the user itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_cost: Option<bool>,
 }
 
 /// The parameters of `edit_image` (and of `imagegen-mcp edit`).
@@ -130,6 +134,9 @@ pub struct EditParams {
     /// The file name to save the result under, as for `generate_image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filename: Option<String>,
+    /// The user agreed to the estimated cost, as for `generate_image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_cost: Option<bool>,
 }
 
 impl EditParams {
@@ -145,6 +152,7 @@ impl EditParams {
             delivery: self.delivery,
             cache: self.cache,
             filename: self.filename.clone(),
+            confirm_cost: self.confirm_cost,
         }
     }
 }
@@ -175,6 +183,9 @@ pub struct VariationParams {
     /// The file name to save the result under, as for `generate_image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filename: Option<String>,
+    /// The user agreed to the estimated cost, as for `generate_image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_cost: Option<bool>,
 }
 
 /// A successful generation: saved images and what the provider said about them.
@@ -1486,6 +1497,54 @@ impl Engine {
             generation.requested_model = Some(asked);
         }
         Ok(generation)
+    }
+
+    /// What a generation (or, with `edit`, an edit) would cost by the estimate table, on the
+    /// first provider its plan goes to, before anything is sent. `None` when the price is
+    /// unknown, or when the call would fail its checks (it then fails on its own, at no cost).
+    pub fn estimate_usd(&self, params: &GenerateParams, edit: bool) -> Option<f64> {
+        let aimed = self.aimed(params).ok()?;
+        let plan = self
+            .plan(aimed.provider.as_deref(), aimed.fallback.as_deref())
+            .ok()?;
+        let mut first = aimed.into_owned();
+        first.provider = plan.providers.into_iter().next();
+        let operation = if edit {
+            Operation::Edit
+        } else {
+            Operation::Generate
+        };
+        let prepared = self.prepare_for(&first, operation).ok()?;
+        let request = &prepared.request;
+        let priced = Priced::of(
+            &prepared.provider.capabilities(&request.model),
+            &request.options,
+        );
+        self.costs
+            .estimate(priced.prices.as_ref(), &request.model, &priced.order())
+            .usd
+    }
+
+    /// What a variation would cost by the estimate table, as [`Engine::estimate_usd`].
+    pub fn variation_estimate_usd(&self, params: &VariationParams) -> Option<f64> {
+        let named = params.provider.as_deref().unwrap_or(&self.default_provider);
+        let name = match self.routes.get(named) {
+            Some(route) => route.providers.first().map_or(named, String::as_str),
+            None => named,
+        };
+        let entry = self.entry(name).ok()?;
+        let asked = params
+            .model
+            .clone()
+            .unwrap_or_else(|| entry.provider.default_model().to_string());
+        let model = entry.resolve_alias(&asked);
+        let mut options = ImageOptions::default();
+        options.size = params.size.clone();
+        options.n = Some(params.n.unwrap_or(1));
+        let priced = Priced::of(&entry.provider.capabilities(&model), &options);
+        self.costs
+            .estimate(priced.prices.as_ref(), &model, &priced.order())
+            .usd
     }
 
     /// The cache key of `request` when this call uses the cache (`asked`, else `[cache]`).

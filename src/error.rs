@@ -85,6 +85,11 @@ pub enum ToolErrorKind {
     BudgetExceeded,
     /// The shared state of the replicas (`[cluster]`) is unreachable and budgets fail closed.
     ClusterUnavailable,
+    /// The call's estimate is above `budget.confirm_above_usd` and the client cannot ask the
+    /// user: the model should ask, then repeat the call with `confirm_cost: true`.
+    ConfirmationRequired,
+    /// The user declined to spend what the call was estimated to cost.
+    Declined,
 }
 
 impl ToolErrorKind {
@@ -98,6 +103,8 @@ impl ToolErrorKind {
                 "internal",
                 "budget_exceeded",
                 "cluster_unavailable",
+                "confirmation_required",
+                "declined",
             ])
             .collect()
     }
@@ -110,6 +117,8 @@ impl ToolErrorKind {
             Self::Internal => "internal",
             Self::BudgetExceeded => "budget_exceeded",
             Self::ClusterUnavailable => "cluster_unavailable",
+            Self::ConfirmationRequired => "confirmation_required",
+            Self::Declined => "declined",
         }
     }
 }
@@ -146,6 +155,8 @@ impl<'de> Deserialize<'de> for ToolErrorKind {
             "internal" => Ok(Self::Internal),
             "budget_exceeded" => Ok(Self::BudgetExceeded),
             "cluster_unavailable" => Ok(Self::ClusterUnavailable),
+            "confirmation_required" => Ok(Self::ConfirmationRequired),
+            "declined" => Ok(Self::Declined),
             other => other
                 .parse::<ErrorKind>()
                 .map(Self::Provider)
@@ -163,7 +174,7 @@ impl JsonSchema for ToolErrorKind {
         schemars::json_schema!({
             "type": "string",
             "enum": Self::names(),
-            "description": "What went wrong: a provider error kind, `storage` (the image could not be saved), `internal` (a bug), `budget_exceeded` (the call would pass a budget; nothing was sent) or `cluster_unavailable` (the replicas' shared budget state is unreachable)."
+            "description": "What went wrong: a provider error kind, `storage` (the image could not be saved), `internal` (a bug), `budget_exceeded` (the call would pass a budget; nothing was sent) `cluster_unavailable` (the replicas' shared budget state is unreachable), `confirmation_required` (ask the user, then repeat the call with `confirm_cost: true`) or `declined` (the user said no to the cost)."
         })
     }
 }

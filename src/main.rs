@@ -303,6 +303,8 @@ impl CommonArgs {
             delivery: None,
             cache: self.cache,
             filename: self.filename.clone(),
+            // Whoever runs the command has decided; the confirmation is for calls a model makes.
+            confirm_cost: None,
         }
     }
 }
@@ -611,6 +613,7 @@ async fn edit(
         delivery: None,
         cache: base.cache,
         filename: base.filename,
+        confirm_cost: None,
     };
     let inputs = args
         .images

@@ -17,9 +17,13 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use imagegen_providers::{GeneratedImage, ModelCapabilities};
 use rmcp::{
-    handler::server::{router::tool::ToolRouter, tool::schema_for_output},
+    handler::server::{
+        router::tool::ToolRouter,
+        tool::{schema_for_output, InputResponses, RequestState},
+    },
     model::{
-        CallToolResult, ContentBlock, Implementation, JsonObject, ListResourceTemplatesResult,
+        CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock, CreateTaskResult,
+        GetTaskParams, GetTaskResult, Implementation, JsonObject, ListResourceTemplatesResult,
         ListResourcesResult, PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
         ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
         ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig, SubscriptionFilter,
@@ -38,6 +42,7 @@ use crate::{
     batch::{self, BatchOutput, BatchParams},
     caller_limits::{CallerLimiter, EffectiveLimits},
     config::{Delivery, PresetConfig},
+    confirm,
     delivery::InlinePlan,
     delivery::{describe, plan_inline, GenerateOutput},
     engine::{
@@ -51,7 +56,16 @@ use crate::{
     progress::{ProgressReporter, ProgressSink},
     storage::index::{self, FindPage, FindParams, FoundImage},
     storage::{self, ImageStore, StoreError, StoreErrorKind, StoredImage, Viewer},
+    tasks::{TaskError, TaskProgress, Tasks},
 };
+
+/// The tools that answer with a task when the client declares the tasks extension.
+pub const TASK_TOOLS: [&str; 4] = [
+    "generate_image",
+    "generate_images",
+    "edit_image",
+    "create_variation",
+];
 
 /// The URI of the live status resource.
 pub const STATUS_URI: &str = "imagegen://status";
@@ -315,6 +329,8 @@ pub struct ImagegenServer {
     calls: Arc<Calls>,
     /// Each caller's calls and allowance under `[server.limits.per_caller]`; kept across reloads.
     limiter: Arc<CallerLimiter>,
+    /// The MCP tasks running in this process.
+    tasks: Arc<Tasks>,
 }
 
 /// The tool calls running now, shared by every clone of a server: a graceful shutdown waits
@@ -467,6 +483,14 @@ pub const HEARTBEAT: Duration = Duration::from_secs(3);
 /// the end-to-end tests prove a long call's heartbeats at a scale that runs in seconds.
 pub const HEARTBEAT_VAR: &str = "IMAGEGEN_HEARTBEAT_MS";
 
+/// What a call makes, for the confirmation question: `generate 4 images`.
+fn images_of(n: Option<u32>, verb: &str) -> String {
+    match n.unwrap_or(1) {
+        1 => format!("{verb} 1 image"),
+        n => format!("{verb} {n} images"),
+    }
+}
+
 /// The heartbeat in use: [`HEARTBEAT`], or a positive whole number of milliseconds from
 /// [`HEARTBEAT_VAR`] (anything else there is ignored), read once.
 fn heartbeat() -> Duration {
@@ -497,8 +521,16 @@ impl ProgressSink for PeerProgress {
     }
 }
 
-/// Progress reporting for a request: to its client when it sent a progress token, else nowhere.
+/// Where a call running as a task reports its progress: the task's status message.
+#[derive(Clone)]
+struct TaskSink(Arc<dyn ProgressSink>);
+
+/// Progress reporting for a request: to its task when it runs as one, to its client when it
+/// sent a progress token, else nowhere.
 fn reporter(context: &RequestContext<RoleServer>) -> ProgressReporter {
+    if let Some(TaskSink(sink)) = context.extensions.get::<TaskSink>() {
+        return ProgressReporter::start(Some(sink.clone()), heartbeat());
+    }
     let sink = context.meta.get_progress_token().map(|token| {
         Arc::new(PeerProgress {
             peer: context.peer.clone(),
@@ -929,6 +961,14 @@ fn viewer(live: &Live, caller: Option<String>) -> Viewer {
 }
 
 /// A store failure as an MCP error about `what`.
+/// A task that cannot be read or cancelled, as the protocol error SEP-2663 asks for.
+fn task_error(error: TaskError) -> McpError {
+    match error {
+        TaskError::Unknown(message) => McpError::invalid_params(message, None),
+        TaskError::Store(message) => McpError::internal_error(message, None),
+    }
+}
+
 fn store_error(error: StoreError, what: &str) -> McpError {
     match error.kind {
         StoreErrorKind::NotFound => {
@@ -970,12 +1010,21 @@ impl ImagegenServer {
             if let Some(output) = &tool.output_schema {
                 tool.output_schema = Some(Arc::new(standard_schema(output)));
             }
+            // SEP-2663 dropped the tool-level declaration of 2025-11-25 (`execution`), and
+            // rmcp's `Tool` has no field for it: the listing says it in `_meta`.
+            if TASK_TOOLS.contains(&tool.name.as_ref()) {
+                tool.meta.get_or_insert_with(Default::default).insert(
+                    rmcp::model::TASKS_EXTENSION_ID.into(),
+                    serde_json::json!({"taskSupport": "optional"}),
+                );
+            }
         }
         Self {
             live,
             tool_router,
             calls: Arc::default(),
             limiter: Arc::default(),
+            tasks: Arc::default(),
         }
     }
 
@@ -1028,6 +1077,89 @@ impl ImagegenServer {
         result
     }
 
+    /// Runs an image call: as a task when the client declared the tasks extension (and
+    /// `tasks.enabled`), answered at once while the work goes on whatever becomes of the
+    /// request; else inline, as for every other client.
+    async fn dispatch<F, Fut>(
+        &self,
+        mut context: RequestContext<RoleServer>,
+        work: F,
+    ) -> CallToolResponse
+    where
+        F: FnOnce(RequestContext<RoleServer>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = CallToolResult> + Send + 'static,
+    {
+        let snapshot = self.live.snapshot();
+        let config = snapshot.loaded.config.tasks.clone();
+        let declared = context
+            .client_capabilities()
+            .is_some_and(|caps| caps.supports_tasks());
+        if !(config.enabled && declared) {
+            drop(snapshot);
+            return work(context).await.into();
+        }
+        let store = snapshot.engine.store().clone();
+        drop(snapshot);
+        let owner = caller_name(&context);
+        let (task, cancel) = match self.tasks.create(&owner, &store, &config, "starting").await {
+            Ok(created) => created,
+            Err(e) => {
+                let message = match e {
+                    TaskError::Unknown(m) | TaskError::Store(m) => m,
+                };
+                return error_result(ToolError::storage(format!(
+                    "cannot start a task (its record could not be stored): {message}"
+                )))
+                .into();
+            }
+        };
+        let id = task.task_id.clone();
+        tracing::info!(task = %id, "answering with a task");
+        // The task outlives its request: `tasks/cancel` ends it, not the request's end, and
+        // its progress goes to the task's status.
+        context.ct = cancel;
+        context.extensions.insert(TaskSink(Arc::new(TaskProgress {
+            tasks: self.tasks.clone(),
+            id: id.clone(),
+            persist_every: heartbeat() * 2,
+        })));
+        let tasks = self.tasks.clone();
+        tokio::spawn(async move {
+            let result = work(context).await;
+            tasks.finish(&id, result).await;
+        });
+        CallToolResponse::Task(CreateTaskResult::new(task))
+    }
+
+    /// Asks the user before a call estimated above `budget.confirm_above_usd` (see
+    /// [`confirm`]): `Some` is the answer that ends the call now, shaped by `refused` when it
+    /// is an error.
+    #[allow(clippy::too_many_arguments)]
+    async fn unconfirmed(
+        &self,
+        engine: &Engine,
+        estimate_usd: impl FnOnce() -> Option<f64>,
+        confirmed: Option<bool>,
+        what: &str,
+        context: &RequestContext<RoleServer>,
+        state: RequestState,
+        responses: InputResponses,
+        refused: fn(ToolError) -> CallToolResult,
+    ) -> Option<CallToolResponse> {
+        let threshold_usd = engine.budgets().config().confirm_above_usd;
+        threshold_usd?;
+        let spend = confirm::Spend {
+            threshold_usd,
+            estimate_usd: estimate_usd(),
+            confirmed: confirmed == Some(true),
+            what,
+        };
+        confirm::ask(spend, context, state.0.as_deref(), responses.0.as_ref())
+            .await
+            .err()
+            .map(|refusal| refusal.into_response(refused))
+    }
+
     /// Generates images from a text prompt.
     #[tool(
         name = "generate_image",
@@ -1045,17 +1177,41 @@ impl ImagegenServer {
     async fn generate_image(
         &self,
         Args(params): Args<GenerateParams>,
+        state: RequestState,
+        responses: InputResponses,
         context: RequestContext<RoleServer>,
-    ) -> CallToolResult {
+    ) -> CallToolResponse {
         let params = match params {
             Ok(params) => params,
-            Err(e) => return error_result(e),
+            Err(e) => return error_result(e).into(),
         };
         // The snapshot taken here serves the whole call, whatever reloads meanwhile.
         let engine = self.live.engine();
-        self.limited("generate_image", context, error_result, |call| async move {
-            let outcome = engine.generate(&params, &call).await;
-            single_result(engine, outcome, params.delivery, "generate_image").await
+        let what = images_of(params.options.n, "generate");
+        let estimate = || engine.estimate_usd(&params, false);
+        if let Some(answer) = self
+            .unconfirmed(
+                &engine,
+                estimate,
+                params.confirm_cost,
+                &what,
+                &context,
+                state,
+                responses,
+                error_result,
+            )
+            .await
+        {
+            return answer;
+        }
+        let server = self.clone();
+        self.dispatch(context, move |context| async move {
+            server
+                .limited("generate_image", context, error_result, |call| async move {
+                    let outcome = engine.generate(&params, &call).await;
+                    single_result(engine, outcome, params.delivery, "generate_image").await
+                })
+                .await
         })
         .await
     }
@@ -1077,26 +1233,50 @@ impl ImagegenServer {
     async fn generate_images(
         &self,
         Args(params): Args<BatchParams>,
+        state: RequestState,
+        responses: InputResponses,
         context: RequestContext<RoleServer>,
-    ) -> CallToolResult {
+    ) -> CallToolResponse {
         let params = match params {
             Ok(params) => params,
-            Err(e) => return failure_result(&e, &BatchOutput::failure(e.clone(), 0)),
+            Err(e) => return failure_result(&e, &BatchOutput::failure(e.clone(), 0)).into(),
         };
         let engine = self.live.engine();
-        self.limited(
-            "generate_images",
-            context,
-            batch_refused,
-            |call| async move {
-                let (output, generations) = batch::run(engine.clone(), &params, &call).await;
-                let mode = params.delivery.unwrap_or(engine.output().delivery);
-                with_previews(mode, move || {
-                    batch_result(&engine, &output, &generations, mode)
-                })
+        let estimate = || batch::estimate_usd(&params, &engine);
+        if let Some(answer) = self
+            .unconfirmed(
+                &engine,
+                estimate,
+                params.confirm_cost,
+                "generate a batch of images",
+                &context,
+                state,
+                responses,
+                batch_refused,
+            )
+            .await
+        {
+            return answer;
+        }
+        let server = self.clone();
+        self.dispatch(context, move |context| async move {
+            server
+                .limited(
+                    "generate_images",
+                    context,
+                    batch_refused,
+                    |call| async move {
+                        let (output, generations) =
+                            batch::run(engine.clone(), &params, &call).await;
+                        let mode = params.delivery.unwrap_or(engine.output().delivery);
+                        with_previews(mode, move || {
+                            batch_result(&engine, &output, &generations, mode)
+                        })
+                        .await
+                    },
+                )
                 .await
-            },
-        )
+        })
         .await
     }
 
@@ -1117,26 +1297,50 @@ impl ImagegenServer {
     async fn edit_image(
         &self,
         Args(params): Args<EditParams>,
+        state: RequestState,
+        responses: InputResponses,
         context: RequestContext<RoleServer>,
-    ) -> CallToolResult {
+    ) -> CallToolResponse {
         let params = match params {
             Ok(params) => params,
-            Err(e) => return error_result(e),
+            Err(e) => return error_result(e).into(),
         };
         let engine = self.live.engine();
+        let what = images_of(params.options.n, "edit into");
+        let estimate = || engine.estimate_usd(&params.as_generate(), true);
+        if let Some(answer) = self
+            .unconfirmed(
+                &engine,
+                estimate,
+                params.confirm_cost,
+                &what,
+                &context,
+                state,
+                responses,
+                error_result,
+            )
+            .await
+        {
+            return answer;
+        }
         let viewer = viewer(&self.live, caller(&context));
-        self.limited("edit_image", context, error_result, |call| async move {
-            call.progress.phase("reading inputs");
-            let (images, mask, markup) = (
-                params.images.clone(),
-                params.mask.clone(),
-                params.markup.clone(),
-            );
-            let outcome = match read_inputs(&engine, &viewer, images, mask, markup).await {
-                Ok(inputs) => engine.edit(&params, inputs, &call).await,
-                Err(e) => Err(e),
-            };
-            single_result(engine, outcome, params.delivery, "edit_image").await
+        let server = self.clone();
+        self.dispatch(context, move |context| async move {
+            server
+                .limited("edit_image", context, error_result, |call| async move {
+                    call.progress.phase("reading inputs");
+                    let (images, mask, markup) = (
+                        params.images.clone(),
+                        params.mask.clone(),
+                        params.markup.clone(),
+                    );
+                    let outcome = match read_inputs(&engine, &viewer, images, mask, markup).await {
+                        Ok(inputs) => engine.edit(&params, inputs, &call).await,
+                        Err(e) => Err(e),
+                    };
+                    single_result(engine, outcome, params.delivery, "edit_image").await
+                })
+                .await
         })
         .await
     }
@@ -1158,33 +1362,55 @@ impl ImagegenServer {
     async fn create_variation(
         &self,
         Args(params): Args<VariationParams>,
+        state: RequestState,
+        responses: InputResponses,
         context: RequestContext<RoleServer>,
-    ) -> CallToolResult {
+    ) -> CallToolResponse {
         let params = match params {
             Ok(params) => params,
-            Err(e) => return error_result(e),
+            Err(e) => return error_result(e).into(),
         };
         let engine = self.live.engine();
+        let what = images_of(params.n, "make variations as");
+        let estimate = || engine.variation_estimate_usd(&params);
+        if let Some(answer) = self
+            .unconfirmed(
+                &engine,
+                estimate,
+                params.confirm_cost,
+                &what,
+                &context,
+                state,
+                responses,
+                error_result,
+            )
+            .await
+        {
+            return answer;
+        }
         let viewer = viewer(&self.live, caller(&context));
-        self.limited(
-            "create_variation",
-            context,
-            error_result,
-            |call| async move {
-                let outcome =
-                    match read_inputs(&engine, &viewer, vec![params.image.clone()], None, None)
-                        .await
-                    {
-                        Ok(mut inputs) => {
-                            engine
-                                .variation(&params, inputs.images.remove(0), &call)
-                                .await
-                        }
-                        Err(e) => Err(e),
-                    };
-                single_result(engine, outcome, params.delivery, "create_variation").await
-            },
-        )
+        let server = self.clone();
+        self.dispatch(context, move |context| async move {
+            server
+                .limited(
+                    "create_variation",
+                    context,
+                    error_result,
+                    |call| async move {
+                        let image = vec![params.image.clone()];
+                        let outcome = match read_inputs(&engine, &viewer, image, None, None).await {
+                            Ok(mut inputs) => {
+                                engine
+                                    .variation(&params, inputs.images.remove(0), &call)
+                                    .await
+                            }
+                            Err(e) => Err(e),
+                        };
+                        single_result(engine, outcome, params.delivery, "create_variation").await
+                    },
+                )
+                .await
+        })
         .await
     }
 
@@ -1307,11 +1533,17 @@ impl ImagegenServer {
 impl ServerHandler for ImagegenServer {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
-            ServerCapabilities::builder()
-                .enable_tools()
-                .enable_resources()
-                .enable_resources_list_changed()
-                .build(),
+            {
+                let capabilities = ServerCapabilities::builder()
+                    .enable_tools()
+                    .enable_resources()
+                    .enable_resources_list_changed();
+                if self.live.snapshot().loaded.config.tasks.enabled {
+                    capabilities.enable_tasks().build()
+                } else {
+                    capabilities.build()
+                }
+            },
         )
         .with_server_info(Implementation::new(
             env!("CARGO_PKG_NAME"),
@@ -1376,6 +1608,33 @@ impl ServerHandler for ImagegenServer {
                 }
             }
         }
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, McpError> {
+        let store = self.live.engine().store().clone();
+        let stale = crate::tasks::stale_after(heartbeat());
+        self.tasks
+            .get(&request.task_id, &caller_name(&context), &store, stale)
+            .await
+            .map(GetTaskResult::new)
+            .map_err(task_error)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let store = self.live.engine().store().clone();
+        tracing::info!(task = %request.task_id, "task cancel asked");
+        self.tasks
+            .cancel(&request.task_id, &caller_name(&context), &store)
+            .await
+            .map_err(task_error)
     }
 
     async fn list_resources(

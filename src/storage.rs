@@ -240,6 +240,8 @@ enum Backend {
         cache: ObjectPath,
         /// The replicas' usage ledgers, `usage/YYYY-MM-DD/REPLICA.jsonl`.
         usage: ObjectPath,
+        /// MCP tasks' records, `tasks/ID.json`.
+        tasks: ObjectPath,
     },
 }
 
@@ -424,6 +426,7 @@ impl Store {
                 root: ObjectPath::from("images"),
                 cache: ObjectPath::from("cache"),
                 usage: ObjectPath::from("usage"),
+                tasks: ObjectPath::from("tasks"),
             },
             shown.to_string(),
         )
@@ -455,6 +458,7 @@ impl Store {
                 root: under("images"),
                 cache: under("cache"),
                 usage: under("usage"),
+                tasks: under("tasks"),
             },
             opened.shown,
         ))
@@ -676,6 +680,43 @@ impl Store {
             .await
             .map(|_| ())
             .map_err(|e| self.failed("saving a cache entry", e))
+    }
+
+    /// Where task `id`'s record lives: `tasks/ID.json` beside the images, so every replica
+    /// sharing the store finds it.
+    fn task_key(&self, id: &str) -> ObjectPath {
+        let file = format!("{id}.json");
+        match &self.inner.backend {
+            Backend::Local { .. } => ObjectPath::from("tasks").join(file.as_str()),
+            Backend::Object { tasks, .. } => tasks.clone().join(file.as_str()),
+        }
+    }
+
+    /// Stores (or replaces) the record of MCP task `id`.
+    pub async fn put_task(&self, id: &str, json: Vec<u8>) -> Result<(), StoreError> {
+        self.writer()?
+            .put(&self.task_key(id), PutPayload::from(json))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.failed("saving a task", e))
+    }
+
+    /// The record of MCP task `id` (at most `cap` bytes), or `None` when there is none.
+    pub async fn task_record(&self, id: &str, cap: u64) -> Result<Option<Bytes>, StoreError> {
+        let store = self.writer()?;
+        match self.read_object(&store, &self.task_key(id), id, cap).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind == StoreErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the record of MCP task `id` (an expired one).
+    pub async fn remove_task(&self, id: &str) -> Result<(), StoreError> {
+        match self.writer()?.delete(&self.task_key(id)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.failed("deleting a task", e)),
+        }
     }
 
     /// Stores (or replaces) `replica`'s usage ledger of `day` (`YYYY-MM-DD`) in the object
