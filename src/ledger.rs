@@ -274,13 +274,17 @@ impl Ledger {
         }
     }
 
-    /// Uploads every [`UPLOAD_EVERY`] until the process ends.
+    /// Uploads every [`UPLOAD_EVERY`] until the process ends (and the serving process once
+    /// more as it stops). Outside a runtime (a one-shot command) there is nothing to run it on.
     pub fn spawn_uploads(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         if self.store.is_none() {
             return;
         }
         let ledger = Arc::downgrade(self);
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let mut tick = tokio::time::interval(UPLOAD_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;

@@ -985,13 +985,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     (snapshot.engine.store().clone(), storage)
                 },
             ));
+            let swept = live.clone();
+            tokio::spawn(imagegen_mcp::tasks::sweep_periodically(move || {
+                let snapshot = swept.snapshot();
+                let tasks = snapshot.loaded.config.tasks.clone();
+                (snapshot.engine.store().clone(), tasks)
+            }));
             let server = ImagegenServer::new(live.clone());
             if let Some(bind) = http {
-                imagegen_mcp::http::serve(live, server, Some(bind)).await?;
-                return Ok(ExitCode::SUCCESS);
+                imagegen_mcp::http::serve(live.clone(), server, Some(bind)).await?;
+            } else {
+                let service = server.serve(imagegen_mcp::transport::stdio()).await?;
+                service.waiting().await?;
             }
-            let service = server.serve(imagegen_mcp::transport::stdio()).await?;
-            service.waiting().await?;
+            // With an object store, the ledger's lines since the last upload go up before the end.
+            live.engine().ledger().upload().await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Generate(args) => {

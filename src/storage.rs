@@ -685,10 +685,13 @@ impl Store {
     /// Where task `id`'s record lives: `tasks/ID.json` beside the images, so every replica
     /// sharing the store finds it.
     fn task_key(&self, id: &str) -> ObjectPath {
-        let file = format!("{id}.json");
+        self.tasks_dir().join(format!("{id}.json").as_str())
+    }
+
+    fn tasks_dir(&self) -> ObjectPath {
         match &self.inner.backend {
-            Backend::Local { .. } => ObjectPath::from("tasks").join(file.as_str()),
-            Backend::Object { tasks, .. } => tasks.clone().join(file.as_str()),
+            Backend::Local { .. } => ObjectPath::from("tasks"),
+            Backend::Object { tasks, .. } => tasks.clone(),
         }
     }
 
@@ -717,6 +720,31 @@ impl Store {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.failed("deleting a task", e)),
         }
+    }
+
+    /// Deletes the task records last written more than `age` ago (every one of them has
+    /// expired: a record's expiry is its creation plus the TTL), returning how many went.
+    pub async fn prune_tasks(&self, age: std::time::Duration) -> Result<usize, StoreError> {
+        let store = self.writer()?;
+        let cutoff = SystemTime::now()
+            .checked_sub(age)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let listed: Vec<object_store::ObjectMeta> =
+            match store.list(Some(&self.tasks_dir())).try_collect().await {
+                Ok(listed) => listed,
+                Err(object_store::Error::NotFound { .. }) => return Ok(0),
+                Err(e) => return Err(self.failed("listing the tasks", e)),
+            };
+        let mut pruned = 0;
+        for meta in listed {
+            if SystemTime::from(meta.last_modified) < cutoff {
+                match store.delete(&meta.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => pruned += 1,
+                    Err(e) => tracing::warn!("cannot delete an expired task: {e}"),
+                }
+            }
+        }
+        Ok(pruned)
     }
 
     /// Stores (or replaces) `replica`'s usage ledger of `day` (`YYYY-MM-DD`) in the object

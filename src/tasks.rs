@@ -325,6 +325,26 @@ async fn read(store: &ImageStore, id: &str) -> Result<Record, TaskError> {
     Ok(record)
 }
 
+/// Deletes expired task records from the store now and then, for as long as the server runs;
+/// `current` gives the store and settings in force at each pass.
+pub async fn sweep_periodically<F>(current: F)
+where
+    F: Fn() -> (ImageStore, TasksConfig) + Send + Sync,
+{
+    loop {
+        let (store, config) = current();
+        let ttl = Duration::from_secs(config.ttl_s);
+        match store.prune_tasks(ttl).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "deleted expired task records"),
+            Err(e) => tracing::warn!("cannot sweep expired tasks: {}", e.message),
+        }
+        // Often enough that a record outlives its TTL by a quarter of it at most.
+        tokio::time::sleep((ttl / 4).clamp(Duration::from_secs(60), Duration::from_secs(3600)))
+            .await;
+    }
+}
+
 /// Progress of a task: its phases become the task's status message.
 pub struct TaskProgress {
     /// The registry the task is in.
@@ -420,6 +440,28 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(stale.status(), TaskStatus::Failed);
+    }
+
+    #[tokio::test]
+    async fn expired_records_are_swept_and_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(dir.path());
+        let tasks = Tasks::default();
+        let (task, _) = tasks
+            .create("alice", &store, &config(), "starting")
+            .await
+            .unwrap();
+        assert_eq!(store.prune_tasks(Duration::from_secs(60)).await.unwrap(), 0);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(
+            store.prune_tasks(Duration::from_millis(10)).await.unwrap(),
+            1
+        );
+        assert!(store
+            .task_record(&task.task_id, MAX_RECORD_BYTES)
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[tokio::test]

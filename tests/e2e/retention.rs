@@ -15,6 +15,7 @@ use rmcp::{
 };
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use tokio::io::AsyncBufReadExt as _;
 
 async fn stdio(home: &Path, config: &str) -> RunningService<RoleClient, VersionedClient> {
     let file = home.join("imagegen.toml");
@@ -251,11 +252,26 @@ async fn a_running_server_prunes_at_start_up_and_logs_it() {
     .await;
     assert!(gone.is_some(), "the server did not prune {}", old[0]);
     assert!(out.join("mine.png").exists());
+    // The log line follows the deletion: read until it comes rather than race it.
+    let mut lines = tokio::io::BufReader::new(server.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let logged = tokio::time::timeout(Duration::from_secs(8), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.push_str(&line);
+            log.push('\n');
+            if line.contains("retention deleted old images") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
     let _ = server.start_kill();
-    let output = server.wait_with_output().await.unwrap();
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(log.contains("retention deleted old images"), "{log}");
-    assert!(log.contains("count=1"), "{log}");
+    let _ = server.wait().await;
+    let line = logged.unwrap_or_else(|| panic!("no retention log line: {log}"));
+    assert!(line.contains("count=1"), "{line}");
 }
 
 #[tokio::test]
