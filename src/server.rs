@@ -483,6 +483,38 @@ pub const HEARTBEAT: Duration = Duration::from_secs(3);
 /// the end-to-end tests prove a long call's heartbeats at a scale that runs in seconds.
 pub const HEARTBEAT_VAR: &str = "IMAGEGEN_HEARTBEAT_MS";
 
+/// What the confirmation of a call's cost needs (see [`confirm`]).
+struct CostCheck {
+    threshold_usd: Option<f64>,
+    estimate_usd: Option<f64>,
+    confirmed: Option<bool>,
+    what: String,
+    state: RequestState,
+    responses: InputResponses,
+}
+
+impl CostCheck {
+    /// The check of a call on `engine`; `estimate_usd` runs only when a threshold is set,
+    /// so calls pay for an estimate only where one is asked for.
+    fn new(
+        engine: &Engine,
+        estimate_usd: impl FnOnce() -> Option<f64>,
+        confirmed: Option<bool>,
+        what: String,
+        (state, responses): (RequestState, InputResponses),
+    ) -> Self {
+        let threshold_usd = engine.budgets().config().confirm_above_usd;
+        Self {
+            threshold_usd,
+            estimate_usd: threshold_usd.and_then(|_| estimate_usd()),
+            confirmed,
+            what,
+            state,
+            responses,
+        }
+    }
+}
+
 /// What a call makes, for the confirmation question: `generate 4 images`.
 fn images_of(n: Option<u32>, verb: &str) -> String {
     match n.unwrap_or(1) {
@@ -1131,33 +1163,36 @@ impl ImagegenServer {
         CallToolResponse::Task(CreateTaskResult::new(task))
     }
 
-    /// Asks the user before a call estimated above `budget.confirm_above_usd` (see
-    /// [`confirm`]): `Some` is the answer that ends the call now, shaped by `refused` when it
-    /// is an error.
-    #[allow(clippy::too_many_arguments)]
-    async fn unconfirmed(
+    /// An image call from its start: the user's confirmation of its cost where it needs one
+    /// (see [`confirm`]), then its work under the caller's limits, as a task or in the call
+    /// (see [`Self::dispatch`]); `refused` shapes an error that ends it early.
+    async fn image_call<F, Fut>(
         &self,
-        engine: &Engine,
-        estimate_usd: impl FnOnce() -> Option<f64>,
-        confirmed: Option<bool>,
-        what: &str,
-        context: &RequestContext<RoleServer>,
-        state: RequestState,
-        responses: InputResponses,
+        tool: &'static str,
+        cost: CostCheck,
+        context: RequestContext<RoleServer>,
         refused: fn(ToolError) -> CallToolResult,
-    ) -> Option<CallToolResponse> {
-        let threshold_usd = engine.budgets().config().confirm_above_usd;
-        threshold_usd?;
+        work: F,
+    ) -> CallToolResponse
+    where
+        F: FnOnce(CallContext) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = CallToolResult> + Send + 'static,
+    {
         let spend = confirm::Spend {
-            threshold_usd,
-            estimate_usd: estimate_usd(),
-            confirmed: confirmed == Some(true),
-            what,
+            threshold_usd: cost.threshold_usd,
+            estimate_usd: cost.estimate_usd,
+            confirmed: cost.confirmed == Some(true),
+            what: &cost.what,
         };
-        confirm::ask(spend, context, state.0.as_deref(), responses.0.as_ref())
-            .await
-            .err()
-            .map(|refusal| refusal.into_response(refused))
+        let (state, responses) = (cost.state.0.as_deref(), cost.responses.0.as_ref());
+        if let Err(refusal) = confirm::ask(spend, &context, state, responses).await {
+            return refusal.into_response(refused);
+        }
+        let server = self.clone();
+        self.dispatch(context, move |context| async move {
+            server.limited(tool, context, refused, work).await
+        })
+        .await
     }
 
     /// Generates images from a text prompt.
@@ -1187,32 +1222,23 @@ impl ImagegenServer {
         };
         // The snapshot taken here serves the whole call, whatever reloads meanwhile.
         let engine = self.live.engine();
-        let what = images_of(params.options.n, "generate");
-        let estimate = || engine.estimate_usd(&params, false);
-        if let Some(answer) = self
-            .unconfirmed(
-                &engine,
-                estimate,
-                params.confirm_cost,
-                &what,
-                &context,
-                state,
-                responses,
-                error_result,
-            )
-            .await
-        {
-            return answer;
-        }
-        let server = self.clone();
-        self.dispatch(context, move |context| async move {
-            server
-                .limited("generate_image", context, error_result, |call| async move {
-                    let outcome = engine.generate(&params, &call).await;
-                    single_result(engine, outcome, params.delivery, "generate_image").await
-                })
-                .await
-        })
+        let cost = CostCheck::new(
+            &engine,
+            || engine.estimate_usd(&params, false),
+            params.confirm_cost,
+            images_of(params.options.n, "generate"),
+            (state, responses),
+        );
+        self.image_call(
+            "generate_image",
+            cost,
+            context,
+            error_result,
+            |call| async move {
+                let outcome = engine.generate(&params, &call).await;
+                single_result(engine, outcome, params.delivery, "generate_image").await
+            },
+        )
         .await
     }
 
@@ -1242,41 +1268,27 @@ impl ImagegenServer {
             Err(e) => return failure_result(&e, &BatchOutput::failure(e.clone(), 0)).into(),
         };
         let engine = self.live.engine();
-        let estimate = || batch::estimate_usd(&params, &engine);
-        if let Some(answer) = self
-            .unconfirmed(
-                &engine,
-                estimate,
-                params.confirm_cost,
-                "generate a batch of images",
-                &context,
-                state,
-                responses,
-                batch_refused,
-            )
-            .await
-        {
-            return answer;
-        }
-        let server = self.clone();
-        self.dispatch(context, move |context| async move {
-            server
-                .limited(
-                    "generate_images",
-                    context,
-                    batch_refused,
-                    |call| async move {
-                        let (output, generations) =
-                            batch::run(engine.clone(), &params, &call).await;
-                        let mode = params.delivery.unwrap_or(engine.output().delivery);
-                        with_previews(mode, move || {
-                            batch_result(&engine, &output, &generations, mode)
-                        })
-                        .await
-                    },
-                )
+        let cost = CostCheck::new(
+            &engine,
+            || batch::estimate_usd(&params, &engine),
+            params.confirm_cost,
+            "generate a batch of images".into(),
+            (state, responses),
+        );
+        self.image_call(
+            "generate_images",
+            cost,
+            context,
+            batch_refused,
+            |call| async move {
+                let (output, generations) = batch::run(engine.clone(), &params, &call).await;
+                let mode = params.delivery.unwrap_or(engine.output().delivery);
+                with_previews(mode, move || {
+                    batch_result(&engine, &output, &generations, mode)
+                })
                 .await
-        })
+            },
+        )
         .await
     }
 
@@ -1306,42 +1318,33 @@ impl ImagegenServer {
             Err(e) => return error_result(e).into(),
         };
         let engine = self.live.engine();
-        let what = images_of(params.options.n, "edit into");
-        let estimate = || engine.estimate_usd(&params.as_generate(), true);
-        if let Some(answer) = self
-            .unconfirmed(
-                &engine,
-                estimate,
-                params.confirm_cost,
-                &what,
-                &context,
-                state,
-                responses,
-                error_result,
-            )
-            .await
-        {
-            return answer;
-        }
+        let cost = CostCheck::new(
+            &engine,
+            || engine.estimate_usd(&params.as_generate(), true),
+            params.confirm_cost,
+            images_of(params.options.n, "edit into"),
+            (state, responses),
+        );
         let viewer = viewer(&self.live, caller(&context));
-        let server = self.clone();
-        self.dispatch(context, move |context| async move {
-            server
-                .limited("edit_image", context, error_result, |call| async move {
-                    call.progress.phase("reading inputs");
-                    let (images, mask, markup) = (
-                        params.images.clone(),
-                        params.mask.clone(),
-                        params.markup.clone(),
-                    );
-                    let outcome = match read_inputs(&engine, &viewer, images, mask, markup).await {
-                        Ok(inputs) => engine.edit(&params, inputs, &call).await,
-                        Err(e) => Err(e),
-                    };
-                    single_result(engine, outcome, params.delivery, "edit_image").await
-                })
-                .await
-        })
+        self.image_call(
+            "edit_image",
+            cost,
+            context,
+            error_result,
+            |call| async move {
+                call.progress.phase("reading inputs");
+                let (images, mask, markup) = (
+                    params.images.clone(),
+                    params.mask.clone(),
+                    params.markup.clone(),
+                );
+                let outcome = match read_inputs(&engine, &viewer, images, mask, markup).await {
+                    Ok(inputs) => engine.edit(&params, inputs, &call).await,
+                    Err(e) => Err(e),
+                };
+                single_result(engine, outcome, params.delivery, "edit_image").await
+            },
+        )
         .await
     }
 
@@ -1371,46 +1374,32 @@ impl ImagegenServer {
             Err(e) => return error_result(e).into(),
         };
         let engine = self.live.engine();
-        let what = images_of(params.n, "make variations as");
-        let estimate = || engine.variation_estimate_usd(&params);
-        if let Some(answer) = self
-            .unconfirmed(
-                &engine,
-                estimate,
-                params.confirm_cost,
-                &what,
-                &context,
-                state,
-                responses,
-                error_result,
-            )
-            .await
-        {
-            return answer;
-        }
+        let cost = CostCheck::new(
+            &engine,
+            || engine.variation_estimate_usd(&params),
+            params.confirm_cost,
+            images_of(params.n, "make variations as"),
+            (state, responses),
+        );
         let viewer = viewer(&self.live, caller(&context));
-        let server = self.clone();
-        self.dispatch(context, move |context| async move {
-            server
-                .limited(
-                    "create_variation",
-                    context,
-                    error_result,
-                    |call| async move {
-                        let image = vec![params.image.clone()];
-                        let outcome = match read_inputs(&engine, &viewer, image, None, None).await {
-                            Ok(mut inputs) => {
-                                engine
-                                    .variation(&params, inputs.images.remove(0), &call)
-                                    .await
-                            }
-                            Err(e) => Err(e),
-                        };
-                        single_result(engine, outcome, params.delivery, "create_variation").await
-                    },
-                )
-                .await
-        })
+        self.image_call(
+            "create_variation",
+            cost,
+            context,
+            error_result,
+            |call| async move {
+                let image = vec![params.image.clone()];
+                let outcome = match read_inputs(&engine, &viewer, image, None, None).await {
+                    Ok(mut inputs) => {
+                        engine
+                            .variation(&params, inputs.images.remove(0), &call)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                single_result(engine, outcome, params.delivery, "create_variation").await
+            },
+        )
         .await
     }
 
