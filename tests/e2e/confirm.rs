@@ -3,10 +3,7 @@
 //! 2026-07-28), goes ahead on a yes, sends nothing on a no, and tells a client that cannot ask
 //! to repeat the call with `confirm_cost: true`.
 
-use std::{
-    process::Stdio,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
 use crate::common::*;
 use base64::Engine as _;
@@ -16,8 +13,7 @@ use rmcp::{
         ElicitRequestParams, ElicitResult, ElicitationAction, ProtocolVersion,
     },
     service::{RequestContext, RunningService},
-    transport::{ConfigureCommandExt, TokioChildProcess},
-    ClientHandler, ErrorData, RoleClient, ServiceExt,
+    ClientHandler, ErrorData, RoleClient,
 };
 use serde_json::{json, Value};
 use wiremock::{
@@ -88,14 +84,7 @@ async fn start<H: ClientHandler>(
         ("OPENAI_API_KEY", SENTINEL_KEY),
         ("OPENAI_BASE_URL", base.as_str()),
     ];
-    let cmd = binary(home, &envs).configure(|c| {
-        c.args(["serve", "--config", "imagegen.toml"]);
-    });
-    let (transport, _) = TokioChildProcess::builder(cmd)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn imagegen-mcp");
-    handler.serve(transport).await.expect("MCP handshake")
+    serve_to(home, &envs, handler).await
 }
 
 /// `gpt-image-2` at high quality: $0.19 a 1024² image by the estimate table, above $0.10.

@@ -3,10 +3,7 @@
 //! after a restart or from another connection, and can cancel it (the upstream request ends,
 //! nothing is saved); a client without tasks is served synchronously.
 
-use std::{
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use crate::common::{http_server::HttpServer, *};
 use base64::Engine as _;
@@ -18,10 +15,9 @@ use rmcp::{
     },
     service::{ClientLifecycleMode, ClientServiceExt as _, RunningService},
     transport::{
-        streamable_http_client::StreamableHttpClientTransportConfig, ConfigureCommandExt,
-        StreamableHttpClientTransport, TokioChildProcess,
+        streamable_http_client::StreamableHttpClientTransportConfig, StreamableHttpClientTransport,
     },
-    ClientHandler, RoleClient, ServiceExt,
+    ClientHandler, RoleClient,
 };
 use serde_json::{json, Value};
 use wiremock::{
@@ -40,21 +36,6 @@ impl ClientHandler for TaskClient {
         info.capabilities = ClientCapabilities::builder().enable_tasks().build();
         info
     }
-}
-
-async fn stdio<H: ClientHandler>(
-    home: &std::path::Path,
-    envs: &[(&str, &str)],
-    handler: H,
-) -> RunningService<RoleClient, H> {
-    let cmd = binary(home, envs).configure(|c| {
-        c.args(["serve", "--config", "imagegen.toml"]);
-    });
-    let (transport, _) = TokioChildProcess::builder(cmd)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn imagegen-mcp");
-    handler.serve(transport).await.expect("MCP handshake")
 }
 
 async fn http(url: &str, token: &str) -> RunningService<RoleClient, TaskClient> {
@@ -153,7 +134,7 @@ async fn a_task_polls_to_the_synchronous_result_and_survives_a_restart() {
     let arguments = json!({"prompt": "a lighthouse", "size": "256x256", "seed": 7});
 
     // A client without tasks is served as before: the result comes in the call.
-    let plain = stdio(
+    let plain = serve_to(
         home.path(),
         &envs,
         VersionedClient(ProtocolVersion::V_2026_07_28),
@@ -177,7 +158,7 @@ async fn a_task_polls_to_the_synchronous_result_and_survives_a_restart() {
     plain.cancel().await.unwrap();
 
     for version in [ProtocolVersion::V_2026_07_28, ProtocolVersion::V_2025_11_25] {
-        let client = stdio(home.path(), &envs, TaskClient(version.clone())).await;
+        let client = serve_to(home.path(), &envs, TaskClient(version.clone())).await;
         let id = start_task(&client, "generate_image", arguments.clone()).await;
         let (task, messages) = poll(&client, &id).await;
         assert_eq!(task.status(), TaskStatus::Completed, "{version:?}");
@@ -196,7 +177,7 @@ async fn a_task_polls_to_the_synchronous_result_and_survives_a_restart() {
         client.cancel().await.unwrap();
 
         // A new server process reads the finished task from the store.
-        let again = stdio(home.path(), &envs, TaskClient(version.clone())).await;
+        let again = serve_to(home.path(), &envs, TaskClient(version.clone())).await;
         let (reread, _) = poll(&again, &id).await;
         assert_eq!(structured(&completed(&reread)), a);
         // An id that is not one of ours is an invalid-params error, not a crash.
@@ -230,7 +211,7 @@ async fn a_cancelled_task_drops_the_upstream_call_and_saves_nothing() {
         ("OPENAI_BASE_URL", base.as_str()),
         ("IMAGEGEN_HEARTBEAT_MS", "50"),
     ];
-    let client = stdio(
+    let client = serve_to(
         home.path(),
         &envs,
         TaskClient(ProtocolVersion::V_2026_07_28),

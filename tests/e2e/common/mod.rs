@@ -106,6 +106,23 @@ impl Server {
     }
 }
 
+/// Starts `imagegen-mcp serve --config imagegen.toml` in `home` with `envs` (stderr dropped)
+/// and connects `handler`, a client of the test's own making, to it.
+pub async fn serve_to<H: ClientHandler>(
+    home: &Path,
+    envs: &[(&str, &str)],
+    handler: H,
+) -> RunningService<RoleClient, H> {
+    let cmd = binary(home, envs).configure(|c| {
+        c.args(["serve", "--config", "imagegen.toml"]);
+    });
+    let (transport, _) = TokioChildProcess::builder(cmd)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn imagegen-mcp");
+    handler.serve(transport).await.expect("MCP handshake")
+}
+
 /// A real PNG of `width`x`height`, drawn by the mock provider.
 pub async fn png(width: u32, height: u32) -> Vec<u8> {
     let mut r = GenerateRequest::new("fixture", MOCK_MODEL);
