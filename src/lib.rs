@@ -12,6 +12,7 @@ pub mod cost;
 pub mod delivery;
 pub mod engine;
 pub mod error;
+pub mod gallery;
 pub mod http;
 pub mod inputs;
 pub mod ledger;

@@ -909,7 +909,7 @@ const SESSION_CHECK: Duration = Duration::from_secs(30);
 
 /// Whose images a request may see: over HTTP its caller's own, unless `storage.shared` or the
 /// caller's token is `admin`; over stdio (no caller) everything.
-fn viewer(live: &Live, caller: Option<String>) -> Viewer {
+pub(crate) fn viewer(live: &Live, caller: Option<String>) -> Viewer {
     let Some(caller) = caller else {
         return Viewer::Everyone;
     };

@@ -8,6 +8,7 @@ mod budget;
 mod cli;
 mod config;
 mod embed;
+mod gallery;
 mod gpt26;
 mod history;
 mod hostile_local;

@@ -1,0 +1,1 @@
+//! The gallery MCP App (`ui://imagegen/gallery`).
