@@ -964,6 +964,7 @@ impl ImagegenServer {
     /// A server answering from the live configuration `live`.
     pub fn new(live: Arc<Live>) -> Self {
         let mut tool_router = Self::tool_router();
+        crate::gallery::app::link_tools(&mut tool_router);
         for route in tool_router.map.values_mut() {
             let tool = &mut route.attr;
             tool.input_schema = Arc::new(standard_schema(&tool.input_schema));
@@ -1407,6 +1408,9 @@ impl ServerHandler for ImagegenServer {
                     ),
             );
         }
+        if cursor.is_none() {
+            resources.push(crate::gallery::app::resource());
+        }
         resources.extend(page.images.into_iter().map(|e| {
             Resource::new(format!("{}{}", storage::IMAGE_URI_PREFIX, e.name), e.name)
                 .with_mime_type(e.mime)
@@ -1442,6 +1446,9 @@ impl ServerHandler for ImagegenServer {
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         let uri = request.uri;
+        if uri == crate::gallery::app::URI {
+            return Ok(crate::gallery::app::read().into());
+        }
         if uri == STATUS_URI {
             let json = serde_json::to_string_pretty(&status_output(&self.live))
                 .map_err(|e| McpError::internal_error(e.to_string(), None))?;

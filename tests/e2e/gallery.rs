@@ -191,3 +191,159 @@ async fn the_gallery_shows_the_callers_images_in_a_real_browser() {
     let output = server.stop().await;
     assert!(!output.contains(ALICE) && !output.contains(BOB), "{output}");
 }
+
+#[tokio::test]
+async fn the_mcp_app_renders_a_tool_result_and_asks_the_host_for_tool_calls() {
+    let server = server().await;
+    let client = connect(&server.mcp(), ALICE, &[]).await;
+    // The image tools link the app; it is listed and read as an MCP App.
+    let tools = client.list_all_tools().await.unwrap();
+    for name in [
+        "generate_image",
+        "generate_images",
+        "edit_image",
+        "create_variation",
+    ] {
+        let tool = tools.iter().find(|t| t.name == name).unwrap();
+        let meta = serde_json::to_value(&tool.meta).unwrap();
+        assert_eq!(meta["ui"]["resourceUri"], "ui://imagegen/gallery", "{name}");
+    }
+    let listed = client.list_all_resources().await.unwrap();
+    let app = listed
+        .iter()
+        .find(|r| r.uri == "ui://imagegen/gallery")
+        .expect("the app is listed");
+    assert_eq!(app.mime_type.as_deref(), Some("text/html;profile=mcp-app"));
+    let read = client
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(
+            "ui://imagegen/gallery",
+        ))
+        .await
+        .unwrap();
+    let read = serde_json::to_value(&read).unwrap();
+    let contents = &read["contents"][0];
+    assert_eq!(contents["mimeType"], "text/html;profile=mcp-app");
+    assert!(contents["_meta"]["ui"]["csp"].is_object(), "{contents}");
+    let html = contents["text"].as_str().unwrap().to_string();
+
+    let input = json!({"prompt": "a red lighthouse", "size": "1024x1024"});
+    let result = call(&client, "generate_image", input.clone()).await;
+    let result = serde_json::to_value(&result).unwrap();
+    let uri = result["structuredContent"]["images"][0]["uri"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let image = client
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(uri.clone()))
+        .await
+        .unwrap();
+    let image = serde_json::to_value(&image).unwrap();
+    let _ = client.cancel().await;
+
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let harness =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/apps-host.html");
+    browser.goto(&format!("file://{}", harness.display())).await;
+    browser
+        .eval(
+            "window.resources[arguments[0]] = arguments[1]; \
+             window.startApp(arguments[2], arguments[3], arguments[4]);",
+            json!([uri, image, html, input, result]),
+        )
+        .await;
+    browser
+        .wait_for("the app's handshake", "return window.initialized")
+        .await;
+    // The tile of the result, with its preview from the tool result.
+    browser.enter_frame("#app").await;
+    let tiles = browser
+        .wait_for(
+            "the app's tile",
+            "return document.querySelectorAll('.tile').length",
+        )
+        .await;
+    assert_eq!(tiles, 1);
+    let shown = browser
+        .eval(
+            "return [document.querySelector('.tile').dataset.uri, \
+                     document.querySelector('.tile textarea').value]",
+            json!([]),
+        )
+        .await;
+    assert_eq!(shown, json!([uri, "a red lighthouse"]));
+    let previewed = result["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["type"] == "image");
+    if previewed {
+        browser
+            .wait_for(
+                "the preview",
+                "const i = document.querySelector('.tile img'); return i.complete && i.naturalWidth",
+            )
+            .await;
+    }
+    browser.screenshot("mcp-app").await;
+    // "Edit" with a changed prompt asks the host for edit_image on this image.
+    browser
+        .eval(
+            "document.querySelector('.tile textarea').value = 'the same lighthouse at night'",
+            json!([]),
+        )
+        .await;
+    browser.click(".tile button.edit").await;
+    browser.leave_frame().await;
+    let asked = "return window.calls.filter(c => c.method === 'tools/call').map(c => c.params)";
+    browser
+        .wait_for(
+            "the edit call",
+            &asked
+                .replace("return ", "return 1 <= ")
+                .replace(".map(c => c.params)", ".length"),
+        )
+        .await;
+    let calls = browser.eval(asked, json!([])).await;
+    assert_eq!(
+        calls[0],
+        json!({"name": "edit_image", "arguments": {
+            "prompt": "the same lighthouse at night", "images": [uri]}})
+    );
+    // "New sample" re-runs the call with the cache bypassed.
+    browser.enter_frame("#app").await;
+    browser.click(".tile button.sample").await;
+    browser.leave_frame().await;
+    browser
+        .wait_for(
+            "the re-run",
+            &asked
+                .replace("return ", "return 2 <= ")
+                .replace(".map(c => c.params)", ".length"),
+        )
+        .await;
+    let calls = browser.eval(asked, json!([])).await;
+    assert_eq!(calls[1]["name"], "generate_image");
+    assert_eq!(calls[1]["arguments"]["cache"], false);
+    assert_eq!(calls[1]["arguments"]["size"], "1024x1024");
+    // A click on the preview reads the full image through the host.
+    browser.enter_frame("#app").await;
+    browser.click(".tile img").await;
+    browser
+        .wait_for(
+            "the full image",
+            "const i = document.querySelector('#full.open img'); return i && i.complete && i.naturalWidth",
+        )
+        .await;
+    browser.leave_frame().await;
+    let reads = browser
+        .eval(
+            "return window.calls.filter(c => c.method === 'resources/read').map(c => c.params.uri)",
+            json!([]),
+        )
+        .await;
+    assert_eq!(reads, json!([uri]));
+    browser.quit().await;
+    server.stop().await;
+}

@@ -199,6 +199,23 @@ impl Browser {
         .await;
     }
 
+    /// Runs the next commands inside the iframe matching `selector`.
+    pub async fn enter_frame(&self, selector: &str) {
+        let id = self.element(selector).await;
+        self.command(
+            reqwest::Method::POST,
+            "/frame",
+            json!({ "id": { ELEMENT: id } }),
+        )
+        .await;
+    }
+
+    /// Runs the next commands in the top-level page again.
+    pub async fn leave_frame(&self) {
+        self.command(reqwest::Method::POST, "/frame", json!({ "id": null }))
+            .await;
+    }
+
     /// Saves a PNG screenshot as `target/screenshots/<name>.png` and returns its path.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
         let value = self
