@@ -358,6 +358,21 @@ pub fn preview(image: &GeneratedImage, budget: usize) -> Result<Inline, String> 
     ))
 }
 
+/// A thumbnail of `image` with its longer side at most `side` pixels (never enlarged): its
+/// bytes and MIME type (JPEG, or PNG for see-through pixels), for the gallery's tiles.
+pub fn thumbnail(image: &GeneratedImage, side: u32) -> Result<(Vec<u8>, &'static str), String> {
+    let decoded = preview_source(image)?;
+    let alpha = decoded.color().has_alpha();
+    let side = side.clamp(PREVIEW_MIN_SIDE, PREVIEW_MAX_SIDE);
+    let small = if decoded.width().max(decoded.height()) > side {
+        shrink(&mut Resizer::new(), &decoded, side)?
+    } else {
+        decoded
+    };
+    let bytes = encode(&small, 80)?;
+    Ok((bytes, if alpha { "image/png" } else { "image/jpeg" }))
+}
+
 /// What the model should know about `image` beyond its pixels: that it is animated or vector,
 /// and what that means for what it is shown (`preview` true when a preview is shown).
 fn kind_note(image: &GeneratedImage, preview: bool) -> Option<String> {

@@ -85,6 +85,8 @@ struct Shared {
     calls: Arc<Calls>,
     /// Which caller opened each 2025-11-25 session, so no other caller can use its id.
     sessions: SessionOwners,
+    /// The web gallery's state (`/gallery`).
+    gallery: Arc<crate::gallery::web::Gallery>,
 }
 
 /// The header naming a 2025-11-25 session.
@@ -216,7 +218,7 @@ pub async fn serve(
     }
     let sessions_ct = CancellationToken::new();
     let config = StreamableHttpServerConfig::default()
-        .with_allowed_hosts(hosts)
+        .with_allowed_hosts(hosts.clone())
         .with_allowed_origins(settings.http.allowed_origins.clone())
         // With no allowed origins, a request that names any Origin is refused: browsers name
         // one, and no browser page was allowed. Clients that are not browsers send none.
@@ -240,6 +242,7 @@ pub async fn serve(
             local,
         );
     }
+    let secure = public_url.starts_with("https://");
     let shared = Arc::new(Shared {
         live: live.clone(),
         shutting_down: AtomicBool::new(false),
@@ -251,6 +254,11 @@ pub async fn serve(
         posts: Arc::default(),
         sessions: SessionOwners::default(),
         calls: calls.clone(),
+        gallery: Arc::new(crate::gallery::web::Gallery {
+            live: live.clone(),
+            secure,
+            hosts,
+        }),
     });
     // `/metrics` takes the same tokens as `/mcp` (its labels name providers and callers), or
     // only `server.metrics.token_file`'s when that is set.
@@ -273,6 +281,10 @@ pub async fn serve(
         .with_state(shared.clone())
         .merge(scrape)
         .merge(mcp)
+        .merge(crate::gallery::web::routes(shared.gallery.clone()).layer(
+            middleware::from_fn_with_state(shared.clone(), gallery_guard),
+        ))
+        .merge(crate::gallery::web::public_routes(shared.gallery.clone()))
         .layer(middleware::from_fn(request_context));
     drop(snapshot);
     if let Some(oauth) = settings.auth.oauth.clone() {
@@ -775,6 +787,29 @@ async fn guard(
         }
         None => response,
     }
+}
+
+/// In front of the gallery's pages: the caller of a valid login cookie, else of the request's
+/// token as for `/mcp`; a request with neither gets the login page (401).
+async fn gallery_guard(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if !shared.gallery.host_allowed(request.headers()) {
+        return crate::gallery::web::wrong_host();
+    }
+    let caller = match shared.gallery.cookie_caller(request.headers()) {
+        Some(caller) => caller,
+        None => match authenticate(&shared, peer, request.headers()).await {
+            Ok(caller) => caller,
+            Err(refusal) => return crate::gallery::web::refused(refusal),
+        },
+    };
+    tracing::Span::current().record("caller", tracing::field::display(&caller));
+    request.extensions_mut().insert(Caller(caller));
+    next.run(request).await
 }
 
 /// The client's request id when it is sane (1 to [`MAX_REQUEST_ID`] visible ASCII

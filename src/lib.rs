@@ -13,6 +13,7 @@ pub mod cost;
 pub mod delivery;
 pub mod engine;
 pub mod error;
+pub mod gallery;
 pub mod http;
 pub mod inputs;
 pub mod ledger;

@@ -973,7 +973,7 @@ const SESSION_CHECK: Duration = Duration::from_secs(30);
 
 /// Whose images a request may see: over HTTP its caller's own, unless `storage.shared` or the
 /// caller's token is `admin`; over stdio (no caller) everything.
-fn viewer(live: &Live, caller: Option<String>) -> Viewer {
+pub(crate) fn viewer(live: &Live, caller: Option<String>) -> Viewer {
     let Some(caller) = caller else {
         return Viewer::Everyone;
     };
@@ -1036,6 +1036,7 @@ impl ImagegenServer {
     /// A server answering from the live configuration `live`.
     pub fn new(live: Arc<Live>) -> Self {
         let mut tool_router = Self::tool_router();
+        crate::gallery::app::link_tools(&mut tool_router);
         for route in tool_router.map.values_mut() {
             let tool = &mut route.attr;
             tool.input_schema = Arc::new(standard_schema(&tool.input_schema));
@@ -1655,6 +1656,9 @@ impl ServerHandler for ImagegenServer {
                     ),
             );
         }
+        if cursor.is_none() {
+            resources.push(crate::gallery::app::resource());
+        }
         resources.extend(page.images.into_iter().map(|e| {
             Resource::new(format!("{}{}", storage::IMAGE_URI_PREFIX, e.name), e.name)
                 .with_mime_type(e.mime)
@@ -1690,6 +1694,9 @@ impl ServerHandler for ImagegenServer {
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         let uri = request.uri;
+        if uri == crate::gallery::app::URI {
+            return Ok(crate::gallery::app::read().into());
+        }
         if uri == STATUS_URI {
             let json = serde_json::to_string_pretty(&status_output(&self.live))
                 .map_err(|e| McpError::internal_error(e.to_string(), None))?;

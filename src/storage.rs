@@ -479,6 +479,12 @@ impl Store {
         }
     }
 
+    /// The store as shown in messages (its directory or URL, no credentials): a key for what
+    /// is cached per store.
+    pub fn shown(&self) -> &str {
+        &self.inner.shown
+    }
+
     /// Whether images are files on this machine (results then carry their paths).
     pub fn is_local(&self) -> bool {
         self.local_dir().is_some()

@@ -138,6 +138,19 @@ impl ResolvedToken {
         use subtle::ConstantTimeEq as _;
         self.digest.ct_eq(presented).into()
     }
+
+    /// A key for signing what is handed to this token's holder (the gallery's login cookie),
+    /// derived from the token under `purpose`: the same on every replica without more
+    /// configuration, and another one once the token is rotated.
+    pub fn derived_key(&self, purpose: &str) -> [u8; 32] {
+        use sha2::{Digest as _, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(b"imagegen-mcp derived key\0");
+        hash.update(purpose.as_bytes());
+        hash.update(b"\0");
+        hash.update(self.digest);
+        hash.finalize().into()
+    }
 }
 
 impl ResolvedKey {

@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod confirm;
 mod embed;
+mod gallery;
 mod gpt26;
 mod history;
 mod hostile_local;

@@ -195,10 +195,17 @@ async fn mock_generation_saves_links_previews_and_reads_back_identically() {
     let uris: Vec<&str> = listed.iter().map(|r| r.uri.as_str()).collect();
     assert_eq!(
         uris.len(),
-        4,
-        "the status, the usage and both images: {uris:?}"
+        5,
+        "the status, the usage, the gallery app and both images: {uris:?}"
     );
-    assert_eq!(uris[..2], ["imagegen://status", "imagegen://usage"]);
+    assert_eq!(
+        uris[..3],
+        [
+            "imagegen://status",
+            "imagegen://usage",
+            "ui://imagegen/gallery"
+        ]
+    );
 
     let missing = server
         .client

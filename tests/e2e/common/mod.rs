@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod http_server;
+pub mod webdriver;
 
 use std::{path::Path, process::Stdio};
 
