@@ -252,7 +252,11 @@ impl KeyPool {
 
     /// Tells the observer, if any, that `key` went through `change`.
     fn tell(&self, key: &PoolKey, change: KeyChange) {
-        let events = self.events.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let events = self
+            .events
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         if let Some(events) = events {
             events.key_changed(&key.id, &key.fingerprint, &change);
         }
@@ -770,7 +774,10 @@ mod tests {
         p.set_events(Some(recorder.clone()));
         let a = p.pick(&[]).unwrap();
         p.succeeded(&a);
-        assert!(recorder.0.lock().unwrap().is_empty(), "a healthy success says nothing");
+        assert!(
+            recorder.0.lock().unwrap().is_empty(),
+            "a healthy success says nothing"
+        );
         p.cool_down(&a, Some(Duration::from_secs(30)));
         p.succeeded(&a);
         p.disable(&a, ErrorKind::Auth, "rejected (HTTP 401)");
@@ -807,7 +814,10 @@ mod tests {
         assert!(!p.apply(&[7; 32], &cooled), "not a key of this pool");
         assert_eq!(recorder.0.lock().unwrap().len(), 3);
         let status = p.status();
-        assert_eq!((status[0].state, status[1].state), ("disabled", "cooling_down"));
+        assert_eq!(
+            (status[0].state, status[1].state),
+            ("disabled", "cooling_down")
+        );
         assert_eq!(status[1].usable_in_s, Some(20));
         // A shorter rest from elsewhere does not cut a longer one short; a disable stays.
         p.apply(
