@@ -4,7 +4,7 @@
 //!
 //! - a 429 seen by replica A cools the key for replica B (its next call skips it) and for a
 //!   replica started later; a key rejected there is disabled everywhere; Redis holds neither
-//!   the key nor its hash;
+//!   the key nor its hash; a key added to a replica by a reload takes the cooldown others hold;
 //! - a caller's `requests_per_minute` is one count over the calls it spreads across replicas;
 //! - with Redis killed, each replica keeps its own key state and counts, says so in its
 //!   status, and calls go on; with Redis back, the state is shared again.
@@ -376,4 +376,56 @@ async fn with_redis_gone_key_state_and_limits_are_each_replicas_own_and_calls_go
         "{output}"
     );
     b.stop().await;
+}
+
+/// Rewrites `server`'s config to `text` and waits for the reload.
+async fn reconfigure(server: &HttpServer, text: &str) {
+    let reloads = || {
+        server
+            .lines()
+            .iter()
+            .filter(|l| l.contains("configuration reloaded"))
+            .count()
+    };
+    let before = reloads();
+    std::fs::write(
+        server.config_file(),
+        format!("{text}\n[reload]\npoll_s = 0\ndebounce_ms = 50\n"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reloads() == before {
+        assert!(Instant::now() < deadline, "no reload: {}", server.output());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_key_added_by_a_reload_takes_the_cooldown_other_replicas_hold_on_it() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (mock, upstream) = Upstream::start().await;
+    let both = config(&mock, &redis, "reload", "");
+    let a = HttpServer::start(&both, &[], &[]).await;
+    let b = HttpServer::start(&both.replace(&format!("\"{K1}\", "), ""), &[], &[]).await;
+    for server in [&a, &b] {
+        wait_for(server, "following the cluster", |v| {
+            v["cluster"]["key_state"] == "shared"
+        })
+        .await;
+    }
+    upstream.set(K1, Reply::RateLimited);
+    let result = generate(&a, "one").await;
+    assert_eq!(result["is_error"], false, "{result:#}");
+    // B had no K1 when A's cooldown was published; its reload adds it, already cooling.
+    reconfigure(&b, &both).await;
+    let view = wait_for(&b, "K1 cooling on B", |v| {
+        key_state(v, K1) == "cooling_down"
+    })
+    .await;
+    assert_eq!(key_state(&view, K2), "active", "{view:#}");
+    for server in [a, b] {
+        server.stop().await;
+    }
 }
