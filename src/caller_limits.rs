@@ -6,6 +6,14 @@
 //! down over it and no fallback is tried. The state lives with the server, not the
 //! configuration snapshot, so it survives reloads; the limits are read at each check, so a
 //! reload that changes them applies to the next call.
+//!
+//! With `[cluster]`, `requests_per_minute` is counted in Redis for every replica together (a
+//! sliding minute, see [`crate::cluster::rate`]); with Redis unreachable each replica counts
+//! its own again (a steady refill here) and the status says so. `max_in_flight` is always
+//! this replica's own: a call holds its place for up to minutes, and a place shared through
+//! Redis would need leases renewed for that long and would stay taken, until it expired, by
+//! the calls of a replica that died; each replica bounding its own calls bounds the load on it,
+//! which is what the limit is for.
 
 use std::{
     collections::HashMap,
@@ -17,6 +25,7 @@ use imagegen_providers::ErrorKind;
 use tokio::time::Instant;
 
 use crate::{
+    cluster::Cluster,
     config::{CallerLimitConfig, Config},
     error::ToolError,
 };
@@ -182,6 +191,17 @@ impl CallerLimiter {
         caller: &str,
         limits: EffectiveLimits,
     ) -> Result<Admission, Refusal> {
+        self.admit_counting(caller, limits, true)
+    }
+
+    /// [`CallerLimiter::admit`]; `requests_per_minute` is checked and counted only with
+    /// `count_minute` (else it is counted elsewhere, and only remembered here).
+    fn admit_counting(
+        self: &Arc<Self>,
+        caller: &str,
+        limits: EffectiveLimits,
+        count_minute: bool,
+    ) -> Result<Admission, Refusal> {
         if limits.is_unlimited() {
             return Ok(Admission { limiter: None });
         }
@@ -200,7 +220,14 @@ impl CallerLimiter {
                 per_minute: 0,
             });
         state.seen = now;
-        state.per_minute = limits.requests_per_minute.map_or(0, |(n, _)| n);
+        let per_minute = limits.requests_per_minute.map_or(0, |(n, _)| n);
+        if state.per_minute == 0 && per_minute > 0 {
+            // A limit new to this caller (set by a reload, or counted here again while the
+            // cluster is down) starts with a full allowance.
+            state.tokens = f64::from(per_minute);
+            state.refilled = now;
+        }
+        state.per_minute = per_minute;
         let refusal = |limit, (value, source): (u32, Source), retry_after| Refusal {
             caller: caller.to_string(),
             limit,
@@ -214,7 +241,7 @@ impl CallerLimiter {
                 return Err(refusal("max_in_flight", max, Duration::from_secs(1)));
             }
         }
-        if let Some(rate) = limits.requests_per_minute {
+        if let Some(rate) = limits.requests_per_minute.filter(|_| count_minute) {
             state.refill(rate.0, now);
             if state.tokens < 1.0 {
                 let missing = 1.0 - state.tokens;
@@ -227,6 +254,38 @@ impl CallerLimiter {
         Ok(Admission {
             limiter: Some((self.clone(), caller.to_string())),
         })
+    }
+}
+
+impl CallerLimiter {
+    /// [`CallerLimiter::admit`], with `requests_per_minute` counted in `cluster`'s Redis for
+    /// every replica when there is one, and here while it is unreachable.
+    pub async fn admit_shared(
+        self: &Arc<Self>,
+        caller: &str,
+        limits: EffectiveLimits,
+        cluster: Option<&Arc<Cluster>>,
+    ) -> Result<Admission, Refusal> {
+        let (Some(cluster), Some(rate)) = (cluster, limits.requests_per_minute) else {
+            return self.admit(caller, limits);
+        };
+        // The place in flight first: a call refused for it takes nothing from the minute.
+        let admitted = self.admit_counting(caller, limits, false)?;
+        match crate::cluster::rate::take(cluster, caller, rate.0).await {
+            Ok(None) => Ok(admitted),
+            Ok(Some(retry_after)) => Err(Refusal {
+                caller: caller.to_string(),
+                limit: "requests_per_minute",
+                value: rate.0,
+                retry_after,
+                source: rate.1,
+            }),
+            Err(_) => {
+                // Counted here until Redis is back (the cluster's status says it is down).
+                drop(admitted);
+                self.admit(caller, limits)
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! `[cluster]`: the Redis server that replicas share state through (today: budget spend and
-//! reservations, see [`crate::budget`]).
+//! `[cluster]`: the Redis server that replicas share state through: budget spend and
+//! reservations (see [`crate::budget`]), key cooldowns and disables ([`keys`]), and per-caller
+//! `requests_per_minute` ([`rate`]).
 //!
 //! One multiplexed connection per process, made on first use and remade after a failure, and
 //! a timeout on every command: a Redis that is down or unreachable costs a call at most
@@ -7,10 +8,15 @@
 //! (`connected`, or `down` since when and why), so an operator sees a replica running on its
 //! own. The URL may carry a password: it is shown redacted everywhere.
 
+pub mod keys;
+pub mod rate;
+
 use std::{
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
+
+pub use keys::share_keys;
 
 use redis::{aio::ConnectionManager, aio::ConnectionManagerConfig, FromRedisValue, Script};
 use schemars::JsonSchema;
@@ -91,6 +97,15 @@ pub struct ClusterStatus {
     /// What budgets do while Redis is down: `closed` (paid calls are refused) or `open`
     /// (calls go ahead on this replica's own counts).
     pub fail_mode: String,
+    /// Key cooldowns and disables: `shared` (written to and followed from Redis) or `local`
+    /// (Redis unreachable: this replica's own until it is back); absent before any key pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_state: Option<String>,
+    /// Per-caller `requests_per_minute`: `shared` (counted in Redis for every replica) or
+    /// `local` (Redis unreachable: each replica counts its own). `max_in_flight` is always
+    /// counted per replica.
+    #[serde(default)]
+    pub caller_limits: String,
 }
 
 /// Why a command did not run: Redis unreachable, too slow, or refusing it.
@@ -119,6 +134,18 @@ pub struct Cluster {
     /// Made on first use; dropped after a failure so the next command starts afresh.
     manager: tokio::sync::Mutex<Option<ConnectionManager>>,
     health: Mutex<Health>,
+    /// This process among the replicas (its own published changes are ignored).
+    origin: String,
+    /// The key state shared through this cluster, made when the first pool is attached.
+    key_sync: OnceLock<Arc<keys::KeySync>>,
+    /// Stops this cluster's background tasks when it is dropped (replaced by a reload).
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl std::fmt::Debug for Cluster {
@@ -147,6 +174,9 @@ impl Cluster {
             client,
             manager: tokio::sync::Mutex::default(),
             health: Mutex::default(),
+            origin: uuid::Uuid::new_v4().simple().to_string(),
+            key_sync: OnceLock::new(),
+            stop: tokio_util::sync::CancellationToken::new(),
         })))
     }
 
@@ -182,7 +212,14 @@ impl Cluster {
             (None, true) => "connected",
             (None, false) => "not_connected",
         };
+        let shared = |yes: bool| if yes { "shared" } else { "local" }.to_string();
+        let down = health.down_since.is_some();
         ClusterStatus {
+            key_state: self
+                .key_sync
+                .get()
+                .map(|sync| shared(sync.following() && !down)),
+            caller_limits: shared(!down),
             redis_url: redacted_url(&self.url),
             state: state.into(),
             down_since: health.down_since.clone(),

@@ -565,6 +565,12 @@ impl Engine {
                 (ledger, costs, Arc::default())
             }
         };
+        let budgets = budgets(loaded, previous)?;
+        // Key cooldowns and disables are shared through `[cluster]` too, or kept here.
+        crate::cluster::share_keys(
+            budgets.cluster(),
+            providers.values().filter_map(|e| e.keys.as_ref()),
+        );
         const MB: u64 = 1_000_000;
         Ok(Self {
             inputs: InputPolicy::new(
@@ -586,7 +592,7 @@ impl Engine {
             watch: previous.map_or_else(SharedWatch::default, |e| e.watch.clone()),
             routes: config.routes.clone(),
             health: previous.map_or_else(SharedHealth::default, |e| e.health.clone()),
-            budgets: budgets(loaded, previous)?,
+            budgets,
             costs,
             ledger,
             seeded,

@@ -1085,7 +1085,11 @@ impl ImagegenServer {
         let caller = caller_name(&context);
         let snapshot = self.live.snapshot();
         let limits = EffectiveLimits::for_caller(&snapshot.loaded.config, &caller);
-        let admitted = match self.limiter.admit(&caller, limits) {
+        let cluster = snapshot.engine.budgets().cluster().cloned();
+        let admitted = match (self.limiter)
+            .admit_shared(&caller, limits, cluster.as_ref())
+            .await
+        {
             Ok(admitted) => admitted,
             Err(refusal) => {
                 tracing::warn!(

@@ -7,11 +7,16 @@
 //! What is known about the keys (cooldowns, disables, per-minute budgets, the round-robin
 //! position) lives behind [`KeyStateStore`]; [`MemoryKeyStore`], this process's memory, is
 //! the one store today, and a store shared between processes can replace it.
+//!
+//! A pool tells a [`KeyEvents`] observer, when one is set, of every change of a key's health
+//! (cooled down, disabled, healthy again), and takes such changes from elsewhere through
+//! [`KeyPool::apply`] without telling the observer: the server shares them between replicas
+//! that way, and this crate knows nothing of how.
 
 use std::{
     collections::{HashMap, VecDeque},
     fmt,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
@@ -51,6 +56,11 @@ impl PoolKey {
     /// Where the key came from (a file, an environment variable, ...).
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// The key's identity (the SHA-256 of the key).
+    pub fn id(&self) -> &KeyId {
+        &self.id
     }
 }
 
@@ -124,6 +134,38 @@ impl KeyStateStore for MemoryKeyStore {
     }
 }
 
+/// A change of one key's health: what a pool tells its [`KeyEvents`] observer, and what
+/// [`KeyPool::apply`] takes from elsewhere.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum KeyChange {
+    /// Rate limited: resting for `rest` from now, after `strikes` consecutive limits.
+    CooledDown {
+        /// How long the key rests from now.
+        rest: Duration,
+        /// Consecutive rate limits so far.
+        strikes: u32,
+    },
+    /// Out of rotation for `rest` from now (the recheck interval), for `reason`.
+    Disabled {
+        /// What the failure was.
+        kind: ErrorKind,
+        /// Why, for people.
+        reason: String,
+        /// How long until the key is tried again.
+        rest: Duration,
+    },
+    /// Healthy again: a call with it succeeded after a cooldown or a disable.
+    Recovered,
+}
+
+/// Told of every change of a pool's keys' health, to share it (with other replicas, say).
+pub trait KeyEvents: Send + Sync + fmt::Debug {
+    /// The key `id` (shown as `fingerprint`) went through `change`. Called outside the pool's
+    /// lock, on the caller's thread: it must not block.
+    fn key_changed(&self, id: &KeyId, fingerprint: &str, change: &KeyChange);
+}
+
 /// The window `requests_per_minute` counts over.
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -133,6 +175,8 @@ pub struct KeyPool {
     store: Arc<dyn KeyStateStore>,
     recheck: Duration,
     requests_per_minute: Option<u32>,
+    /// Told of every health change made here (not of those [`KeyPool::apply`] makes).
+    events: RwLock<Option<Arc<dyn KeyEvents>>>,
 }
 
 impl fmt::Debug for KeyPool {
@@ -184,6 +228,7 @@ impl KeyPool {
             store: Arc::new(MemoryKeyStore::default()),
             recheck,
             requests_per_minute: None,
+            events: RwLock::new(None),
         }
     }
 
@@ -198,6 +243,77 @@ impl KeyPool {
     pub fn with_store(mut self, store: Arc<dyn KeyStateStore>) -> Self {
         self.store = store;
         self
+    }
+
+    /// Tells `events` (none: nobody) of every health change this pool makes from now on.
+    pub fn set_events(&self, events: Option<Arc<dyn KeyEvents>>) {
+        *self.events.write().unwrap_or_else(|e| e.into_inner()) = events;
+    }
+
+    /// Tells the observer, if any, that `key` went through `change`.
+    fn tell(&self, key: &PoolKey, change: KeyChange) {
+        let events = self
+            .events
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(events) = events {
+            events.key_changed(&key.id, &key.fingerprint, &change);
+        }
+    }
+
+    /// The identity of each key, in pool order.
+    pub fn ids(&self) -> impl Iterator<Item = &KeyId> {
+        self.keys.iter().map(|k| &k.id)
+    }
+
+    /// Applies a `change` learnt from elsewhere to the key `id`, without telling the observer
+    /// (so a change shared between processes never echoes back); `false` when the pool has no
+    /// such key. A longer rest or a disable already known here is kept.
+    pub fn apply(&self, id: &KeyId, change: &KeyChange) -> bool {
+        if !self.keys.iter().any(|k| k.id == *id) {
+            return false;
+        }
+        let now = Instant::now();
+        self.with_state(|state| {
+            let current = state.health.get(id);
+            let next = match change {
+                KeyChange::CooledDown { rest, strikes } => {
+                    let until = now
+                        .checked_add((*rest).min(MAX_HINTED_COOLDOWN))
+                        .unwrap_or(now);
+                    match current {
+                        Some(KeyHealth::Disabled { .. }) => return,
+                        Some(KeyHealth::CoolingDown {
+                            until: mine,
+                            strikes: my_strikes,
+                        }) if *mine >= until => KeyHealth::CoolingDown {
+                            until: *mine,
+                            strikes: (*my_strikes).max(*strikes),
+                        },
+                        _ => KeyHealth::CoolingDown {
+                            until,
+                            strikes: (*strikes).max(1),
+                        },
+                    }
+                }
+                KeyChange::Disabled { kind, reason, rest } => {
+                    // Tried again when the rest is over, as where it was disabled.
+                    let gone = self.recheck.saturating_sub(*rest);
+                    KeyHealth::Disabled {
+                        kind: *kind,
+                        reason: reason.clone(),
+                        since: now.checked_sub(gone).unwrap_or(now),
+                    }
+                }
+                KeyChange::Recovered => match current {
+                    None | Some(KeyHealth::Active) => return,
+                    _ => KeyHealth::Active,
+                },
+            };
+            state.health.insert(*id, next);
+        });
+        true
     }
 
     /// How long until `key` may be handed out again under `requests_per_minute` (zero: now).
@@ -373,7 +489,7 @@ impl KeyPool {
     /// lock the key out of calls that the cap promises to serve.
     pub fn cool_down_at_most(&self, key: &PoolKey, retry_after: Option<Duration>, cap: Duration) {
         let now = Instant::now();
-        self.with_state(|state| {
+        let change = self.with_state(|state| {
             let strikes = match state.health.get(&key.id) {
                 Some(KeyHealth::CoolingDown { strikes, .. }) => strikes + 1,
                 _ => 1,
@@ -389,7 +505,10 @@ impl KeyPool {
                     strikes,
                 },
             );
-        })
+            (wait, strikes)
+        });
+        let (rest, strikes) = change;
+        self.tell(key, KeyChange::CooledDown { rest, strikes });
     }
 
     /// Takes `key` out of rotation (rejected, no quota, no billing) until a reload changes
@@ -403,24 +522,31 @@ impl KeyPool {
                 key.id,
                 KeyHealth::Disabled {
                     kind,
-                    reason,
+                    reason: reason.clone(),
                     since,
                 },
             )
         });
+        let rest = self.recheck;
+        self.tell(key, KeyChange::Disabled { kind, reason, rest });
     }
 
     /// Marks `key` healthy after a successful call.
     pub fn succeeded(&self, key: &PoolKey) {
-        self.with_state(|state| {
-            if state
+        let changed = self.with_state(|state| {
+            let changed = state
                 .health
                 .get(&key.id)
-                .is_some_and(|h| *h != KeyHealth::Active)
-            {
+                .is_some_and(|h| *h != KeyHealth::Active);
+            if changed {
                 state.health.insert(key.id, KeyHealth::Active);
             }
-        })
+            changed
+        });
+        // Only a change is told: a success on a healthy key is the hot path.
+        if changed {
+            self.tell(key, KeyChange::Recovered);
+        }
     }
 
     /// Copies what `old` knows about keys this pool still has: cooldowns always, disabled
@@ -626,6 +752,100 @@ mod tests {
             (status[0].state, status[1].state),
             ("cooling_down", "active")
         );
+    }
+
+    /// Records every change told, as (fingerprint, change).
+    #[derive(Debug, Default)]
+    struct Recorder(Mutex<Vec<(String, KeyChange)>>);
+
+    impl KeyEvents for Recorder {
+        fn key_changed(&self, _id: &KeyId, fingerprint: &str, change: &KeyChange) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((fingerprint.to_string(), change.clone()));
+        }
+    }
+
+    #[test]
+    fn changes_made_here_are_told_and_changes_applied_from_elsewhere_are_not() {
+        let p = pool(&["sk-aaaaaaaaaaaa1111", "sk-bbbbbbbbbbbb2222"]);
+        let recorder = Arc::new(Recorder::default());
+        p.set_events(Some(recorder.clone()));
+        let a = p.pick(&[]).unwrap();
+        p.succeeded(&a);
+        assert!(
+            recorder.0.lock().unwrap().is_empty(),
+            "a healthy success says nothing"
+        );
+        p.cool_down(&a, Some(Duration::from_secs(30)));
+        p.succeeded(&a);
+        p.disable(&a, ErrorKind::Auth, "rejected (HTTP 401)");
+        let told = recorder.0.lock().unwrap().clone();
+        assert_eq!(
+            told,
+            [
+                (
+                    "sk-…1111".to_string(),
+                    KeyChange::CooledDown {
+                        rest: Duration::from_secs(30),
+                        strikes: 1
+                    }
+                ),
+                ("sk-…1111".to_string(), KeyChange::Recovered),
+                (
+                    "sk-…1111".to_string(),
+                    KeyChange::Disabled {
+                        kind: ErrorKind::Auth,
+                        reason: "rejected (HTTP 401)".into(),
+                        rest: Duration::from_secs(600)
+                    }
+                ),
+            ]
+        );
+
+        // Another process's cooldown of the second key: applied, not told again.
+        let b_id = *p.ids().nth(1).unwrap();
+        let cooled = KeyChange::CooledDown {
+            rest: Duration::from_secs(20),
+            strikes: 2,
+        };
+        assert!(p.apply(&b_id, &cooled));
+        assert!(!p.apply(&[7; 32], &cooled), "not a key of this pool");
+        assert_eq!(recorder.0.lock().unwrap().len(), 3);
+        let status = p.status();
+        assert_eq!(
+            (status[0].state, status[1].state),
+            ("disabled", "cooling_down")
+        );
+        assert_eq!(status[1].usable_in_s, Some(20));
+        // A shorter rest from elsewhere does not cut a longer one short; a disable stays.
+        p.apply(
+            &b_id,
+            &KeyChange::CooledDown {
+                rest: Duration::from_secs(1),
+                strikes: 1,
+            },
+        );
+        assert_eq!(p.status()[1].usable_in_s, Some(20));
+        p.apply(a.id(), &cooled);
+        assert_eq!(p.status()[0].state, "disabled");
+        // A disable from elsewhere keeps its remaining rest here.
+        p.apply(
+            &b_id,
+            &KeyChange::Disabled {
+                kind: ErrorKind::QuotaExhausted,
+                reason: "out of quota".into(),
+                rest: Duration::from_secs(100),
+            },
+        );
+        let status = p.status();
+        assert_eq!(status[1].state, "disabled");
+        assert_eq!(status[1].usable_in_s, Some(100));
+        p.apply(&b_id, &KeyChange::Recovered);
+        p.apply(a.id(), &KeyChange::Recovered);
+        assert!(p.status().iter().all(|k| k.state == "active"));
+        assert_eq!(recorder.0.lock().unwrap().len(), 3);
     }
 
     #[test]

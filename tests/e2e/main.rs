@@ -6,6 +6,7 @@ mod common;
 mod batch_edit;
 mod budget;
 mod cli;
+mod cluster;
 mod config;
 mod confirm;
 mod embed;
