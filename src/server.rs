@@ -1449,6 +1449,74 @@ impl ImagegenServer {
         .await
     }
 
+    /// One page of the caller's stored images with thumbnails, for the gallery app only.
+    #[tool(
+        name = "gallery_page",
+        input_schema = input_schema::<FindParams>(),
+        description = "For the gallery app (hidden from the model): one page of the stored images, newest first, as find_images gives them (at most 24), each followed by a 256 px thumbnail. Models should call find_images instead.",
+        output_schema = schema_for_output::<FindImagesOutput>(),
+        annotations(
+            title = "Gallery page",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn gallery_page(
+        &self,
+        Args(params): Args<FindParams>,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let snapshot = self.live.snapshot();
+        let storage = &snapshot.loaded.config.storage;
+        let owner = owner_filter(&context, storage.shared);
+        let index_path = storage.index_path.clone();
+        let store = snapshot.engine.store().clone();
+        let engine = snapshot.engine.clone();
+        let sees = viewer(&self.live, caller(&context));
+        with_progress(
+            &self.calls,
+            &engine,
+            "gallery_page",
+            context,
+            |_| async move {
+                let query = params.and_then(|mut p| {
+                    p.limit = Some(p.limit.unwrap_or(12).min(crate::gallery::app::PAGE));
+                    p.to_query(owner)
+                });
+                let outcome = match query {
+                    Ok(query) => index::search_store(index_path, store.clone(), query).await,
+                    Err(e) => Err(e),
+                };
+                let found: Vec<(String, String)> = match &outcome {
+                    Ok(page) => page
+                        .images
+                        .iter()
+                        .map(|i| (i.name.clone(), i.uri.clone()))
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+                let mut result = find_result(outcome);
+                // A thumbnail per image, each naming its image in `_meta.uri`; one that cannot be
+                // made is left out.
+                for (name, uri) in found {
+                    if let Ok(thumb) = crate::gallery::thumbs::thumbnail(&store, &name, &sees).await
+                    {
+                        let data = base64::engine::general_purpose::STANDARD.encode(&thumb.bytes);
+                        let mut image = rmcp::model::ImageContent::new(data, thumb.mime);
+                        let mut meta = rmcp::model::MetaObject::default();
+                        meta.insert("uri".into(), uri.into());
+                        image.meta = Some(meta);
+                        result.content.push(ContentBlock::Image(image));
+                    }
+                }
+                result
+            },
+        )
+        .await
+    }
+
     /// Deletes one stored image and its metadata.
     #[tool(
         name = "delete_image",

@@ -26,6 +26,12 @@ pub const LINKED_TOOLS: [&str; 4] = [
     "create_variation",
 ];
 
+/// The tools only the app calls: hosts keep them from the model (`_meta.ui.visibility`).
+pub const APP_ONLY_TOOLS: [&str; 1] = ["gallery_page"];
+
+/// The most images one `gallery_page` answers with.
+pub const PAGE: u32 = 24;
+
 /// The app's `_meta.ui`: no external origin of any kind (the host's restrictive default CSP
 /// applies: inline script and style, `data:` images), and a border.
 fn ui_meta() -> MetaObject {
@@ -63,13 +69,20 @@ pub fn read() -> ReadResourceResult {
         .with_meta(ui_meta())])
 }
 
-/// Links the image tools of `router` to the app (`_meta.ui.resourceUri`).
+/// Links the image tools of `router` to the app (`_meta.ui.resourceUri`), and marks the
+/// tools only the app calls as such.
 pub fn link_tools<S>(router: &mut ToolRouter<S>) {
     for route in router.map.values_mut() {
-        if LINKED_TOOLS.contains(&route.attr.name.as_ref()) {
-            let meta = route.attr.meta.get_or_insert_with(MetaObject::default);
-            meta.0.insert("ui".into(), json!({ "resourceUri": URI }));
-        }
+        let name = route.attr.name.as_ref();
+        let ui = if LINKED_TOOLS.contains(&name) {
+            json!({ "resourceUri": URI })
+        } else if APP_ONLY_TOOLS.contains(&name) {
+            json!({ "resourceUri": URI, "visibility": ["app"] })
+        } else {
+            continue;
+        };
+        let meta = route.attr.meta.get_or_insert_with(MetaObject::default);
+        meta.0.insert("ui".into(), ui);
     }
 }
 

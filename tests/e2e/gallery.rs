@@ -2,7 +2,7 @@
 //! it lists exactly the caller's stored images, search narrows them, hostile prompts stay
 //! text, thumbnails load, and a request without a token or cookie is refused.
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::common::{
     http_server::{call, connect, token_file, HttpServer},
@@ -238,6 +238,27 @@ async fn the_mcp_app_renders_a_tool_result_and_asks_the_host_for_tool_calls() {
         .await
         .unwrap();
     let image = serde_json::to_value(&image).unwrap();
+    // Paging history is for the app only, and each page carries a thumbnail per image.
+    let paging = tools.iter().find(|t| t.name == "gallery_page").unwrap();
+    let meta = serde_json::to_value(&paging.meta).unwrap();
+    assert_eq!(meta["ui"]["visibility"], json!(["app"]), "{meta}");
+    let page = serde_json::to_value(call(&client, "gallery_page", json!({})).await).unwrap();
+    let listed = page["structuredContent"]["images"]
+        .as_array()
+        .unwrap()
+        .len();
+    let thumbs: Vec<&Value> = page["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["type"] == "image")
+        .collect();
+    assert!(listed >= 1, "{page}");
+    assert_eq!(thumbs.len(), listed, "a thumbnail per image");
+    assert_eq!(
+        thumbs[0]["_meta"]["uri"],
+        page["structuredContent"]["images"][0]["uri"]
+    );
     let _ = client.cancel().await;
 
     let Some(browser) = Browser::start().await else {
@@ -249,8 +270,9 @@ async fn the_mcp_app_renders_a_tool_result_and_asks_the_host_for_tool_calls() {
     browser
         .eval(
             "window.resources[arguments[0]] = arguments[1]; \
+             window.toolResults.gallery_page = arguments[5]; \
              window.startApp(arguments[2], arguments[3], arguments[4]);",
-            json!([uri, image, html, input, result]),
+            json!([uri, image, html, input, result, page]),
         )
         .await;
     browser
@@ -344,6 +366,26 @@ async fn the_mcp_app_renders_a_tool_result_and_asks_the_host_for_tool_calls() {
         )
         .await;
     assert_eq!(reads, json!([uri]));
+    // "Earlier images" pages the history through the app-only tool and shows its thumbnails.
+    browser.enter_frame("#app").await;
+    // A click on the full image closes it, as a person would.
+    browser.click("#full").await;
+    browser.click("#history-more").await;
+    let shown = browser
+        .wait_for(
+            "the earlier images",
+            "const t = [...document.querySelectorAll('.past img')]; \
+             return t.length && t.every(i => i.complete && i.naturalWidth) && t.length",
+        )
+        .await;
+    assert_eq!(shown, json!(listed));
+    browser.screenshot("mcp-app-history").await;
+    browser.leave_frame().await;
+    let calls = browser.eval(asked, json!([])).await;
+    assert_eq!(
+        calls.as_array().unwrap().last().unwrap(),
+        &json!({"name": "gallery_page", "arguments": {}})
+    );
     browser.quit().await;
     server.stop().await;
 }

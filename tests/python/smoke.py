@@ -38,6 +38,7 @@ async def run(binary: str, mode: str) -> None:
                 "delete_image",
                 "edit_image",
                 "find_images",
+                "gallery_page",
                 "generate_image",
                 "generate_images",
                 "list_providers",
