@@ -186,6 +186,7 @@ async fn rmcp_client_lists_calls_with_progress_and_reads_over_http_in_both_revis
                 "delete_image",
                 "edit_image",
                 "find_images",
+                "gallery_page",
                 "generate_image",
                 "generate_images",
                 "list_providers"

@@ -55,6 +55,7 @@ async fn both_protocol_revisions_list_the_tools_with_schemas() {
                 "delete_image",
                 "edit_image",
                 "find_images",
+                "gallery_page",
                 "generate_image",
                 "generate_images",
                 "list_providers"
