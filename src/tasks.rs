@@ -267,7 +267,8 @@ impl Tasks {
     }
 
     /// Tasks running in this process now.
-    pub fn running(&self) -> usize {
+    #[cfg(test)]
+    fn running(&self) -> usize {
         self.table().len()
     }
 }
