@@ -1427,26 +1427,7 @@ impl ImagegenServer {
         Args(params): Args<FindParams>,
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
-        let snapshot = self.live.snapshot();
-        let storage = &snapshot.loaded.config.storage;
-        let owner = owner_filter(&context, storage.shared);
-        let index_path = storage.index_path.clone();
-        let store = snapshot.engine.store().clone();
-        let engine = snapshot.engine.clone();
-        with_progress(
-            &self.calls,
-            &engine,
-            "find_images",
-            context,
-            |_| async move {
-                let outcome = match params.and_then(|p| p.to_query(owner)) {
-                    Ok(query) => index::search_store(index_path, store, query).await,
-                    Err(e) => Err(e),
-                };
-                find_result(outcome)
-            },
-        )
-        .await
+        self.search("find_images", params, context, false).await
     }
 
     /// One page of the caller's stored images with thumbnails, for the gallery app only.
@@ -1468,6 +1449,23 @@ impl ImagegenServer {
         Args(params): Args<FindParams>,
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
+        let params = params.map(|mut p| {
+            p.limit = Some(p.limit.unwrap_or(12).min(crate::gallery::app::PAGE));
+            p
+        });
+        self.search("gallery_page", params, context, true).await
+    }
+
+    /// A search of the stored images the caller may see, for `tool`; with `thumbnails`, each
+    /// image found is followed by its thumbnail, naming it in `_meta.uri` (one that cannot be
+    /// made is left out).
+    async fn search(
+        &self,
+        tool: &'static str,
+        params: Result<FindParams, ToolError>,
+        context: RequestContext<RoleServer>,
+        thumbnails: bool,
+    ) -> CallToolResult {
         let snapshot = self.live.snapshot();
         let storage = &snapshot.loaded.config.storage;
         let owner = owner_filter(&context, storage.shared);
@@ -1475,45 +1473,32 @@ impl ImagegenServer {
         let store = snapshot.engine.store().clone();
         let engine = snapshot.engine.clone();
         let sees = viewer(&self.live, caller(&context));
-        with_progress(
-            &self.calls,
-            &engine,
-            "gallery_page",
-            context,
-            |_| async move {
-                let query = params.and_then(|mut p| {
-                    p.limit = Some(p.limit.unwrap_or(12).min(crate::gallery::app::PAGE));
-                    p.to_query(owner)
-                });
-                let outcome = match query {
-                    Ok(query) => index::search_store(index_path, store.clone(), query).await,
-                    Err(e) => Err(e),
-                };
-                let found: Vec<(String, String)> = match &outcome {
-                    Ok(page) => page
-                        .images
-                        .iter()
-                        .map(|i| (i.name.clone(), i.uri.clone()))
-                        .collect(),
-                    Err(_) => Vec::new(),
-                };
-                let mut result = find_result(outcome);
-                // A thumbnail per image, each naming its image in `_meta.uri`; one that cannot be
-                // made is left out.
-                for (name, uri) in found {
-                    if let Ok(thumb) = crate::gallery::thumbs::thumbnail(&store, &name, &sees).await
-                    {
-                        let data = base64::engine::general_purpose::STANDARD.encode(&thumb.bytes);
-                        let mut image = rmcp::model::ImageContent::new(data, thumb.mime);
-                        let mut meta = rmcp::model::MetaObject::default();
-                        meta.insert("uri".into(), uri.into());
-                        image.meta = Some(meta);
-                        result.content.push(ContentBlock::Image(image));
-                    }
+        with_progress(&self.calls, &engine, tool, context, |_| async move {
+            let outcome = match params.and_then(|p| p.to_query(owner)) {
+                Ok(query) => index::search_store(index_path, store.clone(), query).await,
+                Err(e) => Err(e),
+            };
+            let found: Vec<(String, String)> = match &outcome {
+                Ok(page) if thumbnails => page
+                    .images
+                    .iter()
+                    .map(|i| (i.name.clone(), i.uri.clone()))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let mut result = find_result(outcome);
+            for (name, uri) in found {
+                if let Ok(thumb) = crate::gallery::thumbs::thumbnail(&store, &name, &sees).await {
+                    let data = base64::engine::general_purpose::STANDARD.encode(&thumb.bytes);
+                    let mut image = rmcp::model::ImageContent::new(data, thumb.mime);
+                    let mut meta = rmcp::model::MetaObject::default();
+                    meta.insert("uri".into(), uri.into());
+                    image.meta = Some(meta);
+                    result.content.push(ContentBlock::Image(image));
                 }
-                result
-            },
-        )
+            }
+            result
+        })
         .await
     }
 
